@@ -1,0 +1,307 @@
+"""Datasets as in-memory arrays, per-class sampling inside jit, and key-driven splits.
+
+Images are stored NHWC float32 and normalised as in the reference code: ``(x / 255 - mean) / std`` per channel
+(PROTOCOL section 1). TensorFlow Datasets (and TensorFlow) are imported lazily, the first time data is loaded, so that
+``import dcjax.data`` stays cheap.
+
+All randomness comes from explicit ``jax.random`` keys. Index arrays returned to the host are ``np.int32``; index
+arrays computed on device are ``jax.Array`` int32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+import os
+import sys
+from typing import Any, Mapping
+
+from absl import logging
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Per-channel mean / std of the [0, 1]-scaled training images (the constants the reference code uses).
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2861,), (0.3530,)),
+    "svhn_cropped": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
+DATASETS: tuple[str, ...] = tuple(NORMALIZATION)
+
+_TFDS_DEFAULT_DIR = "~/tensorflow_datasets"
+
+
+class DataError(Exception):
+    """A user-facing data problem (unknown dataset, missing files, impossible sampling request)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: element-wise array comparison has no truth value
+class ArrayDataset:
+    """A whole split held in memory.
+
+    Attributes:
+      images: [N, H, W, C] float32, normalised with ``NORMALIZATION[name]``.
+      labels: [N] int32 in [0, num_classes).
+      num_classes: number of classes K.
+      name: the TFDS dataset name.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    name: str
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.labels.shape != self.images.shape[:1]:
+            raise DataError(
+                f"{self.name}: images must be [N, H, W, C] and labels [N], got {self.images.shape} and "
+                f"{self.labels.shape}")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def _stats(name: str, num_channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns float32 (mean [C], std [C]) for ``name``; DataError for unknown names or a channel mismatch."""
+    if name not in NORMALIZATION:
+        raise DataError(f"unknown dataset {name!r}; supported: {', '.join(DATASETS)}")
+    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATION[name])
+    # Broadcasting a 1-channel mean over 3 channels would silently give wrong numbers, so insist on a match.
+    if num_channels is not None and num_channels != mean.shape[0]:
+        raise DataError(f"{name} images have {mean.shape[0]} channel(s), got {num_channels}")
+    return mean, std
+
+
+def normalize(images_uint8: Any, name: str) -> np.ndarray:
+    """Maps [..., H, W, C] uint8 pixels in [0, 255] to float32 ``(x / 255 - mean) / std`` (same shape)."""
+    images = np.asarray(images_uint8, np.float32)
+    mean, std = _stats(name, images.shape[-1])
+    return (images / np.float32(255.0) - mean) / std
+
+
+def denormalize(images: Any, name: str) -> np.ndarray:
+    """Inverse of `normalize` up to the /255: [..., C] -> float32 in about [0, 1] (not clipped), for plotting."""
+    images = np.asarray(images, np.float32)
+    mean, std = _stats(name, images.shape[-1])
+    return images * std + mean
+
+
+@functools.cache
+def _import_tfds():
+    """Imports tensorflow_datasets once, with TensorFlow kept quiet, small and off the GPU."""
+    if "tensorflow" not in sys.modules:
+        # TF is only used here to decode the dataset files; its oneDNN banner and INFO logs are noise for that.
+        # setdefault: a user who set these keeps their choice.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    try:
+        # JAX owns the accelerator: TF must never allocate GPU memory.
+        tf.config.set_visible_devices([], "GPU")
+        # Decoding a split is I/O bound; small pools leave the cores to XLA (measured: no slower for MNIST).
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    except RuntimeError as err:  # TF was already initialised by someone else; their settings stand.
+        logging.warning("Could not configure TensorFlow before use: %s", err)
+    return tfds
+
+
+def _describe_dir(data_dir: str | None) -> str:
+    """The directory TFDS searches (``data_dir`` already resolved against TFDS_DATA_DIR), for error messages."""
+    return data_dir or f"{_TFDS_DEFAULT_DIR} (TFDS default)"
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """First line of an exception's message, shortened, so DataError stays one line."""
+    text = str(err).strip().splitlines()
+    text = text[0] if text else ""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def load_split(name: str, split: str, data_dir: str | None = None) -> ArrayDataset:
+    """Loads a whole TFDS split into memory, normalised.
+
+    Uses ``tfds.load``, so a missing dataset is downloaded and prepared as usual. With
+    ``data_dir=None`` TFDS uses $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+
+    Returns:
+      ArrayDataset with images [N, H, W, C] float32 and labels [N] int32.
+
+    Raises:
+      DataError: unknown ``name`` (before TFDS is touched), or the split cannot be loaded (data absent and not
+        downloadable, bad split name, unreadable files); the original exception is chained.
+    """
+    _stats(name)
+    tfds = _import_tfds()
+    # TFDS reads TFDS_DATA_DIR once, at import; reading it here makes the error message name the searched dir.
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+    try:
+        ds, info = tfds.load(name, split=split, as_supervised=True, with_info=True, data_dir=data_dir)
+        # Fixed-size batches rather than batch_size=-1: the latter batches by the recorded split size,
+        # which tfds.testing.mock_data does not record (TF then aborts the whole process).
+        chunks = list(tfds.as_numpy(ds.batch(10_000)))
+        images = np.concatenate([c[0] for c in chunks])
+        labels = np.concatenate([c[1] for c in chunks])
+    except Exception as err:  # TFDS raises many unrelated types here (AssertionError, OSError, requests errors...).
+        raise DataError(
+            f"cannot load {name} split {split!r} from {_describe_dir(data_dir)} ({_one_line(err)}); set "
+            f"TFDS_DATA_DIR or --data_dir to a directory holding {name}/, or allow TFDS to download it") from err
+    result = ArrayDataset(images=normalize(images, name), labels=np.asarray(labels, np.int32),
+                          num_classes=int(info.features["label"].num_classes), name=name)
+    logging.info("Loaded %s[%s]: %d images of shape %s.", name, split, len(result), result.image_shape)
+    return result
+
+
+def load_train_test(name: str, data_dir: str | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) splits of ``name``; see `load_split`."""
+    return load_split(name, "train", data_dir), load_split(name, "test", data_dir)
+
+
+@struct.dataclass
+class ClassIndex:
+    """Example indices grouped by class, padded to a rectangle so it can pass through jit as a pytree.
+
+    Attributes:
+      table: [K, max_count] int32. Row c lists the indices of class c in ascending order in its first counts[c]
+        slots; the remaining slots repeat the row cyclically (slot j holds row[j % counts[c]]), so every entry of
+        row c is a valid index of class c, even if a caller oversamples.
+      counts: [K] int32, examples per class (all >= 1).
+    """
+
+    table: jax.Array
+    counts: jax.Array
+
+    @property
+    def num_classes(self) -> int:
+        return self.table.shape[0]
+
+
+def _class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """[K] examples per class of ``labels`` ([N] ints); DataError if a label is outside [0, num_classes)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise DataError(f"labels must be a vector of ints in [0, {num_classes})")
+    return np.bincount(labels, minlength=num_classes)
+
+
+def build_class_index(labels: np.ndarray, num_classes: int) -> ClassIndex:
+    """Builds a `ClassIndex` over ``labels`` ([N] ints in [0, num_classes)); indices refer to ``labels``.
+
+    Raises:
+      DataError: labels out of range, or a class with no examples.
+    """
+    counts = _class_counts(labels, num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise DataError(f"class {int(empty[0])} has no examples (empty classes: {empty.tolist()})")
+    order = np.argsort(np.asarray(labels), kind="stable")  # grouped by class, ascending within a class
+    starts = np.cumsum(counts) - counts
+    slots = np.arange(counts.max())
+    table = order[starts[:, None] + slots[None, :] % counts[:, None]]
+    return ClassIndex(table=jnp.asarray(table, jnp.int32), counts=jnp.asarray(counts, jnp.int32))
+
+
+def _static_n(index: ClassIndex, n: int) -> int:
+    """Validates the sample size: a Python int (it fixes an output shape) within the table width."""
+    n = operator.index(n)
+    if not 0 <= n <= index.table.shape[1]:
+        raise DataError(f"cannot sample {n} examples per class: the largest class has {index.table.shape[1]}")
+    return n
+
+
+def _require(n: int, c: int, count: int) -> None:
+    if n > count:
+        raise DataError(f"class {c} has only {count} examples; cannot sample {n} without replacement")
+
+
+def _sample_row(key: jax.Array, row: jax.Array, count: jax.Array, n: int) -> jax.Array:
+    """n distinct entries among the first ``count`` of ``row`` ([W]) -> [n], in random order."""
+    # Top-n of random 31-bit integers is a uniform random n-subset in random order. Integers rather than float32
+    # noise because float32 uniforms collide often in a 6742-wide row; padded slots get -1 so they lose.
+    noise = (jax.random.bits(key, row.shape, jnp.uint32) >> 1).astype(jnp.int32)
+    noise = jnp.where(jnp.arange(row.shape[0]) < count, noise, -1)
+    _, positions = jax.lax.top_k(noise, n)
+    return row[positions]
+
+
+def sample_class(key: jax.Array, index: ClassIndex, c: Any, n: int) -> jax.Array:
+    """[n] int32 dataset indices of class ``c`` drawn without replacement; ``c`` may be traced, ``n`` is static.
+
+    ``sample_class(jax.random.split(key, K)[c], index, c, n)`` equals ``sample_per_class(key, index, n)[c]``.
+    n <= counts[c] is checked when c and the counts are concrete; inside jit it is the caller's job (violating it
+    repeats indices, still all of class c).
+    """
+    n = _static_n(index, n)
+    if not isinstance(c, jax.core.Tracer) and not isinstance(index.counts, jax.core.Tracer):
+        _require(n, int(c), int(np.asarray(index.counts)[c]))  # numpy: under jit, indexing traces
+    return _sample_row(key, index.table[c], index.counts[c], n)
+
+
+def sample_per_class(key: jax.Array, index: ClassIndex, n: int) -> jax.Array:
+    """[K, n] int32 dataset indices: row c holds n distinct examples of class c (like torch.randperm(n_c)[:n]).
+
+    Class c uses key ``jax.random.split(key, K)[c]``, so classes are independent. Jit-able with ``n`` static; the
+    draw for a smaller n is a prefix of the draw for a larger n under the same key. n <= min(counts) is checked when
+    the counts are concrete; inside jit it is the caller's job (violating it repeats indices within a class).
+    """
+    n = _static_n(index, n)
+    if not isinstance(index.counts, jax.core.Tracer):  # inside jit the counts are unknown
+        counts = np.asarray(index.counts)
+        _require(n, int(counts.argmin()), int(counts.min()))
+    keys = jax.random.split(key, index.num_classes)
+    return jax.vmap(functools.partial(_sample_row, n=n))(keys, index.table, index.counts)
+
+
+def split_indices(key: jax.Array, num_examples: int, sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Disjoint random parts of range(num_examples), e.g. ``{"target": 30000, "attacker": -1}``.
+
+    Parts are cut, in the mapping's order, from one ``jax.random.permutation(key, num_examples)``; at most one size
+    may be -1, meaning "all the rest". Returns {name: [size] np.int32 indices, sorted ascending}; deterministic per key.
+
+    Raises:
+      DataError: sizes below -1, more than one -1, or fixed sizes summing to more than num_examples.
+    """
+    rest = [name for name, size in sizes.items() if size == -1]
+    if len(rest) > 1 or any(size < -1 for size in sizes.values()):
+        raise DataError(f"split sizes must be >= 0, with at most one -1 ('the rest'); got {dict(sizes)}")
+    fixed = sum(size for size in sizes.values() if size != -1)
+    if fixed > num_examples:
+        raise DataError(f"split sizes {dict(sizes)} need {fixed} examples, only {num_examples} available")
+    perm = np.asarray(jax.random.permutation(key, num_examples), np.int32)
+    parts, start = {}, 0
+    for name, size in sizes.items():
+        size = num_examples - fixed if size == -1 else size
+        parts[name] = np.sort(perm[start:start + size])
+        start += size
+    return parts
+
+
+def stratified_subset(key: jax.Array, labels: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:
+    """``per_class`` random distinct examples of every class, e.g. the 10-per-class random real baseline.
+
+    Returns:
+      [num_classes * per_class] np.int32 indices into ``labels``, grouped by class (class 0 first), random order
+      within a class (a smaller per_class under the same key gives a per-class prefix).
+
+    Raises:
+      DataError: a class has fewer than ``per_class`` examples.
+    """
+    counts = _class_counts(labels, num_classes)
+    short = np.flatnonzero(counts < per_class)
+    if short.size:
+        c = int(short[0])
+        raise DataError(f"class {c} has {int(counts[c])} examples, fewer than per_class={per_class}")
+    index = build_class_index(labels, num_classes)
+    return np.asarray(sample_per_class(key, index, per_class), np.int32).reshape(-1)

@@ -1,0 +1,130 @@
+"""Many models at once: one engine for evaluating synthetic sets and for shadow banks.
+
+Every function here maps a single-model function over a leading *model axis*. How that
+axis is executed is a per-backend choice (PROTOCOL section 8):
+
+* on GPU/TPU, ``vmap``: M small trainings become one wide one, which is what keeps an
+  accelerator busy;
+* on XLA's CPU backend a vmap over parameter sets turns ``lax.conv`` into grouped
+  convolutions, 3-4x slower than a loop, so the default there is a sequential
+  ``lax.map`` (a scan: one compiled body, no Python in the loop).
+
+``MapStrategy`` names the choice; ``"auto"`` picks per backend; all choices compute the same
+thing (tests check it) and ``benchmarks/engine.py`` measures them side by side.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from dcjax import train as train_lib
+from dcjax.models import ModelFns
+
+STRATEGIES = ("auto", "vmap", "map", "loop")
+
+
+def resolve_strategy(strategy: str, backend: str | None = None) -> str:
+    """'auto' -> 'vmap' on accelerators, 'map' (sequential scan) on CPU."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown model-axis strategy {strategy!r}; expected one of {STRATEGIES}")
+    if strategy != "auto":
+        return strategy
+    backend = backend or jax.default_backend()
+    return "map" if backend == "cpu" else "vmap"
+
+
+def map_models(fn: Callable, strategy: str, xs):
+    """Applies ``fn`` to each slice of ``xs`` along the leading (model) axis.
+
+    ``fn`` must be traceable; ``xs`` a pytree of arrays with a common leading axis. Used
+    inside jit for 'vmap' and 'map'. ('loop' is handled by callers: it is a Python loop
+    over separately jitted calls, kept as the plain baseline.)
+    """
+    strategy = resolve_strategy(strategy)
+    if strategy == "vmap":
+        return jax.vmap(fn)(xs)
+    if strategy == "map":
+        return jax.lax.map(fn, xs)
+    raise ValueError(f"map_models cannot run strategy {strategy!r} inside jit")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _train_many(fns, config, schedule, strategy, keys, images, labels, masks):
+    def one(args):
+        key, mask = args
+        return train_lib.train_from_init(fns, config, schedule, key, (images, labels, mask))
+    return map_models(one, strategy, (keys, masks))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _train_one(fns, config, schedule, key, images, labels, mask):
+    return train_lib.train_from_init(fns, config, schedule, key, (images, labels, mask))
+
+
+def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
+                 data, strategy: str = "auto"):
+    """Trains M freshly initialised models, model m on the pool examples where masks[m].
+
+    Args:
+      fns: the network.
+      config: optimisation settings shared by all models.
+      keys: [M] typed PRNG keys, one per model.
+      data: (images [N,H,W,C], labels [N] int32, masks [M, N] bool).
+      strategy: 'auto' | 'vmap' | 'map' | 'loop' (see module docstring).
+
+    Returns:
+      (variables stacked over a leading [M] axis, per-epoch losses [M, epochs]).
+    """
+    images, labels, masks = data
+    masks = jnp.asarray(masks, bool)
+    if masks.ndim != 2 or masks.shape[1] != images.shape[0]:
+        raise ValueError(f"masks must be [M, {images.shape[0]}], got {masks.shape}")
+    max_count = int(jnp.max(jnp.sum(masks, axis=1)))
+    schedule = train_lib.make_schedule(config, max_count)
+    strategy = resolve_strategy(strategy)
+    if strategy == "loop":
+        outs = [_train_one(fns, config, schedule, k, images, labels, m) for k, m in zip(keys, masks)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    return _train_many(fns, config, schedule, strategy, keys, images, labels, masks)
+
+
+def _padded_batches(x: jax.Array, batch_size: int):
+    """[N, ...] -> ([ceil(N/B), B, ...], valid [ceil(N/B), B]) with zero padding at the end."""
+    n = x.shape[0]
+    steps = -(-n // batch_size)
+    pad = steps * batch_size - n
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    valid = jnp.arange(steps * batch_size) < n
+    return x.reshape((steps, batch_size) + x.shape[1:]), valid.reshape(steps, batch_size)
+
+
+def predict(fns: ModelFns, variables, images: jax.Array, batch_size: int = 1000) -> jax.Array:
+    """Eval-mode logits of one model, in batches. images: [N,H,W,C] -> logits [N, K]."""
+    batches, _ = _padded_batches(images, min(batch_size, images.shape[0]))
+    logits = jax.lax.map(lambda x: fns.apply(variables, x), batches)
+    return logits.reshape((-1, logits.shape[-1]))[: images.shape[0]]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def predict_many(fns: ModelFns, strategy: str, batch_size: int, variables, images):
+    """Logits of M stacked models on the same images: [M, N, K]."""
+    return map_models(lambda v: predict(fns, v, images, batch_size), strategy, variables)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Top-1 accuracy over the last-but-one axis. logits: [..., N, K], labels: [N]."""
+    return jnp.mean(jnp.argmax(logits, -1) == labels, axis=-1)
+
+
+def evaluate_many(fns: ModelFns, variables, images, labels, strategy: str = "auto",
+                  batch_size: int = 1000) -> jax.Array:
+    """Test accuracy of each of M stacked models: [M]."""
+    strategy = resolve_strategy(strategy)
+    if strategy == "loop":
+        strategy = "map"  # Prediction has no grouped-conv problem worth a Python loop.
+    logits = predict_many(fns, strategy, batch_size, variables, images)
+    return accuracy(logits, labels)

@@ -1,0 +1,508 @@
+"""Model zoo: the DC paper's reference networks, as pure functions over explicit pytrees.
+
+This is the only module in dcjax that imports ``flax.linen``. Everything else sees a
+``ModelFns`` bundle of pure functions (``init``, ``apply``, ``apply_train``, ``embed``)
+over a variables dict ``{"params": ..., ["batch_stats": ...]}``, so callers can jit,
+vmap and grad them freely and BatchNorm state is never mutated behind their back.
+
+Conventions (see PROTOCOL.md section 2):
+  * Images are NHWC float32 ``[B, H, W, C]``; logits are ``[B, num_classes]``.
+  * Every convolution is :class:`Conv` (params ``kernel`` ``(kh, kw, Cin, Cout)``, output
+    axis last, and ``bias`` ``(Cout,)``); every linear layer is :class:`Dense` (``kernel``
+    ``(in, out)``, ``bias`` ``(out,)``). Padding is explicit and symmetric, as in PyTorch.
+  * ``init="reference"`` reproduces PyTorch's default init (kernel AND bias
+    ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))); ``init="flax"`` uses lecun-normal / zeros.
+  * Norm scale 1 / bias 0 in both inits; eps 1e-5 everywhere (PyTorch's default).
+
+Deviations from the PyTorch reference, on purpose:
+  * Flattening is NHWC order (H, W, C) rather than (C, H, W): the same function class,
+    a permuted classifier kernel.
+  * BatchNorm uses flax's running-variance update, which keeps the biased batch variance
+    (PyTorch stores the unbiased one; the factor n/(n-1) only matters for tiny batches).
+  * Max-pooling back-propagates a tie evenly among the tied inputs (PyTorch picks one).
+    After a ReLU the only likely ties are at 0, where the ReLU gradient is 0 anyway.
+  * Only ConvNet takes width/depth/norm/activation/pooling; the other architectures
+    are fixed as in the DC code (ReLU, max-pool, their own norms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MODEL_NAMES: tuple[str, ...] = (
+    "convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18",
+    "convnet_bn", "alexnet_bn", "vgg11_bn", "resnet18_bn",
+)
+NORMS: tuple[str, ...] = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
+ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "leakyrelu", "swish")
+POOLINGS: tuple[str, ...] = ("avgpool", "maxpool", "none")
+INITS: tuple[str, ...] = ("reference", "flax")
+CONV_IMPLS: tuple[str, ...] = ("im2col", "lax")
+
+_ACTIVATION_FNS: dict[str, Callable] = {
+    "relu": nn.relu,
+    "sigmoid": nn.sigmoid,
+    "leakyrelu": functools.partial(nn.leaky_relu, negative_slope=0.01),
+    "swish": nn.swish,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build; ``make_model`` validates every field eagerly."""
+
+    name: str = "convnet"        # one of MODEL_NAMES; "*_bn" = BatchNorm twin
+    width: int = 128             # ConvNet channels (ConvNet only)
+    depth: int = 3               # ConvNet blocks (ConvNet only)
+    norm: str = "instancenorm"   # ConvNet only: one of NORMS
+    activation: str = "relu"     # ConvNet only: one of ACTIVATIONS (leakyrelu slope 0.01)
+    pooling: str = "avgpool"     # ConvNet only: one of POOLINGS
+    init: str = "reference"      # "reference" = PyTorch default; "flax" = Flax defaults
+    conv_impl: str = "im2col"    # every conv in the zoo: "im2col" (matmul) or "lax" (lax.conv)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFns:
+    """Pure functions of one network; ``variables`` = {"params", ["batch_stats"]}.
+
+    init(key) -> variables
+    apply(variables, x [B,H,W,C]) -> logits [B, K]                      (eval mode)
+    apply_train(variables, x) -> (logits [B, K], variables_out)         (train mode)
+    embed(variables, x) -> features [B, D], the classifier's flattened input (eval mode)
+    """
+
+    init: Callable
+    apply: Callable
+    apply_train: Callable
+    embed: Callable
+    has_batch_stats: bool
+    num_params: int
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _torch_uniform(fan_in: int) -> Callable:
+    """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _initializers(init: str, fan_in: int) -> tuple[Callable, Callable]:
+    """(kernel_init, bias_init) for a layer with the given fan-in."""
+    if init == "reference":
+        return _torch_uniform(fan_in), _torch_uniform(fan_in)
+    return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+
+
+# lecun_normal = truncated N(0, 1) on [-2, 2], rescaled by this std to unit variance.
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def _redraw_layers(key: jax.Array, params: dict, init: str) -> dict:
+    """``params`` with every Conv/Dense kernel (and bias) redrawn from ONE random vector.
+
+    Same distribution as the layers' own initializers (``_initializers``); only the
+    sampling is pooled. Why: each jax.random call compiles to its own threefry kernel,
+    ~0.15 s of XLA:CPU compile apiece, which made a model's first init take 1-4 s.
+    Inside jit, module.init's per-parameter draws then become dead code.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    kernels = {path[:-1]: leaf.shape for path, leaf in flat if path[-1].key == "kernel"}
+    # Flax-scheme biases are zeros, so only kernels are drawn there.
+    names = ("kernel", "bias") if init == "reference" else ("kernel",)
+    todo = [i for i, (path, _) in enumerate(flat)
+            if path[:-1] in kernels and path[-1].key in names]
+    total = sum(flat[i][1].size for i in todo)
+    if init == "reference":
+        noise = jax.random.uniform(key, (total,), jnp.float32, -1.0, 1.0)
+    else:
+        noise = jax.random.truncated_normal(key, -2.0, 2.0, (total,)) / _TRUNCATED_NORMAL_STD
+    leaves, offset = [leaf for _, leaf in flat], 0
+    for i in todo:
+        path, leaf = flat[i]
+        scale = 1.0 / math.sqrt(math.prod(kernels[path[:-1]][:-1]))  # 1/sqrt(fan_in)
+        chunk = lax.dynamic_slice_in_dim(noise, offset, leaf.size)
+        leaves[i] = (scale * chunk).reshape(leaf.shape).astype(leaf.dtype)
+        offset += leaf.size
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def conv_lax(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """XLA's native convolution. x [..., H, W, Cin], kernel (kh, kw, Cin, Cout)."""
+    lead, x4 = x.shape[:-3], x.reshape(-1, *x.shape[-3:])
+    y = lax.conv_general_dilated(
+        x4, kernel, window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(*lead, *y.shape[1:])
+
+
+def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The same convolution as one matmul over explicitly gathered patches.
+
+    x [..., H, W, Cin] -> patches [..., H', W', kh*kw*Cin] (the kh*kw shifted, strided
+    slices of the padded input, concatenated on channels in (i, j, c) order, matching
+    ``kernel.reshape(kh*kw*Cin, Cout)``) -> [..., H', W', Cout]. On XLA:CPU the matmul
+    runs near the machine's GEMM roofline where lax.conv does not, and under vmap over
+    parameter sets it becomes a batched matmul rather than a (slow) grouped conv.
+    """
+    kh, kw, cin, cout = kernel.shape
+    pad = [(0, 0)] * (x.ndim - 3) + [(padding, padding), (padding, padding), (0, 0)]
+    xp = jnp.pad(x, pad) if padding else x
+    *lead, h, w, _ = xp.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    n = len(lead)
+    cols = [
+        lax.slice(xp, (0,) * n + (i, j, 0),
+                  (*lead, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
+                  (1,) * n + (stride, stride, 1))
+        for i in range(kh) for j in range(kw)
+    ]
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    # A plain 2-D GEMM: the layout XLA:CPU's Eigen/oneDNN matmul handles best.
+    y = jnp.dot(patches.reshape(-1, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
+    return y.reshape(*lead, ho, wo, cout)
+
+
+_CONV_FNS: dict[str, Callable] = {"lax": conv_lax, "im2col": conv_im2col}
+
+
+class Conv(nn.Module):
+    """k x k convolution with symmetric zero padding. [B,H,W,Cin] -> [B,H',W',features]."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+    impl: str = "im2col"
+    weight_init: str = "reference"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, cin = self.kernel_size, x.shape[-1]
+        kernel_init, bias_init = _initializers(self.weight_init, k * k * cin)
+        kernel = self.param("kernel", kernel_init, (k, k, cin, self.features))
+        y = _CONV_FNS[self.impl](x, kernel, self.stride, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", bias_init, (self.features,))
+        return y
+
+
+class Dense(nn.Module):
+    """Affine layer with PyTorch-default or Flax-default init. [..., in] -> [..., features]."""
+
+    features: int
+    weight_init: str = "reference"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_init, bias_init = _initializers(self.weight_init, x.shape[-1])
+        kernel = self.param("kernel", kernel_init, (x.shape[-1], self.features))
+        bias = self.param("bias", bias_init, (self.features,))
+        return jnp.dot(x, kernel) + bias
+
+
+def _norm(kind: str, x: jax.Array, train: bool, name: str) -> jax.Array:
+    """Apply a normalisation layer named ``name`` inside the calling compact module.
+
+    x [B, H, W, C]. eps 1e-5 as in PyTorch; exact (two-pass) variance because the fast
+    E[x^2]-E[x]^2 form loses precision on un-centred activations.
+    """
+    c = x.shape[-1]
+    if kind == "none":
+        return x
+    if kind == "batchnorm":  # flax momentum 0.9 == torch momentum 0.1
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            use_fast_variance=False, name=name)(x)
+    if kind == "layernorm":  # torch nn.LayerNorm([C, H, W]): stats and affine over (H, W, C)
+        axes = (-3, -2, -1)
+        return nn.LayerNorm(epsilon=1e-5, reduction_axes=axes, feature_axes=axes,
+                            use_fast_variance=False, name=name)(x)
+    groups = c if kind == "instancenorm" else 4  # instance norm == GroupNorm(C groups)
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=False,
+                        name=name)(x)
+
+
+def pool2x2(x: jax.Array, kind: str) -> jax.Array:
+    """2x2 stride-2 pooling, flooring odd sizes like torch. [..., H, W, C] -> [..., H//2, W//2, C].
+
+    Done as reshape + reduce rather than reduce_window: cheaper on CPU, and its gradient is
+    a broadcast instead of select-and-scatter.
+    """
+    if kind == "none":
+        return x
+    *lead, h, w, c = x.shape
+    x = x[..., : h // 2 * 2, : w // 2 * 2, :].reshape(*lead, h // 2, 2, w // 2, 2, c)
+    return x.mean(axis=(-4, -2)) if kind == "avgpool" else x.max(axis=(-4, -2))
+
+
+def _conv(m: nn.Module, features: int, k: int, padding: int, stride: int = 1,
+          use_bias: bool = True, name: str | None = None) -> Conv:
+    """A Conv carrying the enclosing module's init / conv_impl settings."""
+    return Conv(features, k, stride, padding, use_bias, impl=m.conv_impl,
+                weight_init=m.weight_init, name=name)
+
+
+def _classify(m: nn.Module, feats: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Flatten [B, ...] -> [B, D] and apply the final Dense: returns (features, logits)."""
+    feats = feats.reshape(feats.shape[0], -1)
+    return feats, Dense(m.num_classes, weight_init=m.weight_init, name="classifier")(feats)
+
+
+def _mnist_like(x: jax.Array) -> bool:
+    """28x28x1 inputs get a padding-3 first conv (28 -> 32), as in the DC code."""
+    return tuple(x.shape[-3:]) == (28, 28, 1)
+
+
+# ----------------------------------------------------------------------- architectures
+# Each __call__(x [B,H,W,C], train) returns (features [B, D], logits [B, num_classes]).
+
+
+class ConvNet(nn.Module):
+    """DC's ConvNet: depth x [conv3x3 -> norm -> act -> pool2], flatten -> Dense."""
+
+    num_classes: int
+    width: int = 128
+    depth: int = 3
+    norm: str = "instancenorm"
+    activation: str = "relu"
+    pooling: str = "avgpool"
+    weight_init: str = "reference"
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        first_pad = 3 if _mnist_like(x) else 1
+        for d in range(self.depth):
+            x = _conv(self, self.width, 3, first_pad if d == 0 else 1, name=f"conv{d}")(x)
+            x = _norm(self.norm, x, train, f"norm{d}")
+            x = _ACTIVATION_FNS[self.activation](x)
+            x = pool2x2(x, self.pooling)
+        return _classify(self, x)
+
+
+class MLP(nn.Module):
+    """flatten -> 128 -> ReLU -> 128 -> ReLU -> Dense."""
+
+    num_classes: int
+    weight_init: str = "reference"
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(Dense(128, weight_init=self.weight_init, name="fc0")(x))
+        x = nn.relu(Dense(128, weight_init=self.weight_init, name="fc1")(x))
+        return _classify(self, x)
+
+
+class LeNet(nn.Module):
+    """conv5 6 -> ReLU -> maxpool -> conv5 16 -> ReLU -> maxpool -> 120 -> 84 -> Dense."""
+
+    num_classes: int
+    weight_init: str = "reference"
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = pool2x2(nn.relu(_conv(self, 6, 5, 2 if x.shape[-1] == 1 else 0, name="conv0")(x)),
+                    "maxpool")
+        x = pool2x2(nn.relu(_conv(self, 16, 5, 0, name="conv1")(x)), "maxpool")
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(Dense(120, weight_init=self.weight_init, name="fc0")(x))
+        x = nn.relu(Dense(84, weight_init=self.weight_init, name="fc1")(x))
+        return _classify(self, x)
+
+
+class AlexNet(nn.Module):
+    """DC's AlexNet: 5 convs 128/192/256/192/192 (3 max-pools), flatten -> Dense."""
+
+    num_classes: int
+    norm: str = "none"  # "batchnorm" for alexnet_bn
+    weight_init: str = "reference"
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        first_pad = 4 if x.shape[-1] == 1 else 2
+        # (channels, kernel, padding, max-pool after?)
+        cfg = [(128, 5, first_pad, True), (192, 5, 2, True), (256, 3, 1, False),
+               (192, 3, 1, False), (192, 3, 1, True)]
+        for i, (c, k, p, pool) in enumerate(cfg):
+            x = _norm(self.norm, _conv(self, c, k, p, name=f"conv{i}")(x), train, f"norm{i}")
+            x = nn.relu(x)
+            x = pool2x2(x, "maxpool") if pool else x
+        return _classify(self, x)
+
+
+_VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11(nn.Module):
+    """VGG11 with conv3x3 -> norm -> ReLU blocks (instance norm by default), flatten -> Dense."""
+
+    num_classes: int
+    norm: str = "instancenorm"
+    weight_init: str = "reference"
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        pad, i = (3 if _mnist_like(x) else 1), 0
+        for v in _VGG11_CFG:
+            if v == "M":
+                x = pool2x2(x, "maxpool")
+                continue
+            x = _conv(self, v, 3, pad, name=f"conv{i}")(x)
+            x = nn.relu(_norm(self.norm, x, train, f"norm{i}"))
+            pad, i = 1, i + 1
+        return _classify(self, x)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: [B,H,W,Cin] -> [B,ceil(H/stride),ceil(W/stride),features].
+
+    Convs have no bias (as in the DC / torchvision code: the norm right after absorbs it).
+    """
+
+    features: int
+    stride: int = 1
+    norm: str = "instancenorm"
+    weight_init: str = "reference"
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = _conv(self, self.features, 3, 1, self.stride, use_bias=False, name="conv0")(x)
+        y = nn.relu(_norm(self.norm, y, train, "norm0"))
+        y = _conv(self, self.features, 3, 1, use_bias=False, name="conv1")(y)
+        y = _norm(self.norm, y, train, "norm1")
+        if self.stride != 1 or x.shape[-1] != self.features:
+            x = _conv(self, self.features, 1, 0, self.stride, use_bias=False, name="shortcut")(x)
+            x = _norm(self.norm, x, train, "shortcut_norm")
+        return nn.relu(y + x)
+
+
+class ResNet18(nn.Module):
+    """Stem conv3x3 64 -> 4 stages x 2 BasicBlocks (64/128/256/512) -> global avg pool -> Dense."""
+
+    num_classes: int
+    norm: str = "instancenorm"
+    weight_init: str = "reference"
+    conv_impl: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = _conv(self, 64, 3, 1, use_bias=False, name="stem")(x)
+        x = nn.relu(_norm(self.norm, x, train, "stem_norm"))
+        for stage, (features, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2))):
+            for j in range(2):
+                x = BasicBlock(features, stride if j == 0 else 1, self.norm, self.weight_init,
+                               self.conv_impl, name=f"layer{stage + 1}_{j}")(x, train)
+        return _classify(self, x.mean(axis=(-3, -2)))
+
+
+# ------------------------------------------------------------------------ construction
+
+
+def _check(value: Any, valid: tuple, what: str) -> None:
+    """Raise a one-line ValueError naming the bad value and the valid choices."""
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def _validate(config: ModelConfig, image_shape: tuple, num_classes: int) -> None:
+    """Check every config field (whether or not the chosen architecture uses it)."""
+    _check(config.name, MODEL_NAMES, "model name")
+    _check(config.norm, NORMS, "norm")
+    _check(config.activation, ACTIVATIONS, "activation")
+    _check(config.pooling, POOLINGS, "pooling")
+    _check(config.init, INITS, "init")
+    _check(config.conv_impl, CONV_IMPLS, "conv_impl")
+    for field in ("width", "depth"):
+        value = getattr(config, field)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"bad {field} {value!r}; must be a positive int")
+    if len(tuple(image_shape)) != 3:
+        raise ValueError(f"bad image_shape {image_shape!r}; expected (H, W, C)")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"bad num_classes {num_classes!r}; must be a positive int")
+
+
+def _build_module(config: ModelConfig, num_classes: int) -> nn.Module:
+    """The flax Module for ``config`` (already validated)."""
+    base, bn = config.name.removesuffix("_bn"), config.name.endswith("_bn")
+    common = dict(num_classes=num_classes, weight_init=config.init, conv_impl=config.conv_impl)
+    if base == "convnet":
+        return ConvNet(width=config.width, depth=config.depth,
+                       norm="batchnorm" if bn else config.norm,
+                       activation=config.activation, pooling=config.pooling, **common)
+    if base == "mlp":
+        return MLP(**common)
+    if base == "lenet":
+        return LeNet(**common)
+    if base == "alexnet":
+        return AlexNet(norm="batchnorm" if bn else "none", **common)
+    cls = VGG11 if base == "vgg11" else ResNet18
+    return cls(norm="batchnorm" if bn else "instancenorm", **common)
+
+
+def make_model(config: ModelConfig, image_shape: tuple[int, int, int],
+               num_classes: int) -> ModelFns:
+    """Build the pure functions of ``config`` for images ``image_shape`` = (H, W, C).
+
+    Raises ValueError eagerly on any bad config value or on a network that shrinks the
+    image to nothing (e.g. too many pools for the image size).
+    """
+    _validate(config, image_shape, num_classes)
+    module = _build_module(config, num_classes)
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+
+    # Jitted so XLA drops the dummy forward pass flax runs to infer shapes.
+    @jax.jit
+    def init(key):
+        init_key, draw_key = jax.random.split(key)
+        variables = dict(module.init(init_key, dummy, train=False))
+        variables["params"] = _redraw_layers(draw_key, variables["params"], config.init)
+        return variables
+
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    has_batch_stats = "batch_stats" in shapes
+    feats_shape = jax.eval_shape(lambda v: module.apply(v, dummy)[0], shapes).shape
+    if feats_shape[-1] == 0:
+        raise ValueError(f"model {config.name!r} reduces image_shape {tuple(image_shape)} to "
+                         "zero features; use fewer pooling layers or a larger image")
+
+    def apply(variables, x):
+        return module.apply(variables, x, train=False)[1]
+
+    def embed(variables, x):
+        return module.apply(variables, x, train=False)[0]
+
+    def apply_train(variables, x):
+        if not has_batch_stats:  # no train-mode behaviour (no dropout in the zoo)
+            return apply(variables, x), variables
+        (_, logits), updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+        return logits, {**variables, "batch_stats": updates["batch_stats"]}
+
+    return ModelFns(init=init, apply=apply, apply_train=apply_train, embed=embed,
+                    has_batch_stats=has_batch_stats, num_params=count_params(shapes["params"]))

@@ -1,0 +1,111 @@
+r"""Train M fresh networks on the full training set, a random subset, or a synthetic set.
+
+Examples:
+  python experiments/train.py --source=full --workdir=runs/full \
+      --flagfile=experiments/flags/train_full_cpu.cfg
+  python experiments/train.py --source=subset --subset_ipc=10 --workdir=runs/subset10
+  python experiments/train.py --source=synthetic --synthetic=runs/dc/synthetic.npz \
+      --workdir=runs/eval_dc
+
+Writes <workdir>/results.json: test accuracy of every model, mean +- std, exact settings.
+Defaults follow the reference evaluation protocol (PROTOCOL section 4).
+"""
+
+import dataclasses
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+import common  # noqa: E402
+
+common.define_data_flags()
+common.define_model_flags()
+common.define_run_flags()
+flags.DEFINE_enum("source", "full", ["full", "subset", "synthetic"], "Training data.")
+flags.DEFINE_integer("subset_ipc", 10, "Images per class for --source=subset.", lower_bound=1)
+flags.DEFINE_string("synthetic", None, "Synthetic set (.npz from condense.py) for "
+                    "--source=synthetic.")
+flags.DEFINE_integer("num_models", 20, "Models trained (different init/shuffle keys).",
+                     lower_bound=1)
+flags.DEFINE_integer("epochs", 1000, "Training epochs (lr x0.1 after half).", lower_bound=1)
+flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
+flags.DEFINE_float("lr", 0.01, "Learning rate (SGD, momentum 0.9, weight decay 5e-4).")
+flags.DEFINE_enum("augment", None, ["none", "dc"], "Training augmentation; default: 'dc' "
+                  "for small MNIST sets (subset/synthetic, as the reference), else 'none'.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
+                  "How the model axis runs (auto: vmap on GPU/TPU, map on CPU).")
+FLAGS = flags.FLAGS
+
+
+def _training_set(train):
+    """(images, labels, description) for the chosen --source."""
+    import jax
+    import numpy as np
+    from dcjax import data
+    if FLAGS.source == "full":
+        return train.images, train.labels, {"source": "full", "size": len(train.labels)}
+    if FLAGS.source == "subset":
+        key = jax.random.fold_in(jax.random.key(FLAGS.seed), 1)
+        idx = data.stratified_subset(key, train.labels, FLAGS.subset_ipc, train.num_classes)
+        return train.images[idx], train.labels[idx], {"source": "subset",
+                                                      "indices": np.asarray(idx).tolist()}
+    if not FLAGS.synthetic or not os.path.isfile(FLAGS.synthetic):
+        raise ValueError(f"--synthetic must name an existing .npz file, got {FLAGS.synthetic!r}")
+    with np.load(FLAGS.synthetic) as z:
+        if "images" not in z or "labels" not in z:
+            raise ValueError(f"--synthetic {FLAGS.synthetic} lacks 'images'/'labels' arrays")
+        return z["images"], z["labels"], {"source": "synthetic", "path": FLAGS.synthetic}
+
+
+def _eval_config():
+    from dcjax import evaluation
+    from dcjax import train as train_lib
+    small = FLAGS.source != "full" and FLAGS.dataset == "mnist"
+    augment = FLAGS.augment or ("dc" if small else "none")
+    train_cfg = train_lib.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                                      lr=FLAGS.lr, augment=augment)
+    return evaluation.EvalConfig(num_models=FLAGS.num_models, train=train_cfg,
+                                 strategy=FLAGS.strategy)
+
+
+def run():
+    import jax
+    from dcjax import checkpoint, data, evaluation, models, workdir
+    eval_cfg, model_cfg = _eval_config(), common.model_config()
+    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
+    images, labels, source = _training_set(train)
+    if images.shape[1:] != train.image_shape:
+        raise ValueError(f"--synthetic images have shape {images.shape[1:]}, "
+                         f"{FLAGS.dataset} has {train.image_shape}")
+    fns = models.make_model(model_cfg, train.image_shape, train.num_classes)
+    settings = {"dataset": FLAGS.dataset, "seed": FLAGS.seed, "model": dataclasses.asdict(model_cfg),
+                "eval": dataclasses.asdict(eval_cfg), "source": source}
+    workdir.prepare(FLAGS.workdir, settings, FLAGS.overwrite)
+    tic = time.perf_counter()
+    result = evaluation.evaluate_training_set(fns, eval_cfg, jax.random.key(FLAGS.seed),
+                                              (images, labels), (test.images, test.labels))
+    result.update(settings=settings, wall_seconds=time.perf_counter() - tic,
+                  platform=jax.default_backend())
+    checkpoint.write_json(workdir.path(FLAGS.workdir, workdir.RESULTS), result)
+    print(f"{FLAGS.source}: test accuracy {100 * result['mean']:.2f} +- "
+          f"{100 * result['std']:.2f} % over {FLAGS.num_models} models "
+          f"({result['wall_seconds']:.0f} s) -> {FLAGS.workdir}/results.json")
+
+
+def main(argv):
+    if len(argv) > 1:
+        common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    common.quiet_tensorflow()
+    logging.set_verbosity(logging.INFO)
+    common.run_guarded(run)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

@@ -1,0 +1,170 @@
+"""DC condensation: the jitted iteration, class strategies, determinism, resume."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcjax import condense
+from dcjax import condense_run
+from dcjax import data
+from dcjax import evaluation
+from dcjax import models
+from dcjax import train
+
+K, IPC, SHAPE = 3, 2, (8, 8, 1)
+TINY = models.ModelConfig(width=8, depth=2)
+SMALL = condense.CondenseConfig(ipc=IPC, iterations=3, outer_loop=3, inner_loop=2,
+                                batch_real=4, batch_train=4, init="real")
+
+
+def _pool(n=30, seed=0):
+    key = jax.random.key(seed)
+    labels = jnp.arange(n, dtype=jnp.int32) % K
+    images = jax.random.normal(key, (n,) + SHAPE) + labels[:, None, None, None]
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def fns():
+    return models.make_model(TINY, SHAPE, K)
+
+
+def test_loops_follow_the_reference_table():
+    assert condense.CondenseConfig(ipc=1).loops == (1, 1)
+    assert condense.CondenseConfig(ipc=10).loops == (10, 50)
+    assert condense.CondenseConfig(ipc=50).loops == (50, 10)
+    assert condense.CondenseConfig(ipc=10, outer_loop=2, inner_loop=3).loops == (2, 3)
+
+
+def test_class_strategies_give_the_same_loss_and_gradients(fns):
+    images, labels = _pool()
+    variables = fns.init(jax.random.key(1))
+    syn = jax.random.normal(jax.random.key(2), (K * IPC,) + SHAPE)
+    real = jnp.stack([images[labels == c][:4] for c in range(K)])
+    results = {}
+    for strategy in ("vmap", "loop"):
+        fn = lambda s: condense.matching_loss(fns, SMALL, strategy, variables, s, real)  # noqa
+        results[strategy] = jax.jit(jax.value_and_grad(fn))(syn)
+    chex.assert_trees_all_close(results["vmap"], results["loop"], rtol=1e-4, atol=1e-6)
+    assert float(results["loop"][0]) > 0
+
+
+def _iterate(fns, config, steps, key=0):
+    images, labels = _pool()
+    index = data.build_class_index(np.asarray(labels), K)
+    state, init_idx = condense.init_synthetic(config, jax.random.key(key), images, index)
+    step = condense.make_iteration_fn(fns, config, "loop")
+    losses = []
+    for t in range(steps):
+        state, out = step(state, (images, index), jax.random.fold_in(jax.random.key(key), t))
+        losses.append(float(out["loss"]))
+    return state, init_idx, losses, step
+
+
+def test_iteration_traces_once_and_changes_the_images(fns):
+    state0, init_idx, _, _ = _iterate(fns, SMALL, 0)
+    state, _, losses, step = _iterate(fns, SMALL, 3)
+    assert step._cache_size() == 1  # Three calls, one compilation.
+    assert not np.allclose(state.images, state0.images)
+    assert np.all(np.isfinite(losses))
+    images, labels = _pool()
+    # Real init copies the recorded real examples of the right class.
+    np.testing.assert_array_equal(state0.images, images[init_idx])
+    np.testing.assert_array_equal(labels[init_idx], condense.synthetic_labels(K, IPC))
+
+
+def test_pure_iteration_is_traced_once(fns):
+    images, labels = _pool()
+    index = data.build_class_index(np.asarray(labels), K)
+    state, _ = condense.init_synthetic(SMALL, jax.random.key(0), images, index)
+    pure = chex.assert_max_traces(
+        lambda s, d, k: condense.dc_iteration(fns, SMALL, "loop", s, d, k), n=1)
+    step = jax.jit(pure)
+    for t in range(3):
+        state, _ = step(state, (images, index), jax.random.key(t))
+
+
+def test_iteration_is_deterministic(fns):
+    a = _iterate(fns, SMALL, 2, key=5)
+    b = _iterate(fns, SMALL, 2, key=5)
+    chex.assert_trees_all_equal(a[0], b[0])
+    assert a[2] == b[2]
+
+
+def test_noise_init_and_last_outer_step_skip(fns):
+    config = dataclasses.replace(SMALL, init="noise", outer_loop=1, inner_loop=1)
+    state, init_idx, losses, _ = _iterate(fns, config, 1)
+    assert np.all(np.asarray(init_idx) == -1)
+    assert np.isfinite(losses[0])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"ipc": 0}, "ipc"), ({"distance": "l1"}, "distance"), ({"init": "zeros"}, "init"),
+    ({"outer_loop": 0}, "outer_loop"), ({"class_strategy": "pmap"}, "strategy")])
+def test_bad_condense_config_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        condense.CondenseConfig(**kwargs)
+
+
+def test_batch_real_larger_than_smallest_class_is_rejected():
+    index = data.build_class_index(np.array([0, 0, 1, 1, 1, 2, 2]), 3)
+    with pytest.raises(ValueError, match="batch_real"):
+        condense.check_batch_real(condense.CondenseConfig(batch_real=3), index)
+
+
+def _dataset(n, seed):
+    images, labels = _pool(n, seed)
+    return data.ArrayDataset(np.asarray(images), np.asarray(labels), K, "mnist")
+
+
+def _run_config(iterations=4):
+    return condense_run.RunConfig(
+        seed=3, model=TINY, condense=dataclasses.replace(SMALL, iterations=iterations),
+        eval=evaluation.EvalConfig(num_models=2, train=train.TrainConfig(epochs=2)),
+        eval_every=2, checkpoint_every=1)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeypatch):
+    train_set, test_set = _dataset(30, 0), _dataset(12, 1)
+    config = _run_config()
+    straight = condense_run.run_condensation(config, fns, train_set, test_set,
+                                             str(tmp_path / "a"))
+    real_save = condense_run.checkpoint.Checkpointer.save
+
+    def save_then_die(self, step, tree):
+        real_save(self, step, tree)
+        if step == 2:
+            raise _Killed()
+
+    monkeypatch.setattr(condense_run.checkpoint.Checkpointer, "save", save_then_die)
+    with pytest.raises(_Killed):
+        condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path / "b"))
+    monkeypatch.undo()
+    resumed = condense_run.run_condensation(config, fns, train_set, test_set,
+                                            str(tmp_path / "b"))
+    with np.load(tmp_path / "a" / "synthetic.npz") as a, np.load(tmp_path / "b" / "synthetic.npz") as b:
+        for name in ("images", "labels", "init_indices"):
+            np.testing.assert_array_equal(a[name], b[name])
+    assert straight["final"] == resumed["final"]
+    for name in ("synthetic.png", "loss.png", "accuracy.png", "config.json", "metrics.jsonl",
+                 "evals.jsonl", "results.json"):
+        assert (tmp_path / "b" / name).exists(), name
+    assert [e["iteration"] for e in resumed["evals"]] == [0, 2, 4]
+
+
+def test_finished_workdir_is_not_overwritten(fns, tmp_path):
+    train_set, test_set = _dataset(30, 0), _dataset(12, 1)
+    config = dataclasses.replace(_run_config(1), eval_baseline=False)
+    condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path))
+    with pytest.raises(condense_run.workdir_lib.WorkdirError, match="overwrite"):
+        condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path))
+    condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path),
+                                  overwrite=True)

@@ -1,0 +1,88 @@
+"""The launchers as a user runs them: bad input fails in one line; tiny runs finish."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, mock_examples=None, timeout=600):
+    cmd = [sys.executable]
+    if mock_examples is not None:
+        cmd += [os.path.join(ROOT, "tests", "mock_launch.py"), str(mock_examples)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _error_line(proc):
+    lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    return lines[-1] if lines else proc.stderr
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--ipc=0"], "ipc"),
+    (["--distance=l1"], "distance"),
+    (["--init=zeros"], "init"),
+    (["--num_eval=0"], "num_eval"),
+])
+def test_condense_rejects_bad_flags(tmp_path, args, flag):
+    proc = _run(["experiments/condense.py", f"--workdir={tmp_path}/w"] + args)
+    assert proc.returncode != 0
+    assert flag in _error_line(proc), proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "w")  # Nothing half-written.
+
+
+def test_train_rejects_bad_flags(tmp_path):
+    proc = _run(["experiments/train.py", f"--workdir={tmp_path}/w", "--epochs=0"])
+    assert proc.returncode != 0 and "epochs" in _error_line(proc)
+    proc = _run(["experiments/train.py", f"--workdir={tmp_path}/w", "--model=resnet99"])
+    assert proc.returncode != 0 and "model" in _error_line(proc)
+
+
+def test_unknown_dataset_names_itself(tmp_path):
+    proc = _run(["experiments/train.py", f"--workdir={tmp_path}/w", "--dataset=imagenet9"])
+    assert proc.returncode != 0 and "imagenet9" in _error_line(proc)
+
+
+def test_batch_real_larger_than_smallest_class_is_rejected(tmp_path):
+    proc = _run(["experiments/condense.py", f"--workdir={tmp_path}/w", "--batch_real=1000",
+                 "--width=8", "--depth=1"], mock_examples=100)
+    assert proc.returncode != 0 and "batch_real" in _error_line(proc), proc.stderr[-2000:]
+
+
+def test_condense_launcher_runs_end_to_end_on_mock_data(tmp_path):
+    workdir = tmp_path / "dc"
+    args = ["experiments/condense.py", f"--workdir={workdir}", "--ipc=1", "--iterations=2",
+            "--width=8", "--depth=1", "--batch_real=2", "--num_eval=2", "--eval_epochs=2",
+            "--eval_every=1", "--init=real"]
+    proc = _run(args, mock_examples=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test accuracy" in proc.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    assert [e["iteration"] for e in results["evals"]] == [0, 1, 2]
+    assert results["random_real_baseline"]["mean"] >= 0
+    for name in ("synthetic.npz", "synthetic.png", "metrics.jsonl", "config.json"):
+        assert (workdir / name).exists()
+    again = _run(args, mock_examples=60)  # A finished workdir is never silently replaced.
+    assert again.returncode != 0 and "overwrite" in _error_line(again)
+
+
+def test_train_launcher_on_a_synthetic_set(tmp_path):
+    import numpy as np
+    npz = tmp_path / "syn.npz"
+    np.savez(npz, images=np.zeros((10, 28, 28, 1), np.float32),
+             labels=np.arange(10, dtype=np.int32))
+    proc = _run(["experiments/train.py", f"--workdir={tmp_path}/t", "--source=synthetic",
+                 f"--synthetic={npz}", "--num_models=2", "--epochs=1", "--width=8",
+                 "--depth=1"], mock_examples=50)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert len(results["accuracies"]) == 2
+    bad = _run(["experiments/train.py", f"--workdir={tmp_path}/u", "--source=synthetic",
+                f"--synthetic={tmp_path}/missing.npz"], mock_examples=50)
+    assert bad.returncode != 0 and "synthetic" in _error_line(bad)

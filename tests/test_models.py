@@ -1,0 +1,314 @@
+"""Tests for dcjax.models: architectures, init, conv implementations, BatchNorm state."""
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcjax import models
+from dcjax.models import MODEL_NAMES, ModelConfig, count_params, make_model
+
+MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
+# Classifier input sizes of each architecture for both image shapes (PROTOCOL section 2).
+EMBED_DIMS = {"convnet": 2048, "mlp": 128, "lenet": 84, "alexnet": 3072, "vgg11": 512,
+              "resnet18": 512}
+
+
+@functools.lru_cache(maxsize=None)
+def _model(shape=MNIST, classes=10, **cfg):
+    """make_model, cached so tests sharing a config share its jit compilations."""
+    return make_model(ModelConfig(**cfg), shape, classes)
+
+
+def _images(n, shape=MNIST, seed=0):
+    return jax.random.normal(jax.random.key(seed), (n, *shape), jnp.float32)
+
+
+def _ce(logits, labels):
+    """Mean softmax cross-entropy; [B, K], [B] -> scalar."""
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+
+def _assert_close_rel(a, b, tol=1e-4):
+    """Every leaf pair agrees to tol relative to the leaf's largest magnitude.
+
+    Leaves that are ~0 in exact arithmetic (e.g. the gradient of a conv bias that a norm
+    removes) are pure rounding noise, so the scale is floored at 1e-3 of the tree's largest.
+    """
+    a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(a) == len(b)
+    floor = 1e-3 * max(float(np.abs(y).max()) for y in b)
+    for x, y in zip(a, b):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.shape == y.shape
+        scale = max(float(np.abs(y).max()), floor, 1e-30)
+        assert float(np.abs(x - y).max()) <= tol * scale, (float(np.abs(x - y).max()), scale)
+
+
+def _layers(params):
+    """Every dict holding a 'kernel' (a Conv or Dense layer), anywhere in params."""
+    if "kernel" in params:
+        return [params]
+    return [l for v in params.values() if isinstance(v, dict) for l in _layers(v)]
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_mnist_convnet_params_and_shapes():
+    m = _model()
+    variables = m.init(jax.random.key(0))
+    assert m.num_params == 317_706 == count_params(variables["params"])
+    assert set(variables) == {"params"} and not m.has_batch_stats
+    x = _images(3)
+    logits, feats = jax.jit(m.apply)(variables, x), jax.jit(m.embed)(variables, x)
+    chex.assert_shape(logits, (3, 10))
+    chex.assert_shape(feats, (3, 2048))
+    # embed is exactly the classifier's input.
+    head = variables["params"]["classifier"]
+    np.testing.assert_allclose(feats @ head["kernel"] + head["bias"], logits, rtol=1e-5, atol=1e-5)
+
+
+def test_cifar_convnet_shapes():
+    m = make_model(ModelConfig(), CIFAR, 100)
+    variables = m.init(jax.random.key(0))
+    assert m.num_params == count_params(variables["params"]) == 320_010 + 2048 * 90 + 90
+    chex.assert_shape(jax.jit(m.apply)(variables, _images(2, CIFAR)), (2, 100))
+    chex.assert_shape(jax.jit(m.embed)(variables, _images(2, CIFAR)), (2, 2048))
+
+
+@pytest.mark.parametrize("shape", [MNIST, CIFAR], ids=["mnist", "cifar"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_builds_and_runs(name, shape):
+    # conv_impl="lax" only because it compiles ~4x faster; im2col == lax is tested below.
+    m = make_model(ModelConfig(name=name, conv_impl="lax"), shape, 7)
+    run = jax.jit(lambda key, x: (m.init(key), m.apply(m.init(key), x), m.embed(m.init(key), x)))
+    variables, logits, feats = run(jax.random.key(1), _images(2, shape))
+    chex.assert_shape(logits, (2, 7))
+    chex.assert_shape(feats, (2, EMBED_DIMS[name.removesuffix("_bn")]))
+    chex.assert_tree_all_finite(logits)
+    assert m.has_batch_stats == name.endswith("_bn") == ("batch_stats" in variables)
+    assert m.num_params == count_params(variables["params"])
+
+
+# ----------------------------------------------------------------------------- init
+
+
+def test_init_is_deterministic_per_key():
+    m = _model()
+    chex.assert_trees_all_equal(m.init(jax.random.key(3)), m.init(jax.random.key(3)))
+    a, b = m.init(jax.random.key(3)), m.init(jax.random.key(4))
+    for layer_a, layer_b in zip(_layers(a["params"]), _layers(b["params"])):
+        assert not np.array_equal(layer_a["kernel"], layer_b["kernel"])
+    # Old-style uint32 keys work too.
+    chex.assert_trees_all_equal_shapes(m.init(jax.random.PRNGKey(0)), a)
+
+
+def test_reference_init_matches_pytorch_default():
+    params = _model().init(jax.random.key(0))["params"]
+    for layer in _layers(params):
+        bound = 1 / math.sqrt(math.prod(layer["kernel"].shape[:-1]))
+        for leaf in (layer["kernel"], layer["bias"]):
+            assert float(jnp.abs(leaf).max()) <= bound
+            assert float(jnp.abs(leaf).max()) > 0.9 * bound  # actually spans the range
+    big = params["conv1"]["kernel"]  # 3*3*128*128 = 147,456 draws
+    bound = 1 / math.sqrt(3 * 3 * 128)
+    assert abs(float(big.std()) / (bound / math.sqrt(3)) - 1) < 0.02
+    assert abs(float(big.mean())) < 0.01 * bound
+    for d in range(3):  # instance norm: scale 1, bias 0
+        np.testing.assert_array_equal(params[f"norm{d}"]["scale"], 1.0)
+        np.testing.assert_array_equal(params[f"norm{d}"]["bias"], 0.0)
+
+
+def test_flax_init_scheme():
+    params = _model(init="flax").init(jax.random.key(0))["params"]
+    for layer in _layers(params):
+        np.testing.assert_array_equal(layer["bias"], 0.0)
+    big = params["conv1"]["kernel"]
+    assert abs(float(big.std()) * math.sqrt(3 * 3 * 128) - 1) < 0.02  # lecun normal
+    assert float(jnp.abs(big).max()) <= 2 / 0.8796256610342398 / math.sqrt(3 * 3 * 128) + 1e-6
+
+
+@pytest.mark.parametrize("scheme", ["reference", "flax"])
+def test_layer_initializers_match_fast_init(scheme):
+    """The modules' own initializers (standalone use) draw what make_model's init draws."""
+    x = jnp.zeros((1, 8, 8, 64))
+    conv = models.Conv(256, 3, padding=1, weight_init=scheme).init(jax.random.key(0), x)
+    kernel = conv["params"]["kernel"]
+    chex.assert_shape(kernel, (3, 3, 64, 256))
+    fan_in = 3 * 3 * 64
+    expected_std = 1 / math.sqrt(3 * fan_in) if scheme == "reference" else 1 / math.sqrt(fan_in)
+    assert abs(float(kernel.std()) / expected_std - 1) < 0.02
+    dense = models.Dense(5, weight_init=scheme).init(jax.random.key(0), jnp.zeros((1, 100)))
+    bias = dense["params"]["bias"]
+    if scheme == "reference":
+        assert 0 < float(jnp.abs(bias).max()) <= 0.1
+    else:
+        np.testing.assert_array_equal(bias, 0.0)
+
+
+# ----------------------------------------------------------------- im2col vs lax.conv
+
+
+@pytest.mark.parametrize("k,stride,padding,size", [
+    (3, 1, 1, 8), (3, 1, 3, 7), (3, 2, 1, 9), (3, 2, 1, 8), (1, 2, 0, 7), (5, 1, 4, 6),
+    (5, 1, 0, 9)])
+def test_conv_im2col_matches_lax(k, stride, padding, size):
+    x = _images(2, (size, size, 3))
+    kernel = jax.random.normal(jax.random.key(1), (k, k, 3, 4))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_and_grads(conv, x, w):
+        f = lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, padding)))
+        return conv(x, w, stride, padding), jax.grad(f, (0, 1))(x, w)
+
+    _assert_close_rel(*[value_and_grads(conv, x, kernel)
+                        for conv in (models.conv_im2col, models.conv_lax)], tol=1e-5)
+
+
+def _value_and_grads(apply, variables, x, labels):
+    """(logits, d CE / d params, d CE / d x) for one model."""
+    def loss(params, x):
+        return _ce(apply({**variables, "params": params}, x), labels)
+    grads = jax.grad(loss, (0, 1))(variables["params"], x)
+    return apply(variables, x), grads
+
+
+def test_im2col_matches_lax_convnet():
+    x, labels = _images(4), jnp.arange(4) % 10
+    variables = _model().init(jax.random.key(0))
+    out = [jax.jit(_value_and_grads, static_argnums=0)(_model(conv_impl=impl).apply,
+                                                       variables, x, labels)
+           for impl in ("im2col", "lax")]
+    _assert_close_rel(*out)
+
+
+def _block(impl):
+    return models.BasicBlock(16, stride=2, conv_impl=impl)
+
+
+def test_im2col_matches_lax_resnet_stride2_block():
+    x = _images(2, (9, 9, 8))
+    variables = _block("im2col").init(jax.random.key(0), x)
+    assert "shortcut" in variables["params"]  # shape changes -> projection shortcut
+    chex.assert_shape(_block("lax").apply(variables, x), (2, 5, 5, 16))
+
+    def value_and_grads(impl, variables, x):
+        f = lambda p, x: jnp.sum(jnp.tanh(_block(impl).apply({"params": p}, x)))
+        return f(variables["params"], x), jax.grad(f, (0, 1))(variables["params"], x)
+
+    out = [jax.jit(value_and_grads, static_argnums=0)(impl, variables, x)
+           for impl in ("im2col", "lax")]
+    _assert_close_rel(*out)
+
+
+def test_im2col_matches_lax_under_vmap_over_param_sets():
+    """A bank of 2 models, each with its own batch: vmap(im2col) == vmap(lax) == loop."""
+    fns = {impl: _model(width=32, conv_impl=impl) for impl in ("im2col", "lax")}
+    stacked = jax.vmap(fns["lax"].init)(jax.random.split(jax.random.key(0), 2))
+    xs, labels = _images(6).reshape(2, 3, *MNIST), (jnp.arange(6) % 10).reshape(2, 3)
+    out = {impl: jax.jit(jax.vmap(functools.partial(_value_and_grads, f.apply)))(
+        stacked, xs, labels) for impl, f in fns.items()}
+    _assert_close_rel(out["im2col"], out["lax"])
+    for i in range(2):
+        one = jax.tree.map(lambda a: a[i], stacked)
+        single = jax.jit(_value_and_grads, static_argnums=0)(fns["im2col"].apply, one,
+                                                            xs[i], labels[i])
+        _assert_close_rel(single, jax.tree.map(lambda a: a[i], out["im2col"]))
+
+
+# ------------------------------------------------------------------------ BatchNorm
+
+
+def test_batchnorm_train_updates_stats_and_eval_is_pure():
+    m = _model(name="convnet_bn", width=16)
+    variables, x = m.init(jax.random.key(0)), _images(8)
+    assert m.has_batch_stats and set(variables) == {"params", "batch_stats"}
+    logits, new = jax.jit(m.apply_train)(variables, x)
+    chex.assert_shape(logits, (8, 10))
+    chex.assert_trees_all_equal(new["params"], variables["params"])
+    chex.assert_trees_all_equal_structs(new["batch_stats"], variables["batch_stats"])
+    # Running stats move by torch momentum 0.1: new = 0.9 * old + 0.1 * batch statistic.
+    p = variables["params"]["conv0"]
+    y = models.conv_lax(x, p["kernel"], 1, 3) + p["bias"]
+    stats = new["batch_stats"]["norm0"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * y.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * y.var((0, 1, 2)), rtol=1e-4)
+    # Eval mode uses (and leaves) the running stats; same input -> same output.
+    apply = jax.jit(m.apply)
+    chex.assert_trees_all_equal(apply(new, x), apply(new, x))
+    assert not np.allclose(apply(new, x), apply(variables, x))
+    # Train mode normalises with batch stats, so one example's logits depend on the others.
+    assert not np.allclose(logits[:4], jax.jit(m.apply_train)(variables, x[:4])[0], atol=1e-4)
+
+
+def test_apply_train_without_batchnorm_is_apply():
+    m = _model()
+    variables, x = m.init(jax.random.key(0)), _images(2)
+    logits, out = jax.jit(m.apply_train)(variables, x)
+    chex.assert_trees_all_equal(out, variables)
+    np.testing.assert_allclose(logits, jax.jit(m.apply)(variables, x), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ ConvNet variants
+
+_NORMS, _ACTS, _POOLS = models.NORMS, models.ACTIVATIONS, models.POOLINGS
+# A covering set: every norm, activation, pooling and depth 1..4 appears in a run.
+_VARIANTS = [(_NORMS[i % 5], _ACTS[i % 4], _POOLS[i % 3], 1 + i % 4) for i in range(6)]
+
+
+@pytest.mark.parametrize("norm,activation,pooling,depth", _VARIANTS)
+def test_convnet_variant_runs(norm, activation, pooling, depth):
+    m = _model(width=32, depth=depth, norm=norm, activation=activation, pooling=pooling,
+               conv_impl="lax")
+    variables = m.init(jax.random.key(0))
+    logits, _ = jax.jit(m.apply_train)(variables, _images(2))
+    chex.assert_shape(logits, (2, 10))
+    chex.assert_tree_all_finite(logits)
+    side = 32 // 2 ** depth if pooling != "none" else 32
+    assert m.num_params == count_params(variables["params"])
+    chex.assert_shape(variables["params"]["classifier"]["kernel"], (side * side * 32, 10))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("pooling", _POOLS)
+@pytest.mark.parametrize("norm", _NORMS)
+def test_convnet_variant_shapes(norm, pooling, depth):
+    """Every norm x pooling x depth traces (shapes only: no compile)."""
+    m = make_model(ModelConfig(width=32, depth=depth, norm=norm, pooling=pooling), MNIST, 10)
+    variables = jax.eval_shape(m.init, jax.random.key(0))
+    side = 32 // 2 ** depth if pooling != "none" else 32
+    chex.assert_shape(jax.eval_shape(m.embed, variables, _images(2)), (2, side * side * 32))
+    if norm == "layernorm":  # torch LayerNorm([C, H, W]): elementwise affine per position
+        chex.assert_shape(variables["params"]["norm0"]["scale"], (32, 32, 32))
+    assert ("batch_stats" in variables) == (norm == "batchnorm") == m.has_batch_stats
+
+
+# ------------------------------------------------------------------------ bad config
+
+
+@pytest.mark.parametrize("field,value", [
+    ("name", "resnet50"), ("norm", "weightnorm"), ("activation", "gelu"),
+    ("pooling", "avg"), ("init", "kaiming"), ("conv_impl", "winograd"), ("width", 0),
+    ("depth", -1)])
+def test_bad_config_raises(field, value):
+    with pytest.raises(ValueError, match=repr(value)):
+        make_model(ModelConfig(**{field: value}), MNIST, 10)
+
+
+def test_bad_config_message_lists_valid_values():
+    with pytest.raises(ValueError, match="convnet, mlp, lenet"):
+        make_model(ModelConfig(name="resnet50"), MNIST, 10)
+
+
+def test_too_many_pools_for_image_raises():
+    with pytest.raises(ValueError, match="zero features"):
+        make_model(ModelConfig(depth=6), MNIST, 10)
+
+
+def test_count_params():
+    assert count_params({"a": jnp.zeros((3, 4)), "b": [jnp.zeros(5), jnp.zeros(())]}) == 18
