@@ -1,0 +1,50 @@
+"""Shared benchmark helpers: timing with warm-up, the matmul roofline, XLA FLOP counts.
+
+These machines are noisy (+-20-40%), so every benchmark reports ratios of quantities
+measured side by side in the same process, not absolute thresholds.
+"""
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+
+def median_seconds(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn(*args) with its outputs ready (compile excluded by warm-up)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def compiled_flops(jitted, *args) -> float:
+    """FLOPs of one call as XLA's cost analysis counts them (0 if unavailable)."""
+    analysis = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", 0.0))
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a jitted n x n fp32 matmul: the practical roofline of this machine."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    return 2 * n**3 / median_seconds(f, a, repeats=repeats) / 1e9
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A plain markdown table of rows (dicts) restricted to columns."""
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
