@@ -63,6 +63,7 @@ class CondenseConfig:
     distance: str = "ours"
     init: str = "noise"
     class_strategy: str = "auto"
+    microbatch: int | None = None  # Real-gradient / inner-loop chunking; None: per backend.
 
     def __post_init__(self):
         if self.ipc < 1:
@@ -142,20 +143,33 @@ def init_synthetic(config: CondenseConfig, key: jax.Array, images: jax.Array,
     return SynState(syn, image_optimizer(config).init(syn)), init_indices
 
 
-def _class_gradient(fns: ModelFns, variables, images, label):
-    """Gradient of the mean CE over images (all of class ``label``) w.r.t. params."""
-    def loss(params):
-        logits = fns.apply({**variables, "params": params}, images)
-        labels = jnp.full((images.shape[0],), label, jnp.int32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return jax.grad(loss)(variables["params"])
+def _class_gradient(fns: ModelFns, variables, images, label, microbatch: int = 0):
+    """Gradient of the mean CE over images (all of class ``label``) w.r.t. params.
+
+    images: [n, H, W, C]. With microbatch > 0 the gradient is accumulated over chunks
+    (faster on CPU, see train.CPU_MICROBATCH); only for constants (the real batch), as
+    the synthetic gradient must stay differentiable w.r.t. its images cheaply.
+    """
+    n = images.shape[0]
+    labels = jnp.full((n,), label, jnp.int32)
+
+    def loss_sum(params, x, y, w):
+        logits = fns.apply({**variables, "params": params}, x)
+        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)
+
+    weights = jnp.full((n,), 1.0 / n, jnp.float32)
+    if microbatch:
+        return train_lib.chunked_value_and_grad(
+            loss_sum, variables["params"], (images, labels, weights), microbatch)[1]
+    return jax.grad(loss_sum)(variables["params"], images, labels, weights)
 
 
-def _class_distance(fns, distance, variables, syn_c, real_c, label):
+def _class_distance(fns, config, variables, syn_c, real_c, label):
     """distance(g_syn, g_real) for one class; the real gradient is a constant."""
-    g_real = jax.lax.stop_gradient(_class_gradient(fns, variables, real_c, label))
+    microbatch = train_lib.resolve_microbatch(config.microbatch, fns)
+    g_real = jax.lax.stop_gradient(_class_gradient(fns, variables, real_c, label, microbatch))
     g_syn = _class_gradient(fns, variables, syn_c, label)
-    return matching.gradient_distance(g_syn, g_real, distance)
+    return matching.gradient_distance(g_syn, g_real, config.distance)
 
 
 def matching_loss(fns: ModelFns, config: CondenseConfig, strategy: str, variables,
@@ -170,7 +184,7 @@ def matching_loss(fns: ModelFns, config: CondenseConfig, strategy: str, variable
     num_classes = real.shape[0]
     syn = syn.reshape((num_classes, config.ipc) + syn.shape[1:])
     labels = jnp.arange(num_classes, dtype=jnp.int32)
-    per_class = functools.partial(_class_distance, fns, config.distance, variables)
+    per_class = functools.partial(_class_distance, fns, config, variables)
     if strategy == "vmap":
         return jnp.sum(jax.vmap(per_class)(syn, real, labels))
     return sum(per_class(syn[c], real[c], labels[c]) for c in range(num_classes))
@@ -190,8 +204,9 @@ def _train_network(fns, config, variables, syn, labels, key):
     """
     schedule = train_lib.make_schedule(
         train_lib.TrainConfig(batch_size=config.batch_train), syn.shape[0])
-    optimizer = optax.sgd(config.lr_net)
-    step = functools.partial(train_lib.train_step, fns, optimizer, lambda k, x: x)
+    trainer = train_lib.Trainer(fns, optax.sgd(config.lr_net),
+                                microbatch=train_lib.resolve_microbatch(config.microbatch, fns))
+    step = functools.partial(train_lib.train_step, trainer)
     mask = jnp.ones((syn.shape[0],), bool)
 
     def one_epoch(state, epoch):
@@ -201,7 +216,7 @@ def _train_network(fns, config, variables, syn, labels, key):
             return step(state, (syn[idx], labels[idx], w), key)
         return jax.lax.scan(one_step, state, (indices, weights))[0], None
 
-    state = train_lib.TrainState(variables, optimizer.init(variables["params"]))
+    state = train_lib.TrainState(variables, trainer.optimizer.init(variables["params"]))
     state, _ = jax.lax.scan(one_epoch, state, jnp.arange(config.loops[1]))
     return state.variables
 

@@ -42,6 +42,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: str = "none"  # "none" | "dc" (the MNIST DC evaluation augmentation)
+    microbatch: int | None = None  # Gradient chunk size; None: per backend; 0: off.
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -51,6 +52,8 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         augment_lib.get_augment(self.augment)  # Fails early on an unknown name.
+        if self.microbatch is not None and self.microbatch < 0:
+            raise ValueError(f"microbatch must be >= 0 or None, got {self.microbatch}")
 
 
 class TrainState(NamedTuple):
@@ -116,22 +119,93 @@ def epoch_batches(key: jax.Array, mask: jax.Array, schedule: Schedule):
     return indices.reshape(shape), weights.reshape(shape)
 
 
-def train_step(fns: ModelFns, optimizer, augment: Callable, state: TrainState, batch, key):
+# On XLA's CPU backend a ConvNet-128 step over 256 images runs ~2x faster as 32 chunks of
+# 8 whose gradients are summed (measured: 0.55 s vs 1.07 s): the im2col patches and
+# activations of 8 images stay in cache instead of streaming ~0.3 GB tensors through
+# memory. On GPU/TPU the whole batch at once is what keeps the chip busy.
+CPU_MICROBATCH = 8
+
+
+def resolve_microbatch(microbatch: int | None, fns: ModelFns, backend: str | None = None) -> int:
+    """Chunk size for gradient accumulation; 0 means one pass over the whole batch.
+
+    BatchNorm models always get 0: their batch statistics must see the whole batch.
+    """
+    if fns.has_batch_stats:
+        return 0
+    if microbatch is None:
+        return CPU_MICROBATCH if (backend or jax.default_backend()) == "cpu" else 0
+    return microbatch
+
+
+def chunked_value_and_grad(loss_sum: Callable, params, arrays: tuple, chunk: int):
+    """value_and_grad of a loss that is a SUM over examples, accumulated chunk by chunk.
+
+    Args:
+      loss_sum: loss_sum(params, *arrays_chunk) -> scalar, a sum of per-example terms.
+      params: differentiated pytree.
+      arrays: tuple of [B, ...] arrays. They are zero-padded to a multiple of ``chunk``:
+        the caller must make padded examples contribute 0 (e.g. a weight array).
+      chunk: examples per chunk (> 0).
+
+    Returns:
+      (total loss, gradient pytree), equal to jax.value_and_grad(loss_sum) on the whole
+      batch up to float summation order.
+    """
+    b = arrays[0].shape[0]
+    n = -(-b // chunk)
+    pad = n * chunk - b
+    chunks = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
+        (n, chunk) + a.shape[1:]) for a in arrays)
+
+    def body(carry, xs):
+        loss, grads = jax.value_and_grad(loss_sum)(params, *xs)
+        return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
+
+    init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    return jax.lax.scan(body, init, chunks)[0]
+
+
+class Trainer(NamedTuple):
+    """The static parts of a train step: network, optimizer, augmentation, chunking."""
+
+    fns: ModelFns
+    optimizer: optax.GradientTransformation
+    augment: Callable = augment_lib.identity_augment
+    microbatch: int = 0  # Resolved chunk size (resolve_microbatch); 0: whole batch.
+
+
+def _loss_and_grads(trainer: Trainer, variables: Variables, images, labels, weights):
+    """Weighted mean CE and its gradient; (loss, grads, variables with new batch stats)."""
+    fns, params = trainer.fns, variables["params"]
+    denom = jnp.maximum(jnp.sum(weights), 1.0)
+    if trainer.microbatch:
+        def loss_sum(p, x, y, w):
+            logits = fns.apply({**variables, "params": p}, x)
+            return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)
+        total, grads = chunked_value_and_grad(loss_sum, params, (images, labels, weights),
+                                              trainer.microbatch)
+        return total / denom, jax.tree.map(lambda g: g / denom, grads), variables
+
+    def loss_fn(p):
+        logits, new_variables = fns.apply_train({**variables, "params": p}, images)
+        return cross_entropy(logits, labels, weights), new_variables
+
+    (loss, new_variables), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, new_variables
+
+
+def train_step(trainer: Trainer, state: TrainState, batch, key):
     """One SGD step. batch = (images [B,H,W,C], labels [B], weights [B]) -> (state, loss).
 
     A batch made only of padding (possible when models in a bank have different subset
     sizes) leaves the state untouched, as if the step did not exist.
     """
     images, labels, weights = batch
-    images = augment(key, images)
-
-    def loss_fn(params):
-        logits, variables = fns.apply_train({**state.variables, "params": params}, images)
-        return cross_entropy(logits, labels, weights), variables
-
+    images = trainer.augment(key, images)
+    loss, grads, variables = _loss_and_grads(trainer, state.variables, images, labels, weights)
     params = state.variables["params"]
-    (loss, variables), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    updates, opt_state = trainer.optimizer.update(grads, state.opt_state, params)
     variables = {**variables, "params": optax.apply_updates(params, updates)}
     new_state = TrainState(variables, opt_state)
     has_data = jnp.sum(weights) > 0
@@ -143,8 +217,9 @@ def _run_phase(fns, config, schedule, variables, data, key, num_epochs, lr):
     """num_epochs epochs at a fixed lr with a fresh optimizer. Returns (variables, losses)."""
     images, labels, mask = data
     optimizer = make_optimizer(config, lr)
-    augment = augment_lib.get_augment(config.augment)
-    step = functools.partial(train_step, fns, optimizer, augment)
+    trainer = Trainer(fns, optimizer, augment_lib.get_augment(config.augment),
+                      resolve_microbatch(config.microbatch, fns))
+    step = functools.partial(train_step, trainer)
 
     def one_epoch(state, epoch):
         shuffle_key, augment_key = jax.random.split(jax.random.fold_in(key, epoch))

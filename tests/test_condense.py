@@ -40,17 +40,21 @@ def test_loops_follow_the_reference_table():
     assert condense.CondenseConfig(ipc=10, outer_loop=2, inner_loop=3).loops == (2, 3)
 
 
-def test_class_strategies_give_the_same_loss_and_gradients(fns):
+def test_class_strategies_and_microbatching_give_the_same_loss_and_gradients(fns):
     images, labels = _pool()
     variables = fns.init(jax.random.key(1))
     syn = jax.random.normal(jax.random.key(2), (K * IPC,) + SHAPE)
     real = jnp.stack([images[labels == c][:4] for c in range(K)])
     results = {}
     for strategy in ("vmap", "loop"):
-        fn = lambda s: condense.matching_loss(fns, SMALL, strategy, variables, s, real)  # noqa
-        results[strategy] = jax.jit(jax.value_and_grad(fn))(syn)
-    chex.assert_trees_all_close(results["vmap"], results["loop"], rtol=1e-4, atol=1e-6)
-    assert float(results["loop"][0]) > 0
+        for microbatch in (0, 3):
+            cfg = dataclasses.replace(SMALL, microbatch=microbatch)
+            fn = lambda s: condense.matching_loss(fns, cfg, strategy, variables, s, real)  # noqa
+            results[strategy, microbatch] = jax.jit(jax.value_and_grad(fn))(syn)
+    for key, result in results.items():
+        chex.assert_trees_all_close(result, results["vmap", 0], rtol=1e-4, atol=1e-6,
+                                    custom_message=str(key))
+    assert float(results["loop", 0][0]) > 0
 
 
 def _iterate(fns, config, steps, key=0):

@@ -83,14 +83,38 @@ def test_epoch_batches_cover_the_mask_once_and_pad_with_zero_weight():
     assert float(w.sum()) == 7
 
 
-def test_padding_only_step_leaves_the_state_unchanged(tiny):
+@pytest.mark.parametrize("microbatch", [0, 3])
+def test_padding_only_step_leaves_the_state_unchanged(tiny, microbatch):
     images, labels = _separable(8)
-    optimizer = train.make_optimizer(train.TrainConfig(), 0.1)
+    trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1),
+                            microbatch=microbatch)
     variables = tiny.init(jax.random.key(0))
-    state = train.TrainState(variables, optimizer.init(variables["params"]))
-    new, _ = train.train_step(tiny, optimizer, lambda k, x: x, state,
-                              (images, labels, jnp.zeros(8)), jax.random.key(1))
+    state = train.TrainState(variables, trainer.optimizer.init(variables["params"]))
+    new, _ = train.train_step(trainer, state, (images, labels, jnp.zeros(8)), jax.random.key(1))
     chex.assert_trees_all_equal(new, state)
+
+
+def test_microbatched_step_equals_whole_batch_step(tiny):
+    """Chunked gradient accumulation (the CPU default) is the same SGD step."""
+    images, labels = _separable(10)
+    weights = jnp.ones(10).at[7:].set(0.0)  # Padding must stay out of the loss.
+    variables = tiny.init(jax.random.key(0))
+    outs = []
+    for microbatch in (0, 4):  # 4 does not divide 10: exercises the zero padding too.
+        trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1),
+                                microbatch=microbatch)
+        state = train.TrainState(variables, trainer.optimizer.init(variables["params"]))
+        outs.append(jax.jit(train.train_step, static_argnums=0)(
+            trainer, state, (images, labels, weights), jax.random.key(1)))
+    chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_microbatch_is_per_backend_and_off_for_batchnorm(tiny):
+    assert train.resolve_microbatch(None, tiny, "cpu") == train.CPU_MICROBATCH
+    assert train.resolve_microbatch(None, tiny, "gpu") == 0
+    assert train.resolve_microbatch(5, tiny, "gpu") == 5
+    bn = models.make_model(models.ModelConfig(name="convnet_bn", width=4, depth=1), (8, 8, 1), 4)
+    assert train.resolve_microbatch(None, bn, "cpu") == 0
 
 
 def test_schedule_never_pads_a_small_set_to_the_full_batch():
@@ -99,7 +123,7 @@ def test_schedule_never_pads_a_small_set_to_the_full_batch():
 
 
 @pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"batch_size": 0}, {"lr": -1.0},
-                                    {"augment": "bogus"}])
+                                    {"augment": "bogus"}, {"microbatch": -1}])
 def test_bad_train_config_is_rejected(kwargs):
     with pytest.raises(ValueError):
         train.TrainConfig(**kwargs)
