@@ -86,6 +86,7 @@ class ModelFns:
     embed: Callable
     has_batch_stats: bool
     num_params: int
+    config: ModelConfig | None = None  # What was built (e.g. callers check conv_impl).
 
 
 def count_params(params: Any) -> int:
@@ -519,4 +520,5 @@ def make_model(config: ModelConfig, image_shape: tuple[int, int, int],
         return logits, {**variables, "batch_stats": updates["batch_stats"]}
 
     return ModelFns(init=init, apply=apply, apply_train=apply_train, embed=embed,
-                    has_batch_stats=has_batch_stats, num_params=count_params(shapes["params"]))
+                    has_batch_stats=has_batch_stats, num_params=count_params(shapes["params"]),
+                    config=config)

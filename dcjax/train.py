@@ -129,12 +129,16 @@ CPU_MICROBATCH = 8
 def resolve_microbatch(microbatch: int | None, fns: ModelFns, backend: str | None = None) -> int:
     """Chunk size for gradient accumulation; 0 means one pass over the whole batch.
 
-    BatchNorm models always get 0: their batch statistics must see the whole batch.
+    BatchNorm models always get 0: their batch statistics must see the whole batch. The
+    automatic choice is also 0 for lax.conv networks, which chunking makes ~5x slower on
+    CPU (benchmarks/engine.py): the gain comes from im2col's GEMMs staying in cache.
     """
     if fns.has_batch_stats:
         return 0
     if microbatch is None:
-        return CPU_MICROBATCH if (backend or jax.default_backend()) == "cpu" else 0
+        uses_im2col = fns.config is None or fns.config.conv_impl == "im2col"
+        on_cpu = (backend or jax.default_backend()) == "cpu"
+        return CPU_MICROBATCH if on_cpu and uses_im2col else 0
     return microbatch
 
 
@@ -213,12 +217,22 @@ def train_step(trainer: Trainer, state: TrainState, batch, key):
     return new_state, loss
 
 
-def _run_phase(fns, config, schedule, variables, data, key, num_epochs, lr):
-    """num_epochs epochs at a fixed lr with a fresh optimizer. Returns (variables, losses)."""
+def run_epochs(trainer: Trainer, schedule: Schedule, variables: Variables, data,
+               key: jax.Array, num_epochs: int):
+    """num_epochs epochs from ``variables`` with a fresh optimizer state (one scan).
+
+    Args:
+      trainer: network, optimizer (its lr fixed for these epochs), augmentation, chunking.
+      schedule: static steps per epoch and batch size.
+      variables: starting variables.
+      data: (images [N,H,W,C], labels [N] int32, mask [N] bool).
+      key: epoch e shuffles and augments with keys derived from fold_in(key, e).
+      num_epochs: static.
+
+    Returns:
+      (variables, per-epoch mean training loss [num_epochs]).
+    """
     images, labels, mask = data
-    optimizer = make_optimizer(config, lr)
-    trainer = Trainer(fns, optimizer, augment_lib.get_augment(config.augment),
-                      resolve_microbatch(config.microbatch, fns))
     step = functools.partial(train_step, trainer)
 
     def one_epoch(state, epoch):
@@ -234,7 +248,7 @@ def _run_phase(fns, config, schedule, variables, data, key, num_epochs, lr):
         state, losses = jax.lax.scan(one_step, state, (steps, indices, weights))
         return state, jnp.sum(losses * weights.sum(1)) / jnp.maximum(weights.sum(), 1.0)
 
-    state = TrainState(variables, optimizer.init(variables["params"]))
+    state = TrainState(variables, trainer.optimizer.init(variables["params"]))
     state, losses = jax.lax.scan(one_epoch, state, jnp.arange(num_epochs))
     return state.variables, losses
 
@@ -255,11 +269,17 @@ def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
     """
     init_key, first_key, second_key = jax.random.split(key, 3)
     variables = fns.init(init_key)
+    augment = augment_lib.get_augment(config.augment)
+    microbatch = resolve_microbatch(config.microbatch, fns)
     first = config.epochs // 2
     # Reference: the lr drops at epoch E//2 where E+1 epochs run; with ``epochs`` epochs in
-    # all, the first phase is epochs//2 long (0 when training a single epoch).
-    variables, losses_a = _run_phase(fns, config, schedule, variables, data, first_key,
-                                     first, config.lr)
-    variables, losses_b = _run_phase(fns, config, schedule, variables, data, second_key,
-                                     config.epochs - first, config.lr * 0.1)
-    return variables, jnp.concatenate([losses_a, losses_b])
+    # all, the first phase is epochs//2 long (0 when training a single epoch). Each phase
+    # gets a fresh optimizer: the momentum reset of the reference.
+    phases = ((first_key, first, config.lr), (second_key, config.epochs - first, config.lr * 0.1))
+    losses = []
+    for phase_key, num_epochs, lr in phases:
+        trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch)
+        variables, phase_losses = run_epochs(trainer, schedule, variables, data, phase_key,
+                                             num_epochs)
+        losses.append(phase_losses)
+    return variables, jnp.concatenate(losses)

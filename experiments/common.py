@@ -39,6 +39,15 @@ def define_run_flags():
     flags.DEFINE_integer("seed", 0, "Root PRNG seed; every random choice derives from it.")
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_bool("overwrite", False, "Replace finished results in --workdir.")
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: one "
+                      "process per host of a multi-host GPU/TPU job (see BUILD.md).")
+
+
+def init_runtime():
+    """Multi-host jobs join JAX's distributed runtime before any other JAX call."""
+    if FLAGS.distributed:
+        import jax
+        jax.distributed.initialize()
 
 
 def model_config():
@@ -48,9 +57,20 @@ def model_config():
         conv_impl=FLAGS.conv_impl)
 
 
-def quiet_tensorflow():
-    """TFDS imports TensorFlow: keep it off the GPU and quiet before it loads."""
+class _DropLibraryInfo:
+    """absl-handler filter: INFO records from TFDS/Orbax internals drown the progress lines."""
+
+    NOISY = ("orbax", "tensorflow_datasets")
+
+    def filter(self, record):
+        return record.levelno > 20 or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_libraries():
+    """TFDS imports TensorFlow: keep it quiet before it loads; hide library INFO chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
 def fail(message: str):

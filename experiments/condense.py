@@ -18,7 +18,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
 import common  # noqa: E402
 
@@ -95,8 +94,8 @@ def run():
 def main(argv):
     if len(argv) > 1:
         common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.quiet_tensorflow()
-    logging.set_verbosity(logging.INFO)
+    common.init_runtime()
+    common.quiet_libraries()
     common.run_guarded(run)
 
 

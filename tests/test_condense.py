@@ -46,7 +46,7 @@ def test_class_strategies_and_microbatching_give_the_same_loss_and_gradients(fns
     syn = jax.random.normal(jax.random.key(2), (K * IPC,) + SHAPE)
     real = jnp.stack([images[labels == c][:4] for c in range(K)])
     results = {}
-    for strategy in ("vmap", "loop"):
+    for strategy in ("vmap", "map", "loop"):
         for microbatch in (0, 3):
             cfg = dataclasses.replace(SMALL, microbatch=microbatch)
             fn = lambda s: condense.matching_loss(fns, cfg, strategy, variables, s, real)  # noqa
@@ -61,7 +61,7 @@ def _iterate(fns, config, steps, key=0):
     images, labels = _pool()
     index = data.build_class_index(np.asarray(labels), K)
     state, init_idx = condense.init_synthetic(config, jax.random.key(key), images, index)
-    step = condense.make_iteration_fn(fns, config, "loop")
+    step = condense.make_iteration_fn(fns, config, "map")
     losses = []
     for t in range(steps):
         state, out = step(state, (images, index), jax.random.fold_in(jax.random.key(key), t))
@@ -86,7 +86,7 @@ def test_pure_iteration_is_traced_once(fns):
     index = data.build_class_index(np.asarray(labels), K)
     state, _ = condense.init_synthetic(SMALL, jax.random.key(0), images, index)
     pure = chex.assert_max_traces(
-        lambda s, d, k: condense.dc_iteration(fns, SMALL, "loop", s, d, k), n=1)
+        lambda s, d, k: condense.dc_iteration(fns, SMALL, "map", s, d, k), n=1)
     step = jax.jit(pure)
     for t in range(3):
         state, _ = step(state, (images, index), jax.random.key(t))
@@ -172,3 +172,9 @@ def test_finished_workdir_is_not_overwritten(fns, tmp_path):
         condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path))
     condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path),
                                   overwrite=True)
+
+
+def test_auto_class_strategy_is_per_backend():
+    assert condense.resolve_class_strategy("auto", "cpu") == "map"
+    assert condense.resolve_class_strategy("auto", "gpu") == "vmap"
+    assert condense.resolve_class_strategy("loop", "gpu") == "loop"

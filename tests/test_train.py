@@ -115,6 +115,8 @@ def test_microbatch_is_per_backend_and_off_for_batchnorm(tiny):
     assert train.resolve_microbatch(5, tiny, "gpu") == 5
     bn = models.make_model(models.ModelConfig(name="convnet_bn", width=4, depth=1), (8, 8, 1), 4)
     assert train.resolve_microbatch(None, bn, "cpu") == 0
+    lax_net = models.make_model(models.ModelConfig(width=4, depth=1, conv_impl="lax"), (8, 8, 1), 4)
+    assert train.resolve_microbatch(None, lax_net, "cpu") == 0
 
 
 def test_schedule_never_pads_a_small_set_to_the_full_batch():
