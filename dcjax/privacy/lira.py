@@ -1,0 +1,308 @@
+"""LiRA (Carlini et al., S&P 2022, "Membership Inference Attacks From First Principles") and the LOSS baseline.
+
+Pipeline (PROTOCOL section 7): logits of every model on every (example, query) -> ``logit_scale`` phi [M, N, Q] ->
+per-example Gaussians fitted to the IN and OUT shadow scores -> per-example membership score of a target model.
+``leave_one_out`` uses each of the M models in turn as the target with the other M - 1 as its shadows.
+
+Choices (the reference implementation's, unless noted):
+  * location = per-example MEDIAN of the shadow scores (robust to the odd diverged shadow model);
+  * per-example scale = standard deviation with ddof=1; ``fixed_variance`` pools one std over all examples and
+    queries, each example centred on its own mean, with the pooled (within-example) ddof; IN and OUT are pooled
+    separately (the reference code takes the OUT std from the IN scores, a pitfall we do not copy);
+  * stds are floored at ``MIN_STD`` so identical shadow scores (saturated models) give large but finite scores;
+  * queries are combined by AVERAGING the per-query log-likelihood ratios (offline: per-query log CDFs);
+  * NaN shadow scores mean "missing"; ``leave_one_out`` uses that to give every example equally many IN and OUT
+    shadows (reference-style truncation), without which online LiRA is biased below 0.5 under the null;
+  * all arithmetic is NumPy float64 (JAX defaults to float32, too coarse for phi of confident models).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+import scipy.special
+
+MIN_STD = 1e-6
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+def _per_example(fn: Callable, logits, labels, example_axis: int) -> np.ndarray:
+    """Validates logits/labels and applies ``fn(z [..., N, K] float64, one_hot [N, K]) -> [..., N]``.
+
+    The example axis is moved next to the class axis so ``fn`` only ever sees [..., N, K], then moved back.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim < 2 or z.shape[-1] < 2:
+        raise ValueError(f"logits must be [..., N, K] with K >= 2 classes, got shape {z.shape}")
+    axis = example_axis + z.ndim if example_axis < 0 else example_axis
+    if not 0 <= axis < z.ndim - 1:
+        raise ValueError(f"example_axis {example_axis} must name a non-class axis of logits {z.shape}")
+    z = np.moveaxis(z, axis, -2)
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != z.shape[-2]:
+        raise ValueError(f"labels must be [N] with N = {z.shape[-2]} (logits axis {example_axis}), "
+                         f"got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or (y < 0).any() or (y >= z.shape[-1]).any():
+        raise ValueError(f"labels must be integers in [0, {z.shape[-1]})")
+    if not np.isfinite(z).all():
+        raise ValueError("logits must be finite (found NaN or inf)")
+    one_hot = np.arange(z.shape[-1]) == y[:, None]
+    return np.moveaxis(fn(z, one_hot), -1, axis)
+
+
+def _true_logit(z: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
+    # The one-hot row has exactly one True, so a masked sum picks z_y without any float error.
+    return np.sum(np.where(one_hot, z, 0.0), axis=-1)
+
+
+def _phi(z: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
+    return _true_logit(z, one_hot) - scipy.special.logsumexp(np.where(one_hot, -np.inf, z), axis=-1)
+
+
+def _log_prob(z: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
+    return _true_logit(z, one_hot) - scipy.special.logsumexp(z, axis=-1)
+
+
+def logit_scale(logits, labels, example_axis: int = -2) -> np.ndarray:
+    """LiRA's score phi = z_y - logsumexp_{y' != y} z_{y'}, i.e. log(p_y / (1 - p_y)) without forming p.
+
+    Computed from the logits directly (not from softmax probabilities), so it stays finite and exact even when
+    p_y rounds to 0 or 1 (true class dominating or dominated by thousands).
+
+    Args:
+      logits: [..., N, K] with any leading axes; other layouts via ``example_axis``.
+      labels: [N] integer true classes.
+      example_axis: the axis of ``logits`` that indexes examples, e.g. 1 for [M, N, Q, K] (models, examples,
+        queries, classes).
+
+    Returns:
+      float64 logits.shape[:-1], e.g. [..., N] or [M, N, Q].
+    """
+    return _per_example(_phi, logits, labels, example_axis)
+
+
+def loss_threshold_scores(logits, labels, example_axis: int = -2) -> np.ndarray:
+    """LOSS attack score (Yeom et al.): minus the cross-entropy, z_y - logsumexp(z); higher = member.
+
+    Shapes as for ``logit_scale``; float64 logits.shape[:-1].
+    """
+    return _per_example(_log_prob, logits, labels, example_axis)
+
+
+def confidence_scores(logits, labels, example_axis: int = -2) -> np.ndarray:
+    """Softmax probability of the true class, float64 logits.shape[:-1] (shapes as for ``logit_scale``)."""
+    return np.exp(loss_threshold_scores(logits, labels, example_axis))
+
+
+class GaussianFit(NamedTuple):
+    """Per-example Gaussians for the IN and OUT shadow scores; every array is float64 [N, Q] and finite."""
+
+    mu_in: np.ndarray
+    std_in: np.ndarray
+    mu_out: np.ndarray
+    std_out: np.ndarray
+
+
+def _check_shadows(scores, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scores [M, N] or [M, N, Q], keep [M, N] -> (float64 [M, N, Q], IN mask [M, N], OUT mask [M, N]).
+
+    A NaN shadow score means "missing" (a (model, example) pair with any NaN query is in neither mask), so callers
+    can drop shadows per example; ``leave_one_out`` uses this to equalise set sizes.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    k = np.asarray(keep)
+    if s.ndim == 2:
+        s = s[..., None]
+    if s.ndim != 3:
+        raise ValueError(f"shadow scores must be [M, N] or [M, N, Q], got shape {s.shape}")
+    if k.shape != s.shape[:2]:
+        raise ValueError(f"keep shape {k.shape} does not match shadow scores [M, N] = {s.shape[:2]}")
+    if k.dtype != bool and not np.isin(k, (0, 1)).all():
+        raise ValueError("keep must be boolean (or 0/1)")
+    if np.isinf(s).any():
+        raise ValueError("shadow scores must be finite or NaN (= missing), found inf")
+    present = ~np.isnan(s).any(-1)
+    k = k.astype(bool)
+    return s, k & present, ~k & present
+
+
+def _masked_median(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Median over models of the selected scores: [M, N, Q], [M, N] -> [N, Q], NaN where nothing is selected."""
+    count = mask.sum(0)
+    # NaNs sort last, so the selected scores of each example occupy the first ``count`` rows.
+    ordered = np.sort(np.where(mask[..., None], scores, np.nan), axis=0)
+    lo = np.maximum((count - 1) // 2, 0)[None, :, None]
+    hi = np.minimum(count // 2, scores.shape[0] - 1)[None, :, None]
+    median = (np.take_along_axis(ordered, lo, 0) + np.take_along_axis(ordered, hi, 0))[0] / 2
+    return np.where(count[:, None] > 0, median, np.nan)
+
+
+def _centred_squares(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of squared deviations from each example's mean [N, Q], degrees of freedom count - 1 [N])."""
+    count = mask.sum(0)
+    w = mask[..., None]
+    mean = np.sum(np.where(w, scores, 0.0), 0) / np.maximum(count, 1)[:, None]
+    squares = np.sum(np.where(w, (scores - mean) ** 2, 0.0), 0)
+    return squares, count - 1
+
+
+def _pooled_std(scores: np.ndarray, mask: np.ndarray) -> float:
+    """One within-example std over all examples and queries; NaN when no example has 2 selected scores."""
+    squares, dof = _centred_squares(scores, mask)
+    total_dof = np.sum(np.maximum(dof, 0)) * scores.shape[2]
+    return float(np.sqrt(squares.sum() / total_dof)) if total_dof > 0 else float("nan")
+
+
+def _fit_set(scores: np.ndarray, mask: np.ndarray, fixed_variance: bool,
+             pooled: float) -> tuple[np.ndarray, np.ndarray]:
+    """(median [N, Q] with NaN where empty, std [N, Q]); examples with < 2 scores fall back to ``pooled``."""
+    mu = _masked_median(scores, mask)
+    if fixed_variance:
+        std = np.full(mu.shape, pooled)
+    else:
+        squares, dof = _centred_squares(scores, mask)
+        std = np.sqrt(squares / np.maximum(dof, 1)[:, None])
+        std = np.where(dof[:, None] >= 1, std, pooled)
+    return mu, np.maximum(std, MIN_STD)
+
+
+def fit_gaussians(scores, keep, fixed_variance: bool) -> GaussianFit:
+    """Fits per-example IN and OUT Gaussians to shadow scores.
+
+    Fallbacks, so every output is finite: an example with < 2 scores in a set uses that set's pooled std (or the
+    other set's when the set has no example with 2 scores); an example with no IN (no OUT) shadow gets
+    mu_in = mu_out + shift (mu_out = mu_in - shift), with shift [Q] the median of mu_in - mu_out over the examples
+    that have both. Raises ValueError when no example has both, e.g. 2 models under leave-one-out.
+
+    Args:
+      scores: [M, N, Q] (or [M, N]) shadow phi scores.
+      keep: [M, N] bool, True where example n was in shadow m's training set.
+      fixed_variance: pool one std per set (IN, OUT) instead of per-example stds.
+
+    Returns:
+      GaussianFit of [N, Q] float64 arrays.
+    """
+    return _fit(*_check_shadows(scores, keep), fixed_variance)
+
+
+def _fit(s: np.ndarray, k_in: np.ndarray, k_out: np.ndarray, fixed_variance: bool) -> GaussianFit:
+    """``fit_gaussians`` on checked inputs: s [M, N, Q], IN / OUT masks [M, N] (see ``_check_shadows``)."""
+    pooled_in, pooled_out = _pooled_std(s, k_in), _pooled_std(s, k_out)
+    pooled_in, pooled_out = np.nan_to_num(pooled_in, nan=pooled_out), np.nan_to_num(pooled_out, nan=pooled_in)
+    has_in, has_out = k_in.any(0)[:, None], k_out.any(0)[:, None]
+    both = (has_in & has_out)[:, 0]
+    if not both.any() or np.isnan(pooled_in):
+        raise ValueError("need an example with both IN and OUT shadows and an example with >= 2 IN or >= 2 OUT "
+                         f"shadows to estimate a std; got {s.shape[0]} shadow models")
+    mu_in, std_in = _fit_set(s, k_in, fixed_variance, pooled_in)
+    mu_out, std_out = _fit_set(s, k_out, fixed_variance, pooled_out)
+    shift = np.median(mu_in[both] - mu_out[both], axis=0)
+    mu_in_filled = np.where(has_in, mu_in, mu_out + shift)
+    mu_out_filled = np.where(has_out, mu_out, mu_in - shift)
+    return GaussianFit(mu_in_filled, std_in, mu_out_filled, std_out)
+
+
+def _check_target(target_scores, num_examples: int, num_queries: int) -> np.ndarray:
+    """target [N] or [N, Q] -> float64 [N, Q] matching the shadows."""
+    t = np.asarray(target_scores, dtype=np.float64)
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.shape != (num_examples, num_queries):
+        raise ValueError(f"target scores shape {t.shape} does not match shadows [N, Q] = "
+                         f"{(num_examples, num_queries)}")
+    if not np.isfinite(t).all():
+        raise ValueError("target scores must be finite (found NaN or inf)")
+    return t
+
+
+def _norm_logpdf(x: np.ndarray, mu: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return -0.5 * ((x - mu) / std) ** 2 - np.log(std) - 0.5 * _LOG_2PI
+
+
+def lira_online(target_scores, shadow_scores, shadow_keep, fixed_variance: bool) -> np.ndarray:
+    """Online LiRA: log N(phi; mu_in, s_in) - log N(phi; mu_out, s_out), AVERAGED over queries.
+
+    Args:
+      target_scores: [N, Q] (or [N]) phi of the target model.
+      shadow_scores: [M, N, Q] (or [M, N]) phi of the shadow models (the target must not be among them);
+        NaN marks a missing (model, example) score, which is left out of both sets.
+      shadow_keep: [M, N] bool IN mask of the shadows.
+      fixed_variance: one pooled std per set instead of per-example stds (better with few shadows).
+
+    Returns:
+      float64 [N] membership scores, higher = member. Examples never IN (or never OUT) among the shadows use the
+      shifted-mean fallback of ``fit_gaussians``, so they stay on the same likelihood-ratio scale.
+    """
+    s, k_in, k_out = _check_shadows(shadow_scores, shadow_keep)
+    t = _check_target(target_scores, *s.shape[1:])
+    fit = _fit(s, k_in, k_out, fixed_variance)
+    llr = _norm_logpdf(t, fit.mu_in, fit.std_in) - _norm_logpdf(t, fit.mu_out, fit.std_out)
+    return llr.mean(-1)
+
+
+def lira_offline(target_scores, shadow_scores, shadow_keep, fixed_variance: bool) -> np.ndarray:
+    """Offline LiRA: one-sided test against the OUT Gaussian only, log Phi((phi - mu_out) / s_out), query-averaged.
+
+    Phi is the standard normal CDF via ``scipy.special.log_ndtr`` (float64, accurate far into the lower tail).
+    Higher = member. Only OUT shadows are used; an example with no OUT shadow falls back to the median and std of
+    all OUT scores of all examples (the population OUT distribution). Shapes as for ``lira_online``.
+    """
+    s, _, out = _check_shadows(shadow_scores, shadow_keep)
+    t = _check_target(target_scores, *s.shape[1:])
+    if not out.any():
+        raise ValueError("offline LiRA needs at least one OUT shadow score")
+    population = s[out]  # [num OUT scores, Q]
+    pooled = _pooled_std(s, out)
+    pooled = pooled if np.isfinite(pooled) else float(np.std(population))
+    mu, std = _fit_set(s, out, fixed_variance, pooled)
+    has_out = out.any(0)[:, None]
+    mu = np.where(has_out, mu, np.median(population, axis=0))
+    std = np.where(has_out, std, np.maximum(np.std(population, axis=0), MIN_STD))
+    return scipy.special.log_ndtr((t - mu) / std).mean(-1)
+
+
+def _first_k(mask: np.ndarray) -> np.ndarray:
+    """Keeps, per example (column), the first c True entries in model order; c = the smallest non-zero count."""
+    counts = mask.sum(0)
+    if not counts.any():
+        return mask
+    return mask & (np.cumsum(mask, 0) <= counts[counts > 0].min())
+
+
+def leave_one_out(scores, keep, attack_fn: Callable, equalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Uses each model in turn as the target, with all OTHER models as its shadows.
+
+    Why ``equalize``: with an exactly balanced mask, dropping the target leaves M/2 - 1 shadows in the target's own
+    set and M/2 in the other, so the set sizes depend on the label. A Gaussian fitted to fewer points explains a
+    fresh score worse, which pushes online scores of members down: with no signal at all, M = 16 gives AUC about
+    0.47 instead of 0.5. ``equalize`` keeps only the first c_in IN and c_out OUT shadows of each example (model
+    order; c = the smallest non-zero count over examples, M/2 - 1 here), as the reference code's truncation does;
+    dropped shadows are passed as NaN (= missing).
+
+    Args:
+      scores: [M, N, Q] (or [M, N]) finite phi of every model on every example.
+      keep: [M, N] bool IN mask.
+      attack_fn: ``attack_fn(target_scores [N, Q], shadow_scores [M-1, N, Q], shadow_keep [M-1, N]) -> [N]``,
+        e.g. ``functools.partial(lira_online, fixed_variance=True)``.
+      equalize: equalise IN / OUT shadow counts per example as above.
+
+    Returns:
+      (membership scores float64 [M, N], labels bool [M, N] = keep): M * N target trials for ``metrics``.
+    """
+    s, k, _ = _check_shadows(scores, keep)
+    if np.isnan(s).any():
+        raise ValueError("leave_one_out needs finite scores (found NaN)")
+    num_models = s.shape[0]
+    if num_models < 2:
+        raise ValueError(f"leave_one_out needs >= 2 models, got {num_models}")
+    out = np.empty(k.shape, np.float64)
+    for m in range(num_models):
+        # Excluding the target matters: its own IN score would pull mu_in toward it and inflate the attack.
+        others = np.arange(num_models) != m
+        shadows, shadow_keep = s[others], k[others]
+        if equalize:
+            used = _first_k(shadow_keep) | _first_k(~shadow_keep)
+            shadows = np.where(used[..., None], shadows, np.nan)
+        out[m] = attack_fn(s[m], shadows, shadow_keep)
+    return out, k.copy()

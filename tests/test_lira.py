@@ -1,0 +1,242 @@
+"""LiRA / LOSS scores and keep masks on synthetic numbers (pure math, no models)."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from dcjax.privacy import lira, masks, metrics
+
+ATTACKS = {
+    "online_fixed": functools.partial(lira.lira_online, fixed_variance=True),
+    "online_per_example": functools.partial(lira.lira_online, fixed_variance=False),
+    "offline_fixed": functools.partial(lira.lira_offline, fixed_variance=True),
+    "offline_per_example": functools.partial(lira.lira_offline, fixed_variance=False),
+}
+
+
+def test_keep_masks_balanced_and_deterministic():
+    keep = masks.lira_keep_masks(jax.random.key(0), 16, 300)
+    assert keep.shape == (16, 300) and keep.dtype == bool
+    np.testing.assert_array_equal(keep.sum(0), 8)
+    # Each model trains on about half the pool.
+    assert np.all(np.abs(keep.sum(1) - 150) < 50)
+    np.testing.assert_array_equal(keep, masks.lira_keep_masks(jax.random.key(0), 16, 300))
+    assert not np.array_equal(keep, masks.lira_keep_masks(jax.random.key(1), 16, 300))
+    with pytest.raises(ValueError, match="even"):
+        masks.lira_keep_masks(jax.random.key(0), 7, 10)
+    with pytest.raises(ValueError, match="even"):
+        masks.lira_keep_masks(jax.random.key(0), 0, 10)
+
+
+def test_half_split_mask():
+    for n in (1, 10, 11):
+        mask = masks.half_split_mask(jax.random.key(2), n)
+        assert mask.shape == (n,) and mask.sum() == n // 2
+    np.testing.assert_array_equal(masks.half_split_mask(jax.random.key(3), 50),
+                                  masks.half_split_mask(jax.random.key(3), 50))
+    assert not np.array_equal(masks.half_split_mask(jax.random.key(3), 50),
+                              masks.half_split_mask(jax.random.key(4), 50))
+
+
+def _normal(seed: int, shape) -> np.ndarray:
+    """Standard normals from ``jax.random.key(seed)``: one fixed-size draw, sliced, so jax compiles it only once."""
+    pool = np.asarray(jax.random.normal(jax.random.key(seed), (1 << 15,)), np.float64)
+    return pool[: int(np.prod(shape))].reshape(shape)
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_logit_scale_matches_log_odds():
+    logits = _normal(0, (5, 40, 10)) * 3
+    labels = np.arange(40) % 10
+    p = np.exp(np.take_along_axis(_log_softmax(logits), labels[None, :, None], -1)[..., 0])
+    phi = lira.logit_scale(logits, labels)
+    assert phi.shape == (5, 40) and phi.dtype == np.float64
+    np.testing.assert_allclose(phi, np.log(p / (1 - p)), rtol=1e-10, atol=1e-10)
+
+
+def test_logit_scale_example_axis():
+    logits = _normal(1, (3, 7, 2, 4))  # [M, N, Q, K]
+    labels = np.arange(7) % 4
+    phi = lira.logit_scale(logits, labels, example_axis=1)
+    assert phi.shape == (3, 7, 2)
+    for q in range(2):
+        np.testing.assert_allclose(phi[:, :, q], lira.logit_scale(logits[:, :, q], labels), rtol=1e-12)
+    with pytest.raises(ValueError, match="labels"):
+        lira.logit_scale(logits, labels)  # N is not second to last here
+
+
+def test_logit_scale_extreme_logits():
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0], [0.0, 0.0, 3000.0], [-5000.0, 0.0, 0.0]])
+    labels = np.array([0, 0, 2, 0])
+    phi = lira.logit_scale(logits.astype(np.float32), labels)
+    assert np.all(np.isfinite(phi))
+    np.testing.assert_allclose(phi, [1e4, -2e4, 3000 - np.log(2), -5000 - np.log(2)], rtol=1e-12)
+    assert np.all(np.isfinite(lira.loss_threshold_scores(logits, labels)))
+
+
+def test_loss_and_confidence_scores():
+    logits = _normal(2, (4, 30, 5)) * 2
+    labels = np.arange(30) % 5
+    log_p = np.take_along_axis(_log_softmax(logits), labels[None, :, None], -1)[..., 0]
+    np.testing.assert_allclose(lira.loss_threshold_scores(logits, labels), log_p, rtol=1e-12)
+    np.testing.assert_allclose(lira.confidence_scores(logits, labels), np.exp(log_p), rtol=1e-12)
+
+
+def test_bad_logits_raise():
+    with pytest.raises(ValueError, match="labels"):
+        lira.logit_scale(np.zeros((4, 3)), np.array([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match="labels"):
+        lira.logit_scale(np.zeros((4, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="finite"):
+        lira.logit_scale(np.full((2, 3), np.nan), np.array([0, 1]))
+
+
+def _synthetic(seed: int, shift: float, num_models: int = 16, num_examples: int = 200, num_queries: int = 2):
+    """phi [M, N, Q]: per-example difficulty ~ N(0, 3^2), unit noise, IN scores shifted by ``shift`` std."""
+    keep = masks.lira_keep_masks(jax.random.key(seed), num_models, num_examples)
+    difficulty = 3 * _normal(seed + 100, (num_examples,))
+    noise = _normal(seed + 200, (num_models, num_examples, num_queries))
+    return difficulty[None, :, None] + shift * keep[..., None] + noise, keep
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_lira_separates_shifted_gaussians(name):
+    scores, keep = _synthetic(0, shift=2.0)
+    membership, labels = lira.leave_one_out(scores, keep, ATTACKS[name])
+    assert membership.shape == (16, 200) and np.all(np.isfinite(membership))
+    np.testing.assert_array_equal(labels, keep)
+    assert metrics.auc(membership, labels) > 0.9
+    # The per-example calibration is the point of LiRA: a global threshold on phi does far worse here.
+    assert metrics.auc(scores.mean(-1), keep) < 0.8
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_lira_chance_without_signal(name):
+    scores, keep = _synthetic(1, shift=0.0)
+    membership, labels = lira.leave_one_out(scores, keep, ATTACKS[name])
+    assert metrics.auc(membership, labels) == pytest.approx(0.5, abs=0.05)
+
+
+def test_fit_gaussians_median_and_pooled_std():
+    scores, keep = _synthetic(2, shift=1.0, num_models=8, num_examples=30, num_queries=1)
+    fit = lira.fit_gaussians(scores, keep, fixed_variance=True)
+    resid, dof = [], 0
+    for n in range(30):
+        ins = scores[keep[:, n], n, 0]
+        assert fit.mu_in[n, 0] == pytest.approx(np.median(ins))
+        assert fit.mu_out[n, 0] == pytest.approx(np.median(scores[~keep[:, n], n, 0]))
+        resid.append(ins - ins.mean())
+        dof += ins.size - 1
+    pooled_in = np.sqrt(np.sum(np.concatenate(resid) ** 2) / dof)
+    np.testing.assert_allclose(fit.std_in, pooled_in)
+    per_example = lira.fit_gaussians(scores, keep, fixed_variance=False)
+    np.testing.assert_allclose(per_example.std_out[:, 0],
+                               [np.std(scores[~keep[:, n], n, 0], ddof=1) for n in range(30)])
+
+
+def test_target_excluded_from_its_own_shadows():
+    scores, keep = _synthetic(3, shift=1.0, num_models=8, num_examples=20, num_queries=1)
+    scores[0] += 1e3  # model 0 is a huge outlier: it would wreck any Gaussian fit it entered
+    attack = ATTACKS["online_per_example"]
+    membership, _ = lira.leave_one_out(scores, keep, attack, equalize=False)
+    np.testing.assert_allclose(membership[0], attack(scores[0], scores[1:], keep[1:]))
+    assert not np.allclose(membership[0], attack(scores[0], scores, keep))
+    np.testing.assert_allclose(membership[3], attack(scores[3], np.delete(scores, 3, 0), np.delete(keep, 3, 0)))
+
+
+def _record_calls(scores, keep, equalize):
+    seen = []
+
+    def recording_attack(target, shadows, shadow_keep):
+        seen.append((target, shadows, shadow_keep))
+        return np.zeros(target.shape[0])
+
+    lira.leave_one_out(scores, keep, recording_attack, equalize=equalize)
+    return seen
+
+
+def test_leave_one_out_passes_the_other_models():
+    scores, keep = _synthetic(3, shift=1.0, num_models=8, num_examples=20, num_queries=2)
+    for m, (target, shadows, shadow_keep) in enumerate(_record_calls(scores, keep, equalize=False)):
+        np.testing.assert_array_equal(target, scores[m])
+        np.testing.assert_array_equal(shadows, np.delete(scores, m, 0))
+        np.testing.assert_array_equal(shadow_keep, np.delete(keep, m, 0))
+    for m, (target, shadows, shadow_keep) in enumerate(_record_calls(scores, keep, equalize=True)):
+        np.testing.assert_array_equal(target, scores[m])
+        np.testing.assert_array_equal(shadow_keep, np.delete(keep, m, 0))
+        present = ~np.isnan(shadows[..., 0])
+        # Whole (model, example) pairs are dropped, all queries together.
+        np.testing.assert_array_equal(np.isnan(shadows), np.repeat(~present[..., None], 2, -1))
+        np.testing.assert_array_equal(shadows[present], np.delete(scores, m, 0)[present])
+        # Equal IN and OUT counts (M/2 - 1) for every example, whatever the target's own membership.
+        np.testing.assert_array_equal((present & shadow_keep).sum(0), 3)
+        np.testing.assert_array_equal((present & ~shadow_keep).sum(0), 3)
+
+
+@pytest.mark.parametrize("name", ["online_fixed", "online_per_example"])
+def test_equalize_removes_null_bias(name):
+    scores, keep = _synthetic(0, shift=0.0, num_examples=1000)
+    biased = metrics.auc(*lira.leave_one_out(scores, keep, ATTACKS[name], equalize=False))
+    fixed = metrics.auc(*lira.leave_one_out(scores, keep, ATTACKS[name]))
+    assert biased < 0.485  # members look less like members when their own set lost a shadow
+    assert fixed == pytest.approx(0.5, abs=0.015)
+
+
+def test_nan_shadow_scores_are_missing():
+    scores, keep = _synthetic(6, shift=1.0, num_models=8, num_examples=20, num_queries=2)
+    holed = scores.copy()
+    holed[2] = np.nan
+    holed[5, :, 1] = np.nan  # one NaN query drops the whole (model, example) pair
+    dropped = np.delete(scores, [2, 5], 0)
+    for attack in ATTACKS.values():
+        np.testing.assert_allclose(attack(scores[0], holed[1:], keep[1:]),
+                                   attack(scores[0], dropped[1:], np.delete(keep, [2, 5], 0)[1:]))
+
+
+def test_examples_missing_in_or_out_stay_finite():
+    scores, keep = _synthetic(4, shift=2.0, num_models=6, num_examples=10, num_queries=2)
+    keep[:, 0] = False  # example 0 never IN
+    keep[:, 1] = True  # example 1 never OUT
+    for name, attack in ATTACKS.items():
+        out = attack(scores[0], scores[1:], keep[1:])
+        assert out.shape == (10,) and np.all(np.isfinite(out)), name
+    fit = lira.fit_gaussians(scores, keep, fixed_variance=False)
+    shift = np.median((fit.mu_in - fit.mu_out)[2:], axis=0)
+    np.testing.assert_allclose(fit.mu_in[0], fit.mu_out[0] + shift)
+    np.testing.assert_allclose(fit.mu_out[1], fit.mu_in[1] - shift)
+
+
+def test_single_query_inputs_may_drop_the_query_axis():
+    scores, keep = _synthetic(7, shift=1.0, num_models=8, num_examples=20, num_queries=1)
+    for attack in ATTACKS.values():
+        np.testing.assert_allclose(attack(scores[0, :, 0], scores[1:, :, 0], keep[1:]),
+                                   attack(scores[0], scores[1:], keep[1:]))
+
+
+def test_identical_shadow_scores_give_finite_scores():
+    scores = np.ones((4, 5, 1))
+    keep = masks.lira_keep_masks(jax.random.key(0), 4, 5)
+    for attack in ATTACKS.values():
+        assert np.all(np.isfinite(attack(np.full(5, 2.0), scores, keep)))
+
+
+def test_bad_shadow_inputs_raise():
+    scores, keep = _synthetic(5, shift=1.0, num_models=4, num_examples=6, num_queries=1)
+    with pytest.raises(ValueError, match="keep shape"):
+        lira.lira_online(scores[0], scores, keep[:, :5], fixed_variance=True)
+    with pytest.raises(ValueError, match="target scores shape"):
+        lira.lira_online(scores[0, :5], scores, keep, fixed_variance=True)
+    with pytest.raises(ValueError, match="both IN and OUT"):
+        lira.leave_one_out(scores[:2], keep[:2], ATTACKS["online_fixed"])
+    with pytest.raises(ValueError, match=">= 2 models"):
+        lira.leave_one_out(scores[:1], keep[:1], ATTACKS["online_fixed"])
+    with pytest.raises(ValueError, match="finite"):
+        lira.leave_one_out(np.where(keep[..., None], np.nan, scores), keep, ATTACKS["online_fixed"])
+    with pytest.raises(ValueError, match="inf"):
+        lira.lira_online(scores[0], np.full(scores.shape, np.inf), keep, fixed_variance=True)
