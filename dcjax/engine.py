@@ -9,8 +9,12 @@ axis is executed is a per-backend choice (PROTOCOL section 8):
   convolutions, 3-4x slower than a loop, so the default there is a sequential
   ``lax.map`` (a scan: one compiled body, no Python in the loop).
 
-``MapStrategy`` names the choice; ``"auto"`` picks per backend; all choices compute the same
+The strategy names the choice; ``"auto"`` picks per backend; all choices compute the same
 thing (tests check it) and ``benchmarks/engine.py`` measures them side by side.
+
+Across devices, ``train_models(..., mesh=model_mesh())`` shards the model axis over a
+``models`` mesh axis with ``jax.shard_map`` (data replicated, no collectives: models are
+independent); each device then runs its share with the strategy above.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
@@ -65,8 +70,27 @@ def _train_one(fns, config, schedule, key, images, labels, mask):
     return train_lib.train_from_init(fns, config, schedule, key, (images, labels, mask))
 
 
+def model_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named 'models' over ``devices`` (default: all devices of all hosts)."""
+    devices = list(devices or jax.devices())
+    return jax.make_mesh((len(devices),), ("models",),
+                         axis_types=(jax.sharding.AxisType.Explicit,), devices=devices)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _train_sharded(fns, config, schedule, strategy, mesh, keys, images, labels, masks):
+    def local(keys, images, labels, masks):
+        return _train_many.__wrapped__(fns, config, schedule, strategy, keys, images, labels,
+                                       masks)
+    # check_vma=False: the per-model scans start from replicated constants (zeros, the
+    # pool) and become device-varying; every model is independent, so nothing to check.
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("models"), P(), P(), P("models")),
+                            out_specs=P("models"), check_vma=False)
+    return sharded(keys, images, labels, masks)
+
+
 def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
-                 data, strategy: str = "auto"):
+                 data, strategy: str = "auto", mesh: Mesh | None = None):
     """Trains M freshly initialised models, model m on the pool examples where masks[m].
 
     Args:
@@ -75,6 +99,8 @@ def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
       keys: [M] typed PRNG keys, one per model.
       data: (images [N,H,W,C], labels [N] int32, masks [M, N] bool).
       strategy: 'auto' | 'vmap' | 'map' | 'loop' (see module docstring).
+      mesh: shard the model axis over this mesh's 'models' axis (M must be a multiple of
+        its size); None runs on the default device.
 
     Returns:
       (variables stacked over a leading [M] axis, per-epoch losses [M, epochs]).
@@ -86,6 +112,15 @@ def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
     max_count = int(jnp.max(jnp.sum(masks, axis=1)))
     schedule = train_lib.make_schedule(config, max_count)
     strategy = resolve_strategy(strategy)
+    if mesh is not None:
+        if masks.shape[0] % mesh.size:
+            raise ValueError(f"{masks.shape[0]} models do not split evenly over {mesh.size} devices")
+        strategy = "map" if strategy == "loop" else strategy
+        # Explicit placement: each device gets its models' keys/masks, all get the pool.
+        per_model, replicated = NamedSharding(mesh, P("models")), NamedSharding(mesh, P())
+        keys, masks = jax.device_put((keys, masks), per_model)
+        images, labels = jax.device_put((images, labels), replicated)
+        return _train_sharded(fns, config, schedule, strategy, mesh, keys, images, labels, masks)
     if strategy == "loop":
         outs = [_train_one(fns, config, schedule, k, images, labels, m) for k, m in zip(keys, masks)]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)

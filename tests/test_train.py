@@ -137,3 +137,19 @@ def test_auto_strategy_is_per_backend():
     assert engine.resolve_strategy("auto", "tpu") == "vmap"
     with pytest.raises(ValueError, match="bogus"):
         engine.resolve_strategy("bogus")
+
+
+def test_sharded_bank_equals_unsharded_on_four_devices(tiny):
+    """The model axis sharded over 4 (fake CPU) devices trains the same models."""
+    assert jax.device_count() == 4, "tests/conftest.py sets 4 fake CPU devices"
+    images, labels = _separable()
+    cfg = train.TrainConfig(epochs=2, batch_size=16)
+    masks = jax.random.bernoulli(jax.random.key(5), 0.5, (4, 40))
+    keys = jax.random.split(jax.random.key(6), 4)
+    plain = engine.train_models(tiny, cfg, keys, (images, labels, masks), "map")
+    mesh = engine.model_mesh()
+    sharded = engine.train_models(tiny, cfg, keys, (images, labels, masks), "auto", mesh=mesh)
+    assert len(jax.tree.leaves(sharded[0])[0].sharding.device_set) == 4
+    chex.assert_trees_all_close(sharded, plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="split evenly"):
+        engine.train_models(tiny, cfg, keys[:3], (images, labels, masks[:3]), mesh=mesh)
