@@ -88,3 +88,14 @@ def run_guarded(fn, *errors):
     except known as e:
         logging.debug("user error", exc_info=True)
         fail(str(e))
+
+
+def launcher_main(run):
+    """absl main for a launcher: no stray arguments, runtime and logs set up, errors in one line."""
+    def main(argv):
+        if len(argv) > 1:
+            fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        init_runtime()
+        quiet_libraries()
+        run_guarded(run)
+    return main

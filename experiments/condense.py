@@ -91,13 +91,5 @@ def run():
     print(f"outputs in {workdir}")
 
 
-def main(argv):
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.init_runtime()
-    common.quiet_libraries()
-    common.run_guarded(run)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.launcher_main(run))

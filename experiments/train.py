@@ -97,14 +97,6 @@ def run():
           f"({result['wall_seconds']:.0f} s) -> {FLAGS.workdir}/results.json")
 
 
-def main(argv):
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.init_runtime()
-    common.quiet_libraries()
-    common.run_guarded(run)
-
-
 if __name__ == "__main__":
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    app.run(common.launcher_main(run))
