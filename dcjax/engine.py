@@ -20,7 +20,7 @@ independent); each device then runs its share with the strategy above.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,17 +57,31 @@ def map_models(fn: Callable, strategy: str, xs):
     raise ValueError(f"map_models cannot run strategy {strategy!r} inside jit")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _train_many(fns, config, schedule, strategy, keys, images, labels, masks):
+class _Plan(NamedTuple):
+    """The static half of a bank training: what to train and how to run the model axis."""
+
+    fns: ModelFns
+    config: train_lib.TrainConfig
+    schedule: train_lib.Schedule
+    strategy: str
+
+
+def _train_local(plan: _Plan, keys, images, labels, masks):
+    """Trains len(keys) models on this device with plan.strategy ('vmap' or 'map')."""
     def one(args):
         key, mask = args
-        return train_lib.train_from_init(fns, config, schedule, key, (images, labels, mask))
-    return map_models(one, strategy, (keys, masks))
+        return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key,
+                                         (images, labels, mask))
+    return map_models(one, plan.strategy, (keys, masks))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _train_one(fns, config, schedule, key, images, labels, mask):
-    return train_lib.train_from_init(fns, config, schedule, key, (images, labels, mask))
+_train_many = jax.jit(_train_local, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train_one(plan: _Plan, key, images, labels, mask):
+    return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key,
+                                     (images, labels, mask))
 
 
 def model_mesh(devices=None) -> Mesh:
@@ -77,14 +91,13 @@ def model_mesh(devices=None) -> Mesh:
                          axis_types=(jax.sharding.AxisType.Explicit,), devices=devices)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _train_sharded(fns, config, schedule, strategy, mesh, keys, images, labels, masks):
-    def local(keys, images, labels, masks):
-        return _train_many.__wrapped__(fns, config, schedule, strategy, keys, images, labels,
-                                       masks)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train_sharded(plan: _Plan, mesh: Mesh, keys, images, labels, masks):
+    """Each device of the 'models' axis trains its share of the models (no collectives)."""
     # check_vma=False: the per-model scans start from replicated constants (zeros, the
     # pool) and become device-varying; every model is independent, so nothing to check.
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("models"), P(), P(), P("models")),
+    sharded = jax.shard_map(functools.partial(_train_local, plan), mesh=mesh,
+                            in_specs=(P("models"), P(), P(), P("models")),
                             out_specs=P("models"), check_vma=False)
     return sharded(keys, images, labels, masks)
 
@@ -115,16 +128,18 @@ def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
     if mesh is not None:
         if masks.shape[0] % mesh.size:
             raise ValueError(f"{masks.shape[0]} models do not split evenly over {mesh.size} devices")
-        strategy = "map" if strategy == "loop" else strategy
+        # A Python loop cannot run inside shard_map; its in-graph twin is 'map'.
+        plan = _Plan(fns, config, schedule, "map" if strategy == "loop" else strategy)
         # Explicit placement: each device gets its models' keys/masks, all get the pool.
         per_model, replicated = NamedSharding(mesh, P("models")), NamedSharding(mesh, P())
         keys, masks = jax.device_put((keys, masks), per_model)
         images, labels = jax.device_put((images, labels), replicated)
-        return _train_sharded(fns, config, schedule, strategy, mesh, keys, images, labels, masks)
+        return _train_sharded(plan, mesh, keys, images, labels, masks)
+    plan = _Plan(fns, config, schedule, strategy)
     if strategy == "loop":
-        outs = [_train_one(fns, config, schedule, k, images, labels, m) for k, m in zip(keys, masks)]
+        outs = [_train_one(plan, k, images, labels, m) for k, m in zip(keys, masks)]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-    return _train_many(fns, config, schedule, strategy, keys, images, labels, masks)
+    return _train_many(plan, keys, images, labels, masks)
 
 
 def _padded_batches(x: jax.Array, batch_size: int):
