@@ -152,11 +152,7 @@ def _class_gradient(fns: ModelFns, variables, images, label, microbatch: int = 0
     """
     n = images.shape[0]
     labels = jnp.full((n,), label, jnp.int32)
-
-    def loss_sum(params, x, y, w):
-        logits = fns.apply({**variables, "params": params}, x)
-        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)
-
+    loss_sum = train_lib.weighted_ce_sum(fns, variables)
     weights = jnp.full((n,), 1.0 / n, jnp.float32)
     if microbatch:
         return train_lib.chunked_value_and_grad(

@@ -142,6 +142,18 @@ def resolve_microbatch(microbatch: int | None, fns: ModelFns, backend: str | Non
     return microbatch
 
 
+def weighted_ce_sum(fns: ModelFns, variables: Variables) -> Callable:
+    """loss_sum(params, x [B,H,W,C], y [B], w [B]) = sum of w * CE, eval-mode forward.
+
+    A sum over examples, so it can be chunked (``chunked_value_and_grad``); only valid for
+    networks without batch statistics, whose train and eval forward passes are the same.
+    """
+    def loss_sum(params, x, y, w):
+        logits = fns.apply({**variables, "params": params}, x)
+        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)
+    return loss_sum
+
+
 def chunked_value_and_grad(loss_sum: Callable, params, arrays: tuple, chunk: int):
     """value_and_grad of a loss that is a SUM over examples, accumulated chunk by chunk.
 
@@ -184,10 +196,7 @@ def _loss_and_grads(trainer: Trainer, variables: Variables, images, labels, weig
     fns, params = trainer.fns, variables["params"]
     denom = jnp.maximum(jnp.sum(weights), 1.0)
     if trainer.microbatch:
-        def loss_sum(p, x, y, w):
-            logits = fns.apply({**variables, "params": p}, x)
-            return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)
-        total, grads = chunked_value_and_grad(loss_sum, params, (images, labels, weights),
+        total, grads = chunked_value_and_grad(weighted_ce_sum(fns, variables), params, (images, labels, weights),
                                               trainer.microbatch)
         return total / denom, jax.tree.map(lambda g: g / denom, grads), variables
 
