@@ -204,29 +204,20 @@ def resolve_class_strategy(strategy: str, backend: str | None = None) -> str:
 
 
 def _train_network(fns, config, variables, syn, labels, key):
-    """inner_loop epochs of plain SGD (lr_net, no momentum or decay) on the synthetic set.
+    """inner_loop epochs of plain SGD (lr_net, no momentum or decay, no augmentation).
 
     syn: [K*ipc, H, W, C], already detached; labels: [K*ipc]. Returns new variables.
-    Epoch e shuffles with fold_in(key, e) (unlike ``train.run_epochs``, which splits that
-    key for augmentation too: the inner loop has no augmentation).
+    The engine's own epoch loop (train.run_epochs), so the inner loop gets the same
+    chunked CPU gradients and padding rules as every other training in dcjax.
     """
     schedule = train_lib.make_schedule(
         train_lib.TrainConfig(batch_size=config.batch_train), syn.shape[0])
     trainer = train_lib.Trainer(fns, optax.sgd(config.lr_net),
                                 microbatch=train_lib.resolve_microbatch(config.microbatch, fns))
-    step = functools.partial(train_lib.train_step, trainer)
     mask = jnp.ones((syn.shape[0],), bool)
-
-    def one_epoch(state, epoch):
-        indices, weights = train_lib.epoch_batches(jax.random.fold_in(key, epoch), mask, schedule)
-        def one_step(state, batch):
-            idx, w = batch
-            return step(state, (syn[idx], labels[idx], w), key)
-        return jax.lax.scan(one_step, state, (indices, weights))[0], None
-
-    state = train_lib.TrainState(variables, trainer.optimizer.init(variables["params"]))
-    state, _ = jax.lax.scan(one_epoch, state, jnp.arange(config.loops[1]))
-    return state.variables
+    variables, _ = train_lib.run_epochs(trainer, schedule, variables, (syn, labels, mask), key,
+                                        config.loops[1])
+    return variables
 
 
 def dc_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: SynState,
@@ -265,17 +256,22 @@ def dc_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: Sy
     return SynState(syn, opt_state), {"loss": jnp.mean(losses), "loss_per_outer": losses}
 
 
+def check_network(fns: ModelFns) -> None:
+    """Refuses networks DC cannot match faithfully here (ValueError)."""
+    if fns.has_batch_stats:
+        # The reference warms BatchNorm statistics on real data then freezes them for
+        # matching; we have not implemented that, so refuse rather than silently differ.
+        raise ValueError("condensation with BatchNorm networks is not supported; use a "
+                         "network without batchnorm (e.g. the default instancenorm ConvNet)")
+
+
 def make_iteration_fn(fns: ModelFns, config: CondenseConfig, strategy: str = "auto"):
     """jit(dc_iteration) with static settings closed over and the state donated.
 
     Returns f(state, (pool, index), key) -> (state, metrics). The pool is an argument, not a
     closed-over constant, so XLA does not embed 60k images in the executable.
     """
-    if fns.has_batch_stats:
-        # The reference warms BatchNorm statistics on real data then freezes them for
-        # matching; we have not implemented that, so refuse rather than silently differ.
-        raise ValueError("condensation with BatchNorm networks is not supported; use a "
-                         "network without batchnorm (e.g. the default instancenorm ConvNet)")
+    check_network(fns)
     strategy = resolve_class_strategy(strategy if strategy != "auto" else config.class_strategy)
     step = functools.partial(dc_iteration, fns, config, strategy)
     return jax.jit(step, donate_argnums=(0,))

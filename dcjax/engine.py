@@ -159,10 +159,36 @@ def predict(fns: ModelFns, variables, images: jax.Array, batch_size: int = 1000)
     return logits.reshape((-1, logits.shape[-1]))[: images.shape[0]]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def predict_many(fns: ModelFns, strategy: str, batch_size: int, variables, images):
-    """Logits of M stacked models on the same images: [M, N, K]."""
+def _predict_local(fns: ModelFns, strategy: str, batch_size: int, variables, images):
     return map_models(lambda v: predict(fns, v, images, batch_size), strategy, variables)
+
+
+predict_many = jax.jit(_predict_local, static_argnums=(0, 1, 2))
+predict_many.__doc__ = "Logits of M stacked models on the same images: [M, N, K]."
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _predict_sharded(fns: ModelFns, strategy: str, batch_size: int, mesh: Mesh, variables, images):
+    # A lax.map cannot scan over an axis sharded across devices: each device maps its own models.
+    sharded = jax.shard_map(functools.partial(_predict_local, fns, strategy, batch_size), mesh=mesh,
+                            in_specs=(P("models"), P()), out_specs=P("models"), check_vma=False)
+    return sharded(variables, images)
+
+
+def predict_models(fns: ModelFns, variables, images, strategy: str = "auto",
+                   batch_size: int = 1000, mesh: Mesh | None = None) -> jax.Array:
+    """Eval-mode logits [M, N, K] of M stacked models on images [N, H, W, C].
+
+    ``mesh``: the mesh the variables were trained on (``train_models(..., mesh=)``); each
+    device then predicts with its own models. None: all on the default device.
+    """
+    strategy = resolve_strategy(strategy)
+    if strategy == "loop":
+        strategy = "map"  # Prediction has no grouped-conv problem worth a Python loop.
+    if mesh is None:
+        return predict_many(fns, strategy, batch_size, variables, images)
+    images = jax.device_put(images, NamedSharding(mesh, P()))
+    return _predict_sharded(fns, strategy, batch_size, mesh, variables, images)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -171,10 +197,9 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def evaluate_many(fns: ModelFns, variables, images, labels, strategy: str = "auto",
-                  batch_size: int = 1000) -> jax.Array:
-    """Test accuracy of each of M stacked models: [M]."""
-    strategy = resolve_strategy(strategy)
-    if strategy == "loop":
-        strategy = "map"  # Prediction has no grouped-conv problem worth a Python loop.
-    logits = predict_many(fns, strategy, batch_size, variables, images)
+                  batch_size: int = 1000, mesh: Mesh | None = None) -> jax.Array:
+    """Test accuracy of each of M stacked models: [M] (``mesh`` as for ``predict_models``)."""
+    logits = predict_models(fns, variables, images, strategy, batch_size, mesh)
+    if mesh is not None:
+        labels = jax.device_put(labels, NamedSharding(mesh, P()))
     return accuracy(logits, labels)

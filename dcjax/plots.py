@@ -55,3 +55,29 @@ def curve(path: str, xs, series: dict[str, list[float]], xlabel: str, ylabel: st
     if title:
         ax.set_title(title)
     _save(fig, path)
+
+
+def roc_figure(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "",
+               floor: float = 1e-5) -> None:
+    """Log-log ROC comparing attacks, with the chance diagonal; the low-FPR corner is where attacks differ.
+
+    curves: name -> (fpr [P], tpr [P]) points already clipped to [floor, 1] (e.g.
+    ``metrics.log_log_roc_points``).
+    """
+    if not 0.0 < floor < 1.0:
+        raise ValueError(f"floor must be in (0, 1), got {floor}")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(np.asarray(fpr), np.asarray(tpr), label=name)
+    ax.plot([floor, 1.0], [floor, 1.0], "k--", lw=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(floor, 1.0)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
+    _save(fig, path)

@@ -35,6 +35,53 @@ def define_model_flags():
                       "Convolution lowering: im2col (matmul; fastest on CPU) or lax.conv.")
 
 
+def define_train_flags(epochs: int):
+    """Training of the models a launcher trains (PROTOCOL section 4 optimiser)."""
+    flags.DEFINE_integer("epochs", epochs, "Training epochs (lr x0.1 after half).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
+    flags.DEFINE_float("lr", 0.01, "Learning rate (SGD, momentum 0.9, weight decay 5e-4).")
+    flags.DEFINE_enum("augment", None, ["none", "dc"], "Training augmentation; default: 'dc' "
+                      "for small MNIST sets (subset/synthetic, as the reference), else 'none'.")
+    flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
+                      "How the model axis runs (auto: vmap on GPU/TPU, map on CPU).")
+
+
+def train_config(small_set: bool):
+    """TrainConfig from the training flags; ``small_set`` picks the default augmentation."""
+    from dcjax import train as train_lib
+    if FLAGS.lr <= 0:
+        raise ValueError(f"--lr must be > 0, got {FLAGS.lr}")
+    augment = FLAGS.augment or ("dc" if small_set and FLAGS.dataset == "mnist" else "none")
+    return train_lib.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+                                 augment=augment)
+
+
+def define_condense_flags():
+    """DC settings; defaults are the paper's (PROTOCOL section 3)."""
+    flags.DEFINE_integer("ipc", 10, "Synthetic images per class.")
+    flags.DEFINE_integer("iterations", 1000, "DC iterations (fresh network each).")
+    flags.DEFINE_string("init", "noise", "Synthetic init: 'noise' or 'real'.")
+    flags.DEFINE_string("distance", "ours", "Gradient distance: ours, mse or cos.")
+    flags.DEFINE_integer("batch_real", 256, "Real images per class per matching step.")
+    flags.DEFINE_integer("batch_train", 256, "Inner-loop batch on the synthetic set.")
+    flags.DEFINE_float("lr_img", 0.1, "Synthetic-image learning rate (SGD momentum 0.5).")
+    flags.DEFINE_float("lr_net", 0.01, "Inner-loop network learning rate (plain SGD).")
+    flags.DEFINE_integer("outer_loop", None, "Override the ipc table's outer loop.")
+    flags.DEFINE_integer("inner_loop", None, "Override the ipc table's inner loop.")
+    flags.DEFINE_string("class_strategy", "auto", "Per-class matching: auto, vmap, map or loop "
+                        "(auto: map on CPU, vmap on GPU/TPU).")
+
+
+def condense_config():
+    """CondenseConfig from the DC flags; ValueError naming the setting on bad values."""
+    from dcjax import condense
+    return condense.CondenseConfig(
+        ipc=FLAGS.ipc, iterations=FLAGS.iterations, outer_loop=FLAGS.outer_loop,
+        inner_loop=FLAGS.inner_loop, batch_real=FLAGS.batch_real,
+        batch_train=FLAGS.batch_train, lr_img=FLAGS.lr_img, lr_net=FLAGS.lr_net,
+        distance=FLAGS.distance, init=FLAGS.init, class_strategy=FLAGS.class_strategy)
+
+
 def define_run_flags():
     flags.DEFINE_integer("seed", 0, "Root PRNG seed; every random choice derives from it.")
     flags.DEFINE_string("workdir", None, "Output directory.")

@@ -24,18 +24,7 @@ import common  # noqa: E402
 common.define_data_flags()
 common.define_model_flags()
 common.define_run_flags()
-flags.DEFINE_integer("ipc", 10, "Synthetic images per class.")
-flags.DEFINE_integer("iterations", 1000, "DC iterations (fresh network each).")
-flags.DEFINE_string("init", "noise", "Synthetic init: 'noise' or 'real'.")
-flags.DEFINE_string("distance", "ours", "Gradient distance: ours, mse or cos.")
-flags.DEFINE_integer("batch_real", 256, "Real images per class per matching step.")
-flags.DEFINE_integer("batch_train", 256, "Inner-loop batch on the synthetic set.")
-flags.DEFINE_float("lr_img", 0.1, "Synthetic-image learning rate (SGD momentum 0.5).")
-flags.DEFINE_float("lr_net", 0.01, "Inner-loop network learning rate (plain SGD).")
-flags.DEFINE_integer("outer_loop", None, "Override the ipc table's outer loop.")
-flags.DEFINE_integer("inner_loop", None, "Override the ipc table's inner loop.")
-flags.DEFINE_string("class_strategy", "auto", "Per-class matching: auto, vmap or loop "
-                    "(auto: loop on CPU, vmap on GPU/TPU).")
+common.define_condense_flags()
 flags.DEFINE_integer("num_eval", 20, "Models trained to evaluate the synthetic set.")
 flags.DEFINE_integer("eval_every", 500, "Evaluate every this many iterations (0: at the end).")
 flags.DEFINE_integer("eval_epochs", 1000, "Epochs per evaluation model.")
@@ -48,18 +37,14 @@ FLAGS = flags.FLAGS
 
 def run_config():
     """Frozen configs from flags; ValueError (naming the flag) on bad values."""
-    from dcjax import condense, condense_run, evaluation
+    from dcjax import condense_run, evaluation
     from dcjax import train as train_lib
     for name in ("num_eval", "eval_epochs", "checkpoint_every"):
         if getattr(FLAGS, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
     if FLAGS.eval_every < 0:
         raise ValueError(f"--eval_every must be >= 0, got {FLAGS.eval_every}")
-    cond = condense.CondenseConfig(
-        ipc=FLAGS.ipc, iterations=FLAGS.iterations, outer_loop=FLAGS.outer_loop,
-        inner_loop=FLAGS.inner_loop, batch_real=FLAGS.batch_real,
-        batch_train=FLAGS.batch_train, lr_img=FLAGS.lr_img, lr_net=FLAGS.lr_net,
-        distance=FLAGS.distance, init=FLAGS.init, class_strategy=FLAGS.class_strategy)
+    cond = common.condense_config()
     augment = FLAGS.eval_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
     eval_cfg = evaluation.EvalConfig(
         num_models=FLAGS.num_eval,

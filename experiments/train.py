@@ -32,13 +32,7 @@ flags.DEFINE_string("synthetic", None, "Synthetic set (.npz from condense.py) fo
                     "--source=synthetic.")
 flags.DEFINE_integer("num_models", 20, "Models trained (different init/shuffle keys).",
                      lower_bound=1)
-flags.DEFINE_integer("epochs", 1000, "Training epochs (lr x0.1 after half).", lower_bound=1)
-flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
-flags.DEFINE_float("lr", 0.01, "Learning rate (SGD, momentum 0.9, weight decay 5e-4).")
-flags.DEFINE_enum("augment", None, ["none", "dc"], "Training augmentation; default: 'dc' "
-                  "for small MNIST sets (subset/synthetic, as the reference), else 'none'.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
-                  "How the model axis runs (auto: vmap on GPU/TPU, map on CPU).")
+common.define_train_flags(epochs=1000)
 FLAGS = flags.FLAGS
 
 
@@ -64,11 +58,7 @@ def _training_set(train):
 
 def _eval_config():
     from dcjax import evaluation
-    from dcjax import train as train_lib
-    small = FLAGS.source != "full" and FLAGS.dataset == "mnist"
-    augment = FLAGS.augment or ("dc" if small else "none")
-    train_cfg = train_lib.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                                      lr=FLAGS.lr, augment=augment)
+    train_cfg = common.train_config(small_set=FLAGS.source != "full")
     return evaluation.EvalConfig(num_models=FLAGS.num_models, train=train_cfg,
                                  strategy=FLAGS.strategy)
 

@@ -86,3 +86,32 @@ def test_train_launcher_on_a_synthetic_set(tmp_path):
     bad = _run(["experiments/train.py", f"--workdir={tmp_path}/u", "--source=synthetic",
                 f"--synthetic={tmp_path}/missing.npz"], mock_examples=50)
     assert bad.returncode != 0 and "synthetic" in _error_line(bad)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--num_models=5"], "num_models"),
+    (["--num_queries=20"], "num_queries"),
+    (["--target=condense", "--ipc=0"], "ipc"),
+])
+def test_attack_rejects_bad_flags(tmp_path, args, flag):
+    proc = _run(["experiments/attack.py", f"--workdir={tmp_path}/w"] + args)
+    assert proc.returncode != 0
+    assert flag in _error_line(proc), proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
+    workdir = tmp_path / "mia"
+    args = ["experiments/attack.py", f"--workdir={workdir}", "--target=subset", "--per_class=1",
+            "--num_models=6", "--target_pool=100", "--num_shadow=2", "--attacker_pool=100",
+            "--width=4", "--depth=1", "--epochs=2", "--attack_steps=20", "--num_resamples=5"]
+    proc = _run(args, mock_examples=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Shokri attack accuracy" in proc.stdout and "lira_online" in proc.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["config"]["recipe"]["kind"] == "subset"
+    assert "used" in results["attacks"]["lira_online"]  # The subset's members as their own slice.
+    assert (workdir / "roc.png").stat().st_size > 0
+    too_big = _run(["experiments/attack.py", f"--workdir={tmp_path}/big", "--target_pool=300",
+                    "--attacker_pool=300", "--width=4", "--depth=1"], mock_examples=400)
+    assert too_big.returncode != 0 and "target_pool" in _error_line(too_big)

@@ -1,9 +1,14 @@
-"""Membership inference: keep masks, LiRA / LOSS scores and attack metrics (PROTOCOL section 7).
+"""Membership inference (PROTOCOL section 7).
 
-Pure math on score arrays; nothing here trains a model. ``masks`` draws the IN/OUT splits, ``lira`` turns logits
-into per-example membership scores and ``metrics`` turns (scores, labels) into ROC-based numbers with bootstrap CIs.
+Pure math on arrays: ``masks`` draws IN/OUT splits, ``queries`` makes shifted query copies, ``lira`` turns
+logits into LiRA / LOSS / confidence scores, ``shokri`` trains the per-class attack classifiers, ``metrics``
+and ``report`` turn (scores, labels) into ROC numbers with bootstrap CIs per slice.
+
+Training: ``bank`` turns each model's private subset into its training set by the target's recipe (original,
+random subset, DC condensation) for the engine's model axis; ``attack_run`` is the resumable run behind
+``experiments/attack.py``.
 """
 
-from dcjax.privacy import lira, masks, metrics
+from dcjax.privacy import lira, masks, metrics, queries, report, shokri
 
-__all__ = ["lira", "masks", "metrics"]
+__all__ = ["lira", "masks", "metrics", "queries", "report", "shokri"]

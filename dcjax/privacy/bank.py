@@ -1,0 +1,194 @@
+"""Shadow banks: many models trained at once, each on its own part of a pool, by a target's recipe.
+
+A *recipe* is what a data owner does with their private subset before training: nothing
+(``original``), keep a random ``per_class`` images of each class (``subset``, the naive
+baseline), or condense it with DC (``condense``). The attacker mimics the whole pipeline, so
+shadow models go through the same recipe on their own IN subsets (PROTOCOL section 7: "shadow
+PIPELINES").
+
+Every recipe produces a ``BankData``: one training pool and a [c, P] mask per model, which is
+exactly what ``engine.train_models`` trains in one jitted computation over the model axis.
+Condensation itself runs for all c models of a chunk at once too (vmap on GPU/TPU, a
+sequential ``lax.map`` on CPU, as everywhere in the engine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from dcjax import condense
+from dcjax import data as data_lib
+from dcjax import engine
+from dcjax.models import ModelFns
+
+RECIPES = ("original", "subset", "condense")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a model's private subset becomes its training set.
+
+    kind: 'original' (train on the subset), 'subset' (``per_class`` random images of each
+    class of it) or 'condense' (a DC synthetic set condensed from it with ``condense``).
+    """
+
+    kind: str = "original"
+    per_class: int = 10
+    condense: condense.CondenseConfig | None = None
+
+    def __post_init__(self):
+        if self.kind not in RECIPES:
+            raise ValueError(f"unknown recipe {self.kind!r}; expected one of {RECIPES}")
+        if self.per_class < 1:
+            raise ValueError(f"per_class must be >= 1, got {self.per_class}")
+        if self.kind == "condense" and self.condense is None:
+            raise ValueError("the 'condense' recipe needs a CondenseConfig")
+
+
+class BankData(NamedTuple):
+    """Training data of a chunk of c models, as ``engine.train_models`` takes it.
+
+    images: [P, H, W, C]; labels: [P] int32; masks: [c, P] bool (model m trains on masks[m]);
+    used: [c, N] bool over the ORIGINAL pool: the real examples that reached model m's
+    training set as pixels (its subset, or the real images that initialised its synthetic
+    set; for 'original' all its IN examples). The privacy study slices on it.
+    synthetic: [c, K*ipc, H, W, C] condensed sets ('condense' only, else None).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    used: np.ndarray
+    synthetic: np.ndarray | None = None
+
+
+def _check_keep(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    keep = np.asarray(keep, bool)
+    if keep.ndim != 2 or keep.shape[1] != labels.shape[0]:
+        raise ValueError(f"keep must be [c, {labels.shape[0]}], got {keep.shape}")
+    return keep
+
+
+def subset_masks(keys: jax.Array, labels: np.ndarray, keep: np.ndarray, per_class: int,
+                 num_classes: int) -> np.ndarray:
+    """[c, N] bool: for model m, ``per_class`` random IN examples of every class (key keys[m]).
+
+    Raises ValueError when some model has fewer than ``per_class`` IN examples of a class.
+    """
+    labels, keep = np.asarray(labels), _check_keep(labels, keep)
+    out = np.zeros_like(keep)
+    for m in range(keep.shape[0]):
+        members = np.flatnonzero(keep[m])
+        counts = np.bincount(labels[members], minlength=num_classes)
+        if counts.min() < per_class:
+            raise ValueError(f"model {m} has {counts.min()} IN examples of class {counts.argmin()}, "
+                             f"fewer than per_class={per_class}; use a larger pool")
+        chosen = data_lib.stratified_subset(keys[m], labels[members], per_class, num_classes)
+        out[m, members[chosen]] = True
+    return out
+
+
+def member_class_index(labels: np.ndarray, member: np.ndarray, num_classes: int,
+                       width: int) -> data_lib.ClassIndex:
+    """A ClassIndex over the pool restricted to ``member`` ([N] bool), padded to ``width``.
+
+    Indices refer to the whole pool. The fixed width (the largest class of the whole pool)
+    gives every model of a bank the same shapes, so one compiled DC step serves them all.
+    """
+    members = np.flatnonzero(member)
+    index = data_lib.build_class_index(np.asarray(labels)[members], num_classes)
+    table, counts = np.asarray(index.table), np.asarray(index.counts)
+    slots = np.arange(width)
+    table = table[np.arange(num_classes)[:, None], slots[None, :] % counts[:, None]]
+    return data_lib.ClassIndex(table=jnp.asarray(members[table], jnp.int32),
+                               counts=jnp.asarray(counts, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4,))
+def _condense_step(fns, config, class_strategy, model_strategy, states, pool, indexes, keys):
+    """One DC iteration for each of c models (states/indexes/keys have a leading [c] axis)."""
+    def one(args):
+        state, index, key = args
+        return condense.dc_iteration(fns, config, class_strategy, state, (pool, index), key)
+    return engine.map_models(one, model_strategy, (states, indexes, keys))
+
+
+def condense_models(fns: ModelFns, config: condense.CondenseConfig, keys: jax.Array,
+                    pool, keep: np.ndarray, strategy: str = "auto"):
+    """Condenses each model's IN subset of the pool, all c models at once.
+
+    Args:
+      keys: [c] keys; model m initialises with fold_in(keys[m], 0) and runs iteration t with
+        fold_in(fold_in(keys[m], 1), t), the key layout of ``condense_run``.
+      pool: (images [N, H, W, C], labels [N] int32) — the whole pool, kept on device once.
+      keep: [c, N] bool IN masks.
+      strategy: model-axis strategy ('loop' runs as 'map').
+
+    Returns:
+      (synthetic images [c, K*ipc, H, W, C], init indices [c, K*ipc] into the pool, -1 for noise).
+    """
+    condense.check_network(fns)
+    images, labels = pool
+    labels, keep = np.asarray(labels), _check_keep(labels, keep)
+    num_classes = int(labels.max()) + 1
+    width = int(np.bincount(labels).max())
+    indexes = [member_class_index(labels, k, num_classes, width) for k in keep]
+    for index in indexes:
+        condense.check_batch_real(config, index)
+    images = jnp.asarray(images)
+    inits = [condense.init_synthetic(config, jax.random.fold_in(k, 0), images, index)
+             for k, index in zip(keys, indexes)]
+    states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for s, _ in inits])
+    indexes = jax.tree.map(lambda *xs: jnp.stack(xs), *indexes)
+    model_strategy = engine.resolve_strategy(strategy)
+    model_strategy = "map" if model_strategy == "loop" else model_strategy
+    class_strategy = condense.resolve_class_strategy(config.class_strategy)
+    iteration_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    for t in range(config.iterations):
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(iteration_keys)
+        states, metrics = _condense_step(fns, config, class_strategy, model_strategy, states,
+                                         images, indexes, step_keys)
+        if (t + 1) % 10 == 0 or t + 1 == config.iterations:
+            logging.info("condensing %d models: iteration %d/%d, mean loss %.4f", keys.shape[0],
+                         t + 1, config.iterations, float(jnp.mean(metrics["loss"])))
+    init_indices = np.stack([np.asarray(i) for _, i in inits])
+    return np.asarray(states.images), init_indices
+
+
+def recipe_data(recipe: Recipe, fns: ModelFns, keys: jax.Array, pool, keep: np.ndarray,
+                strategy: str = "auto") -> BankData:
+    """The training data a chunk of c models gets from ``recipe``.
+
+    Args:
+      recipe: the pipeline shared by target and shadows.
+      fns: the network (condensation matches its gradients).
+      keys: [c] per-model recipe keys.
+      pool: (images [N, H, W, C], labels [N] int32).
+      keep: [c, N] bool: each model's private (IN) subset of the pool.
+      strategy: model-axis strategy for condensation.
+    """
+    images, labels = np.asarray(pool[0]), np.asarray(pool[1], np.int32)
+    keep = _check_keep(labels, keep)
+    num_classes = int(labels.max()) + 1
+    if recipe.kind == "original":
+        return BankData(images, labels, keep, keep.copy())
+    if recipe.kind == "subset":
+        masks = subset_masks(keys, labels, keep, recipe.per_class, num_classes)
+        return BankData(images, labels, masks, masks.copy())
+    syn, init_indices = condense_models(fns, recipe.condense, keys, (images, labels), keep, strategy)
+    c, n_syn = syn.shape[:2]
+    used = np.zeros_like(keep)
+    for m in range(c):
+        used[m, init_indices[m][init_indices[m] >= 0]] = True
+    syn_labels = np.asarray(condense.synthetic_labels(num_classes, recipe.condense.ipc))
+    # One pool of all c synthetic sets; model m's mask selects its own block.
+    masks = np.kron(np.eye(c, dtype=bool), np.ones((1, n_syn), bool))
+    return BankData(syn.reshape((c * n_syn,) + syn.shape[2:]), np.tile(syn_labels, c), masks,
+                    used, syn)

@@ -1,0 +1,96 @@
+r"""Membership inference against models trained by a target recipe: Shokri, LOSS, LiRA.
+
+A bank of --num_models models on a target pool (LiRA keep masks; each model in turn is the
+target, the rest its shadows) plus --num_shadow Shokri shadows on a disjoint attacker pool,
+all trained by the same recipe (--target): the original data, a random --per_class subset,
+or a DC condensation of each model's private half (DC flags as in condense.py).
+
+Examples:
+  # Sanity run (CPU, minutes): LiRA vs a ConvNet overfitting a small real subset.
+  python experiments/attack.py --flagfile=experiments/flags/attack_sanity_cpu.cfg
+  # Models trained on DC synthetic sets condensed from their private data.
+  python experiments/attack.py --target=condense --ipc=10 --init=real --workdir=runs/attack_dc
+
+Outputs in --workdir: split.npz (pools, keep masks), models/model_XXX.npz (per-model logits;
+the run resumes per model), scores.npz, results.json, roc.png. See dcjax/privacy/attack_run.py.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+import common  # noqa: E402
+
+common.define_data_flags()
+common.define_model_flags()
+common.define_run_flags()
+common.define_train_flags(epochs=100)
+common.define_condense_flags()
+flags.DEFINE_enum("target", "original", ["original", "subset", "condense"],
+                  "Target recipe: train on the private data itself, on a random --per_class "
+                  "subset of it, or on a DC synthetic set condensed from it.")
+flags.DEFINE_integer("per_class", 10, "Images per class for --target=subset.")
+flags.DEFINE_integer("num_models", 16, "LiRA bank size M (even, >= 6): each is a target in turn.")
+flags.DEFINE_integer("target_pool", 2000, "Examples in the target pool (N).")
+flags.DEFINE_integer("num_shadow", 8, "Shokri shadow models on the attacker pool.")
+flags.DEFINE_integer("attacker_pool", 2000, "Examples in the attacker pool (disjoint).")
+flags.DEFINE_integer("num_queries", 2, "LiRA queries per example: the image and shifted copies.")
+flags.DEFINE_integer("attack_hidden", 64, "Shokri attack MLP width (0: softmax regression).")
+flags.DEFINE_enum("attack_features", "prob", ["prob", "logprob"],
+                  "Shokri attack input: softmax vector (the poster) or clipped log-softmax.")
+flags.DEFINE_integer("attack_steps", 2000, "Shokri attack classifier training steps.")
+flags.DEFINE_integer("models_per_chunk", 0, "Models trained together (0: one per device on "
+                     "CPU, all at once on GPU/TPU); finished chunks survive a kill.")
+flags.DEFINE_integer("num_resamples", 200, "Bootstrap resamples for confidence intervals.")
+FLAGS = flags.FLAGS
+
+
+def run_config():
+    """Frozen configs from flags; ValueError (naming the setting) on bad values."""
+    from dcjax.privacy import attack_run, bank, shokri
+    recipe = bank.Recipe(kind=FLAGS.target, per_class=FLAGS.per_class,
+                         condense=common.condense_config() if FLAGS.target == "condense" else None)
+    attack = shokri.AttackConfig(hidden=FLAGS.attack_hidden, features=FLAGS.attack_features,
+                                 steps=FLAGS.attack_steps)
+    return attack_run.AttackRunConfig(
+        dataset=FLAGS.dataset, seed=FLAGS.seed, model=common.model_config(),
+        train=common.train_config(small_set=FLAGS.target != "original"), recipe=recipe,
+        num_models=FLAGS.num_models, target_pool=FLAGS.target_pool, num_shadow=FLAGS.num_shadow,
+        attacker_pool=FLAGS.attacker_pool, num_queries=FLAGS.num_queries, attack=attack,
+        models_per_chunk=FLAGS.models_per_chunk, strategy=FLAGS.strategy,
+        num_resamples=FLAGS.num_resamples)
+
+
+def _print_summary(results: dict, workdir: str):
+    utility, shokri_acc = results["utility"], results["shokri_accuracy"]
+    print(f"targets ({results['config']['recipe']['kind']} recipe): test accuracy "
+          f"{100 * utility['test_accuracy_mean']:.2f} +- {100 * utility['test_accuracy_std']:.2f} %, "
+          f"train/held-out accuracy on the pool {100 * utility['member_accuracy']:.1f} / "
+          f"{100 * utility['nonmember_accuracy']:.1f} %")
+    print(f"Shokri attack accuracy (balanced, chance 50 %): {100 * shokri_acc['mean']:.2f} +- "
+          f"{100 * shokri_acc['std']:.2f} %")
+    print(f"{'attack':24s} {'AUC':>7s} {'bal.acc':>8s} {'TPR@0.1%':>9s} {'TPR@1%':>8s}")
+    for name, by_slice in results["attacks"].items():
+        a = by_slice["all"]
+        print(f"{name:24s} {a['auc']:7.3f} {a['balanced_accuracy']:8.3f} "
+              f"{100 * a['tpr_at_0.001']:8.2f}% {100 * a['tpr_at_0.01']:7.2f}%")
+    print(f"outputs in {workdir}")
+
+
+def run():
+    from dcjax import data, models
+    from dcjax.privacy import attack_run
+    config = run_config()
+    workdir = FLAGS.workdir or os.path.join("runs", f"attack_{FLAGS.dataset}_{FLAGS.target}_seed{FLAGS.seed}")
+    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
+    fns = models.make_model(config.model, train.image_shape, train.num_classes)
+    results = attack_run.run_attack(config, fns, train, test, workdir, FLAGS.overwrite)
+    _print_summary(results, workdir)
+
+
+if __name__ == "__main__":
+    app.run(common.launcher_main(run))

@@ -1,0 +1,161 @@
+"""The shadow bank's recipes and a whole (tiny) attack run: outputs, resume, determinism."""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcjax import condense, data, models
+from dcjax import train as train_lib
+from dcjax.privacy import attack_run, bank, shokri
+
+NUM_CLASSES = 10
+
+
+def _dataset(n, key):
+    images = jax.random.normal(jax.random.key(key), (n, 12, 12, 1))
+    labels = np.arange(n, dtype=np.int32) % NUM_CLASSES
+    # A class-dependent bright pixel so the tiny nets learn something.
+    images = images.at[np.arange(n), labels, labels, 0].add(4.0)
+    return data.ArrayDataset(np.asarray(images), labels, NUM_CLASSES, "mnist")
+
+
+@pytest.fixture(scope="module")
+def fns():
+    return models.make_model(models.ModelConfig(width=4, depth=1), (12, 12, 1), NUM_CLASSES)
+
+
+def test_subset_masks_pick_per_class_members_only():
+    labels = np.arange(200, dtype=np.int32) % NUM_CLASSES
+    keep = np.zeros((3, 200), bool)
+    keep[:, :100] = True  # Every class present 10 times.
+    keys = jax.random.split(jax.random.key(0), 3)
+    masks = bank.subset_masks(keys, labels, keep, 2, NUM_CLASSES)
+    assert not (masks & ~keep).any()
+    for m in masks:
+        assert (np.bincount(labels[m], minlength=NUM_CLASSES) == 2).all()
+    assert not np.array_equal(masks[0], masks[1])  # Per-model keys.
+    with pytest.raises(ValueError, match="per_class"):
+        bank.subset_masks(keys, labels, keep, 11, NUM_CLASSES)
+
+
+def test_member_class_index_has_fixed_width_and_only_members():
+    labels = np.arange(100, dtype=np.int32) % NUM_CLASSES
+    member = np.arange(100) < 57
+    index = bank.member_class_index(labels, member, NUM_CLASSES, width=10)
+    table = np.asarray(index.table)
+    assert table.shape == (NUM_CLASSES, 10)
+    assert member[table].all()
+    assert (labels[table] == np.arange(NUM_CLASSES)[:, None]).all()
+    np.testing.assert_array_equal(index.counts, np.bincount(labels[member]))
+
+
+def test_condense_recipe_records_real_init_members(fns):
+    ds = _dataset(80, 1)
+    keep = np.zeros((2, 80), bool)
+    keep[0, :40], keep[1, 40:] = True, True
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=2, init="real",
+                                  outer_loop=2, inner_loop=1)
+    recipe = bank.Recipe(kind="condense", condense=cfg)
+    keys = jax.random.split(jax.random.key(3), 2)
+    out = bank.recipe_data(recipe, fns, keys, (ds.images, ds.labels), keep)
+    assert out.synthetic.shape == (2, NUM_CLASSES, 12, 12, 1)
+    assert out.masks.shape == (2, 2 * NUM_CLASSES) and out.masks.sum(1).tolist() == [10, 10]
+    assert (out.used.sum(1) == NUM_CLASSES).all() and not (out.used & ~keep).any()
+    assert np.isfinite(out.images).all()
+    # The synthetic set started from the used images and moved away from them.
+    first = np.flatnonzero(out.used[0])
+    assert not np.allclose(out.synthetic[0], ds.images[first][np.argsort(ds.labels[first])])
+
+
+def _config(**overrides):
+    base = attack_run.AttackRunConfig(
+        model=models.ModelConfig(width=4, depth=1),
+        train=train_lib.TrainConfig(epochs=3, batch_size=16),
+        num_models=6, target_pool=60, num_shadow=2, attacker_pool=60, num_queries=2,
+        attack=shokri.AttackConfig(hidden=4, steps=30), num_resamples=10)
+    return dataclasses.replace(base, **overrides)
+
+
+def _run(fns, workdir, config, overwrite=False):
+    train, test = _dataset(200, 5), _dataset(50, 6)
+    return attack_run.run_attack(config, fns, train, test, str(workdir), overwrite)
+
+
+@pytest.fixture(scope="module")
+def finished(fns, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("attack")
+    return workdir, _run(fns, workdir, _config())
+
+
+def test_attack_run_writes_every_artifact(finished):
+    workdir, results = finished
+    for name in ("config.json", "split.npz", "scores.npz", "results.json", "roc.png"):
+        assert (workdir / name).exists(), name
+    assert sorted(os.listdir(workdir / "models")) == [f"model_{i:03d}.npz" for i in range(8)]
+    with np.load(workdir / "split.npz") as split:
+        keep = split["keep"]
+        assert (keep.sum(0) == 3).all()  # LiRA-balanced: each example IN for M/2 models.
+        assert not set(split["target"]) & set(split["attacker"])  # Shokri's attacker is disjoint.
+    with np.load(workdir / "scores.npz") as scores:
+        for name in attack_run.ATTACK_NAMES:
+            assert scores[name].shape == (6, 60) and np.isfinite(scores[name]).all(), name
+    model = attack_run.load_model(str(workdir), 0)
+    assert model["logits"].shape == (2, 60, NUM_CLASSES)  # [Q, N, K]
+    for name in attack_run.ATTACK_NAMES:
+        summary = results["attacks"][name]["all"]
+        assert 0.0 <= summary["auc"] <= 1.0 and summary["num_members"] == 180
+    assert "class_0" in results["attacks"]["loss"]
+    assert 0.0 <= results["shokri_accuracy"]["mean"] <= 1.0
+    assert len(results["utility"]["test_accuracy"]) == 6
+
+
+def test_killed_attack_run_resumes_per_model_to_identical_scores(fns, finished, tmp_path):
+    workdir, _ = finished
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    # As if killed after the first chunk: later models and the final outputs are missing.
+    for name in ("results.json", "scores.npz", "roc.png", "models/model_007.npz", "models/model_003.npz"):
+        os.remove(copy / name)
+    _run(fns, copy, _config())
+    with np.load(workdir / "scores.npz") as a, np.load(copy / "scores.npz") as b:
+        for name in attack_run.ATTACK_NAMES:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_models_do_not_depend_on_the_chunking(fns, finished, tmp_path):
+    workdir, _ = finished
+    _run(fns, tmp_path / "again", _config(models_per_chunk=1))
+    for i in range(8):
+        a = attack_run.load_model(str(workdir), i)
+        b = attack_run.load_model(str(tmp_path / "again"), i)
+        np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_finished_attack_run_is_not_overwritten(fns, finished):
+    from dcjax import workdir as workdir_lib
+    workdir, _ = finished
+    with pytest.raises(workdir_lib.WorkdirError, match="overwrite"):
+        _run(fns, workdir, _config())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_models": 3}, "num_models"),
+    ({"num_models": 4}, "num_models"),
+    ({"num_shadow": 0}, "num_shadow"),
+    ({"num_queries": 0}, "num_queries"),
+    ({"strategy": "pmap"}, "strategy"),
+])
+def test_bad_attack_config_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _config(**kwargs)
+
+
+def test_pools_larger_than_the_dataset_are_rejected(fns, tmp_path):
+    with pytest.raises(ValueError, match="target_pool"):
+        _run(fns, tmp_path / "w", _config(target_pool=150, attacker_pool=100))
+    assert not (tmp_path / "w").exists()
