@@ -34,35 +34,16 @@ flags.DEFINE_enum("target", "original", ["original", "subset", "condense"],
                   "Target recipe: train on the private data itself, on a random --per_class "
                   "subset of it, or on a DC synthetic set condensed from it.")
 flags.DEFINE_integer("per_class", 10, "Images per class for --target=subset.")
-flags.DEFINE_integer("num_models", 16, "LiRA bank size M (even, >= 6): each is a target in turn.")
-flags.DEFINE_integer("target_pool", 2000, "Examples in the target pool (N).")
-flags.DEFINE_integer("num_shadow", 8, "Shokri shadow models on the attacker pool.")
-flags.DEFINE_integer("attacker_pool", 2000, "Examples in the attacker pool (disjoint).")
-flags.DEFINE_integer("num_queries", 2, "LiRA queries per example: the image and shifted copies.")
-flags.DEFINE_integer("attack_hidden", 64, "Shokri attack MLP width (0: softmax regression).")
-flags.DEFINE_enum("attack_features", "prob", ["prob", "logprob"],
-                  "Shokri attack input: softmax vector (the poster) or clipped log-softmax.")
-flags.DEFINE_integer("attack_steps", 2000, "Shokri attack classifier training steps.")
-flags.DEFINE_integer("models_per_chunk", 0, "Models trained together (0: one per device on "
-                     "CPU, all at once on GPU/TPU); finished chunks survive a kill.")
-flags.DEFINE_integer("num_resamples", 200, "Bootstrap resamples for confidence intervals.")
+common.define_attack_flags()
 FLAGS = flags.FLAGS
 
 
 def run_config():
     """Frozen configs from flags; ValueError (naming the setting) on bad values."""
-    from dcjax.privacy import attack_run, bank, shokri
+    from dcjax.privacy import bank
     recipe = bank.Recipe(kind=FLAGS.target, per_class=FLAGS.per_class,
                          condense=common.condense_config() if FLAGS.target == "condense" else None)
-    attack = shokri.AttackConfig(hidden=FLAGS.attack_hidden, features=FLAGS.attack_features,
-                                 steps=FLAGS.attack_steps)
-    return attack_run.AttackRunConfig(
-        dataset=FLAGS.dataset, seed=FLAGS.seed, model=common.model_config(),
-        train=common.train_config(small_set=FLAGS.target != "original"), recipe=recipe,
-        num_models=FLAGS.num_models, target_pool=FLAGS.target_pool, num_shadow=FLAGS.num_shadow,
-        attacker_pool=FLAGS.attacker_pool, num_queries=FLAGS.num_queries, attack=attack,
-        models_per_chunk=FLAGS.models_per_chunk, strategy=FLAGS.strategy,
-        num_resamples=FLAGS.num_resamples)
+    return common.attack_config(recipe, common.train_config(small_set=FLAGS.target != "original"))
 
 
 def _print_summary(results: dict, workdir: str):

@@ -82,6 +82,37 @@ def condense_config():
         distance=FLAGS.distance, init=FLAGS.init, class_strategy=FLAGS.class_strategy)
 
 
+def define_attack_flags():
+    """The membership-inference setting (PROTOCOL section 7): pools, bank, shadows, attacks."""
+    flags.DEFINE_integer("num_models", 16, "LiRA bank size M (even, >= 6): each is a target in turn.")
+    flags.DEFINE_integer("target_pool", 2000, "Examples in the target pool (N).")
+    flags.DEFINE_integer("num_shadow", 8, "Shokri shadow models on the attacker pool.")
+    flags.DEFINE_integer("attacker_pool", 2000, "Examples in the attacker pool (disjoint).")
+    flags.DEFINE_integer("num_queries", 2, "LiRA queries per example: the image and shifted copies.")
+    flags.DEFINE_integer("num_canaries", 0, "Target-pool examples relabelled to a wrong class "
+                         "(canaries, reported as their own slice).")
+    flags.DEFINE_integer("attack_hidden", 64, "Shokri attack MLP width (0: softmax regression).")
+    flags.DEFINE_enum("attack_features", "prob", ["prob", "logprob"],
+                      "Shokri attack input: softmax vector (the poster) or clipped log-softmax.")
+    flags.DEFINE_integer("attack_steps", 2000, "Shokri attack classifier training steps.")
+    flags.DEFINE_integer("models_per_chunk", 0, "Models trained together (0: one per device on "
+                         "CPU, all at once on GPU/TPU); finished chunks survive a kill.")
+    flags.DEFINE_integer("num_resamples", 200, "Bootstrap resamples for confidence intervals.")
+
+
+def attack_config(recipe, train):
+    """AttackRunConfig from the attack flags with the given recipe and training."""
+    from dcjax.privacy import attack_run, shokri
+    attack = shokri.AttackConfig(hidden=FLAGS.attack_hidden, features=FLAGS.attack_features,
+                                 steps=FLAGS.attack_steps)
+    return attack_run.AttackRunConfig(
+        dataset=FLAGS.dataset, seed=FLAGS.seed, model=model_config(), train=train, recipe=recipe,
+        num_models=FLAGS.num_models, target_pool=FLAGS.target_pool, num_shadow=FLAGS.num_shadow,
+        attacker_pool=FLAGS.attacker_pool, num_queries=FLAGS.num_queries,
+        num_canaries=FLAGS.num_canaries, attack=attack, models_per_chunk=FLAGS.models_per_chunk,
+        strategy=FLAGS.strategy, num_resamples=FLAGS.num_resamples)
+
+
 def define_run_flags():
     flags.DEFINE_integer("seed", 0, "Root PRNG seed; every random choice derives from it.")
     flags.DEFINE_string("workdir", None, "Output directory.")

@@ -53,24 +53,6 @@ def test_member_class_index_has_fixed_width_and_only_members():
     np.testing.assert_array_equal(index.counts, np.bincount(labels[member]))
 
 
-def test_condense_recipe_records_real_init_members(fns):
-    ds = _dataset(80, 1)
-    keep = np.zeros((2, 80), bool)
-    keep[0, :40], keep[1, 40:] = True, True
-    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=2, init="real",
-                                  outer_loop=2, inner_loop=1)
-    recipe = bank.Recipe(kind="condense", condense=cfg)
-    keys = jax.random.split(jax.random.key(3), 2)
-    out = bank.recipe_data(recipe, fns, keys, (ds.images, ds.labels), keep)
-    assert out.synthetic.shape == (2, NUM_CLASSES, 12, 12, 1)
-    assert out.masks.shape == (2, 2 * NUM_CLASSES) and out.masks.sum(1).tolist() == [10, 10]
-    assert (out.used.sum(1) == NUM_CLASSES).all() and not (out.used & ~keep).any()
-    assert np.isfinite(out.images).all()
-    # The synthetic set started from the used images and moved away from them.
-    first = np.flatnonzero(out.used[0])
-    assert not np.allclose(out.synthetic[0], ds.images[first][np.argsort(ds.labels[first])])
-
-
 def _config(**overrides):
     base = attack_run.AttackRunConfig(
         model=models.ModelConfig(width=4, depth=1),
@@ -159,3 +141,28 @@ def test_pools_larger_than_the_dataset_are_rejected(fns, tmp_path):
     with pytest.raises(ValueError, match="target_pool"):
         _run(fns, tmp_path / "w", _config(target_pool=150, attacker_pool=100))
     assert not (tmp_path / "w").exists()
+
+
+def test_condense_recipe_run_attacks_the_synthetic_sets_and_slices_canaries(fns, tmp_path):
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="real",
+                                  outer_loop=2, inner_loop=1)
+    config = _config(recipe=bank.Recipe(kind="condense", condense=cfg), num_canaries=6,
+                     models_per_chunk=8, target_pool=100)
+    results = _run(fns, tmp_path / "dc", config)
+    lira_result = results["attacks"]["lira_online_fixed_var"]
+    assert lira_result["canaries"]["num_members"] == 6 * 3  # 6 canaries, each IN for M/2 = 3 targets.
+    assert lira_result["used"]["num_members"] == 6 * NUM_CLASSES  # Each target's real-init images.
+    assert "auc" in results["attacks"]["nearest_synthetic"]["used"]
+    with np.load(tmp_path / "dc" / "split.npz") as split:
+        true_labels = _dataset(200, 5).labels[split["target"]]
+        changed = np.flatnonzero(split["target_labels"] != true_labels)
+        np.testing.assert_array_equal(changed, split["canaries"])
+        split_keep, target, target_labels = split["keep"], split["target"], split["target_labels"]
+    model = attack_run.load_model(str(tmp_path / "dc"), 0)
+    assert model["synthetic"].shape == (NUM_CLASSES, 12, 12, 1)
+    assert np.isfinite(model["synthetic"]).all()
+    # Real init: the set started from the used images (one per class) and moved away from them.
+    used = np.flatnonzero(model["used"])
+    assert used.size == NUM_CLASSES and not (model["used"] & ~split_keep[0]).any()
+    start = _dataset(200, 5).images[target[used]]
+    assert not np.allclose(model["synthetic"], start[np.argsort(target_labels[used])])

@@ -115,3 +115,28 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     too_big = _run(["experiments/attack.py", f"--workdir={tmp_path}/big", "--target_pool=300",
                     "--attacker_pool=300", "--width=4", "--depth=1"], mock_examples=400)
     assert too_big.returncode != 0 and "target_pool" in _error_line(too_big)
+
+
+def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
+    workdir = tmp_path / "study"
+    args = ["experiments/privacy_study.py", f"--workdir={workdir}", "--tier=test", "--per_class=1",
+            "--num_models=6", "--target_pool=120", "--num_shadow=2", "--attacker_pool=100",
+            "--num_canaries=4", "--width=4", "--depth=1", "--epochs=2", "--small_epochs=2",
+            "--ipc=1", "--iterations=1", "--batch_real=1", "--outer_loop=2", "--inner_loop=1",
+            "--attack_steps=20", "--num_resamples=5"]
+    proc = _run(args, mock_examples=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == ["original", "subset", "dc_noise", "dc_real"]
+    assert results["tier"] == "test" and "privacy_study.py" in results["command"]
+    # Small sets train with the reference augmentation, the original data without.
+    assert results["config"]["train_small"]["augment"] == "dc"
+    assert results["config"]["train_original"]["augment"] == "none"
+    for name in ("RESULTS.md", "privacy_accuracy.png", "roc_targets.png", "synthetic_dc_noise.png",
+                 "synthetic_dc_real.png", "original/roc.png", "dc_real/scores.npz"):
+        assert (workdir / name).exists(), name
+    dc_real = results["rows"][3]
+    assert dc_real["nearest"]["all"]["auc"] >= 0 and "canaries" in dc_real["attacks"]["loss"]
+    assert "| dc_real |" in proc.stdout and "| original |" in proc.stdout
+    again = _run(args, mock_examples=400)  # A finished study is never silently replaced.
+    assert again.returncode != 0 and "overwrite" in _error_line(again)

@@ -22,9 +22,14 @@ Workdir:
                          marks the run finished)
   roc.png                log-log ROC of all attacks on all target trials
 
+Canaries (``num_canaries``): target-pool examples relabelled to a wrong class; like every
+pool example they are IN for half the models, and they get their own metrics slice. For the
+``condense`` recipe the released synthetic sets are attacked too ("nearest_synthetic": minus
+the distance from a real image to the nearest synthetic image).
+
 Keys, all from ``jax.random.key(seed)``: pools = fold_in(root, 0), LiRA keep = 1, Shokri
 halves = 2, model i = fold_in(fold_in(root, 3), i) split into (recipe, training) keys,
-attack classifier = 4, bootstrap = 5, balanced Shokri evaluation = 6. Model i's key does
+attack classifier = 4, bootstrap = 5, balanced Shokri evaluation = 6, canaries = 7. Model i's key does
 not depend on chunking, so a resumed run (or one with another chunk size) trains the same
 models.
 """
@@ -48,7 +53,7 @@ from dcjax import plots
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
-from dcjax.privacy import bank, lira, masks, queries, report, shokri
+from dcjax.privacy import bank, canaries, lira, masks, nearest, queries, report, shokri
 
 SPLIT = "split.npz"
 SCORES = "scores.npz"
@@ -69,6 +74,7 @@ class AttackRunConfig:
     num_shadow: int = 8  # k: Shokri shadows on the attacker pool.
     attacker_pool: int = 2000  # Na.
     num_queries: int = 2  # LiRA queries: the image and shifted copies (queries.SHIFTS).
+    num_canaries: int = 0  # Target-pool examples given a wrong label (IN for half the models).
     attack: shokri.AttackConfig = shokri.AttackConfig()
     models_per_chunk: int = 0  # 0: one model per device on CPU, all at once elsewhere.
     strategy: str = "auto"  # Model-axis strategy (engine.STRATEGIES).
@@ -82,6 +88,8 @@ class AttackRunConfig:
         for name in ("num_shadow", "target_pool", "attacker_pool", "num_resamples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.num_canaries <= self.target_pool:
+            raise ValueError(f"num_canaries must be in [0, target_pool], got {self.num_canaries}")
         if self.models_per_chunk < 0:
             raise ValueError(f"models_per_chunk must be >= 0, got {self.models_per_chunk}")
         queries.query_shifts(self.num_queries)  # Validates num_queries.
@@ -90,19 +98,27 @@ class AttackRunConfig:
 
 def _keys(seed: int) -> dict:
     root = jax.random.key(seed)
-    names = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance")
+    names = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance", "canaries")
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(names)}
 
 
-def make_split(config: AttackRunConfig, num_train: int) -> dict:
-    """Pools and keep masks: {"target", "attacker": dataset indices; "keep" [M, N]; "halves" [k, Na]}."""
+def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) -> dict:
+    """Pools, labels and keep masks, all from the seed.
+
+    Returns {"target" [N], "attacker" [Na]: dataset indices; "target_labels" [N] (with canaries
+    relabelled); "canaries" [C]: their positions in the target pool; "keep" [M, N] LiRA masks;
+    "halves" [k, Na] Shokri IN halves}.
+    """
     keys = _keys(config.seed)
-    parts = data_lib.split_indices(keys["pools"], num_train,
+    parts = data_lib.split_indices(keys["pools"], len(labels),
                                    {"target": config.target_pool, "attacker": config.attacker_pool})
+    target_labels, canary_idx = canaries.mislabel(keys["canaries"], labels[parts["target"]],
+                                                  config.num_canaries, num_classes)
     keep = masks.lira_keep_masks(keys["keep"], config.num_models, config.target_pool)
     halves = np.stack([masks.half_split_mask(jax.random.fold_in(keys["halves"], i), config.attacker_pool)
                        for i in range(config.num_shadow)])
-    return {**parts, "keep": keep, "halves": halves}
+    return {**parts, "target_labels": target_labels, "canaries": canary_idx, "keep": keep,
+            "halves": halves}
 
 
 def _chunks(config: AttackRunConfig) -> list[list[int]]:
@@ -125,14 +141,15 @@ class _Context:
     def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str):
         self.config, self.fns, self.workdir = config, fns, workdir
         self.keys = _keys(config.seed)
-        self.split = make_split(config, len(train.labels))
+        self.split = make_split(config, train.labels, train.num_classes)
         self.train, self.test = train, test
 
     def pool(self, i: int):
         """(images, labels, keep rows' owner) of the pool model i trains on."""
-        name = "target" if i < self.config.num_models else "attacker"
-        idx = self.split[name]
-        return self.train.images[idx], self.train.labels[idx], name
+        if i < self.config.num_models:
+            return self.train.images[self.split["target"]], self.split["target_labels"], "target"
+        idx = self.split["attacker"]
+        return self.train.images[idx], self.train.labels[idx], "attacker"
 
     def keep_row(self, i: int) -> np.ndarray:
         m = self.config.num_models
@@ -191,8 +208,12 @@ def train_bank(ctx: _Context) -> None:
                      len(_chunks(ctx.config)))
     tic = time.perf_counter()
     for done, chunk in enumerate(chunks, start=1):
-        for i, record in zip(chunk, _train_chunk(ctx, chunk)):
-            checkpoint.write_npz(_model_path(ctx.workdir, i), **record)
+        chunk_tic = time.perf_counter()
+        records = _train_chunk(ctx, chunk)
+        seconds = (time.perf_counter() - chunk_tic) / len(chunk)
+        for i, record in zip(chunk, records):
+            # Each model keeps its share of the chunk's time, so a resumed run still knows its cost.
+            checkpoint.write_npz(_model_path(ctx.workdir, i), seconds=seconds, **record)
         elapsed = time.perf_counter() - tic
         logging.info("models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %.0f s",
                      chunk[0], chunk[-1], total, ctx.pool(chunk[0])[2],
@@ -247,7 +268,7 @@ def compute_scores(ctx: _Context) -> dict[str, np.ndarray]:
     """Membership scores [M, N] of every attack against every target model."""
     m = ctx.config.num_models
     logits = _stack(ctx, range(m), "logits")  # [M, Q, N, K]
-    labels = ctx.train.labels[ctx.split["target"]]
+    labels = ctx.split["target_labels"]
     keep = ctx.split["keep"]
     phi = np.moveaxis(lira.logit_scale(logits, labels, example_axis=2), 1, 2)  # [M, N, Q]
     scores = _lira_attacks(phi, keep)
@@ -255,13 +276,20 @@ def compute_scores(ctx: _Context) -> dict[str, np.ndarray]:
     scores["loss"] = lira.loss_threshold_scores(logits[:, 0], labels)
     scores["confidence"] = lira.confidence_scores(logits[:, 0], labels)
     scores["shokri"], scores["shokri_accuracy_per_target"] = _shokri_attack(ctx, logits[:, 0], labels)
+    if ctx.config.recipe.kind == "condense":
+        # The released synthetic set itself as the attack surface: closeness to a real image.
+        synthetic = _stack(ctx, range(m), "synthetic")
+        pool_images = ctx.train.images[ctx.split["target"]]
+        scores["nearest_synthetic"] = nearest.nearest_distance_scores(synthetic, pool_images)
     return scores
 
 
 def _slices(ctx: _Context) -> dict:
     """All trials, each class, and (when the recipe copies only some real pixels) the used ones."""
     keep = ctx.split["keep"]
-    slices = {"all": None, **report.class_slices(ctx.train.labels[ctx.split["target"]])}
+    slices = {"all": None, **report.class_slices(ctx.split["target_labels"])}
+    if ctx.config.num_canaries:
+        slices["canaries"] = ctx.split["canaries"]
     if ctx.config.recipe.kind != "original":
         used = _stack(ctx, range(ctx.config.num_models), "used")
         # Members whose pixels reached the training set, against all non-members.
@@ -273,11 +301,16 @@ ATTACK_NAMES = ("lira_online", "lira_online_fixed_var", "lira_offline", "lira_of
                 "loss", "confidence", "shokri")
 
 
+def attack_names(config: AttackRunConfig) -> tuple[str, ...]:
+    """The attacks a run reports; released synthetic sets add the nearest-image attack."""
+    return ATTACK_NAMES + (("nearest_synthetic",) if config.recipe.kind == "condense" else ())
+
+
 def _utility(ctx: _Context) -> dict:
     m = ctx.config.num_models
     acc = _stack(ctx, range(m), "test_accuracy")
     logits = _stack(ctx, range(m), "logits")[:, 0]
-    labels = ctx.train.labels[ctx.split["target"]]
+    labels = ctx.split["target_labels"]
     correct = np.argmax(logits, -1) == labels
     keep = ctx.split["keep"]
     return {"test_accuracy_mean": float(acc.mean()), "test_accuracy_std": float(acc.std()),
@@ -289,11 +322,11 @@ def _utility(ctx: _Context) -> dict:
                 ctx, range(m, m + ctx.config.num_shadow), "test_accuracy").mean())}
 
 
-def _results(ctx: _Context, scores: dict, seconds: float) -> dict:
+def _results(ctx: _Context, scores: dict, seconds: dict) -> dict:
     keep = ctx.split["keep"]
     slices = _slices(ctx)
     attacks, rocs = {}, {}
-    for a, name in enumerate(ATTACK_NAMES):
+    for a, name in enumerate(attack_names(ctx.config)):
         attacks[name] = report.slice_metrics(scores[name], keep, jax.random.fold_in(ctx.keys["bootstrap"], a),
                                              slices, ctx.config.num_resamples)
         rocs[name] = report.roc_points(scores[name], keep)
@@ -305,7 +338,7 @@ def _results(ctx: _Context, scores: dict, seconds: float) -> dict:
                             "per_target": shokri_acc.tolist()},
         "attacks": attacks,
         "roc": rocs,
-        "wall_seconds": seconds,
+        **seconds,
         "platform": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
     }
@@ -346,7 +379,14 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     if not os.path.exists(split_path):
         checkpoint.write_npz(split_path, **ctx.split)
     train_bank(ctx)
+    attack_tic = time.perf_counter()
     scores = compute_scores(ctx)
-    results = _results(ctx, scores, time.perf_counter() - tic)
+    total = config.num_models + config.num_shadow
+    seconds = {"bank_seconds": float(_stack(ctx, range(total), "seconds").sum()),
+               "attack_seconds": time.perf_counter() - attack_tic}
+    # The run's whole cost (bank summed over every invocation that trained part of it).
+    seconds["wall_seconds"] = seconds["bank_seconds"] + seconds["attack_seconds"]
+    seconds["this_invocation_seconds"] = time.perf_counter() - tic
+    results = _results(ctx, scores, seconds)
     _write_outputs(ctx, scores, results)
     return results

@@ -1,0 +1,98 @@
+r"""The privacy study: does training on condensed data protect membership, and at what cost?
+
+One command runs every row (original data, random subset, DC noise init, DC real init) as a
+membership-inference run on the same split, then writes results.json, RESULTS.md and figures;
+re-running the same command resumes.
+
+  # CPU tier (under 2 hours on 2 cores; what it scales down is written in the flagfile)
+  python experiments/privacy_study.py --flagfile=experiments/flags/privacy_study_cpu.cfg
+  # GPU tier (paper settings, 16 shadow pipelines; a batch job, see BUILD.md)
+  python experiments/privacy_study.py --flagfile=experiments/flags/privacy_study_gpu.cfg
+
+Attack flags are those of attack.py; DC flags those of condense.py (--init is set per row).
+"""
+
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+import common  # noqa: E402
+
+common.define_data_flags()
+common.define_model_flags()
+common.define_run_flags()
+common.define_train_flags(epochs=100)  # The 'original' row's training.
+common.define_condense_flags()
+common.define_attack_flags()
+flags.DEFINE_list("rows", ["original", "subset", "dc_noise", "dc_real"], "Targets to study.")
+flags.DEFINE_integer("per_class", 10, "Images per class of the 'subset' row.")
+flags.DEFINE_integer("small_epochs", 1000, "Epochs for models trained on 10-per-class sets "
+                     "(subset and synthetic rows; the reference evaluation protocol).")
+flags.DEFINE_integer("small_batch_size", 256, "Batch size for those models.")
+flags.DEFINE_enum("small_augment", None, ["none", "dc"], "Augmentation for those models; "
+                  "default 'dc' on MNIST (the reference), else 'none'. (--augment is the "
+                  "'original' row's.)")
+flags.DEFINE_string("tier", "custom", "Name of the tier, recorded in the results.")
+flags.DEFINE_string("conclusion", None, "Markdown file with a hand-written conclusion to append "
+                    "to RESULTS.md (the numbers above it are generated).")
+flags.DEFINE_bool("report_only", False, "Only regenerate RESULTS.md and the figures of the "
+                  "finished study in --workdir (e.g. with --conclusion); trains nothing.")
+FLAGS = flags.FLAGS
+
+
+def study_config():
+    """Frozen StudyConfig from flags; ValueError (naming the setting) on bad values."""
+    import dataclasses
+    from dcjax import train as train_lib
+    from dcjax.privacy import bank, study
+    if FLAGS.small_epochs < 1:
+        raise ValueError(f"--small_epochs must be >= 1, got {FLAGS.small_epochs}")
+    original = common.train_config(small_set=False)
+    small_augment = FLAGS.small_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
+    small = dataclasses.replace(original, epochs=FLAGS.small_epochs,
+                                batch_size=FLAGS.small_batch_size, augment=small_augment)
+    train_lib.make_schedule(small, 1)  # Validates the batch size.
+    return study.StudyConfig(
+        attack=common.attack_config(bank.Recipe(), original), rows=tuple(FLAGS.rows),
+        train_original=original, train_small=small, per_class=FLAGS.per_class,
+        condense=common.condense_config())
+
+
+def _about() -> dict:
+    import jax
+    device = jax.devices()[0]
+    about = {}
+    if FLAGS.conclusion:
+        if not os.path.isfile(FLAGS.conclusion):
+            raise ValueError(f"--conclusion must name an existing file, got {FLAGS.conclusion!r}")
+        with open(FLAGS.conclusion) as f:
+            about["conclusion"] = f.read()
+    return {**about, "tier": FLAGS.tier, "command": " ".join(["python"] + sys.argv),
+            "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+                       f"{jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
+                       f"jax {jax.__version__}"}
+
+
+def run():
+    from dcjax import data, models, study_report
+    from dcjax.privacy import study
+    config = study_config()
+    workdir = FLAGS.workdir or os.path.join("runs", f"privacy_study_{FLAGS.tier}_seed{FLAGS.seed}")
+    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
+    about = _about()
+    if FLAGS.report_only:
+        results = study.rewrite_report(workdir, train, about.get("conclusion", ""))
+    else:
+        fns = models.make_model(config.attack.model, train.image_shape, train.num_classes)
+        results = study.run_study(config, fns, (train, test), workdir, about, FLAGS.overwrite)
+    print(study_report.markdown_table(results))
+    print(f"outputs in {workdir} (RESULTS.md, results.json, figures)")
+
+
+if __name__ == "__main__":
+    app.run(common.launcher_main(run))
