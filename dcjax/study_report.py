@@ -140,8 +140,9 @@ _LEGEND = """\
   (global) variance, the headline attack. Chance AUC is 0.5.
 - **LiRA TPR@x% FPR**: the fraction of members LiRA finds while flagging at most x% of non-members, in %, with
   a 95% stratified-bootstrap confidence interval. Chance TPR at x% FPR is x%.
-- **on used images**: LiRA TPR@0.1% FPR restricted to the real images a target's synthetic set was
-  initialised from (members) against all its non-members; **on canaries**: restricted to the injected
+- **on used images**: LiRA TPR@0.1% FPR restricted to the real images that reached a target's training set
+  as pixels (the subset's chosen images, or the real images its synthetic set was initialised from) as
+  members, against all its non-members; **on canaries**: restricted to the injected
   mislabelled canaries.
 - **nearest-synthetic AUC**: ROC AUC of scoring each real image by minus its distance to the nearest released
   synthetic image (no model needed).

@@ -25,8 +25,13 @@ class WorkdirError(Exception):
     """A one-line, user-facing problem with the run directory."""
 
 
-def prepare(workdir: str, config: dict, overwrite: bool) -> bool:
-    """Makes ``workdir`` ready for a run with ``config``; returns True when resuming."""
+def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = False) -> bool:
+    """Makes ``workdir`` ready for a run with ``config``; returns True when resuming.
+
+    ``parts_checked``: the run is made of sub-runs in sub-directories that each check their
+    own config (the privacy study's rows), so an unfinished run whose settings changed keeps
+    its finished parts that still match; config.json is updated to the new settings.
+    """
     if not workdir:
         raise WorkdirError("--workdir must be set")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -38,7 +43,10 @@ def prepare(workdir: str, config: dict, overwrite: bool) -> bool:
         raise WorkdirError(f"{workdir} already holds finished results; pass --overwrite to "
                            "replace them or choose another --workdir")
     resuming = os.path.exists(config_path)
-    if resuming and checkpoint.read_json(config_path) != _roundtrip(config):
+    changed = resuming and checkpoint.read_json(config_path) != _roundtrip(config)
+    if changed and parts_checked:
+        checkpoint.write_json(config_path, config)
+    elif changed:
         raise WorkdirError(f"{workdir} holds an unfinished run with different settings; pass "
                            "--overwrite to discard it or choose another --workdir")
     os.makedirs(workdir, exist_ok=True)

@@ -166,3 +166,14 @@ def test_condense_recipe_run_attacks_the_synthetic_sets_and_slices_canaries(fns,
     assert used.size == NUM_CLASSES and not (model["used"] & ~split_keep[0]).any()
     start = _dataset(200, 5).images[target[used]]
     assert not np.allclose(model["synthetic"], start[np.argsort(target_labels[used])])
+
+
+def test_a_recipe_the_private_halves_cannot_feed_fails_before_writing(fns, tmp_path):
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=8, init="noise")
+    config = _config(recipe=bank.Recipe(kind="condense", condense=cfg))
+    # ~60 examples per pool, so each private half holds ~3 per class: 8 cannot be drawn.
+    with pytest.raises(ValueError, match="batch_real=8 exceeds"):
+        _run(fns, tmp_path / "w", config)
+    with pytest.raises(ValueError, match="per_class=5 exceeds"):
+        _run(fns, tmp_path / "w", _config(recipe=bank.Recipe(kind="subset", per_class=5)))
+    assert not (tmp_path / "w").exists()

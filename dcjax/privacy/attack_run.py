@@ -121,6 +121,37 @@ def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) ->
             "halves": halves}
 
 
+def _recipe_need(recipe: bank.Recipe) -> tuple[str, int]:
+    """(setting, examples per class each private half must hold) for the recipe."""
+    if recipe.kind == "subset":
+        return "per_class", recipe.per_class
+    if recipe.kind == "condense":
+        dc = recipe.condense
+        if dc.init == "real" and dc.ipc > dc.batch_real:
+            return "ipc", dc.ipc
+        return "batch_real", dc.batch_real
+    return "", 0
+
+
+def check_recipe_fits(config: AttackRunConfig, train) -> None:
+    """Fails fast, before anything runs or is written, if some model's private half has too
+    few examples of a class for the recipe (subset size, DC real batch or real init)."""
+    if config.target_pool + config.attacker_pool > len(train.labels):
+        raise ValueError(f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
+                         f"exceeds the {len(train.labels)} training examples")
+    setting, need = _recipe_need(config.recipe)
+    if not need:
+        return
+    split = make_split(config, train.labels, train.num_classes)
+    pools = (("target_pool", split["target_labels"], split["keep"]),
+             ("attacker_pool", train.labels[split["attacker"]], split["halves"]))
+    for pool, labels, keep in pools:
+        smallest = min(np.bincount(labels[k], minlength=train.num_classes).min() for k in keep)
+        if smallest < need:
+            raise ValueError(f"{setting}={need} exceeds the smallest class of a model's private half "
+                             f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}")
+
+
 def _chunks(config: AttackRunConfig) -> list[list[int]]:
     """Model indices grouped into chunks trained together; a chunk never mixes the two pools."""
     m, k = config.num_models, config.num_shadow
@@ -369,9 +400,7 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     Returns:
       The results dict also written to results.json.
     """
-    if config.target_pool + config.attacker_pool > len(train.labels):
-        raise ValueError(f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
-                         f"exceeds the {len(train.labels)} training examples")
+    check_recipe_fits(config, train)
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     tic = time.perf_counter()
     ctx = _Context(config, fns, train, test, workdir)

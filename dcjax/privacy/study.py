@@ -16,6 +16,7 @@ killed study resumes inside the row it was in); ``results.json`` (schema: ``dcja
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -98,13 +99,18 @@ def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) 
     """A finished row is read back; an unfinished one runs (or resumes)."""
     row_dir = workdir_lib.path(workdir, name)
     done = workdir_lib.path(row_dir, workdir_lib.RESULTS)
+    row = row_config(config, name)
     if os.path.exists(done):
+        saved = checkpoint.read_json(workdir_lib.path(row_dir, workdir_lib.CONFIG))
+        if saved != json.loads(checkpoint.to_json(dataclasses.asdict(row))):
+            raise workdir_lib.WorkdirError(f"row {name} in {workdir} finished with other settings; "
+                                           "pass --overwrite or choose another --workdir")
         logging.info("row %s: already finished, reading %s", name, done)
         return checkpoint.read_json(done)
     logging.info("row %s: %s", name, DESCRIPTIONS[name].format(per_class=config.per_class,
                                                             ipc=config.condense.ipc))
     train, test = data
-    return attack_run.run_attack(row_config(config, name), fns, train, test, row_dir)
+    return attack_run.run_attack(row, fns, train, test, row_dir)
 
 
 def _figures(workdir: str, results: dict, train: data_lib.ArrayDataset) -> dict[str, str]:
@@ -116,6 +122,8 @@ def _figures(workdir: str, results: dict, train: data_lib.ArrayDataset) -> dict[
               for row in results["rows"]}
     plots.roc_figure(workdir_lib.path(workdir, "roc_targets.png"), curves,
                      f"LiRA ({study_report.LIRA}) per target")
+    for row in results["rows"]:
+        figures[f"Every attack against the {row['name']} targets"] = f"{row['name']}/roc.png"
     for row in results["rows"]:
         if not row["name"].startswith("dc_"):
             continue
@@ -140,7 +148,10 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
         optionally "conclusion": hand-written markdown appended to RESULTS.md.
       overwrite: discard whatever the workdir holds.
     """
-    workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
+    for name in config.rows:  # Every row's feasibility first: fail before hours of work.
+        attack_run.check_recipe_fits(row_config(config, name), data[0])
+    # Each row checks its own settings, so finished rows survive a change to another row's.
+    workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite, parts_checked=True)
     tic = time.perf_counter()
     rows = []
     for name in config.rows:
