@@ -43,7 +43,7 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
         raise WorkdirError(f"{workdir} already holds finished results; pass --overwrite to "
                            "replace them or choose another --workdir")
     resuming = os.path.exists(config_path)
-    changed = resuming and checkpoint.read_json(config_path) != _roundtrip(config)
+    changed = resuming and not config_matches(workdir, config)
     if changed and parts_checked:
         checkpoint.write_json(config_path, config)
     elif changed:
@@ -53,6 +53,11 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
     if not resuming:
         checkpoint.write_json(config_path, config)
     return resuming
+
+
+def config_matches(workdir: str, config: dict) -> bool:
+    """Whether ``workdir``'s config.json records exactly ``config`` (compared as JSON)."""
+    return checkpoint.read_json(os.path.join(workdir, CONFIG)) == _roundtrip(config)
 
 
 def _roundtrip(config: dict) -> dict:

@@ -174,13 +174,16 @@ class _Context:
         self.keys = _keys(config.seed)
         self.split = make_split(config, train.labels, train.num_classes)
         self.train, self.test = train, test
+        # Gathered once: every chunk of a pool trains and queries on the same arrays.
+        self._pools = {
+            "target": (train.images[self.split["target"]], self.split["target_labels"]),
+            "attacker": (train.images[self.split["attacker"]], train.labels[self.split["attacker"]]),
+        }
 
     def pool(self, i: int):
         """(images, labels, keep rows' owner) of the pool model i trains on."""
-        if i < self.config.num_models:
-            return self.train.images[self.split["target"]], self.split["target_labels"], "target"
-        idx = self.split["attacker"]
-        return self.train.images[idx], self.train.labels[idx], "attacker"
+        name = "target" if i < self.config.num_models else "attacker"
+        return (*self._pools[name], name)
 
     def keep_row(self, i: int) -> np.ndarray:
         m = self.config.num_models
@@ -231,12 +234,12 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
 
 def train_bank(ctx: _Context) -> None:
     """Trains every model not yet on disk, chunk by chunk, logging progress and ETA."""
-    chunks = [c for c in _chunks(ctx.config)
-              if not all(os.path.exists(_model_path(ctx.workdir, i)) for i in c)]
+    all_chunks = _chunks(ctx.config)
+    chunks = [c for c in all_chunks if not all(os.path.exists(_model_path(ctx.workdir, i)) for i in c)]
     total = ctx.config.num_models + ctx.config.num_shadow
-    if len(chunks) < len(_chunks(ctx.config)):
-        logging.info("resuming: %d of %d chunks already trained", len(_chunks(ctx.config)) - len(chunks),
-                     len(_chunks(ctx.config)))
+    if len(chunks) < len(all_chunks):
+        logging.info("resuming: %d of %d chunks already trained", len(all_chunks) - len(chunks),
+                     len(all_chunks))
     tic = time.perf_counter()
     for done, chunk in enumerate(chunks, start=1):
         chunk_tic = time.perf_counter()
@@ -248,7 +251,7 @@ def train_bank(ctx: _Context) -> None:
         elapsed = time.perf_counter() - tic
         logging.info("models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %.0f s",
                      chunk[0], chunk[-1], total, ctx.pool(chunk[0])[2],
-                     100 * np.mean([load_model(ctx.workdir, i)["test_accuracy"] for i in chunk]),
+                     100 * np.mean([r["test_accuracy"] for r in records]),
                      elapsed / done, elapsed / done * (len(chunks) - done))
 
 
@@ -258,7 +261,11 @@ def load_model(workdir: str, i: int) -> dict:
 
 
 def _stack(ctx: _Context, indices, name: str) -> np.ndarray:
-    return np.stack([load_model(ctx.workdir, i)[name] for i in indices])
+    """One field of several models' files, stacked; only that field is read from disk."""
+    def field(i):
+        with np.load(_model_path(ctx.workdir, i)) as z:
+            return z[name]
+    return np.stack([field(i) for i in indices])
 
 
 def _lira_attacks(phi: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
@@ -295,10 +302,12 @@ def _shokri_attack(ctx: _Context, target_logits: np.ndarray, labels: np.ndarray)
     return scores, np.asarray(accuracy)
 
 
-def compute_scores(ctx: _Context) -> dict[str, np.ndarray]:
-    """Membership scores [M, N] of every attack against every target model."""
+def compute_scores(ctx: _Context, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Membership scores [M, N] of every attack against every target model.
+
+    logits: [M, Q, N, K] of the target-pool models on every query.
+    """
     m = ctx.config.num_models
-    logits = _stack(ctx, range(m), "logits")  # [M, Q, N, K]
     labels = ctx.split["target_labels"]
     keep = ctx.split["keep"]
     phi = np.moveaxis(lira.logit_scale(logits, labels, example_axis=2), 1, 2)  # [M, N, Q]
@@ -337,10 +346,10 @@ def attack_names(config: AttackRunConfig) -> tuple[str, ...]:
     return ATTACK_NAMES + (("nearest_synthetic",) if config.recipe.kind == "condense" else ())
 
 
-def _utility(ctx: _Context) -> dict:
+def _utility(ctx: _Context, logits: np.ndarray) -> dict:
+    """Test accuracy of the targets and their accuracy on members / non-members (query 0 logits)."""
     m = ctx.config.num_models
     acc = _stack(ctx, range(m), "test_accuracy")
-    logits = _stack(ctx, range(m), "logits")[:, 0]
     labels = ctx.split["target_labels"]
     correct = np.argmax(logits, -1) == labels
     keep = ctx.split["keep"]
@@ -353,7 +362,7 @@ def _utility(ctx: _Context) -> dict:
                 ctx, range(m, m + ctx.config.num_shadow), "test_accuracy").mean())}
 
 
-def _results(ctx: _Context, scores: dict, seconds: dict) -> dict:
+def _results(ctx: _Context, scores: dict, logits: np.ndarray, seconds: dict) -> dict:
     keep = ctx.split["keep"]
     slices = _slices(ctx)
     attacks, rocs = {}, {}
@@ -364,7 +373,7 @@ def _results(ctx: _Context, scores: dict, seconds: dict) -> dict:
     shokri_acc = scores["shokri_accuracy_per_target"]
     return {
         "config": dataclasses.asdict(ctx.config),
-        "utility": _utility(ctx),
+        "utility": _utility(ctx, logits[:, 0]),
         "shokri_accuracy": {"mean": float(shokri_acc.mean()), "std": float(shokri_acc.std()),
                             "per_target": shokri_acc.tolist()},
         "attacks": attacks,
@@ -409,13 +418,14 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
         checkpoint.write_npz(split_path, **ctx.split)
     train_bank(ctx)
     attack_tic = time.perf_counter()
-    scores = compute_scores(ctx)
+    logits = _stack(ctx, range(config.num_models), "logits")  # [M, Q, N, K]
+    scores = compute_scores(ctx, logits)
     total = config.num_models + config.num_shadow
     seconds = {"bank_seconds": float(_stack(ctx, range(total), "seconds").sum()),
                "attack_seconds": time.perf_counter() - attack_tic}
     # The run's whole cost (bank summed over every invocation that trained part of it).
     seconds["wall_seconds"] = seconds["bank_seconds"] + seconds["attack_seconds"]
     seconds["this_invocation_seconds"] = time.perf_counter() - tic
-    results = _results(ctx, scores, seconds)
+    results = _results(ctx, scores, logits, seconds)
     _write_outputs(ctx, scores, results)
     return results

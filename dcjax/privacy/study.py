@@ -16,7 +16,6 @@ killed study resumes inside the row it was in); ``results.json`` (schema: ``dcja
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -101,8 +100,7 @@ def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) 
     done = workdir_lib.path(row_dir, workdir_lib.RESULTS)
     row = row_config(config, name)
     if os.path.exists(done):
-        saved = checkpoint.read_json(workdir_lib.path(row_dir, workdir_lib.CONFIG))
-        if saved != json.loads(checkpoint.to_json(dataclasses.asdict(row))):
+        if not workdir_lib.config_matches(row_dir, dataclasses.asdict(row)):
             raise workdir_lib.WorkdirError(f"row {name} in {workdir} finished with other settings; "
                                            "pass --overwrite or choose another --workdir")
         logging.info("row %s: already finished, reading %s", name, done)
