@@ -1,4 +1,4 @@
-r"""Seconds per DC iteration (MNIST), peak memory, and achieved GFLOP/s vs a jitted matmul.
+r"""Seconds per condensation iteration (DC, DSA, DM; MNIST), peak memory, GFLOP/s vs a jitted matmul.
 
 Each configuration runs in its own process (so peak RSS is its own): one warm-up
 iteration (compilation), then the median of --repeats timed iterations on real-shaped
@@ -7,9 +7,13 @@ image (XLA's cost analysis counts a loop body once, not per trip):
   real gradients 3F x outer x K x batch_real, synthetic gradients (second order, ~6F)
   x outer x K x ipc, inner training 3F x (outer - 1) x inner x K x ipc.
 The reference PyTorch DC does ~21 TFLOP per ipc=10 iteration in ~253 s here (~83 GFLOP/s).
+DSA counts the same FLOPs as DC (the augmentation is a few gathers per image, not counted). A DM iteration is one
+forward pass of K x batch_real real images plus forward+backward (~3F) of K x ipc synthetic ones; it has no loops,
+so its outer_loop field is ignored. Reference times (PROTOCOL section 8): DC ipc=10 253 s, DM ipc=10 4.1 s.
 
   python benchmarks/condense_step.py                     # ipc 1, 10; width 32 at ipc 10
   python benchmarks/condense_step.py --configs=128:50:5  # ipc 50 with outer_loop 5 of 50
+  python benchmarks/condense_step.py --methods=dc,dsa,dm --configs=128:10:2 --repeats=1   # side by side
 Config syntax: width:ipc[:outer_loop]; a reduced outer loop is scaled up to the full one
 (reported as extrapolated, scaled by the FLOP ratio at the measured rate).
 """
@@ -31,6 +35,7 @@ import timing  # noqa: E402
 flags.DEFINE_list("configs", ["128:1", "128:10", "32:10"], "width:ipc[:outer_loop] items.")
 flags.DEFINE_integer("repeats", 2, "Timed iterations per config (median reported).")
 flags.DEFINE_string("class_strategy", "auto", "Per-class matching strategy.")
+flags.DEFINE_list("methods", ["dc"], "Condensation methods to time: dc, dsa, dm (each config, side by side).")
 flags.DEFINE_string("single", None, "Internal: run one config in this process.")
 FLAGS = flags.FLAGS
 K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
@@ -43,15 +48,23 @@ def forward_flops_per_image(fns) -> float:
     return timing.compiled_flops(jax.jit(fns.apply), variables, x)
 
 
-def measure(spec: str) -> dict:
+def iteration_flops(method: str, f: float, cfg, outer: int) -> float:
+    """FLOPs of one iteration with ``outer`` matching steps (see the module docstring); f: forward FLOPs/image."""
+    ipc, inner = cfg.ipc, cfg.loops[1]
+    if method == "dm":
+        return f * (K * cfg.batch_real + 3 * K * ipc)
+    return f * (3 * outer * K * cfg.batch_real + 6 * outer * K * ipc + 3 * (outer - 1) * inner * K * ipc)
+
+
+def measure(spec: str, method: str) -> dict:
     import jax
     import numpy as np
     from dcjax import condense, data, models
     width, ipc, *rest = (int(v) for v in spec.split(":"))
     full_outer, inner = condense.default_loops(ipc)
-    outer = rest[0] if rest else full_outer
+    outer = rest[0] if rest and method != "dm" else full_outer
     cfg = condense.CondenseConfig(ipc=ipc, outer_loop=outer, inner_loop=inner,
-                                  class_strategy=FLAGS.class_strategy)
+                                  class_strategy=FLAGS.class_strategy, method=method)
     fns = models.make_model(models.ModelConfig(width=width), SHAPE, K)
     labels = np.repeat(np.arange(K), POOL_PER_CLASS)
     pool = jax.random.normal(jax.random.key(0), (labels.size,) + SHAPE)
@@ -66,14 +79,11 @@ def measure(spec: str) -> dict:
         seconds.append(time.perf_counter() - tic)
     per_iter = float(np.median(seconds[1:]))
     f = forward_flops_per_image(fns)
-
-    def flops(o):
-        return f * (3 * o * K * cfg.batch_real + 6 * o * K * ipc + 3 * (o - 1) * inner * K * ipc)
-
     # A reduced outer loop is scaled to the full one by work done, at the measured rate.
-    scale = flops(full_outer) / flops(outer)
-    flops = flops(outer)
-    return {"config": f"width {width}, ipc {ipc}" + (f" (outer {outer}/{full_outer})" if scale != 1 else ""),
+    flops = iteration_flops(method, f, cfg, outer)
+    scale = iteration_flops(method, f, cfg, full_outer) / flops
+    return {"method": method,
+            "config": f"width {width}, ipc {ipc}" + (f" (outer {outer}/{full_outer})" if scale != 1 else ""),
             "compile+first s": seconds[0], "s/iteration": per_iter * scale,
             "extrapolated": scale != 1, "GFLOP/s": flops / per_iter / 1e9,
             "peak RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
@@ -81,25 +91,28 @@ def measure(spec: str) -> dict:
 
 def main(_):
     if FLAGS.single:
-        print(json.dumps(measure(FLAGS.single)))
+        print(json.dumps(measure(FLAGS.single, FLAGS.methods[0])))
         return
     import jax
     matmul = timing.matmul_gflops()
     print(f"backend {jax.default_backend()}; jitted fp32 matmul {matmul:.1f} GFLOP/s")
     rows = []
+    reference = {"dc": 253.0, "dsa": 253.0, "dm": 4.1}  # PROTOCOL section 8 (DSA: DC's loops, no own number)
     for spec in FLAGS.configs:
-        out = subprocess.run([sys.executable, __file__, f"--single={spec}",
-                              f"--repeats={FLAGS.repeats}",
-                              f"--class_strategy={FLAGS.class_strategy}"],
-                             capture_output=True, text=True, check=True)
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        row["vs matmul"] = row["GFLOP/s"] / matmul
-        if row["config"].startswith("width 128, ipc 10"):
-            row["vs reference (253 s)"] = 253.0 / row["s/iteration"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print(timing.table(rows, ["config", "s/iteration", "extrapolated", "GFLOP/s", "vs matmul",
-                              "peak RSS GiB", "vs reference (253 s)", "compile+first s"]))
+        for method in FLAGS.methods:
+            out = subprocess.run([sys.executable, __file__, f"--single={spec}", f"--methods={method}",
+                                  f"--repeats={FLAGS.repeats}",
+                                  f"--class_strategy={FLAGS.class_strategy}"],
+                                 capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["vs matmul"] = row["GFLOP/s"] / matmul
+            if row["config"].startswith("width 128, ipc 10") and method != "dsa":
+                row["reference s"] = reference[method]
+                row["vs reference"] = reference[method] / row["s/iteration"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(timing.table(rows, ["method", "config", "s/iteration", "extrapolated", "GFLOP/s", "vs matmul",
+                              "peak RSS GiB", "reference s", "vs reference", "compile+first s"]))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from dcjax import dsa
+
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 _CROP, _SCALE, _ROTATE = 0, 1, 2
@@ -186,11 +188,23 @@ def identity_augment(key: jax.Array, images: jax.Array) -> jax.Array:
     return images
 
 
-AUGMENTATIONS: dict[str, Augment] = {"none": identity_augment, "dc": dc_augment}
+# "dsa" / "dsa_digits": Differentiable Siamese Augmentation with per-image draws, the evaluation protocol of DSA and
+# DM (PROTOCOL sections 4-5); "dsa_digits" leaves out the flip (a mirrored digit is another glyph).
+AUGMENTATIONS: dict[str, Augment] = {
+    "none": identity_augment,
+    "dc": dc_augment,
+    "dsa": dsa.training_augment(dsa.STRATEGY_DEFAULT),
+    "dsa_digits": dsa.training_augment(dsa.STRATEGY_DIGITS),
+}
+
+
+def dsa_augment_name(strategy: str) -> str:
+    """The registered DSA training augmentation closest to a DSA strategy: 'dsa' if it flips, else 'dsa_digits'."""
+    return "dsa" if "flip" in dsa.parse_strategy(strategy) else "dsa_digits"
 
 
 def get_augment(name: str) -> Augment:
-    """The augmentation called ``name``: one of `AUGMENTATIONS` ("none", "dc")."""
+    """The augmentation called ``name``: one of `AUGMENTATIONS` ("none", "dc", "dsa", "dsa_digits")."""
     try:
         return AUGMENTATIONS[name]
     except KeyError:

@@ -1,4 +1,9 @@
-"""Dataset Condensation with gradient matching (Zhao, Mopuri & Bilen, ICLR 2021).
+"""Dataset condensation: gradient matching (DC, Zhao, Mopuri & Bilen, ICLR 2021), with Differentiable Siamese
+Augmentation (DSA, Zhao & Bilen, ICML 2021), and the dispatch to distribution matching (DM, ``dcjax.dm``).
+
+``CondenseConfig.method`` picks the algorithm; every method is one jitted iteration
+``(SynState, (pool, ClassIndex), key) -> (SynState, metrics)`` (``make_iteration_fn``), so runs,
+checkpoints, outputs and the privacy bank treat them alike.
 
 One DC iteration (PROTOCOL section 3) is ONE jitted function, ``dc_iteration``:
 
@@ -7,6 +12,11 @@ One DC iteration (PROTOCOL section 3) is ONE jitted function, ``dc_iteration``:
     per class c: distance(grad CE(net(syn_c)), stop_gradient(grad CE(net(real_c))))
     summed over classes -> ONE SGD-momentum step on the synthetic images
     unless this is the last outer step: inner_loop epochs of plain SGD on the synthetic set
+
+DSA (``method='dsa'``, PROTOCOL section 5) changes two things: before each class's gradients, the real and the
+synthetic batch go through the SAME random DSA transform (one key per class and matching step, parameters shared by
+the whole batch: the Siamese rule), differentiably w.r.t. the synthetic images; and the inner loop trains on
+DSA-augmented synthetic images (per-image draws), as the reference does.
 
 The per-class matching is vectorised over classes with a per-backend strategy
 (``class_strategy``): ``vmap`` on GPU/TPU; on CPU a sequential ``lax.map`` over classes
@@ -25,7 +35,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dcjax import augment as augment_lib
 from dcjax import data as data_lib
+from dcjax import dm
+from dcjax import dsa
 from dcjax import matching
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
@@ -34,6 +47,16 @@ from dcjax.models import ModelFns
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 INITS = ("noise", "real")
 CLASS_STRATEGIES = ("auto", "vmap", "map", "loop")
+METHODS = ("dc", "dsa", "dm")
+# Paper defaults that differ by method (PROTOCOL sections 3 and 5); the launcher fills unset flags from these.
+METHOD_DEFAULTS = {
+    "dc": {"iterations": 1000, "lr_img": 0.1, "init": "noise"},
+    "dsa": {"iterations": 1000, "lr_img": 0.1, "init": "real"},
+    "dm": {"iterations": 20000, "lr_img": 1.0, "init": "real"},
+}
+# Matching draws one DSA transform per class and step, shared by the batch (the Siamese rule across the differently
+# sized real and synthetic batches); training draws per image.
+MATCH_DSA = dsa.DSAParams(param_mode="batch")
 
 
 def default_loops(ipc: int) -> tuple[int, int]:
@@ -49,7 +72,13 @@ def default_loops(ipc: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class CondenseConfig:
-    """Settings of a DC run; defaults are the paper's (PROTOCOL section 3)."""
+    """Settings of a condensation run; defaults are DC's paper settings (PROTOCOL section 3).
+
+    method: 'dc', 'dsa' (DC with Siamese augmentation) or 'dm' (distribution matching; uses ipc, iterations,
+    batch_real, lr_img, momentum_img, init, dsa_strategy, class_strategy and microbatch; the loops, batch_train,
+    lr_net and distance are gradient-matching settings it ignores). dsa_strategy: the DSA ops for 'dsa' and 'dm'
+    (``dsa.STRATEGY_DIGITS`` has no flip, for digits).
+    """
 
     ipc: int = 10
     iterations: int = 1000
@@ -64,8 +93,13 @@ class CondenseConfig:
     init: str = "noise"
     class_strategy: str = "auto"
     microbatch: int | None = None  # Real-gradient / inner-loop chunking; None: per backend.
+    method: str = "dc"
+    dsa_strategy: str = dsa.STRATEGY_DIGITS
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        dsa.parse_strategy(self.dsa_strategy)  # Fails early on an unknown op.
         if self.ipc < 1:
             raise ValueError(f"ipc must be >= 1, got {self.ipc}")
         if self.iterations < 0:
@@ -160,8 +194,14 @@ def _class_gradient(fns: ModelFns, variables, images, label, microbatch: int = 0
     return jax.grad(loss_sum)(variables["params"], images, labels, weights)
 
 
-def _class_distance(fns, config, variables, syn_c, real_c, label):
-    """distance(g_syn, g_real) for one class; the real gradient is a constant."""
+def _class_distance(fns, config, variables, syn_c, real_c, label, key):
+    """distance(g_syn, g_real) for one class; the real gradient is a constant.
+
+    With DSA both batches first go through the transform drawn from ``key`` (this class's key for this step).
+    """
+    if config.method == "dsa":
+        real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, MATCH_DSA)
+        syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, MATCH_DSA)
     microbatch = train_lib.resolve_microbatch(config.microbatch, fns)
     g_real = jax.lax.stop_gradient(_class_gradient(fns, variables, real_c, label, microbatch))
     g_syn = _class_gradient(fns, variables, syn_c, label)
@@ -169,7 +209,7 @@ def _class_distance(fns, config, variables, syn_c, real_c, label):
 
 
 def matching_loss(fns: ModelFns, config: CondenseConfig, strategy: str, variables,
-                  syn: jax.Array, real: jax.Array) -> jax.Array:
+                  syn: jax.Array, real: jax.Array, key: jax.Array) -> jax.Array:
     """Sum over classes of the gradient distance.
 
     Args:
@@ -177,16 +217,14 @@ def matching_loss(fns: ModelFns, config: CondenseConfig, strategy: str, variable
       real: [K, batch_real, H, W, C] real images per class.
       strategy: 'vmap' (classes vectorised), 'map' (a sequential lax.map over classes:
       one traced body) or 'loop' (classes unrolled in one trace).
+      key: this matching step's DSA key (class c uses fold_in(key, c)); unused by plain DC.
     """
     num_classes = real.shape[0]
     syn = syn.reshape((num_classes, config.ipc) + syn.shape[1:])
     labels = jnp.arange(num_classes, dtype=jnp.int32)
+    keys = jax.vmap(functools.partial(jax.random.fold_in, key))(labels)
     per_class = functools.partial(_class_distance, fns, config, variables)
-    if strategy == "vmap":
-        return jnp.sum(jax.vmap(per_class)(syn, real, labels))
-    if strategy == "map":
-        return jnp.sum(jax.lax.map(lambda args: per_class(*args), (syn, real, labels)))
-    return sum(per_class(syn[c], real[c], labels[c]) for c in range(num_classes))
+    return matching.sum_over_classes(per_class, strategy, (syn, real, labels, keys))
 
 
 def resolve_class_strategy(strategy: str, backend: str | None = None) -> str:
@@ -204,7 +242,7 @@ def resolve_class_strategy(strategy: str, backend: str | None = None) -> str:
 
 
 def _train_network(fns, config, variables, syn, labels, key):
-    """inner_loop epochs of plain SGD (lr_net, no momentum or decay, no augmentation).
+    """inner_loop epochs of plain SGD (lr_net, no momentum or decay; DSA augmentation for 'dsa' only).
 
     syn: [K*ipc, H, W, C], already detached; labels: [K*ipc]. Returns new variables.
     The engine's own epoch loop (train.run_epochs), so the inner loop gets the same
@@ -212,7 +250,8 @@ def _train_network(fns, config, variables, syn, labels, key):
     """
     schedule = train_lib.make_schedule(
         train_lib.TrainConfig(batch_size=config.batch_train), syn.shape[0])
-    trainer = train_lib.Trainer(fns, optax.sgd(config.lr_net),
+    augment = dsa.training_augment(config.dsa_strategy) if config.method == "dsa" else augment_lib.identity_augment
+    trainer = train_lib.Trainer(fns, optax.sgd(config.lr_net), augment,
                                 microbatch=train_lib.resolve_microbatch(config.microbatch, fns))
     mask = jnp.ones((syn.shape[0],), bool)
     variables, _ = train_lib.run_epochs(trainer, schedule, variables, (syn, labels, mask), key,
@@ -239,9 +278,12 @@ def dc_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: Sy
 
     def outer_step(carry, step):
         syn, opt_state, variables = carry
-        real_key, train_key = jax.random.split(jax.random.fold_in(loop_key, step))
+        step_key = jax.random.fold_in(loop_key, step)
+        # dsa_key is folded in, not split off, so plain DC keeps the real/train keys it always had.
+        real_key, train_key = jax.random.split(step_key)
+        dsa_key = jax.random.fold_in(step_key, 2)
         real = pool[data_lib.sample_per_class(real_key, index, config.batch_real)]
-        loss, grads = jax.value_and_grad(loss_fn, argnums=1)(variables, syn, real)
+        loss, grads = jax.value_and_grad(loss_fn, argnums=1)(variables, syn, real, dsa_key)
         updates, opt_state = optimizer.update(grads, opt_state, syn)
         syn = optax.apply_updates(syn, updates)
         # No network update after the last matching step (for ipc=1 the net is never trained).
@@ -265,13 +307,24 @@ def check_network(fns: ModelFns) -> None:
                          "network without batchnorm (e.g. the default instancenorm ConvNet)")
 
 
+def condense_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: SynState,
+                       real_data, key: jax.Array):
+    """One iteration of ``config.method``: (state, (pool, ClassIndex), key) -> (state, metrics).
+
+    dc / dsa: ``dc_iteration``; dm: ``dm.dm_iteration``. Pure; strategy is a resolved class strategy.
+    """
+    if config.method == "dm":
+        return dm.dm_iteration(fns, config, strategy, state, real_data, key)
+    return dc_iteration(fns, config, strategy, state, real_data, key)
+
+
 def make_iteration_fn(fns: ModelFns, config: CondenseConfig, strategy: str = "auto"):
-    """jit(dc_iteration) with static settings closed over and the state donated.
+    """jit(condense_iteration) with static settings closed over and the state donated.
 
     Returns f(state, (pool, index), key) -> (state, metrics). The pool is an argument, not a
     closed-over constant, so XLA does not embed 60k images in the executable.
     """
     check_network(fns)
     strategy = resolve_class_strategy(strategy if strategy != "auto" else config.class_strategy)
-    step = functools.partial(dc_iteration, fns, config, strategy)
+    step = functools.partial(condense_iteration, fns, config, strategy)
     return jax.jit(step, donate_argnums=(0,))

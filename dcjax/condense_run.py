@@ -1,6 +1,6 @@
 """A resumable condensation run in a workdir: iterate, log, evaluate, checkpoint, write.
 
-Python drives the loop *between* jitted DC iterations (DESIGN principle 3): logging,
+Python drives the loop *between* jitted condensation iterations (DC, DSA or DM) (DESIGN principle 3): logging,
 evaluation and checkpointing never enter the compiled hot path.
 
 Keys, all from ``jax.random.key(seed)``: init = fold_in(root, 0); iteration t uses
@@ -160,7 +160,7 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
                          init_indices=np.asarray(init_indices), seed=cfg.seed,
                          config=checkpoint.to_json(dataclasses.asdict(cfg)))
     plots.image_grid(run.path("synthetic.png"), data_lib.denormalize(images, name),
-                     run.train.num_classes, f"DC synthetic set, {cfg.condense.ipc} per class")
+                     run.train.num_classes, f"{cfg.condense.method.upper()} synthetic set, {cfg.condense.ipc} per class")
     if metrics:
         plots.curve(run.path("loss.png"), [m["iteration"] + 1 for m in metrics],
                     {"matching loss": [m["loss"] for m in metrics]}, "iteration", "loss")

@@ -19,10 +19,14 @@ Parameters carried over from the reference DSA code (``ParamDiffAug``):
   * color = brightness (+U(-0.5, 0.5)), then saturation (deviation from the per-pixel channel mean times U(0, 2)),
     then contrast (deviation from the per-image mean times U(0.5, 1.5));
   * flip: horizontal, with probability 0.5.
-Ops are applied in strategy order; op number i draws from ``fold_in(key, i)``. How the reference code chooses among
-the listed ops on each call (its ``aug_mode``) is NOT reproduced yet: here every listed op is applied. To be settled
-against PROTOCOL section 5 when DSA enters the DC iteration (the DSA/DM/DP-SGD issue); until then this module is
-groundwork and nothing in dcjax calls it.
+Which ops run on a call (``DSAParams.select``): "one" (default, the reference's ``aug_mode='S'`` and PROTOCOL
+section 5: "one op group is drawn per call") draws ONE op group of the strategy uniformly from the key, for the whole
+batch, so the Siamese pair also shares the op; "all" (the reference's ``aug_mode='M'``) applies every listed op in
+strategy order. Op number i (its position in the strategy) always draws its parameters from ``fold_in(key, i)``.
+
+Used by gradient matching with DSA (``dcjax.condense``, batch mode, one key per class and matching step), by
+distribution matching (``dcjax.dm``) and as the training augmentation "dsa" / "dsa_digits" (``dcjax.augment``,
+image mode), as in the reference, where DSA runs both in the inner loop and in evaluation.
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ import jax.numpy as jnp
 
 STRATEGY_DIGITS = "color_crop_cutout_scale_rotate"  # no flip for digits: a mirrored digit is a different glyph
 STRATEGY_DEFAULT = "color_crop_cutout_flip_scale_rotate"
+DIGIT_DATASETS = ("mnist", "svhn_cropped")  # PROTOCOL section 5: the MNIST/SVHN strategy has no flip.
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 PARAM_MODES = ("batch", "image")
+SELECTS = ("one", "all")
+_CHOICE_STREAM = 1_000_003  # fold_in data for the op choice; far from the op positions 0..5.
 _FLIP_PROB = 0.5
 
 
@@ -49,7 +56,8 @@ class DSAParams:
     scale: max factor (>= 1), factors ~ U(1/scale, scale); rotate_degrees: max |angle|; crop: max shift as a fraction
     of the size, in [0, 1); cutout: square side as a fraction of the size, in [0, 1]; brightness: half-width of the
     additive offset; saturation: max multiplier, factor ~ U(0, saturation); contrast: half-width around 1, factor ~
-    U(1 - contrast, 1 + contrast), in [0, 1]; param_mode: "batch" (one draw per batch) or "image" (one per image).
+    U(1 - contrast, 1 + contrast), in [0, 1]; param_mode: "batch" (one draw per batch) or "image" (one per image);
+    select: "one" (one op group per call, the reference default) or "all" (every op of the strategy, in order).
     """
 
     scale: float = 1.2
@@ -60,6 +68,7 @@ class DSAParams:
     saturation: float = 2.0
     contrast: float = 0.5
     param_mode: str = "batch"
+    select: str = "one"
 
     def __post_init__(self) -> None:
         checks = {
@@ -77,6 +86,13 @@ class DSAParams:
                 raise ValueError(f"DSAParams.{name} out of range: {value!r}")
         if self.param_mode not in PARAM_MODES:
             raise ValueError(f"DSAParams.param_mode must be one of {PARAM_MODES}, got {self.param_mode!r}")
+        if self.select not in SELECTS:
+            raise ValueError(f"DSAParams.select must be one of {SELECTS}, got {self.select!r}")
+
+
+def strategy_for(dataset: str) -> str:
+    """The reference DSA strategy for a TFDS dataset name: no flip for digit datasets."""
+    return STRATEGY_DIGITS if dataset in DIGIT_DATASETS else STRATEGY_DEFAULT
 
 
 def parse_strategy(strategy: str) -> tuple[str, ...]:
@@ -234,10 +250,31 @@ _OP_FNS: dict[str, Callable[[jax.Array, jax.Array, DSAParams], jax.Array]] = {
 @functools.partial(jax.jit, static_argnames=("strategy", "params"))
 def dsa_augment(key: jax.Array, images: jax.Array, strategy: str = STRATEGY_DIGITS,
                 params: DSAParams = DSAParams()) -> jax.Array:
-    """Applies the strategy's ops in order, op i keyed by fold_in(key, i). images: [B, H, W, C] -> same.
+    """One op group of the strategy (``params.select='one'``) or all of them in order. [B, H, W, C] -> same.
 
-    Use the same key for the real and synthetic batch of a class to get the Siamese (shared) transform.
+    Op i of the strategy is keyed by fold_in(key, i); the choice of op by fold_in(key, _CHOICE_STREAM). Use the
+    same key for the real and synthetic batch of a class to get the Siamese (shared) transform.
     """
-    for index, name in enumerate(parse_strategy(strategy)):
-        images = _OP_FNS[name](jax.random.fold_in(key, index), images, params)
-    return images
+    names = parse_strategy(strategy)
+    ops = [functools.partial(_OP_FNS[name], jax.random.fold_in(key, index), params=params)
+           for index, name in enumerate(names)]
+    if not ops:
+        return images
+    if params.select == "all":
+        for op in ops:
+            images = op(images)
+        return images
+    choice = jax.random.randint(jax.random.fold_in(key, _CHOICE_STREAM), (), 0, len(ops))
+    # Under vmap (classes on GPU) lax.switch becomes a select over every branch: cheap next to a conv net.
+    return jax.lax.switch(choice, ops, images)
+
+
+@functools.lru_cache(maxsize=None)
+def training_augment(strategy: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """(key, images [B, H, W, C]) -> images: DSA with per-image draws, for training a network on a (synthetic) set.
+
+    One op group per call, parameters drawn per image (the reference's unseeded ``DiffAugment`` in its inner loop
+    and its evaluation). Cached so each strategy maps to ONE function object: callers use it as a static jit argument.
+    """
+    parse_strategy(strategy)
+    return functools.partial(dsa_augment, strategy=strategy, params=DSAParams(param_mode="image"))

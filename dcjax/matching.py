@@ -8,6 +8,8 @@ axis, as in PyTorch's (out, in, kh, kw) layout, silently computes something else
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -49,3 +51,19 @@ def gradient_distance(g_syn, g_real, distance: str = "ours") -> jax.Array:
         a, b = _flat(g_syn), _flat(g_real)
         return 1.0 - jnp.sum(a * b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + _EPS)
     raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
+
+
+def sum_over_classes(per_class: Callable[..., jax.Array], strategy: str, xs: tuple) -> jax.Array:
+    """sum_c per_class(*[x[c] for x in xs]): the class axis run as 'vmap', 'map' or 'loop'.
+
+    xs: a tuple of arrays sharing a leading class axis [K, ...]. 'vmap' vectorises the classes (GPU/TPU); 'map' is a
+    sequential lax.map (one traced class body; XLA:CPU runs per-class conv gradients faster one at a time, PROTOCOL
+    section 8); 'loop' unrolls the classes in one trace. All three compute the same sum (tests check it).
+    """
+    if strategy == "vmap":
+        return jnp.sum(jax.vmap(per_class)(*xs))
+    if strategy == "map":
+        return jnp.sum(jax.lax.map(lambda args: per_class(*args), xs))
+    if strategy == "loop":
+        return sum(per_class(*(x[c] for x in xs)) for c in range(xs[0].shape[0]))
+    raise ValueError(f"unknown class strategy {strategy!r}; expected vmap, map or loop")

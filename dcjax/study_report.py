@@ -17,7 +17,9 @@ Schema of the study results dict (what ``experiments/privacy_study.py`` writes):
                                     "used": SUMMARY or {"skipped": "..."},   # real images a synthetic set used
                                     "canaries": SUMMARY},                    # mislabelled canaries
           ...},
-        "nearest": {"all": SUMMARY} or null},          # nearest-synthetic-image attack; null without a release
+        "nearest": {"all": SUMMARY} or null,           # nearest-synthetic-image attack; null without a release
+        "dp": {"epsilon": 4.0, "delta": 1e-05,         # DP-SGD rows only (absent otherwise): nominal
+               "noise_multiplier": 2.82, "l2_clip": 1.0, ...}},   # (epsilon, delta), noise, clip
        ...]}
 
 ``SUMMARY`` is the dict of ``dcjax.privacy.metrics.summarize``: ``auc``, ``balanced_accuracy``, ``tpr_at_0``,
@@ -87,10 +89,19 @@ def _tpr(summary, fpr: float) -> str:
     return f"{100 * value:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
 
 
+def _target(row: dict) -> str:
+    """The row's name; a DP-SGD row adds its nominal epsilon and noise multiplier."""
+    name = str(row.get("name", DASH))
+    eps, noise = _number(_get(row, "dp", "epsilon")), _number(_get(row, "dp", "noise_multiplier"))
+    if eps is not None and noise is not None:
+        name += f" (ε={eps:g}, σ={noise:.2f})"
+    return name.replace("|", "\\|")
+
+
 def _row_cells(row: dict) -> list[str]:
     lira = _get(row, "attacks", LIRA)
     return [
-        str(row.get("name", DASH)).replace("|", "\\|"),
+        _target(row),
         _pct_mean_std(_get(row, "utility", "test_accuracy_mean"), _get(row, "utility", "test_accuracy_std")),
         _pct_mean_std(_get(row, "shokri_accuracy", "mean"), _get(row, "shokri_accuracy", "std")),
         _auc(_get(row, "attacks", "loss", "all")),
@@ -152,6 +163,28 @@ _LEGEND = """\
 """
 
 
+_DP_LEGEND = """\
+- **dpsgd_epsE (ε=E, σ=s)**: targets trained like `original` but with DP-SGD: each example's gradient clipped
+  to L2 norm {clip}, Gaussian noise of std σ x clip added to the batch sum; σ calibrated so that the RDP accountant
+  gives (ε, δ={delta})-DP. Nominal ε: the accountant assumes Poisson sampling at rate B/n with n the expected
+  private-half size, while training shuffles fixed-size batches (see `dcjax/privacy/accounting.py`).
+"""
+
+
+def _g(value) -> str:
+    number = _number(value)
+    return DASH if number is None else f"{number:g}"
+
+
+def _dp_legend(results: dict) -> str:
+    """The DP-SGD bullet of the legend, only when some row is a DP-SGD row."""
+    for row in results.get("rows") or []:
+        dp = _get(row, "dp")
+        if dp is not None:
+            return _DP_LEGEND.format(clip=_g(dp.get("l2_clip")), delta=_g(dp.get("delta")))
+    return ""
+
+
 def results_document(results: dict, figures: dict[str, str]) -> str:
     """The generated part of the results document (markdown), without a conclusion.
 
@@ -165,7 +198,7 @@ def results_document(results: dict, figures: dict[str, str]) -> str:
         "Command:\n\n```\n" + str(results.get("command", DASH)) + "\n```\n",
         f"Machine: {results.get('machine', DASH)}\n\nWall time: {_wall_time(results.get('wall_seconds'))}\n",
         "## Results\n\n" + markdown_table(results),
-        _LEGEND + (f"\n{floors}\n" if floors else ""),
+        _LEGEND + _dp_legend(results) + (f"\n{floors}\n" if floors else ""),
     ]
     if figures:
         parts.append("## Figures\n\n" + "\n".join(f"![{name}]({path})\n" for name, path in figures.items()))

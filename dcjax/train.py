@@ -10,6 +10,9 @@ Which examples a model trains on is given by a boolean mask over a shared pool. 
 mechanism serves a full dataset (all True), a synthetic set, and the shadow bank (LiRA keep
 masks): every model of a bank sees the same static shapes, so the bank can be vmapped.
 
+``TrainConfig.dp`` turns the gradient into DP-SGD's (``dcjax.dpsgd``: per-example clipping
+plus Gaussian noise); everything else (schedule, optimizer, padding) stays as it is.
+
 Deviation from the reference, on purpose: the reference runs ``E + 1`` epochs with the
 decay at ``E // 2``; ``TrainConfig.epochs`` is the exact number of epochs run, with the decay
 at ``epochs // 2``. Setting ``epochs=E + 1`` reproduces the reference schedule.
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from dcjax import augment as augment_lib
+from dcjax import dpsgd
 from dcjax.models import ModelFns
 
 Variables = dict[str, Any]
@@ -41,8 +45,9 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    augment: str = "none"  # "none" | "dc" (the MNIST DC evaluation augmentation)
+    augment: str = "none"  # "none" | "dc" (MNIST DC evaluation) | "dsa" | "dsa_digits" (DSA/DM evaluation)
     microbatch: int | None = None  # Gradient chunk size; None: per backend; 0: off.
+    dp: dpsgd.DPConfig | None = None  # DP-SGD (clipped, noised per-example gradients); None: off.
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -54,6 +59,8 @@ class TrainConfig:
         augment_lib.get_augment(self.augment)  # Fails early on an unknown name.
         if self.microbatch is not None and self.microbatch < 0:
             raise ValueError(f"microbatch must be >= 0 or None, got {self.microbatch}")
+        if self.dp is not None and not isinstance(self.dp, dpsgd.DPConfig):
+            raise ValueError(f"dp must be a dpsgd.DPConfig or None, got {self.dp!r}")
 
 
 class TrainState(NamedTuple):
@@ -189,6 +196,7 @@ class Trainer(NamedTuple):
     optimizer: optax.GradientTransformation
     augment: Callable = augment_lib.identity_augment
     microbatch: int = 0  # Resolved chunk size (resolve_microbatch); 0: whole batch.
+    dp: dpsgd.DPConfig | None = None  # DP-SGD gradients (chunked by ``microbatch`` too).
 
 
 def _loss_and_grads(trainer: Trainer, variables: Variables, images, labels, weights):
@@ -212,11 +220,18 @@ def train_step(trainer: Trainer, state: TrainState, batch, key):
     """One SGD step. batch = (images [B,H,W,C], labels [B], weights [B]) -> (state, loss).
 
     A batch made only of padding (possible when models in a bank have different subset
-    sizes) leaves the state untouched, as if the step did not exist.
+    sizes) leaves the state untouched, as if the step did not exist. With ``trainer.dp`` the
+    gradient is DP-SGD's (``dpsgd.private_grads``), its noise drawn from fold_in(key, 1).
     """
     images, labels, weights = batch
     images = trainer.augment(key, images)
-    loss, grads, variables = _loss_and_grads(trainer, state.variables, images, labels, weights)
+    if trainer.dp is None:
+        loss, grads, variables = _loss_and_grads(trainer, state.variables, images, labels, weights)
+    else:  # The noise key is new; augmentation keeps ``key``, so non-DP runs are unchanged.
+        loss, grads, _ = dpsgd.private_grads(trainer.fns, trainer.dp, state.variables,
+                                             (images, labels, weights), jax.random.fold_in(key, 1),
+                                             trainer.microbatch)
+        variables = state.variables
     params = state.variables["params"]
     updates, opt_state = trainer.optimizer.update(grads, state.opt_state, params)
     variables = {**variables, "params": optax.apply_updates(params, updates)}
@@ -276,6 +291,8 @@ def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
     Returns:
       (trained variables, per-epoch mean training loss [epochs]).
     """
+    if config.dp is not None:
+        dpsgd.check_network(fns)
     init_key, first_key, second_key = jax.random.split(key, 3)
     variables = fns.init(init_key)
     augment = augment_lib.get_augment(config.augment)
@@ -287,7 +304,7 @@ def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
     phases = ((first_key, first, config.lr), (second_key, config.epochs - first, config.lr * 0.1))
     losses = []
     for phase_key, num_epochs, lr in phases:
-        trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch)
+        trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch, config.dp)
         variables, phase_losses = run_epochs(trainer, schedule, variables, data, phase_key,
                                              num_epochs)
         losses.append(phase_losses)

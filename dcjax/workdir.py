@@ -6,7 +6,10 @@ A workdir holds ``config.json`` (the exact settings) and, once the run is comple
 * finished (results.json present): error unless ``overwrite``;
 * unfinished with the same config: resume;
 * unfinished with a different config: error unless ``overwrite`` (resuming would mix runs);
-* ``overwrite``: the directory's contents are deleted first.
+* ``overwrite``: the directory's contents are deleted first;
+* a run made of self-checking parts (``parts_checked``, the privacy study's rows) whose
+  settings changed resumes even when finished: its finished parts that still match are
+  reused, and the old results.json is kept as ``results.previous.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ from dcjax import checkpoint
 
 CONFIG = "config.json"
 RESULTS = "results.json"
+PREVIOUS_RESULTS = "results.previous.json"
+
+# Settings added after results were first recorded, with the value that reproduces the earlier behaviour exactly
+# (condensation method and DSA ops, DP-SGD in training, the privacy study's DP and DM rows' settings). A recorded
+# config that lacks one of them still matches a new config holding exactly that value, so adding a setting does not
+# orphan finished runs; any other value differs.
+ADDED_SETTINGS = {"method": "dc", "dsa_strategy": "color_crop_cutout_scale_rotate", "dp": None,
+                  "dp_delta": 1e-5, "dp_clip": 1.0, "dp_lr": None, "dm_iterations": 20000}
 
 
 class WorkdirError(Exception):
@@ -29,8 +40,8 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
     """Makes ``workdir`` ready for a run with ``config``; returns True when resuming.
 
     ``parts_checked``: the run is made of sub-runs in sub-directories that each check their
-    own config (the privacy study's rows), so an unfinished run whose settings changed keeps
-    its finished parts that still match; config.json is updated to the new settings.
+    own config (the privacy study's rows), so a run whose settings changed, finished or not,
+    keeps its parts that still match; config.json is updated to the new settings.
     """
     if not workdir:
         raise WorkdirError("--workdir must be set")
@@ -39,11 +50,13 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
     if overwrite and os.path.isdir(workdir):
         shutil.rmtree(workdir)
     config_path = os.path.join(workdir, CONFIG)
-    if os.path.exists(os.path.join(workdir, RESULTS)):
-        raise WorkdirError(f"{workdir} already holds finished results; pass --overwrite to "
-                           "replace them or choose another --workdir")
     resuming = os.path.exists(config_path)
     changed = resuming and not config_matches(workdir, config)
+    if os.path.exists(os.path.join(workdir, RESULTS)):
+        if not (changed and parts_checked):
+            raise WorkdirError(f"{workdir} already holds finished results; pass --overwrite to "
+                               "replace them or choose another --workdir")
+        os.replace(os.path.join(workdir, RESULTS), os.path.join(workdir, PREVIOUS_RESULTS))
     if changed and parts_checked:
         checkpoint.write_json(config_path, config)
     elif changed:
@@ -56,8 +69,17 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
 
 
 def config_matches(workdir: str, config: dict) -> bool:
-    """Whether ``workdir``'s config.json records exactly ``config`` (compared as JSON)."""
-    return checkpoint.read_json(os.path.join(workdir, CONFIG)) == _roundtrip(config)
+    """Whether ``workdir``'s config.json records ``config`` (compared as JSON, up to ``ADDED_SETTINGS``)."""
+    recorded = checkpoint.read_json(os.path.join(workdir, CONFIG))
+    return recorded == _without_added_defaults(_roundtrip(config), recorded)
+
+
+def _without_added_defaults(config, recorded):
+    """``config`` minus the ADDED_SETTINGS keys that ``recorded`` lacks and ``config`` holds at their old value."""
+    if not (isinstance(config, dict) and isinstance(recorded, dict)):
+        return config
+    return {key: _without_added_defaults(value, recorded.get(key)) for key, value in config.items()
+            if key in recorded or key not in ADDED_SETTINGS or value != ADDED_SETTINGS[key]}
 
 
 def _roundtrip(config: dict) -> dict:

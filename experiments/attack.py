@@ -3,7 +3,7 @@ r"""Membership inference against models trained by a target recipe: Shokri, LOSS
 A bank of --num_models models on a target pool (LiRA keep masks; each model in turn is the
 target, the rest its shadows) plus --num_shadow Shokri shadows on a disjoint attacker pool,
 all trained by the same recipe (--target): the original data, a random --per_class subset,
-or a DC condensation of each model's private half (DC flags as in condense.py).
+or a condensation of each model's private half (DC, DSA or DM per --method; flags as in condense.py).
 
 Examples:
   # Sanity run (CPU, minutes): LiRA vs a ConvNet overfitting a small real subset.
@@ -32,7 +32,7 @@ common.define_train_flags(epochs=100)
 common.define_condense_flags()
 flags.DEFINE_enum("target", "original", ["original", "subset", "condense"],
                   "Target recipe: train on the private data itself, on a random --per_class "
-                  "subset of it, or on a DC synthetic set condensed from it.")
+                  "subset of it, or on a synthetic set condensed from it (--method).")
 flags.DEFINE_integer("per_class", 10, "Images per class for --target=subset.")
 common.define_attack_flags()
 FLAGS = flags.FLAGS

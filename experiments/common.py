@@ -13,6 +13,7 @@ from absl import logging
 from dcjax import models
 
 FLAGS = flags.FLAGS
+AUGMENTS = ["none", "dc", "dsa", "dsa_digits"]  # dcjax.augment.AUGMENTATIONS
 
 
 def define_data_flags():
@@ -40,7 +41,7 @@ def define_train_flags(epochs: int):
     flags.DEFINE_integer("epochs", epochs, "Training epochs (lr x0.1 after half).", lower_bound=1)
     flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
     flags.DEFINE_float("lr", 0.01, "Learning rate (SGD, momentum 0.9, weight decay 5e-4).")
-    flags.DEFINE_enum("augment", None, ["none", "dc"], "Training augmentation; default: 'dc' "
+    flags.DEFINE_enum("augment", None, AUGMENTS, "Training augmentation; default: 'dc' "
                       "for small MNIST sets (subset/synthetic, as the reference), else 'none'.")
     flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
                       "How the model axis runs (auto: vmap on GPU/TPU, map on CPU).")
@@ -57,14 +58,21 @@ def train_config(small_set: bool):
 
 
 def define_condense_flags():
-    """DC settings; defaults are the paper's (PROTOCOL section 3)."""
+    """Condensation settings; defaults are the paper's for the chosen --method (PROTOCOL sections 3, 5)."""
+    flags.DEFINE_enum("method", "dc", ["dc", "dsa", "dm"], "Condensation: gradient matching (dc), with "
+                      "Differentiable Siamese Augmentation (dsa), or distribution matching (dm).")
+    flags.DEFINE_string("dsa_strategy", None, "DSA ops joined by '_' (dsa and dm); default: "
+                        "color_crop_cutout_scale_rotate for digits (mnist, svhn_cropped), else with flip.")
     flags.DEFINE_integer("ipc", 10, "Synthetic images per class.")
-    flags.DEFINE_integer("iterations", 1000, "DC iterations (fresh network each).")
-    flags.DEFINE_string("init", "noise", "Synthetic init: 'noise' or 'real'.")
+    flags.DEFINE_integer("iterations", None, "Iterations (fresh network each); default: 1000 for dc "
+                         "and dsa, 20000 for dm.")
+    flags.DEFINE_string("init", None, "Synthetic init: 'noise' or 'real'; default: noise for dc, "
+                        "real for dsa and dm.")
     flags.DEFINE_string("distance", "ours", "Gradient distance: ours, mse or cos.")
     flags.DEFINE_integer("batch_real", 256, "Real images per class per matching step.")
     flags.DEFINE_integer("batch_train", 256, "Inner-loop batch on the synthetic set.")
-    flags.DEFINE_float("lr_img", 0.1, "Synthetic-image learning rate (SGD momentum 0.5).")
+    flags.DEFINE_float("lr_img", None, "Synthetic-image learning rate (SGD momentum 0.5); default: "
+                       "0.1 for dc and dsa, 1.0 for dm.")
     flags.DEFINE_float("lr_net", 0.01, "Inner-loop network learning rate (plain SGD).")
     flags.DEFINE_integer("outer_loop", None, "Override the ipc table's outer loop.")
     flags.DEFINE_integer("inner_loop", None, "Override the ipc table's inner loop.")
@@ -73,13 +81,22 @@ def define_condense_flags():
 
 
 def condense_config():
-    """CondenseConfig from the DC flags; ValueError naming the setting on bad values."""
-    from dcjax import condense
+    """CondenseConfig from the condensation flags; unset flags take --method's paper defaults."""
+    from dcjax import condense, dsa
+    defaults = condense.METHOD_DEFAULTS[FLAGS.method]
+    chosen = {name: default if getattr(FLAGS, name) is None else getattr(FLAGS, name)
+              for name, default in defaults.items()}
+    try:
+        strategy = FLAGS.dsa_strategy or dsa.strategy_for(FLAGS.dataset)
+        dsa.parse_strategy(strategy)
+    except ValueError as e:
+        raise ValueError(f"--dsa_strategy: {e}") from None
     return condense.CondenseConfig(
-        ipc=FLAGS.ipc, iterations=FLAGS.iterations, outer_loop=FLAGS.outer_loop,
+        ipc=FLAGS.ipc, iterations=chosen["iterations"], outer_loop=FLAGS.outer_loop,
         inner_loop=FLAGS.inner_loop, batch_real=FLAGS.batch_real,
-        batch_train=FLAGS.batch_train, lr_img=FLAGS.lr_img, lr_net=FLAGS.lr_net,
-        distance=FLAGS.distance, init=FLAGS.init, class_strategy=FLAGS.class_strategy)
+        batch_train=FLAGS.batch_train, lr_img=chosen["lr_img"], lr_net=FLAGS.lr_net,
+        distance=FLAGS.distance, init=chosen["init"], class_strategy=FLAGS.class_strategy,
+        method=FLAGS.method, dsa_strategy=strategy)
 
 
 def define_attack_flags():

@@ -1,11 +1,15 @@
-r"""Condense a dataset by gradient matching (DC) and evaluate the synthetic set.
+r"""Condense a dataset (DC, DSA or DM) and evaluate the synthetic set.
 
-Paper settings (defaults; a GPU/TPU job, ~70 h of the reference code on 2 CPU cores):
-  python experiments/condense.py --ipc=10
-CPU tier (finishes on a laptop-class 2-core CPU; see the flagfile for what it changes):
+Paper settings (defaults for each --method; GPU/TPU jobs, ~70 h of the reference DC code on 2 CPU cores):
+  python experiments/condense.py --ipc=10                 # DC: gradient matching
+  python experiments/condense.py --ipc=10 --method=dsa    # DC with Differentiable Siamese Augmentation
+  python experiments/condense.py --ipc=10 --method=dm     # distribution matching, 20000 iterations
+CPU tiers (finish on a 2-core CPU; each flagfile says what it changes):
   python experiments/condense.py --flagfile=experiments/flags/condense_cpu.cfg
+  python experiments/condense.py --flagfile=experiments/flags/condense_dsa_cpu.cfg
+  python experiments/condense.py --flagfile=experiments/flags/condense_dm_cpu.cfg
 
-Outputs in --workdir (default runs/condense_<dataset>_ipc<ipc>_seed<seed>): synthetic.npz,
+Outputs in --workdir (default runs/<method>_<dataset>_ipc<ipc>_seed<seed>): synthetic.npz,
 synthetic.png, config.json, metrics.jsonl, evals.jsonl, loss.png, accuracy.png,
 checkpoints/, results.json. Re-running the same command resumes an interrupted run.
 """
@@ -28,11 +32,20 @@ common.define_condense_flags()
 flags.DEFINE_integer("num_eval", 20, "Models trained to evaluate the synthetic set.")
 flags.DEFINE_integer("eval_every", 500, "Evaluate every this many iterations (0: at the end).")
 flags.DEFINE_integer("eval_epochs", 1000, "Epochs per evaluation model.")
-flags.DEFINE_enum("eval_augment", None, ["none", "dc"], "Evaluation augmentation; default "
-                  "'dc' for MNIST (the reference), else 'none'.")
+flags.DEFINE_enum("eval_augment", None, common.AUGMENTS, "Evaluation augmentation; default as "
+                  "the reference: DSA for dsa and dm (dsa_digits on digits), 'dc' for DC on MNIST, "
+                  "else 'none'.")
 flags.DEFINE_bool("eval_baseline", True, "Also evaluate a random real subset of the same size.")
 flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every this many iterations.")
 FLAGS = flags.FLAGS
+
+
+def default_eval_augment(cond) -> str:
+    """The reference's evaluation augmentation for the method (PROTOCOL sections 4-5)."""
+    if cond.method in ("dsa", "dm"):
+        from dcjax import augment
+        return augment.dsa_augment_name(cond.dsa_strategy)
+    return "dc" if FLAGS.dataset == "mnist" else "none"
 
 
 def run_config():
@@ -45,7 +58,7 @@ def run_config():
     if FLAGS.eval_every < 0:
         raise ValueError(f"--eval_every must be >= 0, got {FLAGS.eval_every}")
     cond = common.condense_config()
-    augment = FLAGS.eval_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
+    augment = FLAGS.eval_augment or default_eval_augment(cond)
     eval_cfg = evaluation.EvalConfig(
         num_models=FLAGS.num_eval,
         train=train_lib.TrainConfig(epochs=FLAGS.eval_epochs, augment=augment))
@@ -59,12 +72,12 @@ def run():
     from dcjax import condense_run, data, models
     config = run_config()
     workdir = FLAGS.workdir or os.path.join(
-        "runs", f"condense_{FLAGS.dataset}_ipc{FLAGS.ipc}_seed{FLAGS.seed}")
+        "runs", f"{FLAGS.method}_{FLAGS.dataset}_ipc{FLAGS.ipc}_seed{FLAGS.seed}")
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
     fns = models.make_model(config.model, train.image_shape, train.num_classes)
     results = condense_run.run_condensation(config, fns, train, test, workdir, FLAGS.overwrite)
     final, base = results["final"], results["random_real_baseline"]
-    print(f"condensed {FLAGS.dataset} to {FLAGS.ipc}/class: test accuracy "
+    print(f"{FLAGS.method} condensed {FLAGS.dataset} to {FLAGS.ipc}/class: test accuracy "
           f"{100 * final['mean']:.2f} +- {100 * final['std']:.2f} %")
     if results["initial_set"] is not None:
         init = results["initial_set"]

@@ -1,11 +1,14 @@
 r"""The privacy study: does training on condensed data protect membership, and at what cost?
 
-One command runs every row (original data, random subset, DC noise init, DC real init) as a
-membership-inference run on the same split, then writes results.json, RESULTS.md and figures;
-re-running the same command resumes.
+One command runs every row (original data, random subset, DC noise init, DC real init; and,
+on request, DSA and DM with real init and DP-SGD at epsilon 1, 4, 8) as a membership-inference run on the same split, then
+writes results.json, RESULTS.md and figures; re-running the same command resumes, and
+re-running with more --rows adds them to a finished study (its finished rows are reused).
 
   # CPU tier (under 2 hours on 2 cores; what it scales down is written in the flagfile)
   python experiments/privacy_study.py --flagfile=experiments/flags/privacy_study_cpu.cfg
+  # The CPU tier plus the DSA, DM and DP-SGD rows, in the same workdir
+  python experiments/privacy_study.py --flagfile=experiments/flags/privacy_study_more_cpu.cfg
   # GPU tier (paper settings, 16 shadow pipelines; a batch job, see BUILD.md)
   python experiments/privacy_study.py --flagfile=experiments/flags/privacy_study_gpu.cfg
 
@@ -22,6 +25,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+from dcjax.privacy import study  # noqa: E402  (row names for --rows)
 
 common.define_data_flags()
 common.define_model_flags()
@@ -29,12 +33,19 @@ common.define_run_flags()
 common.define_train_flags(epochs=100)  # The 'original' row's training.
 common.define_condense_flags()
 common.define_attack_flags()
-flags.DEFINE_list("rows", ["original", "subset", "dc_noise", "dc_real"], "Targets to study.")
+flags.DEFINE_list("rows", list(study.DEFAULT_ROWS), "Targets to study, in order; valid: "
+                  + ", ".join(study.ROWS) + " (dpsgd_epsE: DP-SGD on all private data at "
+                  "epsilon E, delta --dp_delta; not run by default).")
+flags.DEFINE_float("dp_delta", 1e-5, "Delta of the DP-SGD rows' (epsilon, delta) guarantee.")
+flags.DEFINE_float("dp_clip", 1.0, "Per-example gradient L2 clip norm of the DP-SGD rows.")
+flags.DEFINE_float("dp_lr", None, "Learning rate of the DP-SGD rows (default: --lr).")
+flags.DEFINE_integer("dm_iterations", 20000, "Iterations of the dm_real row (DM's paper value by "
+                     "default; --iterations sets the DC and DSA rows').")
 flags.DEFINE_integer("per_class", 10, "Images per class of the 'subset' row.")
 flags.DEFINE_integer("small_epochs", 1000, "Epochs for models trained on 10-per-class sets "
                      "(subset and synthetic rows; the reference evaluation protocol).")
 flags.DEFINE_integer("small_batch_size", 256, "Batch size for those models.")
-flags.DEFINE_enum("small_augment", None, ["none", "dc"], "Augmentation for those models; "
+flags.DEFINE_enum("small_augment", None, common.AUGMENTS, "Augmentation for those models; "
                   "default 'dc' on MNIST (the reference), else 'none'. (--augment is the "
                   "'original' row's.)")
 flags.DEFINE_string("tier", "custom", "Name of the tier, recorded in the results.")
@@ -49,9 +60,20 @@ def study_config():
     """Frozen StudyConfig from flags; ValueError (naming the setting) on bad values."""
     import dataclasses
     from dcjax import train as train_lib
-    from dcjax.privacy import bank, study
+    from dcjax.privacy import bank
     if FLAGS.small_epochs < 1:
         raise ValueError(f"--small_epochs must be >= 1, got {FLAGS.small_epochs}")
+    if not 0 < FLAGS.dp_delta < 1:
+        raise ValueError(f"--dp_delta must be in (0, 1), got {FLAGS.dp_delta}")
+    if not FLAGS.dp_clip > 0:
+        raise ValueError(f"--dp_clip must be > 0, got {FLAGS.dp_clip}")
+    if FLAGS.dp_lr is not None and not FLAGS.dp_lr > 0:
+        raise ValueError(f"--dp_lr must be > 0, got {FLAGS.dp_lr}")
+    if FLAGS.dm_iterations < 1:
+        raise ValueError(f"--dm_iterations must be >= 1, got {FLAGS.dm_iterations}")
+    unknown = [r for r in FLAGS.rows if r not in study.ROWS]
+    if unknown:
+        raise ValueError(f"--rows: unknown {unknown}; valid: {', '.join(study.ROWS)}")
     original = common.train_config(small_set=False)
     small_augment = FLAGS.small_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
     small = dataclasses.replace(original, epochs=FLAGS.small_epochs,
@@ -60,7 +82,8 @@ def study_config():
     return study.StudyConfig(
         attack=common.attack_config(bank.Recipe(), original), rows=tuple(FLAGS.rows),
         train_original=original, train_small=small, per_class=FLAGS.per_class,
-        condense=common.condense_config())
+        condense=common.condense_config(), dp_delta=FLAGS.dp_delta, dp_clip=FLAGS.dp_clip,
+        dp_lr=FLAGS.dp_lr, dm_iterations=FLAGS.dm_iterations)
 
 
 def _about() -> dict:
@@ -80,7 +103,6 @@ def _about() -> dict:
 
 def run():
     from dcjax import data, models, study_report
-    from dcjax.privacy import study
     config = study_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"privacy_study_{FLAGS.tier}_seed{FLAGS.seed}")
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)

@@ -7,6 +7,7 @@ import pytest
 import scipy.ndimage
 
 from dcjax import augment
+from dcjax import dsa
 
 H = W = 28
 
@@ -152,5 +153,8 @@ def test_registry():
     assert augment.get_augment("none") is augment.identity_augment
     assert augment.get_augment("dc") is augment.dc_augment
     assert augment.identity_augment(jax.random.key(0), images) is images
-    with pytest.raises(ValueError, match="'dsa'.*none, dc"):
-        augment.get_augment("dsa")
+    assert augment.get_augment("dsa_digits") is dsa.training_augment(dsa.STRATEGY_DIGITS)
+    assert augment.get_augment("dsa") is dsa.training_augment(dsa.STRATEGY_DEFAULT)
+    assert augment.dsa_augment_name("crop_flip") == "dsa" and augment.dsa_augment_name("crop") == "dsa_digits"
+    with pytest.raises(ValueError, match="'kip'.*none, dc, dsa, dsa_digits"):
+        augment.get_augment("kip")

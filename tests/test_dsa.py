@@ -178,6 +178,7 @@ def test_none_strategy_is_identity(gray):
 @pytest.mark.parametrize("field,value", [
     ("scale", 0.9), ("rotate_degrees", -1.0), ("crop", 1.0), ("crop", -0.1), ("cutout", 1.5),
     ("brightness", -0.1), ("saturation", -1.0), ("contrast", 1.5), ("scale", float("nan")), ("param_mode", "pixel"),
+    ("select", "some"),
 ])
 def test_params_validation(field, value):
     with pytest.raises(ValueError, match=field):
@@ -189,3 +190,36 @@ def test_params_defaults_and_hashable():
     assert (params.scale, params.rotate_degrees, params.crop, params.cutout) == (1.2, 15.0, 0.125, 0.5)
     assert params.param_mode == "batch"
     assert hash(params) == hash(dataclasses.replace(params))
+
+
+def test_select_one_applies_exactly_one_op_group_drawn_from_the_key(gray):
+    """The reference's aug_mode 'S': each call is ONE op of the strategy, with that op's own key fold_in(key, i)."""
+    strategy = "crop_cutout_flip"
+    names = dsa.parse_strategy(strategy)
+    chosen = set()
+    for seed in range(12):
+        key = jax.random.PRNGKey(100 + seed)
+        out = dsa.dsa_augment(key, gray, strategy)
+        singles = [_op(name)(jax.random.fold_in(key, i), gray, dsa.DSAParams()) for i, name in enumerate(names)]
+        matches = [i for i, single in enumerate(singles) if np.array_equal(out, single)]
+        assert len(matches) >= 1, seed
+        chosen.add(matches[0])
+        # Siamese: a second batch with the same key gets the same op (and, in batch mode, the same parameters).
+        np.testing.assert_array_equal(dsa.dsa_augment(key, gray[:2], strategy), singles[matches[0]][:2])
+    assert chosen == set(range(len(names)))  # Every op group gets drawn.
+
+
+def test_select_all_composes_every_op_in_order(gray):
+    key = jax.random.PRNGKey(31)
+    params = dsa.DSAParams(select="all")
+    want = dsa.cutout(jax.random.fold_in(key, 1), dsa.crop(jax.random.fold_in(key, 0), gray, params), params)
+    np.testing.assert_array_equal(dsa.dsa_augment(key, gray, "crop_cutout", params), want)
+
+
+def test_training_augment_draws_per_image_and_is_one_object_per_strategy(gray):
+    aug = dsa.training_augment(dsa.STRATEGY_DIGITS)
+    assert aug is dsa.training_augment(dsa.STRATEGY_DIGITS)  # Stable identity: a static jit argument.
+    same = jnp.broadcast_to(gray[:1], gray.shape)
+    out = aug(jax.random.PRNGKey(32), same)
+    assert not np.allclose(out[0], out[1])  # Per-image parameters.
+    assert dsa.strategy_for("mnist") == dsa.STRATEGY_DIGITS and dsa.strategy_for("cifar10") == dsa.STRATEGY_DEFAULT

@@ -29,6 +29,8 @@ def _error_line(proc):
     (["--distance=l1"], "distance"),
     (["--init=zeros"], "init"),
     (["--num_eval=0"], "num_eval"),
+    (["--method=kip"], "method"),
+    (["--method=dsa", "--dsa_strategy=color_warp"], "dsa_strategy"),
 ])
 def test_condense_rejects_bad_flags(tmp_path, args, flag):
     proc = _run(["experiments/condense.py", f"--workdir={tmp_path}/w"] + args)
@@ -70,6 +72,21 @@ def test_condense_launcher_runs_end_to_end_on_mock_data(tmp_path):
         assert (workdir / name).exists()
     again = _run(args, mock_examples=60)  # A finished workdir is never silently replaced.
     assert again.returncode != 0 and "overwrite" in _error_line(again)
+
+
+def test_dm_launcher_takes_the_method_defaults_and_writes_the_same_outputs(tmp_path):
+    workdir = tmp_path / "dm"
+    proc = _run(["experiments/condense.py", f"--workdir={workdir}", "--method=dm", "--ipc=1", "--iterations=2",
+                 "--width=4", "--depth=1", "--batch_real=2", "--num_eval=1", "--eval_epochs=1", "--eval_every=0",
+                 "--dsa_strategy=crop", "--noeval_baseline"], mock_examples=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dm condensed mnist" in proc.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    cond = results["config"]["condense"]
+    assert (cond["method"], cond["init"], cond["lr_img"], cond["dsa_strategy"]) == ("dm", "real", 1.0, "crop")
+    assert results["config"]["eval"]["train"]["augment"] == "dsa_digits"  # The reference evaluates DM with DSA.
+    for name in ("synthetic.npz", "synthetic.png", "loss.png", "metrics.jsonl", "config.json"):
+        assert (workdir / name).exists(), name
 
 
 def test_train_launcher_on_a_synthetic_set(tmp_path):
@@ -115,6 +132,17 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     too_big = _run(["experiments/attack.py", f"--workdir={tmp_path}/big", "--target_pool=300",
                     "--attacker_pool=300", "--width=4", "--depth=1"], mock_examples=400)
     assert too_big.returncode != 0 and "target_pool" in _error_line(too_big)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--dp_delta=1.5"], "--dp_delta"),
+    (["--dp_clip=0"], "--dp_clip"),
+    (["--rows=original,dpsgd_eps3"], "--rows"),
+])
+def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
+    proc = _run(["experiments/privacy_study.py", f"--workdir={tmp_path}/w"] + args)
+    assert proc.returncode != 0 and flag in _error_line(proc), proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "w")
 
 
 def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):

@@ -2,11 +2,14 @@
 
 import dataclasses
 import json
+import os
+import types
 
+import numpy as np
 import pytest
 
-from dcjax import checkpoint, workdir
-from dcjax.privacy import study
+from dcjax import checkpoint, study_report, workdir
+from dcjax.privacy import accounting, study
 
 
 def test_rows_share_the_attack_setting_and_change_only_recipe_and_training():
@@ -40,3 +43,97 @@ def test_a_row_finished_with_other_settings_is_not_reused(tmp_path):
     checkpoint.write_json(str(row_dir / workdir.CONFIG),
                           dataclasses.asdict(study.row_config(config, "subset")))
     assert study._run_row(config, "subset", None, (None, None), str(tmp_path)) == {"finished": True}
+
+
+def _cpu_like() -> study.StudyConfig:
+    """The CPU tier's DP-relevant settings: pool 1000 (halves of ~500), 40 epochs of batch 64."""
+    train = dataclasses.replace(study.StudyConfig().train_original, epochs=40, batch_size=64)
+    attack = dataclasses.replace(study.StudyConfig().attack, target_pool=1000, train=train)
+    return study.StudyConfig(attack=attack, train_original=train,
+                             rows=("original", "dpsgd_eps1", "dpsgd_eps4", "dpsgd_eps8"))
+
+
+def test_default_rows_stay_the_four_and_the_dp_rows_are_optional():
+    assert study.StudyConfig().rows == study.DEFAULT_ROWS == ("original", "subset", "dc_noise", "dc_real")
+    assert set(study.ROWS) == set(study.DEFAULT_ROWS) | {"dsa_real", "dm_real", "dpsgd_eps1", "dpsgd_eps4",
+                                                         "dpsgd_eps8"}
+    assert _cpu_like().rows[1:] == ("dpsgd_eps1", "dpsgd_eps4", "dpsgd_eps8")
+
+
+def test_method_rows_condense_with_their_method_from_real_images_and_train_with_dsa():
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=7)
+    dc = study.row_config(config, "dc_real").recipe.condense
+    dsa_row, dm_row = study.row_config(config, "dsa_real"), study.row_config(config, "dm_real")
+    assert dataclasses.replace(dsa_row.recipe.condense, method="dc") == dc
+    assert dsa_row.train == dataclasses.replace(config.train_small, augment="dsa_digits")
+    dm = dm_row.recipe.condense
+    assert (dm.method, dm.init, dm.iterations, dm.lr_img) == ("dm", "real", 7, 1.0)
+    assert "DM synthetic set" in study.describe(config, "dm_real") and "7 iterations" in study.describe(
+        config, "dm_real")
+    # The DC rows stay DC whatever method the shared condensation settings carry.
+    other = dataclasses.replace(config, condense=dataclasses.replace(config.condense, method="dm"))
+    assert study.row_config(other, "dc_noise").recipe.condense.method == "dc"
+
+
+def test_dp_rows_take_their_own_learning_rate():
+    config = dataclasses.replace(_cpu_like(), dp_lr=0.05)
+    assert study.row_config(config, "dpsgd_eps4").train.lr == 0.05
+    assert study.row_config(config, "original").train.lr == config.train_original.lr
+    with pytest.raises(ValueError, match="dp_lr"):
+        dataclasses.replace(config, dp_lr=0.0)
+
+
+def test_dpsgd_row_trains_like_original_with_noise_calibrated_to_its_epsilon():
+    config = _cpu_like()
+    row = study.row_config(config, "dpsgd_eps4")
+    assert row.recipe == study.row_config(config, "original").recipe
+    dp = row.train.dp
+    assert dataclasses.replace(row.train, dp=None) == config.train_original
+    assert dp.l2_clip == config.dp_clip == 1.0
+    # Sampling as the accountant sees it, written out: q = 64 / 500, 40 epochs x ceil(500 / 64) = 8 steps.
+    eps = accounting.epsilon(dp.noise_multiplier, 64 / 500, 40 * 8, 1e-5)
+    assert 4.0 - 1e-3 <= eps <= 4.0
+    noises = [study.row_config(config, n).train.dp.noise_multiplier for n in config.rows[1:]]
+    assert noises[0] > noises[1] > noises[2]  # Smaller epsilon, more noise.
+    assert "epsilon = 4" in study.describe(config, "dpsgd_eps4")
+    assert study.dp_setting(config, "original") is None
+
+
+@pytest.mark.parametrize("kwargs,field", [({"dp_delta": 0.0}, "dp_delta"), ({"dp_delta": 1.0}, "dp_delta"),
+                                          ({"dp_clip": 0.0}, "dp_clip")])
+def test_bad_dp_study_settings_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        study.StudyConfig(**kwargs)
+
+
+def _fake_run_attack(calls):
+    """attack_run.run_attack without training: the workdir rules and a minimal results dict."""
+    def run(row, fns, train, test, row_dir):
+        calls.append(os.path.basename(row_dir))
+        workdir.prepare(row_dir, dataclasses.asdict(row), False)
+        results = {"attacks": {}, "utility": {}, "shokri_accuracy": {}, "wall_seconds": 1.0,
+                   "roc": {study_report.LIRA: {"fpr": [0, 1], "tpr": [0, 1]}}}
+        checkpoint.write_json(os.path.join(row_dir, workdir.RESULTS), results)
+        return results
+    return run
+
+
+def test_rows_can_be_added_to_a_finished_study(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study.attack_run, "run_attack", _fake_run_attack(calls))
+    monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
+    data = (types.SimpleNamespace(labels=np.zeros(3000, np.int32)), None)
+    fns = types.SimpleNamespace(has_batch_stats=False)
+    first = dataclasses.replace(_cpu_like(), rows=("original",))
+    study.run_study(first, fns, data, str(tmp_path), {})
+    with pytest.raises(workdir.WorkdirError, match="overwrite"):  # Same study: finished.
+        study.run_study(first, fns, data, str(tmp_path), {})
+    results = study.run_study(_cpu_like(), fns, data, str(tmp_path), {})
+    assert calls == ["original", "dpsgd_eps1", "dpsgd_eps4", "dpsgd_eps8"]  # original read back.
+    assert [r["name"] for r in results["rows"]] == list(_cpu_like().rows)
+    assert "dp" not in results["rows"][0] and results["rows"][2]["dp"]["epsilon"] == 4.0
+    assert (tmp_path / workdir.PREVIOUS_RESULTS).exists() and (tmp_path / workdir.RESULTS).exists()
+    bn = types.SimpleNamespace(has_batch_stats=True)
+    with pytest.raises(ValueError, match="BatchNorm"):  # Refused before anything runs.
+        study.run_study(dataclasses.replace(_cpu_like(), dp_clip=2.0), bn, data, str(tmp_path / "bn"), {})
+    assert not (tmp_path / "bn").exists()

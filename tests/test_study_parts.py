@@ -183,3 +183,17 @@ def test_privacy_accuracy_figure_writes_png(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(path) > 1000
     assert os.listdir(os.path.dirname(path)) == ["privacy_accuracy.png"]
+
+
+def test_a_dp_sgd_row_shows_its_epsilon_and_noise_and_gets_a_legend_bullet():
+    dp_row = {**RESULTS["rows"][0], "name": "dpsgd_eps4",
+              "dp": {"epsilon": 4.0, "delta": 1e-5, "noise_multiplier": 2.8234, "l2_clip": 1.0}}
+    results = {**RESULTS, "rows": RESULTS["rows"] + [dp_row]}
+    lines = study_report.markdown_table(results).strip().split("\n")
+    assert lines[2:4] == study_report.markdown_table(RESULTS).strip().split("\n")[2:4]  # Others unchanged.
+    cells = [c.strip() for c in lines[4].strip("|").split("|")]
+    assert cells[0] == "dpsgd_eps4 (ε=4, σ=2.82)" and cells[1:] == [
+        c.strip() for c in lines[2].strip("|").split("|")][1:]
+    doc = study_report.results_document(results, {})
+    assert "**dpsgd_epsE (ε=E, σ=s)**" in doc and "δ=1e-05" in doc and "L2 norm 1," in doc
+    assert "dpsgd_epsE" not in study_report.results_document(RESULTS, {})  # No DP row, no DP legend.

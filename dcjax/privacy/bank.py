@@ -2,7 +2,7 @@
 
 A *recipe* is what a data owner does with their private subset before training: nothing
 (``original``), keep a random ``per_class`` images of each class (``subset``, the naive
-baseline), or condense it with DC (``condense``). The attacker mimics the whole pipeline, so
+baseline), or condense it (``condense``: DC, DSA or DM, per ``CondenseConfig.method``). The attacker mimics the whole pipeline, so
 shadow models go through the same recipe on their own IN subsets (PROTOCOL section 7: "shadow
 PIPELINES").
 
@@ -113,10 +113,10 @@ def member_class_index(labels: np.ndarray, member: np.ndarray, num_classes: int,
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4,))
 def _condense_step(fns, config, class_strategy, model_strategy, states, pool, indexes, keys):
-    """One DC iteration for each of c models (states/indexes/keys have a leading [c] axis)."""
+    """One condensation iteration (DC, DSA or DM) for each of c models (leading [c] axis on states/indexes/keys)."""
     def one(args):
         state, index, key = args
-        return condense.dc_iteration(fns, config, class_strategy, state, (pool, index), key)
+        return condense.condense_iteration(fns, config, class_strategy, state, (pool, index), key)
     return engine.map_models(one, model_strategy, (states, indexes, keys))
 
 

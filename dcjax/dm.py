@@ -1,0 +1,101 @@
+"""Distribution Matching (DM; Zhao & Bilen, WACV 2023), one jitted iteration.
+
+Per iteration (PROTOCOL section 5):
+
+  a fresh randomly initialised network, never trained (its weights are constants)
+  per class c, with ONE DSA transform shared by the real and the synthetic batch (Siamese rule):
+      loss += || mean embed(DSA(real_c)) - mean embed(DSA(syn_c)) ||^2
+  ONE SGD-momentum step (lr_img, paper 1.0, momentum 0.5) on the synthetic images
+
+``embed`` is the network's classifier input (``ModelFns.embed``); the real embeddings are constants. There is no
+inner loop and no network training, which is why a DM iteration costs a small fraction of a DC one. The classes run
+with the same per-backend strategy as DC (vmap on GPU/TPU, a sequential lax.map on CPU).
+
+The reference DM draws one DSA seed per class from the clock; here class c of iteration t uses
+fold_in(dsa_key(t), c), so runs are reproducible from the seed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dcjax import data as data_lib
+from dcjax import dsa
+from dcjax import matching
+from dcjax import train as train_lib
+from dcjax.models import ModelFns
+
+MATCH_DSA = dsa.DSAParams(param_mode="batch")  # One draw per class batch, shared by real and synthetic images.
+
+
+def mean_embedding(fns: ModelFns, variables, images: jax.Array, chunk: int = 0) -> jax.Array:
+    """Mean over images of embed(images): [n, H, W, C] -> [D].
+
+    With chunk > 0 the forward pass runs chunk images at a time (a lax.map over zero-padded chunks, padding left out
+    of the mean): on XLA:CPU small chunks keep the im2col patches in cache (see ``train.CPU_MICROBATCH``).
+    """
+    n = images.shape[0]
+    if not chunk or chunk >= n:
+        return jnp.mean(fns.embed(variables, images), axis=0)
+    num_chunks = -(-n // chunk)
+    padded = jnp.pad(images, [(0, num_chunks * chunk - n)] + [(0, 0)] * (images.ndim - 1))
+    weights = (jnp.arange(num_chunks * chunk) < n).astype(jnp.float32).reshape(num_chunks, chunk)
+    sums = jax.lax.map(lambda args: jnp.sum(fns.embed(variables, args[0]) * args[1][:, None], axis=0),
+                       (padded.reshape((num_chunks, chunk) + images.shape[1:]), weights))
+    return jnp.sum(sums, axis=0) / n
+
+
+def _class_loss(fns: ModelFns, config, variables, syn_c, real_c, key, chunk: int) -> jax.Array:
+    """|| mean embed(DSA(real_c)) - mean embed(DSA(syn_c)) ||^2 for one class; syn_c [ipc, ...], real_c [n, ...]."""
+    real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, MATCH_DSA)
+    syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, MATCH_DSA)
+    real_mean = jax.lax.stop_gradient(mean_embedding(fns, variables, real_c, chunk))
+    return jnp.sum((real_mean - mean_embedding(fns, variables, syn_c)) ** 2)
+
+
+def dm_loss(fns: ModelFns, config, strategy: str, variables, syn: jax.Array, real: jax.Array,
+            key: jax.Array) -> jax.Array:
+    """Sum over classes of the embedding-mean distance.
+
+    Args:
+      config: a ``condense.CondenseConfig`` (ipc, dsa_strategy, microbatch are read).
+      strategy: resolved class strategy: 'vmap', 'map' or 'loop'.
+      syn: [K*ipc, H, W, C] synthetic images, class-major.
+      real: [K, batch_real, H, W, C] real images per class.
+      key: this iteration's DSA key; class c uses fold_in(key, c).
+    """
+    num_classes = real.shape[0]
+    syn = syn.reshape((num_classes, config.ipc) + syn.shape[1:])
+    keys = jax.vmap(functools.partial(jax.random.fold_in, key))(jnp.arange(num_classes))
+    chunk = _embed_chunk(config, fns)
+    per_class = lambda s, r, k: _class_loss(fns, config, variables, s, r, k, chunk)  # noqa: E731
+    return matching.sum_over_classes(per_class, strategy, (syn, real, keys))
+
+
+def _embed_chunk(config, fns: ModelFns) -> int:
+    """Real-embedding chunk size: the training microbatch rule (8 on CPU with im2col nets, else whole batches)."""
+    return train_lib.resolve_microbatch(config.microbatch, fns)
+
+
+def dm_iteration(fns: ModelFns, config, strategy: str, state: Any, real_data, key: jax.Array):
+    """One DM iteration: (state, (pool images, ClassIndex), key) -> (state, metrics).
+
+    state: a ``condense.SynState`` (images [K*ipc, H, W, C], SGD-momentum state). Pure; jitted by
+    ``condense.make_iteration_fn``. metrics: {"loss": the summed class losses []}.
+    """
+    pool, index = real_data
+    net_key, real_key, dsa_key = jax.random.split(key, 3)
+    variables = jax.lax.stop_gradient(fns.init(net_key))  # Frozen: only the images learn.
+    real = pool[data_lib.sample_per_class(real_key, index, config.batch_real)]
+    loss_fn = functools.partial(dm_loss, fns, config, strategy, variables)
+    loss, grads = jax.value_and_grad(loss_fn)(state.images, real, dsa_key)
+    # The same optimizer as condense.image_optimizer (SGD with momentum on the images), state kept across iterations.
+    updates, opt_state = optax.sgd(config.lr_img, momentum=config.momentum_img).update(
+        grads, state.opt_state, state.images)
+    images = optax.apply_updates(state.images, updates)
+    return state._replace(images=images, opt_state=opt_state), {"loss": loss}
