@@ -164,7 +164,7 @@ _LEGEND = """\
 
 
 _DP_LEGEND = """\
-- **dpsgd_epsE (ε=E, σ=s)**: targets trained like `original` but with DP-SGD: each example's gradient clipped
+- **dpsgd_epsE (ε=E, σ=s)**: targets trained like `original` but with DP-SGD{lr}: each example's gradient clipped
   to L2 norm {clip}, Gaussian noise of std σ x clip added to the batch sum; σ calibrated so that the RDP accountant
   gives (ε, δ={delta})-DP. Nominal ε: the accountant assumes Poisson sampling at rate B/n with n the expected
   private-half size, while training shuffles fixed-size batches (see `dcjax/privacy/accounting.py`).
@@ -181,7 +181,8 @@ def _dp_legend(results: dict) -> str:
     for row in results.get("rows") or []:
         dp = _get(row, "dp")
         if dp is not None:
-            return _DP_LEGEND.format(clip=_g(dp.get("l2_clip")), delta=_g(dp.get("delta")))
+            lr = f" at learning rate {_g(dp['lr'])}" if dp.get("lr") is not None else ""
+            return _DP_LEGEND.format(clip=_g(dp.get("l2_clip")), delta=_g(dp.get("delta")), lr=lr)
     return ""
 
 

@@ -197,3 +197,5 @@ def test_a_dp_sgd_row_shows_its_epsilon_and_noise_and_gets_a_legend_bullet():
     doc = study_report.results_document(results, {})
     assert "**dpsgd_epsE (ε=E, σ=s)**" in doc and "δ=1e-05" in doc and "L2 norm 1," in doc
     assert "dpsgd_epsE" not in study_report.results_document(RESULTS, {})  # No DP row, no DP legend.
+    dp_row["dp"]["lr"] = 0.05  # A DP-specific learning rate is named in the legend.
+    assert "DP-SGD at learning rate 0.05:" in study_report.results_document(results, {})

@@ -114,6 +114,7 @@ def dp_setting(config: StudyConfig, name: str) -> dict | None:
     q, steps = accounting.dpsgd_steps(n, train.batch_size, train.epochs)
     noise = accounting.noise_for_epsilon(DP_EPSILONS[name], q, steps, config.dp_delta)
     return {"epsilon": DP_EPSILONS[name], "delta": config.dp_delta, "noise_multiplier": noise,
+            "lr": config.dp_lr or train.lr,
             "l2_clip": config.dp_clip, "sample_rate": q, "steps": steps, "private_examples": n,
             "accountant": "rdp, Poisson sampling (approximation for shuffled batches)"}
 
