@@ -54,9 +54,6 @@ METHOD_DEFAULTS = {
     "dsa": {"iterations": 1000, "lr_img": 0.1, "init": "real"},
     "dm": {"iterations": 20000, "lr_img": 1.0, "init": "real"},
 }
-# Matching draws one DSA transform per class and step, shared by the batch (the Siamese rule across the differently
-# sized real and synthetic batches); training draws per image.
-MATCH_DSA = dsa.DSAParams(param_mode="batch")
 
 
 def default_loops(ipc: int) -> tuple[int, int]:
@@ -200,8 +197,8 @@ def _class_distance(fns, config, variables, syn_c, real_c, label, key):
     With DSA both batches first go through the transform drawn from ``key`` (this class's key for this step).
     """
     if config.method == "dsa":
-        real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, MATCH_DSA)
-        syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, MATCH_DSA)
+        real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, dsa.SIAMESE)
+        syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, dsa.SIAMESE)
     microbatch = train_lib.resolve_microbatch(config.microbatch, fns)
     g_real = jax.lax.stop_gradient(_class_gradient(fns, variables, real_c, label, microbatch))
     g_syn = _class_gradient(fns, variables, syn_c, label)

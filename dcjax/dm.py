@@ -30,9 +30,6 @@ from dcjax import matching
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
 
-MATCH_DSA = dsa.DSAParams(param_mode="batch")  # One draw per class batch, shared by real and synthetic images.
-
-
 def mean_embedding(fns: ModelFns, variables, images: jax.Array, chunk: int = 0) -> jax.Array:
     """Mean over images of embed(images): [n, H, W, C] -> [D].
 
@@ -52,8 +49,8 @@ def mean_embedding(fns: ModelFns, variables, images: jax.Array, chunk: int = 0) 
 
 def _class_loss(fns: ModelFns, config, variables, syn_c, real_c, key, chunk: int) -> jax.Array:
     """|| mean embed(DSA(real_c)) - mean embed(DSA(syn_c)) ||^2 for one class; syn_c [ipc, ...], real_c [n, ...]."""
-    real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, MATCH_DSA)
-    syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, MATCH_DSA)
+    real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, dsa.SIAMESE)
+    syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, dsa.SIAMESE)
     real_mean = jax.lax.stop_gradient(mean_embedding(fns, variables, real_c, chunk))
     return jnp.sum((real_mean - mean_embedding(fns, variables, syn_c)) ** 2)
 

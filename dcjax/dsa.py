@@ -95,6 +95,11 @@ def strategy_for(dataset: str) -> str:
     return STRATEGY_DIGITS if dataset in DIGIT_DATASETS else STRATEGY_DEFAULT
 
 
+# DC and DM matching: one draw per class batch, shared by the real and the synthetic batch (the Siamese rule across
+# their different sizes). Training draws per image (``training_augment``).
+SIAMESE = DSAParams(param_mode="batch")
+
+
 def parse_strategy(strategy: str) -> tuple[str, ...]:
     """'color_crop' -> ('color', 'crop'); 'none' or '' -> (). Unknown op names raise ValueError."""
     if strategy in ("", "none"):

@@ -62,7 +62,7 @@ def test_dsa_matching_uses_one_shared_transform_per_class(fns):
         total = 0.0
         for c in range(K):
             k = jax.random.fold_in(key, c)
-            aug = functools.partial(dsa.dsa_augment, k, strategy=DSA.dsa_strategy, params=condense.MATCH_DSA)
+            aug = functools.partial(dsa.dsa_augment, k, strategy=DSA.dsa_strategy, params=dsa.SIAMESE)
             total += condense._class_distance(fns, plain, variables, aug(syn[c * IPC:(c + 1) * IPC]), aug(real[c]),
                                               c, k)
         return total
