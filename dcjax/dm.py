@@ -30,6 +30,7 @@ from dcjax import matching
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
 
+
 def mean_embedding(fns: ModelFns, variables, images: jax.Array, chunk: int = 0) -> jax.Array:
     """Mean over images of embed(images): [n, H, W, C] -> [D].
 
