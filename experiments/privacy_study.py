@@ -63,27 +63,19 @@ def study_config():
     from dcjax.privacy import bank
     if FLAGS.small_epochs < 1:
         raise ValueError(f"--small_epochs must be >= 1, got {FLAGS.small_epochs}")
-    if not 0 < FLAGS.dp_delta < 1:
-        raise ValueError(f"--dp_delta must be in (0, 1), got {FLAGS.dp_delta}")
-    if not FLAGS.dp_clip > 0:
-        raise ValueError(f"--dp_clip must be > 0, got {FLAGS.dp_clip}")
-    if FLAGS.dp_lr is not None and not FLAGS.dp_lr > 0:
-        raise ValueError(f"--dp_lr must be > 0, got {FLAGS.dp_lr}")
-    if FLAGS.dm_iterations < 1:
-        raise ValueError(f"--dm_iterations must be >= 1, got {FLAGS.dm_iterations}")
-    unknown = [r for r in FLAGS.rows if r not in study.ROWS]
-    if unknown:
-        raise ValueError(f"--rows: unknown {unknown}; valid: {', '.join(study.ROWS)}")
     original = common.train_config(small_set=False)
     small_augment = FLAGS.small_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
     small = dataclasses.replace(original, epochs=FLAGS.small_epochs,
                                 batch_size=FLAGS.small_batch_size, augment=small_augment)
     train_lib.make_schedule(small, 1)  # Validates the batch size.
-    return study.StudyConfig(
-        attack=common.attack_config(bank.Recipe(), original), rows=tuple(FLAGS.rows),
-        train_original=original, train_small=small, per_class=FLAGS.per_class,
-        condense=common.condense_config(), dp_delta=FLAGS.dp_delta, dp_clip=FLAGS.dp_clip,
-        dp_lr=FLAGS.dp_lr, dm_iterations=FLAGS.dm_iterations)
+    attack, condense = common.attack_config(bank.Recipe(), original), common.condense_config()
+    try:  # StudyConfig validates its own fields (rows, dp_*, dm_iterations), each named like its flag.
+        return study.StudyConfig(
+            attack=attack, rows=tuple(FLAGS.rows), train_original=original, train_small=small,
+            per_class=FLAGS.per_class, condense=condense, dp_delta=FLAGS.dp_delta,
+            dp_clip=FLAGS.dp_clip, dp_lr=FLAGS.dp_lr, dm_iterations=FLAGS.dm_iterations)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
 
 
 def _about() -> dict:
