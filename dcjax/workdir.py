@@ -29,7 +29,8 @@ PREVIOUS_RESULTS = "results.previous.json"
 # config that lacks one of them still matches a new config holding exactly that value, so adding a setting does not
 # orphan finished runs; any other value differs.
 ADDED_SETTINGS = {"method": "dc", "dsa_strategy": "color_crop_cutout_scale_rotate", "dp": None,
-                  "dp_delta": 1e-5, "dp_clip": 1.0, "dp_lr": None, "dm_iterations": 20000}
+                  "dp_delta": 1e-5, "dp_clip": 1.0, "dp_lr": None, "dm_iterations": 20000,
+                  "num_population": 0}
 
 
 class WorkdirError(Exception):

@@ -108,6 +108,8 @@ def define_attack_flags():
     flags.DEFINE_integer("num_queries", 2, "LiRA queries per example: the image and shifted copies.")
     flags.DEFINE_integer("num_canaries", 0, "Target-pool examples relabelled to a wrong class "
                          "(canaries, reported as their own slice).")
+    flags.DEFINE_integer("num_population", 1000, "Test images every model is also queried on "
+                         "(RMIA's population samples z, never trained on).")
     flags.DEFINE_integer("attack_hidden", 64, "Shokri attack MLP width (0: softmax regression).")
     flags.DEFINE_enum("attack_features", "prob", ["prob", "logprob"],
                       "Shokri attack input: softmax vector (the poster) or clipped log-softmax.")
@@ -126,7 +128,7 @@ def attack_config(recipe, train):
         dataset=FLAGS.dataset, seed=FLAGS.seed, model=model_config(), train=train, recipe=recipe,
         num_models=FLAGS.num_models, target_pool=FLAGS.target_pool, num_shadow=FLAGS.num_shadow,
         attacker_pool=FLAGS.attacker_pool, num_queries=FLAGS.num_queries,
-        num_canaries=FLAGS.num_canaries, attack=attack, models_per_chunk=FLAGS.models_per_chunk,
+        num_canaries=FLAGS.num_canaries, num_population=FLAGS.num_population, attack=attack, models_per_chunk=FLAGS.models_per_chunk,
         strategy=FLAGS.strategy, num_resamples=FLAGS.num_resamples)
 
 

@@ -58,7 +58,7 @@ def _config(**overrides):
         model=models.ModelConfig(width=4, depth=1),
         train=train_lib.TrainConfig(epochs=3, batch_size=16),
         num_models=6, target_pool=60, num_shadow=2, attacker_pool=60, num_queries=2,
-        attack=shokri.AttackConfig(hidden=4, steps=30), num_resamples=10)
+        num_population=20, attack=shokri.AttackConfig(hidden=4, steps=30), num_resamples=10)
     return dataclasses.replace(base, **overrides)
 
 

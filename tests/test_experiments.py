@@ -121,7 +121,8 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "mia"
     args = ["experiments/attack.py", f"--workdir={workdir}", "--target=subset", "--per_class=1",
             "--num_models=6", "--target_pool=100", "--num_shadow=2", "--attacker_pool=100",
-            "--width=4", "--depth=1", "--epochs=2", "--attack_steps=20", "--num_resamples=5"]
+            "--width=4", "--depth=1", "--epochs=2", "--attack_steps=20", "--num_resamples=5",
+            "--num_population=50"]
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Shokri attack accuracy" in proc.stdout and "lira_online" in proc.stdout
@@ -151,7 +152,7 @@ def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
             "--num_models=6", "--target_pool=120", "--num_shadow=2", "--attacker_pool=100",
             "--num_canaries=4", "--width=4", "--depth=1", "--epochs=2", "--small_epochs=2",
             "--ipc=1", "--iterations=1", "--batch_real=1", "--outer_loop=2", "--inner_loop=1",
-            "--attack_steps=20", "--num_resamples=5"]
+            "--attack_steps=20", "--num_resamples=5", "--num_population=50"]
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())

@@ -75,6 +75,8 @@ class AttackRunConfig:
     attacker_pool: int = 2000  # Na.
     num_queries: int = 2  # LiRA queries: the image and shifted copies (queries.SHIFTS).
     num_canaries: int = 0  # Target-pool examples given a wrong label (IN for half the models).
+    # P test images every model is also queried on: RMIA's population samples z, which no model trained on.
+    num_population: int = 1000
     attack: shokri.AttackConfig = shokri.AttackConfig()
     models_per_chunk: int = 0  # 0: one model per device on CPU, all at once elsewhere.
     strategy: str = "auto"  # Model-axis strategy (engine.STRATEGIES).
@@ -88,6 +90,8 @@ class AttackRunConfig:
         for name in ("num_shadow", "target_pool", "attacker_pool", "num_resamples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_population < 0:
+            raise ValueError(f"num_population must be >= 0, got {self.num_population}")
         if not 0 <= self.num_canaries <= self.target_pool:
             raise ValueError(f"num_canaries must be in [0, target_pool], got {self.num_canaries}")
         if self.models_per_chunk < 0:
@@ -98,7 +102,7 @@ class AttackRunConfig:
 
 def _keys(seed: int) -> dict:
     root = jax.random.key(seed)
-    names = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance", "canaries")
+    names = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance", "canaries", "population")
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(names)}
 
 
@@ -166,6 +170,14 @@ def _model_path(workdir: str, i: int) -> str:
     return os.path.join(workdir, MODELS_DIR, f"model_{i:03d}.npz")
 
 
+def population_indices(config: AttackRunConfig, num_test: int) -> np.ndarray:
+    """Test-set indices [P] of RMIA's population samples: a key-drawn subset, sorted."""
+    if config.num_population > num_test:
+        raise ValueError(f"num_population={config.num_population} exceeds the {num_test} test examples")
+    perm = np.asarray(jax.random.permutation(_keys(config.seed)["population"], num_test))
+    return np.sort(perm[:config.num_population]).astype(np.int64)
+
+
 class _Context:
     """The static pieces of a run: network, data on host, split, queries."""
 
@@ -173,6 +185,7 @@ class _Context:
         self.config, self.fns, self.workdir = config, fns, workdir
         self.keys = _keys(config.seed)
         self.split = make_split(config, train.labels, train.num_classes)
+        self.split["population"] = population_indices(config, len(test.labels))
         self.train, self.test = train, test
         # Gathered once: every chunk of a pool trains and queries on the same arrays.
         self._pools = {
@@ -218,13 +231,18 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     query_images = queries.make_queries(jnp.asarray(images), cfg.num_queries)
     logits = jnp.stack([engine.predict_models(ctx.fns, variables, q, cfg.strategy, mesh=mesh)
                         for q in query_images], axis=1)  # [c, Q, n, K]
+    population = jnp.asarray(ctx.test.images[ctx.split["population"]])
+    population_logits = jnp.stack([engine.predict_models(ctx.fns, variables, q, cfg.strategy, mesh=mesh)
+                                   for q in queries.make_queries(population, cfg.num_queries)], axis=1)
     test_acc = engine.evaluate_many(ctx.fns, variables, jnp.asarray(ctx.test.images),
                                     jnp.asarray(ctx.test.labels), cfg.strategy, mesh=mesh)
     # To host before indexing: a model-sharded array cannot be sliced per model in place.
-    logits, test_acc, losses = (_to_host(x) for x in (logits, test_acc, losses))
+    logits, population_logits, test_acc, losses = (
+        _to_host(x) for x in (logits, population_logits, test_acc, losses))
     records = []
     for j, i in enumerate(chunk):
         record = {"logits": logits[j].astype(np.float32), "test_accuracy": float(test_acc[j]),
+                  "population_logits": population_logits[j].astype(np.float32),
                   "final_train_loss": float(losses[j, -1]), "used": data.used[j]}
         if data.synthetic is not None:
             record["synthetic"] = data.synthetic[j]
@@ -410,6 +428,7 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
       The results dict also written to results.json.
     """
     check_recipe_fits(config, train)
+    population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     tic = time.perf_counter()
     ctx = _Context(config, fns, train, test, workdir)
