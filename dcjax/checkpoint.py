@@ -76,9 +76,10 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_npz(path: str, **arrays) -> None:
+def write_npz(path: str, compressed: bool = False, **arrays) -> None:
+    """Writes arrays as one .npz atomically (``compressed``: zip-deflated, for exports kept in git)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    (np.savez_compressed if compressed else np.savez)(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -1,13 +1,32 @@
-"""Differentially private SGD gradients (Abadi et al., CCS 2016): clip each example, add noise.
+"""Differentially private SGD (Abadi et al., CCS 2016) with Poisson-sampled batches.
 
-For a batch of B slots, ``private_grads`` computes every example's gradient (``jax.vmap``
-over examples, a scan over chunks of examples so memory stays at one chunk of per-example
-gradients), scales each to whole-model L2 norm at most ``l2_clip``
-(factor ``min(1, l2_clip / (norm + eps))``), sums them over the real examples, adds
-Gaussian noise of standard deviation ``noise_multiplier * l2_clip`` to every coordinate and
-divides by B. Everything after that (weight decay, momentum, learning rate) is
-post-processing of this noisy sum and costs no privacy. The accounting (epsilon from
-noise, sampling rate and steps) is ``dcjax.privacy.accounting``.
+Sampling (``poisson_batch``): every step includes each of the model's examples independently
+with probability q (the batch size is random, mean q * n). ``q = B / n`` for the expected batch
+size B and the PUBLIC dataset size n that ``DPConfig.num_examples`` records (a model's actual
+private set may differ a little from n: only its expected batch changes, not q);
+``steps = round(epochs * n / B)`` (``poisson_schedule``: epochs are expected passes).
+
+Fixed shapes: so that one compiled step serves every step whatever its batch size, a step has
+``capacity`` = B_max slots and a validity mask. B_max (``poisson_capacity``) is the smallest
+size for which ``steps * P(Binomial(n_max, q) > B_max) <= overflow_budget``. On overflow (more
+than B_max examples drawn) the examples beyond the first B_max, in pool order, are DROPPED from
+that step. The truncated mechanism differs from true Poisson DP-SGD only on the overflow event,
+whose probability is at most eta = ``overflow_probability(...)``, on a dataset and on each
+neighbour (n_max covers the largest private set plus the one added example;
+``check_capacity`` refuses a capacity that does not). So its output distribution is within
+total-variation distance eta of the Poisson mechanism's on both, and an (epsilon, delta)
+guarantee of the Poisson accountant becomes (epsilon, delta + (1 + e^epsilon) * eta) for the
+training actually run (``dcjax.privacy.accounting.overflow_delta``).
+
+Gradient (``private_grad_sum``): every example's gradient (``jax.vmap`` over examples, a scan
+over chunks of examples so memory stays at one chunk of per-example gradients), scaled to
+whole-model L2 norm at most ``l2_clip`` (factor ``min(1, l2_clip / (norm + eps))``), summed
+over the valid slots, plus Gaussian noise of standard deviation ``noise_multiplier * l2_clip``
+on every coordinate. ``dcjax.train`` divides that sum by the EXPECTED batch size q * n (a
+constant, the standard Poisson DP-SGD estimator; dividing by the sampled size would make the
+scale data-dependent). Everything after that (weight decay, momentum, learning rate) is
+post-processing of this noisy sum and costs no privacy. The accounting (epsilon from noise, q
+and steps) is ``dcjax.privacy.accounting``.
 
 BatchNorm networks are refused: batch statistics mix the examples of a batch, so one
 example influences every other example's gradient and clipping no longer bounds its
@@ -21,25 +40,116 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from scipy.stats import binom
 
 from dcjax.models import ModelFns
 
 NORM_EPS = 1e-6  # Keeps the clip factor finite for a zero gradient.
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DPConfig:
-    """DP-SGD settings: per-example L2 clip norm C, noise std = noise_multiplier * C."""
+    """DP-SGD settings: clip C, noise std = noise_multiplier * C, Poisson sampling of batches.
+
+    num_examples: n, the public size of the private dataset that the sampling rate refers to
+      (q = min(B, n) / n for the training's expected batch size B).
+    capacity: B_max, slots per step (``poisson_capacity``).
+    overflow_budget: eta, the most total overflow probability the guarantee allows;
+      ``train.make_schedule`` refuses data whose largest private set B_max does not cover.
+    """
 
     l2_clip: float = 1.0
     noise_multiplier: float = 1.0
+    num_examples: int
+    capacity: int
+    overflow_budget: float
 
     def __post_init__(self):
         if not self.l2_clip > 0:
             raise ValueError(f"l2_clip must be > 0, got {self.l2_clip}")
         if not self.noise_multiplier >= 0:
             raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        for name in ("num_examples", "capacity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0 < self.overflow_budget < 1:
+            raise ValueError(f"overflow_budget must be in (0, 1), got {self.overflow_budget}")
+
+
+def poisson_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int, int]:
+    """(q, steps, expected batch q * n) of Poisson DP-SGD with expected batch B for ``epochs`` passes.
+
+    q = b / n with b = min(B, n); steps = round(epochs / q) = round(epochs * n / b), halves
+    rounded up (integer arithmetic, so no float error decides it); the expected batch q * n = b.
+    """
+    for name, value in (("num_examples", num_examples), ("batch_size", batch_size), ("epochs", epochs)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    b = min(batch_size, num_examples)
+    return b / num_examples, (2 * epochs * num_examples + b) // (2 * b), b
+
+
+def overflow_probability(num_examples: int, sample_rate: float, steps: int, capacity: int) -> float:
+    """Union bound on P(some step draws more than ``capacity`` of ``num_examples`` examples).
+
+    steps * P(Binomial(num_examples, q) > capacity), capped at 1 (scipy's survival function,
+    accurate in the far tail).
+    """
+    return float(min(1.0, steps * binom.sf(capacity, num_examples, sample_rate)))
+
+
+def poisson_capacity(num_examples: int, sample_rate: float, steps: int, budget: float) -> int:
+    """The smallest B_max with ``overflow_probability(num_examples, q, steps, B_max) <= budget``.
+
+    Pass num_examples = the largest private set + 1 (the neighbour with one added example).
+    Always <= num_examples (no more can be drawn).
+    """
+    if not 0 < budget < 1:
+        raise ValueError(f"budget must be in (0, 1), got {budget}")
+    sizes = np.arange(num_examples + 1)
+    tails = steps * binom.sf(sizes, num_examples, sample_rate)
+    return max(1, int(np.argmax(tails <= budget)))  # tails[num_examples] = 0: always found.
+
+
+def check_capacity(config: DPConfig, batch_size: int, epochs: int, max_examples: int) -> float:
+    """ValueError unless B_max keeps overflow within budget for ``max_examples`` + 1 examples.
+
+    Returns the overflow probability bound eta at max_examples + 1.
+    """
+    q, steps, _ = poisson_schedule(config.num_examples, batch_size, epochs)
+    eta = overflow_probability(max_examples + 1, q, steps, config.capacity)
+    if eta > config.overflow_budget:
+        need = poisson_capacity(max_examples + 1, q, steps, config.overflow_budget)
+        raise ValueError(f"capacity {config.capacity} is too small for private sets of up to {max_examples} "
+                         f"examples: overflow probability {eta:.3g} > overflow_budget "
+                         f"{config.overflow_budget:.3g}; need capacity >= {need}")
+    return eta
+
+
+def poisson_batch(key: jax.Array, mask: jax.Array, sample_rate: float, capacity: int):
+    """One Poisson-sampled batch in ``capacity`` fixed slots.
+
+    Args:
+      key: sampling key of this step.
+      mask: [N] bool, the model's examples in the pool.
+      sample_rate: q, static.
+      capacity: B_max, static.
+
+    Returns:
+      indices [capacity] int32 into the pool; weights [capacity] float32, 1 for the drawn
+      examples (in pool order, in the first slots), 0 for padding (index 0). Drawn examples
+      beyond the first ``capacity`` are dropped (see the module docstring).
+    """
+    included = mask & jax.random.bernoulli(key, sample_rate, mask.shape)
+    slot = jnp.cumsum(included.astype(jnp.int32)) - 1
+    slot = jnp.where(included & (slot < capacity), slot, capacity)  # Out of range: dropped.
+    pool = jnp.arange(mask.shape[0], dtype=jnp.int32)
+    indices = jnp.zeros(capacity, jnp.int32).at[slot].set(pool, mode="drop")
+    weights = (jnp.arange(capacity) < jnp.sum(included)).astype(jnp.float32)
+    return indices, weights
 
 
 def check_network(fns: ModelFns) -> None:
@@ -94,18 +204,26 @@ def clipped_grad_sum(loss: Callable, params, batch, l2_clip: float, chunk: int):
       chunk: examples per vmapped chunk (> 0); B is zero-padded to a multiple of it.
 
     Returns:
-      (sum of weight * loss, sum of weight * clipped gradient, norms before clipping [B]).
+      (sum of weight * loss, sum of weight * clipped gradient, norms before clipping [B];
+      0 in chunks made only of padding).
     """
     b = batch[0].shape[0]
     n = -(-b // chunk)
     chunks = tuple(jnp.pad(a, [(0, n * chunk - b)] + [(0, 0)] * (a.ndim - 1)).reshape(
         (n, chunk) + a.shape[1:]) for a in batch)
 
-    def body(carry, xs):
+    def compute(carry, xs):
         images, labels, weights = xs
         losses, clipped, norms = clipped_example_grads(loss, params, images, labels, l2_clip)
         summed = jax.tree.map(lambda g: jnp.tensordot(weights, g, axes=1), clipped)
         return (carry[0] + jnp.sum(weights * losses), jax.tree.map(jnp.add, carry[1], summed)), norms
+
+    def body(carry, xs):
+        # Poisson batches fill their first slots, so the last chunks are often all padding:
+        # skipping them makes a step cost its drawn batch, not B_max (a real branch under a
+        # scan/lax.map; under vmap both sides run, with the same result).
+        skip = lambda carry, xs: (carry, jnp.zeros(chunk, jnp.float32))  # noqa: E731
+        return jax.lax.cond(jnp.any(xs[2] > 0), compute, skip, carry, xs)
 
     init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
     (loss_sum, grad_sum), norms = jax.lax.scan(body, init, chunks)
@@ -120,9 +238,11 @@ def add_noise(key: jax.Array, tree, std: float):
     return jax.tree.unflatten(treedef, noisy)
 
 
-def private_grads(fns: ModelFns, config: DPConfig, variables: dict[str, Any], batch,
-                  key: jax.Array, chunk: int = 0):
-    """The DP-SGD gradient of one batch.
+def private_grad_sum(fns: ModelFns, config: DPConfig, variables: dict[str, Any], batch,
+                     key: jax.Array, chunk: int = 0):
+    """The noisy clipped-gradient SUM of one (Poisson-sampled, padded) batch.
+
+    The caller divides it by the expected batch size q * n (``train._dp_step``), a constant.
 
     Args:
       fns: the network (no BatchNorm).
@@ -134,21 +254,16 @@ def private_grads(fns: ModelFns, config: DPConfig, variables: dict[str, Any], ba
 
     Returns:
       (mean loss over real examples, for logging only: it is NOT privatised;
-       noisy gradient pytree shaped like params;
+       sum of clipped gradients + N(0, (noise_multiplier * l2_clip)^2), shaped like params;
        {"clipped_fraction": share of real examples whose norm exceeded the clip,
         "mean_norm": mean pre-clip norm over real examples}).
     """
     check_network(fns)
     images, labels, weights = batch
-    b = images.shape[0]
     loss_sum, grad_sum, norms = clipped_grad_sum(example_loss(fns, variables), variables["params"],
-                                                 batch, config.l2_clip, chunk or b)
+                                                 batch, config.l2_clip, chunk or images.shape[0])
     noisy = add_noise(key, grad_sum, config.noise_multiplier * config.l2_clip)
-    # Divide by the FIXED batch size, not by the number of real examples: a data-dependent
-    # denominator would itself depend on whether an example is present, so the released
-    # gradient's sensitivity would no longer be bounded by l2_clip / B.
-    grads = jax.tree.map(lambda g: g / b, noisy)
     count = jnp.maximum(jnp.sum(weights), 1.0)
     stats = {"clipped_fraction": jnp.sum(weights * (norms > config.l2_clip)) / count,
              "mean_norm": jnp.sum(weights * norms) / count}
-    return loss_sum / count, grads, stats
+    return loss_sum / count, noisy, stats

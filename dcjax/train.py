@@ -10,8 +10,12 @@ Which examples a model trains on is given by a boolean mask over a shared pool. 
 mechanism serves a full dataset (all True), a synthetic set, and the shadow bank (LiRA keep
 masks): every model of a bank sees the same static shapes, so the bank can be vmapped.
 
-``TrainConfig.dp`` turns the gradient into DP-SGD's (``dcjax.dpsgd``: per-example clipping
-plus Gaussian noise); everything else (schedule, optimizer, padding) stays as it is.
+``TrainConfig.dp`` trains with DP-SGD (``dcjax.dpsgd``): Poisson-sampled batches of expected
+size ``batch_size`` in B_max fixed slots, per-example clipping, Gaussian noise, the sum divided
+by the expected batch size, for round(epochs * n / batch_size) steps (``epochs`` are expected
+passes), the lr x0.1 after half of the steps with a fresh optimizer as in the non-DP schedule.
+The losses it returns are per expected epoch too. Non-DP training does not go through any of
+this: its steps are exactly those of the code before DP-SGD existed.
 
 Deviation from the reference, on purpose: the reference runs ``E + 1`` epochs with the
 decay at ``E // 2``; ``TrainConfig.epochs`` is the exact number of epochs run, with the decay
@@ -82,9 +86,17 @@ def make_schedule(config: TrainConfig, max_examples: int) -> Schedule:
 
     The batch never exceeds the number of examples, so a 100-image synthetic set trains in
     batches of 100 rather than 256 slots of which 156 are padding.
+
+    With DP-SGD it checks that B_max covers ``max_examples`` (``dpsgd.check_capacity``: this
+    is the one place that sees the largest private set) and returns (total Poisson steps,
+    B_max): both fixed by the config, so every model of a DP bank shares one compilation.
     """
     if max_examples < 1:
         raise ValueError("a model must train on at least one example")
+    if config.dp is not None:
+        dpsgd.check_capacity(config.dp, config.batch_size, config.epochs, max_examples)
+        _, steps, _ = dpsgd.poisson_schedule(config.dp.num_examples, config.batch_size, config.epochs)
+        return Schedule(steps, config.dp.capacity)
     batch = min(config.batch_size, max_examples)
     return Schedule(math.ceil(max_examples / batch), batch)
 
@@ -197,6 +209,7 @@ class Trainer(NamedTuple):
     augment: Callable = augment_lib.identity_augment
     microbatch: int = 0  # Resolved chunk size (resolve_microbatch); 0: whole batch.
     dp: dpsgd.DPConfig | None = None  # DP-SGD gradients (chunked by ``microbatch`` too).
+    dp_denominator: float = 1.0  # DP-SGD divides its noisy sum by this: the expected batch q * n.
 
 
 def _loss_and_grads(trainer: Trainer, variables: Variables, images, labels, weights):
@@ -216,22 +229,36 @@ def _loss_and_grads(trainer: Trainer, variables: Variables, images, labels, weig
     return loss, grads, new_variables
 
 
+def _dp_step(trainer: Trainer, state: TrainState, batch, key):
+    """DP-SGD step on an augmented batch: noisy gradient (noise from fold_in(key, 1)), update.
+
+    Unlike the non-DP step it updates even when no example was drawn: skipping would reveal
+    that the batch was empty, and the noise-only step is what the accountant analyses.
+    """
+    loss, noisy_sum, _ = dpsgd.private_grad_sum(trainer.fns, trainer.dp, state.variables, batch,
+                                                jax.random.fold_in(key, 1), trainer.microbatch)
+    # A constant denominator (the expected batch q * n), not the number of drawn examples: a
+    # data-dependent one would itself depend on whether an example is present, so one example
+    # could move the released gradient by more than l2_clip / denominator.
+    grads = jax.tree.map(lambda g: g / trainer.dp_denominator, noisy_sum)
+    params = state.variables["params"]
+    updates, opt_state = trainer.optimizer.update(grads, state.opt_state, params)
+    variables = {**state.variables, "params": optax.apply_updates(params, updates)}
+    return TrainState(variables, opt_state), loss
+
+
 def train_step(trainer: Trainer, state: TrainState, batch, key):
     """One SGD step. batch = (images [B,H,W,C], labels [B], weights [B]) -> (state, loss).
 
-    A batch made only of padding (possible when models in a bank have different subset
-    sizes) leaves the state untouched, as if the step did not exist. With ``trainer.dp`` the
-    gradient is DP-SGD's (``dpsgd.private_grads``), its noise drawn from fold_in(key, 1).
+    Without DP, a batch made only of padding (possible when models in a bank have different
+    subset sizes) leaves the state untouched, as if the step did not exist. With ``trainer.dp``
+    the step is DP-SGD's (``_dp_step``), augmenting with the same ``key``.
     """
     images, labels, weights = batch
     images = trainer.augment(key, images)
-    if trainer.dp is None:
-        loss, grads, variables = _loss_and_grads(trainer, state.variables, images, labels, weights)
-    else:  # The noise key is new; augmentation keeps ``key``, so non-DP runs are unchanged.
-        loss, grads, _ = dpsgd.private_grads(trainer.fns, trainer.dp, state.variables,
-                                             (images, labels, weights), jax.random.fold_in(key, 1),
-                                             trainer.microbatch)
-        variables = state.variables
+    if trainer.dp is not None:
+        return _dp_step(trainer, state, (images, labels, weights), key)
+    loss, grads, variables = _loss_and_grads(trainer, state.variables, images, labels, weights)
     params = state.variables["params"]
     updates, opt_state = trainer.optimizer.update(grads, state.opt_state, params)
     variables = {**variables, "params": optax.apply_updates(params, updates)}
@@ -277,6 +304,65 @@ def run_epochs(trainer: Trainer, schedule: Schedule, variables: Variables, data,
     return state.variables, losses
 
 
+class PoissonPlan(NamedTuple):
+    """Static sampling of a DP-SGD phase: rate q, B_max slots, steps, epochs to report losses over."""
+
+    sample_rate: float
+    capacity: int
+    num_steps: int
+    num_epochs: int
+
+
+def run_poisson_steps(trainer: Trainer, plan: PoissonPlan, variables: Variables, data, key: jax.Array):
+    """``plan.num_steps`` DP-SGD steps on Poisson-sampled batches, fresh optimizer state (one scan).
+
+    Args:
+      trainer: network, optimizer (its lr fixed for these steps), augmentation, chunking, DP.
+      plan: static q, B_max, number of steps and of expected epochs they span.
+      variables: starting variables.
+      data: (images [N,H,W,C], labels [N] int32, mask [N] bool).
+      key: step s samples with split(fold_in(key, s))[0] and augments (and noises, through
+        ``_dp_step``) with the other half.
+
+    Returns:
+      (variables, mean training loss of each expected epoch [num_epochs]: steps
+      floor(s * num_epochs / num_steps) == e, weighted by drawn batch sizes).
+    """
+    images, labels, mask = data
+    step = functools.partial(train_step, trainer)
+
+    def one_step(state, index):
+        sample_key, step_key = jax.random.split(jax.random.fold_in(key, index))
+        idx, w = dpsgd.poisson_batch(sample_key, mask, plan.sample_rate, plan.capacity)
+        state, loss = step(state, (images[idx], labels[idx], w), step_key)
+        return state, (loss * w.sum(), w.sum())
+
+    state = TrainState(variables, trainer.optimizer.init(variables["params"]))
+    state, (sums, counts) = jax.lax.scan(one_step, state, jnp.arange(plan.num_steps))
+    epoch = jnp.arange(plan.num_steps) * plan.num_epochs // plan.num_steps
+    per_epoch = [jax.ops.segment_sum(x, epoch, plan.num_epochs) for x in (sums, counts)]
+    return state.variables, per_epoch[0] / jnp.maximum(per_epoch[1], 1.0)
+
+
+def _train_dp(fns: ModelFns, config: TrainConfig, variables: Variables, data, keys):
+    """DP-SGD's two phases from ``variables``: half the steps at lr, the rest at lr / 10."""
+    q, steps, expected = dpsgd.poisson_schedule(config.dp.num_examples, config.batch_size, config.epochs)
+    augment = augment_lib.get_augment(config.augment)
+    microbatch = resolve_microbatch(config.microbatch, fns)
+    first, first_epochs = steps // 2, config.epochs // 2
+    phases = ((keys[0], first, first_epochs, config.lr),
+              (keys[1], steps - first, config.epochs - first_epochs, config.lr * 0.1))
+    losses = []
+    for phase_key, num_steps, num_epochs, lr in phases:
+        if not num_steps:  # One step in all: the first phase is empty, as one epoch is.
+            continue
+        trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch, config.dp, float(expected))
+        plan = PoissonPlan(q, config.dp.capacity, num_steps, max(num_epochs, 1))
+        variables, phase_losses = run_poisson_steps(trainer, plan, variables, data, phase_key)
+        losses.append(phase_losses if num_epochs else phase_losses[:0])
+    return variables, jnp.concatenate(losses)
+
+
 def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
                     key: jax.Array, data) -> tuple[Variables, jax.Array]:
     """Initialise a network from ``key`` and train it on the masked pool.
@@ -289,12 +375,16 @@ def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
       data: (images [N,H,W,C], labels [N] int32, mask [N] bool).
 
     Returns:
-      (trained variables, per-epoch mean training loss [epochs]).
+      (trained variables, per-epoch mean training loss [epochs]). With ``config.dp`` the
+      training is DP-SGD's Poisson-sampled steps (``_train_dp``; ``schedule`` unused), the
+      losses per expected epoch.
     """
     if config.dp is not None:
         dpsgd.check_network(fns)
     init_key, first_key, second_key = jax.random.split(key, 3)
     variables = fns.init(init_key)
+    if config.dp is not None:
+        return _train_dp(fns, config, variables, data, (first_key, second_key))
     augment = augment_lib.get_augment(config.augment)
     microbatch = resolve_microbatch(config.microbatch, fns)
     first = config.epochs // 2

@@ -25,12 +25,13 @@ RESULTS = "results.json"
 PREVIOUS_RESULTS = "results.previous.json"
 
 # Settings added after results were first recorded, with the value that reproduces the earlier behaviour exactly
-# (condensation method and DSA ops, DP-SGD in training, the privacy study's DP and DM rows' settings). A recorded
-# config that lacks one of them still matches a new config holding exactly that value, so adding a setting does not
+# (condensation method and DSA ops, DP-SGD in training, the privacy study's DP and DM rows' settings, the attack's
+# population and RMIA settings, the DP rows' own batch size and epochs). A recorded config that lacks one of them still matches a new config holding exactly that value, so adding a setting does not
 # orphan finished runs; any other value differs.
 ADDED_SETTINGS = {"method": "dc", "dsa_strategy": "color_crop_cutout_scale_rotate", "dp": None,
                   "dp_delta": 1e-5, "dp_clip": 1.0, "dp_lr": None, "dm_iterations": 20000,
-                  "num_population": 0}
+                  "num_population": 0, "rmia": {"a": 0.3, "gamma": 1.0, "online": True},
+                  "dp_batch_size": None, "dp_epochs": None}
 
 
 class WorkdirError(Exception):
@@ -83,9 +84,12 @@ def _without_added_defaults(config, recorded):
             if key in recorded or key not in ADDED_SETTINGS or value != ADDED_SETTINGS[key]}
 
 
-def _roundtrip(config: dict) -> dict:
+def as_json(config: dict) -> dict:
     """The config as it reads back from JSON (tuples become lists, etc.)."""
     return json.loads(checkpoint.to_json(config))
+
+
+_roundtrip = as_json
 
 
 def path(workdir: str, name: str) -> str:

@@ -12,7 +12,10 @@ Examples:
   python experiments/attack.py --target=condense --ipc=10 --init=real --workdir=runs/attack_dc
 
 Outputs in --workdir: split.npz (pools, keep masks), models/model_XXX.npz (per-model logits;
-the run resumes per model), scores.npz, results.json, roc.png. See dcjax/privacy/attack_run.py.
+the run resumes per model), attack_data.npz (the export every score is computed from),
+trials.npz (flat per-trial scores), results.json, roc.png. See dcjax/privacy/attack_run.py.
+  # Re-attack a finished run (or a copied export) without training:
+  python experiments/attack.py --report_only --workdir=docs/results/attack_sanity_cpu
 """
 
 import os
@@ -35,6 +38,9 @@ flags.DEFINE_enum("target", "original", ["original", "subset", "condense"],
                   "subset of it, or on a synthetic set condensed from it (--method).")
 flags.DEFINE_integer("per_class", 10, "Images per class for --target=subset.")
 common.define_attack_flags()
+flags.DEFINE_bool("report_only", False, "Re-attack the export (attack_data.npz) of the finished run "
+                  "in --workdir and rewrite its results.json, trials.npz and roc.png; loads no "
+                  "data, trains nothing.")
 FLAGS = flags.FLAGS
 
 
@@ -46,6 +52,11 @@ def run_config():
     return common.attack_config(recipe, common.train_config(small_set=FLAGS.target != "original"))
 
 
+def _pct(value) -> str:
+    """A fraction as a percentage; None (an FPR below the resolvable floor) as "n/a"."""
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
 def _print_summary(results: dict, workdir: str):
     utility, shokri_acc = results["utility"], results["shokri_accuracy"]
     print(f"targets ({results['config']['recipe']['kind']} recipe): test accuracy "
@@ -54,11 +65,17 @@ def _print_summary(results: dict, workdir: str):
           f"{100 * utility['nonmember_accuracy']:.1f} %")
     print(f"Shokri attack accuracy (balanced, chance 50 %): {100 * shokri_acc['mean']:.2f} +- "
           f"{100 * shokri_acc['std']:.2f} %")
-    print(f"{'attack':24s} {'AUC':>7s} {'bal.acc':>8s} {'TPR@0.1%':>9s} {'TPR@1%':>8s}")
+    print("natural (non-canary) examples, 95% example-bootstrap intervals:")
+    print(f"{'attack':26s} {'AUC':>7s} {'TPR@1%':>8s} {'TPR@0.1% [95% CI]':>24s}")
     for name, by_slice in results["attacks"].items():
-        a = by_slice["all"]
-        print(f"{name:24s} {a['auc']:7.3f} {a['balanced_accuracy']:8.3f} "
-              f"{100 * a['tpr_at_0.001']:8.2f}% {100 * a['tpr_at_0.01']:7.2f}%")
+        a = by_slice["natural"]
+        if "skipped" not in a:
+            print(f"{name:26s} {a['auc']:7.3f} {_pct(a['tpr_at_0.01']):>8s} {_pct(a['tpr_at_0.001']):>8s} "
+                  f"[{_pct(a['tpr_at_0.001_ci_low'])}, {_pct(a['tpr_at_0.001_ci_high'])}]")
+    best = results["strongest"]["model"]
+    if best:
+        print(f"strongest model attack: {best['attack']}, TPR@0.1% {_pct(best['tpr'])} "
+              f"[{_pct(best['ci_low'])}, {_pct(best['ci_high'])}] (interval of the max over attacks)")
     print(f"outputs in {workdir}")
 
 
@@ -67,6 +84,9 @@ def run():
     from dcjax.privacy import attack_run
     config = run_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"attack_{FLAGS.dataset}_{FLAGS.target}_seed{FLAGS.seed}")
+    if FLAGS.report_only:
+        _print_summary(attack_run.report_only(workdir), workdir)
+        return
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
     fns = models.make_model(config.model, train.image_shape, train.num_classes)
     results = attack_run.run_attack(config, fns, train, test, workdir, FLAGS.overwrite)

@@ -39,6 +39,10 @@ flags.DEFINE_list("rows", list(study.DEFAULT_ROWS), "Targets to study, in order;
 flags.DEFINE_float("dp_delta", 1e-5, "Delta of the DP-SGD rows' (epsilon, delta) guarantee.")
 flags.DEFINE_float("dp_clip", 1.0, "Per-example gradient L2 clip norm of the DP-SGD rows.")
 flags.DEFINE_float("dp_lr", None, "Learning rate of the DP-SGD rows (default: --lr).")
+flags.DEFINE_integer("dp_batch_size", None, "EXPECTED batch size of the DP-SGD rows' Poisson-sampled "
+                     "batches (default: --batch_size).")
+flags.DEFINE_integer("dp_epochs", None, "Expected epochs of the DP-SGD rows: round(epochs / q) Poisson-"
+                     "sampled steps (default: --epochs).")
 flags.DEFINE_integer("dm_iterations", 20000, "Iterations of the dm_real row (DM's paper value by "
                      "default; --iterations sets the DC and DSA rows').")
 flags.DEFINE_integer("per_class", 10, "Images per class of the 'subset' row.")
@@ -51,8 +55,9 @@ flags.DEFINE_enum("small_augment", None, common.AUGMENTS, "Augmentation for thos
 flags.DEFINE_string("tier", "custom", "Name of the tier, recorded in the results.")
 flags.DEFINE_string("conclusion", None, "Markdown file with a hand-written conclusion to append "
                     "to RESULTS.md (the numbers above it are generated).")
-flags.DEFINE_bool("report_only", False, "Only regenerate RESULTS.md and the figures of the "
-                  "finished study in --workdir (e.g. with --conclusion); trains nothing.")
+flags.DEFINE_bool("report_only", False, "Re-attack every row of the finished study in --workdir "
+                  "from its exports (attack_data.npz) and regenerate results.json, RESULTS.md and "
+                  "the figures (e.g. with --conclusion); loads no data, trains nothing.")
 FLAGS = flags.FLAGS
 
 
@@ -73,7 +78,8 @@ def study_config():
         return study.StudyConfig(
             attack=attack, rows=tuple(FLAGS.rows), train_original=original, train_small=small,
             per_class=FLAGS.per_class, condense=condense, dp_delta=FLAGS.dp_delta,
-            dp_clip=FLAGS.dp_clip, dp_lr=FLAGS.dp_lr, dm_iterations=FLAGS.dm_iterations)
+            dp_clip=FLAGS.dp_clip, dp_lr=FLAGS.dp_lr, dp_batch_size=FLAGS.dp_batch_size,
+            dp_epochs=FLAGS.dp_epochs, dm_iterations=FLAGS.dm_iterations)
     except ValueError as e:
         raise ValueError(f"--{e}") from None
 
@@ -94,14 +100,15 @@ def _about() -> dict:
 
 
 def run():
-    from dcjax import data, models, study_report
+    from dcjax import data, models
+    from dcjax.privacy import study_report
     config = study_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"privacy_study_{FLAGS.tier}_seed{FLAGS.seed}")
-    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
     about = _about()
-    if FLAGS.report_only:
-        results = study.rewrite_report(workdir, train, about.get("conclusion", ""))
+    if FLAGS.report_only:  # From the rows' exports alone: no data, no training.
+        results = study.rewrite_report(workdir, about.get("conclusion", ""), about["command"])
     else:
+        train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
         fns = models.make_model(config.attack.model, train.image_shape, train.num_classes)
         results = study.run_study(config, fns, (train, test), workdir, about, FLAGS.overwrite)
     print(study_report.markdown_table(results))

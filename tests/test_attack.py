@@ -10,7 +10,7 @@ import pytest
 
 from dcjax import condense, data, models
 from dcjax import train as train_lib
-from dcjax.privacy import attack_run, bank, shokri
+from dcjax.privacy import attack_data, attack_run, attacks, bank, shokri
 
 NUM_CLASSES = 10
 
@@ -75,22 +75,29 @@ def finished(fns, tmp_path_factory):
 
 def test_attack_run_writes_every_artifact(finished):
     workdir, results = finished
-    for name in ("config.json", "split.npz", "scores.npz", "results.json", "roc.png"):
+    for name in ("config.json", "split.npz", "attack_data.npz", "trials.npz", "results.json", "roc.png"):
         assert (workdir / name).exists(), name
     assert sorted(os.listdir(workdir / "models")) == [f"model_{i:03d}.npz" for i in range(8)]
     with np.load(workdir / "split.npz") as split:
         keep = split["keep"]
         assert (keep.sum(0) == 3).all()  # LiRA-balanced: each example IN for M/2 models.
         assert not set(split["target"]) & set(split["attacker"])  # Shokri's attacker is disjoint.
-    with np.load(workdir / "scores.npz") as scores:
-        for name in attack_run.ATTACK_NAMES:
-            assert scores[name].shape == (6, 60) and np.isfinite(scores[name]).all(), name
+    export = attack_data.load(str(workdir / "attack_data.npz"))
+    names = attacks.attack_names(export)
+    assert names == attacks.LIRA_ATTACKS + attacks.RMIA_ATTACKS + attacks.THRESHOLD_ATTACKS  # 'original'
+    with np.load(workdir / "trials.npz") as trials:
+        assert trials["is_member"].shape == (6 * 60,) and trials["is_member"].sum() == 180
+        for name in names:
+            assert np.isfinite(trials[f"score_{name}"]).all(), name
     model = attack_run.load_model(str(workdir), 0)
     assert model["logits"].shape == (2, 60, NUM_CLASSES)  # [Q, N, K]
-    for name in attack_run.ATTACK_NAMES:
-        summary = results["attacks"][name]["all"]
+    assert model["population_logits"].shape == (2, 20, NUM_CLASSES)  # [Q, P, K]
+    np.testing.assert_array_equal(export.target_logits[0], model["logits"])
+    for name in names:
+        summary = results["attacks"][name]["natural"]
         assert 0.0 <= summary["auc"] <= 1.0 and summary["num_members"] == 180
-    assert "class_0" in results["attacks"]["loss"]
+        assert summary["auc_ci_low"] <= summary["auc"] <= summary["auc_ci_high"]
+    assert results["strongest"]["model"]["attack"] in names and results["strongest"]["release"] is None
     assert 0.0 <= results["shokri_accuracy"]["mean"] <= 1.0
     assert len(results["utility"]["test_accuracy"]) == 6
 
@@ -101,12 +108,38 @@ def test_killed_attack_run_resumes_per_model_to_identical_scores(fns, finished, 
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
     # As if killed after the first chunk: later models and the final outputs are missing.
-    for name in ("results.json", "scores.npz", "roc.png", "models/model_007.npz", "models/model_003.npz"):
+    for name in ("results.json", "trials.npz", "attack_data.npz", "roc.png", "models/model_007.npz",
+                 "models/model_003.npz"):
         os.remove(copy / name)
     _run(fns, copy, _config())
-    with np.load(workdir / "scores.npz") as a, np.load(copy / "scores.npz") as b:
-        for name in attack_run.ATTACK_NAMES:
+    with np.load(workdir / "trials.npz") as a, np.load(copy / "trials.npz") as b:
+        assert a.files == b.files
+        for name in a.files:
             np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_report_only_regenerates_the_results_from_the_export_alone(finished, tmp_path):
+    workdir, results = finished
+    copy = tmp_path / "export_only"
+    copy.mkdir()
+    import shutil
+    shutil.copy(workdir / "attack_data.npz", copy / "attack_data.npz")  # No models, no split, no data.
+    again = attack_run.report_only(str(copy))
+    for key in ("attacks", "strongest", "utility", "shokri_accuracy", "canary_detection", "empirical_epsilon"):
+        assert again[key] == results[key], key
+    with np.load(workdir / "trials.npz") as a, np.load(copy / "trials.npz") as b:
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_a_file_that_is_not_an_export_is_refused_by_name(tmp_path):
+    bad = tmp_path / "attack_data.npz"
+    bad.write_text("not an archive")
+    with pytest.raises(ValueError, match="attack_data.npz"):
+        attack_data.load(str(bad))
+    np.savez(tmp_path / "other.npz", keep=np.ones(3))
+    with pytest.raises(ValueError, match="missing"):
+        attack_data.load(str(tmp_path / "other.npz"))
 
 
 def test_models_do_not_depend_on_the_chunking(fns, finished, tmp_path):
@@ -151,8 +184,15 @@ def test_condense_recipe_run_attacks_the_synthetic_sets_and_slices_canaries(fns,
     results = _run(fns, tmp_path / "dc", config)
     lira_result = results["attacks"]["lira_online_fixed_var"]
     assert lira_result["canaries"]["num_members"] == 6 * 3  # 6 canaries, each IN for M/2 = 3 targets.
-    assert lira_result["used"]["num_members"] == 6 * NUM_CLASSES  # Each target's real-init images.
+    assert lira_result["natural"]["num_members"] == (100 - 6) * 3  # The headline slice has no canary.
+    # Each target's real-init images that are not canaries.
+    assert lira_result["used"]["num_members"] <= 6 * NUM_CLASSES
     assert "auc" in results["attacks"]["nearest_synthetic"]["used"]
+    for name in attacks.RELEASE_ATTACKS + attacks.RECIPE_ATTACKS:
+        assert name in results["attacks"], name
+    assert results["strongest"]["release"]["attack"] in attacks.RELEASE_ATTACKS
+    detected = results["canary_detection"]["loss"]
+    assert detected["members"] == 18 and 0 <= detected["detected"] <= 18
     with np.load(tmp_path / "dc" / "split.npz") as split:
         true_labels = _dataset(200, 5).labels[split["target"]]
         changed = np.flatnonzero(split["target_labels"] != true_labels)

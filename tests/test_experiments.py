@@ -125,11 +125,16 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
             "--num_population=50"]
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Shokri attack accuracy" in proc.stdout and "lira_online" in proc.stdout
+    assert "Shokri attack accuracy" in proc.stdout and "lira_recipe_online" in proc.stdout
+    assert "strongest model attack" in proc.stdout
     results = json.loads((workdir / "results.json").read_text())
     assert results["config"]["recipe"]["kind"] == "subset"
     assert "used" in results["attacks"]["lira_online"]  # The subset's members as their own slice.
     assert (workdir / "roc.png").stat().st_size > 0
+    (workdir / "results.json").unlink()  # Regenerated from the export alone, identically.
+    again = _run(["experiments/attack.py", f"--workdir={workdir}", "--report_only"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((workdir / "results.json").read_text())["attacks"] == results["attacks"]
     too_big = _run(["experiments/attack.py", f"--workdir={tmp_path}/big", "--target_pool=300",
                     "--attacker_pool=300", "--width=4", "--depth=1"], mock_examples=400)
     assert too_big.returncode != 0 and "target_pool" in _error_line(too_big)
@@ -162,10 +167,16 @@ def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     assert results["config"]["train_small"]["augment"] == "dc"
     assert results["config"]["train_original"]["augment"] == "none"
     for name in ("RESULTS.md", "privacy_accuracy.png", "roc_targets.png", "synthetic_dc_noise.png",
-                 "synthetic_dc_real.png", "original/roc.png", "dc_real/scores.npz"):
+                 "synthetic_dc_real.png", "original/roc.png", "dc_real/attack_data.npz", "dc_real/trials.npz"):
         assert (workdir / name).exists(), name
     dc_real = results["rows"][3]
-    assert dc_real["nearest"]["all"]["auc"] >= 0 and "canaries" in dc_real["attacks"]["loss"]
+    assert dc_real["strongest"]["release"]["attack"].startswith("nearest_synthetic")
+    assert "canaries" in dc_real["attacks"]["loss"] and "natural" in dc_real["attacks"]["loss"]
     assert "| dc_real |" in proc.stdout and "| original |" in proc.stdout
     again = _run(args, mock_examples=400)  # A finished study is never silently replaced.
     assert again.returncode != 0 and "overwrite" in _error_line(again)
+    report = _run(["experiments/privacy_study.py", f"--workdir={workdir}", "--report_only"])
+    assert report.returncode == 0, report.stderr[-3000:]
+    regenerated = json.loads((workdir / "results.json").read_text())
+    assert [r["natural"] for r in regenerated["rows"]] == [r["natural"] for r in results["rows"]]
+    assert "--report_only" in regenerated["report_command"]

@@ -5,6 +5,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+import scipy.special
 
 from dcjax.privacy import lira, masks, metrics
 
@@ -240,3 +241,126 @@ def test_bad_shadow_inputs_raise():
         lira.leave_one_out(np.where(keep[..., None], np.nan, scores), keep, ATTACKS["online_fixed"])
     with pytest.raises(ValueError, match="inf"):
         lira.lira_online(scores[0], np.full(scores.shape, np.inf), keep, fixed_variance=True)
+
+
+# ---------------------------------------------------------------- recipe-aware LiRA
+
+PLAIN = {"online": functools.partial(lira.lira_online, fixed_variance=True),
+         "offline": functools.partial(lira.lira_offline, fixed_variance=True)}
+RECIPE = {"online": lira.lira_recipe_online, "offline": lira.lira_recipe_offline}
+
+
+def _subset_recipe(seed: int, shift: float, used_fraction: float = 0.2, num_models: int = 8,
+                   num_examples: int = 1000, num_queries: int = 2):
+    """(phi [M, N, Q], keep, used): a subset recipe, each member used as pixels with probability used_fraction;
+    only used members shift by ``shift`` std (the in-unused ones are distributed exactly like non-members)."""
+    keep = masks.lira_keep_masks(jax.random.key(seed), num_models, num_examples)
+    coin = np.asarray(jax.random.uniform(jax.random.key(seed + 50), (1 << 15,)))
+    used = keep & (coin[: keep.size].reshape(keep.shape) < used_fraction)
+    difficulty = 3 * _normal(seed + 100, (num_examples,))
+    noise = _normal(seed + 200, (num_models, num_examples, num_queries))
+    return difficulty[None, :, None] + shift * used[..., None] + noise, keep, used
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_recipe_aware_beats_plain_lira_on_a_subset_recipe(mode):
+    for seed in (0, 1):
+        scores, keep, used = _subset_recipe(seed, shift=3.0)
+        assert 0.15 < used.sum() / keep.sum() < 0.25
+        recipe = lira.leave_one_out_recipe(scores, keep, used, RECIPE[mode])
+        plain, _ = lira.leave_one_out(scores, keep, PLAIN[mode])
+        assert recipe.shape == (8, 1000) and np.all(np.isfinite(recipe))
+        # About 10% more members found at 1% FPR (the ceiling is ~0.2: only the used members carry signal).
+        gain = metrics.tpr_at_fpr(recipe, keep, 0.01) - metrics.tpr_at_fpr(plain, keep, 0.01)
+        assert gain > 0.005, (seed, gain)
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_recipe_aware_chance_without_signal(mode):
+    scores, keep, used = _subset_recipe(3, shift=0.0, num_models=16, num_examples=300)
+    membership = lira.leave_one_out_recipe(scores, keep, used, RECIPE[mode])
+    assert metrics.auc(membership, keep) == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_recipe_aware_equals_plain_when_every_member_is_used(mode):
+    # The 'original' recipe (used == keep): rho = 1 and the not-used null is OUT, so the fixed-variance attacks.
+    scores, keep, _ = _subset_recipe(4, shift=1.0, num_models=8, num_examples=40)
+    keep[:, 0] = True  # example 0 never OUT, example 1 never IN: the shifted-mean fallbacks agree too
+    keep[:, 1] = False
+    for m in (0, 5):
+        others = np.arange(8) != m
+        args = scores[m], scores[others], keep[others]
+        np.testing.assert_array_equal(RECIPE[mode](*args, keep[others]), PLAIN[mode](*args))
+    if mode == "online":  # rho = 0 (no member used): plain online LiRA on the in-unused group, i.e. on keep
+        np.testing.assert_array_equal(RECIPE[mode](*args, np.zeros_like(keep[others])), PLAIN[mode](*args))
+
+
+def _pooled(scores: np.ndarray, mask: np.ndarray) -> float:
+    resid = [scores[mask[:, n], n] - scores[mask[:, n], n].mean() for n in range(scores.shape[1])]
+    return np.sqrt(np.sum(np.concatenate(resid) ** 2) / sum(r.size - 1 for r in resid))
+
+
+def test_recipe_online_mixture_by_hand():
+    scores = _normal(5, (9, 5, 1))
+    # Per example: models 0-2 used, 3-5 in-unused, 6-8 OUT, rotated so the groups differ between examples.
+    group = (np.arange(9)[:, None] + 3 * (np.arange(5) % 3)[None, :]) % 9 // 3  # 0 used, 1 unused, 2 OUT
+    keep, used = group < 2, group == 0
+    scores = scores + 2.0 * used[..., None]
+    target = _normal(6, (5, 1))
+    got = lira.lira_recipe_online(target, scores, keep, used)
+    s, t = scores[..., 0], target[:, 0]
+    rho = used.sum() / keep.sum()
+    med = {g: np.array([np.median(s[group[:, n] == g, n]) for n in range(5)]) for g in range(3)}
+    std = {g: _pooled(s, group == g) for g in range(3)}
+    pdf = {g: np.exp(-0.5 * ((t - med[g]) / std[g]) ** 2) / (std[g] * np.sqrt(2 * np.pi)) for g in range(3)}
+    np.testing.assert_allclose(got, np.log(rho * pdf[0] + (1 - rho) * pdf[1]) - np.log(pdf[2]), rtol=1e-10)
+
+
+def test_recipe_offline_null_by_hand():
+    scores, keep, used = _subset_recipe(7, shift=2.0, num_models=10, num_examples=6, num_queries=1)
+    scores[keep & ~used] += 0.5  # move the in-unused shadows: the recipe null includes them, the plain one not
+    target = _normal(8, (6, 1))
+    s, null = scores[..., 0], ~used
+    mu = np.array([np.median(s[null[:, n], n]) for n in range(6)])
+    expected = scipy.special.log_ndtr((target[:, 0] - mu) / _pooled(s, null))
+    np.testing.assert_allclose(lira.lira_recipe_offline(target, scores, keep, used), expected, rtol=1e-10)
+    assert not np.allclose(PLAIN["offline"](target, scores, keep), expected)
+
+
+def test_leave_one_out_recipe_passes_the_other_models():
+    scores, keep, used = _subset_recipe(9, shift=1.0, num_models=6, num_examples=20)
+    seen = []
+
+    def recording_attack(target, shadows, shadow_keep, shadow_used):
+        seen.append((target, shadows, shadow_keep, shadow_used))
+        return np.full(target.shape[0], float(len(seen)))
+
+    out = lira.leave_one_out_recipe(scores, keep, used, recording_attack)
+    np.testing.assert_array_equal(out, np.repeat(np.arange(1.0, 7.0)[:, None], 20, 1))
+    for m, (target, shadows, shadow_keep, shadow_used) in enumerate(seen):
+        np.testing.assert_array_equal(target, scores[m])
+        np.testing.assert_array_equal(shadow_keep, np.delete(keep, m, 0))
+        np.testing.assert_array_equal(shadow_used, np.delete(used, m, 0))
+        present = ~np.isnan(shadows[..., 0])
+        np.testing.assert_array_equal((present & shadow_keep).sum(0), 2)  # equalised: M/2 - 1 IN and OUT
+        np.testing.assert_array_equal((present & ~shadow_keep).sum(0), 2)
+
+
+def test_recipe_aware_errors():
+    scores, keep, used = _subset_recipe(10, shift=1.0, num_models=6, num_examples=10, num_queries=1)
+    bad = used.copy()
+    bad[~keep] = True
+    for attack in RECIPE.values():
+        with pytest.raises(ValueError, match="imply keep"):
+            attack(scores[0], scores[1:], keep[1:], bad[1:])
+        with pytest.raises(ValueError, match="used shape"):
+            attack(scores[0], scores[1:], keep[1:], used[1:, :5])
+        with pytest.raises(ValueError, match="target scores shape"):
+            attack(scores[0, :5], scores[1:], keep[1:], used[1:])
+    with pytest.raises(ValueError, match="imply keep"):
+        lira.leave_one_out_recipe(scores, keep, bad, lira.lira_recipe_online)
+    with pytest.raises(ValueError, match=">= 2 models"):
+        lira.leave_one_out_recipe(scores[:1], keep[:1], used[:1], lira.lira_recipe_online)
+    with pytest.raises(ValueError, match="IN shadow"):
+        lira.lira_recipe_online(scores[0], scores[1:], np.zeros_like(keep[1:]), np.zeros_like(used[1:]))

@@ -176,3 +176,225 @@ def test_bad_parameters_raise():
         metrics.bootstrap_ci(metrics.auc, scores, labels, jax.random.key(0), num_resamples=0)
     with pytest.raises(ValueError, match="no members"):
         metrics.summarize(scores, np.zeros(20, int), jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# [M, N] trial matrices: example-level bootstrap, paired differences, thresholds, canaries.
+
+
+def _trial_matrix(seed: int, num_models: int = 8, num_examples: int = 60, shift: float = 1.0, grid: bool = False):
+    """scores float64 [M, N], keep bool [M, N] with every example IN for exactly M / 2 models (jax-keyed)."""
+    size = num_models * num_examples
+    rank = np.argsort(_normal(seed + 500, size).reshape(num_models, num_examples), axis=0)
+    keep = np.argsort(rank, axis=0) < num_models // 2
+    scores = _normal(seed, size).reshape(num_models, num_examples) + shift * keep
+    return (np.round(scores * 2) / 2 if grid else scores), keep
+
+
+def test_example_resamples_deterministic_in_key(monkeypatch):
+    res = metrics.example_resamples(jax.random.key(0), 30, 7)
+    assert res.shape == (7, 30) and res.dtype == np.int64
+    assert res.min() >= 0 and res.max() < 30
+    assert any(np.unique(row).size < 30 for row in res)  # drawn with replacement
+    np.testing.assert_array_equal(res, metrics.example_resamples(jax.random.key(0), 30, 7))
+    assert not np.array_equal(res, metrics.example_resamples(jax.random.key(1), 30, 7))
+    monkeypatch.setattr(metrics, "_CHUNK_DRAWS", 50)  # 1 resample per chunk: still deterministic, right shape
+    chunked = metrics.example_resamples(jax.random.key(0), 30, 7)
+    assert chunked.shape == (7, 30)
+    np.testing.assert_array_equal(chunked, metrics.example_resamples(jax.random.key(0), 30, 7))
+    with pytest.raises(ValueError, match="num_resamples"):
+        metrics.example_resamples(jax.random.key(0), 30, 0)
+
+
+def test_trial_metrics_match_flat_functions_on_the_included_trials():
+    scores, keep = _trial_matrix(0, grid=True)
+    include = np.ones_like(keep)
+    include[:, :10] = False  # e.g. canary columns left out
+    include[0, 20:] = False
+    out = metrics.trial_metrics(scores, keep, include, fprs=(0.05, 0.001))
+    s, y = scores[include], keep[include]
+    assert out["auc"] == pytest.approx(metrics.auc(s, y))
+    assert out["balanced_accuracy"] == pytest.approx(metrics.balanced_accuracy(s, y))
+    assert out["tpr_at_0.05"] == pytest.approx(metrics.tpr_at_fpr(s, y, 0.05))
+    assert out["num_members"] == int(y.sum()) and out["num_nonmembers"] == int((~y).sum())
+    assert out["fpr_floor"] == pytest.approx(1 / (~y).sum())
+    assert out["num_examples"] == 50
+    assert out["tpr_at_0.001"] is None  # about 200 non-members: 0.001 is below the floor
+    assert metrics.trial_metrics(scores, keep)["auc"] == pytest.approx(metrics.auc(scores, keep))
+
+
+def test_tpr_below_the_floor_is_none_with_none_cis():
+    scores, keep = _trial_matrix(1, num_models=4, num_examples=100)  # 200 non-member trials: floor 0.005
+    res = metrics.example_resamples(jax.random.key(0), 100, 20)
+    out = metrics.summarize_examples(scores, keep, None, res, fprs=(0.01, 0.005, 0.001))
+    assert out["fpr_floor"] == pytest.approx(0.005)
+    assert out["tpr_at_0.001"] is None and out["tpr_at_0.001_ci_low"] is None
+    assert out["tpr_at_0.001_ci_high"] is None
+    assert type(out["tpr_at_0.005"]) is float and type(out["tpr_at_0.005_ci_low"]) is float
+    assert type(out["tpr_at_0.01"]) is float
+
+
+def test_bootstrap_samples_equal_metrics_of_the_duplicated_columns():
+    scores, keep = _trial_matrix(2, num_examples=40, grid=True)  # ties
+    include = np.ones_like(keep)
+    include[:2, :15] = False
+    fprs = (0.1, 0.02)
+    res = metrics.example_resamples(jax.random.key(3), 40, 5)
+    samples = metrics.bootstrap_samples(scores, keep, include, res, fprs)
+    assert set(samples) == {"auc", "balanced_accuracy", "tpr_at_0.1", "tpr_at_0.02"}
+    for r in range(5):  # resample r is the trial matrix of its drawn columns, duplicates included
+        expected = metrics.trial_metrics(scores[:, res[r]], keep[:, res[r]], include[:, res[r]], fprs)
+        for name, values in samples.items():
+            assert values.shape == (5,)
+            assert values[r] == pytest.approx(expected[name], abs=1e-12)
+    identity = metrics.bootstrap_samples(scores, keep, include, np.arange(40)[None], fprs)
+    point = metrics.trial_metrics(scores, keep, include, fprs)
+    assert all(identity[name][0] == pytest.approx(point[name], abs=1e-12) for name in identity)
+
+
+def test_summarize_examples_json_friendly_and_deterministic():
+    scores, keep = _trial_matrix(4, num_examples=80)
+    res = metrics.example_resamples(jax.random.key(0), 80, 100)
+    out = metrics.summarize_examples(scores, keep, None, res, fprs=(0.01,), level=0.9)
+    json.dumps(out)
+    assert out["ci_method"] == "example bootstrap" and out["ci_level"] == 0.9 and out["num_resamples"] == 100
+    assert out["num_degenerate_resamples"] == 0
+    for name in ("auc", "balanced_accuracy"):
+        assert out[f"{name}_ci_low"] < out[name] < out[f"{name}_ci_high"]
+    assert out["auc"] == pytest.approx(metrics.auc(scores, keep))
+    assert out == metrics.summarize_examples(scores, keep, None, res, fprs=(0.01,), level=0.9)
+
+
+def test_degenerate_resamples_are_left_out_of_the_intervals():
+    scores, keep = _trial_matrix(5, num_models=2, num_examples=20)
+    include = ~keep
+    include[:, 0] = keep[:, 0]  # the only included members are column 0's, without its non-member
+    res = np.stack([np.arange(20), np.full(20, 0), np.r_[np.arange(1, 20), 1]])
+    samples = metrics.bootstrap_samples(scores, keep, include, res, ())
+    assert np.isnan(samples["auc"][1]) and np.isnan(samples["auc"][2])  # no non-member / no member drawn
+    assert samples["auc"][0] == pytest.approx(metrics.trial_metrics(scores, keep, include, ())["auc"])
+    out = metrics.summarize_examples(scores, keep, include, res, ())
+    assert out["num_degenerate_resamples"] == 2
+    assert out["auc_ci_low"] == out["auc_ci_high"] == pytest.approx(samples["auc"][0])
+
+
+def test_summarize_examples_bad_inputs_raise():
+    scores, keep = _trial_matrix(6, num_models=4, num_examples=10)
+    res = metrics.example_resamples(jax.random.key(0), 10, 4)
+    with pytest.raises(ValueError, match="keep shape"):
+        metrics.summarize_examples(scores, keep[:, :9], None, res)
+    with pytest.raises(ValueError, match="include"):
+        metrics.summarize_examples(scores, keep, np.ones((4, 9), bool), res)
+    with pytest.raises(ValueError, match="no members"):
+        metrics.summarize_examples(scores, keep, ~keep, res)
+    with pytest.raises(ValueError, match="no non-members"):
+        metrics.summarize_examples(scores, keep, keep, res)
+    with pytest.raises(ValueError, match="outside"):
+        metrics.summarize_examples(scores, keep, None, res + 5)
+    with pytest.raises(ValueError, match="scores must be"):
+        metrics.trial_metrics(scores.ravel(), keep.ravel())
+    with pytest.raises(ValueError, match="level"):
+        metrics.summarize_examples(scores, keep, None, res, level=1.5)
+
+
+def _correlated_trials(key, reps: int, num_examples: int, num_models: int = 8):
+    """Per-example random effects shared by all of an example's trials: float64 scores, bool keep [reps, M, N].
+
+    score = u_n + (mu + v_n) * keep + noise with difficulty u_n ~ N(0, 0.5^2), member shift mu = 1 and
+    vulnerability v_n ~ N(0, 1.5^2). Every example is IN for exactly M / 2 models. Note that with this balanced
+    design an additive u_n alone does not shrink trial-bootstrap coverage (it affects members and non-members of
+    a column alike); the per-example vulnerability v_n is what makes trials of one example move together.
+    """
+    k_normal, k_keep = jax.random.split(key)
+    normal = np.asarray(jax.random.normal(k_normal, (reps, num_models + 2, num_examples)), np.float64)
+    u, v, noise = normal[:, :1] * 0.5, normal[:, 1:2] * 1.5, normal[:, 2:]
+    rank = np.argsort(np.asarray(jax.random.uniform(k_keep, (reps, num_models, num_examples))), axis=1)
+    keep = np.argsort(rank, axis=1) < num_models // 2
+    return u + (1.0 + v) * keep + noise, keep
+
+
+def test_example_bootstrap_covers_on_correlated_trials_where_trial_bootstrap_does_not():
+    reps, num_examples, num_resamples = 200, 100, 200
+    # Population AUC from an independent draw of reps x 100 = 20k examples pooled (160k trials), about 0.678.
+    big_s, big_k = _correlated_trials(jax.random.key(0), reps, num_examples)
+    truth = metrics.auc(np.moveaxis(big_s, 0, 1), np.moveaxis(big_k, 0, 1))
+    scores, keep = _correlated_trials(jax.random.key(1), reps, num_examples)
+    # One draw for all replications (one jax call); replication i uses its own block of rows.
+    all_res = metrics.example_resamples(jax.random.key(2), num_examples, reps * num_resamples)
+    example_cover = []
+    for i in range(reps):
+        res = all_res[i * num_resamples:(i + 1) * num_resamples]
+        out = metrics.summarize_examples(scores[i], keep[i], None, res, fprs=())
+        example_cover.append(out["auc_ci_low"] <= truth <= out["auc_ci_high"])
+    trial_cover = []
+    for i in range(100):  # the old per-trial bootstrap loops in Python: fewer replications keep the test fast
+        low, high = metrics.bootstrap_ci(metrics.auc, scores[i], keep[i], jax.random.fold_in(jax.random.key(3), i),
+                                         num_resamples=100)
+        trial_cover.append(low <= truth <= high)
+    assert 0.90 <= np.mean(example_cover) <= 0.99
+    assert np.mean(trial_cover) < 0.88
+    assert np.mean(example_cover[:100]) - np.mean(trial_cover) > 0.07
+
+
+def test_paired_difference_identical_rows_and_a_stronger_row():
+    weak, keep = _trial_matrix(7, num_examples=80, shift=0.3)
+    strong = weak + 0.7 * keep  # same examples, same noise, a clearly stronger signal
+    res = metrics.example_resamples(jax.random.key(0), 80, 200)
+    sw, ss = (metrics.bootstrap_samples(s, keep, None, res, ()) for s in (weak, strong))
+    pw, ps = (metrics.trial_metrics(s, keep, None, ()) for s in (weak, strong))
+    same = metrics.paired_difference(sw["auc"], sw["auc"], pw["auc"], pw["auc"])
+    assert same["difference"] == 0.0 and same["ci_low"] == 0.0 and same["ci_high"] == 0.0
+    assert same["p_two_sided"] == 1.0
+    diff = metrics.paired_difference(ss["auc"], sw["auc"], ps["auc"], pw["auc"])
+    assert diff["difference"] == pytest.approx(ps["auc"] - pw["auc"]) and diff["difference"] > 0
+    assert 0 < diff["ci_low"] <= diff["difference"] <= diff["ci_high"]
+    assert diff["p_two_sided"] < 0.01 and diff["num_resamples"] == 200
+    reverse = metrics.paired_difference(sw["auc"], ss["auc"], pw["auc"], ps["auc"])
+    assert reverse["ci_high"] < 0 and reverse["ci_low"] == pytest.approx(-diff["ci_high"])
+    with pytest.raises(ValueError, match="equal length"):
+        metrics.paired_difference(ss["auc"], sw["auc"][:10], ps["auc"], pw["auc"])
+    with pytest.raises(ValueError, match="None"):
+        metrics.paired_difference(ss["auc"], sw["auc"], None, pw["auc"])
+
+
+def test_threshold_at_fpr():
+    scores = np.arange(1.0, 11.0)
+    t = metrics.threshold_at_fpr(scores, 0.2)  # two false positives allowed: just above the 3rd largest, 8
+    assert 8.0 < t < 8.0 + 1e-12 and np.mean(scores >= t) == 0.2
+    assert np.mean(scores >= 8.0) > 0.2  # nothing lower qualifies
+    assert metrics.threshold_at_fpr(scores, 0.25) == t  # 2.5 false positives round down
+    t0 = metrics.threshold_at_fpr(scores, 0.0)
+    assert 10.0 < t0 < 10.0 + 1e-12
+    assert metrics.threshold_at_fpr(scores, 0.01) == t0  # below the floor: flags no non-member
+    assert metrics.threshold_at_fpr(scores, 1.0) == -np.inf
+    assert metrics.threshold_at_fpr(scores, 0.9) == np.nextafter(1.0, 2.0)
+    tied = np.array([5.0, 5.0, 5.0, 1.0])
+    assert 5.0 < metrics.threshold_at_fpr(tied, 0.5) < 5.0 + 1e-12  # any t <= 5 flags 3 of 4
+    with pytest.raises(ValueError, match="fpr"):
+        metrics.threshold_at_fpr(scores, -0.1)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.threshold_at_fpr(np.array([]), 0.1)
+
+
+def test_canary_detection_hand_computed():
+    scores = np.array([[0.1, 0.9, 0.5, 0.3, 2.0, 0.6],
+                       [0.8, 0.2, 0.4, 0.7, 0.95, 0.8]])
+    keep = np.array([[1, 0, 0, 1, 1, 0],
+                     [0, 1, 1, 0, 0, 1]], bool)
+    natural = np.zeros_like(keep)
+    natural[:, :4] = True
+    canaries = np.array([4, 5])
+    # Natural non-members: 0.9, 0.8, 0.7, 0.5. FPR 0.25 allows one: threshold just above 0.8.
+    out = metrics.canary_detection(scores, keep, natural, canaries, fpr=0.25)
+    assert 0.8 < out["threshold"] < 0.8 + 1e-12
+    assert (out["detected"], out["members"]) == (1, 2)  # 2.0 detected, 0.8 (a tie) not
+    assert (out["false_positives"], out["nonmembers"]) == (1, 2)  # 0.95 flagged, 0.6 not
+    assert out["natural_nonmembers"] == 4 and out["natural_fpr"] == 0.25 and out["fpr"] == 0.25
+    strict = metrics.canary_detection(scores, keep, None, canaries, fpr=0.001)  # None: all non-canary trials
+    assert 0.9 < strict["threshold"] < 0.9 + 1e-12
+    assert (strict["detected"], strict["false_positives"]) == (1, 1)
+    assert metrics.canary_detection(scores, keep, None, canaries, fpr=0.25) == out
+    with pytest.raises(ValueError, match="canary columns"):
+        metrics.canary_detection(scores, keep, np.ones_like(keep), canaries)
+    with pytest.raises(ValueError, match="canary_cols"):
+        metrics.canary_detection(scores, keep, natural, np.array([4, 4]))

@@ -2,13 +2,14 @@
 
 import dataclasses
 import json
+import math
 import os
 import types
 
 import numpy as np
 import pytest
 
-from dcjax import checkpoint, study_report, workdir
+from dcjax import checkpoint, dpsgd, workdir
 from dcjax.privacy import accounting, study
 
 
@@ -37,12 +38,13 @@ def test_a_row_finished_with_other_settings_is_not_reused(tmp_path):
     row_dir.mkdir()
     other = dataclasses.replace(study.row_config(config, "subset"), seed=1)
     checkpoint.write_json(str(row_dir / workdir.CONFIG), dataclasses.asdict(other))
-    (row_dir / workdir.RESULTS).write_text(json.dumps({"finished": True}))
+    finished = {"finished": True, "schema": study.attack_run.RESULTS_SCHEMA}
+    (row_dir / workdir.RESULTS).write_text(json.dumps(finished))
     with pytest.raises(workdir.WorkdirError, match="row subset"):
         study._run_row(config, "subset", None, (None, None), str(tmp_path))
     checkpoint.write_json(str(row_dir / workdir.CONFIG),
                           dataclasses.asdict(study.row_config(config, "subset")))
-    assert study._run_row(config, "subset", None, (None, None), str(tmp_path)) == {"finished": True}
+    assert study._run_row(config, "subset", None, (None, None), str(tmp_path)) == finished
 
 
 def _cpu_like() -> study.StudyConfig:
@@ -90,13 +92,46 @@ def test_dpsgd_row_trains_like_original_with_noise_calibrated_to_its_epsilon():
     dp = row.train.dp
     assert dataclasses.replace(row.train, dp=None) == config.train_original
     assert dp.l2_clip == config.dp_clip == 1.0
-    # Sampling as the accountant sees it, written out: q = 64 / 500, 40 epochs x ceil(500 / 64) = 8 steps.
-    eps = accounting.epsilon(dp.noise_multiplier, 64 / 500, 40 * 8, 1e-5)
-    assert 4.0 - 1e-3 <= eps <= 4.0
+    # Poisson sampling as the accountant sees it, written out: q = 64 / 500, round(40 / q) = round(312.5) steps.
+    eps = accounting.epsilon_pld(dp.noise_multiplier, 64 / 500, 313, 1e-5)
+    assert 4.0 - 2e-3 <= eps <= 4.0
+    setting = study.dp_setting(config, "dpsgd_eps4")
+    assert (setting["sample_rate"], setting["steps"], setting["expected_batch_size"]) == (0.128, 313, 64)
+    assert setting["epsilon_pld"] == eps < setting["epsilon_rdp"]
+    assert setting["accountant"] == "pld, Poisson sampling (formal)"
     noises = [study.row_config(config, n).train.dp.noise_multiplier for n in config.rows[1:]]
     assert noises[0] > noises[1] > noises[2]  # Smaller epsilon, more noise.
-    assert "epsilon = 4" in study.describe(config, "dpsgd_eps4")
+    description = study.describe(config, "dpsgd_eps4")
+    assert "target epsilon = 4" in description and "Poisson" in description and "PLD" in description
+    assert "nominal" not in description.lower() and "approximation" not in description.lower()
     assert study.dp_setting(config, "original") is None
+
+
+def test_dp_rows_capacity_covers_the_largest_private_set_and_the_overflow_enters_delta():
+    config = _cpu_like()
+    setting = study.dp_setting(config, "dpsgd_eps8")
+    dp = study.row_config(config, "dpsgd_eps8").train.dp
+    assert (dp.num_examples, dp.capacity, dp.overflow_budget) == (500, setting["capacity"], setting["overflow_budget"])
+    largest = setting["max_private_examples"]
+    assert largest >= max(500 + 2 * 32, config.attack.attacker_pool // 2)  # 4 sd of a Binomial(1000, 1/2) half.
+    assert setting["overflow_probability"] == dpsgd.overflow_probability(largest + 1, 0.128, 313, dp.capacity)
+    assert setting["overflow_probability"] <= setting["overflow_budget"] < 1e-3 * 1e-5 / math.exp(8)
+    assert dpsgd.overflow_probability(largest + 1, 0.128, 313, dp.capacity - 1) > setting["overflow_budget"]
+    assert setting["delta"] < setting["delta_total"] <= 1.001e-5
+    assert setting["delta_total"] == accounting.overflow_delta(1e-5, setting["epsilon_pld"],
+                                                               setting["overflow_probability"])
+
+
+def test_dp_rows_take_their_own_batch_size_and_epochs():
+    config = dataclasses.replace(_cpu_like(), dp_batch_size=250, dp_epochs=60, dp_lr=0.5)
+    train = study.row_config(config, "dpsgd_eps4").train
+    assert (train.batch_size, train.epochs, train.lr) == (250, 60, 0.5)
+    assert study.row_config(config, "original").train == config.train_original
+    setting = study.dp_setting(config, "dpsgd_eps4")
+    assert (setting["sample_rate"], setting["steps"], setting["expected_batch_size"]) == (0.5, 120, 250)
+    for field in ("dp_batch_size", "dp_epochs"):
+        with pytest.raises(ValueError, match=field):
+            dataclasses.replace(config, **{field: 0})
 
 
 @pytest.mark.parametrize("kwargs,field", [({"dp_delta": 0.0}, "dp_delta"), ({"dp_delta": 1.0}, "dp_delta"),
@@ -111,8 +146,10 @@ def _fake_run_attack(calls):
     def run(row, fns, train, test, row_dir):
         calls.append(os.path.basename(row_dir))
         workdir.prepare(row_dir, dataclasses.asdict(row), False)
-        results = {"attacks": {}, "utility": {}, "shokri_accuracy": {}, "wall_seconds": 1.0,
-                   "roc": {study_report.LIRA: {"fpr": [0, 1], "tpr": [0, 1]}}}
+        results = {"schema": study.attack_run.RESULTS_SCHEMA, "attacks": {}, "utility": {},
+                   "shokri_accuracy": {}, "wall_seconds": 1.0, "roc": {},
+                   "strongest": {"model": None, "release": None}, "canary_detection": {},
+                   "empirical_epsilon": {}, "bootstrap": {"headline_samples": {}}}
         checkpoint.write_json(os.path.join(row_dir, workdir.RESULTS), results)
         return results
     return run
@@ -122,7 +159,7 @@ def test_rows_can_be_added_to_a_finished_study(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(study.attack_run, "run_attack", _fake_run_attack(calls))
     monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
-    data = (types.SimpleNamespace(labels=np.zeros(3000, np.int32)), None)
+    data = (types.SimpleNamespace(labels=np.zeros(3000, np.int32), num_classes=10), None)
     fns = types.SimpleNamespace(has_batch_stats=False)
     first = dataclasses.replace(_cpu_like(), rows=("original",))
     study.run_study(first, fns, data, str(tmp_path), {})

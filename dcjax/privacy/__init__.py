@@ -1,15 +1,20 @@
-"""Membership inference (PROTOCOL section 7).
+"""Membership inference (docs: README, "Privacy").
 
 Pure math on arrays: ``masks`` draws IN/OUT splits, ``queries`` makes shifted query copies, ``lira`` turns
-logits into LiRA / LOSS / confidence scores, ``shokri`` trains the per-class attack classifiers, ``metrics``
-and ``report`` turn (scores, labels) into ROC numbers with bootstrap CIs per slice.
+logits into LiRA / LOSS / confidence scores (and the recipe-aware LiRA variants), ``rmia`` the RMIA scores
+against population samples, ``shokri`` trains the per-class attack classifiers, ``nearest`` attacks released
+synthetic sets; ``metrics`` turns (scores, labels) into ROC numbers with example-level bootstrap CIs, ``audit``
+into empirical epsilon lower bounds.
+
+The attack stage: ``attack_data`` is a run's export (every array an attack reads), ``attacks`` computes every
+attack's scores from it, ``assess`` every reported number (slices, strongest attack, canaries, audits).
 
 Training: ``bank`` turns each model's private subset into its training set by the target's recipe (original,
 random subset, DC / DSA / DM condensation) for the engine's model axis; ``attack_run`` is the resumable run behind
 ``experiments/attack.py``; ``study`` runs one attack per target recipe (DP-SGD targets included, with the privacy
-accountant in ``accounting``).
+accountant in ``accounting``) and ``study_report`` writes its tables and figures.
 """
 
-from dcjax.privacy import lira, masks, metrics, queries, report, shokri
+from dcjax.privacy import lira, masks, metrics, queries, rmia, shokri
 
-__all__ = ["lira", "masks", "metrics", "queries", "report", "shokri"]
+__all__ = ["lira", "masks", "metrics", "queries", "rmia", "shokri"]

@@ -13,25 +13,30 @@ mimics the target's pipeline, condensation included.
 
 Workdir:
   config.json            exact settings (see ``dcjax.workdir`` for overwrite/resume rules)
-  split.npz              dataset indices of both pools and both keep masks
+  split.npz              dataset indices of both pools, the population, both keep masks
   models/model_XXX.npz   one per model, written as its chunk finishes (so a killed run
-                         resumes per model): logits on its pool's queries [Q, n, K] float32,
-                         test accuracy, examples used as pixels [n], synthetic set if any
-  scores.npz             every attack's membership scores [M, N] and the keep mask
-  results.json           utility, Shokri accuracy, metrics per attack and slice (last: it
-                         marks the run finished)
-  roc.png                log-log ROC of all attacks on all target trials
+                         resumes per model): logits on its pool's queries [Q, n, K] and on the
+                         population's [Q, P, K] float32, test accuracy, examples used as pixels
+                         [n], synthetic set if any
+  attack_data.npz        the export (``dcjax.privacy.attack_data``): every array the attack
+                         stage reads; ``report_only`` re-attacks it with nothing else
+  trials.npz             flat per-trial export: model, example, is_member, is_canary, used and
+                         score_<attack> for every attack
+  results.json           utility, Shokri accuracy, every attack's metrics per slice with
+                         example-bootstrap CIs, the strongest attack, canary detection, epsilon
+                         audits (``dcjax.privacy.assess``); last: it marks the run finished
+  roc.png                log-log ROC of every attack on the natural (non-canary) trials
 
 Canaries (``num_canaries``): target-pool examples relabelled to a wrong class; like every
-pool example they are IN for half the models, and they get their own metrics slice. For the
-``condense`` recipe the released synthetic sets are attacked too ("nearest_synthetic": minus
-the distance from a real image to the nearest synthetic image).
+pool example they are IN for half the models. The headline slice leaves them out; they are
+reported separately. For the ``condense`` recipe the released synthetic sets are attacked too
+(the nearest-synthetic-image attacks of ``dcjax.privacy.attacks``).
 
-Keys, all from ``jax.random.key(seed)``: pools = fold_in(root, 0), LiRA keep = 1, Shokri
-halves = 2, model i = fold_in(fold_in(root, 3), i) split into (recipe, training) keys,
-attack classifier = 4, bootstrap = 5, balanced Shokri evaluation = 6, canaries = 7. Model i's key does
-not depend on chunking, so a resumed run (or one with another chunk size) trains the same
-models.
+Keys, all from ``jax.random.key(seed)`` (``attack_data.KEY_STREAMS``, stream i is
+fold_in(root, i)): pools, LiRA keep, Shokri halves, models (model i = fold_in(stream, i) split
+into (recipe, training) keys), Shokri classifier, bootstrap, balanced Shokri evaluation,
+canaries, population, audits. Model i's key does not depend on chunking, so a resumed run (or
+one with another chunk size) trains the same models.
 """
 
 from __future__ import annotations
@@ -53,11 +58,12 @@ from dcjax import plots
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
-from dcjax.privacy import bank, canaries, lira, masks, nearest, queries, report, shokri
+from dcjax.privacy import assess, attack_data, attacks, bank, canaries, masks, nearest, queries, shokri
+from dcjax.privacy import rmia as rmia_lib
 
 SPLIT = "split.npz"
-SCORES = "scores.npz"
 MODELS_DIR = "models"
+RESULTS_SCHEMA = 2  # 2: example-level bootstrap, natural headline slice, strongest attack, RMIA, audits.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,7 @@ class AttackRunConfig:
     # P test images every model is also queried on: RMIA's population samples z, which no model trained on.
     num_population: int = 1000
     attack: shokri.AttackConfig = shokri.AttackConfig()
+    rmia: rmia_lib.RMIAConfig = rmia_lib.RMIAConfig()  # Its `online` is set per attack.
     models_per_chunk: int = 0  # 0: one model per device on CPU, all at once elsewhere.
     strategy: str = "auto"  # Model-axis strategy (engine.STRATEGIES).
     num_resamples: int = 200  # Bootstrap resamples for confidence intervals.
@@ -100,12 +107,6 @@ class AttackRunConfig:
         engine.resolve_strategy(self.strategy)
 
 
-def _keys(seed: int) -> dict:
-    root = jax.random.key(seed)
-    names = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance", "canaries", "population")
-    return {name: jax.random.fold_in(root, i) for i, name in enumerate(names)}
-
-
 def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) -> dict:
     """Pools, labels and keep masks, all from the seed.
 
@@ -113,7 +114,7 @@ def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) ->
     relabelled); "canaries" [C]: their positions in the target pool; "keep" [M, N] LiRA masks;
     "halves" [k, Na] Shokri IN halves}.
     """
-    keys = _keys(config.seed)
+    keys = attack_data.run_keys(config.seed)
     parts = data_lib.split_indices(keys["pools"], len(labels),
                                    {"target": config.target_pool, "attacker": config.attacker_pool})
     target_labels, canary_idx = canaries.mislabel(keys["canaries"], labels[parts["target"]],
@@ -174,7 +175,7 @@ def population_indices(config: AttackRunConfig, num_test: int) -> np.ndarray:
     """Test-set indices [P] of RMIA's population samples: a key-drawn subset, sorted."""
     if config.num_population > num_test:
         raise ValueError(f"num_population={config.num_population} exceeds the {num_test} test examples")
-    perm = np.asarray(jax.random.permutation(_keys(config.seed)["population"], num_test))
+    perm = np.asarray(jax.random.permutation(attack_data.run_keys(config.seed)["population"], num_test))
     return np.sort(perm[:config.num_population]).astype(np.int64)
 
 
@@ -183,7 +184,7 @@ class _Context:
 
     def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str):
         self.config, self.fns, self.workdir = config, fns, workdir
-        self.keys = _keys(config.seed)
+        self.keys = attack_data.run_keys(config.seed)
         self.split = make_split(config, train.labels, train.num_classes)
         self.split["population"] = population_indices(config, len(test.labels))
         self.train, self.test = train, test
@@ -286,130 +287,84 @@ def _stack(ctx: _Context, indices, name: str) -> np.ndarray:
     return np.stack([field(i) for i in indices])
 
 
-def _lira_attacks(phi: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
-    """LiRA online/offline x per-example/fixed variance, leave-one-out. phi: [M, N, Q] -> {name: [M, N]}."""
-    out = {}
-    for name, fn in (("lira_online", lira.lira_online), ("lira_offline", lira.lira_offline)):
-        for fixed in (False, True):
-            attack = functools.partial(fn, fixed_variance=fixed)
-            out[name + ("_fixed_var" if fixed else "")] = lira.leave_one_out(phi, keep, attack)[0]
-    return out
+def _release(ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest distances [M, N], model 0's synthetic set) of a condense recipe; empty otherwise."""
+    m, n = ctx.config.num_models, ctx.config.target_pool
+    if ctx.config.recipe.kind != "condense":
+        return np.zeros((0, n)), np.zeros((0,), np.float32)
+    synthetic = _stack(ctx, range(m), "synthetic")
+    pool_images = ctx.train.images[ctx.split["target"]]
+    return -nearest.nearest_distance_scores(synthetic, pool_images), synthetic[0]
 
 
-def _shokri_attack(ctx: _Context, target_logits: np.ndarray, labels: np.ndarray):
-    """Shokri scores [M, N] of every target, and the poster's balanced accuracy per target [M].
-
-    The attack classifiers learn from the k shadows' query-0 outputs on the attacker pool.
-    """
-    cfg, m = ctx.config, ctx.config.num_models
-    shadows = range(m, m + cfg.num_shadow)
-    shadow_logits = _stack(ctx, shadows, "logits")[:, 0]  # [k, Na, K]
-    attacker_labels = ctx.train.labels[ctx.split["attacker"]]
-    num_classes = shadow_logits.shape[-1]
-    features = shokri.attack_features(shadow_logits.reshape(-1, num_classes), cfg.attack)
-    params = shokri.train_attack_models(
-        ctx.keys["attack"], features, np.tile(attacker_labels, cfg.num_shadow),
-        ctx.split["halves"].reshape(-1), num_classes, cfg.attack)
-    scores = np.stack([shokri.attack_scores(params, shokri.attack_features(t, cfg.attack), labels)
-                       for t in target_logits])
-    keep = ctx.split["keep"]
-    accuracy = []
-    for t in range(m):
-        idx = shokri.balanced_indices(jax.random.fold_in(ctx.keys["balance"], t), keep[t])
-        accuracy.append(shokri.attack_accuracy(scores[t, idx], keep[t, idx]))
-    return scores, np.asarray(accuracy)
+def build_export(ctx: _Context) -> attack_data.AttackData:
+    """Gathers the trained bank's files into the attack stage's one input (``attack_data``)."""
+    cfg, m, split = ctx.config, ctx.config.num_models, ctx.split
+    everyone = range(m + cfg.num_shadow)
+    has_population = cfg.num_population > 0
+    distances, synthetic = _release(ctx)
+    return attack_data.validate(attack_data.AttackData(
+        config=workdir_lib.as_json(dataclasses.asdict(cfg)),
+        preprocessing=attack_data.preprocessing(cfg.dataset, cfg.num_queries),
+        pool_indices={"target": split["target"].tolist(), "attacker": split["attacker"].tolist(),
+                      "population_test": split["population"].tolist()},
+        target_logits=_stack(ctx, range(m), "logits"),
+        population_logits=(_stack(ctx, range(m), "population_logits") if has_population else
+                           np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)),
+        shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
+        keep=split["keep"], halves=split["halves"], target_labels=split["target_labels"],
+        attacker_labels=ctx.train.labels[split["attacker"]],
+        population_labels=ctx.test.labels[split["population"]], canaries=split["canaries"],
+        used=_stack(ctx, range(m), "used"), nearest_distances=distances, synthetic_example=synthetic,
+        test_accuracy=_stack(ctx, everyone, "test_accuracy"), seconds=_stack(ctx, everyone, "seconds")))
 
 
-def compute_scores(ctx: _Context, logits: np.ndarray) -> dict[str, np.ndarray]:
-    """Membership scores [M, N] of every attack against every target model.
-
-    logits: [M, Q, N, K] of the target-pool models on every query.
-    """
-    m = ctx.config.num_models
-    labels = ctx.split["target_labels"]
-    keep = ctx.split["keep"]
-    phi = np.moveaxis(lira.logit_scale(logits, labels, example_axis=2), 1, 2)  # [M, N, Q]
-    scores = _lira_attacks(phi, keep)
-    # Threshold attacks need no shadows: the target's own loss / confidence on the plain image.
-    scores["loss"] = lira.loss_threshold_scores(logits[:, 0], labels)
-    scores["confidence"] = lira.confidence_scores(logits[:, 0], labels)
-    scores["shokri"], scores["shokri_accuracy_per_target"] = _shokri_attack(ctx, logits[:, 0], labels)
-    if ctx.config.recipe.kind == "condense":
-        # The released synthetic set itself as the attack surface: closeness to a real image.
-        synthetic = _stack(ctx, range(m), "synthetic")
-        pool_images = ctx.train.images[ctx.split["target"]]
-        scores["nearest_synthetic"] = nearest.nearest_distance_scores(synthetic, pool_images)
-    return scores
+def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
+    """(scores {attack: [M, N]}, results dict) of an export: the whole attack stage, no training."""
+    cfg = d.config
+    keys = attack_data.run_keys(cfg["seed"])
+    shokri_config = shokri.AttackConfig(**cfg["attack"])
+    rmia_config = rmia_lib.RMIAConfig(**cfg.get("rmia", {}))
+    scores, shokri_acc = attacks.compute_scores(d, shokri_config, rmia_config, keys)
+    results = {"schema": RESULTS_SCHEMA, "config": cfg, "utility": assess.utility(d),
+               "shokri_accuracy": {"mean": float(shokri_acc.mean()), "std": float(shokri_acc.std()),
+                                   "per_target": shokri_acc.tolist()},
+               **assess.assess(scores, d, keys, cfg["num_resamples"]),
+               "bank_seconds": float(d.seconds.sum())}
+    return scores, results
 
 
-def _slices(ctx: _Context) -> dict:
-    """All trials, each class, and (when the recipe copies only some real pixels) the used ones."""
-    keep = ctx.split["keep"]
-    slices = {"all": None, **report.class_slices(ctx.split["target_labels"])}
-    if ctx.config.num_canaries:
-        slices["canaries"] = ctx.split["canaries"]
-    if ctx.config.recipe.kind != "original":
-        used = _stack(ctx, range(ctx.config.num_models), "used")
-        # Members whose pixels reached the training set, against all non-members.
-        slices["used"] = (used & keep) | ~keep
-    return slices
-
-
-ATTACK_NAMES = ("lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var",
-                "loss", "confidence", "shokri")
-
-
-def attack_names(config: AttackRunConfig) -> tuple[str, ...]:
-    """The attacks a run reports; released synthetic sets add the nearest-image attack."""
-    return ATTACK_NAMES + (("nearest_synthetic",) if config.recipe.kind == "condense" else ())
-
-
-def _utility(ctx: _Context, logits: np.ndarray) -> dict:
-    """Test accuracy of the targets and their accuracy on members / non-members (query 0 logits)."""
-    m = ctx.config.num_models
-    acc = _stack(ctx, range(m), "test_accuracy")
-    labels = ctx.split["target_labels"]
-    correct = np.argmax(logits, -1) == labels
-    keep = ctx.split["keep"]
-    return {"test_accuracy_mean": float(acc.mean()), "test_accuracy_std": float(acc.std()),
-            "test_accuracy": acc.tolist(),
-            # The generalisation gap that membership inference feeds on.
-            "member_accuracy": float(correct[keep].mean()),
-            "nonmember_accuracy": float(correct[~keep].mean()),
-            "shadow_test_accuracy_mean": float(_stack(
-                ctx, range(m, m + ctx.config.num_shadow), "test_accuracy").mean())}
-
-
-def _results(ctx: _Context, scores: dict, logits: np.ndarray, seconds: dict) -> dict:
-    keep = ctx.split["keep"]
-    slices = _slices(ctx)
-    attacks, rocs = {}, {}
-    for a, name in enumerate(attack_names(ctx.config)):
-        attacks[name] = report.slice_metrics(scores[name], keep, jax.random.fold_in(ctx.keys["bootstrap"], a),
-                                             slices, ctx.config.num_resamples)
-        rocs[name] = report.roc_points(scores[name], keep)
-    shokri_acc = scores["shokri_accuracy_per_target"]
-    return {
-        "config": dataclasses.asdict(ctx.config),
-        "utility": _utility(ctx, logits[:, 0]),
-        "shokri_accuracy": {"mean": float(shokri_acc.mean()), "std": float(shokri_acc.std()),
-                            "per_target": shokri_acc.tolist()},
-        "attacks": attacks,
-        "roc": rocs,
-        **seconds,
-        "platform": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-    }
-
-
-def _write_outputs(ctx: _Context, scores: dict, results: dict) -> None:
-    path = functools.partial(workdir_lib.path, ctx.workdir)
-    checkpoint.write_npz(path(SCORES), keep=ctx.split["keep"], **scores)
+def _write_outputs(workdir: str, d: attack_data.AttackData, scores: dict, results: dict) -> None:
+    path = functools.partial(workdir_lib.path, workdir)
+    attack_data.save_trials(path(attack_data.TRIALS), scores, d)
     curves = {name: (np.asarray(r["fpr"]), np.asarray(r["tpr"])) for name, r in results["roc"].items()}
-    title = (f"{ctx.config.recipe.kind} recipe: {ctx.config.num_models} targets x "
-             f"{ctx.config.target_pool} examples")
+    title = (f"{d.recipe_kind} recipe: {d.num_models} targets x {d.keep.shape[1]} examples "
+             "(natural examples)")
     plots.roc_figure(path("roc.png"), curves, title)
     checkpoint.write_json(path(workdir_lib.RESULTS), results)  # Last: marks the run finished.
+
+
+def report_only(workdir: str) -> dict:
+    """Re-attacks the export in ``workdir`` and rewrites its results, trials and ROC; trains nothing."""
+    tic = time.perf_counter()
+    d = attack_data.load(workdir_lib.path(workdir, attack_data.EXPORT))
+    scores, results = evaluate_export(d)
+    results.update(attack_seconds=time.perf_counter() - tic, platform=jax.default_backend())
+    results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]
+    _write_outputs(workdir, d, scores, results)
+    return results
+
+
+def export_trained_bank(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str) -> str:
+    """Writes the export of a workdir whose bank is trained (e.g. by an earlier version); returns its path."""
+    ctx = _Context(config, fns, train, test, workdir)
+    missing = [i for i in range(config.num_models + config.num_shadow)
+               if not os.path.exists(_model_path(workdir, i))]
+    if missing:
+        raise workdir_lib.WorkdirError(f"{workdir}: models {missing[:5]} are not trained; run the attack")
+    path = workdir_lib.path(workdir, attack_data.EXPORT)
+    attack_data.save(path, build_export(ctx))
+    return path
 
 
 def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str,
@@ -437,14 +392,14 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
         checkpoint.write_npz(split_path, **ctx.split)
     train_bank(ctx)
     attack_tic = time.perf_counter()
-    logits = _stack(ctx, range(config.num_models), "logits")  # [M, Q, N, K]
-    scores = compute_scores(ctx, logits)
-    total = config.num_models + config.num_shadow
-    seconds = {"bank_seconds": float(_stack(ctx, range(total), "seconds").sum()),
-               "attack_seconds": time.perf_counter() - attack_tic}
+    export = workdir_lib.path(workdir, attack_data.EXPORT)
+    attack_data.save(export, build_export(ctx))
+    d = attack_data.load(export)  # The attack stage reads exactly what was exported.
+    scores, results = evaluate_export(d)
+    results.update(attack_seconds=time.perf_counter() - attack_tic, platform=jax.default_backend(),
+                   devices=[str(x) for x in jax.devices()])
     # The run's whole cost (bank summed over every invocation that trained part of it).
-    seconds["wall_seconds"] = seconds["bank_seconds"] + seconds["attack_seconds"]
-    seconds["this_invocation_seconds"] = time.perf_counter() - tic
-    results = _results(ctx, scores, logits, seconds)
-    _write_outputs(ctx, scores, results)
+    results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]
+    results["this_invocation_seconds"] = time.perf_counter() - tic
+    _write_outputs(workdir, d, scores, results)
     return results

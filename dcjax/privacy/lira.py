@@ -306,3 +306,114 @@ def leave_one_out(scores, keep, attack_fn: Callable, equalize: bool = True) -> t
             shadows = np.where(used[..., None], shadows, np.nan)
         out[m] = attack_fn(s[m], shadows, shadow_keep)
     return out, k.copy()
+
+
+# ---------------------------------------------------------------- recipe-aware LiRA
+#
+# Some target recipes put only some members' pixels into the training set: a random subset of the private data, or
+# the real images that initialise a condensed synthetic set. ``used`` [M, N] bool says, per model, which examples
+# reached its training set as pixels (used implies keep). The attacker runs the recipe itself, so it knows ``used``
+# for its shadows, never for the target. The IN scores are then a mixture of "used" members (shifted) and
+# "in-unused" members (distributed like, or close to, non-members), which one IN Gaussian fits badly.
+
+
+def _check_used(used, keep) -> np.ndarray:
+    """used [M, N] -> bool [M, N]; ValueError unless it matches ``keep`` (already checked) in shape and implies it."""
+    u = np.asarray(used)
+    k = np.asarray(keep).astype(bool)
+    if u.shape != k.shape:
+        raise ValueError(f"used shape {u.shape} does not match keep [M, N] = {k.shape}")
+    if u.dtype != bool and not np.isin(u, (0, 1)).all():
+        raise ValueError("used must be boolean (or 0/1)")
+    u = u.astype(bool)
+    if (u & ~k).any():
+        raise ValueError("used must imply keep (an example used as pixels was in the training set)")
+    return u
+
+
+def lira_recipe_online(target_scores, shadow_scores, shadow_keep, shadow_used) -> np.ndarray:
+    """Online LiRA with a two-component member hypothesis (fixed variances), query-averaged.
+
+    score = log(rho * N(phi; mu_used, s_used) + (1 - rho) * N(phi; mu_unused, s_unused)) - log N(phi; mu_out, s_out)
+    with per-example medians, one pooled std per group (per-example used counts are tiny) and rho = the fraction
+    of the shadows' IN (model, example) pairs that are used, over all examples. Each IN group is fitted against
+    OUT by ``fit_gaussians``' rules (fixed variance), so examples with no used (no in-unused, no OUT) shadow get
+    its shifted-mean fallback. rho = 1 (used == keep, the "original" recipe) is exactly
+    ``lira_online(fixed_variance=True)``; rho = 0 is online LiRA on the in-unused group.
+
+    Args:
+      target_scores: [N, Q] (or [N]) phi of the target model.
+      shadow_scores: [M, N, Q] (or [M, N]) phi of the shadows; NaN = missing (left out of every group).
+      shadow_keep: [M, N] bool IN mask of the shadows.
+      shadow_used: [M, N] bool, True where the example reached the shadow's training set as pixels (implies keep).
+
+    Returns:
+      float64 [N] membership scores, higher = member.
+    """
+    s, k_in, k_out = _check_shadows(shadow_scores, shadow_keep)
+    t = _check_target(target_scores, *s.shape[1:])
+    used = _check_used(shadow_used, shadow_keep) & k_in
+    if not k_in.any():
+        raise ValueError("recipe-aware LiRA needs at least one IN shadow score")
+    rho = float(used.sum() / k_in.sum())
+    fits = [_fit(s, mask, k_out, True) for w, mask in ((rho, used), (1.0 - rho, k_in & ~used)) if w > 0]
+    if len(fits) == 1:  # rho in {0, 1}: plain online LiRA (fixed variance) on the populated IN group
+        log_member, mu_out = _norm_logpdf(t, fits[0].mu_in, fits[0].std_in), fits[0].mu_out
+    else:
+        fit_used, fit_unused = fits
+        log_member = np.logaddexp(np.log(rho) + _norm_logpdf(t, fit_used.mu_in, fit_used.std_in),
+                                  np.log1p(-rho) + _norm_logpdf(t, fit_unused.mu_in, fit_unused.std_in))
+        # OUT medians agree between the two fits except where an example has no OUT shadow (each fit fills those
+        # from its own IN group): take the used fit's fill where the example has used shadows.
+        mu_out = np.where(used.any(0)[:, None], fit_used.mu_out, fit_unused.mu_out)
+    return (log_member - _norm_logpdf(t, mu_out, fits[0].std_out)).mean(-1)
+
+
+def lira_recipe_offline(target_scores, shadow_scores, shadow_keep, shadow_used) -> np.ndarray:
+    """Offline LiRA against every shadow that did NOT use the example as pixels (OUT or in-unused), fixed variance.
+
+    log Phi((phi - mu) / s) averaged over queries, mu the per-example median of those shadows and s their pooled
+    std, i.e. ``lira_offline(fixed_variance=True)`` with ``shadow_used`` as the keep mask. For a subset recipe the
+    in-unused shadows are distributed exactly like non-members, so the null gets more samples; for a condensation
+    recipe the in-unused members still shaped the synthetic set through gradients, so the null is slightly
+    shifted towards members (conservative). Shapes as for ``lira_recipe_online``.
+    """
+    _check_shadows(shadow_scores, shadow_keep)
+    used = _check_used(shadow_used, shadow_keep)
+    # lira_offline's "OUT" = not used: OUT and in-unused shadows; it drops NaN (missing) pairs by itself.
+    return lira_offline(target_scores, shadow_scores, used, fixed_variance=True)
+
+
+def leave_one_out_recipe(scores, keep, used, attack_fn: Callable, equalize: bool = True) -> np.ndarray:
+    """``leave_one_out`` for the recipe-aware attacks: each model the target, the other M - 1 its shadows.
+
+    The fixed (pooled) variances remove the per-example std's dependence on the set sizes, but the target's own
+    group still has one shadow fewer, which makes its per-example median noisier; with no signal that alone pulls
+    online LiRA to AUC about 0.48 at M = 16 (see ``test_equalize_removes_null_bias``). ``equalize`` therefore drops
+    shadows exactly as ``leave_one_out`` does (first c_in IN and c_out OUT per example, by ``keep``; the used split
+    of the kept IN shadows is whatever the recipe made it). The target's ``used`` row is never passed on.
+
+    Args:
+      scores: [M, N, Q] (or [M, N]) finite phi of every model on every example.
+      keep: [M, N] bool IN mask.
+      used: [M, N] bool, the examples that reached each model's training set as pixels (implies keep).
+      attack_fn: ``attack_fn(target [N, Q], shadows [M-1, N, Q], shadow_keep [M-1, N], shadow_used [M-1, N])
+        -> [N]``, e.g. ``lira_recipe_online``.
+      equalize: equalise IN / OUT shadow counts per example as above.
+
+    Returns:
+      float64 [M, N] membership scores; the labels for ``metrics`` are ``keep``.
+    """
+    s, k, _ = _check_shadows(scores, keep)
+    u = _check_used(used, keep)
+    if np.isnan(s).any() or s.shape[0] < 2:
+        raise ValueError(f"leave_one_out_recipe needs finite scores and >= 2 models, got {s.shape[0]} models")
+    out = np.empty(k.shape, np.float64)
+    for m in range(s.shape[0]):
+        others = np.arange(s.shape[0]) != m
+        shadows, shadow_keep = s[others], k[others]
+        if equalize:
+            kept = _first_k(shadow_keep) | _first_k(~shadow_keep)
+            shadows = np.where(kept[..., None], shadows, np.nan)
+        out[m] = attack_fn(s[m], shadows, shadow_keep, u[others])
+    return out

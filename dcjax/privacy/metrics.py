@@ -211,3 +211,318 @@ def log_log_roc_points(scores, labels, floor: float = 1e-5) -> tuple[np.ndarray,
         raise ValueError(f"floor must be in (0, 1), got {floor}")
     fpr, tpr, _ = roc_curve(scores, labels)
     return np.clip(fpr, floor, 1.0), np.clip(tpr, floor, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trial matrices: the example-level bootstrap, paired comparisons and fixed thresholds.
+#
+# A trial is one (target model m, example n) pair of [M, N] ``scores`` / ``keep`` matrices. The trials of one
+# example are strongly correlated (the same image is easy or hard for every model), so resampling trials
+# independently (``bootstrap_ci``, ``summarize``) gives intervals that are too narrow. The functions below resample
+# examples (columns) instead: a resample takes every included trial of each drawn column, with multiplicity.
+
+# Trial weights held per chunk of resamples (float64 elements, about 16 MB per [chunk, T] array).
+_CHUNK_WEIGHTS = 1 << 21
+_DEFAULT_FPRS = (0.01, 0.001, 0.0001)
+
+
+def example_resamples(key: jax.Array, num_examples: int, num_resamples: int) -> np.ndarray:
+    """Example (column) indices of an example-level bootstrap: int64 [R, N], each row N draws with replacement.
+
+    A deterministic function of ``key`` and the two sizes. Draw it once and pass the SAME matrix to every
+    ``bootstrap_samples`` / ``summarize_examples`` call over the same N examples (every attack, every study row):
+    their per-resample statistics are then paired, so they can be differenced (``paired_difference``) or combined
+    (e.g. the max over attacks of each resample).
+    """
+    if num_examples < 1:
+        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    if num_resamples < 1:
+        raise ValueError(f"num_resamples must be >= 1, got {num_resamples}")
+    rows = max(1, _CHUNK_DRAWS // num_examples)
+    chunks = [np.asarray(jax.random.randint(jax.random.fold_in(key, c), (min(rows, num_resamples - start),
+                                                                           num_examples), 0, num_examples))
+              for c, start in enumerate(range(0, num_resamples, rows))]
+    return np.concatenate(chunks).astype(np.int64)
+
+
+def _trial_inputs(scores, keep, include) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores [M, N], keep [M, N], include None | bool [M, N]) -> (float64, bool, bool) [M, N] arrays.
+
+    Only included scores must be finite (the others may be NaN placeholders). Raises ValueError naming the problem.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    k = np.asarray(keep)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be [M, N], got shape {s.shape}")
+    if k.shape != s.shape:
+        raise ValueError(f"keep shape {k.shape} does not match scores shape {s.shape}")
+    if k.dtype != bool and not np.isin(k, (0, 1)).all():
+        raise ValueError("keep must be boolean (or 0/1)")
+    inc = np.ones(s.shape, bool) if include is None else np.asarray(include)
+    if inc.dtype != bool or inc.shape != s.shape:
+        raise ValueError(f"include must be None or a bool mask of shape {s.shape}, got {inc.dtype} {inc.shape}")
+    if not np.isfinite(s[inc]).all():
+        raise ValueError("included scores must be finite (found NaN or inf)")
+    return s, k.astype(bool), inc
+
+
+def _included_trials(scores, keep, include) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The included trials, flattened row-major: (scores float64 [T], labels bool [T], column int64 [T])."""
+    s, k, inc = _trial_inputs(scores, keep, include)
+    rows, cols = np.nonzero(inc)
+    y = k[rows, cols]
+    if not y.any():
+        raise ValueError(f"no members (keep=True) among the {y.size} included trials")
+    if y.all():
+        raise ValueError(f"no non-members (keep=False) among the {y.size} included trials")
+    return s[rows, cols], y, cols.astype(np.int64)
+
+
+def _check_fprs(fprs: Sequence[float]) -> None:
+    for f in fprs:
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"fprs must be in [0, 1], got {f}")
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def trial_metrics(scores, keep, include=None, fprs: Sequence[float] = _DEFAULT_FPRS) -> dict:
+    """Point estimates of the headline metrics on the included trials of an [M, N] trial matrix.
+
+    Args:
+      scores: float [M, N] membership scores (higher = member).
+      keep: bool [M, N] ground-truth membership.
+      include: None (every trial) or bool [M, N] mask of the trials of the slice.
+      fprs: FPR targets of the ``tpr_at_{f:g}`` entries.
+
+    Returns:
+      {"auc", "balanced_accuracy", "tpr_at_{f:g}" per f: float, or None for f < fpr_floor (not resolvable),
+      "fpr_floor": 1 / num_nonmembers, "num_members", "num_nonmembers", "num_examples" (columns with an included
+      trial): int}.
+    """
+    _check_fprs(fprs)
+    s, y, cols = _included_trials(scores, keep, include)
+    fpr, tpr, _ = _roc(s, y)
+    num_nonmembers = int(np.sum(~y))
+    floor = 1.0 / num_nonmembers
+    out = {"auc": _auc(fpr, tpr), "balanced_accuracy": _balanced_accuracy(fpr, tpr)}
+    for f in fprs:
+        out[_fpr_name(f)] = _tpr_at_fpr(fpr, tpr, f) if f + _FPR_TOL >= floor else None
+    out.update(fpr_floor=floor, num_members=int(np.sum(y)), num_nonmembers=num_nonmembers,
+               num_examples=int(np.unique(cols).size))
+    return out
+
+
+def _check_resamples(resamples, num_examples: int) -> np.ndarray:
+    """resamples int [R, K] with values in [0, N) -> int64 [R, K]; raises ValueError otherwise."""
+    res = np.asarray(resamples)
+    if res.ndim != 2 or res.shape[0] < 1 or res.shape[1] < 1 or not np.issubdtype(res.dtype, np.integer):
+        raise ValueError(f"resamples must be a non-empty int [R, K] array, got {res.dtype} {res.shape}")
+    if (res < 0).any() or (res >= num_examples).any():
+        raise ValueError(f"resamples has column indices outside [0, {num_examples})")
+    return res.astype(np.int64)
+
+
+def _column_counts(res: np.ndarray, num_examples: int) -> np.ndarray:
+    """int [r, K] drawn columns -> float64 [r, N]: how often each column was drawn in each resample."""
+    offsets = np.arange(res.shape[0], dtype=np.int64)[:, None] * num_examples
+    counts = np.bincount((res + offsets).ravel(), minlength=res.shape[0] * num_examples)
+    return counts.reshape(res.shape[0], num_examples).astype(np.float64)
+
+
+def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequence[float]) -> dict:
+    """Metrics of r weighted copies of score-sorted trials, as ``_roc`` + ``_auc`` / ... would compute them.
+
+    Args:
+      w: float64 [r, T] trial weights (multiplicities), trials sorted by decreasing score.
+      y: bool [T] labels of the sorted trials.
+      last: bool [T], True at the last trial of each run of tied scores (the ROC points).
+      fprs: FPR targets.
+
+    Returns:
+      {name: float64 [r]}, NaN for a copy without member or without non-member weight.
+    """
+    tp = np.cumsum(w * y, axis=1)[:, last]
+    fp = np.cumsum(w * ~y, axis=1)[:, last]
+    bad = (tp[:, -1] == 0) | (fp[:, -1] == 0)
+    zero = np.zeros((w.shape[0], 1))
+    tpr = np.concatenate([zero, tp / np.maximum(tp[:, -1:], 1)], axis=1)
+    fpr = np.concatenate([zero, fp / np.maximum(fp[:, -1:], 1)], axis=1)
+    out = {"auc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2,
+           "balanced_accuracy": np.max((1 + tpr - fpr) / 2, axis=1)}
+    for f in fprs:
+        out[_fpr_name(f)] = np.max(np.where(fpr <= f + _FPR_TOL, tpr, -np.inf), axis=1)
+    for values in out.values():
+        values[bad] = np.nan
+    return out
+
+
+def bootstrap_samples(scores, keep, include, resamples, fprs: Sequence[float] = _DEFAULT_FPRS) -> dict:
+    """Per-resample metrics of the example-level bootstrap.
+
+    Resample r takes, for each drawn column n of ``resamples[r]`` (with multiplicity), every included trial of
+    column n. Columns with no included trial contribute nothing, so for a slice (a subset of columns) the slice's
+    size varies over resamples, as it should when the slice is a sub-population of the resampled examples.
+
+    Args:
+      scores, keep, include: as for ``trial_metrics`` ([M, N]; include None or bool [M, N]).
+      resamples: int [R, K] column indices in [0, N), e.g. ``example_resamples(key, N, R)``; reuse the same matrix
+        across attacks / rows to pair them.
+      fprs: FPR targets.
+
+    Returns:
+      {"auc", "balanced_accuracy", "tpr_at_{f:g}" per f: float64 [R]} (TPRs are computed even below the floor);
+      NaN where resample r drew no included member or no included non-member.
+    """
+    _check_fprs(fprs)
+    s, y, cols = _included_trials(scores, keep, include)
+    num_examples = np.shape(scores)[1]
+    res = _check_resamples(resamples, num_examples)
+    order = np.argsort(-s, kind="stable")
+    s, y, cols = s[order], y[order], cols[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    rows = max(1, _CHUNK_WEIGHTS // s.size)
+    parts = [_weighted_metrics(_column_counts(res[i:i + rows], num_examples)[:, cols], y, last, fprs)
+             for i in range(0, res.shape[0], rows)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float | None, float | None]:
+    """Percentile interval of float64 [R] bootstrap values, NaNs (degenerate resamples) dropped; None if all NaN."""
+    valid = values[~np.isnan(values)]
+    if valid.size == 0:
+        return None, None
+    low, high = np.quantile(valid, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def summarize_examples(scores, keep, include, resamples, fprs: Sequence[float] = _DEFAULT_FPRS,
+                       level: float = 0.95) -> dict:
+    """``trial_metrics`` plus percentile CIs from the example-level bootstrap, as a JSON-friendly flat dict.
+
+    Args:
+      scores, keep, include: as for ``trial_metrics`` ([M, N]; include None or bool [M, N]).
+      resamples: int [R, K] column indices in [0, N), see ``bootstrap_samples``.
+      fprs: FPR targets.
+      level: coverage of the intervals.
+
+    Returns:
+      The ``trial_metrics`` dict plus ``{name}_ci_low`` / ``{name}_ci_high`` for every metric (None where the
+      point estimate is None), "ci_level", "num_resamples", "num_degenerate_resamples" (resamples without an
+      included member or non-member, left out of the intervals) and "ci_method": "example bootstrap".
+    """
+    _check_level(level)
+    out = trial_metrics(scores, keep, include, fprs)
+    samples = bootstrap_samples(scores, keep, include, resamples, fprs)
+    for name, values in samples.items():
+        low, high = (None, None) if out[name] is None else _percentile_interval(values, level)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    out.update(ci_level=float(level), num_resamples=int(np.shape(resamples)[0]),
+               num_degenerate_resamples=int(np.sum(np.isnan(samples["auc"]))), ci_method="example bootstrap")
+    return out
+
+
+def paired_difference(samples_a, samples_b, point_a: float, point_b: float, level: float = 0.95) -> dict:
+    """Paired bootstrap comparison of one metric between two rows (or attacks): a - b.
+
+    Valid only when both sample arrays come from ``bootstrap_samples`` with the SAME ``resamples`` matrix over the
+    same N examples (so entry r of both used the same drawn examples); otherwise the pairing is meaningless.
+
+    Args:
+      samples_a, samples_b: float64 [R] per-resample values of the metric; NaN entries (degenerate resamples)
+        are dropped pairwise.
+      point_a, point_b: the point estimates (e.g. from ``trial_metrics``); must not be None.
+      level: coverage of the interval.
+
+    Returns:
+      {"difference": point_a - point_b, "ci_low", "ci_high": percentile interval of the per-resample
+      differences, "p_two_sided": min(1, 2 * min(frac(d <= 0), frac(d >= 0))), "num_resamples": int}.
+    """
+    _check_level(level)
+    a, b = np.asarray(samples_a, np.float64), np.asarray(samples_b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"samples must be two [R] arrays of equal length, got {a.shape} and {b.shape}")
+    if point_a is None or point_b is None:
+        raise ValueError("point estimates must not be None (metric not resolvable for this slice)")
+    d = a - b
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        raise ValueError("no resample where both samples are defined")
+    low, high = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
+    return {"difference": float(point_a) - float(point_b), "ci_low": float(low), "ci_high": float(high),
+            "p_two_sided": p, "num_resamples": int(d.size)}
+
+
+def threshold_at_fpr(nonmember_scores, fpr: float) -> float:
+    """The lowest threshold t with fraction(nonmember_scores >= t) <= fpr (the attack predicts member at >= t).
+
+    With n scores, k = floor(n * fpr) false positives are allowed, and every t strictly above the (k+1)-th largest
+    score s_(k+1) qualifies, while no t <= s_(k+1) does; the lowest such float64 is ``nextafter(s_(k+1), +inf)``,
+    which is returned. Edge cases, all well defined (never NaN): an fpr below 1 / n allows k = 0 and gives the
+    float just above the largest non-member score (the strictest useful threshold; it flags no non-member); k >= n
+    (fpr = 1) gives -inf (flag everything); +inf (flag no finite score) only if s_(k+1) is the largest float64.
+
+    Args:
+      nonmember_scores: float [...] scores of non-member trials (flattened), finite, at least one.
+      fpr: target false-positive rate in [0, 1].
+    """
+    s = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("nonmember_scores is empty")
+    if not np.isfinite(s).all():
+        raise ValueError("nonmember_scores must be finite (found NaN or inf)")
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must be in [0, 1], got {fpr}")
+    allowed = int(np.floor(s.size * (fpr + _FPR_TOL)))
+    if allowed >= s.size:
+        return -np.inf
+    pos = s.size - 1 - allowed  # ascending position of the (allowed + 1)-th largest score
+    return float(np.nextafter(np.partition(s, pos)[pos], np.inf))
+
+
+def _canary_columns(canary_cols, num_examples: int) -> np.ndarray:
+    cols = np.asarray(canary_cols)
+    if cols.ndim != 1 or cols.size == 0 or not np.issubdtype(cols.dtype, np.integer):
+        raise ValueError(f"canary_cols must be a non-empty 1-D int array, got {cols.dtype} {cols.shape}")
+    if (cols < 0).any() or (cols >= num_examples).any() or np.unique(cols).size != cols.size:
+        raise ValueError(f"canary_cols must be distinct column indices in [0, {num_examples})")
+    return cols.astype(np.int64)
+
+
+def canary_detection(scores, keep, natural_include, canary_cols, fpr: float = 0.001) -> dict:
+    """Canary trials flagged at a threshold set on NATURAL non-member trials at FPR ``fpr``.
+
+    Args:
+      scores: float [M, N] membership scores; keep: bool [M, N] membership.
+      natural_include: bool [M, N] natural (non-canary) trials, or None for every trial outside ``canary_cols``;
+        must not include a canary column. The threshold is ``threshold_at_fpr`` of natural_include & ~keep.
+      canary_cols: int [C] distinct column indices of the canaries.
+      fpr: FPR target on the natural non-members.
+
+    Returns:
+      {"detected": canary member trials with score >= threshold, "members": canary member trials,
+      "false_positives" / "nonmembers": the same for canary non-member trials, "threshold", "fpr",
+      "natural_nonmembers": trials the threshold was set on, "natural_fpr": their realised FPR}.
+    """
+    s, k, nat = _trial_inputs(scores, keep, natural_include)
+    cols = _canary_columns(canary_cols, s.shape[1])
+    if natural_include is None:
+        nat[:, cols] = False
+    elif nat[:, cols].any():
+        raise ValueError("natural_include must not include trials of canary columns")
+    natural = s[nat & ~k]
+    if natural.size == 0:
+        raise ValueError("no natural non-member trials to set the threshold on")
+    threshold = threshold_at_fpr(natural, fpr)
+    cs, ck = s[:, cols], k[:, cols]
+    if not np.isfinite(cs).all():
+        raise ValueError("canary scores must be finite (found NaN or inf)")
+    flagged = cs >= threshold
+    return {"detected": int(np.sum(flagged & ck)), "members": int(np.sum(ck)),
+            "false_positives": int(np.sum(flagged & ~ck)), "nonmembers": int(np.sum(~ck)),
+            "threshold": threshold, "fpr": float(fpr), "natural_nonmembers": int(natural.size),
+            "natural_fpr": float(np.mean(natural >= threshold))}

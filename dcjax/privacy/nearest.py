@@ -8,9 +8,13 @@ shape), and returned as float64 NumPy.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dcjax.privacy import lira
 
 
 @jax.jit
@@ -82,10 +86,70 @@ def nearest_distance_scores(synthetic_sets, pool, batch_size: int = 1024) -> np.
 
     Returns:
       float64 [M, N] = minus the nearest distance (higher = closer = guess "member"), ready for
-      ``report.slice_metrics(scores, keep, ...)``.
+      ``dcjax.privacy.assess``.
     """
     sets = _check_images("synthetic_sets", synthetic_sets, "MSHWC")
     rows = [-nearest_distances(s, pool, batch_size) for s in sets]
     if not rows:
         return np.zeros((0, np.asarray(pool).shape[0]), np.float64)
     return np.stack(rows)
+
+
+def nearest_distance_matrix(synthetic_sets, pool, batch_size: int = 1024) -> np.ndarray:
+    """L2 distance of each pool image to the nearest synthetic image of each released set.
+
+    Memory stays bounded: one set at a time, the pool in ``batch_size`` chunks ([batch, S] distances per call).
+
+    Args:
+      synthetic_sets: [M, S, H, W, C], model m's released synthetic set.
+      pool: [N, H, W, C] real images.
+      batch_size: as for ``nearest_distances``.
+
+    Returns:
+      float64 [M, N] distances (``nearest_distance_scores`` is minus this).
+    """
+    sets = _check_images("synthetic_sets", synthetic_sets, "MSHWC")
+    rows = [nearest_distances(s, pool, batch_size) for s in sets]
+    if not rows:
+        return np.zeros((0, np.asarray(pool).shape[0]), np.float64)
+    return np.stack(rows)
+
+
+def _log_distance_phi(distances: np.ndarray, relative_floor: float) -> np.ndarray:
+    """phi = -log(d + eps), eps = relative_floor * the median positive distance (1 if there is none).
+
+    A scale-relative eps keeps verbatim copies (d = 0) finite and makes the calibrated scores invariant to the
+    pixel scale: multiplying every distance by c shifts every phi by -log(c), and LiRA is shift-invariant.
+    """
+    positive = distances[distances > 0]
+    eps = relative_floor * (float(np.median(positive)) if positive.size else 1.0)
+    return -np.log(distances + eps)
+
+
+def calibrated_nearest_scores(distances, keep, relative_floor: float = 1e-6) -> dict[str, np.ndarray]:
+    """Nearest-synthetic distances calibrated per example with LiRA (leave-one-out, fixed variance).
+
+    The raw score -d flags every real image that is naturally close to any synthetic set (near-duplicates, class
+    prototypes) whether or not it was a member. Here the target's distance for example n is compared with the same
+    distance under the shadows' synthetic sets, for which the attacker knows membership: phi = -log(d + eps) (see
+    ``_log_distance_phi``), then ``lira.leave_one_out`` with equalised IN / OUT shadow counts.
+
+    Args:
+      distances: [M, N] nearest distances, e.g. ``nearest_distance_matrix``; finite and >= 0.
+      keep: [M, N] bool IN mask (model m trained on / condensed from example n).
+      relative_floor: eps relative to the median positive distance, > 0.
+
+    Returns:
+      {"nearest_synthetic_lira": online LiRA [M, N], "nearest_synthetic_offline": offline LiRA [M, N]}, float64,
+      higher = member; the labels for ``metrics`` are ``keep``.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim != 2 or not np.isfinite(d).all() or (d < 0).any():
+        raise ValueError(f"distances must be a finite, non-negative [M, N] array, got shape {d.shape}")
+    if not relative_floor > 0:
+        raise ValueError(f"relative_floor must be > 0, got {relative_floor}")
+    phi = _log_distance_phi(d, relative_floor)
+    online = functools.partial(lira.lira_online, fixed_variance=True)
+    offline = functools.partial(lira.lira_offline, fixed_variance=True)
+    return {"nearest_synthetic_lira": lira.leave_one_out(phi, keep, online)[0],
+            "nearest_synthetic_offline": lira.leave_one_out(phi, keep, offline)[0]}

@@ -4,9 +4,10 @@ Rows (``ROWS``): the target's whole private data (``original``), a random ``per_
 of it (``subset``, the naive baseline), and DC synthetic sets condensed from it with noise and
 with real init (``dc_noise``, ``dc_real``); ``DEFAULT_ROWS`` are these four. Optional rows:
 ``dsa_real`` and ``dm_real`` (the other condensation methods, ``METHOD_ROWS``), and
-``dpsgd_eps{1,4,8}`` train on the whole private data like ``original`` but with DP-SGD
-(``dcjax.dpsgd``), the noise calibrated to that epsilon at ``dp_delta``
-(``dcjax.privacy.accounting``; nominal epsilons, see its docstring). Every row is an
+``dpsgd_eps{1,4,8}`` train on the whole private data (``original``'s recipe) with DP-SGD on
+Poisson-sampled batches (``dcjax.dpsgd``; their own batch size, epochs and lr), the noise
+calibrated to that epsilon at ``dp_delta`` by the PLD accountant (``dcjax.privacy.accounting``:
+a formal guarantee, ``dp_setting`` records it). Every row is an
 ``attack_run`` with the same seed, hence the same pools, keep masks, canaries and model keys;
 only the recipe (and the training protocol that suits its set size) changes. The attacker
 runs the target's whole pipeline for its shadows, condensation included.
@@ -20,6 +21,7 @@ killed study resumes inside the row it was in); ``results.json`` (schema: ``dcja
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
@@ -32,19 +34,23 @@ from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import dpsgd
 from dcjax import plots
-from dcjax import study_report
+from dcjax.privacy import study_report
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelFns
-from dcjax.privacy import accounting, attack_run, bank
+from dcjax.privacy import accounting, attack_data, attack_run, bank
 
 DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
 _DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"]["iterations"]  # (The config field `condense` shadows the module.)  # The other condensation methods, real init (their papers' default).
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
 ROWS = DEFAULT_ROWS + METHOD_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
-_DP = ("trained with DP-SGD on all of its private data: epsilon = {epsilon:g} at delta = {delta:g} "
-       "(RDP accountant, Poisson-sampling approximation), noise multiplier {noise:.3f}, clip {clip:g}")
+_DP = ("trained with DP-SGD on all of its private data, Poisson-sampled batches (q = {sample_rate:.4g}, "
+       "expected batch {expected_batch_size}, {steps} steps of at most {capacity}, lr {lr:g}): "
+       "(epsilon = {epsilon_pld:.3f}, delta = {delta_total:.4g})-DP by the PLD accountant for target "
+       "epsilon = {epsilon:g} at delta = {delta:g} (RDP: epsilon {epsilon_rdp:.3f}; delta includes the batch "
+       "overflow term), noise multiplier {noise_multiplier:.3f}, clip {l2_clip:g}")
+DP_OVERFLOW_FRACTION = 1e-3  # eta = this * delta / (1 + e^epsilon): the overflow term adds <= 0.1% to delta.
 DESCRIPTIONS = {
     "original": "trained on all of its private data (half the target pool)",
     "subset": "trained on a random {per_class} per class of its private data (naive baseline)",
@@ -68,8 +74,9 @@ class StudyConfig:
     train_small: how models train on 10-per-class sets (subset and synthetic rows): the
       reference evaluation protocol, scaled per tier.
     dp_delta, dp_clip: delta of the DP-SGD rows' epsilons and their per-example clip norm.
-    dp_lr: the DP-SGD rows' learning rate (None: ``train_original``'s); they otherwise train
-      as ``train_original``. Noisy gradients usually want a larger step than clean ones.
+    dp_lr, dp_batch_size, dp_epochs: the DP-SGD rows' learning rate, EXPECTED batch size and
+      expected epochs (None: ``train_original``'s); they otherwise train as ``train_original``.
+      Noisy gradients want other settings than clean ones (experiments/dp_tune.py).
     dm_iterations: iterations of the ``dm_real`` row (a DM iteration is far cheaper than a DC
       one; its lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
     """
@@ -83,6 +90,8 @@ class StudyConfig:
     dp_delta: float = 1e-5
     dp_clip: float = 1.0
     dp_lr: float | None = None
+    dp_batch_size: int | None = None
+    dp_epochs: int | None = None
     dm_iterations: int = _DM_PAPER_ITERATIONS
 
     def __post_init__(self):
@@ -95,28 +104,67 @@ class StudyConfig:
             raise ValueError(f"dp_clip must be > 0, got {self.dp_clip}")
         if self.dp_lr is not None and not self.dp_lr > 0:
             raise ValueError(f"dp_lr must be > 0, got {self.dp_lr}")
+        for name in ("dp_batch_size", "dp_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dm_iterations < 1:
             raise ValueError(f"dm_iterations must be >= 1, got {self.dm_iterations}")
 
 
-def dp_setting(config: StudyConfig, name: str) -> dict | None:
-    """The privacy setting of a DP-SGD row (None for other rows).
+def _dp_training(config: StudyConfig) -> train_lib.TrainConfig:
+    """``train_original`` with the DP rows' own lr, expected batch size and expected epochs (dp unset)."""
+    base = config.train_original
+    return dataclasses.replace(base, lr=config.dp_lr or base.lr, batch_size=config.dp_batch_size or base.batch_size,
+                               epochs=config.dp_epochs or base.epochs)
 
-    The accountant sees the expected private-half size n = target_pool // 2, q = B / n and
-    steps = epochs * ceil(n / B) of ``train_original``. Each model's actual half varies
-    around n, so its own nominal epsilon differs by a few percent (CPU tier, seed 0: halves
-    of 486..525 examples give 4.04..4.13 for the epsilon-4 row).
+
+def _largest_private_set(config: StudyConfig) -> int:
+    """An upper bound on any model's private set that B_max must cover (``run_study`` checks it).
+
+    A LiRA private half has ~Binomial(N, 1/2) examples: N/2 plus 4 standard deviations
+    (2 sqrt(N)); a Shokri shadow has exactly Na // 2.
+    """
+    n = config.attack.target_pool
+    return max(min(n, n // 2 + 2 * math.ceil(math.sqrt(n))), config.attack.attacker_pool // 2)
+
+
+def dp_guarantee(target_epsilon: float, delta: float, num_examples: int, largest: int,
+                 train: train_lib.TrainConfig, l2_clip: float) -> dict:
+    """The formal privacy setting of Poisson DP-SGD training (``train``, dp unset) at a target epsilon.
+
+    Sampling rate q = B / n for the public dataset size n = ``num_examples`` and the expected
+    batch B, steps = round(epochs * n / B). The noise is the PLD accountant's for the target at
+    ``delta``; B_max keeps the overflow probability within eta = DP_OVERFLOW_FRACTION * delta /
+    (1 + e^target) for up to ``largest`` + 1 examples (the largest private set it is used on and
+    its neighbour), and delta_total = delta + (1 + e^epsilon_pld) * overflow.
+    """
+    q, steps, expected = dpsgd.poisson_schedule(num_examples, train.batch_size, train.epochs)
+    noise = accounting.noise_for_epsilon(target_epsilon, q, steps, delta)
+    eps_pld = accounting.epsilon_pld(noise, q, steps, delta)
+    budget = DP_OVERFLOW_FRACTION * delta / (1 + math.exp(target_epsilon))
+    capacity = dpsgd.poisson_capacity(largest + 1, q, steps, budget)
+    overflow = dpsgd.overflow_probability(largest + 1, q, steps, capacity)
+    return {"epsilon": target_epsilon, "epsilon_pld": eps_pld,
+            "epsilon_rdp": accounting.epsilon_rdp(noise, q, steps, delta), "delta": delta,
+            "overflow_probability": overflow, "overflow_budget": budget,
+            "delta_total": accounting.overflow_delta(delta, eps_pld, overflow),
+            "noise_multiplier": noise, "l2_clip": l2_clip, "lr": train.lr, "epochs": train.epochs,
+            "sample_rate": q, "steps": steps, "expected_batch_size": expected, "capacity": capacity,
+            "private_examples": num_examples, "max_private_examples": largest,
+            "accountant": "pld, Poisson sampling (formal)"}
+
+
+def dp_setting(config: StudyConfig, name: str) -> dict | None:
+    """The privacy setting of a DP-SGD row (``dp_guarantee``; None for other rows).
+
+    n = target_pool // 2, the expected private-half size, is public: every model of the row
+    samples at q = B / n, so every model has the same guarantee whatever its actual half size
+    (that only changes its expected batch). B_max covers ``_largest_private_set``.
     """
     if name not in DP_EPSILONS:
         return None
-    n = config.attack.target_pool // 2
-    train = config.train_original
-    q, steps = accounting.dpsgd_steps(n, train.batch_size, train.epochs)
-    noise = accounting.noise_for_epsilon(DP_EPSILONS[name], q, steps, config.dp_delta)
-    return {"epsilon": DP_EPSILONS[name], "delta": config.dp_delta, "noise_multiplier": noise,
-            "lr": config.dp_lr or train.lr,
-            "l2_clip": config.dp_clip, "sample_rate": q, "steps": steps, "private_examples": n,
-            "accountant": "rdp, Poisson sampling (approximation for shuffled batches)"}
+    return dp_guarantee(DP_EPSILONS[name], config.dp_delta, config.attack.target_pool // 2,
+                        _largest_private_set(config), _dp_training(config), config.dp_clip)
 
 
 def _original(config: StudyConfig, name: str):
@@ -148,9 +196,10 @@ def _other_method(config: StudyConfig, name: str):
 
 def _dpsgd(config: StudyConfig, name: str):
     dp = dp_setting(config, name)
-    train = dataclasses.replace(config.train_original, lr=config.dp_lr or config.train_original.lr,
-                                dp=dpsgd.DPConfig(dp["l2_clip"], dp["noise_multiplier"]))
-    return bank.Recipe("original"), train
+    private = dpsgd.DPConfig(l2_clip=dp["l2_clip"], noise_multiplier=dp["noise_multiplier"],
+                             num_examples=dp["private_examples"], capacity=dp["capacity"],
+                             overflow_budget=dp["overflow_budget"])
+    return bank.Recipe("original"), dataclasses.replace(_dp_training(config), dp=private)
 
 
 # Row name -> (config, name) -> (recipe, training). A new row adds one entry (and its name to ROWS).
@@ -169,33 +218,38 @@ def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
 
 def describe(config: StudyConfig, name: str) -> str:
     """One line on what the row's targets are trained on."""
-    dp = dp_setting(config, name) or {}
     return DESCRIPTIONS[name].format(per_class=config.per_class, ipc=config.condense.ipc,
-                                     dm_iterations=config.dm_iterations,
-                                     epsilon=dp.get("epsilon"), delta=dp.get("delta"),
-                                     noise=dp.get("noise_multiplier"), clip=dp.get("l2_clip"))
+                                     dm_iterations=config.dm_iterations, **(dp_setting(config, name) or {}))
 
 
-def _row_summary(config: StudyConfig, name: str, results: dict) -> dict:
+def _row_summary(name: str, description: str, dp: dict | None, results: dict) -> dict:
     """The row as ``study_report`` reads it (full per-run results stay in the row's workdir)."""
-    attacks = results["attacks"]
-    dp = dp_setting(config, name)
+    natural = {a: by_slice.get("natural") for a, by_slice in results["attacks"].items()}
     return {
         "name": name,
-        "description": describe(config, name),
+        "description": description,
         **({"dp": dp} if dp else {}),
         "utility": results["utility"],
         "shokri_accuracy": results["shokri_accuracy"],
-        "attacks": {a: {s: v for s, v in by_slice.items() if not s.startswith("class_")}
-                    for a, by_slice in attacks.items() if a != "nearest_synthetic"},
-        "nearest": attacks.get("nearest_synthetic"),
-        "roc_lira": results["roc"][study_report.LIRA],
+        "attacks": {a: {s: v for s, v in by_slice.items() if s in ("natural", "canaries", "used", "all")}
+                    for a, by_slice in results["attacks"].items()},
+        "natural": natural,
+        "strongest": results["strongest"],
+        "canary_detection": results["canary_detection"],
+        "empirical_epsilon": results["empirical_epsilon"],
+        "headline_samples": results["bootstrap"]["headline_samples"],
+        "roc_strongest": (results["roc"][results["strongest"]["model"]["attack"]]
+                          if results["strongest"]["model"] else None),
         "wall_seconds": results["wall_seconds"],
     }
 
 
 def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) -> dict:
-    """A finished row is read back; an unfinished one runs (or resumes)."""
+    """A finished row is read back; an unfinished one runs (or resumes).
+
+    A row finished by an older version (results without the current schema) is re-attacked from
+    its stored bank: its models are not retrained, only exported and scored anew.
+    """
     row_dir = workdir_lib.path(workdir, name)
     done = workdir_lib.path(row_dir, workdir_lib.RESULTS)
     row = row_config(config, name)
@@ -203,33 +257,49 @@ def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) 
         if not workdir_lib.config_matches(row_dir, dataclasses.asdict(row)):
             raise workdir_lib.WorkdirError(f"row {name} in {workdir} finished with other settings; "
                                            "pass --overwrite or choose another --workdir")
-        logging.info("row %s: already finished, reading %s", name, done)
-        return checkpoint.read_json(done)
+        results = checkpoint.read_json(done)
+        if results.get("schema") == attack_run.RESULTS_SCHEMA:
+            logging.info("row %s: already finished, reading %s", name, done)
+            return results
+        logging.info("row %s: finished by an older version; re-attacking its stored models", name)
+        if not os.path.exists(workdir_lib.path(row_dir, attack_data.EXPORT)):
+            attack_run.export_trained_bank(row, fns, *data, row_dir)
+        return attack_run.report_only(row_dir)
     logging.info("row %s: %s", name, describe(config, name))
     train, test = data
     return attack_run.run_attack(row, fns, train, test, row_dir)
 
 
-def _figures(workdir: str, results: dict, train: data_lib.ArrayDataset) -> dict[str, str]:
+def _figures(workdir: str, results: dict) -> dict[str, str]:
     """Writes the study figures; returns {caption: file name relative to the workdir}."""
-    figures = {"Privacy vs accuracy (LiRA TPR at 0.1% FPR)": "privacy_accuracy.png",
-               "LiRA ROC of every target (all trials)": "roc_targets.png"}
+    figures = {"Privacy vs accuracy (strongest model attack, TPR at 0.1% FPR, natural examples)":
+               "privacy_accuracy.png",
+               "ROC of each row's strongest model attack (natural examples)": "roc_targets.png"}
     study_report.privacy_accuracy_figure(workdir_lib.path(workdir, "privacy_accuracy.png"), results)
-    curves = {row["name"]: (np.asarray(row["roc_lira"]["fpr"]), np.asarray(row["roc_lira"]["tpr"]))
-              for row in results["rows"]}
-    plots.roc_figure(workdir_lib.path(workdir, "roc_targets.png"), curves,
-                     f"LiRA ({study_report.LIRA}) per target")
+    curves = {f"{row['name']} ({row['strongest']['model']['attack']})":
+              (np.asarray(row["roc_strongest"]["fpr"]), np.asarray(row["roc_strongest"]["tpr"]))
+              for row in results["rows"] if row.get("roc_strongest")}
+    plots.roc_figure(workdir_lib.path(workdir, "roc_targets.png"), curves, "Strongest model attack per row")
     for row in results["rows"]:
         figures[f"Every attack against the {row['name']} targets"] = f"{row['name']}/roc.png"
     for row in results["rows"]:
-        if not row["name"].startswith(("dc_", "dsa_", "dm_")):
+        export = attack_data.load(workdir_lib.path(workdir_lib.path(workdir, row["name"]), attack_data.EXPORT))
+        if not export.synthetic_example.size:
             continue
-        synthetic = attack_run.load_model(workdir_lib.path(workdir, row["name"]), 0)["synthetic"]
         name = f"synthetic_{row['name']}.png"
-        plots.image_grid(workdir_lib.path(workdir, name), data_lib.denormalize(synthetic, train.name),
-                         train.num_classes, f"{row['name']}: target 0's synthetic set")
+        dataset = export.preprocessing["dataset"]
+        plots.image_grid(workdir_lib.path(workdir, name), data_lib.denormalize(export.synthetic_example, dataset),
+                         export.target_logits.shape[-1],
+                         f"{row['name']}: target 0's synthetic set")
         figures[f"Synthetic set released by target 0 ({row['name']})"] = name
     return figures
+
+
+def _check_dp_capacity(row: attack_run.AttackRunConfig, train: data_lib.ArrayDataset) -> None:
+    """ValueError unless the row's B_max covers the largest private set of this split (+1)."""
+    split = attack_run.make_split(row, train.labels, train.num_classes)
+    largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max()))
+    train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
 
 
 def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dict,
@@ -250,6 +320,7 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
         attack_run.check_recipe_fits(row, data[0])
         if row.train.dp is not None:
             dpsgd.check_network(fns)
+            _check_dp_capacity(row, data[0])
     # Each row checks its own settings, so finished rows survive a change to another row's,
     # and rows can be added to a finished study (its finished rows are read back).
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite, parts_checked=True)
@@ -257,30 +328,42 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
     rows = []
     for name in config.rows:
         results = _run_row(config, name, fns, data, workdir)
-        rows.append(_row_summary(config, name, results))
+        rows.append(_row_summary(name, describe(config, name), dp_setting(config, name), results))
     about = dict(about)
     conclusion = about.pop("conclusion", "")
     results = {**about, "rows": rows, "config": dataclasses.asdict(config),
                # Sum of the rows' own wall times: a resumed study still reports its whole cost.
                "wall_seconds": float(sum(r["wall_seconds"] for r in rows)),
                "this_invocation_seconds": time.perf_counter() - tic}
-    write_report(workdir, results, data[0], conclusion)
+    write_report(workdir, results, conclusion)
     checkpoint.write_json(workdir_lib.path(workdir, workdir_lib.RESULTS), results)  # Last: finished.
     return results
 
 
-def write_report(workdir: str, results: dict, train: data_lib.ArrayDataset, conclusion: str = "") -> None:
-    """Figures and RESULTS.md (generated table + the hand-written ``conclusion``) from the results."""
-    figures = _figures(workdir, results, train)
+def write_report(workdir: str, results: dict, conclusion: str = "") -> None:
+    """Figures and RESULTS.md (generated tables + the hand-written ``conclusion``) from the results."""
+    figures = _figures(workdir, results)
     study_report.write_results_document(workdir_lib.path(workdir, "RESULTS.md"), results, figures,
                                         conclusion)
 
 
-def rewrite_report(workdir: str, train: data_lib.ArrayDataset, conclusion: str) -> dict:
-    """Regenerates the report of a FINISHED study, e.g. to add a conclusion; trains nothing."""
+def rewrite_report(workdir: str, conclusion: str, report_command: str) -> dict:
+    """Re-attacks every row of a FINISHED study from its exports and rewrites the report; trains nothing.
+
+    Reads only ``results.json`` (for each row's name, description and DP setting) and each row's
+    ``attack_data.npz``, so a study copied without its models (as under docs/) regenerates.
+    """
     done = workdir_lib.path(workdir, workdir_lib.RESULTS)
     if not os.path.exists(done):
         raise workdir_lib.WorkdirError(f"{workdir} holds no finished study (no {workdir_lib.RESULTS})")
     results = checkpoint.read_json(done)
-    write_report(workdir, results, train, conclusion)
+    rows = []
+    for old in results["rows"]:
+        logging.info("row %s: re-attacking its export", old["name"])
+        row_results = attack_run.report_only(workdir_lib.path(workdir, old["name"]))
+        row_results["wall_seconds"] = old["wall_seconds"]  # The bank's cost, not the re-attack's.
+        rows.append(_row_summary(old["name"], old["description"], old.get("dp"), row_results))
+    results = {**results, "rows": rows, "report_command": report_command}
+    write_report(workdir, results, conclusion)
+    checkpoint.write_json(done, results)
     return results

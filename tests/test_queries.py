@@ -1,4 +1,4 @@
-"""LiRA queries (shifts), per-slice attack metrics and the log-log ROC figure."""
+"""LiRA queries (shifts), ROC points for reports and the log-log ROC figure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dcjax import plots
-from dcjax.privacy import metrics, queries, report
+from dcjax.privacy import assess, metrics, queries
 
 
 def _one_pixel(h: int = 6, w: int = 5, r: int = 2, c: int = 2) -> jnp.ndarray:
@@ -70,58 +70,22 @@ def _trials(m: int = 4, n: int = 30):
     return scores, keep
 
 
-def test_slice_metrics_all_and_skipped():
-    scores, keep = _trials()
-    keep[:, 0] = True  # Column 0 is a member of every target model.
-    key = jax.random.PRNGKey(7)
-    slices = {"all": None, "members_only": np.array([0]), "empty": np.array([], np.int64)}
-    out = report.slice_metrics(scores, keep, key, slices, num_resamples=20)
-    assert out["all"]["auc"] > 0.9
-    assert "no non-members" in out["members_only"]["skipped"]
-    assert out["empty"]["skipped"] == "empty slice"
-    i_all = sorted(slices).index("all")
-    expected = metrics.summarize(scores.ravel(), keep.ravel(), jax.random.fold_in(key, i_all), num_resamples=20)
-    assert out["all"] == expected
-
-
-def test_slice_metrics_independent_of_dict_order():
-    scores, keep = _trials()
-    key = jax.random.PRNGKey(3)
-    slices = {"all": None, "first": np.arange(10), "rest": np.arange(10, 30)}
-    forward = report.slice_metrics(scores, keep, key, slices, num_resamples=20)
-    backward = report.slice_metrics(scores, keep, key, dict(reversed(list(slices.items()))), num_resamples=20)
-    assert forward == backward
-
-
-def test_slice_metrics_rejects_bad_inputs():
-    scores, keep = _trials()
-    with pytest.raises(ValueError, match="keep"):
-        report.slice_metrics(scores, keep[:, :5], jax.random.PRNGKey(0), {"all": None})
-    with pytest.raises(ValueError, match="slices"):
-        report.slice_metrics(scores, keep, jax.random.PRNGKey(0), {"bad": np.array([99])})
-
-
-def test_class_slices_partition():
-    labels = np.array([2, 0, 2, 5, 0, 2])
-    sl = report.class_slices(labels)
-    assert sorted(sl) == ["class_0", "class_2", "class_5"]
-    np.testing.assert_array_equal(np.sort(np.concatenate(list(sl.values()))), np.arange(labels.size))
-    for name, idx in sl.items():
-        assert np.all(labels[idx] == int(name.split("_")[1]))
-
-
-def test_roc_points_thinning_keeps_endpoints():
-    scores, keep = _trials(m=5, n=40)
+def test_roc_points_thinning_keeps_endpoints_and_the_low_fpr_end():
+    scores, keep = _trials(m=20, n=200)
     full_fpr, full_tpr = metrics.log_log_roc_points(scores, keep)
-    assert full_fpr.size > 20
-    pts = report.roc_points(scores, keep, max_points=20)
-    assert 2 <= len(pts["fpr"]) == len(pts["tpr"]) <= 20
+    assert full_fpr.size > 100
+    pts = assess.roc_points(scores, keep, max_points=30)
+    assert 2 <= len(pts["fpr"]) == len(pts["tpr"]) <= 32
     assert (pts["fpr"][0], pts["tpr"][0]) == (full_fpr[0], full_tpr[0])
     assert (pts["fpr"][-1], pts["tpr"][-1]) == (full_fpr[-1], full_tpr[-1])
-    assert all(isinstance(v, float) for v in pts["fpr"])
-    assert report.roc_points(scores, keep, max_points=10_000)["fpr"] == full_fpr.tolist()
-    with pytest.raises(ValueError, match="max_points"):
-        report.roc_points(scores, keep, max_points=1)
+    # Log-spaced: more distinct FPRs below 5 % than evenly spaced point indices would keep.
+    evenly = full_fpr[np.round(np.linspace(0, full_fpr.size - 1, 30)).astype(int)]
+    kept = np.asarray(pts["fpr"])
+    assert np.unique(kept[kept < 0.05]).size > np.unique(evenly[evenly < 0.05]).size
+    # Every kept point is a point of the full curve.
+    full = set(zip(full_fpr.tolist(), full_tpr.tolist()))
+    assert all(p in full for p in zip(pts["fpr"], pts["tpr"]))
+    assert assess.roc_points(scores, keep, max_points=10_000)["fpr"] == full_fpr.tolist()
 
 
 def test_roc_figure_writes_png_atomically(tmp_path):
@@ -132,15 +96,3 @@ def test_roc_figure_writes_png_atomically(tmp_path):
     plots.roc_figure(str(path), curves, title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path) == ["roc.png"]
-
-
-def test_a_trial_mask_slice_takes_its_own_members_against_its_own_nonmembers():
-    keep = np.array([[True, True, False, False], [False, True, True, False]])
-    scores = np.array([[5.0, 0.0, 1.0, 2.0], [3.0, 6.0, 0.0, 4.0]])
-    # Per-target slice: member (0, 0) and member (1, 1) only, against every non-member.
-    trials = np.array([[True, False, True, True], [True, True, False, True]])
-    out = report.slice_metrics(scores, keep, jax.random.key(0), {"used": trials}, num_resamples=5)
-    assert out["used"]["num_members"] == 2 and out["used"]["num_nonmembers"] == 4
-    assert out["used"]["auc"] == 1.0  # 5 and 6 beat every non-member score (1, 2, 3, 4).
-    with pytest.raises(ValueError, match="trial mask"):
-        report.slice_metrics(scores, keep, jax.random.key(0), {"bad": trials[:, :3]})

@@ -1,0 +1,322 @@
+"""Tables, results document and privacy-vs-accuracy figure of the privacy study, from its results JSON.
+
+Schema of the study results dict (what ``dcjax.privacy.study.run_study`` writes)::
+
+    {"tier": "cpu", "command": "python experiments/privacy_study.py ...", "machine": "...",
+     "wall_seconds": 1234.5,
+     "rows": [                                   # one per target recipe
+       {"name": "original", "description": "...",
+        "utility": {"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002, ...},   # fractions
+        "shokri_accuracy": {"mean": 0.51, "std": 0.01},                              # balanced
+        "natural": {attack: SUMMARY},             # every attack on the natural (non-canary) slice
+        "attacks": {attack: {slice: SUMMARY or {"skipped": why}}},
+        "strongest": {"model": PICK or null, "release": PICK or null},
+        "canary_detection": {attack: {"detected", "members", "false_positives", "nonmembers", ...}},
+        "empirical_epsilon": {attack: {"natural": AUDIT, "canaries": AUDIT}},
+        "headline_samples": {attack: [R]},        # example-bootstrap samples of natural TPR@0.1%
+        "dp": {...} (DP-SGD rows only)}, ...]}
+
+``SUMMARY`` is ``metrics.summarize_examples``'s dict (``auc``, ``tpr_at_0.01``, ``tpr_at_0.001``,
+``tpr_at_0.0001`` with ``_ci_low`` / ``_ci_high``; a TPR at an FPR below the floor is None).
+``PICK`` is ``assess.strongest``'s ({"attack", "tpr", "auc", "ci_low", "ci_high", "samples"}).
+Every row of a study shares the example resamples (same seed and pool), so the per-resample
+samples of two rows pair up, which is what the contrasts table uses. Missing entries render
+as an en dash, never as an error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # Headless: no display on servers or CI.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dcjax import checkpoint  # noqa: E402
+from dcjax.plots import _save  # noqa: E402
+from dcjax.privacy import metrics  # noqa: E402
+
+DASH = "–"  # En dash: a missing or skipped entry.
+HEADLINE = "tpr_at_0.001"
+
+COLUMNS = ("target", "test accuracy (%)", "strongest model attack", "TPR@0.1% FPR (%) [95% CI]",
+           "AUC [95% CI]", "TPR@1% FPR (%)", "TPR@0.01% FPR (%)", "Shokri accuracy (%)",
+           "canaries flagged at the natural 0.1%-FPR threshold", "ε lower bound, natural / canaries",
+           "DP-SGD ε (PLD / RDP)", "released set: best TPR@0.1% (%)")
+
+
+def _get(tree, *path):
+    """tree[path[0]][path[1]]... or None if any step is missing, null, or a skipped slice."""
+    for step in path:
+        if not isinstance(tree, dict) or tree.get(step) is None:
+            return None
+        tree = tree[step]
+    if isinstance(tree, dict) and "skipped" in tree:
+        return None
+    return tree
+
+
+def _number(value) -> float | None:
+    """A finite float, or None for anything else (missing, null, NaN, a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _pct_mean_std(mean, std) -> str:
+    m, s = _number(mean), _number(std)
+    if m is None:
+        return DASH
+    return f"{100 * m:.2f}" if s is None else f"{100 * m:.2f} +- {100 * s:.2f}"
+
+
+def _with_ci(value, low, high, scale: float, digits: int) -> str:
+    v, lo, hi = _number(value), _number(low), _number(high)
+    if v is None:
+        return DASH
+    text = f"{scale * v:.{digits}f}"
+    return text if lo is None or hi is None else f"{text} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def _metric(summary, name: str, scale: float = 100, digits: int = 2) -> str:
+    """A summary's metric with its CI; "below floor" when the FPR cannot be resolved."""
+    if summary is None:
+        return DASH
+    if name.startswith("tpr_at_") and name in summary and summary[name] is None:
+        return "below floor"
+    return _with_ci(_get(summary, name), _get(summary, f"{name}_ci_low"), _get(summary, f"{name}_ci_high"),
+                    scale, digits)
+
+
+def _target(row: dict) -> str:
+    """The row's name; a DP-SGD row adds its epsilon and noise multiplier."""
+    name = str(row.get("name", DASH))
+    eps, noise = _number(_get(row, "dp", "epsilon")), _number(_get(row, "dp", "noise_multiplier"))
+    if eps is not None and noise is not None:
+        name += f" (ε={eps:g}, σ={noise:.2f})"
+    return name.replace("|", "\\|")
+
+
+def _canaries(row: dict, attack: str | None) -> str:
+    c = _get(row, "canary_detection", attack) if attack else None
+    if c is None:
+        return DASH
+    return f"{c['detected']}/{c['members']} (non-members: {c['false_positives']}/{c['nonmembers']})"
+
+
+def _epsilons(row: dict, attack: str | None) -> str:
+    audits = _get(row, "empirical_epsilon", attack) if attack else None
+    if audits is None:
+        return DASH
+    parts = [_number(_get(audits, part, "epsilon_lower_bound")) for part in ("natural", "canaries")]
+    return " / ".join(DASH if p is None else f"{p:.2f}" for p in parts)
+
+
+def _dp_epsilon(row: dict) -> str:
+    pld, rdp = _number(_get(row, "dp", "epsilon_pld")), _number(_get(row, "dp", "epsilon_rdp"))
+    if pld is None and rdp is None:
+        return DASH
+    return f"{DASH if pld is None else f'{pld:.2f}'} / {DASH if rdp is None else f'{rdp:.2f}'}"
+
+
+def _release(row: dict) -> str:
+    pick = _get(row, "strongest", "release")
+    if pick is None:
+        return DASH
+    return f"{_with_ci(pick['tpr'], pick['ci_low'], pick['ci_high'], 100, 2)} ({pick['attack']})"
+
+
+def _row_cells(row: dict) -> list[str]:
+    pick = _get(row, "strongest", "model")
+    attack = pick["attack"] if pick else None
+    summary = _get(row, "natural", attack) if attack else None
+    return [
+        _target(row),
+        _pct_mean_std(_get(row, "utility", "test_accuracy_mean"), _get(row, "utility", "test_accuracy_std")),
+        attack or DASH,
+        _with_ci(pick["tpr"], pick["ci_low"], pick["ci_high"], 100, 2) if pick else DASH,
+        _metric(summary, "auc", scale=1, digits=3),
+        _metric(summary, "tpr_at_0.01"),
+        _metric(summary, "tpr_at_0.0001"),
+        _pct_mean_std(_get(row, "shokri_accuracy", "mean"), _get(row, "shokri_accuracy", "std")),
+        _canaries(row, attack),
+        _epsilons(row, attack),
+        _dp_epsilon(row),
+        _release(row),
+    ]
+
+
+def _table(header, lines) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cells) + " |" for cells in lines]
+    return "\n".join(out) + "\n"
+
+
+def markdown_table(results: dict) -> str:
+    """The study's headline table: one line per target row (see ``COLUMNS``)."""
+    return _table(COLUMNS, [_row_cells(row) for row in results.get("rows") or []])
+
+
+def attacks_table(results: dict) -> str:
+    """Every attack of every row on the natural slice: AUC and TPR at 1 / 0.1 / 0.01 % FPR, with CIs."""
+    header = ("target", "attack", "AUC [95% CI]", "TPR@1% FPR (%)", "TPR@0.1% FPR (%)", "TPR@0.01% FPR (%)")
+    lines = []
+    for row in results.get("rows") or []:
+        for attack, summary in (row.get("natural") or {}).items():
+            lines.append([_target(row), attack, _metric(summary, "auc", 1, 3), _metric(summary, "tpr_at_0.01"),
+                          _metric(summary, HEADLINE), _metric(summary, "tpr_at_0.0001")])
+    return _table(header, lines)
+
+
+def _pair(row_a: dict, row_b: dict) -> list[str] | None:
+    a, b = _get(row_a, "strongest", "model"), _get(row_b, "strongest", "model")
+    if a is None or b is None or a["tpr"] is None or b["tpr"] is None or len(a["samples"]) != len(b["samples"]):
+        return None
+    samples_a, samples_b = (np.asarray(x["samples"], np.float64) for x in (a, b))  # null -> NaN
+    if np.isnan(samples_a - samples_b).all():
+        return None
+    diff = metrics.paired_difference(samples_a, samples_b, a["tpr"], b["tpr"])
+    return [f"{_target(row_a)} − {_target(row_b)}",
+            _with_ci(diff["difference"], diff["ci_low"], diff["ci_high"], 100, 2), f"{diff['p_two_sided']:.3f}"]
+
+
+def contrasts(results: dict, baselines=("subset", "original")) -> list[tuple[dict, dict]]:
+    """(row, baseline) pairs: every row against each baseline row present, and condensed rows vs DP rows."""
+    rows = results.get("rows") or []
+    by_name = {r["name"]: r for r in rows}
+    pairs = [(r, by_name[b]) for b in baselines if b in by_name for r in rows if r["name"] != b]
+    condensed = [r for r in rows if r["name"].startswith(("dc_", "dsa_", "dm_"))]
+    private = [r for r in rows if r.get("dp")]
+    pairs += [(c, p) for c in condensed for p in private]
+    return pairs
+
+
+def contrasts_table(results: dict) -> str:
+    """Paired example-bootstrap differences of the strongest model attack's TPR at 0.1 % FPR."""
+    header = ("difference (row − row)", "TPR@0.1% FPR difference (points) [95% CI]", "bootstrap p")
+    lines = [cells for a, b in contrasts(results) if (cells := _pair(a, b)) is not None]
+    return _table(header, lines)
+
+
+def _wall_time(seconds) -> str:
+    value = _number(seconds)
+    if value is None:
+        return DASH
+    total = int(round(value))
+    return f"{total // 3600}h {total % 3600 // 60:02d}m {total % 60:02d}s"
+
+
+def _floor_note(results: dict) -> str:
+    """The FPR floors of the natural slices, e.g. "original: 1/7840 = 0.013%"; empty if none are known."""
+    notes = []
+    for row in results.get("rows") or []:
+        pick = _get(row, "strongest", "model")
+        n = _number(_get(row, "natural", pick["attack"], "num_nonmembers")) if pick else None
+        if n:
+            notes.append(f"{row.get('name', DASH)}: 1/{int(n)} = {100 / n:.3f}%")
+    return ("FPR floors of the natural slice: " + "; ".join(notes) + ".") if notes else ""
+
+
+_LEGEND = """\
+## How to read this
+
+- **target**: the training-set recipe of the target models (one row each).
+- **test accuracy**: utility on the held-out test set, mean +- std over the targets, in %.
+- **strongest model attack**: of every attack that sees only the target model's outputs (LiRA
+  online/offline with per-example or fixed variance, RMIA online/offline, recipe-aware LiRA where
+  the recipe copies some members' pixels, LOSS, confidence, Shokri), the one with the highest TPR at
+  0.1% FPR on the **natural** examples (every pool example except the injected canaries). Its
+  interval is the 95% example-bootstrap interval of the MAXIMUM over those attacks, so the
+  selection is inside the interval. AUC and the TPRs at 1% / 0.01% FPR are that attack's, with its
+  own intervals; "below floor" means the FPR cannot be resolved with this many non-member trials.
+  Chance TPR at x% FPR is x%. Every attack's numbers are in the next table.
+- **Intervals**: example-level bootstrap: the trials of an example (it is a member of half the
+  models and a non-member of the other half) are resampled together, because one image is easy or
+  hard for every model. The bank of models is held fixed (not resampled).
+- **Shokri accuracy**: balanced accuracy of the Shokri et al. shadow-model attack on all trials
+  (the poster's measure; chance 50%).
+- **canaries flagged**: of the canary trials (mislabelled pool examples, planted outliers), how many
+  member trials (and how many non-member trials) score above the threshold that flags 0.1% of the
+  natural non-members, for the strongest attack. This is TPR at a threshold set on natural data,
+  not a TPR at 0.1% FPR among canaries.
+- **ε lower bound**: an empirical lower bound on the (ε, δ = 1e-5) of the training pipeline implied
+  by the strongest attack, from Clopper-Pearson intervals (95%) on one trial per example (so that
+  pooled trials of one example do not inflate it), threshold chosen on data disjoint from the
+  evaluated trials (natural: a held-out half; canaries: the natural threshold). The models are shared
+  between examples' trials, which this does not correct for.
+- **DP-SGD ε**: the formal ε at δ of the DP-SGD rows (Poisson-sampled batches), from the PLD and RDP
+  accountants.
+- **released set**: the best attack on the released synthetic set itself (minus the distance to the
+  nearest synthetic image, raw or calibrated against the shadows' sets); applies only when the
+  synthetic set is published.
+"""
+
+
+def results_document(results: dict, figures: dict[str, str]) -> str:
+    """The generated part of the results document (markdown), without a conclusion."""
+    floors = _floor_note(results)
+    regenerate = results.get("report_command")
+    parts = [
+        f"# Privacy study results (tier: {results.get('tier', DASH)})\n",
+        "Command:\n\n```\n" + str(results.get("command", DASH)) + "\n```\n",
+        *(["Tables regenerated from the exported scores by:\n\n```\n" + regenerate + "\n```\n"]
+          if regenerate else []),
+        f"Machine: {results.get('machine', DASH)}\n\nWall time: {_wall_time(results.get('wall_seconds'))}\n",
+        "## Results (natural examples; canaries separately)\n\n" + markdown_table(results),
+        "Rows:\n\n" + "".join(f"- **{_target(r)}**: {r.get('description', DASH)}\n"
+                              for r in results.get("rows") or []),
+        _LEGEND + (f"\n{floors}\n" if floors else ""),
+        "## Paired differences between rows\n\nSame examples, same bootstrap resamples; the statistic is "
+        "each row's strongest-model-attack TPR at 0.1% FPR (the per-resample maximum over its model "
+        "attacks).\n\n" + contrasts_table(results),
+        "## Every attack, natural examples\n\n" + attacks_table(results),
+    ]
+    if figures:
+        parts.append("## Figures\n\n" + "\n".join(f"![{name}]({path})\n" for name, path in figures.items()))
+    return "\n".join(parts)
+
+
+def write_results_document(path: str, results: dict, figures: dict[str, str], conclusion: str = "") -> None:
+    """Atomically writes ``results_document`` plus, if given, a hand-written "## Conclusion" section."""
+    text = results_document(results, figures)
+    if conclusion:
+        text += "\n## Conclusion\n\n" + conclusion
+    if not text.endswith("\n"):
+        text += "\n"
+    checkpoint.atomic_write_bytes(path, text.encode())
+
+
+def _figure_points(results: dict) -> list[tuple[str, float, float, float, float, float]]:
+    """(label, accuracy %, accuracy std %, tpr %, ci_low %, ci_high %) of rows that have both."""
+    points = []
+    for row in results.get("rows") or []:
+        acc = _number(_get(row, "utility", "test_accuracy_mean"))
+        pick = _get(row, "strongest", "model")
+        if acc is None or pick is None or None in (pick["tpr"], pick["ci_low"], pick["ci_high"]):
+            continue
+        std = _number(_get(row, "utility", "test_accuracy_std")) or 0.0
+        points.append((str(row.get("name", "?")), 100 * acc, 100 * std, 100 * pick["tpr"],
+                       100 * pick["ci_low"], 100 * pick["ci_high"]))
+    return points
+
+
+def privacy_accuracy_figure(path: str, results: dict) -> None:
+    """Utility vs privacy risk (PNG, atomic): x = test accuracy (%), y = strongest model attack's TPR
+    at 0.1 % FPR on natural examples (%, log scale), with the accuracy std and the TPR's 95 % CI.
+    The dashed line is chance (TPR = FPR = 0.1 %)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for name, acc, acc_std, tpr, low, high in _figure_points(results):
+        # A log axis cannot show 0: clamp the point and its interval at 0.01 %.
+        y, lo, hi = (max(v, 0.01) for v in (tpr, low, high))
+        ax.errorbar([acc], [y], xerr=[[acc_std], [acc_std]], yerr=[[y - lo], [hi - y]], fmt="o", capsize=3)
+        ax.annotate(name, (acc, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(0.1, color="k", ls="--", lw=0.8, label="chance (0.1%)")
+    ax.set_yscale("log")
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_ylabel("strongest attack: TPR at 0.1% FPR (%)")
+    ax.set_title("Privacy risk vs utility (natural examples, 95% CIs)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best")
+    _save(fig, path)

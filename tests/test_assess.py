@@ -1,0 +1,95 @@
+"""The reported numbers of a run (dcjax.privacy.assess) on hand-made exports and scores."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from dcjax.privacy import assess, attack_data, masks
+
+M, N, C = 8, 400, 40  # Models, pool examples, canaries (the first C examples).
+
+
+def _export(used_fraction: float | None = None) -> attack_data.AttackData:
+    keep = masks.lira_keep_masks(jax.random.key(0), M, N)
+    used = keep.copy()
+    if used_fraction is not None:  # A subset-like recipe: only some members are used as pixels.
+        draw = np.asarray(jax.random.uniform(jax.random.key(1), (M, N))) < used_fraction
+        used = keep & draw
+    empty = np.zeros((M, 1, 0, 10), np.float32)
+    return attack_data.AttackData(
+        config={"recipe": {"kind": "original" if used_fraction is None else "subset"}},
+        preprocessing={}, pool_indices={}, target_logits=np.zeros((M, 1, N, 10), np.float32),
+        population_logits=empty, shadow_logits=np.zeros((2, 1, 4, 10), np.float32), keep=keep,
+        halves=np.zeros((2, 4), bool), target_labels=np.zeros(N, np.int32),
+        attacker_labels=np.zeros(4, np.int32), population_labels=np.zeros(0, np.int32),
+        canaries=np.arange(C), used=used, nearest_distances=np.zeros((0, N)),
+        synthetic_example=np.zeros((0,), np.float32), test_accuracy=np.full(M + 2, 0.9),
+        seconds=np.ones(M + 2))
+
+
+def _scores(d, canary_signal: float, natural_signal: float, key: int) -> np.ndarray:
+    noise = np.asarray(jax.random.normal(jax.random.key(key), (M, N)), np.float64)
+    signal = np.where(d.natural(), natural_signal, canary_signal)
+    return noise + signal * d.keep
+
+
+def _keys():
+    return attack_data.run_keys(0)
+
+
+def test_the_headline_slice_leaves_the_canaries_out():
+    d = _export()
+    # Canaries are perfectly separable, natural examples not at all.
+    scores = {"loss": _scores(d, canary_signal=50.0, natural_signal=0.0, key=2)}
+    out = assess.assess(scores, d, _keys(), num_resamples=50)
+    natural, everything = out["attacks"]["loss"]["natural"], out["attacks"]["loss"]["all"]
+    assert natural["num_members"] == (N - C) * M // 2
+    assert abs(natural["auc"] - 0.5) < 0.05 and everything["auc"] > 0.54  # Canaries would inflate it.
+    assert out["attacks"]["loss"]["canaries"]["auc"] == 1.0
+    detected = out["canary_detection"]["loss"]
+    assert detected["members"] == C * M // 2 and detected["detected"] == detected["members"]
+    assert detected["false_positives"] <= 2
+
+
+def test_the_strongest_attack_is_named_and_its_interval_is_that_of_the_maximum():
+    d = _export()
+    scores = {"weak": _scores(d, 0.0, 0.5, key=3), "strong": _scores(d, 0.0, 3.0, key=4),
+              "release_like": _scores(d, 0.0, 0.0, key=5)}
+    out = assess.assess(scores, d, _keys(), num_resamples=60)
+    best = out["strongest"]["model"]
+    assert best["attack"] == "strong" and out["strongest"]["release"] is None
+    assert best["tpr"] == out["attacks"]["strong"]["natural"]["tpr_at_0.001"]
+    samples = {n: np.asarray(v, np.float64) for n, v in out["bootstrap"]["headline_samples"].items()}
+    maxima = np.max(np.stack(list(samples.values())), axis=0)
+    np.testing.assert_allclose(best["samples"], maxima)
+    assert best["ci_low"] <= best["tpr"] <= best["ci_high"]
+    # The audit runs on the strongest attack: a strong signal on ~360 one-trial examples bounds epsilon above 0.
+    assert out["empirical_epsilon"]["strong"]["natural"]["epsilon_lower_bound"] > 0.5
+
+
+def test_resamples_are_shared_so_two_exports_pair_up():
+    d = _export()
+    a = assess.assess({"x": _scores(d, 0, 1.0, key=6)}, d, _keys(), num_resamples=30)
+    b = assess.assess({"x": _scores(d, 0, 1.0, key=6) + 1.0}, d, _keys(), num_resamples=30)
+    # A constant shift changes no ranking: every paired resample agrees exactly.
+    assert a["bootstrap"]["headline_samples"] == b["bootstrap"]["headline_samples"]
+
+
+def test_the_used_slice_exists_only_for_recipes_that_copy_some_members():
+    assert "used" not in assess.trial_slices(_export())
+    slices = assess.trial_slices(_export(used_fraction=0.2))
+    d = _export(used_fraction=0.2)
+    members = slices["used"] & d.keep
+    assert (members == (d.used & d.natural())).all()
+    assert ((slices["used"] & ~d.keep) == (~d.keep & d.natural())).all()  # Every natural non-member.
+
+
+def test_validate_refuses_inconsistent_exports():
+    d = _export()
+    bad = attack_data.AttackData(**{**d.__dict__, "used": np.ones((M, N), bool)})
+    with pytest.raises(ValueError, match="used"):
+        attack_data.validate(bad)
+    with pytest.raises(ValueError, match="target_labels"):
+        attack_data.validate(attack_data.AttackData(**{**d.__dict__, "target_labels": np.zeros(3)}))
