@@ -75,8 +75,12 @@ def finished(fns, tmp_path_factory):
 
 def test_attack_run_writes_every_artifact(finished):
     workdir, results = finished
-    for name in ("config.json", "split.npz", "attack_data.npz", "trials.npz", "results.json", "roc.png"):
+    for name in ("config.json", "split.npz", "attack_data.npz", "trials.npz", "results.json", "roc.png",
+                 "RESULTS.md"):
         assert (workdir / name).exists(), name
+    document = (workdir / "RESULTS.md").read_text()
+    assert f"--report_only --workdir={workdir}" in document
+    assert f"| original | " in document and results["strongest"]["model"]["attack"] in document
     assert sorted(os.listdir(workdir / "models")) == [f"model_{i:03d}.npz" for i in range(8)]
     with np.load(workdir / "split.npz") as split:
         keep = split["keep"]

@@ -60,6 +60,7 @@ from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
 from dcjax.privacy import assess, attack_data, attacks, bank, canaries, masks, nearest, queries, shokri
 from dcjax.privacy import rmia as rmia_lib
+from dcjax.privacy import study_report
 
 SPLIT = "split.npz"
 MODELS_DIR = "models"
@@ -341,6 +342,8 @@ def _write_outputs(workdir: str, d: attack_data.AttackData, scores: dict, result
     title = (f"{d.recipe_kind} recipe: {d.num_models} targets x {d.keep.shape[1]} examples "
              "(natural examples)")
     plots.roc_figure(path("roc.png"), curves, title)
+    command = f"python experiments/attack.py --report_only --workdir={workdir}"
+    checkpoint.atomic_write_bytes(path("RESULTS.md"), study_report.run_document(results, command).encode())
     checkpoint.write_json(path(workdir_lib.RESULTS), results)  # Last: marks the run finished.
 
 

@@ -13,7 +13,7 @@ only the recipe (and the training protocol that suits its set size) changes. The
 runs the target's whole pipeline for its shadows, condensation included.
 
 Workdir: ``config.json``; one sub-directory per row (a complete ``attack_run`` workdir, so a
-killed study resumes inside the row it was in); ``results.json`` (schema: ``dcjax.study_report``);
+killed study resumes inside the row it was in); ``results.json`` (schema: ``dcjax.privacy.study_report``);
 ``RESULTS.md`` generated from it; figures ``privacy_accuracy.png``, ``roc_targets.png`` and
 ``synthetic_<row>.png``.
 """

@@ -170,6 +170,24 @@ def attacks_table(results: dict) -> str:
     return _table(header, lines)
 
 
+def run_document(results: dict, command: str) -> str:
+    """RESULTS.md of one attack run: utility, the strongest attacks and every attack's natural-slice numbers."""
+    row = {"name": results["config"]["recipe"]["kind"], "utility": results["utility"],
+           "shokri_accuracy": results["shokri_accuracy"], "strongest": results["strongest"],
+           "natural": {a: s.get("natural") for a, s in results["attacks"].items()},
+           "canary_detection": results["canary_detection"], "empirical_epsilon": results["empirical_epsilon"]}
+    u = results["utility"]
+    return "\n".join([
+        f"# Attack run: {row['name']} recipe\n",
+        "Regenerate from the export in this directory:\n\n```\n" + command + "\n```\n",
+        f"Targets: test accuracy {_pct_mean_std(u['test_accuracy_mean'], u['test_accuracy_std'])} %, "
+        f"accuracy on members / non-members {100 * u['member_accuracy']:.1f} / "
+        f"{100 * u['nonmember_accuracy']:.1f} %.\n",
+        "## Headline (natural examples)\n\n" + markdown_table({"rows": [row]}),
+        "## Every attack, natural examples\n\n" + attacks_table({"rows": [row]}),
+        _LEGEND])
+
+
 def _pair(row_a: dict, row_b: dict) -> list[str] | None:
     a, b = _get(row_a, "strongest", "model"), _get(row_b, "strongest", "model")
     if a is None or b is None or a["tpr"] is None or b["tpr"] is None or len(a["samples"]) != len(b["samples"]):
