@@ -14,7 +14,6 @@ synthetic.png, config.json, metrics.jsonl, evals.jsonl, loss.png, accuracy.png,
 checkpoints/, results.json. Re-running the same command resumes an interrupted run.
 """
 
-import dataclasses
 import os
 import sys
 

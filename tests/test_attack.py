@@ -4,7 +4,6 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -80,7 +79,7 @@ def test_attack_run_writes_every_artifact(finished):
         assert (workdir / name).exists(), name
     document = (workdir / "RESULTS.md").read_text()
     assert f"--report_only --workdir={workdir}" in document
-    assert f"| original | " in document and results["strongest"]["model"]["attack"] in document
+    assert "| original | " in document and results["strongest"]["model"]["attack"] in document
     assert sorted(os.listdir(workdir / "models")) == [f"model_{i:03d}.npz" for i in range(8)]
     with np.load(workdir / "split.npz") as split:
         keep = split["keep"]
