@@ -73,7 +73,7 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
 def config_matches(workdir: str, config: dict) -> bool:
     """Whether ``workdir``'s config.json records ``config`` (compared as JSON, up to ``ADDED_SETTINGS``)."""
     recorded = checkpoint.read_json(os.path.join(workdir, CONFIG))
-    return recorded == _without_added_defaults(_roundtrip(config), recorded)
+    return recorded == _without_added_defaults(as_json(config), recorded)
 
 
 def _without_added_defaults(config, recorded):
@@ -88,8 +88,6 @@ def as_json(config: dict) -> dict:
     """The config as it reads back from JSON (tuples become lists, etc.)."""
     return json.loads(checkpoint.to_json(config))
 
-
-_roundtrip = as_json
 
 
 def path(workdir: str, name: str) -> str:
