@@ -42,11 +42,13 @@ def _assert_close_rel(a, b, tol=1e-4):
     """Every leaf pair agrees to tol relative to the leaf's largest magnitude.
 
     Leaves that are ~0 in exact arithmetic (e.g. the gradient of a conv bias that a norm
-    removes) are pure rounding noise, so the scale is floored at 1e-3 of the tree's largest.
+    removes) are pure rounding noise, of order float32 eps times the tree's largest value,
+    so the scale is floored at 1e-2 of the tree's largest. (At 1e-3 the floor sat within 1.3x
+    of that noise and failed on another CPU: 8.7e-8 against 6.7e-8.)
     """
     a, b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(a) == len(b)
-    floor = 1e-3 * max(float(np.abs(y).max()) for y in b)
+    floor = 1e-2 * max(float(np.abs(y).max()) for y in b)
     for x, y in zip(a, b):
         x, y = np.asarray(x), np.asarray(y)
         assert x.shape == y.shape
