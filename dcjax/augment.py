@@ -26,7 +26,7 @@ mean of the channel means; identical for MNIST).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -189,7 +189,7 @@ def identity_augment(key: jax.Array, images: jax.Array) -> jax.Array:
 
 
 # "dsa" / "dsa_digits": Differentiable Siamese Augmentation with per-image draws, the evaluation protocol of DSA and
-# DM (PROTOCOL sections 4-5); "dsa_digits" leaves out the flip (a mirrored digit is another glyph).
+# DM (docs/protocol.md sections 4-5); "dsa_digits" leaves out the flip (a mirrored digit is another glyph).
 AUGMENTATIONS: dict[str, Augment] = {
     "none": identity_augment,
     "dc": dc_augment,

@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 def _umask() -> int:
@@ -79,24 +81,46 @@ def read_jsonl(path: str) -> list[dict]:
 def write_npz(path: str, compressed: bool = False, **arrays) -> None:
     """Writes arrays as one .npz atomically (``compressed``: zip-deflated, for exports kept in git)."""
     buffer = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    save: Any = np.savez_compressed if compressed else np.savez
+    save(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(path, buffer.getvalue())
+
+
+UNREADABLE_SUFFIX = ".unreadable"  # Not a step name, so Orbax no longer sees the directory.
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read back; the one-line message says what to do."""
+
+
+def _reason(error: Exception) -> str:
+    """The first line of an Orbax/TensorStore error (they append multi-line specs), shortened."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    line = lines[0]
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 class Checkpointer:
     """Keeps the latest few Orbax checkpoints of a pytree under ``directory``.
 
     Saves are synchronous: a checkpoint reported as saved is complete on disk, which is
-    what a resume after a kill needs.
+    what a resume after a kill needs. Orbax writes each step to a temporary directory and
+    renames it into place, so a kill mid-save leaves only that temporary directory, which
+    the next Checkpointer on the directory deletes (it is never a step).
     """
 
     def __init__(self, directory: str, max_to_keep: int = 2):
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                               enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                     enable_async_checkpointing=False,
+                                                     cleanup_tmp_directories=True)
+        self._directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(self._directory, options=self._options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def step_directory(self, step: int) -> str:
+        return os.path.join(self._directory, str(step))
 
     def save(self, step: int, tree: Any) -> None:
         self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
@@ -106,6 +130,47 @@ class Checkpointer:
         """Restores into the structure (and dtypes/shapes) of ``like``."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_latest(self, like: Any) -> tuple[int | None, Any]:
+        """(step, tree) of the newest checkpoint that reads back; (None, None) if there is none.
+
+        A newer checkpoint that does not read back (files deleted or truncated by a crash, a
+        full disk or an interrupted copy) is renamed ``<step>.unreadable``, with a warning, and
+        the previous one is used: for a run whose state is a function of its step (every
+        resumable run here) that costs only the iterations in between. When no checkpoint
+        reads back nothing is renamed and CheckpointError says what to do.
+        """
+        failures = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                tree = self.restore(step, like)
+            except Exception as e:  # Orbax and TensorStore raise many types for one cause: bad files.
+                failures.append((step, _reason(e)))
+                # A failed restore can leave the manager with a wrong idea of the items on
+                # disk (a step missing its item looks like a multi-item one); start afresh.
+                self._manager.close()
+                self._manager = ocp.CheckpointManager(self._directory, options=self._options)
+                continue
+            for bad, reason in failures:
+                self._set_aside(bad, reason, step)
+            return step, tree
+        if failures:
+            bad, reason = failures[0]
+            raise CheckpointError(
+                f"checkpoint {self.step_directory(bad)} is unreadable ({reason}) and no older one "
+                f"reads back; delete {self._directory} to start the run over, or pass --overwrite")
+        return None, None
+
+    def _set_aside(self, step: int, reason: str, fallback: int) -> None:
+        """Moves an unreadable step out of Orbax's sight (kept for inspection) and forgets it."""
+        path = self.step_directory(step)
+        logging.warning("checkpoint %s is unreadable (%s); resuming from step %d instead and "
+                        "keeping it as %s", path, reason, fallback, path + UNREADABLE_SUFFIX)
+        if jax.process_index() == 0:  # One process renames; on a shared disk the others see it.
+            if os.path.isdir(path + UNREADABLE_SUFFIX):
+                shutil.rmtree(path + UNREADABLE_SUFFIX)  # An older unreadable copy of the same step.
+            os.replace(path, path + UNREADABLE_SUFFIX)
+        self._manager.reload()
 
     def close(self) -> None:
         self._manager.close()

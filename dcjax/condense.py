@@ -5,7 +5,7 @@ Augmentation (DSA, Zhao & Bilen, ICML 2021), and the dispatch to distribution ma
 ``(SynState, (pool, ClassIndex), key) -> (SynState, metrics)`` (``make_iteration_fn``), so runs,
 checkpoints, outputs and the privacy bank treat them alike.
 
-One DC iteration (PROTOCOL section 3) is ONE jitted function, ``dc_iteration``:
+One DC iteration (docs/protocol.md section 3) is ONE jitted function, ``dc_iteration``:
 
   fresh network from the iteration key
   scan over outer_loop:
@@ -13,7 +13,7 @@ One DC iteration (PROTOCOL section 3) is ONE jitted function, ``dc_iteration``:
     summed over classes -> ONE SGD-momentum step on the synthetic images
     unless this is the last outer step: inner_loop epochs of plain SGD on the synthetic set
 
-DSA (``method='dsa'``, PROTOCOL section 5) changes two things: before each class's gradients, the real and the
+DSA (``method='dsa'``, docs/protocol.md section 5) changes two things: before each class's gradients, the real and the
 synthetic batch go through the SAME random DSA transform (one key per class and matching step, parameters shared by
 the whole batch: the Siamese rule), differentiably w.r.t. the synthetic images; and the inner loop trains on
 DSA-augmented synthetic images (per-image draws), as the reference does.
@@ -21,7 +21,7 @@ DSA-augmented synthetic images (per-image draws), as the reference does.
 The per-class matching is vectorised over classes with a per-backend strategy
 (``class_strategy``): ``vmap`` on GPU/TPU; on CPU a sequential ``lax.map`` over classes
 inside the same jit, because XLA's CPU backend runs a vmapped per-class gradient (a grouped
-convolution) several times slower (PROTOCOL section 8). All strategies compute the same
+convolution) several times slower (docs/protocol.md section 8). All strategies compute the same
 loss and gradients (tests check it).
 """
 
@@ -40,6 +40,7 @@ from dcjax import data as data_lib
 from dcjax import dm
 from dcjax import dsa
 from dcjax import matching
+from dcjax import progress
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
 
@@ -48,8 +49,8 @@ LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15
 INITS = ("noise", "real")
 CLASS_STRATEGIES = ("auto", "vmap", "map", "loop")
 METHODS = ("dc", "dsa", "dm")
-# Paper defaults that differ by method (PROTOCOL sections 3 and 5); the launcher fills unset flags from these.
-METHOD_DEFAULTS = {
+# Paper defaults that differ by method (docs/protocol.md sections 3 and 5); the launcher fills unset flags from these.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "dc": {"iterations": 1000, "lr_img": 0.1, "init": "noise"},
     "dsa": {"iterations": 1000, "lr_img": 0.1, "init": "real"},
     "dm": {"iterations": 20000, "lr_img": 1.0, "init": "real"},
@@ -69,7 +70,7 @@ def default_loops(ipc: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class CondenseConfig:
-    """Settings of a condensation run; defaults are DC's paper settings (PROTOCOL section 3).
+    """Settings of a condensation run; defaults are DC's paper settings (docs/protocol.md section 3).
 
     method: 'dc', 'dsa' (DC with Siamese augmentation) or 'dm' (distribution matching; uses ipc, iterations,
     batch_real, lr_img, momentum_img, init, dsa_strategy, class_strategy and microbatch; the loops, batch_train,
@@ -94,27 +95,28 @@ class CondenseConfig:
     dsa_strategy: str = dsa.STRATEGY_DIGITS
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        """Every field's range; each message starts with the field's name (launchers name the flag)."""
+        for name, options in (("method", METHODS), ("distance", matching.DISTANCES), ("init", INITS),
+                              ("class_strategy", CLASS_STRATEGIES)):
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
         dsa.parse_strategy(self.dsa_strategy)  # Fails early on an unknown op.
         if self.ipc < 1:
             raise ValueError(f"ipc must be >= 1, got {self.ipc}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        for name in ("outer_loop", "inner_loop"):
+        for name, low in (("outer_loop", 1), ("inner_loop", 1), ("microbatch", 0)):  # microbatch 0: off.
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            if value is not None and value < low:
+                raise ValueError(f"{name} must be >= {low} or None, got {value}")
         for name in ("batch_real", "batch_train"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.distance not in matching.DISTANCES:
-            raise ValueError(f"unknown distance {self.distance!r}; expected one of {matching.DISTANCES}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; expected one of {INITS}")
-        if self.class_strategy not in CLASS_STRATEGIES:
-            raise ValueError(f"unknown class strategy {self.class_strategy!r}; "
-                             f"expected one of {CLASS_STRATEGIES}")
+        for name in ("lr_img", "lr_net"):  # Not (0 < lr < inf) also rejects NaN.
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
+        if not 0 <= self.momentum_img < 1:
+            raise ValueError(f"momentum_img must be in [0, 1), got {self.momentum_img}")
 
     @property
     def loops(self) -> tuple[int, int]:
@@ -228,7 +230,7 @@ def resolve_class_strategy(strategy: str, backend: str | None = None) -> str:
     """'auto' -> 'map' on CPU, 'vmap' elsewhere.
 
     On XLA:CPU a vmap over classes turns per-class weight gradients into grouped
-    convolutions / batched GEMMs that run slower than one class at a time (PROTOCOL
+    convolutions / batched GEMMs that run slower than one class at a time (docs/protocol.md
     section 8); 'map' and 'loop' both run classes sequentially at the same speed
     (benchmarks/condense_step.py), but 'map' traces one class body instead of K, so it
     compiles ~4x faster (ConvNet-128, ipc 10: ~48 s vs ~180 s).
@@ -274,6 +276,7 @@ def dc_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: Sy
     loss_fn = functools.partial(matching_loss, fns, config, strategy)
 
     def outer_step(carry, step):
+        progress.tick(step, outer_loop, 1)  # One matching step (with its inner loop) per tick.
         syn, opt_state, variables = carry
         step_key = jax.random.fold_in(loop_key, step)
         # dsa_key is folded in, not split off, so plain DC keeps the real/train keys it always had.
@@ -315,13 +318,29 @@ def condense_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, sta
     return dc_iteration(fns, config, strategy, state, real_data, key)
 
 
+def iteration_units(config: CondenseConfig) -> int:
+    """Progress ticks of one iteration: its outer (matching) steps for dc / dsa, 1 for dm."""
+    return 1 if config.method == "dm" else config.loops[0]
+
+
+def describe(fns: ModelFns, config: CondenseConfig) -> str:
+    """'DC iteration (width 128, ipc 10, outer 10 x inner 50)': what a progress line is about."""
+    width = f"width {fns.config.width}, " if fns.config is not None else ""
+    loops = "" if config.method == "dm" else ", outer {} x inner {}".format(*config.loops)
+    return f"{config.method.upper()} iteration ({width}ipc {config.ipc}{loops})"
+
+
 def make_iteration_fn(fns: ModelFns, config: CondenseConfig, strategy: str = "auto"):
     """jit(condense_iteration) with static settings closed over and the state donated.
 
-    Returns f(state, (pool, index), key) -> (state, metrics). The pool is an argument, not a
+    Returns f(state, (pool, index), key) -> (state, metrics), ready when it returns: each call
+    is a ``progress.task`` (the first logs that it compiles; a long iteration logs its outer
+    steps and an ETA). ``f.lower`` is the jitted function's. The pool is an argument, not a
     closed-over constant, so XLA does not embed 60k images in the executable.
     """
     check_network(fns)
     strategy = resolve_class_strategy(strategy if strategy != "auto" else config.class_strategy)
     step = functools.partial(condense_iteration, fns, config, strategy)
-    return jax.jit(step, donate_argnums=(0,))
+    unit = "iterations" if config.method == "dm" else "outer steps"
+    return progress.Reporting(jax.jit(step, donate_argnums=(0,)), describe(fns, config),
+                              iteration_units(config), unit)

@@ -1,7 +1,7 @@
 """A resumable condensation run in a workdir: iterate, log, evaluate, checkpoint, write.
 
-Python drives the loop *between* jitted condensation iterations (DC, DSA or DM) (DESIGN principle 3): logging,
-evaluation and checkpointing never enter the compiled hot path.
+Python drives the loop *between* jitted condensation iterations (DC, DSA or DM), so that logging,
+evaluation and checkpointing never enter the compiled hot path: one compiled iteration, reused.
 
 Keys, all from ``jax.random.key(seed)``: init = fold_in(root, 0); iteration t uses
 fold_in(fold_in(root, 1), t); the evaluation at iteration t uses fold_in(fold_in(root, 2), t);
@@ -23,9 +23,11 @@ from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import evaluation
+from dcjax import memory
 from dcjax import plots
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
+from dcjax.progress import format_eta as _format_eta
 
 SYNTHETIC = "synthetic.npz"
 METRICS = "metrics.jsonl"
@@ -45,6 +47,14 @@ class RunConfig:
     eval_baseline: bool = True  # Also evaluate a random real subset of the same size.
     checkpoint_every: int = 10
 
+    def __post_init__(self):
+        if not 0 <= self.seed < 2**32:  # jax.random.key(seed) wraps outside: two seeds, one key.
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
     def eval_points(self) -> list[int]:
         """Iterations after which the synthetic set is evaluated (always includes the end)."""
         total = self.condense.iterations
@@ -60,11 +70,6 @@ def _keys(seed: int):
             for i, name in enumerate(("init", "iterations", "eval", "baseline"))}
 
 
-def _format_eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-
-
 class _Run:
     """State of one run: the static pieces plus what is on disk."""
 
@@ -75,7 +80,6 @@ class _Run:
         self.pool = jnp.asarray(train.images)
         self.train, self.test = train, test
         self.index = data_lib.build_class_index(train.labels, train.num_classes)
-        condense.check_batch_real(config.condense, self.index)
         self.labels = condense.synthetic_labels(train.num_classes, config.condense.ipc)
         self.checkpointer = checkpoint.Checkpointer(workdir_lib.path(workdir, "checkpoints"))
 
@@ -99,16 +103,35 @@ class _Run:
 
 def _restore(run: _Run, state, resuming: bool):
     """Latest checkpoint (or the initial state) and the records made before it."""
-    step = run.checkpointer.latest_step() if resuming else None
-    if step is None:
+    # An unreadable newest checkpoint falls back to the previous one (checkpoint.Checkpointer).
+    step, saved = (run.checkpointer.restore_latest({"images": state.images,
+                                                    "opt_state": state.opt_state})
+                   if resuming else (None, None))
+    if step is None or saved is None:
         return state, 0, [], []
-    saved = run.checkpointer.restore(step, {"images": state.images,
-                                            "opt_state": state.opt_state})
     state = condense.SynState(saved["images"], saved["opt_state"])
     metrics = [m for m in checkpoint.read_jsonl(run.path(METRICS)) if m["iteration"] < step]
     evals = [e for e in checkpoint.read_jsonl(run.path(EVALS)) if e["iteration"] <= step]
     logging.info("resuming from the checkpoint after iteration %d", step)
     return state, step, metrics, evals
+
+
+class DivergedError(ValueError):
+    """Condensation reached a non-finite loss or synthetic set; the message says what to do."""
+
+
+def _diverged(run: _Run, what: str, t: int, metrics: list, evals: list) -> DivergedError:
+    """The error for a divergence at iteration t, after cutting both logs back to the last
+    checkpoint: a non-finite state is never checkpointed, so the workdir stays one consistent
+    (resumable) state and no output of the diverged run is written."""
+    last = run.checkpointer.latest_step()
+    checkpoint.write_jsonl(run.path(METRICS), [m for m in metrics if m["iteration"] < (last or 0)])
+    checkpoint.write_jsonl(run.path(EVALS), [e for e in evals if e["iteration"] <= (last or 0)])
+    kept = (f"the last good checkpoint (after iteration {last}) is kept in "
+            f"{run.path('checkpoints')}" if last else "no checkpoint was made before it")
+    return DivergedError(f"condensation diverged: {what} at iteration {t + 1} of "
+                         f"{run.config.condense.iterations}; {kept}; lower --lr_img (or --lr_net) "
+                         "and rerun with --overwrite")
 
 
 def _iterate(run: _Run, state, start: int, metrics: list, evals: list):
@@ -127,12 +150,17 @@ def _iterate(run: _Run, state, start: int, metrics: list, evals: list):
         tic = time.perf_counter()
         state, out = step_fn(state, (run.pool, run.index), jax.random.fold_in(run.keys["iterations"], t))
         loss = float(out["loss"])  # Blocks until the iteration is done: honest timing.
+        if not np.isfinite(loss):  # Free: the loss is on the host already.
+            raise _diverged(run, f"loss {loss}", t, metrics, evals)
         seconds = time.perf_counter() - tic
         metrics.append({"iteration": t, "loss": loss, "seconds": seconds})
         recent = np.median([m["seconds"] for m in metrics[-10:]])
         logging.info("iteration %d/%d  loss %.4f  %.1f s/it  ETA %s", t + 1, total, loss,
                      seconds, _format_eta(recent * (total - t - 1)))
         if (t + 1) % cfg.checkpoint_every == 0 or t + 1 == total:
+            # A finite loss can still come with an overflowing update; never checkpoint that.
+            if not bool(jnp.isfinite(state.images).all()):
+                raise _diverged(run, "non-finite synthetic images", t, metrics, evals)
             checkpoint.write_jsonl(run.path(METRICS), metrics)
             run.checkpointer.save(t + 1, {"images": state.images, "opt_state": state.opt_state})
     return state, metrics, evals
@@ -159,8 +187,8 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
     checkpoint.write_npz(run.path(SYNTHETIC), images=images, labels=np.asarray(run.labels),
                          init_indices=np.asarray(init_indices), seed=cfg.seed,
                          config=checkpoint.to_json(dataclasses.asdict(cfg)))
-    plots.image_grid(run.path("synthetic.png"), data_lib.denormalize(images, name),
-                     run.train.num_classes, f"{cfg.condense.method.upper()} synthetic set, {cfg.condense.ipc} per class")
+    title = f"{cfg.condense.method.upper()} synthetic set, {cfg.condense.ipc} per class"
+    plots.image_grid(run.path("synthetic.png"), data_lib.denormalize(images, name), run.train.num_classes, title)
     if metrics:
         plots.curve(run.path("loss.png"), [m["iteration"] + 1 for m in metrics],
                     {"matching loss": [m["loss"] for m in metrics]}, "iteration", "loss")
@@ -197,6 +225,10 @@ def run_condensation(config: RunConfig, fns: ModelFns, train: data_lib.ArrayData
     Returns:
       The results dict also written to results.json.
     """
+    # Data-dependent checks (batch_real, and ipc for real init, within the smallest class) before
+    # anything is written: bad settings leave no workdir behind.
+    condense.check_batch_real(config.condense, data_lib.build_class_index(train.labels, train.num_classes))
+    memory.check_condensation(config, fns, train, test)  # Refuses, before any work, what cannot fit.
     resuming = workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     run = _Run(config, fns, train, test, workdir)
     try:

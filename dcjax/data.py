@@ -1,8 +1,8 @@
 """Datasets as in-memory arrays, per-class sampling inside jit, and key-driven splits.
 
 Images are stored NHWC float32 and normalised as in the reference code: ``(x / 255 - mean) / std`` per channel
-(PROTOCOL section 1). TensorFlow Datasets (and TensorFlow) are imported lazily, the first time data is loaded, so that
-``import dcjax.data`` stays cheap.
+(docs/protocol.md section 1). TensorFlow Datasets (and TensorFlow) are imported lazily, the first time data is
+loaded, so that ``import dcjax.data`` stays cheap.
 
 All randomness comes from explicit ``jax.random`` keys. Index arrays returned to the host are ``np.int32``; index
 arrays computed on device are ``jax.Array`` int32.
@@ -15,7 +15,9 @@ import functools
 import operator
 import os
 import sys
-from typing import Any, Mapping
+import zipfile
+from typing import Any
+from collections.abc import Mapping
 
 from absl import logging
 from flax import struct
@@ -124,17 +126,31 @@ def _describe_dir(data_dir: str | None) -> str:
 
 def _one_line(err: BaseException, limit: int = 200) -> str:
     """First line of an exception's message, shortened, so DataError stays one line."""
-    text = str(err).strip().splitlines()
-    text = text[0] if text else ""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def load_split(name: str, split: str, data_dir: str | None = None) -> ArrayDataset:
+def _load_error(name: str, split: str, data_dir: str | None, download: bool, err: Exception | None) -> DataError:
+    """The one-line DataError for a split TFDS could not load (``err`` None: no such directory), with the fix."""
+    where = _describe_dir(data_dir)
+    fix = f"set TFDS_DATA_DIR or --data_dir to a directory holding {name}/, or "
+    fix += "check the network (TFDS downloads it)" if download else "pass --download to let TFDS fetch it"
+    if err is None:
+        return DataError(f"cannot load {name}: the data directory {where} does not exist; {fix}")
+    if not download and "could not find data" in str(err):  # TFDS's message would suggest download=True.
+        return DataError(f"{name} is not prepared in {where} (no {name}/ dataset there); {fix}")
+    return DataError(f"cannot load {name} split {split!r} from {where} ({_one_line(err)}); {fix}")
+
+
+def load_split(name: str, split: str, data_dir: str | None = None, download: bool | None = None) -> ArrayDataset:
     """Loads a whole TFDS split into memory, normalised.
 
-    Uses ``tfds.load``, so a missing dataset is downloaded and prepared as usual. With
-    ``data_dir=None`` TFDS uses $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    Uses ``tfds.load``. With ``data_dir=None`` TFDS uses $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    ``download``: whether TFDS may download and prepare a missing dataset; None (auto) allows it only
+    when no directory was named (neither ``data_dir`` nor $TFDS_DATA_DIR), so a named directory
+    without the data fails at once instead of after minutes of download retries offline.
 
     Returns:
       ArrayDataset with images [N, H, W, C] float32 and labels [N] int32.
@@ -144,29 +160,67 @@ def load_split(name: str, split: str, data_dir: str | None = None) -> ArrayDatas
         downloadable, bad split name, unreadable files); the original exception is chained.
     """
     _stats(name)
-    tfds = _import_tfds()
     # TFDS reads TFDS_DATA_DIR once, at import; reading it here makes the error message name the searched dir.
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+    download = data_dir is None if download is None else download
+    if not download and data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
+        raise _load_error(name, split, data_dir, download, None)  # At once: TensorFlow is not even imported.
+    tfds = _import_tfds()
     try:
-        ds, info = tfds.load(name, split=split, as_supervised=True, with_info=True, data_dir=data_dir)
+        ds, info = tfds.load(name, split=split, as_supervised=True, with_info=True, data_dir=data_dir,
+                             download=download)
         # Fixed-size batches rather than batch_size=-1: the latter batches by the recorded split size,
         # which tfds.testing.mock_data does not record (TF then aborts the whole process).
         chunks = list(tfds.as_numpy(ds.batch(10_000)))
         images = np.concatenate([c[0] for c in chunks])
         labels = np.concatenate([c[1] for c in chunks])
     except Exception as err:  # TFDS raises many unrelated types here (AssertionError, OSError, requests errors...).
-        raise DataError(
-            f"cannot load {name} split {split!r} from {_describe_dir(data_dir)} ({_one_line(err)}); set "
-            f"TFDS_DATA_DIR or --data_dir to a directory holding {name}/, or allow TFDS to download it") from err
+        raise _load_error(name, split, data_dir, download, err) from err
     result = ArrayDataset(images=normalize(images, name), labels=np.asarray(labels, np.int32),
                           num_classes=int(info.features["label"].num_classes), name=name)
     logging.info("Loaded %s[%s]: %d images of shape %s.", name, split, len(result), result.image_shape)
     return result
 
 
-def load_train_test(name: str, data_dir: str | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+def load_train_test(name: str, data_dir: str | None = None,
+                    download: bool | None = None) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) splits of ``name``; see `load_split`."""
-    return load_split(name, "train", data_dir), load_split(name, "test", data_dir)
+    return load_split(name, "train", data_dir, download), load_split(name, "test", data_dir, download)
+
+
+def load_synthetic_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images [n, H, W, C], labels [n] integers) of a synthetic set saved as .npz (condense.py's synthetic.npz).
+
+    Read with ``allow_pickle=False``: a file from elsewhere never runs code. Raises DataError, one line starting
+    with ``path``, for a missing file, a file that is not a .npz archive, object arrays, missing keys or bad shapes.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        archive = np.load(path, allow_pickle=False)  # A text file: ValueError (it would need pickle).
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # numpy's own words would mislead.
+        raise DataError(f"{path}: not a .npz archive (expected np.savez output holding 'images' and "
+                        "'labels')") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # A .npy file: one bare array.
+        raise DataError(f"{path}: not a .npz archive (a single .npy array); save with np.savez(path, "
+                        "images=..., labels=...)")
+    with archive:
+        missing = [key for key in ("images", "labels") if key not in archive.files]
+        if missing:
+            raise DataError(f"{path}: lacks {' and '.join(map(repr, missing))} (holds: "
+                            f"{', '.join(archive.files) or 'nothing'}); expected arrays 'images' and 'labels'")
+        try:
+            images, labels = archive["images"], archive["labels"]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            if "Object arrays" not in str(err):  # A damaged member.
+                raise DataError(f"{path}: unreadable .npz archive ({_one_line(err)})") from err
+            raise DataError(f"{path}: holds object arrays (they would need pickle, never allowed here); save "
+                            "numeric arrays (float images, integer labels) with np.savez") from err
+    if (images.ndim != 4 or not images.shape[0] or labels.shape != images.shape[:1]
+            or not np.issubdtype(images.dtype, np.number) or not np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{path}: needs numeric images [n, H, W, C] and integer labels [n], n >= 1, got images "
+                        f"{images.shape} {images.dtype} and labels {labels.shape} {labels.dtype}")
+    return images, labels
 
 
 @struct.dataclass

@@ -1,6 +1,6 @@
 """Distribution Matching (DM; Zhao & Bilen, WACV 2023), one jitted iteration.
 
-Per iteration (PROTOCOL section 5):
+Per iteration (docs/protocol.md section 5):
 
   a fresh randomly initialised network, never trained (its weights are constants)
   per class c, with ONE DSA transform shared by the real and the synthetic batch (Siamese rule):
@@ -27,6 +27,7 @@ import optax
 from dcjax import data as data_lib
 from dcjax import dsa
 from dcjax import matching
+from dcjax import progress
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
 
@@ -96,4 +97,5 @@ def dm_iteration(fns: ModelFns, config, strategy: str, state: Any, real_data, ke
     updates, opt_state = optax.sgd(config.lr_img, momentum=config.momentum_img).update(
         grads, state.opt_state, state.images)
     images = optax.apply_updates(state.images, updates)
+    progress.tick(jnp.int32(0), 1, 1)  # One unit per iteration (``condense.iteration_units``).
     return state._replace(images=images, opt_state=opt_state), {"loss": loss}

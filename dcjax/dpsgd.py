@@ -36,7 +36,8 @@ contribution.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -67,10 +68,10 @@ class DPConfig:
     overflow_budget: float
 
     def __post_init__(self):
-        if not self.l2_clip > 0:
-            raise ValueError(f"l2_clip must be > 0, got {self.l2_clip}")
-        if not self.noise_multiplier >= 0:
-            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if not 0 < self.l2_clip < np.inf:  # Also rejects NaN.
+            raise ValueError(f"l2_clip must be > 0 and finite, got {self.l2_clip}")
+        if not 0 <= self.noise_multiplier < np.inf:
+            raise ValueError(f"noise_multiplier must be >= 0 and finite, got {self.noise_multiplier}")
         for name in ("num_examples", "capacity"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

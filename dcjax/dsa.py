@@ -19,7 +19,7 @@ Parameters carried over from the reference DSA code (``ParamDiffAug``):
   * color = brightness (+U(-0.5, 0.5)), then saturation (deviation from the per-pixel channel mean times U(0, 2)),
     then contrast (deviation from the per-image mean times U(0.5, 1.5));
   * flip: horizontal, with probability 0.5.
-Which ops run on a call (``DSAParams.select``): "one" (default, the reference's ``aug_mode='S'`` and PROTOCOL
+Which ops run on a call (``DSAParams.select``): "one" (default, the reference's ``aug_mode='S'`` and docs/protocol.md
 section 5: "one op group is drawn per call") draws ONE op group of the strategy uniformly from the key, for the whole
 batch, so the Siamese pair also shares the op; "all" (the reference's ``aug_mode='M'``) applies every listed op in
 strategy order. Op number i (its position in the strategy) always draws its parameters from ``fold_in(key, i)``.
@@ -34,14 +34,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 STRATEGY_DIGITS = "color_crop_cutout_scale_rotate"  # no flip for digits: a mirrored digit is a different glyph
 STRATEGY_DEFAULT = "color_crop_cutout_flip_scale_rotate"
-DIGIT_DATASETS = ("mnist", "svhn_cropped")  # PROTOCOL section 5: the MNIST/SVHN strategy has no flip.
+DIGIT_DATASETS = ("mnist", "svhn_cropped")  # docs/protocol.md section 5: the MNIST/SVHN strategy has no flip.
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 PARAM_MODES = ("batch", "image")
 SELECTS = ("one", "all")
@@ -247,7 +247,7 @@ def rotate(key: jax.Array, images: jax.Array, params: DSAParams = DSAParams()) -
     return _affine_sample(images, mats)
 
 
-_OP_FNS: dict[str, Callable[[jax.Array, jax.Array, DSAParams], jax.Array]] = {
+_OP_FNS: dict[str, Callable[..., jax.Array]] = {  # (key, images, params=DSAParams) -> images
     "color": color, "crop": crop, "cutout": cutout, "flip": flip, "scale": scale, "rotate": rotate,
 }
 
@@ -274,7 +274,7 @@ def dsa_augment(key: jax.Array, images: jax.Array, strategy: str = STRATEGY_DIGI
     return jax.lax.switch(choice, ops, images)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_augment(strategy: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """(key, images [B, H, W, C]) -> images: DSA with per-image draws, for training a network on a (synthetic) set.
 

@@ -1,7 +1,7 @@
 """Many models at once: one engine for evaluating synthetic sets and for shadow banks.
 
 Every function here maps a single-model function over a leading *model axis*. How that
-axis is executed is a per-backend choice (PROTOCOL section 8):
+axis is executed is a per-backend choice (docs/protocol.md section 8):
 
 * on GPU/TPU, ``vmap``: M small trainings become one wide one, which is what keeps an
   accelerator busy;
@@ -15,17 +15,22 @@ thing (tests check it) and ``benchmarks/engine.py`` measures them side by side.
 Across devices, ``train_models(..., mesh=model_mesh())`` shards the model axis over a
 ``models`` mesh axis with ``jax.shard_map`` (data replicated, no collectives: models are
 independent); each device then runs its share with the strategy above.
+
+``train_models`` reports progress (``dcjax.progress``): a line when its first call compiles,
+then, for a long training, a percentage and ETA at least twice a minute.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dcjax import progress
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
 
@@ -64,6 +69,7 @@ class _Plan(NamedTuple):
     config: train_lib.TrainConfig
     schedule: train_lib.Schedule
     strategy: str
+    ticks: bool = False  # Progress ticks traced in (part of the jit cache key: on/off compile apart).
 
 
 def _train_local(plan: _Plan, keys, images, labels, masks):
@@ -71,7 +77,7 @@ def _train_local(plan: _Plan, keys, images, labels, masks):
     def one(args):
         key, mask = args
         return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key,
-                                         (images, labels, mask))
+                                         (images, labels, mask), plan.ticks)
     return map_models(one, plan.strategy, (keys, masks))
 
 
@@ -81,7 +87,7 @@ _train_many = jax.jit(_train_local, static_argnums=0)
 @functools.partial(jax.jit, static_argnums=0)
 def _train_one(plan: _Plan, key, images, labels, mask):
     return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key,
-                                     (images, labels, mask))
+                                     (images, labels, mask), plan.ticks)
 
 
 def model_mesh(devices=None) -> Mesh:
@@ -116,7 +122,8 @@ def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
         its size); None runs on the default device.
 
     Returns:
-      (variables stacked over a leading [M] axis, per-epoch losses [M, epochs]).
+      (variables stacked over a leading [M] axis, per-epoch losses [M, epochs]), ready
+      (blocked on, so that the progress of the training is reported while it runs).
     """
     images, labels, masks = data
     masks = jnp.asarray(masks, bool)
@@ -125,21 +132,42 @@ def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
     max_count = int(jnp.max(jnp.sum(masks, axis=1)))
     schedule = train_lib.make_schedule(config, max_count)
     strategy = resolve_strategy(strategy)
+    if mesh is not None and masks.shape[0] % mesh.size:
+        raise ValueError(f"{masks.shape[0]} models do not split evenly over {mesh.size} devices")
+    # A Python loop cannot run inside shard_map; its in-graph twin is 'map'.
+    plan = _Plan(fns, config, schedule, "map" if strategy == "loop" and mesh is not None else strategy,
+                 progress.enabled())
+    with _training_task(plan, masks.shape[0], mesh, (jnp.shape(images), masks.shape)):
+        return jax.block_until_ready(_dispatch(plan, keys, (images, labels, masks), mesh))
+
+
+def _dispatch(plan: _Plan, keys, data, mesh: Mesh | None):
+    """Runs the training of ``plan`` on data (images, labels, masks [M, N]): sharded, looped or mapped."""
+    images, labels, masks = data
     if mesh is not None:
-        if masks.shape[0] % mesh.size:
-            raise ValueError(f"{masks.shape[0]} models do not split evenly over {mesh.size} devices")
-        # A Python loop cannot run inside shard_map; its in-graph twin is 'map'.
-        plan = _Plan(fns, config, schedule, "map" if strategy == "loop" else strategy)
         # Explicit placement: each device gets its models' keys/masks, all get the pool.
         per_model, replicated = NamedSharding(mesh, P("models")), NamedSharding(mesh, P())
         keys, masks = jax.device_put((keys, masks), per_model)
         images, labels = jax.device_put((images, labels), replicated)
         return _train_sharded(plan, mesh, keys, images, labels, masks)
-    plan = _Plan(fns, config, schedule, strategy)
-    if strategy == "loop":
+    if plan.strategy == "loop":
         outs = [_train_one(plan, k, images, labels, m) for k, m in zip(keys, masks)]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
     return _train_many(plan, keys, images, labels, masks)
+
+
+def _training_task(plan: _Plan, num_models: int, mesh: Mesh | None, shapes):
+    """The ``progress.task`` of a bank training: units are model-steps (one model, one SGD step)."""
+    config, schedule = plan.config, plan.schedule
+    # Non-DP: steps_per_epoch steps per epoch; DP: the schedule holds the total Poisson steps.
+    per_model = schedule.steps_per_epoch * (1 if config.dp is not None else config.epochs)
+    # A vmapped tick fires once for the device's models; a mapped or looped one once per model.
+    weight = num_models // (mesh.size if mesh is not None else 1) if plan.strategy == "vmap" else 1
+    dp = " DP-SGD" if config.dp is not None else ""
+    label = (f"training {num_models} models x {config.epochs}{dp} epochs, {schedule.batch_size} per batch "
+             f"({plan.strategy})")
+    compiling = progress.first_call((plan, mesh, shapes))
+    return progress.task(label, num_models * per_model, "model-steps", weight, compiling)
 
 
 def _padded_batches(x: jax.Array, batch_size: int):

@@ -1,6 +1,6 @@
 """Evaluating a training set the reference way: train M fresh networks on it, test them.
 
-Used for synthetic sets (PROTOCOL section 4), random real subsets (the naive baseline)
+Used for synthetic sets (docs/protocol.md section 4), random real subsets (the naive baseline)
 and the full dataset: the same engine, the same protocol, so the rows are comparable.
 """
 
@@ -29,6 +29,10 @@ class EvalConfig:
     def __post_init__(self):
         if self.num_models < 1:
             raise ValueError(f"num_models must be >= 1, got {self.num_models}")
+        if self.test_batch < 1:
+            raise ValueError(f"test_batch must be >= 1, got {self.test_batch}")
+        if not isinstance(self.train, train_lib.TrainConfig):
+            raise ValueError(f"train must be a train.TrainConfig, got {self.train!r}")
         engine.resolve_strategy(self.strategy)
 
 

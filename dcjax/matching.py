@@ -1,4 +1,4 @@
-"""Distances between two gradient pytrees (PROTOCOL section 3), in Flax layout.
+"""Distances between two gradient pytrees (docs/protocol.md section 3), in Flax layout.
 
 Flax stores conv kernels as (kh, kw, in, out) and dense kernels as (in, out): the output
 axis is LAST. The DC "ours" distance compares, per output unit, the vector of gradients
@@ -8,7 +8,7 @@ axis, as in PyTorch's (out, in, kh, kw) layout, silently computes something else
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,8 @@ def gradient_distance(g_syn, g_real, distance: str = "ours") -> jax.Array:
     cos:  1 - cosine similarity of the two whole flattened gradients.
     """
     if distance == "ours":
-        return sum(jax.tree.leaves(jax.tree.map(layer_distance_ours, g_syn, g_real)))
+        # Python's sum, not jnp.sum over a stack: it fixes the order of the additions the recorded sets came from.
+        return jnp.asarray(sum(jax.tree.leaves(jax.tree.map(layer_distance_ours, g_syn, g_real))))
     if distance == "mse":
         return jnp.sum((_flat(g_syn) - _flat(g_real)) ** 2)
     if distance == "cos":
@@ -57,13 +58,14 @@ def sum_over_classes(per_class: Callable[..., jax.Array], strategy: str, xs: tup
     """sum_c per_class(*[x[c] for x in xs]): the class axis run as 'vmap', 'map' or 'loop'.
 
     xs: a tuple of arrays sharing a leading class axis [K, ...]. 'vmap' vectorises the classes (GPU/TPU); 'map' is a
-    sequential lax.map (one traced class body; XLA:CPU runs per-class conv gradients faster one at a time, PROTOCOL
-    section 8); 'loop' unrolls the classes in one trace. All three compute the same sum (tests check it).
+    sequential lax.map (one traced class body; XLA:CPU runs per-class conv gradients faster one at a time,
+    docs/protocol.md section 8); 'loop' unrolls the classes in one trace. All three compute the same sum (tests check
+    it).
     """
     if strategy == "vmap":
         return jnp.sum(jax.vmap(per_class)(*xs))
     if strategy == "map":
         return jnp.sum(jax.lax.map(lambda args: per_class(*args), xs))
     if strategy == "loop":
-        return sum(per_class(*(x[c] for x in xs)) for c in range(xs[0].shape[0]))
+        return jnp.asarray(sum(per_class(*(x[c] for x in xs)) for c in range(xs[0].shape[0])))
     raise ValueError(f"unknown class strategy {strategy!r}; expected vmap, map or loop")

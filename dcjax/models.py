@@ -5,7 +5,7 @@ This is the only module in dcjax that imports ``flax.linen``. Everything else se
 over a variables dict ``{"params": ..., ["batch_stats": ...]}``, so callers can jit,
 vmap and grad them freely and BatchNorm state is never mutated behind their back.
 
-Conventions (see PROTOCOL.md section 2):
+Conventions (see docs/protocol.md section 2):
   * Images are NHWC float32 ``[B, H, W, C]``; logits are ``[B, num_classes]``.
   * Every convolution is :class:`Conv` (params ``kernel`` ``(kh, kw, Cin, Cout)``, output
     axis last, and ``bias`` ``(Cout,)``); every linear layer is :class:`Dense` (``kernel``
@@ -31,7 +31,8 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -127,7 +128,10 @@ def _redraw_layers(key: jax.Array, params: dict, init: str) -> dict:
     Inside jit, module.init's per-parameter draws then become dead code.
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    name = lambda path: getattr(path[-1], "key", None)
+
+    def name(path):
+        return getattr(path[-1], "key", None)
+
     kernels = {path[:-1]: leaf.shape for path, leaf in flat if name(path) == "kernel"}
     # Flax-scheme biases are zeros, so only kernels are drawn there.
     names = ("kernel", "bias") if init == "reference" else ("kernel",)
@@ -386,7 +390,7 @@ class VGG11(nn.Module):
             if v == "M":
                 x = pool2x2(x, "maxpool")
                 continue
-            x = _conv(self, v, 3, pad, name=f"conv{i}")(x)
+            x = _conv(self, int(v), 3, pad, name=f"conv{i}")(x)
             x = nn.relu(_norm(self.norm, x, train, f"norm{i}"))
             pad, i = 1, i + 1
         return _classify(self, x)
@@ -466,8 +470,8 @@ def _validate(config: ModelConfig, image_shape: tuple, num_classes: int) -> None
 def _build_module(config: ModelConfig, num_classes: int) -> nn.Module:
     """The flax Module for ``config`` (already validated)."""
     base, bn = config.name.removesuffix("_bn"), config.name.endswith("_bn")
-    common = dict(num_classes=int(num_classes), weight_init=config.init,
-                  conv_impl=config.conv_impl)
+    common: dict[str, Any] = dict(num_classes=int(num_classes), weight_init=config.init,
+                                  conv_impl=config.conv_impl)
     if base == "convnet":
         return ConvNet(width=int(config.width), depth=int(config.depth),
                        norm="batchnorm" if bn else config.norm,

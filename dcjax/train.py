@@ -1,6 +1,6 @@
 """Training one network: the reference evaluation protocol as pure, jitted steps.
 
-PROTOCOL section 4: SGD with momentum 0.9, weight decay 5e-4 (on every parameter, as
+docs/protocol.md section 4: SGD with momentum 0.9, weight decay 5e-4 (on every parameter, as
 torch.optim.SGD applies it), lr 0.01, batch 256 shuffled, learning rate x0.1 after half of
 the epochs with a *fresh* optimizer (the reference builds a new SGD there, so the momentum
 buffer restarts from zero). We run the two halves as two scans, each with its own optimizer
@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ import optax
 
 from dcjax import augment as augment_lib
 from dcjax import dpsgd
+from dcjax import progress
 from dcjax.models import ModelFns
 
 Variables = dict[str, Any]
@@ -42,7 +44,7 @@ Variables = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How one network is trained (defaults: PROTOCOL section 4)."""
+    """How one network is trained (defaults: docs/protocol.md section 4)."""
 
     epochs: int = 1000
     batch_size: int = 256
@@ -58,8 +60,12 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:  # Also rejects NaN.
+            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
         augment_lib.get_augment(self.augment)  # Fails early on an unknown name.
         if self.microbatch is not None and self.microbatch < 0:
             raise ValueError(f"microbatch must be >= 0 or None, got {self.microbatch}")
@@ -210,6 +216,7 @@ class Trainer(NamedTuple):
     microbatch: int = 0  # Resolved chunk size (resolve_microbatch); 0: whole batch.
     dp: dpsgd.DPConfig | None = None  # DP-SGD gradients (chunked by ``microbatch`` too).
     dp_denominator: float = 1.0  # DP-SGD divides its noisy sum by this: the expected batch q * n.
+    progress: bool = False  # Report finished steps to dcjax.progress (the engine's trainings, not inner loops).
 
 
 def _loss_and_grads(trainer: Trainer, variables: Variables, images, labels, weights):
@@ -235,6 +242,7 @@ def _dp_step(trainer: Trainer, state: TrainState, batch, key):
     Unlike the non-DP step it updates even when no example was drawn: skipping would reveal
     that the batch was empty, and the noise-only step is what the accountant analyses.
     """
+    assert trainer.dp is not None, "a DP step needs the trainer's DPConfig"
     loss, noisy_sum, _ = dpsgd.private_grad_sum(trainer.fns, trainer.dp, state.variables, batch,
                                                 jax.random.fold_in(key, 1), trainer.microbatch)
     # A constant denominator (the expected batch q * n), not the number of drawn examples: a
@@ -268,6 +276,22 @@ def train_step(trainer: Trainer, state: TrainState, batch, key):
     return new_state, loss
 
 
+def _epoch_ticks(trainer: Trainer, schedule: Schedule, num_epochs: int):
+    """(on_step(step_index), on_epoch(epoch)): progress ticks of ``run_epochs``, no-ops when off.
+
+    Short epochs report every few epochs (<= MAX_TICKS per phase), long ones (more than
+    MAX_TICK_STEPS steps) from inside the step scan, so a report is never far away.
+    """
+    off = lambda index: None  # noqa: E731
+    if not (trainer.progress and progress.enabled()):
+        return off, off
+    steps = schedule.steps_per_epoch
+    if steps > progress.MAX_TICK_STEPS:
+        return (lambda index: progress.tick(index, steps, progress.MAX_TICK_STEPS)), off
+    every = progress.stride(num_epochs, progress.MAX_TICK_STEPS, steps)
+    return off, (lambda epoch: progress.tick(epoch, num_epochs, every, steps))
+
+
 def run_epochs(trainer: Trainer, schedule: Schedule, variables: Variables, data,
                key: jax.Array, num_epochs: int):
     """num_epochs epochs from ``variables`` with a fresh optimizer state (one scan).
@@ -281,10 +305,12 @@ def run_epochs(trainer: Trainer, schedule: Schedule, variables: Variables, data,
       num_epochs: static.
 
     Returns:
-      (variables, per-epoch mean training loss [num_epochs]).
+      (variables, per-epoch mean training loss [num_epochs]). With ``trainer.progress`` the
+      scans also report finished steps to ``dcjax.progress`` (values unchanged).
     """
     images, labels, mask = data
     step = functools.partial(train_step, trainer)
+    on_step, on_epoch = _epoch_ticks(trainer, schedule, num_epochs)
 
     def one_epoch(state, epoch):
         shuffle_key, augment_key = jax.random.split(jax.random.fold_in(key, epoch))
@@ -293,10 +319,12 @@ def run_epochs(trainer: Trainer, schedule: Schedule, variables: Variables, data,
         def one_step(state, step_inputs):
             step_index, idx, w = step_inputs
             batch = (images[idx], labels[idx], w)
+            on_step(step_index)
             return step(state, batch, jax.random.fold_in(augment_key, step_index))
 
         steps = jnp.arange(schedule.steps_per_epoch)
         state, losses = jax.lax.scan(one_step, state, (steps, indices, weights))
+        on_epoch(epoch)
         return state, jnp.sum(losses * weights.sum(1)) / jnp.maximum(weights.sum(), 1.0)
 
     state = TrainState(variables, trainer.optimizer.init(variables["params"]))
@@ -326,12 +354,17 @@ def run_poisson_steps(trainer: Trainer, plan: PoissonPlan, variables: Variables,
 
     Returns:
       (variables, mean training loss of each expected epoch [num_epochs]: steps
-      floor(s * num_epochs / num_steps) == e, weighted by drawn batch sizes).
+      floor(s * num_epochs / num_steps) == e, weighted by drawn batch sizes). With
+      ``trainer.progress`` the scan also reports finished steps to ``dcjax.progress``.
     """
     images, labels, mask = data
     step = functools.partial(train_step, trainer)
+    ticks = trainer.progress and progress.enabled()
+    every = progress.stride(plan.num_steps, progress.MAX_TICK_STEPS)
 
     def one_step(state, index):
+        if ticks:
+            progress.tick(index, plan.num_steps, every)
         sample_key, step_key = jax.random.split(jax.random.fold_in(key, index))
         idx, w = dpsgd.poisson_batch(sample_key, mask, plan.sample_rate, plan.capacity)
         state, loss = step(state, (images[idx], labels[idx], w), step_key)
@@ -344,8 +377,9 @@ def run_poisson_steps(trainer: Trainer, plan: PoissonPlan, variables: Variables,
     return state.variables, per_epoch[0] / jnp.maximum(per_epoch[1], 1.0)
 
 
-def _train_dp(fns: ModelFns, config: TrainConfig, variables: Variables, data, keys):
-    """DP-SGD's two phases from ``variables``: half the steps at lr, the rest at lr / 10."""
+def _train_dp(fns: ModelFns, config: TrainConfig, variables: Variables, data, keys, ticks: bool = False):
+    """DP-SGD's two phases from ``variables``: half the steps at lr, the rest at lr / 10 (``ticks``: report)."""
+    assert config.dp is not None, "DP-SGD training needs TrainConfig.dp"
     q, steps, expected = dpsgd.poisson_schedule(config.dp.num_examples, config.batch_size, config.epochs)
     augment = augment_lib.get_augment(config.augment)
     microbatch = resolve_microbatch(config.microbatch, fns)
@@ -356,7 +390,7 @@ def _train_dp(fns: ModelFns, config: TrainConfig, variables: Variables, data, ke
     for phase_key, num_steps, num_epochs, lr in phases:
         if not num_steps:  # One step in all: the first phase is empty, as one epoch is.
             continue
-        trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch, config.dp, float(expected))
+        trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch, config.dp, float(expected), ticks)
         plan = PoissonPlan(q, config.dp.capacity, num_steps, max(num_epochs, 1))
         variables, phase_losses = run_poisson_steps(trainer, plan, variables, data, phase_key)
         losses.append(phase_losses if num_epochs else phase_losses[:0])
@@ -364,7 +398,7 @@ def _train_dp(fns: ModelFns, config: TrainConfig, variables: Variables, data, ke
 
 
 def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
-                    key: jax.Array, data) -> tuple[Variables, jax.Array]:
+                    key: jax.Array, data, ticks: bool | None = None) -> tuple[Variables, jax.Array]:
     """Initialise a network from ``key`` and train it on the masked pool.
 
     Args:
@@ -373,6 +407,7 @@ def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
       schedule: static loop sizes (``make_schedule``).
       key: this model's key; init, shuffling and augmentation keys are derived from it.
       data: (images [N,H,W,C], labels [N] int32, mask [N] bool).
+      ticks: report finished steps to ``dcjax.progress``; None: ``progress.enabled()``.
 
     Returns:
       (trained variables, per-epoch mean training loss [epochs]). With ``config.dp`` the
@@ -381,10 +416,11 @@ def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
     """
     if config.dp is not None:
         dpsgd.check_network(fns)
+    ticks = progress.enabled() if ticks is None else ticks
     init_key, first_key, second_key = jax.random.split(key, 3)
     variables = fns.init(init_key)
     if config.dp is not None:
-        return _train_dp(fns, config, variables, data, (first_key, second_key))
+        return _train_dp(fns, config, variables, data, (first_key, second_key), ticks)
     augment = augment_lib.get_augment(config.augment)
     microbatch = resolve_microbatch(config.microbatch, fns)
     first = config.epochs // 2
@@ -394,7 +430,7 @@ def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
     phases = ((first_key, first, config.lr), (second_key, config.epochs - first, config.lr * 0.1))
     losses = []
     for phase_key, num_epochs, lr in phases:
-        trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch, config.dp)
+        trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch, config.dp, progress=ticks)
         variables, phase_losses = run_epochs(trainer, schedule, variables, data, phase_key,
                                              num_epochs)
         losses.append(phase_losses)

@@ -26,8 +26,9 @@ PREVIOUS_RESULTS = "results.previous.json"
 
 # Settings added after results were first recorded, with the value that reproduces the earlier behaviour exactly
 # (condensation method and DSA ops, DP-SGD in training, the privacy study's DP and DM rows' settings, the attack's
-# population and RMIA settings, the DP rows' own batch size and epochs). A recorded config that lacks one of them still matches a new config holding exactly that value, so adding a setting does not
-# orphan finished runs; any other value differs.
+# population and RMIA settings, the DP rows' own batch size and epochs). A recorded config that lacks one of them
+# still matches a new config holding exactly that value, so adding a setting does not orphan finished runs; any
+# other value differs.
 ADDED_SETTINGS = {"method": "dc", "dsa_strategy": "color_crop_cutout_scale_rotate", "dp": None,
                   "dp_delta": 1e-5, "dp_clip": 1.0, "dp_lr": None, "dm_iterations": 20000,
                   "num_population": 0, "rmia": {"a": 0.3, "gamma": 1.0, "online": True},
@@ -62,7 +63,8 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
     if changed and parts_checked:
         checkpoint.write_json(config_path, config)
     elif changed:
-        raise WorkdirError(f"{workdir} holds an unfinished run with different settings; pass "
+        raise WorkdirError(f"{workdir} holds an unfinished run with different settings ({config_path} "
+                           f"differs at {first_difference(config, read_config(workdir))}); pass "
                            "--overwrite to discard it or choose another --workdir")
     os.makedirs(workdir, exist_ok=True)
     if not resuming:
@@ -70,10 +72,34 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
     return resuming
 
 
+def read_config(workdir: str):
+    """``workdir``'s config.json as recorded; WorkdirError (one line, naming the file) if it does not parse."""
+    config_path = os.path.join(workdir, CONFIG)
+    try:
+        return checkpoint.read_json(config_path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        detail = " ".join(str(e).split())
+        raise WorkdirError(f"{config_path} is not readable JSON ({type(e).__name__}: {detail}); restore it, "
+                           "pass --overwrite to discard the run, or choose another --workdir") from None
+
+
 def config_matches(workdir: str, config: dict) -> bool:
     """Whether ``workdir``'s config.json records ``config`` (compared as JSON, up to ``ADDED_SETTINGS``)."""
-    recorded = checkpoint.read_json(os.path.join(workdir, CONFIG))
+    recorded = read_config(workdir)
     return recorded == _without_added_defaults(as_json(config), recorded)
+
+
+def first_difference(config: dict, recorded) -> str:
+    """The first setting (dotted key, e.g. 'condense.ipc') where ``config`` and the ``recorded`` JSON differ."""
+    ours, theirs = _without_added_defaults(as_json(config), recorded), recorded
+    key = ""
+    while isinstance(ours, dict) and isinstance(theirs, dict):
+        names = sorted(set(ours) | set(theirs))
+        name = next((n for n in names if ours.get(n, KeyError) != theirs.get(n, KeyError)), None)
+        if name is None:
+            break
+        key, ours, theirs = f"{key}.{name}" if key else name, ours.get(name), theirs.get(name)
+    return key or "the top level"
 
 
 def _without_added_defaults(config, recorded):

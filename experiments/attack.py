@@ -47,8 +47,9 @@ FLAGS = flags.FLAGS
 def run_config():
     """Frozen configs from flags; ValueError (naming the setting) on bad values."""
     from dcjax.privacy import bank
-    recipe = bank.Recipe(kind=FLAGS.target, per_class=FLAGS.per_class,
-                         condense=common.condense_config() if FLAGS.target == "condense" else None)
+    condense = common.condense_config() if FLAGS.target == "condense" else None
+    with common.naming_flags():
+        recipe = bank.Recipe(kind=FLAGS.target, per_class=FLAGS.per_class, condense=condense)
     return common.attack_config(recipe, common.train_config(small_set=FLAGS.target != "original"))
 
 
@@ -87,11 +88,14 @@ def run():
     if FLAGS.report_only:
         _print_summary(attack_run.report_only(workdir), workdir)
         return
-    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
+    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
+    with common.naming_flags():  # The pools, the recipe and the population must fit the data.
+        attack_run.check_recipe_fits(config, train)
+        attack_run.population_indices(config, len(test.labels))
     fns = models.make_model(config.model, train.image_shape, train.num_classes)
     results = attack_run.run_attack(config, fns, train, test, workdir, FLAGS.overwrite)
     _print_summary(results, workdir)
 
 
 if __name__ == "__main__":
-    app.run(common.launcher_main(run))
+    app.run(common.launcher_main(run), flags_parser=common.parse_flags)

@@ -4,7 +4,9 @@ Launchers stay thin (Flax-examples style): parse flags, build frozen configs, ca
 library function, report. Library code defines no flags and prints nothing.
 """
 
+import contextlib
 import os
+import re
 import sys
 
 from absl import flags
@@ -21,6 +23,9 @@ def define_data_flags():
                         "svhn_cropped, cifar10).")
     flags.DEFINE_string("data_dir", None, "TFDS data directory; default: $TFDS_DATA_DIR or "
                         "~/tensorflow_datasets (TFDS downloads there when online).")
+    flags.DEFINE_bool("download", None, "Let TFDS download a dataset missing from the data directory; "
+                      "default: only when neither --data_dir nor $TFDS_DATA_DIR is set (a named "
+                      "directory without the data fails at once).")
 
 
 def define_model_flags():
@@ -37,7 +42,7 @@ def define_model_flags():
 
 
 def define_train_flags(epochs: int):
-    """Training of the models a launcher trains (PROTOCOL section 4 optimiser)."""
+    """Training of the models a launcher trains (docs/protocol.md section 4 optimiser)."""
     flags.DEFINE_integer("epochs", epochs, "Training epochs (lr x0.1 after half).", lower_bound=1)
     flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
     flags.DEFINE_float("lr", 0.01, "Learning rate (SGD, momentum 0.9, weight decay 5e-4).")
@@ -50,15 +55,14 @@ def define_train_flags(epochs: int):
 def train_config(small_set: bool):
     """TrainConfig from the training flags; ``small_set`` picks the default augmentation."""
     from dcjax import train as train_lib
-    if FLAGS.lr <= 0:
-        raise ValueError(f"--lr must be > 0, got {FLAGS.lr}")
     augment = FLAGS.augment or ("dc" if small_set and FLAGS.dataset == "mnist" else "none")
-    return train_lib.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-                                 augment=augment)
+    with naming_flags():  # TrainConfig checks epochs, batch_size, lr (finite, > 0).
+        return train_lib.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+                                     augment=augment)
 
 
 def define_condense_flags():
-    """Condensation settings; defaults are the paper's for the chosen --method (PROTOCOL sections 3, 5)."""
+    """Condensation settings; defaults are the paper's for the chosen --method (docs/protocol.md sections 3, 5)."""
     flags.DEFINE_enum("method", "dc", ["dc", "dsa", "dm"], "Condensation: gradient matching (dc), with "
                       "Differentiable Siamese Augmentation (dsa), or distribution matching (dm).")
     flags.DEFINE_string("dsa_strategy", None, "DSA ops joined by '_' (dsa and dm); default: "
@@ -91,16 +95,17 @@ def condense_config():
         dsa.parse_strategy(strategy)
     except ValueError as e:
         raise ValueError(f"--dsa_strategy: {e}") from None
-    return condense.CondenseConfig(
-        ipc=FLAGS.ipc, iterations=chosen["iterations"], outer_loop=FLAGS.outer_loop,
-        inner_loop=FLAGS.inner_loop, batch_real=FLAGS.batch_real,
-        batch_train=FLAGS.batch_train, lr_img=chosen["lr_img"], lr_net=FLAGS.lr_net,
-        distance=FLAGS.distance, init=chosen["init"], class_strategy=FLAGS.class_strategy,
-        method=FLAGS.method, dsa_strategy=strategy)
+    with naming_flags():  # CondenseConfig checks every field it takes, each named like its flag.
+        return condense.CondenseConfig(
+            ipc=FLAGS.ipc, iterations=chosen["iterations"], outer_loop=FLAGS.outer_loop,
+            inner_loop=FLAGS.inner_loop, batch_real=FLAGS.batch_real,
+            batch_train=FLAGS.batch_train, lr_img=chosen["lr_img"], lr_net=FLAGS.lr_net,
+            distance=FLAGS.distance, init=chosen["init"], class_strategy=FLAGS.class_strategy,
+            method=FLAGS.method, dsa_strategy=strategy)
 
 
 def define_attack_flags():
-    """The membership-inference setting (PROTOCOL section 7): pools, bank, shadows, attacks."""
+    """The membership-inference setting (docs/protocol.md section 7): pools, bank, shadows, attacks."""
     flags.DEFINE_integer("num_models", 16, "LiRA bank size M (even, >= 6): each is a target in turn.")
     flags.DEFINE_integer("target_pool", 2000, "Examples in the target pool (N).")
     flags.DEFINE_integer("num_shadow", 8, "Shokri shadow models on the attacker pool.")
@@ -122,18 +127,22 @@ def define_attack_flags():
 def attack_config(recipe, train):
     """AttackRunConfig from the attack flags with the given recipe and training."""
     from dcjax.privacy import attack_run, shokri
-    attack = shokri.AttackConfig(hidden=FLAGS.attack_hidden, features=FLAGS.attack_features,
-                                 steps=FLAGS.attack_steps)
-    return attack_run.AttackRunConfig(
-        dataset=FLAGS.dataset, seed=FLAGS.seed, model=model_config(), train=train, recipe=recipe,
-        num_models=FLAGS.num_models, target_pool=FLAGS.target_pool, num_shadow=FLAGS.num_shadow,
-        attacker_pool=FLAGS.attacker_pool, num_queries=FLAGS.num_queries,
-        num_canaries=FLAGS.num_canaries, num_population=FLAGS.num_population, attack=attack, models_per_chunk=FLAGS.models_per_chunk,
-        strategy=FLAGS.strategy, num_resamples=FLAGS.num_resamples)
+    with naming_flags(hidden="attack_hidden", features="attack_features", steps="attack_steps"):
+        attack = shokri.AttackConfig(hidden=FLAGS.attack_hidden, features=FLAGS.attack_features,
+                                     steps=FLAGS.attack_steps)
+    with naming_flags():  # AttackRunConfig checks the pools, bank, queries, chunks, resamples.
+        return attack_run.AttackRunConfig(
+            dataset=FLAGS.dataset, seed=FLAGS.seed, model=model_config(), train=train, recipe=recipe,
+            num_models=FLAGS.num_models, target_pool=FLAGS.target_pool, num_shadow=FLAGS.num_shadow,
+            attacker_pool=FLAGS.attacker_pool, num_queries=FLAGS.num_queries,
+            num_canaries=FLAGS.num_canaries, num_population=FLAGS.num_population, attack=attack,
+            models_per_chunk=FLAGS.models_per_chunk, strategy=FLAGS.strategy,
+            num_resamples=FLAGS.num_resamples)
 
 
 def define_run_flags():
-    flags.DEFINE_integer("seed", 0, "Root PRNG seed; every random choice derives from it.")
+    flags.DEFINE_integer("seed", 0, "Root PRNG seed; every random choice derives from it.",
+                         lower_bound=0, upper_bound=2**32 - 1)  # jax.random.key wraps outside.
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_bool("overwrite", False, "Replace finished results in --workdir.")
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: one "
@@ -174,6 +183,34 @@ def fail(message: str):
     """One clear line on stderr and a non-zero exit: the contract for bad input."""
     sys.stderr.write(f"error: {message}\n")
     sys.exit(2)
+
+
+def flag_message(message: str, renames: dict | None = None) -> str:
+    """A library message that starts with a setting's name, as the flag's: 'lr_img must be > 0' ->
+    '--lr_img must be > 0'; ``renames`` maps setting names to flags (hidden -> attack_hidden)."""
+    match = re.match(r"([a-z][a-z0-9_]*)(?=[ =])", message)
+    if not match:
+        return message
+    name = (renames or {}).get(match[1], match[1])
+    return f"--{name}{message[match.end():]}" if name in FLAGS else message
+
+
+@contextlib.contextmanager
+def naming_flags(**renames):
+    """ValueErrors raised inside (config checks, data-fit checks) name the flag (`flag_message`)."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(flag_message(str(e), renames)) from None
+
+
+def parse_flags(argv):
+    """app.run's flags_parser: a bad flag value or a missing --flagfile is one `error:` line, exit 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        message = " ".join(str(e).split()).removeprefix("ERROR:: ")
+        fail(f"--flagfile: {message}" if isinstance(e, flags.CantOpenFlagFileError) else message)
 
 
 def run_guarded(fn, *errors):

@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 
 
 def default_eval_augment(cond) -> str:
-    """The reference's evaluation augmentation for the method (PROTOCOL sections 4-5)."""
+    """The reference's evaluation augmentation for the method (docs/protocol.md sections 4-5)."""
     if cond.method in ("dsa", "dm"):
         from dcjax import augment
         return augment.dsa_augment_name(cond.dsa_strategy)
@@ -58,21 +58,25 @@ def run_config():
         raise ValueError(f"--eval_every must be >= 0, got {FLAGS.eval_every}")
     cond = common.condense_config()
     augment = FLAGS.eval_augment or default_eval_augment(cond)
-    eval_cfg = evaluation.EvalConfig(
-        num_models=FLAGS.num_eval,
-        train=train_lib.TrainConfig(epochs=FLAGS.eval_epochs, augment=augment))
-    return condense_run.RunConfig(
-        dataset=FLAGS.dataset, seed=FLAGS.seed, model=common.model_config(), condense=cond,
-        eval=eval_cfg, eval_every=FLAGS.eval_every, eval_baseline=FLAGS.eval_baseline,
-        checkpoint_every=FLAGS.checkpoint_every)
+    with common.naming_flags(num_models="num_eval", epochs="eval_epochs"):
+        eval_cfg = evaluation.EvalConfig(
+            num_models=FLAGS.num_eval,
+            train=train_lib.TrainConfig(epochs=FLAGS.eval_epochs, augment=augment))
+    with common.naming_flags():
+        return condense_run.RunConfig(
+            dataset=FLAGS.dataset, seed=FLAGS.seed, model=common.model_config(), condense=cond,
+            eval=eval_cfg, eval_every=FLAGS.eval_every, eval_baseline=FLAGS.eval_baseline,
+            checkpoint_every=FLAGS.checkpoint_every)
 
 
 def run():
-    from dcjax import condense_run, data, models
+    from dcjax import condense, condense_run, data, models
     config = run_config()
     workdir = FLAGS.workdir or os.path.join(
         "runs", f"{FLAGS.method}_{FLAGS.dataset}_ipc{FLAGS.ipc}_seed{FLAGS.seed}")
-    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
+    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
+    with common.naming_flags():  # --batch_real (and --ipc for real init) must fit the smallest class.
+        condense.check_batch_real(config.condense, data.build_class_index(train.labels, train.num_classes))
     fns = models.make_model(config.model, train.image_shape, train.num_classes)
     results = condense_run.run_condensation(config, fns, train, test, workdir, FLAGS.overwrite)
     final, base = results["final"], results["random_real_baseline"]
@@ -89,4 +93,4 @@ def run():
 
 
 if __name__ == "__main__":
-    app.run(common.launcher_main(run))
+    app.run(common.launcher_main(run), flags_parser=common.parse_flags)

@@ -178,7 +178,7 @@ def run():
     from dcjax import checkpoint, data, models
     from dcjax import workdir as workdir_lib
     points = grid(check_flags())
-    train = data.load_split(FLAGS.dataset, "train", FLAGS.data_dir)  # Never the test split.
+    train = data.load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.download)  # Never the test split.
     root = jax.random.fold_in(jax.random.key(FLAGS.seed), TUNE_TAG)
     private, val = tuning_split(train, jax.random.fold_in(root, 0))
     fns = models.make_model(common.model_config(), train.image_shape, train.num_classes)
@@ -197,4 +197,4 @@ def run():
 
 
 if __name__ == "__main__":
-    app.run(common.launcher_main(run))
+    app.run(common.launcher_main(run), flags_parser=common.parse_flags)

@@ -1,8 +1,8 @@
 r"""The privacy study: does training on condensed data protect membership, and at what cost?
 
 One command runs every row (original data, random subset, DC noise init, DC real init; and,
-on request, DSA and DM with real init and DP-SGD at epsilon 1, 4, 8) as a membership-inference run on the same split, then
-writes results.json, RESULTS.md and figures; re-running the same command resumes, and
+on request, DSA and DM with real init and DP-SGD at epsilon 1, 4, 8) as a membership-inference run on the same
+split, then writes results.json, RESULTS.md and figures; re-running the same command resumes, and
 re-running with more --rows adds them to a finished study (its finished rows are reused).
 
   # CPU tier (under 2 hours on 2 cores; what it scales down is written in the flagfile)
@@ -66,22 +66,30 @@ def study_config():
     import dataclasses
     from dcjax import train as train_lib
     from dcjax.privacy import bank
-    if FLAGS.small_epochs < 1:
-        raise ValueError(f"--small_epochs must be >= 1, got {FLAGS.small_epochs}")
     original = common.train_config(small_set=False)
     small_augment = FLAGS.small_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
-    small = dataclasses.replace(original, epochs=FLAGS.small_epochs,
-                                batch_size=FLAGS.small_batch_size, augment=small_augment)
-    train_lib.make_schedule(small, 1)  # Validates the batch size.
+    with common.naming_flags(epochs="small_epochs", batch_size="small_batch_size"):
+        small = dataclasses.replace(original, epochs=FLAGS.small_epochs,
+                                    batch_size=FLAGS.small_batch_size, augment=small_augment)
+        train_lib.make_schedule(small, 1)  # Validates the batch size.
     attack, condense = common.attack_config(bank.Recipe(), original), common.condense_config()
-    try:  # StudyConfig validates its own fields (rows, dp_*, dm_iterations), each named like its flag.
+    with common.naming_flags():  # StudyConfig checks rows, per_class, dp_*, dm_iterations.
         return study.StudyConfig(
             attack=attack, rows=tuple(FLAGS.rows), train_original=original, train_small=small,
             per_class=FLAGS.per_class, condense=condense, dp_delta=FLAGS.dp_delta,
             dp_clip=FLAGS.dp_clip, dp_lr=FLAGS.dp_lr, dp_batch_size=FLAGS.dp_batch_size,
             dp_epochs=FLAGS.dp_epochs, dm_iterations=FLAGS.dm_iterations)
-    except ValueError as e:
-        raise ValueError(f"--{e}") from None
+
+
+def check_fits(config, train, test):
+    """The pools, every row's recipe (--per_class, --ipc, --batch_real) and the population fit the data."""
+    from dcjax.privacy import attack_run
+    with common.naming_flags():
+        attack_run.check_recipe_fits(config.attack, train)  # The pools (its recipe needs nothing more).
+        for name in config.rows:  # DP-SGD rows train on whole halves (run_study checks their B_max).
+            if name not in study.DP_EPSILONS:
+                attack_run.check_recipe_fits(study.row_config(config, name), train)
+        attack_run.population_indices(config.attack, len(test.labels))
 
 
 def _about() -> dict:
@@ -108,7 +116,8 @@ def run():
     if FLAGS.report_only:  # From the rows' exports alone: no data, no training.
         results = study.rewrite_report(workdir, about.get("conclusion", ""), about["command"])
     else:
-        train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
+        train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
+        check_fits(config, train, test)
         fns = models.make_model(config.attack.model, train.image_shape, train.num_classes)
         results = study.run_study(config, fns, (train, test), workdir, about, FLAGS.overwrite)
     print(study_report.markdown_table(results))
@@ -116,4 +125,4 @@ def run():
 
 
 if __name__ == "__main__":
-    app.run(common.launcher_main(run))
+    app.run(common.launcher_main(run), flags_parser=common.parse_flags)

@@ -8,7 +8,7 @@ Examples:
       --workdir=runs/eval_dc
 
 Writes <workdir>/results.json: test accuracy of every model, mean +- std, exact settings.
-Defaults follow the reference evaluation protocol (PROTOCOL section 4).
+Defaults follow the reference evaluation protocol (docs/protocol.md section 4).
 """
 
 import dataclasses
@@ -45,15 +45,22 @@ def _training_set(train):
         return train.images, train.labels, {"source": "full", "size": len(train.labels)}
     if FLAGS.source == "subset":
         key = jax.random.fold_in(jax.random.key(FLAGS.seed), 1)
-        idx = data.stratified_subset(key, train.labels, FLAGS.subset_ipc, train.num_classes)
+        try:
+            idx = data.stratified_subset(key, train.labels, FLAGS.subset_ipc, train.num_classes)
+        except data.DataError as e:
+            raise ValueError(f"--subset_ipc={FLAGS.subset_ipc} is too large: {e}") from None
         return train.images[idx], train.labels[idx], {"source": "subset",
                                                       "indices": np.asarray(idx).tolist()}
-    if not FLAGS.synthetic or not os.path.isfile(FLAGS.synthetic):
-        raise ValueError(f"--synthetic must name an existing .npz file, got {FLAGS.synthetic!r}")
-    with np.load(FLAGS.synthetic) as z:
-        if "images" not in z or "labels" not in z:
-            raise ValueError(f"--synthetic {FLAGS.synthetic} lacks 'images'/'labels' arrays")
-        return z["images"], z["labels"], {"source": "synthetic", "path": FLAGS.synthetic}
+    if not FLAGS.synthetic:
+        raise ValueError("--synthetic must name a .npz file (from condense.py) for --source=synthetic")
+    try:
+        images, labels = data.load_synthetic_npz(FLAGS.synthetic)
+    except data.DataError as e:
+        raise ValueError(f"--synthetic {e}") from None
+    if labels.min() < 0 or labels.max() >= train.num_classes:
+        raise ValueError(f"--synthetic {FLAGS.synthetic}: labels must be in [0, {train.num_classes}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    return images, labels, {"source": "synthetic", "path": FLAGS.synthetic}
 
 
 def _eval_config():
@@ -67,7 +74,7 @@ def run():
     import jax
     from dcjax import checkpoint, data, evaluation, models, workdir
     eval_cfg, model_cfg = _eval_config(), common.model_config()
-    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir)
+    train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
     images, labels, source = _training_set(train)
     if images.shape[1:] != train.image_shape:
         raise ValueError(f"--synthetic images have shape {images.shape[1:]}, "
@@ -89,4 +96,4 @@ def run():
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("workdir")
-    app.run(common.launcher_main(run))
+    app.run(common.launcher_main(run), flags_parser=common.parse_flags)

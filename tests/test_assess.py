@@ -39,6 +39,7 @@ def _keys():
     return attack_data.run_keys(0)
 
 
+@pytest.mark.slow
 def test_the_headline_slice_leaves_the_canaries_out():
     d = _export()
     # Canaries are perfectly separable, natural examples not at all.

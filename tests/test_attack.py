@@ -72,6 +72,7 @@ def finished(fns, tmp_path_factory):
     return workdir, _run(fns, workdir, _config())
 
 
+@pytest.mark.slow
 def test_attack_run_writes_every_artifact(finished):
     workdir, results = finished
     for name in ("config.json", "split.npz", "attack_data.npz", "trials.npz", "results.json", "roc.png",
@@ -145,6 +146,7 @@ def test_a_file_that_is_not_an_export_is_refused_by_name(tmp_path):
         attack_data.load(str(tmp_path / "other.npz"))
 
 
+@pytest.mark.slow
 def test_models_do_not_depend_on_the_chunking(fns, finished, tmp_path):
     workdir, _ = finished
     _run(fns, tmp_path / "again", _config(models_per_chunk=1))
@@ -179,6 +181,7 @@ def test_pools_larger_than_the_dataset_are_rejected(fns, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_condense_recipe_run_attacks_the_synthetic_sets_and_slices_canaries(fns, tmp_path):
     cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="real",
                                   outer_loop=2, inner_loop=1)

@@ -35,6 +35,7 @@ def _reference_scale(image, fh, fw, fill):
     return canvas[r:r + H, c:c + W]
 
 
+@pytest.mark.slow
 def test_shape_dtype_and_determinism():
     images = _images()
     out = augment.dc_augment(jax.random.key(0), images)
@@ -44,6 +45,7 @@ def test_shape_dtype_and_determinism():
     np.testing.assert_allclose(jax.jit(augment.dc_augment)(jax.random.key(0), images), out, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_vmap_over_a_model_axis():
     images = jnp.stack([_images(4, seed=s) for s in range(3)])
     keys = jax.random.split(jax.random.key(0), 3)
@@ -52,6 +54,7 @@ def test_vmap_over_a_model_axis():
     np.testing.assert_allclose(out[1], augment.dc_augment(keys[1], images[1]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dc_augment_is_the_documented_mix_of_ops():
     images = _images(32, c=3)
     key = jax.random.key(5)
@@ -126,6 +129,7 @@ def test_scale_matches_reference_resize_pad_crop():
             np.testing.assert_array_equal(ours, ref, err_msg=f"h={h} w={w}")
 
 
+@pytest.mark.slow
 def test_dc_fill_is_batch_channel_mean_and_zero_for_scale():
     images = _images(64, c=3) + jnp.array([1.0, 2.0, 3.0])
     mean = np.asarray(images.mean(axis=(0, 1, 2)))
@@ -143,6 +147,7 @@ def test_dc_fill_is_batch_channel_mean_and_zero_for_scale():
     np.testing.assert_array_equal(out[shrunk, 0, 0], 0.0)  # the reference pads scaled images with zeros
 
 
+@pytest.mark.slow
 def test_gradients_flow_to_images():
     grad = jax.grad(lambda x: augment.dc_augment(jax.random.key(0), x).sum())(_images(4))
     assert grad.shape == (4, H, W, 1) and np.isfinite(grad).all() and np.abs(grad).sum() > 0

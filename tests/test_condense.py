@@ -40,6 +40,7 @@ def test_loops_follow_the_reference_table():
     assert condense.CondenseConfig(ipc=10, outer_loop=2, inner_loop=3).loops == (2, 3)
 
 
+@pytest.mark.slow
 def test_class_strategies_and_microbatching_give_the_same_loss_and_gradients(fns):
     images, labels = _pool()
     variables = fns.init(jax.random.key(1))
@@ -69,6 +70,7 @@ def _iterate(fns, config, steps, key=0):
     return state, init_idx, losses, step
 
 
+@pytest.mark.slow
 def test_iteration_traces_once_and_changes_the_images(fns):
     state0, init_idx, _, _ = _iterate(fns, SMALL, 0)
     state, _, losses, step = _iterate(fns, SMALL, 3)
@@ -81,6 +83,7 @@ def test_iteration_traces_once_and_changes_the_images(fns):
     np.testing.assert_array_equal(labels[init_idx], condense.synthetic_labels(K, IPC))
 
 
+@pytest.mark.slow
 def test_pure_iteration_is_traced_once(fns):
     images, labels = _pool()
     index = data.build_class_index(np.asarray(labels), K)
@@ -92,6 +95,7 @@ def test_pure_iteration_is_traced_once(fns):
         state, _ = step(state, (images, index), jax.random.key(t))
 
 
+@pytest.mark.slow
 def test_iteration_is_deterministic(fns):
     a = _iterate(fns, SMALL, 2, key=5)
     b = _iterate(fns, SMALL, 2, key=5)
@@ -99,6 +103,7 @@ def test_iteration_is_deterministic(fns):
     assert a[2] == b[2]
 
 
+@pytest.mark.slow
 def test_noise_init_and_last_outer_step_skip(fns):
     config = dataclasses.replace(SMALL, init="noise", outer_loop=1, inner_loop=1)
     state, init_idx, losses, _ = _iterate(fns, config, 1)
@@ -136,6 +141,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeypatch):
     train_set, test_set = _dataset(30, 0), _dataset(12, 1)
     config = _run_config()
@@ -164,6 +170,7 @@ def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeyp
     assert [e["iteration"] for e in resumed["evals"]] == [0, 2, 4]
 
 
+@pytest.mark.slow
 def test_finished_workdir_is_not_overwritten(fns, tmp_path):
     train_set, test_set = _dataset(30, 0), _dataset(12, 1)
     config = dataclasses.replace(_run_config(1), eval_baseline=False)

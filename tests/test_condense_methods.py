@@ -51,6 +51,7 @@ def _inputs(fns):
     return variables, syn, real
 
 
+@pytest.mark.slow
 def test_dsa_matching_uses_one_shared_transform_per_class(fns):
     """loss(dsa) == sum_c DC distance of (DSA_k(syn_c), DSA_k(real_c)) with the SAME k = fold_in(key, c)."""
     variables, syn, real = _inputs(fns)
@@ -76,6 +77,7 @@ def test_dsa_matching_uses_one_shared_transform_per_class(fns):
 
 
 @pytest.mark.parametrize("config", [DSA, DM], ids=["dsa", "dm"])
+@pytest.mark.slow
 def test_class_strategies_give_the_same_loss_and_gradients(fns, config):
     variables, syn, real = _inputs(fns)
     key = jax.random.key(3)
@@ -90,6 +92,7 @@ def test_class_strategies_give_the_same_loss_and_gradients(fns, config):
     assert float(jnp.linalg.norm(results["map"][1])) > 0
 
 
+@pytest.mark.slow
 def test_dm_loss_is_zero_when_the_synthetic_batch_is_the_real_batch(fns):
     """With batch-mode DSA the shared transform keeps identical batches identical, so the means coincide."""
     variables, _, real = _inputs(fns)
@@ -101,6 +104,7 @@ def test_dm_loss_is_zero_when_the_synthetic_batch_is_the_real_batch(fns):
     assert float(shifted) > 1e-4
 
 
+@pytest.mark.slow
 def test_chunked_mean_embedding_equals_the_whole_batch(fns):
     variables, _, real = _inputs(fns)
     images = real.reshape((-1,) + SHAPE)[:11]
@@ -122,6 +126,7 @@ def _iterate(fns, config, steps, step=None, seed=0):
 
 
 @pytest.mark.parametrize("config", [FULL["dsa"], FULL["dm"]], ids=["dsa", "dm"])
+@pytest.mark.slow
 def test_one_jitted_iteration_compiles_once_moves_the_images_and_is_deterministic(fns, config):
     start, state, losses, step = _iterate(fns, config, 2)
     assert step._cache_size() == 1
@@ -138,6 +143,7 @@ def test_bad_method_and_strategy_are_rejected():
         condense.CondenseConfig(method="dsa", dsa_strategy="color_warp")
 
 
+@pytest.mark.slow
 def test_dsa_training_augmentation_trains_a_model(fns):
     images, labels = _pool()
     config = train.TrainConfig(epochs=1, batch_size=8, augment="dsa_digits")
@@ -150,6 +156,7 @@ def test_dsa_training_augmentation_trains_a_model(fns):
 
 
 @pytest.mark.parametrize("config", [DSA, DM], ids=["dsa", "dm"])
+@pytest.mark.slow
 def test_a_run_writes_the_same_outputs_as_dc(fns, config, tmp_path):
     images, labels = _pool()
     test_images, test_labels = _pool(12, 1)
@@ -165,6 +172,7 @@ def test_a_run_writes_the_same_outputs_as_dc(fns, config, tmp_path):
         assert (tmp_path / name).exists(), name
 
 
+@pytest.mark.slow
 def test_bank_condenses_every_model_with_dm(fns):
     images, labels = _pool()
     keep = np.zeros((2, images.shape[0]), bool)

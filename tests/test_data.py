@@ -47,9 +47,10 @@ def test_mock_yields_mnist_like_uint8(tfds, mock_mnist):
     assert labels.shape == (MOCK_EXAMPLES,) and np.all((labels >= 0) & (labels < 10))
 
 
-def test_load_split_normalises_like_manual(tfds, mock_mnist):
+def test_load_split_normalises_like_manual(tfds, mock_mnist, tmp_path):
     raw_images, raw_labels = _raw_mock(tfds)
-    ds = data.load_split("mnist", "train", data_dir="/nonexistent")
+    # An existing directory (mock_data ignores it): a missing one fails before TFDS when not downloading.
+    ds = data.load_split("mnist", "train", data_dir=str(tmp_path))
     assert ds.images.shape == (MOCK_EXAMPLES, 28, 28, 1) and ds.images.dtype == np.float32
     assert ds.labels.dtype == np.int32 and np.array_equal(ds.labels, raw_labels)
     assert ds.num_classes == 10 and ds.name == "mnist" and ds.image_shape == (28, 28, 1) and len(ds) == MOCK_EXAMPLES
@@ -94,6 +95,7 @@ def test_missing_data_is_one_line_data_error(tfds, monkeypatch, tmp_path, where)
 
 @pytest.mark.skipif(not os.environ.get("TFDS_DATA_DIR"),
                     reason="TFDS_DATA_DIR is unset; set it to a directory holding mnist/3.0.1 (CI does)")
+@pytest.mark.slow
 def test_real_mnist_train():
     if not os.path.isdir(os.path.join(os.environ["TFDS_DATA_DIR"], "mnist", "3.0.1")):
         pytest.skip("TFDS_DATA_DIR has no mnist/3.0.1")
@@ -149,6 +151,7 @@ def test_build_class_index_errors():
         data.build_class_index(np.array([0, 1, 3]), 3)
 
 
+@pytest.mark.slow
 def test_sample_per_class_in_jit():
     labels = _labels((4, 9, 3, 6))
     index = data.build_class_index(labels, 4)
@@ -176,6 +179,7 @@ def test_sample_class_matches_per_class_and_accepts_traced_class():
     assert sorted(full) == sorted(np.asarray(index.table)[1])
 
 
+@pytest.mark.slow
 def test_sample_per_class_is_uniform():
     labels = _labels((3, 7, 1, 5))
     index = data.build_class_index(labels, 4)

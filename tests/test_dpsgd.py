@@ -56,6 +56,7 @@ def _clip(tree, clip):
     return jax.tree.map(lambda g: g * factor, tree)
 
 
+@pytest.mark.slow
 def test_clipping_bounds_every_example_and_leaves_small_ones_alone(tiny):
     images, labels = _batch()
     variables = tiny.init(jax.random.key(1))
@@ -64,7 +65,7 @@ def test_clipping_bounds_every_example_and_leaves_small_ones_alone(tiny):
     loss = dpsgd.example_loss(tiny, variables)
     _, clipped, norms = dpsgd.clipped_example_grads(loss, variables["params"], images, labels, clip)
     for i, g in enumerate(raw):
-        mine = jax.tree.map(lambda c: c[i], clipped)
+        mine = jax.tree.map(lambda c, i=i: c[i], clipped)
         assert _norm(mine) <= clip + 1e-5
         np.testing.assert_allclose(float(norms[i]), _norm(g), rtol=1e-5)
         if _norm(g) + dpsgd.NORM_EPS <= clip:
@@ -73,6 +74,7 @@ def test_clipping_bounds_every_example_and_leaves_small_ones_alone(tiny):
 
 
 @pytest.mark.parametrize("chunk", [0, 4])  # 4 does not divide 10: exercises the chunk padding.
+@pytest.mark.slow
 def test_noiseless_dp_sum_is_the_clipped_sum_over_real_examples(tiny, chunk):
     images, labels = _batch()
     weights = jnp.ones(10).at[7:].set(0.0)  # The last 3 slots are padding.
@@ -89,6 +91,7 @@ def test_noiseless_dp_sum_is_the_clipped_sum_over_real_examples(tiny, chunk):
     assert 0.0 <= float(stats["clipped_fraction"]) <= 1.0 and float(stats["mean_norm"]) > 0
 
 
+@pytest.mark.slow
 def test_without_clipping_or_noise_the_dp_gradient_is_the_ordinary_gradient(tiny):
     """A second code path: with a huge clip, no noise and no padding, DP-SGD's gradient is
     the mean gradient of the ordinary (non-DP) training step."""
@@ -105,6 +108,7 @@ def test_without_clipping_or_noise_the_dp_gradient_is_the_ordinary_gradient(tiny
     chex.assert_trees_all_close(dp_grads, plain, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_noise_has_the_calibrated_std_and_comes_only_from_the_key(tiny):
     images, labels = _batch()
     batch = (images, labels, jnp.ones(10))
@@ -145,6 +149,7 @@ def test_epsilon_is_below_the_tf_privacy_mnist_tutorial_value():
     assert 2.0 < eps <= 2.92
 
 
+@pytest.mark.slow
 def test_noise_for_epsilon_round_trips_with_pld_and_is_monotone():
     q, steps, _ = dpsgd.poisson_schedule(500, 64, 40)  # The CPU tier's former DP rows.
     noises = [accounting.noise_for_epsilon(e, q, steps, 1e-5) for e in (1.0, 4.0, 8.0)]
@@ -228,6 +233,7 @@ def test_batchnorm_networks_are_refused():
                               (images, labels, jnp.ones(4, bool)))
 
 
+@pytest.mark.slow
 def test_dp_training_runs_in_a_bank_and_is_deterministic(tiny):
     images, labels = _batch(24)
     masks = jnp.ones((2, 24), bool).at[1, :5].set(False)
@@ -241,6 +247,7 @@ def test_dp_training_runs_in_a_bank_and_is_deterministic(tiny):
     assert not np.array_equal(jax.tree.leaves(first[0])[0], jax.tree.leaves(other[0])[0])
 
 
+@pytest.mark.slow
 def test_non_dp_step_is_the_unchanged_pre_dp_step(tiny):
     """dp=None takes exactly the old path: augment with ``key``, ordinary gradient, update."""
     images, labels = _batch(8)
@@ -270,6 +277,7 @@ def _draws(mask, q, capacity, keys):
     return jax.jit(jax.vmap(lambda k: dpsgd.poisson_batch(k, mask, q, capacity)))(keys)
 
 
+@pytest.mark.slow
 def test_poisson_batches_include_each_example_with_probability_q_and_never_the_masked_out():
     mask = jnp.ones(60, bool).at[::7].set(False)
     q, steps = 0.2, 4000
@@ -333,6 +341,7 @@ def test_a_capacity_too_small_for_the_data_is_refused():
     dpsgd.check_capacity(_dp(capacity=21), 8, 2, 24)  # Enough: no error.
 
 
+@pytest.mark.slow
 def test_padding_slots_contribute_nothing_and_the_step_divides_the_sum_by_q_times_n(tiny):
     """A noiseless Poisson step of plain SGD (lr 1): params - (clipped sum of the drawn examples) / (q * n)."""
     images, labels = _batch(24, seed=3)
@@ -356,6 +365,7 @@ def test_padding_slots_contribute_nothing_and_the_step_divides_the_sum_by_q_time
     chex.assert_trees_all_equal(new, same)
 
 
+@pytest.mark.slow
 def test_one_compiled_dp_step_serves_every_batch_size(tiny):
     images, labels = _batch(24, seed=7)
     mask = jnp.ones(24, bool)
@@ -378,6 +388,7 @@ def test_one_compiled_dp_step_serves_every_batch_size(tiny):
     assert len(sizes) > 1  # Different sampled sizes, one trace.
 
 
+@pytest.mark.slow
 def test_an_empty_poisson_batch_still_takes_a_noisy_step(tiny):
     """Skipping it would reveal that no example was drawn; the accountant analyses a noise-only step."""
     images, labels = _batch(8)
@@ -389,6 +400,7 @@ def test_an_empty_poisson_batch_still_takes_a_noisy_step(tiny):
     assert not np.array_equal(jax.tree.leaves(new.variables)[0], jax.tree.leaves(variables)[0])
 
 
+@pytest.mark.slow
 def test_dp_training_runs_round_epochs_over_q_steps_in_two_phases(tiny, monkeypatch):
     """train_from_init runs round(epochs * n / B) Poisson steps: half at lr, half at lr / 10."""
     plans, traces = [], []
@@ -421,12 +433,14 @@ def _launch(args, mock_examples):
 
 @pytest.mark.parametrize("flag,value", [("lrs", "0.1,-1"), ("batch_sizes", "0"), ("epsilons", "inf"),
                                         ("dp_delta", "1"), ("val_size", "0"), ("private_size", "200")])
+@pytest.mark.slow
 def test_dp_tune_rejects_bad_flags_before_writing(tmp_path, flag, value):
     proc = _launch(_TUNE + [f"--workdir={tmp_path}/w", f"--{flag}={value}"], 120)
     assert proc.returncode != 0 and f"--{flag}" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_dp_tune_sweeps_on_mock_data_and_records_every_setting(tmp_path):
     proc = _launch(_TUNE + [f"--workdir={tmp_path}/w"], 120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -31,6 +31,7 @@ def rgb():
 
 @pytest.mark.parametrize("name", OP_NAMES)
 @pytest.mark.parametrize("mode", ["batch", "image"])
+@pytest.mark.slow
 def test_op_preserves_shape_dtype_and_is_finite(name, mode, gray, rgb):
     params = dsa.DSAParams(param_mode=mode)
     for x in (gray, rgb):
@@ -40,12 +41,14 @@ def test_op_preserves_shape_dtype_and_is_finite(name, mode, gray, rgb):
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
+@pytest.mark.slow
 def test_op_is_differentiable(name, rgb):
     grad = jax.grad(lambda x: jnp.sum(_op(name)(jax.random.PRNGKey(3), x, IMAGE_MODE) ** 2))(rgb)
     assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
 
 
 @pytest.mark.parametrize("strategy", [dsa.STRATEGY_DIGITS, dsa.STRATEGY_DEFAULT])
+@pytest.mark.slow
 def test_full_strategy_grad_under_jit(strategy, gray):
     loss = lambda x: jnp.sum(dsa.dsa_augment(jax.random.PRNGKey(4), x, strategy) ** 2)
     grad = jax.jit(jax.grad(loss))(gray)
@@ -54,6 +57,7 @@ def test_full_strategy_grad_under_jit(strategy, gray):
 
 
 @pytest.mark.parametrize("strategy", [dsa.STRATEGY_DIGITS, dsa.STRATEGY_DEFAULT])
+@pytest.mark.slow
 def test_batch_mode_siamese_across_batch_sizes(strategy, gray):
     key = jax.random.PRNGKey(5)
     whole = dsa.dsa_augment(key, gray, strategy)
@@ -147,6 +151,7 @@ def test_cutout_zeroes_clipped_square():
     assert int((mask == 0).sum()) == side * side
 
 
+@pytest.mark.slow
 def test_affine_sampler_quarter_turn_matches_rot90():
     # The rotation matrix at 90 degrees on a square grid is an exact pixel permutation (no interpolation).
     x = jax.random.normal(jax.random.PRNGKey(17), (1, 7, 7, 2))

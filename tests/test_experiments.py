@@ -32,6 +32,7 @@ def _error_line(proc):
     (["--method=kip"], "method"),
     (["--method=dsa", "--dsa_strategy=color_warp"], "dsa_strategy"),
 ])
+@pytest.mark.slow
 def test_condense_rejects_bad_flags(tmp_path, args, flag):
     proc = _run(["experiments/condense.py", f"--workdir={tmp_path}/w"] + args)
     assert proc.returncode != 0
@@ -39,6 +40,7 @@ def test_condense_rejects_bad_flags(tmp_path, args, flag):
     assert not os.path.exists(tmp_path / "w")  # Nothing half-written.
 
 
+@pytest.mark.slow
 def test_train_rejects_bad_flags(tmp_path):
     proc = _run(["experiments/train.py", f"--workdir={tmp_path}/w", "--epochs=0"])
     assert proc.returncode != 0 and "epochs" in _error_line(proc)
@@ -46,17 +48,20 @@ def test_train_rejects_bad_flags(tmp_path):
     assert proc.returncode != 0 and "model" in _error_line(proc)
 
 
+@pytest.mark.slow
 def test_unknown_dataset_names_itself(tmp_path):
     proc = _run(["experiments/train.py", f"--workdir={tmp_path}/w", "--dataset=imagenet9"])
     assert proc.returncode != 0 and "imagenet9" in _error_line(proc)
 
 
+@pytest.mark.slow
 def test_batch_real_larger_than_smallest_class_is_rejected(tmp_path):
     proc = _run(["experiments/condense.py", f"--workdir={tmp_path}/w", "--batch_real=1000",
                  "--width=8", "--depth=1"], mock_examples=100)
     assert proc.returncode != 0 and "batch_real" in _error_line(proc), proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_condense_launcher_runs_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "dc"
     args = ["experiments/condense.py", f"--workdir={workdir}", "--ipc=1", "--iterations=2",
@@ -74,6 +79,7 @@ def test_condense_launcher_runs_end_to_end_on_mock_data(tmp_path):
     assert again.returncode != 0 and "overwrite" in _error_line(again)
 
 
+@pytest.mark.slow
 def test_dm_launcher_takes_the_method_defaults_and_writes_the_same_outputs(tmp_path):
     workdir = tmp_path / "dm"
     proc = _run(["experiments/condense.py", f"--workdir={workdir}", "--method=dm", "--ipc=1", "--iterations=2",
@@ -89,6 +95,7 @@ def test_dm_launcher_takes_the_method_defaults_and_writes_the_same_outputs(tmp_p
         assert (workdir / name).exists(), name
 
 
+@pytest.mark.slow
 def test_train_launcher_on_a_synthetic_set(tmp_path):
     import numpy as np
     npz = tmp_path / "syn.npz"
@@ -110,6 +117,7 @@ def test_train_launcher_on_a_synthetic_set(tmp_path):
     (["--num_queries=20"], "num_queries"),
     (["--target=condense", "--ipc=0"], "ipc"),
 ])
+@pytest.mark.slow
 def test_attack_rejects_bad_flags(tmp_path, args, flag):
     proc = _run(["experiments/attack.py", f"--workdir={tmp_path}/w"] + args)
     assert proc.returncode != 0
@@ -117,6 +125,7 @@ def test_attack_rejects_bad_flags(tmp_path, args, flag):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "mia"
     args = ["experiments/attack.py", f"--workdir={workdir}", "--target=subset", "--per_class=1",
@@ -145,12 +154,14 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     (["--dp_clip=0"], "--dp_clip"),
     (["--rows=original,dpsgd_eps3"], "--rows"),
 ])
+@pytest.mark.slow
 def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
     proc = _run(["experiments/privacy_study.py", f"--workdir={tmp_path}/w"] + args)
     assert proc.returncode != 0 and flag in _error_line(proc), proc.stderr[-2000:]
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "study"
     args = ["experiments/privacy_study.py", f"--workdir={workdir}", "--tier=test", "--per_class=1",

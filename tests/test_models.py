@@ -13,12 +13,12 @@ from dcjax import models
 from dcjax.models import MODEL_NAMES, ModelConfig, count_params, make_model
 
 MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
-# Classifier input sizes of each architecture for both image shapes (PROTOCOL section 2).
+# Classifier input sizes of each architecture for both image shapes (docs/protocol.md section 2).
 EMBED_DIMS = {"convnet": 2048, "mlp": 128, "lenet": 84, "alexnet": 3072, "vgg11": 512,
               "resnet18": 512}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(shape=MNIST, classes=10, **cfg):
     """make_model, cached so tests sharing a config share its jit compilations."""
     return make_model(ModelConfig(**cfg), shape, classes)
@@ -60,12 +60,13 @@ def _layers(params):
     """Every dict holding a 'kernel' (a Conv or Dense layer), anywhere in params."""
     if "kernel" in params:
         return [params]
-    return [l for v in params.values() if isinstance(v, dict) for l in _layers(v)]
+    return [layer for v in params.values() if isinstance(v, dict) for layer in _layers(v)]
 
 
 # --------------------------------------------------------------------------- shapes
 
 
+@pytest.mark.slow
 def test_mnist_convnet_params_and_shapes():
     m = _model()
     variables = m.init(jax.random.key(0))
@@ -97,6 +98,7 @@ def _init_apply_embed(m, key, x):
 
 @pytest.mark.parametrize("shape", [MNIST, CIFAR], ids=["mnist", "cifar"])
 @pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.slow
 def test_every_model_builds_and_runs(name, shape):
     """MNIST shapes are run (compiled, ~1 s each); CIFAR ones are traced (jax.eval_shape)."""
     # conv_impl="lax" only because it compiles ~2x faster; im2col == lax is tested below.
@@ -151,6 +153,7 @@ def test_flax_init_scheme():
 
 
 @pytest.mark.parametrize("scheme", ["reference", "flax"])
+@pytest.mark.slow
 def test_layer_initializers_match_fast_init(scheme):
     """The modules' own initializers (standalone use) draw what make_model's init draws."""
     x = jnp.zeros((1, 8, 8, 64))
@@ -174,6 +177,7 @@ def test_layer_initializers_match_fast_init(scheme):
 
 @pytest.mark.parametrize("k,stride,padding,size", [
     (3, 1, 3, 7), (3, 2, 1, 9), (1, 2, 0, 8), (5, 1, 4, 6)])
+@pytest.mark.slow
 def test_conv_im2col_matches_lax(k, stride, padding, size):
     x = _images(2, (size, size, 3))
     kernel = _normal(k, k, 3, 4, seed=1)
@@ -195,6 +199,7 @@ def _value_and_grads(apply, variables, x, labels):
     return apply(variables, x), grads
 
 
+@pytest.mark.slow
 def test_im2col_matches_lax_convnet():
     x, labels = _images(4), jnp.arange(4) % 10
     variables = _model().init(jax.random.key(0))
@@ -208,6 +213,7 @@ def _block(impl):
     return models.BasicBlock(16, stride=2, conv_impl=impl)
 
 
+@pytest.mark.slow
 def test_im2col_matches_lax_resnet_stride2_block():
     x = _images(2, (9, 9, 8))
     variables = jax.jit(_block("im2col").init)(jax.random.key(0), x)
@@ -223,6 +229,7 @@ def test_im2col_matches_lax_resnet_stride2_block():
     _assert_close_rel(*out)
 
 
+@pytest.mark.slow
 def test_im2col_matches_lax_under_vmap_over_param_sets():
     """A bank of 2 models, each with its own batch: vmap(im2col) == vmap(lax)."""
     fns = {impl: _model(width=32, conv_impl=impl) for impl in ("im2col", "lax")}
@@ -238,6 +245,7 @@ def test_im2col_matches_lax_under_vmap_over_param_sets():
 # ------------------------------------------------------------------------ BatchNorm
 
 
+@pytest.mark.slow
 def test_batchnorm_train_updates_stats_and_eval_is_pure():
     m = _model(name="convnet_bn", width=16)
     variables, x = m.init(jax.random.key(0)), _images(8)
@@ -261,6 +269,7 @@ def test_batchnorm_train_updates_stats_and_eval_is_pure():
     assert not np.allclose(logits[:4], other[:4], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_batchnorm_apply_train_under_vmap_over_models():
     """A bank of BN models trained side by side keeps one set of running stats per model."""
     m = _model(name="convnet_bn", width=8, depth=1)
@@ -269,9 +278,9 @@ def test_batchnorm_apply_train_under_vmap_over_models():
     logits, new = jax.jit(jax.vmap(m.apply_train))(stacked, xs)
     chex.assert_shape(logits, (2, 2, 10))
     for i in range(2):
-        one = jax.tree.map(lambda a: a[i], stacked)
+        one = jax.tree.map(lambda a, i=i: a[i], stacked)
         single_logits, single = jax.jit(m.apply_train)(one, xs[i])
-        _assert_close_rel((single_logits, single), jax.tree.map(lambda a: a[i], (logits, new)))
+        _assert_close_rel((single_logits, single), jax.tree.map(lambda a, i=i: a[i], (logits, new)))
 
 
 def test_apply_train_without_batchnorm_is_apply():
@@ -290,6 +299,7 @@ _VARIANTS = [(_NORMS[i % 5], _ACTS[i % 4], _POOLS[i % 3], 1 + i % 4) for i in ra
 
 
 @pytest.mark.parametrize("norm,activation,pooling,depth", _VARIANTS)
+@pytest.mark.slow
 def test_convnet_variant_runs(norm, activation, pooling, depth):
     m = _model(width=32, depth=depth, norm=norm, activation=activation, pooling=pooling,
                conv_impl="lax")
@@ -305,6 +315,7 @@ def test_convnet_variant_runs(norm, activation, pooling, depth):
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 @pytest.mark.parametrize("pooling", _POOLS)
 @pytest.mark.parametrize("norm", _NORMS)
+@pytest.mark.slow
 def test_convnet_variant_shapes(norm, pooling, depth):
     """Every norm x pooling x depth traces (shapes only: no compile)."""
     m = make_model(ModelConfig(width=32, depth=depth, norm=norm, pooling=pooling), MNIST, 10)

@@ -44,6 +44,7 @@ def test_distance_matrix_matches_per_set_distances():
         nearest.nearest_distance_matrix(sets[0], pool)
 
 
+@pytest.mark.slow
 def test_calibration_detects_planted_images_despite_near_duplicates():
     sets, pool, keep = _planted_study(1)
     distances = nearest.nearest_distance_matrix(sets, pool)

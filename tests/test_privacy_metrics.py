@@ -109,6 +109,7 @@ def _shifted(seed: int, n: int, shift: float = 1.0):
     return scores, labels
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_contains_estimate_deterministic_and_narrows():
     key = jax.random.key(7)
     small, large = _shifted(0, 100), _shifted(1, 2000)
@@ -313,6 +314,7 @@ def _correlated_trials(key, reps: int, num_examples: int, num_models: int = 8):
     return u + (1.0 + v) * keep + noise, keep
 
 
+@pytest.mark.slow
 def test_example_bootstrap_covers_on_correlated_trials_where_trial_bootstrap_does_not():
     reps, num_examples, num_resamples = 200, 100, 200
     # Population AUC from an independent draw of reps x 100 = 20k examples pooled (160k trials), about 0.678.

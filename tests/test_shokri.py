@@ -63,6 +63,7 @@ def test_features_shapes_and_extremes():
 
 
 @pytest.mark.parametrize("hidden, features", [(16, "prob"), (0, "prob"), (16, "logprob")])
+@pytest.mark.slow
 def test_learns_confidence_gap(hidden, features):
     config = shokri.AttackConfig(hidden=hidden, features=features, steps=300, lr=1e-2)
     accuracy, scores = _fit_and_score(config, jax.random.key(10), jax.random.key(11))
@@ -70,6 +71,7 @@ def test_learns_confidence_gap(hidden, features):
     assert scores.dtype == np.float64 and ((scores >= 0) & (scores <= 1)).all()
 
 
+@pytest.mark.slow
 def test_null_stays_at_chance():
     accuracy, _ = _fit_and_score(FAST, jax.random.key(20), jax.random.key(21), informative=False)
     assert abs(accuracy - 0.5) < 0.1
@@ -87,6 +89,7 @@ def _opposite_rules(key, n: int):
 
 
 @pytest.mark.parametrize("hidden", [0, 16])
+@pytest.mark.slow
 def test_per_class_routing(hidden):
     config = shokri.AttackConfig(hidden=hidden, steps=300, lr=1e-2)
     x, classes, member = _opposite_rules(jax.random.key(30), 400)
@@ -101,6 +104,7 @@ def test_per_class_routing(hidden):
         assert shokri.attack_accuracy(scores[rows], member_t[rows]) > 0.95
 
 
+@pytest.mark.slow
 def test_unbalanced_class_not_biased():
     # 9x more OUT than IN rows and an uninformative feature: balanced BCE keeps scores near 0.5, not near 0.1.
     n = 1000
@@ -110,6 +114,7 @@ def test_unbalanced_class_not_biased():
     assert abs(np.mean(shokri.attack_scores(params, x, np.zeros(n, int))) - 0.5) < 0.1
 
 
+@pytest.mark.slow
 def test_deterministic_per_key():
     logits, classes, member = _synthetic(jax.random.key(50), 300)
     x = shokri.attack_features(logits, FAST)

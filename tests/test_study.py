@@ -13,6 +13,7 @@ from dcjax import checkpoint, dpsgd, workdir
 from dcjax.privacy import accounting, study
 
 
+@pytest.mark.slow
 def test_rows_share_the_attack_setting_and_change_only_recipe_and_training():
     config = study.StudyConfig()
     rows = {name: study.row_config(config, name) for name in study.ROWS}
@@ -159,6 +160,8 @@ def test_rows_can_be_added_to_a_finished_study(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(study.attack_run, "run_attack", _fake_run_attack(calls))
     monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
+    # Stand-in data and model have no shapes to estimate memory from (tests/test_memory.py covers that check).
+    monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
     data = (types.SimpleNamespace(labels=np.zeros(3000, np.int32), num_classes=10), None)
     fns = types.SimpleNamespace(has_batch_stats=False)
     first = dataclasses.replace(_cpu_like(), rows=("original",))

@@ -68,6 +68,7 @@ def _images(key: int, n: int) -> np.ndarray:
     return np.array(jax.random.normal(jax.random.PRNGKey(key), (n, 4, 3, 2)))  # writable copy
 
 
+@pytest.mark.slow
 def test_nearest_distances_match_brute_force_and_padding():
     syn, pool = _images(0, 6), _images(1, 11)
     pool[3] = syn[4]  # a pool image that was released verbatim
@@ -94,6 +95,7 @@ def test_nearest_distances_errors():
         nearest.nearest_distances(_images(0, 2), _images(1, 2), batch_size=0)
 
 
+@pytest.mark.slow
 def test_nearest_distance_scores_shape_and_sign():
     sets = np.stack([_images(3, 4), _images(4, 4)])
     pool = _images(5, 7)

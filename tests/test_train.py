@@ -32,6 +32,7 @@ def tiny():
     return models.make_model(TINY, (8, 8, 1), 4)
 
 
+@pytest.mark.slow
 def test_training_fits_a_separable_problem(tiny):
     images, labels = _separable()
     cfg = train.TrainConfig(epochs=30, batch_size=16, lr=0.05)
@@ -43,6 +44,7 @@ def test_training_fits_a_separable_problem(tiny):
     assert float(engine.evaluate_many(tiny, variables, images, labels)[0]) == 1.0
 
 
+@pytest.mark.slow
 def test_model_axis_strategies_equal_sequential_runs(tiny):
     """vmap, map and a Python loop train the same M models as M separate runs."""
     images, labels = _separable()
@@ -56,10 +58,11 @@ def test_model_axis_strategies_equal_sequential_runs(tiny):
         single = jax.jit(train.train_from_init, static_argnums=(0, 1, 2))(
             tiny, cfg, schedule, keys[m], (images, labels, masks[m]))
         for strategy, stacked in results.items():
-            chex.assert_trees_all_close(jax.tree.map(lambda x: x[m], stacked), single,
+            chex.assert_trees_all_close(jax.tree.map(lambda x, m=m: x[m], stacked), single,
                                         rtol=1e-4, atol=1e-5, custom_message=strategy)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bitwise_identical_params(tiny):
     images, labels = _separable()
     cfg = train.TrainConfig(epochs=2, batch_size=16, augment="dc")
@@ -72,6 +75,7 @@ def test_same_seed_gives_bitwise_identical_params(tiny):
     assert any(not np.array_equal(a, b) for a, b in pairs)
 
 
+@pytest.mark.slow
 def test_epoch_batches_cover_the_mask_once_and_pad_with_zero_weight():
     mask = jnp.zeros(20, bool).at[jnp.array([1, 4, 5, 9, 13, 17, 18])].set(True)
     schedule = train.Schedule(steps_per_epoch=2, batch_size=4)
@@ -84,6 +88,7 @@ def test_epoch_batches_cover_the_mask_once_and_pad_with_zero_weight():
 
 
 @pytest.mark.parametrize("microbatch", [0, 3])
+@pytest.mark.slow
 def test_padding_only_step_leaves_the_state_unchanged(tiny, microbatch):
     images, labels = _separable(8)
     trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1),
@@ -94,6 +99,7 @@ def test_padding_only_step_leaves_the_state_unchanged(tiny, microbatch):
     chex.assert_trees_all_equal(new, state)
 
 
+@pytest.mark.slow
 def test_microbatched_step_equals_whole_batch_step(tiny):
     """Chunked gradient accumulation (the CPU default) is the same SGD step."""
     images, labels = _separable(10)
@@ -139,6 +145,7 @@ def test_auto_strategy_is_per_backend():
         engine.resolve_strategy("bogus")
 
 
+@pytest.mark.slow
 def test_sharded_bank_equals_unsharded_on_four_devices(tiny):
     """The model axis sharded over 4 (fake CPU) devices trains the same models."""
     assert jax.device_count() == 4, "tests/conftest.py sets 4 fake CPU devices"

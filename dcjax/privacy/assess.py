@@ -173,7 +173,7 @@ def assess(scores: dict, d: AttackData, keys: dict, num_resamples: int) -> dict:
             "release": strongest(summaries, samples, [n for n in names if n in attacks_lib.RELEASE_ATTACKS])}
     detected = canaries_detected(scores, d)
     epsilon = {}
-    for kind, pick in best.items():
+    for pick in best.values():
         if pick is not None:
             threshold = detected[pick["attack"]]["threshold"] if detected else None
             epsilon[pick["attack"]] = empirical_epsilon(scores[pick["attack"]], d, keys["audit"], threshold)

@@ -1,6 +1,6 @@
 """A resumable membership-inference run: pools, keep masks, a shadow bank, attacks, metrics.
 
-Setting (PROTOCOL section 7). The dataset's train split is cut into two disjoint pools:
+Setting (docs/protocol.md section 7). The dataset's train split is cut into two disjoint pools:
 
 * the *target pool* (N examples) with LiRA keep masks over M models: every example is IN for
   exactly M/2 of them. Each model in turn is the target, the other M-1 its shadows
@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,9 @@ from absl import logging
 from dcjax import checkpoint
 from dcjax import data as data_lib
 from dcjax import engine
+from dcjax import memory
 from dcjax import plots
+from dcjax import progress
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
@@ -95,6 +98,8 @@ class AttackRunConfig:
             # Leave-one-out keeps M/2 - 1 IN and OUT shadows per example; a std needs 2 of each.
             raise ValueError(f"num_models must be even and >= 6 (LiRA fits per-example Gaussians "
                              f"to the other models), got {self.num_models}")
+        if not 0 <= self.seed < 2**32:  # jax.random.key(seed) wraps outside: two seeds, one key.
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         for name in ("num_shadow", "target_pool", "attacker_pool", "num_resamples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -133,6 +138,7 @@ def _recipe_need(recipe: bank.Recipe) -> tuple[str, int]:
         return "per_class", recipe.per_class
     if recipe.kind == "condense":
         dc = recipe.condense
+        assert dc is not None, "Recipe checks that a condense recipe has its CondenseConfig"
         if dc.init == "real" and dc.ipc > dc.batch_real:
             return "ipc", dc.ipc
         return "batch_real", dc.batch_real
@@ -158,7 +164,7 @@ def check_recipe_fits(config: AttackRunConfig, train) -> None:
                              f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}")
 
 
-def _chunks(config: AttackRunConfig) -> list[list[int]]:
+def model_chunks(config: AttackRunConfig) -> list[list[int]]:
     """Model indices grouped into chunks trained together; a chunk never mixes the two pools."""
     m, k = config.num_models, config.num_shadow
     size = config.models_per_chunk
@@ -211,7 +217,7 @@ def _mesh_for(chunk: list[int]):
     return engine.model_mesh() if n > 1 and len(chunk) % n == 0 else None
 
 
-def _to_host(x) -> np.ndarray:
+def _to_host(x) -> Any:
     """A (possibly model-sharded, possibly multi-host) array as one NumPy array on every process."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -242,7 +248,7 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     logits, population_logits, test_acc, losses = (
         _to_host(x) for x in (logits, population_logits, test_acc, losses))
     records = []
-    for j, i in enumerate(chunk):
+    for j in range(len(chunk)):
         record = {"logits": logits[j].astype(np.float32), "test_accuracy": float(test_acc[j]),
                   "population_logits": population_logits[j].astype(np.float32),
                   "final_train_loss": float(losses[j, -1]), "used": data.used[j]}
@@ -253,8 +259,12 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
 
 
 def train_bank(ctx: _Context) -> None:
-    """Trains every model not yet on disk, chunk by chunk, logging progress and ETA."""
-    all_chunks = _chunks(ctx.config)
+    """Trains every model not yet on disk, chunk by chunk, logging progress and ETA.
+
+    Within a chunk (which can take many minutes) the recipe's condensation and the training
+    report their own progress (``dcjax.progress``); a line before each chunk says which it is.
+    """
+    all_chunks = model_chunks(ctx.config)
     chunks = [c for c in all_chunks if not all(os.path.exists(_model_path(ctx.workdir, i)) for i in c)]
     total = ctx.config.num_models + ctx.config.num_shadow
     if len(chunks) < len(all_chunks):
@@ -263,16 +273,18 @@ def train_bank(ctx: _Context) -> None:
     tic = time.perf_counter()
     for done, chunk in enumerate(chunks, start=1):
         chunk_tic = time.perf_counter()
+        logging.info("chunk %d/%d: models %d-%d of %d (%s pool) ...", done, len(chunks), chunk[0], chunk[-1],
+                     total, ctx.pool(chunk[0])[2])
         records = _train_chunk(ctx, chunk)
         seconds = (time.perf_counter() - chunk_tic) / len(chunk)
         for i, record in zip(chunk, records):
             # Each model keeps its share of the chunk's time, so a resumed run still knows its cost.
             checkpoint.write_npz(_model_path(ctx.workdir, i), seconds=seconds, **record)
         elapsed = time.perf_counter() - tic
-        logging.info("models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %.0f s",
+        logging.info("models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %s",
                      chunk[0], chunk[-1], total, ctx.pool(chunk[0])[2],
                      100 * np.mean([r["test_accuracy"] for r in records]),
-                     elapsed / done, elapsed / done * (len(chunks) - done))
+                     elapsed / done, progress.format_eta(elapsed / done * (len(chunks) - done)))
 
 
 def load_model(workdir: str, i: int) -> dict:
@@ -387,6 +399,7 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     """
     check_recipe_fits(config, train)
     population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
+    memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     tic = time.perf_counter()
     ctx = _Context(config, fns, train, test, workdir)

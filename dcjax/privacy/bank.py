@@ -2,8 +2,8 @@
 
 A *recipe* is what a data owner does with their private subset before training: nothing
 (``original``), keep a random ``per_class`` images of each class (``subset``, the naive
-baseline), or condense it (``condense``: DC, DSA or DM, per ``CondenseConfig.method``). The attacker mimics the whole pipeline, so
-shadow models go through the same recipe on their own IN subsets (PROTOCOL section 7: "shadow
+baseline), or condense it (``condense``: DC, DSA or DM, per ``CondenseConfig.method``). The attacker mimics the whole
+pipeline, so shadow models go through the same recipe on their own IN subsets (docs/protocol.md section 7: "shadow
 PIPELINES").
 
 Every recipe produces a ``BankData``: one training pool and a [c, P] mask per model, which is
@@ -26,6 +26,7 @@ from absl import logging
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import engine
+from dcjax import progress
 from dcjax.models import ModelFns
 
 RECIPES = ("original", "subset", "condense")
@@ -120,6 +121,31 @@ def _condense_step(fns, config, class_strategy, model_strategy, states, pool, in
     return engine.map_models(one, model_strategy, (states, indexes, keys))
 
 
+def _iterate(statics: tuple, states, data, keys: jax.Array):
+    """config.iterations condensation steps of all c models, as one ``progress.task``.
+
+    statics: (fns, config, class strategy, model strategy) of ``_condense_step``; data: (pool
+    images [N, H, W, C], stacked ClassIndex [c, ...]); keys: [c] model keys. Returns the states.
+    """
+    fns, config, _, model_strategy = statics
+    c, (images, indexes) = keys.shape[0], data
+    iteration_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    label = f"condensing {c} models: {config.iterations} x {condense.describe(fns, config)}"
+    # A vmapped tick fires once for all c models, a mapped one once per model.
+    weight = c if model_strategy == "vmap" else 1
+    compiling = progress.first_call((statics, jnp.shape(images), jax.tree.map(jnp.shape, indexes)))
+    unit = "model-iterations" if config.method == "dm" else "model outer steps"
+    with progress.task(label, config.iterations * condense.iteration_units(config) * c, unit,
+                       weight, compiling):
+        for t in range(config.iterations):
+            step_keys = jax.vmap(lambda k, t=t: jax.random.fold_in(k, t))(iteration_keys)
+            states, metrics = _condense_step(*statics, states, images, indexes, step_keys)
+            if (t + 1) % 10 == 0 or t + 1 == config.iterations:
+                logging.info("condensing %d models: iteration %d/%d, mean loss %.4f", c,
+                             t + 1, config.iterations, float(jnp.mean(metrics["loss"])))
+        return jax.block_until_ready(states)
+
+
 def condense_models(fns: ModelFns, config: condense.CondenseConfig, keys: jax.Array,
                     pool, keep: np.ndarray, strategy: str = "auto"):
     """Condenses each model's IN subset of the pool, all c models at once.
@@ -149,15 +175,8 @@ def condense_models(fns: ModelFns, config: condense.CondenseConfig, keys: jax.Ar
     indexes = jax.tree.map(lambda *xs: jnp.stack(xs), *indexes)
     model_strategy = engine.resolve_strategy(strategy)
     model_strategy = "map" if model_strategy == "loop" else model_strategy
-    class_strategy = condense.resolve_class_strategy(config.class_strategy)
-    iteration_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    for t in range(config.iterations):
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(iteration_keys)
-        states, metrics = _condense_step(fns, config, class_strategy, model_strategy, states,
-                                         images, indexes, step_keys)
-        if (t + 1) % 10 == 0 or t + 1 == config.iterations:
-            logging.info("condensing %d models: iteration %d/%d, mean loss %.4f", keys.shape[0],
-                         t + 1, config.iterations, float(jnp.mean(metrics["loss"])))
+    statics = (fns, config, condense.resolve_class_strategy(config.class_strategy), model_strategy)
+    states = _iterate(statics, states, (images, indexes), keys)
     init_indices = np.stack([np.asarray(i) for _, i in inits])
     return np.asarray(states.images), init_indices
 
@@ -182,6 +201,7 @@ def recipe_data(recipe: Recipe, fns: ModelFns, keys: jax.Array, pool, keep: np.n
     if recipe.kind == "subset":
         masks = subset_masks(keys, labels, keep, recipe.per_class, num_classes)
         return BankData(images, labels, masks, masks.copy())
+    assert recipe.condense is not None, "Recipe checks that a condense recipe has its CondenseConfig"
     syn, init_indices = condense_models(fns, recipe.condense, keys, (images, labels), keep, strategy)
     c, n_syn = syn.shape[:2]
     used = np.zeros_like(keep)

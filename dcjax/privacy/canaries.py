@@ -1,4 +1,6 @@
-"""Injected canaries for the privacy study (PROTOCOL: "injected canaries such as mislabeled examples").
+"""Injected canaries for the privacy study.
+
+docs/protocol.md section 7: "injected canaries such as mislabeled examples".
 
 A canary is a pool example that is unusually easy to memorise: here its label is replaced by a wrong one, so a
 model that trains on it must memorise it to fit it. Canaries live in the LiRA-masked pool like every other

@@ -1,7 +1,8 @@
 """LiRA (Carlini et al., S&P 2022, "Membership Inference Attacks From First Principles") and the LOSS baseline.
 
-Pipeline (PROTOCOL section 7): logits of every model on every (example, query) -> ``logit_scale`` phi [M, N, Q] ->
-per-example Gaussians fitted to the IN and OUT shadow scores -> per-example membership score of a target model.
+Pipeline (docs/protocol.md section 7): logits of every model on every (example, query) -> ``logit_scale``
+phi [M, N, Q] -> per-example Gaussians fitted to the IN and OUT shadow scores -> per-example membership score of a
+target model.
 ``leave_one_out`` uses each of the M models in turn as the target with the other M - 1 as its shadows.
 
 Choices (the reference implementation's, unless noted):
@@ -18,7 +19,8 @@ Choices (the reference implementation's, unless noted):
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 import scipy.special
@@ -190,7 +192,7 @@ def _fit(s: np.ndarray, k_in: np.ndarray, k_out: np.ndarray, fixed_variance: boo
     """``fit_gaussians`` on checked inputs: s [M, N, Q], IN / OUT masks [M, N] (see ``_check_shadows``)."""
     pooled_in, pooled_out = _pooled_std(s, k_in), _pooled_std(s, k_out)
     pooled_in, pooled_out = np.nan_to_num(pooled_in, nan=pooled_out), np.nan_to_num(pooled_out, nan=pooled_in)
-    has_in, has_out = k_in.any(0)[:, None], k_out.any(0)[:, None]
+    has_in, has_out = np.any(k_in, axis=0)[:, None], np.any(k_out, axis=0)[:, None]
     both = (has_in & has_out)[:, 0]
     if not both.any() or np.isnan(pooled_in):
         raise ValueError("need an example with both IN and OUT shadows and an example with >= 2 IN or >= 2 OUT "
@@ -256,7 +258,7 @@ def lira_offline(target_scores, shadow_scores, shadow_keep, fixed_variance: bool
     pooled = _pooled_std(s, out)
     pooled = pooled if np.isfinite(pooled) else float(np.std(population))
     mu, std = _fit_set(s, out, fixed_variance, pooled)
-    has_out = out.any(0)[:, None]
+    has_out = np.any(out, axis=0)[:, None]
     mu = np.where(has_out, mu, np.median(population, axis=0))
     std = np.where(has_out, std, np.maximum(np.std(population, axis=0), MIN_STD))
     return scipy.special.log_ndtr((t - mu) / std).mean(-1)

@@ -1,4 +1,4 @@
-"""Membership-inference metrics (PROTOCOL section 7): ROC, AUC, balanced accuracy, TPR at low FPR, bootstrap CIs.
+"""Membership-inference metrics: ROC, AUC, balanced accuracy, TPR at low FPR, bootstrap CIs (docs/protocol.md s. 7).
 
 Conventions: ``labels`` are 1 for members and 0 for non-members; a higher score means "more likely a member"; the
 attack predicts "member" when ``score >= threshold``. Scores and labels may have any (matching) shape, e.g. the
@@ -8,7 +8,8 @@ float64; the only randomness (the bootstrap) comes from the ``jax.random`` key p
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -308,7 +309,7 @@ def trial_metrics(scores, keep, include=None, fprs: Sequence[float] = _DEFAULT_F
     fpr, tpr, _ = _roc(s, y)
     num_nonmembers = int(np.sum(~y))
     floor = 1.0 / num_nonmembers
-    out = {"auc": _auc(fpr, tpr), "balanced_accuracy": _balanced_accuracy(fpr, tpr)}
+    out: dict[str, Any] = {"auc": _auc(fpr, tpr), "balanced_accuracy": _balanced_accuracy(fpr, tpr)}
     for f in fprs:
         out[_fpr_name(f)] = _tpr_at_fpr(fpr, tpr, f) if f + _FPR_TOL >= floor else None
     out.update(fpr_floor=floor, num_members=int(np.sum(y)), num_nonmembers=num_nonmembers,

@@ -1,4 +1,4 @@
-"""LiRA query augmentation for digits (PROTOCOL section 7: "the image plus a few augmentations").
+"""LiRA query augmentation for digits (docs/protocol.md section 7: "the image plus a few augmentations").
 
 Digits are not mirror-symmetric (a flipped 2 or 7 is not a digit), so the queries are small translations only.
 Each query is scored by every model; ``lira`` then averages the per-query likelihood ratios.

@@ -1,8 +1,8 @@
 """Shokri et al. (S&P 2017, "Membership Inference Attacks Against Machine Learning Models"): the attack classifier.
 
-Pipeline (PROTOCOL section 7): the attacker's data is disjoint from the target's; each of k shadow models trains on
-its IN half of it. Every shadow's prediction vector on an IN record is an attack-training row labelled 1 and on an
-OUT record a row labelled 0. ONE binary attack classifier PER CLASS (softmax regression or a one-hidden-layer MLP)
+Pipeline (docs/protocol.md section 7): the attacker's data is disjoint from the target's; each of k shadow models
+trains on its IN half of it. Every shadow's prediction vector on an IN record is an attack-training row labelled 1 and
+on an OUT record a row labelled 0. ONE binary attack classifier PER CLASS (softmax regression or a one-hidden-layer MLP)
 maps the full prediction vector of a record of that class to P(member). The target is then scored on an equal
 number of its members and non-members (``balanced_indices``), so chance accuracy is 50%.
 
@@ -58,10 +58,10 @@ class AttackConfig:
             raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.lr < np.inf:  # Also rejects NaN.
+            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
+        if not 0 <= self.weight_decay < np.inf:
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
 
 
 def attack_features(logits, config: AttackConfig) -> jnp.ndarray:

@@ -24,6 +24,7 @@ import dataclasses
 import math
 import os
 import time
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -33,6 +34,7 @@ from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import dpsgd
+from dcjax import memory
 from dcjax import plots
 from dcjax.privacy import study_report
 from dcjax import train as train_lib
@@ -42,7 +44,9 @@ from dcjax.privacy import accounting, attack_data, attack_run, bank
 
 DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
-_DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"]["iterations"]  # (The config field `condense` shadows the module.)  # The other condensation methods, real init (their papers' default).
+# The DM paper's iteration count (the study's default for dm_real unless --dm_iterations says otherwise). Read
+# here, at import, because the config field `condense` shadows the module inside functions.
+_DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"]["iterations"]
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
 ROWS = DEFAULT_ROWS + METHOD_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
 _DP = ("trained with DP-SGD on all of its private data, Poisson-sampled batches (q = {sample_rate:.4g}, "
@@ -100,10 +104,12 @@ class StudyConfig:
             raise ValueError(f"rows must be distinct names from {ROWS}, got {list(self.rows)}")
         if not 0 < self.dp_delta < 1:
             raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
-        if not self.dp_clip > 0:
-            raise ValueError(f"dp_clip must be > 0, got {self.dp_clip}")
-        if self.dp_lr is not None and not self.dp_lr > 0:
-            raise ValueError(f"dp_lr must be > 0, got {self.dp_lr}")
+        if not 0 < self.dp_clip < math.inf:  # Also rejects NaN.
+            raise ValueError(f"dp_clip must be > 0 and finite, got {self.dp_clip}")
+        if self.dp_lr is not None and not 0 < self.dp_lr < math.inf:
+            raise ValueError(f"dp_lr must be > 0 and finite, got {self.dp_lr}")
+        if self.per_class < 1:
+            raise ValueError(f"per_class must be >= 1, got {self.per_class}")
         for name in ("dp_batch_size", "dp_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -183,10 +189,10 @@ def _dc(config: StudyConfig, name: str):
 def _other_method(config: StudyConfig, name: str):
     """dsa_real / dm_real: the study's condensation settings with that method, real init; trained with DSA.
 
-    The reference evaluates DSA and DM sets with DSA augmentation (PROTOCOL sections 4-5), so these rows do too.
+    The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so these rows do too.
     """
     method = name.split("_")[0]
-    changes = {"method": method, "init": "real"}
+    changes: dict[str, Any] = {"method": method, "init": "real"}
     if method == "dm":
         changes.update(iterations=config.dm_iterations, lr_img=condense.METHOD_DEFAULTS["dm"]["lr_img"])
     recipe = bank.Recipe("condense", condense=dataclasses.replace(config.condense, **changes))
@@ -196,6 +202,7 @@ def _other_method(config: StudyConfig, name: str):
 
 def _dpsgd(config: StudyConfig, name: str):
     dp = dp_setting(config, name)
+    assert dp is not None, f"{name} is not a DP-SGD row"
     private = dpsgd.DPConfig(l2_clip=dp["l2_clip"], noise_multiplier=dp["noise_multiplier"],
                              num_examples=dp["private_examples"], capacity=dp["capacity"],
                              overflow_budget=dp["overflow_budget"])
@@ -263,7 +270,8 @@ def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) 
             return results
         logging.info("row %s: finished by an older version; re-attacking its stored models", name)
         if not os.path.exists(workdir_lib.path(row_dir, attack_data.EXPORT)):
-            attack_run.export_trained_bank(row, fns, *data, row_dir)
+            train, test = data
+            attack_run.export_trained_bank(row, fns, train, test, row_dir)
         return attack_run.report_only(row_dir)
     logging.info("row %s: %s", name, describe(config, name))
     train, test = data
@@ -317,7 +325,9 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
     """
     for name in config.rows:  # Every row's feasibility first: fail before hours of work.
         row = row_config(config, name)
-        attack_run.check_recipe_fits(row, data[0])
+        train, test = data
+        attack_run.check_recipe_fits(row, train)
+        memory.check_attack_run(row, fns, train, test, what=f"row {name}")
         if row.train.dp is not None:
             dpsgd.check_network(fns)
             _check_dp_capacity(row, data[0])

@@ -1,0 +1,480 @@
+"""Bad input as a new user meets it: one `error:` line naming the flag (or file), exit != 0, nothing written.
+
+Most rows run in-process: the config dataclasses (every range a launcher flag maps to), the launchers'
+config builders in experiments/common.py, the data loaders and the workdir checks. The slow tests run
+the launchers as a user does, one per kind of mistake, and check the whole contract end to end.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from dcjax import condense, condense_run, data, dpsgd, evaluation, models, workdir
+from dcjax import train as train_lib
+from dcjax.privacy import attack_run, bank, rmia, shokri, study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import common  # noqa: E402
+
+FLAGS = flags.FLAGS
+if "lr_img" not in FLAGS:  # The flag groups the launchers share (what attack.py defines), once per process.
+    for define in (common.define_data_flags, common.define_model_flags, common.define_run_flags,
+                   common.define_condense_flags, common.define_attack_flags):
+        define()
+    common.define_train_flags(epochs=100)
+    flags.DEFINE_integer("per_class", 10, "attack.py's and privacy_study.py's flag.")
+    FLAGS.mark_as_parsed()
+
+NAN, INF = math.nan, math.inf
+_DP = dict(num_examples=10, capacity=4, overflow_budget=1e-6)
+
+# ---------------------------------------------------------------------------------- config dataclasses
+
+CONFIG_ROWS = [
+    (condense.CondenseConfig, {"ipc": 0}, "ipc"),
+    (condense.CondenseConfig, {"iterations": -1}, "iterations"),
+    (condense.CondenseConfig, {"outer_loop": 0}, "outer_loop"),
+    (condense.CondenseConfig, {"inner_loop": 0}, "inner_loop"),
+    (condense.CondenseConfig, {"batch_real": 0}, "batch_real"),
+    (condense.CondenseConfig, {"batch_train": 0}, "batch_train"),
+    (condense.CondenseConfig, {"lr_img": -1.0}, "lr_img"),
+    (condense.CondenseConfig, {"lr_img": NAN}, "lr_img"),
+    (condense.CondenseConfig, {"lr_img": INF}, "lr_img"),
+    (condense.CondenseConfig, {"lr_net": 0.0}, "lr_net"),
+    (condense.CondenseConfig, {"momentum_img": 1.0}, "momentum_img"),
+    (condense.CondenseConfig, {"momentum_img": -0.1}, "momentum_img"),
+    (condense.CondenseConfig, {"microbatch": -1}, "microbatch"),
+    (condense.CondenseConfig, {"method": "kip"}, "method"),
+    (condense.CondenseConfig, {"distance": "l1"}, "distance"),
+    (condense.CondenseConfig, {"init": "zeros"}, "init"),
+    (condense.CondenseConfig, {"class_strategy": "pmap"}, "class_strategy"),
+    (train_lib.TrainConfig, {"epochs": 0}, "epochs"),
+    (train_lib.TrainConfig, {"batch_size": 0}, "batch_size"),
+    (train_lib.TrainConfig, {"lr": -1.0}, "lr"),
+    (train_lib.TrainConfig, {"lr": NAN}, "lr"),
+    (train_lib.TrainConfig, {"momentum": 1.0}, "momentum"),
+    (train_lib.TrainConfig, {"weight_decay": -1e-4}, "weight_decay"),
+    (train_lib.TrainConfig, {"weight_decay": INF}, "weight_decay"),
+    (train_lib.TrainConfig, {"microbatch": -1}, "microbatch"),
+    (evaluation.EvalConfig, {"num_models": 0}, "num_models"),
+    (evaluation.EvalConfig, {"test_batch": 0}, "test_batch"),
+    (dpsgd.DPConfig, {"l2_clip": 0.0, **_DP}, "l2_clip"),
+    (dpsgd.DPConfig, {"l2_clip": INF, **_DP}, "l2_clip"),
+    (dpsgd.DPConfig, {"noise_multiplier": NAN, **_DP}, "noise_multiplier"),
+    (dpsgd.DPConfig, {**_DP, "num_examples": 0}, "num_examples"),
+    (dpsgd.DPConfig, {**_DP, "overflow_budget": 1.0}, "overflow_budget"),
+    (shokri.AttackConfig, {"hidden": -1}, "hidden"),
+    (shokri.AttackConfig, {"features": "logits"}, "features"),
+    (shokri.AttackConfig, {"steps": 0}, "steps"),
+    (shokri.AttackConfig, {"lr": NAN}, "lr"),
+    (shokri.AttackConfig, {"weight_decay": -1.0}, "weight_decay"),
+    (rmia.RMIAConfig, {"a": 1.5}, "a"),
+    (rmia.RMIAConfig, {"gamma": 0.0}, "gamma"),
+    (bank.Recipe, {"kind": "subset", "per_class": 0}, "per_class"),
+    (attack_run.AttackRunConfig, {"seed": -1}, "seed"),
+    (attack_run.AttackRunConfig, {"seed": 2**32}, "seed"),
+    (attack_run.AttackRunConfig, {"num_models": 5}, "num_models"),
+    (attack_run.AttackRunConfig, {"num_shadow": 0}, "num_shadow"),
+    (attack_run.AttackRunConfig, {"target_pool": 0}, "target_pool"),
+    (attack_run.AttackRunConfig, {"attacker_pool": 0}, "attacker_pool"),
+    (attack_run.AttackRunConfig, {"num_queries": 0}, "num_queries"),
+    (attack_run.AttackRunConfig, {"num_canaries": -1}, "num_canaries"),
+    (attack_run.AttackRunConfig, {"num_population": -1}, "num_population"),
+    (attack_run.AttackRunConfig, {"models_per_chunk": -1}, "models_per_chunk"),
+    (attack_run.AttackRunConfig, {"num_resamples": 0}, "num_resamples"),
+    (study.StudyConfig, {"rows": ("original", "bogus")}, "rows"),
+    (study.StudyConfig, {"per_class": 0}, "per_class"),
+    (study.StudyConfig, {"dp_delta": 1.0}, "dp_delta"),
+    (study.StudyConfig, {"dp_clip": NAN}, "dp_clip"),
+    (study.StudyConfig, {"dp_lr": -0.1}, "dp_lr"),
+    (study.StudyConfig, {"dp_batch_size": 0}, "dp_batch_size"),
+    (study.StudyConfig, {"dp_epochs": 0}, "dp_epochs"),
+    (study.StudyConfig, {"dm_iterations": 0}, "dm_iterations"),
+    (condense_run.RunConfig, {"seed": -1}, "seed"),
+    (condense_run.RunConfig, {"eval_every": -1}, "eval_every"),
+    (condense_run.RunConfig, {"checkpoint_every": 0}, "checkpoint_every"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,field", CONFIG_ROWS,
+                         ids=[f"{c.__name__}-{f}-{list(k.values())[0]}" for c, k, f in CONFIG_ROWS])
+def test_config_rejects_out_of_range_fields_naming_them(cls, kwargs, field):
+    with pytest.raises(ValueError) as info:
+        cls(**kwargs)
+    message = str(info.value)
+    # Starting with the field's name is what lets a launcher turn it into the flag's name.
+    assert re.match(rf"{field}\b", message) and "\n" not in message, message
+
+
+def test_defaults_and_edge_values_are_still_accepted():
+    condense.CondenseConfig(iterations=0, momentum_img=0.0, microbatch=0)
+    train_lib.TrainConfig(momentum=0.0, weight_decay=0.0, microbatch=0)
+    attack_run.AttackRunConfig(seed=2**32 - 1, num_canaries=0, num_population=0)
+    condense_run.RunConfig(eval_every=0)
+    study.StudyConfig(dp_lr=None)
+
+
+# ----------------------------------------------------------------------------- launcher config builders
+
+
+@pytest.mark.parametrize("overrides,flag", [
+    ({"lr_img": -1.0}, "--lr_img must be > 0"),
+    ({"lr_net": NAN}, "--lr_net must be > 0"),
+    ({"ipc": 0}, "--ipc must be >= 1"),
+    ({"batch_real": 0}, "--batch_real"),
+    ({"iterations": -1}, "--iterations"),
+    ({"outer_loop": 0}, "--outer_loop"),
+    ({"distance": "l1"}, "--distance must be one of"),
+    ({"init": "zeros"}, "--init must be one of"),
+    ({"class_strategy": "pmap"}, "--class_strategy must be one of"),
+    ({"dsa_strategy": "color_warp", "method": "dsa"}, "--dsa_strategy"),
+])
+def test_condense_flags_are_named_in_the_message(overrides, flag):
+    with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
+        common.condense_config()
+    assert str(info.value).startswith(flag), str(info.value)
+
+
+@pytest.mark.parametrize("overrides,flag", [
+    ({"lr": -1.0}, "--lr must be > 0"),
+    ({"lr": INF}, "--lr must be > 0"),
+])
+def test_train_flags_are_named_in_the_message(overrides, flag):
+    with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
+        common.train_config(small_set=False)
+    assert str(info.value).startswith(flag), str(info.value)
+
+
+@pytest.mark.parametrize("overrides,flag", [
+    ({"attack_hidden": -1}, "--attack_hidden must be >= 0"),  # The field is AttackConfig.hidden.
+    ({"attack_steps": 0}, "--attack_steps must be >= 1"),  # ... and AttackConfig.steps.
+    ({"num_models": 7}, "--num_models must be even"),
+    ({"num_shadow": 0}, "--num_shadow"),
+    ({"num_canaries": 5000}, "--num_canaries"),
+    ({"num_population": -1}, "--num_population"),
+    ({"num_queries": 99}, "--num_queries"),
+    ({"models_per_chunk": -1}, "--models_per_chunk"),
+    ({"num_resamples": 0}, "--num_resamples"),
+])
+def test_attack_flags_are_named_in_the_message(overrides, flag):
+    with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
+        common.attack_config(bank.Recipe(), train_lib.TrainConfig(epochs=1))
+    assert str(info.value).startswith(flag), str(info.value)
+
+
+def test_flag_message_names_only_real_flags():
+    assert common.flag_message("lr_img must be > 0, got -1") == "--lr_img must be > 0, got -1"
+    assert common.flag_message("ipc=9 exceeds the smallest class (5)") == "--ipc=9 exceeds the smallest class (5)"
+    assert common.flag_message("hidden must be >= 0", {"hidden": "attack_hidden"}) == "--attack_hidden must be >= 0"
+    assert common.flag_message("no_such_setting must be >= 0") == "no_such_setting must be >= 0"
+    assert common.flag_message("--lr must be > 0") == "--lr must be > 0"
+    assert common.flag_message("class 3 has 2 examples") == "class 3 has 2 examples"
+
+
+def test_a_missing_flagfile_is_one_error_line(capsys):
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as info:
+        common.parse_flags(["prog", "--flagfile=nope.cfg"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --flagfile") and "nope.cfg" in err, err
+
+
+def test_a_bad_flag_value_is_one_error_line(capsys):
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as info:
+        common.parse_flags(["prog", "--seed=-1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: flag --seed=-1"), err
+
+
+# ------------------------------------------------------------------------------------- data-fit checks
+
+
+def test_real_init_ipc_above_the_smallest_class_is_named():
+    index = data.build_class_index(np.array([0, 0, 0, 1, 1]), 2)
+    config = condense.CondenseConfig(ipc=3, init="real", batch_real=1)
+    with pytest.raises(ValueError) as info:
+        with common.naming_flags():
+            condense.check_batch_real(config, index)
+    assert str(info.value).startswith("--ipc=3"), str(info.value)
+    condense.check_batch_real(dataclasses.replace(config, init="noise"), index)  # Noise init has no such limit.
+
+
+def _labels_dataset(labels, num_classes):
+    labels = np.asarray(labels, np.int32)
+    return data.ArrayDataset(images=np.zeros((len(labels), 8, 8, 1), np.float32), labels=labels,
+                             num_classes=num_classes, name="mnist")
+
+
+def test_run_condensation_checks_the_data_before_writing_the_workdir(tmp_path):
+    train = _labels_dataset([0, 0, 1, 1], 2)
+    model = models.ModelConfig(width=4, depth=1)
+    config = condense_run.RunConfig(model=model, condense=condense.CondenseConfig(ipc=5, init="real", batch_real=1))
+    fns = models.make_model(model, train.image_shape, train.num_classes)
+    with pytest.raises(ValueError, match="ipc=5"):
+        condense_run.run_condensation(config, fns, train, train, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("recipe,flag", [
+    (bank.Recipe(kind="subset", per_class=50), "--per_class=50"),
+    (bank.Recipe(kind="condense", condense=condense.CondenseConfig(ipc=50, init="real", batch_real=1)),
+     "--ipc=50"),
+    (bank.Recipe(kind="condense", condense=condense.CondenseConfig(ipc=1, batch_real=50)), "--batch_real=50"),
+])
+def test_a_recipe_larger_than_a_private_half_names_its_flag(recipe, flag):
+    train = _labels_dataset(np.arange(200) % 2, 2)
+    config = attack_run.AttackRunConfig(recipe=recipe, num_models=6, target_pool=100, num_shadow=2,
+                                        attacker_pool=100)
+    with pytest.raises(ValueError) as info:
+        with common.naming_flags():
+            attack_run.check_recipe_fits(config, train)
+    assert str(info.value).startswith(flag), str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ data loading
+
+
+@pytest.mark.parametrize("where", ["arg", "env"])
+def test_a_missing_data_dir_fails_at_once_naming_it(monkeypatch, tmp_path, where):
+    missing = str(tmp_path / "nonexistent")
+    monkeypatch.setenv("TFDS_DATA_DIR", missing if where == "env" else str(tmp_path))
+    tic = time.perf_counter()
+    with pytest.raises(data.DataError) as info:
+        data.load_split("mnist", "train", missing if where == "arg" else None)
+    assert time.perf_counter() - tic < 5
+    message = str(info.value)
+    assert missing in message and "--download" in message and "TFDS_DATA_DIR" in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("data_dir,env,download,expected", [
+    (None, None, None, True),  # Nothing named: TFDS downloads to ~/tensorflow_datasets, as before.
+    ("DIR", None, None, False),  # A named directory must hold the data ...
+    (None, "DIR", None, False),
+    ("DIR", None, True, True),  # ... unless --download says otherwise.
+    (None, None, False, False),
+])
+@pytest.mark.slow
+def test_download_is_automatic_only_without_a_named_directory(monkeypatch, tmp_path, data_dir, env, download,
+                                                              expected):
+    tfds = data._import_tfds()
+    seen = {}
+
+    def fake_load(*args, **kwargs):
+        seen.update(kwargs)
+        raise AssertionError("stop here")
+
+    monkeypatch.setattr(tfds, "load", fake_load)
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    if env:
+        monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(data.DataError):
+        data.load_split("mnist", "train", str(tmp_path) if data_dir else None, download)
+    assert seen["download"] is expected
+
+
+def test_a_prepared_mock_dataset_loads_without_download(tmp_path):
+    tfds = data._import_tfds()
+    with tfds.testing.mock_data(num_examples=8):
+        ds = data.load_split("mnist", "train", str(tmp_path), download=False)
+    assert len(ds) == 8
+
+
+def _write(path, content: bytes):
+    path.write_bytes(content)
+    return str(path)
+
+
+def test_synthetic_npz_loader_names_each_problem(tmp_path):
+    cases = {
+        "text.npz": (b"hello, I am not an archive\n", "not a .npz archive"),
+        "empty.npz": (b"", "not a .npz archive"),
+        "broken.npz": (b"PK\x03\x04garbage", "not a .npz archive"),
+    }
+    for name, (content, expected) in cases.items():
+        path = _write(tmp_path / name, content)
+        with pytest.raises(data.DataError, match=re.escape(f"{path}: {expected}")):
+            data.load_synthetic_npz(path)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(data.DataError, match="not a .npz archive"):
+        data.load_synthetic_npz(str(tmp_path / "single.npy"))
+    np.savez(tmp_path / "objects.npz", images=np.array([object()] * 2), labels=np.arange(2))
+    with pytest.raises(data.DataError, match="holds object arrays"):
+        data.load_synthetic_npz(str(tmp_path / "objects.npz"))
+    np.savez(tmp_path / "nolabels.npz", images=np.zeros((2, 4, 4, 1)), y=np.arange(2))
+    with pytest.raises(data.DataError, match="lacks 'labels' .*holds: images, y"):
+        data.load_synthetic_npz(str(tmp_path / "nolabels.npz"))
+    np.savez(tmp_path / "shape.npz", images=np.zeros((2, 4, 4)), labels=np.arange(2))
+    with pytest.raises(data.DataError, match=r"images \[n, H, W, C\]"):
+        data.load_synthetic_npz(str(tmp_path / "shape.npz"))
+    np.savez(tmp_path / "floatlabels.npz", images=np.zeros((2, 4, 4, 1)), labels=np.zeros(2))
+    with pytest.raises(data.DataError, match="integer labels"):
+        data.load_synthetic_npz(str(tmp_path / "floatlabels.npz"))
+    with pytest.raises(data.DataError, match="no such file"):
+        data.load_synthetic_npz(str(tmp_path / "missing.npz"))
+
+
+def test_synthetic_npz_loader_returns_the_arrays_unchanged(tmp_path):
+    images, labels = np.random.default_rng(0).normal(size=(4, 3, 3, 1)).astype(np.float32), np.arange(4)
+    np.savez(tmp_path / "syn.npz", images=images, labels=labels, seed=0)
+    got_images, got_labels = data.load_synthetic_npz(str(tmp_path / "syn.npz"))
+    assert got_images.dtype == images.dtype and np.array_equal(got_images, images)
+    assert got_labels.dtype == labels.dtype and np.array_equal(got_labels, labels)
+
+
+# ----------------------------------------------------------------------------------------------- workdir
+
+
+def test_a_hand_broken_config_json_is_one_line_naming_the_file(tmp_path):
+    run = str(tmp_path / "run")
+    workdir.prepare(run, {"ipc": 1}, overwrite=False)
+    (tmp_path / "run" / "config.json").write_text('{"ipc": 1,,}')
+    with pytest.raises(workdir.WorkdirError) as info:
+        workdir.prepare(run, {"ipc": 1}, overwrite=False)
+    message = str(info.value)
+    assert os.path.join(run, "config.json") in message and "--overwrite" in message and "\n" not in message
+    assert workdir.prepare(run, {"ipc": 1}, overwrite=True) is False  # --overwrite still recovers.
+
+
+def test_a_hand_edited_config_names_the_file_and_the_setting(tmp_path):
+    run = str(tmp_path / "run")
+    workdir.prepare(run, {"condense": {"ipc": 1, "lr_img": 0.1}, "seed": 0}, overwrite=False)
+    path = tmp_path / "run" / "config.json"
+    path.write_text(json.dumps({"condense": {"ipc": 1, "lr_img": 0.5}, "seed": 0}))
+    with pytest.raises(workdir.WorkdirError) as info:
+        workdir.prepare(run, {"condense": {"ipc": 1, "lr_img": 0.1}, "seed": 0}, overwrite=False)
+    message = str(info.value)
+    assert str(path) in message and "condense.lr_img" in message and "\n" not in message, message
+
+
+# ------------------------------------------------------------------------- every flag has a range check
+
+# Where each flag of experiments/*.py is checked (enum/bool: absl itself).
+FLAG_CHECKS = {
+    **dict.fromkeys(["activation", "attack_features", "augment", "conv_impl", "eval_augment", "method", "model",
+                     "net_init", "norm", "pooling", "small_augment", "source", "strategy", "target"], "absl enum"),
+    **dict.fromkeys(["distributed", "download", "eval_baseline", "overwrite", "report_only"], "absl bool"),
+    **dict.fromkeys(["width", "depth", "seed", "subset_ipc"], "absl bounds"),
+    **dict.fromkeys(["epochs", "batch_size", "lr"], "TrainConfig (+ absl bounds)"),
+    **dict.fromkeys(["ipc", "iterations", "outer_loop", "inner_loop", "batch_real", "batch_train", "lr_img",
+                     "lr_net", "distance", "init", "class_strategy"], "CondenseConfig (+ check_batch_real)"),
+    "dsa_strategy": "dsa.parse_strategy via common.condense_config",
+    **dict.fromkeys(["num_models", "target_pool", "num_shadow", "attacker_pool", "num_queries", "num_canaries",
+                     "num_population", "models_per_chunk", "num_resamples"], "AttackRunConfig (+ check_recipe_fits)"),
+    **dict.fromkeys(["attack_hidden", "attack_steps"], "shokri.AttackConfig, renamed in common.attack_config"),
+    **dict.fromkeys(["num_eval", "eval_every", "eval_epochs", "checkpoint_every"], "condense.py run_config"),
+    "per_class": "bank.Recipe / StudyConfig (+ check_recipe_fits)",
+    **dict.fromkeys(["rows", "dp_delta", "dp_clip", "dp_lr", "dp_batch_size", "dp_epochs", "dm_iterations"],
+                    "StudyConfig (dp_tune.py: check_flags)"),
+    **dict.fromkeys(["small_epochs", "small_batch_size"], "TrainConfig, renamed in privacy_study.study_config"),
+    **dict.fromkeys(["target_pool", "attacker_pool", "private_size", "val_size", "batch_sizes", "lrs",
+                     "epsilons"], "dp_tune.check_flags"),
+    "dataset": "data._stats", "data_dir": "data.load_split", "workdir": "workdir.prepare",
+    "synthetic": "data.load_synthetic_npz", "conclusion": "privacy_study._about", "tier": "free text",
+}
+
+
+def test_every_launcher_flag_has_a_listed_check():
+    defined = set()
+    for name in os.listdir(os.path.join(ROOT, "experiments")):
+        if name.endswith(".py"):
+            with open(os.path.join(ROOT, "experiments", name)) as f:
+                defined |= set(re.findall(r'DEFINE_[a-z]+\(\s*"([a-z_0-9]+)"', f.read()))
+    assert defined == set(FLAG_CHECKS), (sorted(defined - set(FLAG_CHECKS)), sorted(set(FLAG_CHECKS) - defined))
+
+
+# ------------------------------------------------------------------- the launchers as a user runs them
+
+
+def _launch(args, mock_examples=None, env=None, timeout=300):
+    cmd = [sys.executable]
+    if mock_examples is not None:
+        cmd += [os.path.join(ROOT, "tests", "mock_launch.py"), str(mock_examples)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    tic = time.perf_counter()
+    proc = subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc, time.perf_counter() - tic
+
+
+def _assert_one_line_error(proc, *expected):
+    assert proc.returncode not in (0, 1), proc.stderr[-3000:]  # 2: the `fail` contract (1 would be a crash).
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(e in last for e in expected), proc.stderr[-3000:]
+    return last
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args,flag", [
+    ("condense.py", ["--ipc=1", "--iterations=1", "--lr_img=-1"], "--lr_img must be > 0"),
+    ("train.py", ["--lr=nan"], "--lr must be > 0"),
+    ("attack.py", ["--attack_hidden=-1"], "--attack_hidden"),
+    ("privacy_study.py", ["--small_batch_size=0"], "--small_batch_size"),
+    ("dp_tune.py", ["--lrs=0.1,-1"], "--lrs"),
+])
+def test_launchers_reject_out_of_range_flags_before_writing(tmp_path, script, args, flag):
+    proc, _ = _launch([f"experiments/{script}", f"--workdir={tmp_path}/w"] + args)
+    _assert_one_line_error(proc, flag)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args,flag", [
+    ("condense.py", ["--ipc=100000", "--init=real", "--batch_real=1"], "--ipc=100000"),
+    ("train.py", ["--source=subset", "--subset_ipc=1000"], "--subset_ipc=1000"),
+    ("privacy_study.py", ["--per_class=1000", "--num_models=6", "--target_pool=100", "--attacker_pool=100"],
+     "--per_class=1000"),
+])
+def test_launchers_reject_sets_larger_than_the_data_before_writing(tmp_path, script, args, flag):
+    proc, _ = _launch([f"experiments/{script}", f"--workdir={tmp_path}/w", "--width=4", "--depth=1"] + args,
+                      mock_examples=300)
+    _assert_one_line_error(proc, flag)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_data_dir_fails_within_seconds_naming_it(tmp_path):
+    missing = str(tmp_path / "nonexistent")
+    proc, seconds = _launch(["experiments/train.py", f"--workdir={tmp_path}/w", f"--data_dir={missing}"])
+    _assert_one_line_error(proc, missing, "--download")
+    assert seconds < 30 and not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_a_synthetic_file_that_is_not_an_archive_is_named(tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_text("not an archive\n")
+    proc, _ = _launch(["experiments/train.py", f"--workdir={tmp_path}/w", "--source=synthetic",
+                       f"--synthetic={garbage}"], mock_examples=50)
+    _assert_one_line_error(proc, f"--synthetic {garbage}: not a .npz archive")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_flagfile_is_one_line(tmp_path):
+    proc, _ = _launch(["experiments/condense.py", "--flagfile=nope.cfg", f"--workdir={tmp_path}/w"])
+    _assert_one_line_error(proc, "--flagfile", "nope.cfg")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_a_hand_broken_workdir_config_is_one_line_and_left_alone(tmp_path):
+    run = tmp_path / "w"
+    run.mkdir()
+    (run / "config.json").write_text("{ edited by hand")
+    proc, _ = _launch(["experiments/train.py", f"--workdir={run}", "--source=subset", "--subset_ipc=1",
+                       "--num_models=1", "--epochs=1", "--width=4", "--depth=1"], mock_examples=50)
+    _assert_one_line_error(proc, str(run / "config.json"))
+    assert sorted(os.listdir(run)) == ["config.json"] and (run / "config.json").read_text() == "{ edited by hand"

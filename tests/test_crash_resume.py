@@ -1,0 +1,399 @@
+"""Crashes and resumes: a run killed anywhere, diverged or left with a damaged checkpoint.
+
+In-process (fast): a non-finite condensation loss stops the run with one line and keeps the
+last good checkpoint; an unreadable checkpoint falls back to the previous one or says what to
+do. Slow (launchers as subprocesses on mock data): each launcher is SIGKILLed mid-run, the same
+command resumes it, and the outputs equal those of an uninterrupted run bit for bit.
+"""
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from dcjax import checkpoint
+from dcjax import condense
+from dcjax import condense_run
+from dcjax import data
+from dcjax import evaluation
+from dcjax import models
+from dcjax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ---------------------------------------------------------------------------------------------
+# In-process: divergence and damaged checkpoints.
+
+K, SHAPE = 3, (8, 8, 1)
+TINY = models.ModelConfig(width=8, depth=1)
+
+
+def _dataset(n, seed):
+    key = jax.random.key(seed)
+    labels = jnp.arange(n, dtype=jnp.int32) % K
+    images = jax.random.normal(key, (n,) + SHAPE) + labels[:, None, None, None]
+    return data.ArrayDataset(np.asarray(images), np.asarray(labels), K, "mnist")
+
+
+def _config(**condense_changes):
+    # DM without augmentation: the cheapest method to compile; the loop around it is the same.
+    cond = condense.CondenseConfig(method="dm", dsa_strategy="none", ipc=1, iterations=7,
+                                   batch_real=4, lr_img=1.0, init="noise")
+    return condense_run.RunConfig(
+        seed=3, model=TINY, condense=dataclasses.replace(cond, **condense_changes),
+        eval=evaluation.EvalConfig(num_models=1, train=train.TrainConfig(epochs=1)),
+        eval_every=0, eval_baseline=False, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def fns():
+    return models.make_model(TINY, SHAPE, K)
+
+
+@pytest.fixture(scope="module")
+def sets():
+    return _dataset(30, 0), _dataset(12, 1)
+
+
+def _condense(fns, sets, workdir, config=None):
+    return condense_run.run_condensation(config or _config(), fns, *sets, str(workdir))
+
+
+@pytest.fixture(scope="module")
+def straight(fns, sets, tmp_path_factory):
+    """An uninterrupted run: what every interrupted one must reproduce."""
+    workdir = tmp_path_factory.mktemp("straight")
+    results = _condense(fns, sets, workdir)
+    return workdir, results
+
+
+def _assert_same_synthetic(a, b):
+    with np.load(os.path.join(a, "synthetic.npz")) as x, np.load(os.path.join(b, "synthetic.npz")) as y:
+        assert sorted(x.files) == sorted(y.files)
+        for name in x.files:
+            np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+
+
+def _steps(workdir):
+    return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+
+
+def _iterations(path):
+    return [r["iteration"] for r in checkpoint.read_jsonl(str(path))]
+
+
+def _poison_iteration(monkeypatch, bad_call: int):
+    """Makes the bad_call-th iteration (1-based) report a NaN loss, as a diverged one does."""
+    real = condense.make_iteration_fn
+
+    def make(*args, **kwargs):
+        step, calls = real(*args, **kwargs), []
+
+        def poisoned(state, real_data, key):
+            state, out = step(state, real_data, key)
+            calls.append(None)
+            return state, ({**out, "loss": jnp.float32(jnp.nan)} if len(calls) == bad_call else out)
+        return poisoned
+
+    monkeypatch.setattr(condense, "make_iteration_fn", make)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_resumes_identically(
+        fns, sets, straight, tmp_path, monkeypatch):
+    _poison_iteration(monkeypatch, bad_call=6)  # Checkpoints after 2 and 4; the 6th iteration fails.
+    with pytest.raises(ValueError, match="condensation diverged") as error:
+        _condense(fns, sets, tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and "loss nan at iteration 6 of 7" in message
+    assert f"after iteration 4) is kept in {tmp_path / 'checkpoints'}" in message and "--lr_img" in message
+    assert _steps(tmp_path) == [2, 4]
+    assert _iterations(tmp_path / "metrics.jsonl") == [0, 1, 2, 3]  # Cut back to the checkpoint.
+    assert _iterations(tmp_path / "evals.jsonl") == []  # The only evaluation is at the end.
+    for name in ("results.json", "synthetic.npz", "synthetic.png"):
+        assert not (tmp_path / name).exists(), name
+    monkeypatch.undo()  # A transient fault: the same command resumes from iteration 4.
+    resumed = _condense(fns, sets, tmp_path)
+    _assert_same_synthetic(straight[0], tmp_path)
+    assert resumed["final"] == straight[1]["final"]
+    assert _iterations(tmp_path / "metrics.jsonl") == list(range(7))
+
+
+def test_a_huge_image_learning_rate_diverges_with_one_line_and_no_outputs(fns, sets, tmp_path):
+    config = dataclasses.replace(_config(lr_img=1e38), checkpoint_every=1)
+    with pytest.raises(condense_run.DivergedError, match="condensation diverged") as error:
+        _condense(fns, sets, tmp_path, config)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "synthetic.npz").exists()
+    with ocp.CheckpointManager(str(tmp_path / "checkpoints")) as manager:
+        for step in manager.all_steps():  # Whatever was checkpointed before the blow-up is finite.
+            saved = manager.restore(step, args=ocp.args.StandardRestore())
+            assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved)), step
+    with pytest.raises(condense_run.workdir_lib.WorkdirError, match="overwrite"):
+        _condense(fns, sets, tmp_path)  # Saner settings start over with --overwrite, as it says.
+
+
+class _Killed(Exception):
+    pass
+
+
+def _die_after_saving(monkeypatch, at_step):
+    real_save = checkpoint.Checkpointer.save
+
+    def save(self, step, tree):
+        real_save(self, step, tree)
+        if step == at_step:
+            raise _Killed()
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+
+
+def _truncate_data_files(step_dir):
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.sep + "d" + os.sep in path:  # OCDBT data files: the arrays themselves.
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.mark.slow
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(
+        fns, sets, straight, tmp_path, monkeypatch):
+    _die_after_saving(monkeypatch, at_step=6)
+    with pytest.raises(_Killed):
+        _condense(fns, sets, tmp_path)
+    monkeypatch.undo()
+    assert _steps(tmp_path) == [4, 6]
+    _truncate_data_files(tmp_path / "checkpoints" / "6")
+    resumed = _condense(fns, sets, tmp_path)
+    _assert_same_synthetic(straight[0], tmp_path)
+    assert resumed["final"] == straight[1]["final"]
+    assert (tmp_path / "checkpoints" / f"6{checkpoint.UNREADABLE_SUFFIX}").is_dir()  # Kept aside.
+    assert _steps(tmp_path)[-1] == 7
+
+
+def _tree(value):
+    return {"images": jnp.full((2, 3), value, jnp.float32), "opt_state": (jnp.zeros(2), {"m": jnp.ones(3)})}
+
+
+def _saved(directory, steps):
+    ckpt = checkpoint.Checkpointer(str(directory))
+    for step in steps:
+        ckpt.save(step, _tree(float(step)))
+    ckpt.close()
+
+
+DAMAGE = {
+    "truncated data": _truncate_data_files,
+    "deleted manifest": lambda d: os.remove(os.path.join(d, "default", "manifest.ocdbt")),
+    "deleted item": lambda d: shutil.rmtree(os.path.join(d, "default")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_checkpointer_skips_a_damaged_newest_step(tmp_path, damage):
+    _saved(tmp_path, [1, 2])
+    DAMAGE[damage](str(tmp_path / "2"))
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    step, tree = ckpt.restore_latest(_tree(0.0))
+    assert step == 1 and ckpt.latest_step() == 1
+    np.testing.assert_array_equal(tree["images"], np.full((2, 3), 1.0))
+    ckpt.save(2, _tree(5.0))  # The step can be written again.
+    assert ckpt.restore_latest(_tree(0.0))[0] == 2
+    ckpt.close()
+
+
+def test_checkpointer_with_no_readable_step_names_it_in_one_line(tmp_path):
+    _saved(tmp_path, [3])
+    _truncate_data_files(str(tmp_path / "3"))
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        ckpt.restore_latest(_tree(0.0))
+    message = str(error.value)
+    assert isinstance(error.value, ValueError)  # The launchers turn it into `error: ...`.
+    assert "\n" not in message and str(tmp_path / "3") in message and "--overwrite" in message
+    assert ckpt.latest_step() == 3 and (tmp_path / "3").is_dir()  # Nothing moved.
+    ckpt.close()
+    assert checkpoint.Checkpointer(str(tmp_path / "empty")).restore_latest(_tree(0.0)) == (None, None)
+
+
+def test_a_kill_mid_save_leaves_nothing_that_blocks_the_next_save(tmp_path):
+    _saved(tmp_path, [1])
+    # What a SIGKILL during Orbax's save leaves: the step's temporary directory, never renamed.
+    shutil.copytree(tmp_path / "1", tmp_path / "2.orbax-checkpoint-tmp-1234")
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    assert ckpt.latest_step() == 1
+    ckpt.save(2, _tree(2.0))
+    ckpt.close()
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: the launchers SIGKILLed mid-run and resumed by the same command.
+
+MOCK = os.path.join(ROOT, "tests", "mock_launch.py")
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _start(args, mock_examples, log_path):
+    with open(log_path, "w") as log:  # The child keeps its own copy of the descriptor.
+        return subprocess.Popen([sys.executable, MOCK, str(mock_examples)] + args, cwd=ROOT,
+                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _tail(log_path, chars=3000):
+    with open(log_path) as f:
+        return f.read()[-chars:]
+
+
+def _finish(proc, log_path, timeout=900):
+    assert proc.wait(timeout=timeout) == 0, _tail(log_path)
+
+
+def _kill_when(args, mock_examples, ready, log_path, timeout=900):
+    """Starts the launcher and SIGKILLs it as soon as ready() (polled) holds."""
+    proc = _start(args, mock_examples, log_path)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"finished before the kill point:\n{_tail(log_path)}"
+            assert time.monotonic() < deadline, "kill point never reached"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _without_seconds(obj):
+    """A results tree minus wall-clock fields (seconds, wall_seconds, ...), which never repeat."""
+    if isinstance(obj, dict):
+        return {k: _without_seconds(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [_without_seconds(v) for v in obj]
+    return obj
+
+
+def _assert_same_npz(a, b, skip=()):
+    with np.load(a) as x, np.load(b) as y:
+        assert sorted(x.files) == sorted(y.files), (a, b)
+        for name in x.files:
+            if name not in skip:
+                np.testing.assert_array_equal(x[name], y[name], err_msg=f"{b}: {name}")
+
+
+def _assert_same_results(a, b, *names):
+    for name in names:
+        assert _without_seconds(checkpoint.read_json(os.path.join(a, name))) == \
+            _without_seconds(checkpoint.read_json(os.path.join(b, name))), name
+
+
+def _files(workdir):
+    """The workdir's files, minus Orbax internals (random names) and the temporary file an
+    atomic write killed mid-way leaves behind (never renamed into place, so never read)."""
+    found = set()
+    for root, dirs, names in os.walk(workdir):
+        dirs[:] = [d for d in dirs if d != "checkpoints"]
+        found |= {os.path.relpath(os.path.join(root, n), workdir) for n in names
+                  if not n.startswith(".tmp-")}
+    return found
+
+
+def _crash_and_resume(tmp_path, command, mock_examples, ready, resumed_line):
+    """Runs command(workdir) straight and killed-then-resumed (its log must show resumed_line);
+    returns both workdirs."""
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    # The uninterrupted run goes alongside the killed one: the kill point is polled, not timed.
+    reference = _start(command(straight), mock_examples, tmp_path / "straight.log")
+    try:
+        _kill_when(command(crashed), mock_examples, lambda: ready(crashed), tmp_path / "killed.log")
+        assert not (crashed / "results.json").exists(), "the kill came too late"
+        resumed = _start(command(crashed), mock_examples, tmp_path / "resumed.log")
+        _finish(resumed, tmp_path / "resumed.log")
+        _finish(reference, tmp_path / "straight.log")
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
+    assert resumed_line in _tail(tmp_path / "resumed.log", 10 ** 7)
+    assert _files(crashed) == _files(straight)
+    return straight, crashed
+
+
+def _condense_args(workdir):
+    return ["experiments/condense.py", f"--workdir={workdir}", "--ipc=1", "--iterations=40",
+            "--width=8", "--depth=1", "--batch_real=2", "--outer_loop=1", "--inner_loop=1",
+            "--init=noise", "--num_eval=1", "--eval_epochs=1", "--eval_every=20",
+            "--checkpoint_every=1"]
+
+
+@pytest.mark.slow
+def test_condense_launcher_killed_mid_run_resumes_bitwise(tmp_path):
+    def ready(workdir):  # Two checkpoints on disk: the kill lands in the iterations after them.
+        ckpts = workdir / "checkpoints"
+        return ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
+
+    straight, crashed = _crash_and_resume(tmp_path, _condense_args, 60, ready,
+                                         "resuming from the checkpoint after iteration")
+    _assert_same_synthetic(straight, crashed)
+    _assert_same_results(straight, crashed, "results.json")
+    assert [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(crashed / "metrics.jsonl"))] == \
+        [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(straight / "metrics.jsonl"))]
+    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == \
+        checkpoint.read_jsonl(str(straight / "evals.jsonl"))
+
+
+def _attack_args(workdir):
+    return ["experiments/attack.py", f"--workdir={workdir}", "--target=subset", "--per_class=1",
+            "--num_models=6", "--target_pool=100", "--num_shadow=2", "--attacker_pool=100",
+            "--width=4", "--depth=1", "--epochs=2", "--attack_steps=20", "--num_resamples=5",
+            "--num_population=50", "--models_per_chunk=1"]
+
+
+def _assert_same_attack_run(straight, crashed):
+    # `seconds`: each model's training time, the one wall-clock array of the export.
+    _assert_same_npz(straight / "attack_data.npz", crashed / "attack_data.npz", skip=("seconds",))
+    _assert_same_npz(straight / "trials.npz", crashed / "trials.npz")
+    _assert_same_npz(straight / "split.npz", crashed / "split.npz")
+    _assert_same_results(straight, crashed, "results.json")
+
+
+@pytest.mark.slow
+def test_attack_launcher_killed_after_a_chunk_resumes_bitwise(tmp_path):
+    def ready(workdir):  # One finished chunk (a model file) on disk; seven chunks remain.
+        return (workdir / "models" / "model_000.npz").exists()
+
+    straight, crashed = _crash_and_resume(tmp_path, _attack_args, 400, ready, "chunks already trained")
+    _assert_same_attack_run(straight, crashed)
+
+
+def _study_args(workdir):
+    return ["experiments/privacy_study.py", f"--workdir={workdir}", "--tier=test",
+            "--rows=original,subset", "--per_class=1", "--num_models=6", "--target_pool=120",
+            "--num_shadow=2", "--attacker_pool=100", "--num_canaries=4", "--width=4", "--depth=1",
+            "--epochs=2", "--small_epochs=2", "--attack_steps=20", "--num_resamples=5",
+            "--num_population=50", "--models_per_chunk=1"]
+
+
+@pytest.mark.slow
+def test_privacy_study_killed_after_a_row_resumes_bitwise(tmp_path):
+    def ready(workdir):  # The first row finished; the second is still to run.
+        return (workdir / "original" / "results.json").exists()
+
+    straight, crashed = _crash_and_resume(tmp_path, _study_args, 400, ready,
+                                         "row original: already finished")
+    for row in ("original", "subset"):
+        _assert_same_attack_run(straight / row, crashed / row)
+    study = [checkpoint.read_json(str(w / "results.json")) for w in (straight, crashed)]
+    assert [_without_seconds(r) for r in study[0]["rows"]] == [_without_seconds(r) for r in study[1]["rows"]]
