@@ -6,14 +6,20 @@ random data. FLOPs are counted analytically from XLA's cost of one forward pass 
 image (XLA's cost analysis counts a loop body once, not per trip):
   real gradients 3F x outer x K x batch_real, synthetic gradients (second order, ~6F)
   x outer x K x ipc, inner training 3F x (outer - 1) x inner x K x ipc.
-The reference PyTorch DC does ~21 TFLOP per ipc=10 iteration in ~253 s here (~83 GFLOP/s).
 DSA counts the same FLOPs as DC (the augmentation is a few gathers per image, not counted). A DM iteration is one
 forward pass of K x batch_real real images plus forward+backward (~3F) of K x ipc synthetic ones; it has no loops,
-so its outer_loop field is ignored. Reference times (PROTOCOL section 8): DC ipc=10 253 s, DM ipc=10 4.1 s.
+so its outer_loop field is ignored.
+
+Ratios against the official PyTorch code come only from its result files measured in the same session
+(``--reference``: JSON files written by ../shared/peers/reference_dc/run_timed.sh, modes dc and dm); a
+remembered or published time is never used. Each file's mode and ipc pick the rows it is compared with
+(a DC file also serves DSA, which runs DC's loops), and the table names the file.
 
   python benchmarks/condense_step.py                     # ipc 1, 10; width 32 at ipc 10
   python benchmarks/condense_step.py --configs=128:50:5  # ipc 50 with outer_loop 5 of 50
   python benchmarks/condense_step.py --methods=dc,dsa,dm --configs=128:10:2 --repeats=1   # side by side
+  python benchmarks/condense_step.py --methods=dc,dm --configs=128:10 \
+      --reference=$DC_OUT/results/dc_ipc10_run1.json,$DC_OUT/results/dm_ipc10.json     # vs the official code
 Config syntax: width:ipc[:outer_loop]; a reduced outer loop is scaled up to the full one
 (reported as extrapolated, scaled by the FLOP ratio at the measured rate).
 """
@@ -36,6 +42,8 @@ flags.DEFINE_list("configs", ["128:1", "128:10", "32:10"], "width:ipc[:outer_loo
 flags.DEFINE_integer("repeats", 2, "Timed iterations per config (median reported).")
 flags.DEFINE_string("class_strategy", "auto", "Per-class matching strategy.")
 flags.DEFINE_list("methods", ["dc"], "Condensation methods to time: dc, dsa, dm (each config, side by side).")
+flags.DEFINE_list("reference", [], "Result JSON files of the official code (reference_dc/run_timed.sh, "
+                  "modes dc and dm) measured in this session; none: no reference column.")
 flags.DEFINE_string("single", None, "Internal: run one config in this process.")
 FLAGS = flags.FLAGS
 K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
@@ -89,15 +97,33 @@ def measure(spec: str, method: str) -> dict:
             "peak RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def read_references(paths: list[str]) -> dict:
+    """{(method, ipc): (seconds per iteration, file name)} from the official code's result files.
+
+    DC files serve DSA as well (DSA runs DC's loops plus augmentation, and the official DSA script is not timed).
+    """
+    references = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                result = json.load(f)
+            mode, ipc, seconds = result["mode"], int(result["ipc"]), float(result["median_iter_s_after_warmup"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"--reference: cannot read a dc/dm result from {path}: {e}")
+        for method in ("dc", "dsa") if mode == "dc" else (mode,):
+            references[(method, ipc)] = (seconds, os.path.basename(path))
+    return references
+
+
 def main(_):
     if FLAGS.single:
         print(json.dumps(measure(FLAGS.single, FLAGS.methods[0])))
         return
     import jax
+    reference = read_references(FLAGS.reference)  # First: a bad file fails before minutes of measuring.
     matmul = timing.matmul_gflops()
     print(f"backend {jax.default_backend()}; jitted fp32 matmul {matmul:.1f} GFLOP/s")
     rows = []
-    reference = {"dc": 253.0, "dsa": 253.0, "dm": 4.1}  # PROTOCOL section 8 (DSA: DC's loops, no own number)
     for spec in FLAGS.configs:
         for method in FLAGS.methods:
             out = subprocess.run([sys.executable, __file__, f"--single={spec}", f"--methods={method}",
@@ -106,13 +132,15 @@ def main(_):
                                  capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["vs matmul"] = row["GFLOP/s"] / matmul
-            if row["config"].startswith("width 128, ipc 10") and method != "dsa":
-                row["reference s"] = reference[method]
-                row["vs reference"] = reference[method] / row["s/iteration"]
+            ipc = int(spec.split(":")[1])
+            if spec.split(":")[0] == "128" and (method, ipc) in reference:  # The official code's ConvNet is 128 wide.
+                row["reference s"], row["reference file"] = reference[(method, ipc)]
+                row["vs reference"] = row["reference s"] / row["s/iteration"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(timing.table(rows, ["method", "config", "s/iteration", "extrapolated", "GFLOP/s", "vs matmul",
-                              "peak RSS GiB", "reference s", "vs reference", "compile+first s"]))
+                              "peak RSS GiB", "reference s", "vs reference", "reference file",
+                              "compile+first s"]))
 
 
 if __name__ == "__main__":
