@@ -64,10 +64,29 @@ import numpy as np  # noqa: E402
 FLAGS = flags.FLAGS
 K, SHAPE = 10, (28, 28, 1)
 PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
-MEASUREMENTS = ("precision", "dm_iteration", "dc_iteration", "bank_vmap", "bank_loop",
-                "pipelines_one", "pipelines_all", "dsa_iteration")
-COLUMNS = ("measurement", "setting", "unit", "compile s", "first call s", "median s", "timed",
-           "vs baseline", "peak device GiB", "XLA GiB", "status")
+MEASUREMENTS = (
+    "precision",
+    "dm_iteration",
+    "dc_iteration",
+    "bank_vmap",
+    "bank_loop",
+    "pipelines_one",
+    "pipelines_all",
+    "dsa_iteration",
+)
+COLUMNS = (
+    "measurement",
+    "setting",
+    "unit",
+    "compile s",
+    "first call s",
+    "median s",
+    "timed",
+    "vs baseline",
+    "peak device GiB",
+    "XLA GiB",
+    "status",
+)
 # Independent streams per kind of data, so the order of the measurements never changes their inputs.
 STREAM_POOL, STREAM_BANK, STREAM_PIPELINES, STREAM_MATMUL = 1, 2, 3, 4
 
@@ -93,8 +112,19 @@ class Scale:
     matmul_n: int = 4096
 
 
-TINY = Scale(width=8, ipc=1, batch_real=8, pool_per_class=16, repeats=1, models=4, bank_pool=64,
-             bank_epochs=1, bank_batch=16, pipeline_iterations=1, matmul_n=128)
+TINY = Scale(
+    width=8,
+    ipc=1,
+    batch_real=8,
+    pool_per_class=16,
+    repeats=1,
+    models=4,
+    bank_pool=64,
+    bank_epochs=1,
+    bank_batch=16,
+    pipeline_iterations=1,
+    matmul_n=128,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,15 +141,22 @@ def define_flags() -> None:
     """Defines the launcher's flags; called from __main__ only, so tests can import this module freely."""
     flags.DEFINE_string("out", None, "Directory for accelerator_check.json / .md (None: print only).")
     flags.DEFINE_bool("tiny", False, "Shrink every shape (width 8, ipc 1, 4 models, 1 timed call): CPU smoke run.")
-    flags.DEFINE_enum("precision", "float32", PRECISIONS,
-                      "jax_default_matmul_precision; float32 = 'highest' (no TF32); default = JAX's own.")
+    flags.DEFINE_enum(
+        "precision",
+        "float32",
+        PRECISIONS,
+        "jax_default_matmul_precision; float32 = 'highest' (no TF32); default = JAX's own.",
+    )
     flags.DEFINE_float("budget_s", 300.0, "Start no measurement after this many seconds (see docstring).")
     flags.DEFINE_integer("seed", 0, "Root of every random input.")
     flags.DEFINE_integer("repeats", None, "Timed calls per row (None: the scale's, 3; tiny 1).")
     flags.DEFINE_integer("models", None, "Bank models and condensation pipelines (None: 16; tiny 4).")
-    flags.DEFINE_enum("pipeline_method", None, ["dc", "dsa", "dm"],
-                      "Method of the pipelines rows (None: dm; dc costs ~16 DC iterations per call, beyond the "
-                      "8-minute budget).")
+    flags.DEFINE_enum(
+        "pipeline_method",
+        None,
+        ["dc", "dsa", "dm"],
+        "Method of the pipelines rows (None: dm; dc costs ~16 DC iterations per call, beyond the 8-minute budget).",
+    )
     flags.DEFINE_list("measurements", list(MEASUREMENTS), f"Rows to measure, in order; from {MEASUREMENTS}.")
 
 
@@ -139,17 +176,18 @@ def xla_gib(compiled) -> float | None:
         ma = ma[0] if ma else None
     if ma is None:
         return None
-    total = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-             - ma.alias_size_in_bytes)
+    total = ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes - ma.alias_size_in_bytes
     return total / 2**30
 
 
 def timed_calls(call: Callable[[int], object], ctx: Context) -> tuple[float, list[float]]:
     """(first call s, [timed call s]): call(t) for t = 0..repeats; stops after one timed call past the deadline."""
+
     def once(t):
         tic = ctx.clock()
         jax.block_until_ready(call(t))
         return ctx.clock() - tic
+
     first, times = once(0), []
     for t in range(1, ctx.scale.repeats + 1):
         if times and ctx.clock() > ctx.deadline:
@@ -162,6 +200,7 @@ def timed_calls(call: Callable[[int], object], ctx: Context) -> tuple[float, lis
 def _model(scale: Scale):
     """The paper's ConvNet (width, depth, instancenorm) for MNIST shapes."""
     from dcjax import models
+
     config = models.ModelConfig(width=scale.width, depth=scale.depth, norm="instancenorm")
     return models.make_model(config, SHAPE, K)
 
@@ -169,10 +208,17 @@ def _model(scale: Scale):
 def _condense_config(scale: Scale, method: str, iterations: int):
     """Paper settings of ``method`` (METHOD_DEFAULTS' lr_img and init; loops from the ipc table)."""
     from dcjax import condense
+
     defaults = condense.METHOD_DEFAULTS[method]
-    return condense.CondenseConfig(ipc=scale.ipc, iterations=iterations, batch_real=scale.batch_real,
-                                   lr_img=defaults["lr_img"], init=defaults["init"],
-                                   class_strategy=scale.class_strategy, method=method)
+    return condense.CondenseConfig(
+        ipc=scale.ipc,
+        iterations=iterations,
+        batch_real=scale.batch_real,
+        lr_img=defaults["lr_img"],
+        init=defaults["init"],
+        class_strategy=scale.class_strategy,
+        method=method,
+    )
 
 
 def _pool(key: jax.Array, per_class: int):
@@ -183,8 +229,7 @@ def _pool(key: jax.Array, per_class: int):
 
 def _setting(scale: Scale, extra: str) -> str:
     """The 'setting' cell: the network and data shapes, then what the row varies."""
-    return (f"ConvNet-{scale.width} d{scale.depth} instancenorm, {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, "
-            f"{K} classes; {extra}")
+    return f"ConvNet-{scale.width} d{scale.depth} instancenorm, {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, {K} classes; {extra}"
 
 
 def measure_precision(ctx: Context) -> dict:
@@ -200,16 +245,25 @@ def measure_precision(ctx: Context) -> dict:
     error = float(np.linalg.norm(np.asarray(compiled(a), np.float64) - exact) / np.linalg.norm(exact))
     seconds = statistics.median(times)
     precision = jax.config.jax_default_matmul_precision
-    return {"setting": f"jax_default_matmul_precision={precision}; {n}x{n} fp32 matmul: rel. error "
-                       f"{error:.1e} vs float64, {2 * n**3 / seconds / 1e9:.0f} GFLOP/s",
-            "unit": "s/matmul", "compile_s": compile_s, "first_s": first, "seconds": seconds,
-            "timed": len(times), "xla_gib": xla_gib(compiled), "precision": precision,
-            "rel_error": error, "gflops": 2 * n**3 / seconds / 1e9}
+    return {
+        "setting": f"jax_default_matmul_precision={precision}; {n}x{n} fp32 matmul: rel. error "
+        f"{error:.1e} vs float64, {2 * n**3 / seconds / 1e9:.0f} GFLOP/s",
+        "unit": "s/matmul",
+        "compile_s": compile_s,
+        "first_s": first,
+        "seconds": seconds,
+        "timed": len(times),
+        "xla_gib": xla_gib(compiled),
+        "precision": precision,
+        "rel_error": error,
+        "gflops": 2 * n**3 / seconds / 1e9,
+    }
 
 
 def measure_iteration(ctx: Context, method: str) -> dict:
     """One jitted condensation iteration (``make_iteration_fn``), compiled ahead of time, then timed."""
     from dcjax import condense, data
+
     scale = ctx.scale
     fns, cfg = _model(scale), _condense_config(scale, method, iterations=1)
     key = jax.random.fold_in(ctx.key, STREAM_POOL)
@@ -225,19 +279,30 @@ def measure_iteration(ctx: Context, method: str) -> dict:
     def call(t):
         holder[0], metrics = compiled(holder[0], real, jax.random.fold_in(key, 2 + t))
         return metrics
+
     first, times = timed_calls(call, ctx)
     outer, inner = cfg.loops
     loops = "" if method == "dm" else f", outer {outer} x inner {inner}"
-    return {"setting": _setting(scale, f"{method.upper()} ipc {scale.ipc}{loops}, batch_real "
-                                       f"{scale.batch_real}/class, classes {scale.class_strategy}"),
-            "unit": "s/iteration", "compile_s": compile_s, "first_s": first,
-            "seconds": statistics.median(times), "timed": len(times), "xla_gib": xla_gib(compiled)}
+    return {
+        "setting": _setting(
+            scale,
+            f"{method.upper()} ipc {scale.ipc}{loops}, batch_real "
+            f"{scale.batch_real}/class, classes {scale.class_strategy}",
+        ),
+        "unit": "s/iteration",
+        "compile_s": compile_s,
+        "first_s": first,
+        "seconds": statistics.median(times),
+        "timed": len(times),
+        "xla_gib": xla_gib(compiled),
+    }
 
 
 def measure_bank(ctx: Context, strategy: str) -> dict:
     """``engine.train_models``: scale.models models, each on about half of a bank_pool pool (LiRA masks)."""
     from dcjax import engine, train
     from dcjax.privacy import masks
+
     scale = ctx.scale
     key = jax.random.fold_in(ctx.key, STREAM_BANK)  # Same models for every strategy.
     fns = _model(scale)
@@ -246,13 +311,21 @@ def measure_bank(ctx: Context, strategy: str) -> dict:
     labels = np.arange(scale.bank_pool, dtype=np.int32) % K
     keep = masks.lira_keep_masks(jax.random.fold_in(key, 1), scale.models, scale.bank_pool)
     keys = jax.random.split(jax.random.fold_in(key, 2), scale.models)
-    first, times = timed_calls(
-        lambda t: engine.train_models(fns, cfg, keys, (images, labels, keep), strategy), ctx)
-    return {"setting": _setting(scale, f"{scale.models} models x {scale.bank_epochs} epochs on "
-                                       f"~{scale.bank_pool // 2} images, batch {scale.bank_batch}, "
-                                       f"model axis {strategy}"),
-            "unit": "s/bank", "compile_s": None, "first_s": first,
-            "seconds": statistics.median(times), "timed": len(times), "xla_gib": None}
+    first, times = timed_calls(lambda t: engine.train_models(fns, cfg, keys, (images, labels, keep), strategy), ctx)
+    return {
+        "setting": _setting(
+            scale,
+            f"{scale.models} models x {scale.bank_epochs} epochs on "
+            f"~{scale.bank_pool // 2} images, batch {scale.bank_batch}, "
+            f"model axis {strategy}",
+        ),
+        "unit": "s/bank",
+        "compile_s": None,
+        "first_s": first,
+        "seconds": statistics.median(times),
+        "timed": len(times),
+        "xla_gib": None,
+    }
 
 
 def half_per_class(key: jax.Array, models: int, labels: np.ndarray) -> np.ndarray:
@@ -269,6 +342,7 @@ def half_per_class(key: jax.Array, models: int, labels: np.ndarray) -> np.ndarra
 def measure_pipelines(ctx: Context, count: int) -> dict:
     """``privacy.bank.condense_models`` of ``count`` pipelines at once; seconds per iteration of all of them."""
     from dcjax.privacy import bank
+
     scale = ctx.scale
     method, iterations = scale.pipeline_method, scale.pipeline_iterations
     fns, cfg = _model(scale), _condense_config(scale, method, iterations)
@@ -276,25 +350,37 @@ def measure_pipelines(ctx: Context, count: int) -> dict:
     images, labels = _pool(jax.random.fold_in(key, 0), 2 * scale.batch_real)
     keep = half_per_class(jax.random.fold_in(key, 1), scale.models, labels)[:count]
     keys = jax.random.split(jax.random.fold_in(key, 2), scale.models)[:count]
-    first, times = timed_calls(lambda t: bank.condense_models(
-        fns, cfg, keys, (images, labels), keep, scale.model_strategy), ctx)
-    return {"setting": _setting(scale, f"{count} {method.upper()} pipeline(s) at once (model axis "
-                                       f"{scale.model_strategy}), ipc {scale.ipc}, batch_real "
-                                       f"{scale.batch_real}/class, {iterations} iteration(s) per call"),
-            "unit": "s/iteration (incl. setup)", "compile_s": None, "first_s": first,
-            "seconds": statistics.median(times) / iterations, "timed": len(times), "xla_gib": None}
+    first, times = timed_calls(
+        lambda t: bank.condense_models(fns, cfg, keys, (images, labels), keep, scale.model_strategy), ctx
+    )
+    return {
+        "setting": _setting(
+            scale,
+            f"{count} {method.upper()} pipeline(s) at once (model axis "
+            f"{scale.model_strategy}), ipc {scale.ipc}, batch_real "
+            f"{scale.batch_real}/class, {iterations} iteration(s) per call",
+        ),
+        "unit": "s/iteration (incl. setup)",
+        "compile_s": None,
+        "first_s": first,
+        "seconds": statistics.median(times) / iterations,
+        "timed": len(times),
+        "xla_gib": None,
+    }
 
 
 def measurement_fns(scale: Scale) -> dict[str, Callable[[Context], dict]]:
     """Name -> measurement (Context -> row fields)."""
-    return {"precision": measure_precision,
-            "dm_iteration": lambda ctx: measure_iteration(ctx, "dm"),
-            "dc_iteration": lambda ctx: measure_iteration(ctx, "dc"),
-            "dsa_iteration": lambda ctx: measure_iteration(ctx, "dsa"),
-            "bank_vmap": lambda ctx: measure_bank(ctx, "vmap"),
-            "bank_loop": lambda ctx: measure_bank(ctx, "loop"),
-            "pipelines_one": lambda ctx: measure_pipelines(ctx, 1),
-            "pipelines_all": lambda ctx: measure_pipelines(ctx, scale.models)}
+    return {
+        "precision": measure_precision,
+        "dm_iteration": lambda ctx: measure_iteration(ctx, "dm"),
+        "dc_iteration": lambda ctx: measure_iteration(ctx, "dc"),
+        "dsa_iteration": lambda ctx: measure_iteration(ctx, "dsa"),
+        "bank_vmap": lambda ctx: measure_bank(ctx, "vmap"),
+        "bank_loop": lambda ctx: measure_bank(ctx, "loop"),
+        "pipelines_one": lambda ctx: measure_pipelines(ctx, 1),
+        "pipelines_all": lambda ctx: measure_pipelines(ctx, scale.models),
+    }
 
 
 def run_one(name: str, fn: Callable[[Context], dict], ctx: Context) -> dict:
@@ -312,8 +398,7 @@ def run_one(name: str, fn: Callable[[Context], dict], ctx: Context) -> dict:
     after = peak_bytes()
     row["peak_gib"] = None if after is None else after / 2**30
     row["peak_is_own"] = after is not None and (before is None or after > before)
-    logging.info("%s: %s, median %s s, first call %s s", name, row["status"], row.get("seconds"),
-                 row.get("first_s"))
+    logging.info("%s: %s, median %s s, first call %s s", name, row["status"], row.get("seconds"), row.get("first_s"))
     return row
 
 
@@ -331,18 +416,28 @@ def add_ratios(rows: list[dict], models: int) -> list[dict]:
 def environment(precision: str) -> dict:
     """What ran: backend, devices, versions, the precision in force."""
     import jaxlib
+
     device = jax.devices()[0]
-    return {"backend": jax.default_backend(), "device_kind": device.device_kind,
-            "device_count": jax.device_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "precision_flag": precision, "precision": jax.config.jax_default_matmul_precision,
-            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])}
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "precision_flag": precision,
+        "precision": jax.config.jax_default_matmul_precision,
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    }
 
 
 def environment_row(env: dict) -> dict:
     """The table's first row: where it ran (the table alone must say so)."""
-    return {"measurement": "environment", "status": "ok",
-            "setting": f"{env['backend']}: {env['device_count']} x {env['device_kind']}; jax {env['jax']}, "
-                       f"jaxlib {env['jaxlib']}; matmul precision {env['precision']}"}
+    return {
+        "measurement": "environment",
+        "status": "ok",
+        "setting": f"{env['backend']}: {env['device_count']} x {env['device_kind']}; jax {env['jax']}, "
+        f"jaxlib {env['jaxlib']}; matmul precision {env['precision']}",
+    }
 
 
 def _fmt(row: dict, column: str) -> str:
@@ -351,8 +446,13 @@ def _fmt(row: dict, column: str) -> str:
         if row.get("peak_gib") is None:
             return "n/a"
         return ("" if row.get("peak_is_own") else "<=") + f"{row['peak_gib']:.3g}"
-    key = {"compile s": "compile_s", "first call s": "first_s", "median s": "seconds",
-           "vs baseline": "vs_baseline", "XLA GiB": "xla_gib"}.get(column, column)
+    key = {
+        "compile s": "compile_s",
+        "first call s": "first_s",
+        "median s": "seconds",
+        "vs baseline": "vs_baseline",
+        "XLA GiB": "xla_gib",
+    }.get(column, column)
     value = row.get(key)
     if value is None:
         return "n/a" if key in ("compile_s", "first_s", "seconds", "xla_gib") else ""
@@ -362,9 +462,11 @@ def _fmt(row: dict, column: str) -> str:
 def markdown(report: dict) -> str:
     """The report as markdown: a two-line header (what ran, the command) and THE table."""
     env = report["environment"]
-    head = (f"Accelerator check: {env['backend']} ({env['device_kind']}), jax {env['jax']}, "
-            f"matmul precision {env['precision']}{'' if report['complete'] else ' (INCOMPLETE)'}.\n"
-            f"`{env['command']}`\n\n")
+    head = (
+        f"Accelerator check: {env['backend']} ({env['device_kind']}), jax {env['jax']}, "
+        f"matmul precision {env['precision']}{'' if report['complete'] else ' (INCOMPLETE)'}.\n"
+        f"`{env['command']}`\n\n"
+    )
     cells = [{c: _fmt(r, c) for c in COLUMNS} for r in report["rows"]]
     return head + timing.table(cells, list(COLUMNS)) + "\n"
 
@@ -374,6 +476,7 @@ def write_report(out: str | None, report: dict) -> None:
     if not out:
         return
     from dcjax import checkpoint
+
     checkpoint.write_json(os.path.join(out, "accelerator_check.json"), report)
     checkpoint.atomic_write_bytes(os.path.join(out, "accelerator_check.md"), markdown(report).encode())
 

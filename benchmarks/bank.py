@@ -29,12 +29,14 @@ def _bank(mesh=None, strategy="auto"):
     import jax
     import jax.numpy as jnp
     from dcjax import engine, models, train
+
     fns = models.make_model(models.ModelConfig(width=FLAGS.width), (28, 28, 1), 10)
     cfg = train.TrainConfig(epochs=EPOCHS, batch_size=BATCH)
     m = FLAGS.models
     pool = jax.random.normal(jax.random.key(0), (PER_MODEL * 2, 28, 28, 1))
     labels = jnp.arange(PER_MODEL * 2) % 10
     from dcjax.privacy import masks as masks_lib
+
     keep = jnp.asarray(masks_lib.lira_keep_masks(jax.random.key(1), m, PER_MODEL * 2))
     keys = jax.random.split(jax.random.key(2), m)
     return lambda: engine.train_models(fns, cfg, keys, (pool, labels, keep), strategy, mesh)
@@ -42,27 +44,41 @@ def _bank(mesh=None, strategy="auto"):
 
 def main(_):
     if FLAGS.devices:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={FLAGS.devices}")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={FLAGS.devices}"
+        )
     import jax
     import timing
     from dcjax import engine
+
     steps = FLAGS.models * EPOCHS * (PER_MODEL // BATCH)
     rows = []
     for strategy in ("loop", "map", "vmap", "auto"):
         seconds = timing.median_seconds(_bank(strategy=strategy), repeats=FLAGS.repeats)
-        rows.append({"bank": f"M={FLAGS.models}, {strategy}"
-                     + (f" (= {engine.resolve_strategy('auto')})" if strategy == "auto" else ""),
-                     "seconds": seconds, "model-steps/s": steps / seconds})
+        rows.append(
+            {
+                "bank": f"M={FLAGS.models}, {strategy}"
+                + (f" (= {engine.resolve_strategy('auto')})" if strategy == "auto" else ""),
+                "seconds": seconds,
+                "model-steps/s": steps / seconds,
+            }
+        )
     if jax.device_count() > 1:
         mesh = engine.model_mesh()
         seconds = timing.median_seconds(_bank(mesh=mesh), repeats=FLAGS.repeats)
-        rows.append({"bank": f"M={FLAGS.models}, sharded over {mesh.size} devices",
-                     "seconds": seconds, "model-steps/s": steps / seconds})
+        rows.append(
+            {
+                "bank": f"M={FLAGS.models}, sharded over {mesh.size} devices",
+                "seconds": seconds,
+                "model-steps/s": steps / seconds,
+            }
+        )
     for row in rows:
         row["vs loop"] = rows[0]["seconds"] / row["seconds"]
-    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s); ConvNet width "
-          f"{FLAGS.width}, {PER_MODEL} images per model, batch {BATCH}, {EPOCHS} epochs")
+    print(
+        f"backend {jax.default_backend()}, {jax.device_count()} device(s); ConvNet width "
+        f"{FLAGS.width}, {PER_MODEL} images per model, batch {BATCH}, {EPOCHS} epochs"
+    )
     print(timing.table(rows, ["bank", "seconds", "model-steps/s", "vs loop"]))
 
 

@@ -42,8 +42,12 @@ flags.DEFINE_list("configs", ["128:1", "128:10", "32:10"], "width:ipc[:outer_loo
 flags.DEFINE_integer("repeats", 2, "Timed iterations per config (median reported).")
 flags.DEFINE_string("class_strategy", "auto", "Per-class matching strategy.")
 flags.DEFINE_list("methods", ["dc"], "Condensation methods to time: dc, dsa, dm (each config, side by side).")
-flags.DEFINE_list("reference", [], "Result JSON files of the official code (reference_dc/run_timed.sh, "
-                  "modes dc and dm) measured in this session; none: no reference column.")
+flags.DEFINE_list(
+    "reference",
+    [],
+    "Result JSON files of the official code (reference_dc/run_timed.sh, "
+    "modes dc and dm) measured in this session; none: no reference column.",
+)
 flags.DEFINE_string("single", None, "Internal: run one config in this process.")
 FLAGS = flags.FLAGS
 K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
@@ -51,6 +55,7 @@ K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
 
 def forward_flops_per_image(fns) -> float:
     import jax
+
     x = jax.numpy.zeros((1,) + SHAPE)
     variables = fns.init(jax.random.key(0))
     return timing.compiled_flops(jax.jit(fns.apply), variables, x)
@@ -68,11 +73,13 @@ def measure(spec: str, method: str) -> dict:
     import jax
     import numpy as np
     from dcjax import condense, data, models
+
     width, ipc, *rest = (int(v) for v in spec.split(":"))
     full_outer, inner = condense.default_loops(ipc)
     outer = rest[0] if rest and method != "dm" else full_outer
-    cfg = condense.CondenseConfig(ipc=ipc, outer_loop=outer, inner_loop=inner,
-                                  class_strategy=FLAGS.class_strategy, method=method)
+    cfg = condense.CondenseConfig(
+        ipc=ipc, outer_loop=outer, inner_loop=inner, class_strategy=FLAGS.class_strategy, method=method
+    )
     fns = models.make_model(models.ModelConfig(width=width), SHAPE, K)
     labels = np.repeat(np.arange(K), POOL_PER_CLASS)
     pool = jax.random.normal(jax.random.key(0), (labels.size,) + SHAPE)
@@ -90,11 +97,15 @@ def measure(spec: str, method: str) -> dict:
     # A reduced outer loop is scaled to the full one by work done, at the measured rate.
     flops = iteration_flops(method, f, cfg, outer)
     scale = iteration_flops(method, f, cfg, full_outer) / flops
-    return {"method": method,
-            "config": f"width {width}, ipc {ipc}" + (f" (outer {outer}/{full_outer})" if scale != 1 else ""),
-            "compile+first s": seconds[0], "s/iteration": per_iter * scale,
-            "extrapolated": scale != 1, "GFLOP/s": flops / per_iter / 1e9,
-            "peak RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {
+        "method": method,
+        "config": f"width {width}, ipc {ipc}" + (f" (outer {outer}/{full_outer})" if scale != 1 else ""),
+        "compile+first s": seconds[0],
+        "s/iteration": per_iter * scale,
+        "extrapolated": scale != 1,
+        "GFLOP/s": flops / per_iter / 1e9,
+        "peak RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
 def read_references(paths: list[str]) -> dict:
@@ -120,16 +131,26 @@ def main(_):
         print(json.dumps(measure(FLAGS.single, FLAGS.methods[0])))
         return
     import jax
+
     reference = read_references(FLAGS.reference)  # First: a bad file fails before minutes of measuring.
     matmul = timing.matmul_gflops()
     print(f"backend {jax.default_backend()}; jitted fp32 matmul {matmul:.1f} GFLOP/s")
     rows = []
     for spec in FLAGS.configs:
         for method in FLAGS.methods:
-            out = subprocess.run([sys.executable, __file__, f"--single={spec}", f"--methods={method}",
-                                  f"--repeats={FLAGS.repeats}",
-                                  f"--class_strategy={FLAGS.class_strategy}"],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    f"--single={spec}",
+                    f"--methods={method}",
+                    f"--repeats={FLAGS.repeats}",
+                    f"--class_strategy={FLAGS.class_strategy}",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["vs matmul"] = row["GFLOP/s"] / matmul
             ipc = int(spec.split(":")[1])
@@ -138,9 +159,24 @@ def main(_):
                 row["vs reference"] = row["reference s"] / row["s/iteration"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(timing.table(rows, ["method", "config", "s/iteration", "extrapolated", "GFLOP/s", "vs matmul",
-                              "peak RSS GiB", "reference s", "vs reference", "reference file",
-                              "compile+first s"]))
+    print(
+        timing.table(
+            rows,
+            [
+                "method",
+                "config",
+                "s/iteration",
+                "extrapolated",
+                "GFLOP/s",
+                "vs matmul",
+                "peak RSS GiB",
+                "reference s",
+                "vs reference",
+                "reference file",
+                "compile+first s",
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,14 @@ def _setup():
     import jax
     import numpy as np
     from dcjax import condense, data, dm, dsa, matching, models
-    cfg = condense.CondenseConfig(ipc=FLAGS.ipc, batch_real=FLAGS.batch_real, method="dm",
-                                  class_strategy=FLAGS.class_strategy, microbatch=FLAGS.microbatch)
+
+    cfg = condense.CondenseConfig(
+        ipc=FLAGS.ipc,
+        batch_real=FLAGS.batch_real,
+        method="dm",
+        class_strategy=FLAGS.class_strategy,
+        microbatch=FLAGS.microbatch,
+    )
     strategy = condense.resolve_class_strategy(cfg.class_strategy)
     fns = models.make_model(models.ModelConfig(width=FLAGS.width, conv_impl=FLAGS.conv_impl), SHAPE, K)
     labels = np.repeat(np.arange(K), POOL_PER_CLASS)
@@ -78,17 +84,22 @@ def _setup():
 
 def _forward_flops(fns) -> float:
     import jax
+
     x = jax.numpy.zeros((1,) + SHAPE)
     return timing.compiled_flops(jax.jit(fns.apply), fns.init(jax.random.key(0)), x)
 
 
 def main(_):
     import jax
+
     matmul = timing.matmul_gflops()
     fns, cfg, strategy, parts, (step, state, real_data) = _setup()
     f = _forward_flops(fns)
-    flops = {"real: DSA only": 0.0, "real: DSA + embed (forward)": f * K * cfg.batch_real,
-             "synthetic: DSA + embed + backward": 3 * f * K * cfg.ipc}
+    flops = {
+        "real: DSA only": 0.0,
+        "real: DSA + embed (forward)": f * K * cfg.batch_real,
+        "synthetic: DSA + embed + backward": 3 * f * K * cfg.ipc,
+    }
     rows = []
     for name, (fn, args) in parts.items():
         seconds = timing.median_seconds(jax.jit(fn), *args, repeats=FLAGS.repeats)
@@ -106,9 +117,12 @@ def main(_):
         row["share of iteration"] = row["s"] / whole
         row["vs matmul"] = row["GFLOP/s"] / matmul
     from dcjax import dm
-    print(f"backend {jax.default_backend()}; class strategy {strategy}; ConvNet-{FLAGS.width} ({FLAGS.conv_impl}), "
-          f"ipc {cfg.ipc}, batch_real {cfg.batch_real}, real-embedding chunk {dm._embed_chunk(cfg, fns)}, "
-          f"DSA {cfg.dsa_strategy}; jitted fp32 matmul {matmul:.1f} GFLOP/s")
+
+    print(
+        f"backend {jax.default_backend()}; class strategy {strategy}; ConvNet-{FLAGS.width} ({FLAGS.conv_impl}), "
+        f"ipc {cfg.ipc}, batch_real {cfg.batch_real}, real-embedding chunk {dm._embed_chunk(cfg, fns)}, "
+        f"DSA {cfg.dsa_strategy}; jitted fp32 matmul {matmul:.1f} GFLOP/s"
+    )
     print(json.dumps(rows))
     print(timing.table(rows, ["part", "s", "share of iteration", "GFLOP/s", "vs matmul"]))
 

@@ -32,9 +32,9 @@ def step_benchmark(conv_impl: str, microbatch: int, matmul: float) -> dict:
     import jax
     import jax.numpy as jnp
     from dcjax import models, train
+
     fns = models.make_model(models.ModelConfig(conv_impl=conv_impl), (28, 28, 1), 10)
-    trainer = train.Trainer(fns, train.make_optimizer(train.TrainConfig(), 0.01),
-                            microbatch=microbatch)
+    trainer = train.Trainer(fns, train.make_optimizer(train.TrainConfig(), 0.01), microbatch=microbatch)
     variables = fns.init(jax.random.key(0))
     state = train.TrainState(variables, trainer.optimizer.init(variables["params"]))
     images = jax.random.normal(jax.random.key(1), (FLAGS.batch, 28, 28, 1))
@@ -44,13 +44,19 @@ def step_benchmark(conv_impl: str, microbatch: int, matmul: float) -> dict:
     seconds = timing.median_seconds(step, state, batch, key, repeats=FLAGS.repeats)
     # FLOPs of the whole-batch step (XLA counts a scan body once, so never the chunked one).
     gflops = step_flops(fns, state, batch, key) / seconds / 1e9
-    return {"workload": f"train step, conv={conv_impl}, microbatch={microbatch or 'off'}", "seconds": seconds,
-            "images/s": FLAGS.batch / seconds, "GFLOP/s": gflops, "vs matmul": gflops / matmul}
+    return {
+        "workload": f"train step, conv={conv_impl}, microbatch={microbatch or 'off'}",
+        "seconds": seconds,
+        "images/s": FLAGS.batch / seconds,
+        "GFLOP/s": gflops,
+        "vs matmul": gflops / matmul,
+    }
 
 
 def step_flops(fns, state, batch, key) -> float:
     import jax
     from dcjax import train
+
     trainer = train.Trainer(fns, train.make_optimizer(train.TrainConfig(), 0.01))
     step = jax.jit(functools.partial(train.train_step, trainer))
     return timing.compiled_flops(step, state, batch, key)
@@ -61,13 +67,14 @@ def model_axis_benchmark(strategy: str) -> dict:
     import jax
     import jax.numpy as jnp
     from dcjax import engine, models, train
+
     fns = models.make_model(models.ModelConfig(), (28, 28, 1), 10)
     cfg = train.TrainConfig(epochs=2, batch_size=32)
     m = FLAGS.models
     images = jax.random.normal(jax.random.key(0), (64 * m, 28, 28, 1))
     labels = jnp.arange(64 * m) % 10
     masks = jnp.zeros((m, 64 * m), bool)
-    masks = jnp.stack([masks[i].at[64 * i:64 * (i + 1)].set(True) for i in range(m)])
+    masks = jnp.stack([masks[i].at[64 * i : 64 * (i + 1)].set(True) for i in range(m)])
     keys = jax.random.split(jax.random.key(3), m)
     run = lambda: engine.train_models(fns, cfg, keys, (images, labels, masks), strategy)  # noqa
     seconds = timing.median_seconds(run, repeats=FLAGS.repeats)
@@ -76,18 +83,23 @@ def model_axis_benchmark(strategy: str) -> dict:
 
 def main(_):
     import jax
+
     matmul = timing.matmul_gflops()
     print(f"backend {jax.default_backend()}, devices {jax.devices()}")
     print(f"jitted 2048^3 fp32 matmul: {matmul:.1f} GFLOP/s (roofline)\n")
-    rows = [step_benchmark(impl, mb, matmul) for impl, mb in
-            (("lax", 0), ("im2col", 0), ("lax", 8), ("im2col", 8))]
+    rows = [step_benchmark(impl, mb, matmul) for impl, mb in (("lax", 0), ("im2col", 0), ("lax", 8), ("im2col", 8))]
     for row in rows:
         row["vs lax, whole batch"] = rows[0]["seconds"] / row["seconds"]
         row["vs PyTorch (0.95 s)"] = 0.95 / row["seconds"]
-    print(timing.table(rows, ["workload", "seconds", "images/s", "GFLOP/s", "vs matmul",
-                              "vs lax, whole batch", "vs PyTorch (0.95 s)"]))
+    print(
+        timing.table(
+            rows,
+            ["workload", "seconds", "images/s", "GFLOP/s", "vs matmul", "vs lax, whole batch", "vs PyTorch (0.95 s)"],
+        )
+    )
     axis = [model_axis_benchmark(s) for s in ("loop", "map", "vmap")]
     from dcjax import engine
+
     for row in axis:
         row["speed-up vs loop"] = axis[0]["seconds"] / row["seconds"]
     print()

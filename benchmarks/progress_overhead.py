@@ -36,6 +36,7 @@ def _setup():
     import jax
     import jax.numpy as jnp
     from dcjax import models, train
+
     fns = models.make_model(models.ModelConfig(width=FLAGS.width), (28, 28, 1), 10)
     images = jax.random.normal(jax.random.key(0), (FLAGS.examples, 28, 28, 1))
     labels = jnp.arange(FLAGS.examples, dtype=jnp.int32) % 10
@@ -47,6 +48,7 @@ def _setup():
 def _timed(setup, on: bool):
     """((wall s, CPU s), outputs, ticks received) of one train_models call with progress ``on``."""
     from dcjax import engine, progress
+
     fns, config, keys, data = setup
     progress.set_enabled(on)
     calls = []
@@ -73,7 +75,9 @@ def _tick_cost(n: int = 2000, repeats: int = 5) -> float:
             if with_tick:
                 progress.tick(i, n, 1)
             return c + 1.0, None
+
         return jax.jit(lambda x: jax.lax.scan(body, x, jnp.arange(n))[0])
+
     fns = {True: run(True), False: run(False)}
     per = []
     with progress.task("tick cost", n, compiling=False):
@@ -92,29 +96,39 @@ def _tick_cost(n: int = 2000, repeats: int = 5) -> float:
 def main(_):
     import jax
     import numpy as np
+
     setup = _setup()
     warm = {on: _timed(setup, on) for on in (True, False)}  # Compiles each.
-    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(warm[True][1]),
-                                                     jax.tree.leaves(warm[False][1])))
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(warm[True][1]), jax.tree.leaves(warm[False][1])))
     seconds = {True: [], False: []}
     for _ in range(FLAGS.repeats):
         for on in (True, False):  # Interleaved: load from other processes hits both alike.
             seconds[on].append(_timed(setup, on)[0])
-    print(f"backend {jax.default_backend()}; {FLAGS.models} models x {FLAGS.epochs} epochs on "
-          f"{FLAGS.examples} images, width {FLAGS.width}, strategy {FLAGS.strategy}")
+    print(
+        f"backend {jax.default_backend()}; {FLAGS.models} models x {FLAGS.epochs} epochs on "
+        f"{FLAGS.examples} images, width {FLAGS.width}, strategy {FLAGS.strategy}"
+    )
     print(f"compile+first call: on {warm[True][0][0]:.1f} s, off {warm[False][0][0]:.1f} s")
     for k, kind in enumerate(("wall", "CPU")):
         for name, on in (("on ", True), ("off", False)):
-            print(f"{kind} s, progress {name}: " + " ".join(f"{s[k]:.2f}" for s in seconds[on])
-                  + f"  (median {np.median([s[k] for s in seconds[on]]):.2f})")
+            print(
+                f"{kind} s, progress {name}: "
+                + " ".join(f"{s[k]:.2f}" for s in seconds[on])
+                + f"  (median {np.median([s[k] for s in seconds[on]]):.2f})"
+            )
         ratios = [a[k] / b[k] for a, b in zip(seconds[True], seconds[False])]
-        print(f"{kind}: per-pair ratios on/off " + " ".join(f"{r:.3f}" for r in ratios)
-              + f"; median {np.median(ratios):.3f}")
+        print(
+            f"{kind}: per-pair ratios on/off "
+            + " ".join(f"{r:.3f}" for r in ratios)
+            + f"; median {np.median(ratios):.3f}"
+        )
     print("(interleaved A/B pairs: other load on the machine affects both settings alike; target <= 1.02)")
     cost, ticks = _tick_cost(), warm[True][2]
     off = np.median([s[0] for s in seconds[False]])
-    print(f"one tick costs {1e6 * cost:.0f} us; a run makes {ticks} host calls: implied overhead "
-          f"{100 * cost * ticks / off:.3f} % of {off:.2f} s")
+    print(
+        f"one tick costs {1e6 * cost:.0f} us; a run makes {ticks} host calls: implied overhead "
+        f"{100 * cost * ticks / off:.3f} % of {off:.2f} s"
+    )
     print(f"bitwise identical parameters and losses: {same}")
 
 

@@ -43,8 +43,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def table(rows: list[dict], columns: list[str]) -> str:
     """A plain markdown table of rows (dicts) restricted to columns."""
+
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

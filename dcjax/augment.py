@@ -96,8 +96,13 @@ def _scale_matrices(factors: jax.Array, height: int, width: int) -> jax.Array:
     offset = (canvas - sides.astype(jnp.int32)) // 2 - (canvas - new) // 2  # [B, 2]
     ratio = sides / new.astype(jnp.float32)  # source pixels per resized pixel
     zero = jnp.zeros_like(ratio[:, 0])
-    return jnp.stack([jnp.stack([ratio[:, 0], zero, offset[:, 0] * ratio[:, 0]], axis=1),
-                      jnp.stack([zero, ratio[:, 1], offset[:, 1] * ratio[:, 1]], axis=1)], axis=1)
+    return jnp.stack(
+        [
+            jnp.stack([ratio[:, 0], zero, offset[:, 0] * ratio[:, 0]], axis=1),
+            jnp.stack([zero, ratio[:, 1], offset[:, 1] * ratio[:, 1]], axis=1),
+        ],
+        axis=1,
+    )
 
 
 def _scale_factors(key: jax.Array, batch: int, max_scale: float = _MAX_SCALE) -> jax.Array:
@@ -171,11 +176,13 @@ def dc_augment(key: jax.Array, images: jax.Array) -> jax.Array:
     # The reference takes the mean as Python floats: a constant, not a path for gradients.
     mean = jax.lax.stop_gradient(jnp.mean(images, axis=(0, 1, 2), dtype=jnp.float32))
     choice = jax.random.randint(k_choice, (b,), 0, 3)
-    mats = jnp.stack([
-        _translation_matrices(_crop_shifts(k_crop, b)),
-        _scale_matrices(_scale_factors(k_scale, b), h, w),
-        _rotation_matrices(_rotation_angles(k_rotate, b), h, w),
-    ])  # [3, B, 2, 3]
+    mats = jnp.stack(
+        [
+            _translation_matrices(_crop_shifts(k_crop, b)),
+            _scale_matrices(_scale_factors(k_scale, b), h, w),
+            _rotation_matrices(_rotation_angles(k_rotate, b), h, w),
+        ]
+    )  # [3, B, 2, 3]
     mats = mats[choice, jnp.arange(b)]
     # The reference pads scaled images with zeros but crops/rotations with the mean.
     fill = jnp.where((choice == _SCALE)[:, None], 0.0, mean[None, :])

@@ -110,9 +110,9 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, max_to_keep: int = 2):
-        self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                     enable_async_checkpointing=False,
-                                                     cleanup_tmp_directories=True)
+        self._options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=False, cleanup_tmp_directories=True
+        )
         self._directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(self._directory, options=self._options)
 
@@ -158,14 +158,20 @@ class Checkpointer:
             bad, reason = failures[0]
             raise CheckpointError(
                 f"checkpoint {self.step_directory(bad)} is unreadable ({reason}) and no older one "
-                f"reads back; delete {self._directory} to start the run over, or pass --overwrite")
+                f"reads back; delete {self._directory} to start the run over, or pass --overwrite"
+            )
         return None, None
 
     def _set_aside(self, step: int, reason: str, fallback: int) -> None:
         """Moves an unreadable step out of Orbax's sight (kept for inspection) and forgets it."""
         path = self.step_directory(step)
-        logging.warning("checkpoint %s is unreadable (%s); resuming from step %d instead and "
-                        "keeping it as %s", path, reason, fallback, path + UNREADABLE_SUFFIX)
+        logging.warning(
+            "checkpoint %s is unreadable (%s); resuming from step %d instead and keeping it as %s",
+            path,
+            reason,
+            fallback,
+            path + UNREADABLE_SUFFIX,
+        )
         if jax.process_index() == 0:  # One process renames; on a shared disk the others see it.
             if os.path.isdir(path + UNREADABLE_SUFFIX):
                 shutil.rmtree(path + UNREADABLE_SUFFIX)  # An older unreadable copy of the same step.

@@ -96,8 +96,12 @@ class CondenseConfig:
 
     def __post_init__(self):
         """Every field's range; each message starts with the field's name (launchers name the flag)."""
-        for name, options in (("method", METHODS), ("distance", matching.DISTANCES), ("init", INITS),
-                              ("class_strategy", CLASS_STRATEGIES)):
+        for name, options in (
+            ("method", METHODS),
+            ("distance", matching.DISTANCES),
+            ("init", INITS),
+            ("class_strategy", CLASS_STRATEGIES),
+        ):
             if getattr(self, name) not in options:
                 raise ValueError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
         dsa.parse_strategy(self.dsa_strategy)  # Fails early on an unknown op.
@@ -150,8 +154,7 @@ def check_batch_real(config: CondenseConfig, index: data_lib.ClassIndex):
         raise ValueError(f"ipc={config.ipc} with init=real exceeds the smallest class ({smallest})")
 
 
-def init_synthetic(config: CondenseConfig, key: jax.Array, images: jax.Array,
-                   index: data_lib.ClassIndex):
+def init_synthetic(config: CondenseConfig, key: jax.Array, images: jax.Array, index: data_lib.ClassIndex):
     """Initial synthetic set and the real examples it was copied from.
 
     Args:
@@ -188,8 +191,7 @@ def _class_gradient(fns: ModelFns, variables, images, label, microbatch: int = 0
     loss_sum = train_lib.weighted_ce_sum(fns, variables)
     weights = jnp.full((n,), 1.0 / n, jnp.float32)
     if microbatch:
-        return train_lib.chunked_value_and_grad(
-            loss_sum, variables["params"], (images, labels, weights), microbatch)[1]
+        return train_lib.chunked_value_and_grad(loss_sum, variables["params"], (images, labels, weights), microbatch)[1]
     return jax.grad(loss_sum)(variables["params"], images, labels, weights)
 
 
@@ -207,8 +209,9 @@ def _class_distance(fns, config, variables, syn_c, real_c, label, key):
     return matching.gradient_distance(g_syn, g_real, config.distance)
 
 
-def matching_loss(fns: ModelFns, config: CondenseConfig, strategy: str, variables,
-                  syn: jax.Array, real: jax.Array, key: jax.Array) -> jax.Array:
+def matching_loss(
+    fns: ModelFns, config: CondenseConfig, strategy: str, variables, syn: jax.Array, real: jax.Array, key: jax.Array
+) -> jax.Array:
     """Sum over classes of the gradient distance.
 
     Args:
@@ -247,19 +250,17 @@ def _train_network(fns, config, variables, syn, labels, key):
     The engine's own epoch loop (train.run_epochs), so the inner loop gets the same
     chunked CPU gradients and padding rules as every other training in dcjax.
     """
-    schedule = train_lib.make_schedule(
-        train_lib.TrainConfig(batch_size=config.batch_train), syn.shape[0])
+    schedule = train_lib.make_schedule(train_lib.TrainConfig(batch_size=config.batch_train), syn.shape[0])
     augment = dsa.training_augment(config.dsa_strategy) if config.method == "dsa" else augment_lib.identity_augment
-    trainer = train_lib.Trainer(fns, optax.sgd(config.lr_net), augment,
-                                microbatch=train_lib.resolve_microbatch(config.microbatch, fns))
+    trainer = train_lib.Trainer(
+        fns, optax.sgd(config.lr_net), augment, microbatch=train_lib.resolve_microbatch(config.microbatch, fns)
+    )
     mask = jnp.ones((syn.shape[0],), bool)
-    variables, _ = train_lib.run_epochs(trainer, schedule, variables, (syn, labels, mask), key,
-                                        config.loops[1])
+    variables, _ = train_lib.run_epochs(trainer, schedule, variables, (syn, labels, mask), key, config.loops[1])
     return variables
 
 
-def dc_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: SynState,
-                 real_data, key: jax.Array):
+def dc_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: SynState, real_data, key: jax.Array):
     """One DC iteration: (state, (pool images, ClassIndex), key) -> (state, metrics).
 
     Pure; meant to be jitted with fns/config/strategy static and ``state`` donated
@@ -290,7 +291,9 @@ def dc_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: Sy
         variables = jax.lax.cond(
             step < outer_loop - 1,
             lambda v: _train_network(fns, config, v, syn, labels, train_key),
-            lambda v: v, variables)
+            lambda v: v,
+            variables,
+        )
         return (syn, opt_state, variables), loss
 
     carry = (state.images, state.opt_state, variables)
@@ -303,12 +306,15 @@ def check_network(fns: ModelFns) -> None:
     if fns.has_batch_stats:
         # The reference warms BatchNorm statistics on real data then freezes them for
         # matching; we have not implemented that, so refuse rather than silently differ.
-        raise ValueError("condensation with BatchNorm networks is not supported; use a "
-                         "network without batchnorm (e.g. the default instancenorm ConvNet)")
+        raise ValueError(
+            "condensation with BatchNorm networks is not supported; use a "
+            "network without batchnorm (e.g. the default instancenorm ConvNet)"
+        )
 
 
-def condense_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: SynState,
-                       real_data, key: jax.Array):
+def condense_iteration(
+    fns: ModelFns, config: CondenseConfig, strategy: str, state: SynState, real_data, key: jax.Array
+):
     """One iteration of ``config.method``: (state, (pool, ClassIndex), key) -> (state, metrics).
 
     dc / dsa: ``dc_iteration``; dm: ``dm.dm_iteration``. Pure; strategy is a resolved class strategy.
@@ -342,5 +348,4 @@ def make_iteration_fn(fns: ModelFns, config: CondenseConfig, strategy: str = "au
     strategy = resolve_class_strategy(strategy if strategy != "auto" else config.class_strategy)
     step = functools.partial(condense_iteration, fns, config, strategy)
     unit = "iterations" if config.method == "dm" else "outer steps"
-    return progress.Reporting(jax.jit(step, donate_argnums=(0,)), describe(fns, config),
-                              iteration_units(config), unit)
+    return progress.Reporting(jax.jit(step, donate_argnums=(0,)), describe(fns, config), iteration_units(config), unit)

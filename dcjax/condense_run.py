@@ -66,15 +66,15 @@ class RunConfig:
 
 def _keys(seed: int):
     root = jax.random.key(seed)
-    return {name: jax.random.fold_in(root, i)
-            for i, name in enumerate(("init", "iterations", "eval", "baseline"))}
+    return {name: jax.random.fold_in(root, i) for i, name in enumerate(("init", "iterations", "eval", "baseline"))}
 
 
 class _Run:
     """State of one run: the static pieces plus what is on disk."""
 
-    def __init__(self, config: RunConfig, fns: ModelFns, train: data_lib.ArrayDataset,
-                 test: data_lib.ArrayDataset, workdir: str):
+    def __init__(
+        self, config: RunConfig, fns: ModelFns, train: data_lib.ArrayDataset, test: data_lib.ArrayDataset, workdir: str
+    ):
         self.config, self.fns, self.workdir = config, fns, workdir
         self.keys = _keys(config.seed)
         self.pool = jnp.asarray(train.images)
@@ -84,17 +84,20 @@ class _Run:
         self.checkpointer = checkpoint.Checkpointer(workdir_lib.path(workdir, "checkpoints"))
 
     def initial_state(self):
-        return condense.init_synthetic(self.config.condense, self.keys["init"], self.pool,
-                                       self.index)
+        return condense.init_synthetic(self.config.condense, self.keys["init"], self.pool, self.index)
 
     def evaluate(self, images, iteration: int) -> dict:
         key = jax.random.fold_in(self.keys["eval"], iteration)
         result = evaluation.evaluate_training_set(
-            self.fns, self.config.eval, key, (images, self.labels),
-            (self.test.images, self.test.labels))
-        logging.info("eval at iteration %d: test accuracy %.2f%% +- %.2f (%d models)",
-                     iteration, 100 * result["mean"], 100 * result["std"],
-                     len(result["accuracies"]))
+            self.fns, self.config.eval, key, (images, self.labels), (self.test.images, self.test.labels)
+        )
+        logging.info(
+            "eval at iteration %d: test accuracy %.2f%% +- %.2f (%d models)",
+            iteration,
+            100 * result["mean"],
+            100 * result["std"],
+            len(result["accuracies"]),
+        )
         return {"iteration": iteration, **result}
 
     def path(self, name: str) -> str:
@@ -104,9 +107,11 @@ class _Run:
 def _restore(run: _Run, state, resuming: bool):
     """Latest checkpoint (or the initial state) and the records made before it."""
     # An unreadable newest checkpoint falls back to the previous one (checkpoint.Checkpointer).
-    step, saved = (run.checkpointer.restore_latest({"images": state.images,
-                                                    "opt_state": state.opt_state})
-                   if resuming else (None, None))
+    step, saved = (
+        run.checkpointer.restore_latest({"images": state.images, "opt_state": state.opt_state})
+        if resuming
+        else (None, None)
+    )
     if step is None or saved is None:
         return state, 0, [], []
     state = condense.SynState(saved["images"], saved["opt_state"])
@@ -127,11 +132,16 @@ def _diverged(run: _Run, what: str, t: int, metrics: list, evals: list) -> Diver
     last = run.checkpointer.latest_step()
     checkpoint.write_jsonl(run.path(METRICS), [m for m in metrics if m["iteration"] < (last or 0)])
     checkpoint.write_jsonl(run.path(EVALS), [e for e in evals if e["iteration"] <= (last or 0)])
-    kept = (f"the last good checkpoint (after iteration {last}) is kept in "
-            f"{run.path('checkpoints')}" if last else "no checkpoint was made before it")
-    return DivergedError(f"condensation diverged: {what} at iteration {t + 1} of "
-                         f"{run.config.condense.iterations}; {kept}; lower --lr_img (or --lr_net) "
-                         "and rerun with --overwrite")
+    kept = (
+        f"the last good checkpoint (after iteration {last}) is kept in {run.path('checkpoints')}"
+        if last
+        else "no checkpoint was made before it"
+    )
+    return DivergedError(
+        f"condensation diverged: {what} at iteration {t + 1} of "
+        f"{run.config.condense.iterations}; {kept}; lower --lr_img (or --lr_net) "
+        "and rerun with --overwrite"
+    )
 
 
 def _iterate(run: _Run, state, start: int, metrics: list, evals: list):
@@ -155,8 +165,14 @@ def _iterate(run: _Run, state, start: int, metrics: list, evals: list):
         seconds = time.perf_counter() - tic
         metrics.append({"iteration": t, "loss": loss, "seconds": seconds})
         recent = np.median([m["seconds"] for m in metrics[-10:]])
-        logging.info("iteration %d/%d  loss %.4f  %.1f s/it  ETA %s", t + 1, total, loss,
-                     seconds, _format_eta(recent * (total - t - 1)))
+        logging.info(
+            "iteration %d/%d  loss %.4f  %.1f s/it  ETA %s",
+            t + 1,
+            total,
+            loss,
+            seconds,
+            _format_eta(recent * (total - t - 1)),
+        )
         if (t + 1) % cfg.checkpoint_every == 0 or t + 1 == total:
             # A finite loss can still come with an overflowing update; never checkpoint that.
             if not bool(jnp.isfinite(state.images).all()):
@@ -170,13 +186,17 @@ def _baseline(run: _Run) -> dict:
     """The naive baseline: a random real subset of the same size, same evaluation protocol."""
     cfg = run.config
     subset_key, eval_key = jax.random.split(run.keys["baseline"])
-    indices = data_lib.stratified_subset(subset_key, run.train.labels, cfg.condense.ipc,
-                                         run.train.num_classes)
+    indices = data_lib.stratified_subset(subset_key, run.train.labels, cfg.condense.ipc, run.train.num_classes)
     result = evaluation.evaluate_training_set(
-        run.fns, cfg.eval, eval_key, (run.train.images[indices], run.train.labels[indices]),
-        (run.test.images, run.test.labels))
-    logging.info("random real subset (%d per class): %.2f%% +- %.2f", cfg.condense.ipc,
-                 100 * result["mean"], 100 * result["std"])
+        run.fns,
+        cfg.eval,
+        eval_key,
+        (run.train.images[indices], run.train.labels[indices]),
+        (run.test.images, run.test.labels),
+    )
+    logging.info(
+        "random real subset (%d per class): %.2f%% +- %.2f", cfg.condense.ipc, 100 * result["mean"], 100 * result["std"]
+    )
     return {"indices": np.asarray(indices).tolist(), **result}
 
 
@@ -184,17 +204,31 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
     """synthetic.npz, figures and results.json (written last: it marks the run finished)."""
     cfg, name = run.config, run.train.name
     images = np.asarray(state.images)
-    checkpoint.write_npz(run.path(SYNTHETIC), images=images, labels=np.asarray(run.labels),
-                         init_indices=np.asarray(init_indices), seed=cfg.seed,
-                         config=checkpoint.to_json(dataclasses.asdict(cfg)))
+    checkpoint.write_npz(
+        run.path(SYNTHETIC),
+        images=images,
+        labels=np.asarray(run.labels),
+        init_indices=np.asarray(init_indices),
+        seed=cfg.seed,
+        config=checkpoint.to_json(dataclasses.asdict(cfg)),
+    )
     title = f"{cfg.condense.method.upper()} synthetic set, {cfg.condense.ipc} per class"
     plots.image_grid(run.path("synthetic.png"), data_lib.denormalize(images, name), run.train.num_classes, title)
     if metrics:
-        plots.curve(run.path("loss.png"), [m["iteration"] + 1 for m in metrics],
-                    {"matching loss": [m["loss"] for m in metrics]}, "iteration", "loss")
-    plots.curve(run.path("accuracy.png"), [e["iteration"] for e in evals],
-                {"synthetic set": [100 * e["mean"] for e in evals]}, "iteration",
-                "test accuracy (%)")
+        plots.curve(
+            run.path("loss.png"),
+            [m["iteration"] + 1 for m in metrics],
+            {"matching loss": [m["loss"] for m in metrics]},
+            "iteration",
+            "loss",
+        )
+    plots.curve(
+        run.path("accuracy.png"),
+        [e["iteration"] for e in evals],
+        {"synthetic set": [100 * e["mean"] for e in evals]},
+        "iteration",
+        "test accuracy (%)",
+    )
     seconds = [m["seconds"] for m in metrics[1:]] or [m["seconds"] for m in metrics]
     results = {
         "config": dataclasses.asdict(cfg),
@@ -210,8 +244,14 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
     return results
 
 
-def run_condensation(config: RunConfig, fns: ModelFns, train: data_lib.ArrayDataset,
-                     test: data_lib.ArrayDataset, workdir: str, overwrite: bool = False) -> dict:
+def run_condensation(
+    config: RunConfig,
+    fns: ModelFns,
+    train: data_lib.ArrayDataset,
+    test: data_lib.ArrayDataset,
+    workdir: str,
+    overwrite: bool = False,
+) -> dict:
     """Condenses ``train`` into ipc images per class in ``workdir``; resumes if interrupted.
 
     Args:

@@ -61,7 +61,8 @@ class ArrayDataset:
         if self.images.ndim != 4 or self.labels.shape != self.images.shape[:1]:
             raise DataError(
                 f"{self.name}: images must be [N, H, W, C] and labels [N], got {self.images.shape} and "
-                f"{self.labels.shape}")
+                f"{self.labels.shape}"
+            )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -167,8 +168,9 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
         raise _load_error(name, split, data_dir, download, None)  # At once: TensorFlow is not even imported.
     tfds = _import_tfds()
     try:
-        ds, info = tfds.load(name, split=split, as_supervised=True, with_info=True, data_dir=data_dir,
-                             download=download)
+        ds, info = tfds.load(
+            name, split=split, as_supervised=True, with_info=True, data_dir=data_dir, download=download
+        )
         # Fixed-size batches rather than batch_size=-1: the latter batches by the recorded split size,
         # which tfds.testing.mock_data does not record (TF then aborts the whole process).
         chunks = list(tfds.as_numpy(ds.batch(10_000)))
@@ -176,14 +178,19 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
         labels = np.concatenate([c[1] for c in chunks])
     except Exception as err:  # TFDS raises many unrelated types here (AssertionError, OSError, requests errors...).
         raise _load_error(name, split, data_dir, download, err) from err
-    result = ArrayDataset(images=normalize(images, name), labels=np.asarray(labels, np.int32),
-                          num_classes=int(info.features["label"].num_classes), name=name)
+    result = ArrayDataset(
+        images=normalize(images, name),
+        labels=np.asarray(labels, np.int32),
+        num_classes=int(info.features["label"].num_classes),
+        name=name,
+    )
     logging.info("Loaded %s[%s]: %d images of shape %s.", name, split, len(result), result.image_shape)
     return result
 
 
-def load_train_test(name: str, data_dir: str | None = None,
-                    download: bool | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+def load_train_test(
+    name: str, data_dir: str | None = None, download: bool | None = None
+) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) splits of ``name``; see `load_split`."""
     return load_split(name, "train", data_dir, download), load_split(name, "test", data_dir, download)
 
@@ -199,27 +206,38 @@ def load_synthetic_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         archive = np.load(path, allow_pickle=False)  # A text file: ValueError (it would need pickle).
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # numpy's own words would mislead.
-        raise DataError(f"{path}: not a .npz archive (expected np.savez output holding 'images' and "
-                        "'labels')") from err
+        raise DataError(f"{path}: not a .npz archive (expected np.savez output holding 'images' and 'labels')") from err
     if not isinstance(archive, np.lib.npyio.NpzFile):  # A .npy file: one bare array.
-        raise DataError(f"{path}: not a .npz archive (a single .npy array); save with np.savez(path, "
-                        "images=..., labels=...)")
+        raise DataError(
+            f"{path}: not a .npz archive (a single .npy array); save with np.savez(path, images=..., labels=...)"
+        )
     with archive:
         missing = [key for key in ("images", "labels") if key not in archive.files]
         if missing:
-            raise DataError(f"{path}: lacks {' and '.join(map(repr, missing))} (holds: "
-                            f"{', '.join(archive.files) or 'nothing'}); expected arrays 'images' and 'labels'")
+            raise DataError(
+                f"{path}: lacks {' and '.join(map(repr, missing))} (holds: "
+                f"{', '.join(archive.files) or 'nothing'}); expected arrays 'images' and 'labels'"
+            )
         try:
             images, labels = archive["images"], archive["labels"]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
             if "Object arrays" not in str(err):  # A damaged member.
                 raise DataError(f"{path}: unreadable .npz archive ({_one_line(err)})") from err
-            raise DataError(f"{path}: holds object arrays (they would need pickle, never allowed here); save "
-                            "numeric arrays (float images, integer labels) with np.savez") from err
-    if (images.ndim != 4 or not images.shape[0] or labels.shape != images.shape[:1]
-            or not np.issubdtype(images.dtype, np.number) or not np.issubdtype(labels.dtype, np.integer)):
-        raise DataError(f"{path}: needs numeric images [n, H, W, C] and integer labels [n], n >= 1, got images "
-                        f"{images.shape} {images.dtype} and labels {labels.shape} {labels.dtype}")
+            raise DataError(
+                f"{path}: holds object arrays (they would need pickle, never allowed here); save "
+                "numeric arrays (float images, integer labels) with np.savez"
+            ) from err
+    if (
+        images.ndim != 4
+        or not images.shape[0]
+        or labels.shape != images.shape[:1]
+        or not np.issubdtype(images.dtype, np.number)
+        or not np.issubdtype(labels.dtype, np.integer)
+    ):
+        raise DataError(
+            f"{path}: needs numeric images [n, H, W, C] and integer labels [n], n >= 1, got images "
+            f"{images.shape} {images.dtype} and labels {labels.shape} {labels.dtype}"
+        )
     return images, labels
 
 
@@ -337,7 +355,7 @@ def split_indices(key: jax.Array, num_examples: int, sizes: Mapping[str, int]) -
     parts, start = {}, 0
     for name, size in sizes.items():
         size = num_examples - fixed if size == -1 else size
-        parts[name] = np.sort(perm[start:start + size])
+        parts[name] = np.sort(perm[start : start + size])
         start += size
     return parts
 

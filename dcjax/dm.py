@@ -44,8 +44,10 @@ def mean_embedding(fns: ModelFns, variables, images: jax.Array, chunk: int = 0) 
     num_chunks = -(-n // chunk)
     padded = jnp.pad(images, [(0, num_chunks * chunk - n)] + [(0, 0)] * (images.ndim - 1))
     weights = (jnp.arange(num_chunks * chunk) < n).astype(jnp.float32).reshape(num_chunks, chunk)
-    sums = jax.lax.map(lambda args: jnp.sum(fns.embed(variables, args[0]) * args[1][:, None], axis=0),
-                       (padded.reshape((num_chunks, chunk) + images.shape[1:]), weights))
+    sums = jax.lax.map(
+        lambda args: jnp.sum(fns.embed(variables, args[0]) * args[1][:, None], axis=0),
+        (padded.reshape((num_chunks, chunk) + images.shape[1:]), weights),
+    )
     return jnp.sum(sums, axis=0) / n
 
 
@@ -57,8 +59,9 @@ def _class_loss(fns: ModelFns, config, variables, syn_c, real_c, key, chunk: int
     return jnp.sum((real_mean - mean_embedding(fns, variables, syn_c)) ** 2)
 
 
-def dm_loss(fns: ModelFns, config, strategy: str, variables, syn: jax.Array, real: jax.Array,
-            key: jax.Array) -> jax.Array:
+def dm_loss(
+    fns: ModelFns, config, strategy: str, variables, syn: jax.Array, real: jax.Array, key: jax.Array
+) -> jax.Array:
     """Sum over classes of the embedding-mean distance.
 
     Args:
@@ -95,7 +98,8 @@ def dm_iteration(fns: ModelFns, config, strategy: str, state: Any, real_data, ke
     loss, grads = jax.value_and_grad(loss_fn)(state.images, real, dsa_key)
     # The same optimizer as condense.image_optimizer (SGD with momentum on the images), state kept across iterations.
     updates, opt_state = optax.sgd(config.lr_img, momentum=config.momentum_img).update(
-        grads, state.opt_state, state.images)
+        grads, state.opt_state, state.images
+    )
     images = optax.apply_updates(state.images, updates)
     progress.tick(jnp.int32(0), 1, 1)  # One unit per iteration (``condense.iteration_units``).
     return state._replace(images=images, opt_state=opt_state), {"loss": loss}

@@ -124,9 +124,11 @@ def check_capacity(config: DPConfig, batch_size: int, epochs: int, max_examples:
     eta = overflow_probability(max_examples + 1, q, steps, config.capacity)
     if eta > config.overflow_budget:
         need = poisson_capacity(max_examples + 1, q, steps, config.overflow_budget)
-        raise ValueError(f"capacity {config.capacity} is too small for private sets of up to {max_examples} "
-                         f"examples: overflow probability {eta:.3g} > overflow_budget "
-                         f"{config.overflow_budget:.3g}; need capacity >= {need}")
+        raise ValueError(
+            f"capacity {config.capacity} is too small for private sets of up to {max_examples} "
+            f"examples: overflow probability {eta:.3g} > overflow_budget "
+            f"{config.overflow_budget:.3g}; need capacity >= {need}"
+        )
     return eta
 
 
@@ -161,9 +163,11 @@ def check_network(fns: ModelFns) -> None:
 
 def example_loss(fns: ModelFns, variables: dict[str, Any]) -> Callable:
     """loss(params, image [H,W,C], label []) -> cross-entropy of one example (eval-mode forward)."""
+
     def loss(params, image, label):
         logits = fns.apply({**variables, "params": params}, image[None])
         return optax.softmax_cross_entropy_with_integer_labels(logits, label[None])[0]
+
     return loss
 
 
@@ -173,8 +177,7 @@ def global_norms(grads) -> jax.Array:
     return jnp.sqrt(sum(squares))
 
 
-def clipped_example_grads(loss: Callable, params, images: jax.Array, labels: jax.Array,
-                          l2_clip: float):
+def clipped_example_grads(loss: Callable, params, images: jax.Array, labels: jax.Array, l2_clip: float):
     """Per-example losses and clipped gradients of k examples.
 
     Args:
@@ -210,8 +213,9 @@ def clipped_grad_sum(loss: Callable, params, batch, l2_clip: float, chunk: int):
     """
     b = batch[0].shape[0]
     n = -(-b // chunk)
-    chunks = tuple(jnp.pad(a, [(0, n * chunk - b)] + [(0, 0)] * (a.ndim - 1)).reshape(
-        (n, chunk) + a.shape[1:]) for a in batch)
+    chunks = tuple(
+        jnp.pad(a, [(0, n * chunk - b)] + [(0, 0)] * (a.ndim - 1)).reshape((n, chunk) + a.shape[1:]) for a in batch
+    )
 
     def compute(carry, xs):
         images, labels, weights = xs
@@ -239,8 +243,7 @@ def add_noise(key: jax.Array, tree, std: float):
     return jax.tree.unflatten(treedef, noisy)
 
 
-def private_grad_sum(fns: ModelFns, config: DPConfig, variables: dict[str, Any], batch,
-                     key: jax.Array, chunk: int = 0):
+def private_grad_sum(fns: ModelFns, config: DPConfig, variables: dict[str, Any], batch, key: jax.Array, chunk: int = 0):
     """The noisy clipped-gradient SUM of one (Poisson-sampled, padded) batch.
 
     The caller divides it by the expected batch size q * n (``train._dp_step``), a constant.
@@ -261,10 +264,13 @@ def private_grad_sum(fns: ModelFns, config: DPConfig, variables: dict[str, Any],
     """
     check_network(fns)
     images, labels, weights = batch
-    loss_sum, grad_sum, norms = clipped_grad_sum(example_loss(fns, variables), variables["params"],
-                                                 batch, config.l2_clip, chunk or images.shape[0])
+    loss_sum, grad_sum, norms = clipped_grad_sum(
+        example_loss(fns, variables), variables["params"], batch, config.l2_clip, chunk or images.shape[0]
+    )
     noisy = add_noise(key, grad_sum, config.noise_multiplier * config.l2_clip)
     count = jnp.maximum(jnp.sum(weights), 1.0)
-    stats = {"clipped_fraction": jnp.sum(weights * (norms > config.l2_clip)) / count,
-             "mean_norm": jnp.sum(weights * norms) / count}
+    stats = {
+        "clipped_fraction": jnp.sum(weights * (norms > config.l2_clip)) / count,
+        "mean_norm": jnp.sum(weights * norms) / count,
+    }
     return loss_sum / count, noisy, stats

@@ -111,8 +111,13 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
     return names
 
 
-def _draws(key: jax.Array, batch: int, params: DSAParams, sample: Callable[[jax.Array, tuple], jax.Array],
-           shape: tuple[int, ...] = ()) -> jax.Array:
+def _draws(
+    key: jax.Array,
+    batch: int,
+    params: DSAParams,
+    sample: Callable[[jax.Array, tuple], jax.Array],
+    shape: tuple[int, ...] = (),
+) -> jax.Array:
     """[B, *shape] parameters from ``sample(key, (n, *shape))``; n = 1 broadcast to B in batch mode, else n = B.
 
     Drawing a single row in batch mode is what makes the draw independent of the batch size (Siamese rule across
@@ -122,8 +127,9 @@ def _draws(key: jax.Array, batch: int, params: DSAParams, sample: Callable[[jax.
     return jnp.broadcast_to(sample(key, (n, *shape)), (batch, *shape))
 
 
-def _uniform(key: jax.Array, batch: int, params: DSAParams, low: float, high: float,
-             shape: tuple[int, ...] = ()) -> jax.Array:
+def _uniform(
+    key: jax.Array, batch: int, params: DSAParams, low: float, high: float, shape: tuple[int, ...] = ()
+) -> jax.Array:
     """[B, *shape] float32 ~ U(low, high), shared per `_draws`."""
     return _draws(key, batch, params, lambda k, s: jax.random.uniform(k, s, jnp.float32, low, high), shape)
 
@@ -248,21 +254,29 @@ def rotate(key: jax.Array, images: jax.Array, params: DSAParams = DSAParams()) -
 
 
 _OP_FNS: dict[str, Callable[..., jax.Array]] = {  # (key, images, params=DSAParams) -> images
-    "color": color, "crop": crop, "cutout": cutout, "flip": flip, "scale": scale, "rotate": rotate,
+    "color": color,
+    "crop": crop,
+    "cutout": cutout,
+    "flip": flip,
+    "scale": scale,
+    "rotate": rotate,
 }
 
 
 @functools.partial(jax.jit, static_argnames=("strategy", "params"))
-def dsa_augment(key: jax.Array, images: jax.Array, strategy: str = STRATEGY_DIGITS,
-                params: DSAParams = DSAParams()) -> jax.Array:
+def dsa_augment(
+    key: jax.Array, images: jax.Array, strategy: str = STRATEGY_DIGITS, params: DSAParams = DSAParams()
+) -> jax.Array:
     """One op group of the strategy (``params.select='one'``) or all of them in order. [B, H, W, C] -> same.
 
     Op i of the strategy is keyed by fold_in(key, i); the choice of op by fold_in(key, _CHOICE_STREAM). Use the
     same key for the real and synthetic batch of a class to get the Siamese (shared) transform.
     """
     names = parse_strategy(strategy)
-    ops = [functools.partial(_OP_FNS[name], jax.random.fold_in(key, index), params=params)
-           for index, name in enumerate(names)]
+    ops = [
+        functools.partial(_OP_FNS[name], jax.random.fold_in(key, index), params=params)
+        for index, name in enumerate(names)
+    ]
     if not ops:
         return images
     if params.select == "all":

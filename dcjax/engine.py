@@ -74,10 +74,11 @@ class _Plan(NamedTuple):
 
 def _train_local(plan: _Plan, keys, images, labels, masks):
     """Trains len(keys) models on this device with plan.strategy ('vmap' or 'map')."""
+
     def one(args):
         key, mask = args
-        return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key,
-                                         (images, labels, mask), plan.ticks)
+        return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key, (images, labels, mask), plan.ticks)
+
     return map_models(one, plan.strategy, (keys, masks))
 
 
@@ -86,15 +87,13 @@ _train_many = jax.jit(_train_local, static_argnums=0)
 
 @functools.partial(jax.jit, static_argnums=0)
 def _train_one(plan: _Plan, key, images, labels, mask):
-    return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key,
-                                     (images, labels, mask), plan.ticks)
+    return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key, (images, labels, mask), plan.ticks)
 
 
 def model_mesh(devices=None) -> Mesh:
     """A 1-D mesh named 'models' over ``devices`` (default: all devices of all hosts)."""
     devices = list(devices or jax.devices())
-    return jax.make_mesh((len(devices),), ("models",),
-                         axis_types=(jax.sharding.AxisType.Explicit,), devices=devices)
+    return jax.make_mesh((len(devices),), ("models",), axis_types=(jax.sharding.AxisType.Explicit,), devices=devices)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -102,14 +101,24 @@ def _train_sharded(plan: _Plan, mesh: Mesh, keys, images, labels, masks):
     """Each device of the 'models' axis trains its share of the models (no collectives)."""
     # check_vma=False: the per-model scans start from replicated constants (zeros, the
     # pool) and become device-varying; every model is independent, so nothing to check.
-    sharded = jax.shard_map(functools.partial(_train_local, plan), mesh=mesh,
-                            in_specs=(P("models"), P(), P(), P("models")),
-                            out_specs=P("models"), check_vma=False)
+    sharded = jax.shard_map(
+        functools.partial(_train_local, plan),
+        mesh=mesh,
+        in_specs=(P("models"), P(), P(), P("models")),
+        out_specs=P("models"),
+        check_vma=False,
+    )
     return sharded(keys, images, labels, masks)
 
 
-def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
-                 data, strategy: str = "auto", mesh: Mesh | None = None):
+def train_models(
+    fns: ModelFns,
+    config: train_lib.TrainConfig,
+    keys: jax.Array,
+    data,
+    strategy: str = "auto",
+    mesh: Mesh | None = None,
+):
     """Trains M freshly initialised models, model m on the pool examples where masks[m].
 
     Args:
@@ -135,8 +144,9 @@ def train_models(fns: ModelFns, config: train_lib.TrainConfig, keys: jax.Array,
     if mesh is not None and masks.shape[0] % mesh.size:
         raise ValueError(f"{masks.shape[0]} models do not split evenly over {mesh.size} devices")
     # A Python loop cannot run inside shard_map; its in-graph twin is 'map'.
-    plan = _Plan(fns, config, schedule, "map" if strategy == "loop" and mesh is not None else strategy,
-                 progress.enabled())
+    plan = _Plan(
+        fns, config, schedule, "map" if strategy == "loop" and mesh is not None else strategy, progress.enabled()
+    )
     with _training_task(plan, masks.shape[0], mesh, (jnp.shape(images), masks.shape)):
         return jax.block_until_ready(_dispatch(plan, keys, (images, labels, masks), mesh))
 
@@ -164,8 +174,9 @@ def _training_task(plan: _Plan, num_models: int, mesh: Mesh | None, shapes):
     # A vmapped tick fires once for the device's models; a mapped or looped one once per model.
     weight = num_models // (mesh.size if mesh is not None else 1) if plan.strategy == "vmap" else 1
     dp = " DP-SGD" if config.dp is not None else ""
-    label = (f"training {num_models} models x {config.epochs}{dp} epochs, {schedule.batch_size} per batch "
-             f"({plan.strategy})")
+    label = (
+        f"training {num_models} models x {config.epochs}{dp} epochs, {schedule.batch_size} per batch ({plan.strategy})"
+    )
     compiling = progress.first_call((plan, mesh, shapes))
     return progress.task(label, num_models * per_model, "model-steps", weight, compiling)
 
@@ -198,13 +209,19 @@ predict_many.__doc__ = "Logits of M stacked models on the same images: [M, N, K]
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _predict_sharded(fns: ModelFns, strategy: str, batch_size: int, mesh: Mesh, variables, images):
     # A lax.map cannot scan over an axis sharded across devices: each device maps its own models.
-    sharded = jax.shard_map(functools.partial(_predict_local, fns, strategy, batch_size), mesh=mesh,
-                            in_specs=(P("models"), P()), out_specs=P("models"), check_vma=False)
+    sharded = jax.shard_map(
+        functools.partial(_predict_local, fns, strategy, batch_size),
+        mesh=mesh,
+        in_specs=(P("models"), P()),
+        out_specs=P("models"),
+        check_vma=False,
+    )
     return sharded(variables, images)
 
 
-def predict_models(fns: ModelFns, variables, images, strategy: str = "auto",
-                   batch_size: int = 1000, mesh: Mesh | None = None) -> jax.Array:
+def predict_models(
+    fns: ModelFns, variables, images, strategy: str = "auto", batch_size: int = 1000, mesh: Mesh | None = None
+) -> jax.Array:
     """Eval-mode logits [M, N, K] of M stacked models on images [N, H, W, C].
 
     ``mesh``: the mesh the variables were trained on (``train_models(..., mesh=)``); each
@@ -224,8 +241,9 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, -1) == labels, axis=-1)
 
 
-def evaluate_many(fns: ModelFns, variables, images, labels, strategy: str = "auto",
-                  batch_size: int = 1000, mesh: Mesh | None = None) -> jax.Array:
+def evaluate_many(
+    fns: ModelFns, variables, images, labels, strategy: str = "auto", batch_size: int = 1000, mesh: Mesh | None = None
+) -> jax.Array:
     """Test accuracy of each of M stacked models: [M] (``mesh`` as for ``predict_models``)."""
     logits = predict_models(fns, variables, images, strategy, batch_size, mesh)
     if mesh is not None:

@@ -36,8 +36,7 @@ class EvalConfig:
         engine.resolve_strategy(self.strategy)
 
 
-def evaluate_training_set(fns: ModelFns, config: EvalConfig, key: jax.Array,
-                          train_set, test_set) -> dict:
+def evaluate_training_set(fns: ModelFns, config: EvalConfig, key: jax.Array, train_set, test_set) -> dict:
     """Trains ``config.num_models`` fresh models on train_set and tests them.
 
     Args:
@@ -53,11 +52,11 @@ def evaluate_training_set(fns: ModelFns, config: EvalConfig, key: jax.Array,
     images, labels = (jnp.asarray(x) for x in train_set)
     keys = jax.random.split(key, config.num_models)
     masks = jnp.ones((config.num_models, images.shape[0]), bool)
-    variables, losses = engine.train_models(fns, config.train, keys, (images, labels, masks),
-                                            config.strategy)
+    variables, losses = engine.train_models(fns, config.train, keys, (images, labels, masks), config.strategy)
     test_images, test_labels = (jnp.asarray(x) for x in test_set)
-    accs = np.asarray(engine.evaluate_many(fns, variables, test_images, test_labels,
-                                           config.strategy, config.test_batch))
+    accs = np.asarray(
+        engine.evaluate_many(fns, variables, test_images, test_labels, config.strategy, config.test_batch)
+    )
     return {
         "accuracies": accs.tolist(),
         "mean": float(accs.mean()),

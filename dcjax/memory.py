@@ -87,9 +87,14 @@ def network_cost(fns: ModelFns, image_shape: tuple[int, int, int]) -> NetworkCos
     residuals, logits = jax.eval_shape(vjp_fn, variables["params"], x)
     sizes = [_bytes(leaf) for leaf in jax.tree.leaves(residuals)]
     per_image = [size // _TRACE_BATCH for size in sizes if size % _TRACE_BATCH == 0]
-    return NetworkCost(params=_bytes(variables), image=math.prod(image_shape) * FLOAT,
-                       backward_per_image=sum(per_image), forward_per_image=2 * max(per_image, default=0),
-                       fixed=sum(size for size in sizes if size % _TRACE_BATCH), logits=_bytes(logits))
+    return NetworkCost(
+        params=_bytes(variables),
+        image=math.prod(image_shape) * FLOAT,
+        backward_per_image=sum(per_image),
+        forward_per_image=2 * max(per_image, default=0),
+        fixed=sum(size for size in sizes if size % _TRACE_BATCH),
+        logits=_bytes(logits),
+    )
 
 
 def format_bytes(n: float) -> str:
@@ -146,15 +151,16 @@ def check_fits(estimate: Estimate, what: str, device=None) -> None:
     available; lower --ipc or --batch_train').
     """
     available = available_bytes(device)
-    logging.info("memory: %s needs ~%s of %s available", what, format_bytes(estimate.total),
-                 format_bytes(available))
+    logging.info("memory: %s needs ~%s of %s available", what, format_bytes(estimate.total), format_bytes(available))
     if estimate.total <= MARGIN * available:
         return
     largest = sorted(estimate.parts.items(), key=lambda kv: -kv[1])[:3]
     detail = ", ".join(f"{name} {format_bytes(size)}" for name, size in largest)
     where = "this host" if (device or jax.devices()[0]).platform == "cpu" else "this device"
-    message = (f"{what} needs ~{format_bytes(estimate.total)} ({detail}), {where} has {format_bytes(available)} "
-               f"available; lower {_flags_for(estimate)}")
+    message = (
+        f"{what} needs ~{format_bytes(estimate.total)} ({detail}), {where} has {format_bytes(available)} "
+        f"available; lower {_flags_for(estimate)}"
+    )
     if os.environ.get(SKIP_ENV, "") not in ("", "0"):
         logging.warning("memory: %s (%s set: going on)", message, SKIP_ENV)
         return
@@ -174,8 +180,13 @@ def train_step_bytes(cost: NetworkCost, batch: int, microbatch: int, private: bo
     """
     chunk = min(microbatch or batch, batch)
     per_example_grads = chunk * cost.params if private else 0
-    return (OPTIMIZER_COPIES * cost.params + cost.fixed + 3 * batch * cost.image
-            + chunk * cost.backward_per_image + per_example_grads)
+    return (
+        OPTIMIZER_COPIES * cost.params
+        + cost.fixed
+        + 3 * batch * cost.image
+        + chunk * cost.backward_per_image
+        + per_example_grads
+    )
 
 
 def _matching_parts(cost: NetworkCost, config, class_strategy: str, num_classes: int, microbatch: int):
@@ -202,8 +213,9 @@ def _matching_parts(cost: NetworkCost, config, class_strategy: str, num_classes:
     return syn + classes * augmented // 2, classes * (real + augmented // 2) + gathered
 
 
-def condensation_estimate(fns: ModelFns, config, image_shape, num_classes: int, pool_size: int,
-                          models: tuple[int, int] = (1, 1)) -> Estimate:
+def condensation_estimate(
+    fns: ModelFns, config, image_shape, num_classes: int, pool_size: int, models: tuple[int, int] = (1, 1)
+) -> Estimate:
     """Memory of condensation iterations (``condense.make_iteration_fn``, or ``bank.condense_models`` for c models).
 
     Args:
@@ -213,6 +225,7 @@ def condensation_estimate(fns: ModelFns, config, image_shape, num_classes: int, 
         default is one run.
     """
     from dcjax import condense  # dcjax.condense imports much of dcjax; only this estimator needs it.
+
     count, live = models
     cost = network_cost(fns, tuple(image_shape))
     class_strategy = condense.resolve_class_strategy(config.class_strategy)
@@ -221,16 +234,25 @@ def condensation_estimate(fns: ModelFns, config, image_shape, num_classes: int, 
     set_size = num_classes * config.ipc
     inner = 0 if config.method == "dm" else train_step_bytes(cost, min(config.batch_train, set_size), microbatch)
     set_name = f"synthetic set {config.ipc} x {num_classes} images"  # x3: images, momentum, gradient.
-    parts = {"real pool": pool_size * cost.image, set_name: 3 * count * set_size * cost.image,
-             "synthetic gradient": live * syn, "real gradient": live * real, "inner loop": live * inner,
-             "network": live * (2 * cost.params + cost.fixed)}
+    parts = {
+        "real pool": pool_size * cost.image,
+        set_name: 3 * count * set_size * cost.image,
+        "synthetic gradient": live * syn,
+        "real gradient": live * real,
+        "inner loop": live * inner,
+        "network": live * (2 * cost.params + cost.fixed),
+    }
     temporaries = max(live * (syn + real), live * inner)
     total = sum(parts.values()) - parts["synthetic gradient"] - parts["real gradient"] - parts["inner loop"]
-    vmapped = (" --class_strategy=map" if class_strategy == "vmap" and num_classes > 1 else "")
+    vmapped = " --class_strategy=map" if class_strategy == "vmap" and num_classes > 1 else ""
     many = " --models_per_chunk --strategy=map" if live > 1 else ""
-    flags = {set_name: "--ipc" + many,
-             "synthetic gradient": "--ipc" + vmapped + many, "real gradient": "--batch_real" + vmapped + many,
-             "inner loop": "--batch_train" + many, "network": "--width" + many}
+    flags = {
+        set_name: "--ipc" + many,
+        "synthetic gradient": "--ipc" + vmapped + many,
+        "real gradient": "--batch_real" + vmapped + many,
+        "inner loop": "--batch_train" + many,
+        "network": "--width" + many,
+    }
     return Estimate(total + temporaries, parts, flags)
 
 
@@ -243,8 +265,9 @@ class Bank(NamedTuple):
     predict_batch: int = 1000  # Images per forward pass when predicting (``engine.predict``'s default).
 
 
-def training_estimate(fns: ModelFns, config: train_lib.TrainConfig, image_shape, pool_size: int,
-                      bank: Bank, queried: int) -> Estimate:
+def training_estimate(
+    fns: ModelFns, config: train_lib.TrainConfig, image_shape, pool_size: int, bank: Bank, queried: int
+) -> Estimate:
     """Memory of ``engine.train_models`` on a pool, then predicting ``queried`` images with every model.
 
     Args:
@@ -260,13 +283,21 @@ def training_estimate(fns: ModelFns, config: train_lib.TrainConfig, image_shape,
     microbatch = train_lib.resolve_microbatch(config.microbatch, fns)
     step = train_step_bytes(cost, batch, microbatch, private=config.dp is not None)
     forward = min(bank.predict_batch, max(queried, 1)) * cost.forward_per_image
-    parts = {"training pool": pool_size * cost.image, f"{bank.models} models": 2 * bank.models * cost.params,
-             "training step": live * step, "prediction": live * forward,
-             "logits": bank.models * queried * cost.logits}
+    parts = {
+        "training pool": pool_size * cost.image,
+        f"{bank.models} models": 2 * bank.models * cost.params,
+        "training step": live * step,
+        "prediction": live * forward,
+        "logits": bank.models * queried * cost.logits,
+    }
     total = parts["training pool"] + parts[f"{bank.models} models"] + parts["logits"]
     many = f" {bank.models_flag} --strategy=map" if live > 1 else ""
-    flags = {"training step": "--batch_size" + many, "prediction": many.strip(),
-             f"{bank.models} models": bank.models_flag, "logits": bank.models_flag}
+    flags = {
+        "training step": "--batch_size" + many,
+        "prediction": many.strip(),
+        f"{bank.models} models": bank.models_flag,
+        "logits": bank.models_flag,
+    }
     return Estimate(total + max(parts["training step"], parts["prediction"]), parts, flags)
 
 
@@ -303,10 +334,8 @@ def check_condensation(config, fns: ModelFns, train, test) -> None:
     """
     image_shape, num_classes = tuple(train.images.shape[1:]), train.num_classes
     pool = len(train.labels) * network_cost(fns, image_shape).image
-    check_fits(condensation_estimate(fns, config.condense, image_shape, num_classes, len(train.labels)),
-               "condensation")
-    evaluation = evaluation_estimate(fns, config.eval, image_shape, num_classes * config.condense.ipc,
-                                     len(test.labels))
+    check_fits(condensation_estimate(fns, config.condense, image_shape, num_classes, len(train.labels)), "condensation")
+    evaluation = evaluation_estimate(fns, config.eval, image_shape, num_classes * config.condense.ipc, len(test.labels))
     check_fits(_plus(evaluation, "real pool", pool), "evaluating the synthetic set")
 
 
@@ -323,8 +352,9 @@ def _live_models(strategy: str, count: int) -> int:
     return _model_concurrency(strategy, count)
 
 
-def bank_chunk_estimate(config, fns: ModelFns, image_shape, num_classes: int, pool_size: int,
-                        sizes: tuple[int, int]) -> Estimate:
+def bank_chunk_estimate(
+    config, fns: ModelFns, image_shape, num_classes: int, pool_size: int, sizes: tuple[int, int]
+) -> Estimate:
     """Memory of one chunk of an attack run (``attack_run._train_chunk``): its recipe, training and queries.
 
     Args:
@@ -338,8 +368,9 @@ def bank_chunk_estimate(config, fns: ModelFns, image_shape, num_classes: int, po
     queried = config.num_queries * (pool_size + config.num_population) + test_size
     live = _live_models(strategy, count)
     training_pool = count * num_classes * recipe.condense.ipc if recipe.kind == "condense" else pool_size
-    training = training_estimate(fns, config.train, image_shape, training_pool,
-                                 Bank(count, live, "--models_per_chunk"), queried)
+    training = training_estimate(
+        fns, config.train, image_shape, training_pool, Bank(count, live, "--models_per_chunk"), queried
+    )
     if recipe.kind != "condense":
         return training
     models = (count, _model_concurrency(strategy, count))
@@ -352,10 +383,12 @@ def check_attack_run(config, fns: ModelFns, train, test, what: str = "the attack
     train, test: the dataset's ``ArrayDataset``s (both pools are cut from train; every model is tested on test).
     """
     from dcjax.privacy import attack_run  # It calls this module: imported here, not at the top.
+
     image_shape, m = tuple(train.images.shape[1:]), config.num_models
     chunks = attack_run.model_chunks(config)  # The run's own chunking, so the estimate cannot drift from it.
-    for pool, size, name in ((config.target_pool, max(len(c) for c in chunks if c[0] < m), "target"),
-                             (config.attacker_pool, max(len(c) for c in chunks if c[0] >= m), "attacker")):
-        estimate = bank_chunk_estimate(config, fns, image_shape, train.num_classes, pool,
-                                       (size, len(test.labels)))
+    for pool, size, name in (
+        (config.target_pool, max(len(c) for c in chunks if c[0] < m), "target"),
+        (config.attacker_pool, max(len(c) for c in chunks if c[0] >= m), "attacker"),
+    ):
+        estimate = bank_chunk_estimate(config, fns, image_shape, train.num_classes, pool, (size, len(test.labels)))
         check_fits(estimate, f"{what} (a chunk of {size} models on the {name} pool)")

@@ -40,8 +40,16 @@ import jax.numpy as jnp
 from jax import lax
 
 MODEL_NAMES: tuple[str, ...] = (
-    "convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18",
-    "convnet_bn", "alexnet_bn", "vgg11_bn", "resnet18_bn",
+    "convnet",
+    "mlp",
+    "lenet",
+    "alexnet",
+    "vgg11",
+    "resnet18",
+    "convnet_bn",
+    "alexnet_bn",
+    "vgg11_bn",
+    "resnet18_bn",
 )
 NORMS: tuple[str, ...] = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
 ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "leakyrelu", "swish")
@@ -61,14 +69,14 @@ _ACTIVATION_FNS: dict[str, Callable] = {
 class ModelConfig:
     """Which network to build; ``make_model`` validates every field eagerly."""
 
-    name: str = "convnet"        # one of MODEL_NAMES; "*_bn" = BatchNorm twin
-    width: int = 128             # ConvNet channels (ConvNet only)
-    depth: int = 3               # ConvNet blocks (ConvNet only)
-    norm: str = "instancenorm"   # ConvNet only: one of NORMS
-    activation: str = "relu"     # ConvNet only: one of ACTIVATIONS (leakyrelu slope 0.01)
-    pooling: str = "avgpool"     # ConvNet only: one of POOLINGS
-    init: str = "reference"      # "reference" = PyTorch default; "flax" = Flax defaults
-    conv_impl: str = "im2col"    # every conv in the zoo: "im2col" (matmul) or "lax" (lax.conv)
+    name: str = "convnet"  # one of MODEL_NAMES; "*_bn" = BatchNorm twin
+    width: int = 128  # ConvNet channels (ConvNet only)
+    depth: int = 3  # ConvNet blocks (ConvNet only)
+    norm: str = "instancenorm"  # ConvNet only: one of NORMS
+    activation: str = "relu"  # ConvNet only: one of ACTIVATIONS (leakyrelu slope 0.01)
+    pooling: str = "avgpool"  # ConvNet only: one of POOLINGS
+    init: str = "reference"  # "reference" = PyTorch default; "flax" = Flax defaults
+    conv_impl: str = "im2col"  # every conv in the zoo: "im2col" (matmul) or "lax" (lax.conv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +153,7 @@ def _redraw_layers(key: jax.Array, params: dict, init: str) -> dict:
     for i in todo:
         path, leaf = flat[i]
         scale = 1.0 / math.sqrt(math.prod(kernels[path[:-1]][:-1]))  # 1/sqrt(fan_in)
-        chunk = noise[offset:offset + leaf.size]
+        chunk = noise[offset : offset + leaf.size]
         leaves[i] = (scale * chunk).reshape(leaf.shape).astype(leaf.dtype)
         offset += leaf.size
     return jax.tree_util.tree_unflatten(treedef, leaves)
@@ -155,9 +163,12 @@ def conv_lax(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.
     """XLA's native convolution. x [..., H, W, Cin], kernel (kh, kw, Cin, Cout)."""
     lead, x4 = x.shape[:-3], x.reshape(-1, *x.shape[-3:])
     y = lax.conv_general_dilated(
-        x4, kernel, window_strides=(stride, stride),
+        x4,
+        kernel,
+        window_strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     return y.reshape(*lead, *y.shape[1:])
 
 
@@ -181,10 +192,14 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> j
     ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
     n = len(lead)
     cols = [
-        lax.slice(xp, (0,) * n + (i, j, 0),
-                  (*lead, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
-                  (1,) * n + (stride, stride, 1))
-        for i in range(kh) for j in range(kw)
+        lax.slice(
+            xp,
+            (0,) * n + (i, j, 0),
+            (*lead, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
+            (1,) * n + (stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
     ]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
     # One 2-D GEMM over all B*H'*W' positions (a batched GEMM under vmap).
@@ -241,15 +256,14 @@ def _norm(kind: str, x: jax.Array, train: bool, name: str) -> jax.Array:
     if kind == "none":
         return x
     if kind == "batchnorm":  # flax momentum 0.9 == torch momentum 0.1
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                            use_fast_variance=False, name=name)(x)
+        return nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False, name=name
+        )(x)
     if kind == "layernorm":  # torch nn.LayerNorm([C, H, W]): stats and affine over (H, W, C)
         axes = (-3, -2, -1)
-        return nn.LayerNorm(epsilon=1e-5, reduction_axes=axes, feature_axes=axes,
-                            use_fast_variance=False, name=name)(x)
+        return nn.LayerNorm(epsilon=1e-5, reduction_axes=axes, feature_axes=axes, use_fast_variance=False, name=name)(x)
     groups = c if kind == "instancenorm" else 4  # instance norm == GroupNorm(C groups)
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=False,
-                        name=name)(x)
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=False, name=name)(x)
 
 
 def pool2x2(x: jax.Array, kind: str) -> jax.Array:
@@ -265,11 +279,11 @@ def pool2x2(x: jax.Array, kind: str) -> jax.Array:
     return x.mean(axis=(-4, -2)) if kind == "avgpool" else x.max(axis=(-4, -2))
 
 
-def _conv(m: nn.Module, features: int, k: int, padding: int, stride: int = 1,
-          use_bias: bool = True, name: str | None = None) -> Conv:
+def _conv(
+    m: nn.Module, features: int, k: int, padding: int, stride: int = 1, use_bias: bool = True, name: str | None = None
+) -> Conv:
     """A Conv carrying the enclosing module's init / conv_impl settings."""
-    return Conv(features, k, stride, padding, use_bias, impl=m.conv_impl,
-                weight_init=m.weight_init, name=name)
+    return Conv(features, k, stride, padding, use_bias, impl=m.conv_impl, weight_init=m.weight_init, name=name)
 
 
 def _flatten(x: jax.Array) -> jax.Array:
@@ -281,8 +295,9 @@ def _classify(m: nn.Module, feats: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Flatten [B, ...] -> [B, D] and apply the final Dense: returns (features, logits)."""
     feats = _flatten(feats)
     if feats.shape[-1] == 0:  # raised while make_model traces the network
-        raise ValueError(f"{type(m).__name__} reduces the image to zero features; use fewer "
-                         "pooling layers or a larger image")
+        raise ValueError(
+            f"{type(m).__name__} reduces the image to zero features; use fewer pooling layers or a larger image"
+        )
     return feats, Dense(m.num_classes, weight_init=m.weight_init, name="classifier")(feats)
 
 
@@ -342,8 +357,7 @@ class LeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = pool2x2(nn.relu(_conv(self, 6, 5, 2 if x.shape[-1] == 1 else 0, name="conv0")(x)),
-                    "maxpool")
+        x = pool2x2(nn.relu(_conv(self, 6, 5, 2 if x.shape[-1] == 1 else 0, name="conv0")(x)), "maxpool")
         x = pool2x2(nn.relu(_conv(self, 16, 5, 0, name="conv1")(x)), "maxpool")
         x = _flatten(x)
         x = nn.relu(Dense(120, weight_init=self.weight_init, name="fc0")(x))
@@ -363,8 +377,7 @@ class AlexNet(nn.Module):
     def __call__(self, x, train: bool = False):
         first_pad = 4 if x.shape[-1] == 1 else 2
         # (channels, kernel, padding, max-pool after?)
-        cfg = [(128, 5, first_pad, True), (192, 5, 2, True), (256, 3, 1, False),
-               (192, 3, 1, False), (192, 3, 1, True)]
+        cfg = [(128, 5, first_pad, True), (192, 5, 2, True), (256, 3, 1, False), (192, 3, 1, False), (192, 3, 1, True)]
         for i, (c, k, p, pool) in enumerate(cfg):
             x = _norm(self.norm, _conv(self, c, k, p, name=f"conv{i}")(x), train, f"norm{i}")
             x = nn.relu(x)
@@ -434,9 +447,14 @@ class ResNet18(nn.Module):
         x = nn.relu(_norm(self.norm, x, train, "stem_norm"))
         for stage, (features, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2))):
             for j in range(2):
-                x = BasicBlock(features, stride=stride if j == 0 else 1, norm=self.norm,
-                               weight_init=self.weight_init, conv_impl=self.conv_impl,
-                               name=f"layer{stage + 1}_{j}")(x, train)
+                x = BasicBlock(
+                    features,
+                    stride=stride if j == 0 else 1,
+                    norm=self.norm,
+                    weight_init=self.weight_init,
+                    conv_impl=self.conv_impl,
+                    name=f"layer{stage + 1}_{j}",
+                )(x, train)
         return _classify(self, x.mean(axis=(-3, -2)))
 
 
@@ -470,12 +488,16 @@ def _validate(config: ModelConfig, image_shape: tuple, num_classes: int) -> None
 def _build_module(config: ModelConfig, num_classes: int) -> nn.Module:
     """The flax Module for ``config`` (already validated)."""
     base, bn = config.name.removesuffix("_bn"), config.name.endswith("_bn")
-    common: dict[str, Any] = dict(num_classes=int(num_classes), weight_init=config.init,
-                                  conv_impl=config.conv_impl)
+    common: dict[str, Any] = dict(num_classes=int(num_classes), weight_init=config.init, conv_impl=config.conv_impl)
     if base == "convnet":
-        return ConvNet(width=int(config.width), depth=int(config.depth),
-                       norm="batchnorm" if bn else config.norm,
-                       activation=config.activation, pooling=config.pooling, **common)
+        return ConvNet(
+            width=int(config.width),
+            depth=int(config.depth),
+            norm="batchnorm" if bn else config.norm,
+            activation=config.activation,
+            pooling=config.pooling,
+            **common,
+        )
     if base == "mlp":
         return MLP(**common)
     if base == "lenet":
@@ -486,8 +508,7 @@ def _build_module(config: ModelConfig, num_classes: int) -> nn.Module:
     return cls(norm="batchnorm" if bn else "instancenorm", **common)
 
 
-def make_model(config: ModelConfig, image_shape: tuple[int, int, int],
-               num_classes: int) -> ModelFns:
+def make_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> ModelFns:
     """Build the pure functions of ``config`` for images ``image_shape`` = (H, W, C).
 
     Raises ValueError eagerly on any bad config value or on a network that shrinks the
@@ -523,6 +544,12 @@ def make_model(config: ModelConfig, image_shape: tuple[int, int, int],
         (_, logits), updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
         return logits, {**variables, "batch_stats": updates["batch_stats"]}
 
-    return ModelFns(init=init, apply=apply, apply_train=apply_train, embed=embed,
-                    has_batch_stats=has_batch_stats, num_params=count_params(shapes["params"]),
-                    config=config)
+    return ModelFns(
+        init=init,
+        apply=apply,
+        apply_train=apply_train,
+        embed=embed,
+        has_batch_stats=has_batch_stats,
+        num_params=count_params(shapes["params"]),
+        config=config,
+    )

@@ -28,21 +28,18 @@ def image_grid(path: str, images: np.ndarray, num_classes: int, title: str = "")
     images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
     ipc = images.shape[0] // num_classes
     grid = images.reshape((num_classes, ipc) + images.shape[1:])
-    fig, axes = plt.subplots(num_classes, ipc, figsize=(ipc * 0.8, num_classes * 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(num_classes, ipc, figsize=(ipc * 0.8, num_classes * 0.8), squeeze=False)
     for c in range(num_classes):
         for i in range(ipc):
             img = grid[c, i]
-            axes[c, i].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray",
-                              vmin=0.0, vmax=1.0)
+            axes[c, i].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0.0, vmax=1.0)
             axes[c, i].axis("off")
     if title:
         fig.suptitle(title)
     _save(fig, path)
 
 
-def curve(path: str, xs, series: dict[str, list[float]], xlabel: str, ylabel: str,
-          title: str = "") -> None:
+def curve(path: str, xs, series: dict[str, list[float]], xlabel: str, ylabel: str, title: str = "") -> None:
     """Line plot of one or more named series over the same xs."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, ys in series.items():
@@ -57,8 +54,9 @@ def curve(path: str, xs, series: dict[str, list[float]], xlabel: str, ylabel: st
     _save(fig, path)
 
 
-def roc_figure(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "",
-               floor: float = 1e-5) -> None:
+def roc_figure(
+    path: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "", floor: float = 1e-5
+) -> None:
     """Log-log ROC comparing attacks, with the chance diagonal; the low-FPR corner is where attacks differ.
 
     curves: name -> (fpr [P], tpr [P]) points already clipped to [floor, 1] (e.g.

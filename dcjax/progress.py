@@ -68,8 +68,15 @@ class Tracker:
     lines (None: ``INTERVAL_S`` as it is now); weight: units per reported unit.
     """
 
-    def __init__(self, label: str, total: int, unit: str = "steps", weight: int = 1,
-                 interval: float | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        unit: str = "steps",
+        weight: int = 1,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.label, self.total, self.unit, self.weight = label, max(int(total), 1), unit, weight
         self.interval, self.clock = INTERVAL_S if interval is None else interval, clock
         self.start = self.last_line = clock()
@@ -86,9 +93,11 @@ class Tracker:
 
     def line(self, now: float) -> str:
         eta = self.eta(now)
-        return (f"{self.label}: {100 * min(self.done / self.total, 1):.0f}% ({self.done}/{self.total} "
-                f"{self.unit}), {format_eta(now - self.start)} elapsed, "
-                f"ETA {'?' if eta is None else format_eta(eta)}")
+        return (
+            f"{self.label}: {100 * min(self.done / self.total, 1):.0f}% ({self.done}/{self.total} "
+            f"{self.unit}), {format_eta(now - self.start)} elapsed, "
+            f"ETA {'?' if eta is None else format_eta(eta)}"
+        )
 
     def advance(self, units: int) -> str | None:
         """Adds ``units`` (times ``weight``); returns the line if one was logged.
@@ -171,8 +180,7 @@ def tick(index: jax.Array, length: int, stride: int, unit: int = 1) -> None:
         return
     done = index + 1
     units = jnp.where(done % stride == 0, stride, length % stride) * unit
-    jax.lax.cond((done % stride == 0) | (done == length),
-                 lambda: jax.debug.callback(_on_tick, units), lambda: None)
+    jax.lax.cond((done % stride == 0) | (done == length), lambda: jax.debug.callback(_on_tick, units), lambda: None)
 
 
 def stride(length: int, max_units: int | None = None, unit: int = 1) -> int:

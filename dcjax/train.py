@@ -173,9 +173,11 @@ def weighted_ce_sum(fns: ModelFns, variables: Variables) -> Callable:
     A sum over examples, so it can be chunked (``chunked_value_and_grad``); only valid for
     networks without batch statistics, whose train and eval forward passes are the same.
     """
+
     def loss_sum(params, x, y, w):
         logits = fns.apply({**variables, "params": params}, x)
         return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)
+
     return loss_sum
 
 
@@ -196,8 +198,7 @@ def chunked_value_and_grad(loss_sum: Callable, params, arrays: tuple, chunk: int
     b = arrays[0].shape[0]
     n = -(-b // chunk)
     pad = n * chunk - b
-    chunks = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
-        (n, chunk) + a.shape[1:]) for a in arrays)
+    chunks = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((n, chunk) + a.shape[1:]) for a in arrays)
 
     def body(carry, xs):
         loss, grads = jax.value_and_grad(loss_sum)(params, *xs)
@@ -224,8 +225,9 @@ def _loss_and_grads(trainer: Trainer, variables: Variables, images, labels, weig
     fns, params = trainer.fns, variables["params"]
     denom = jnp.maximum(jnp.sum(weights), 1.0)
     if trainer.microbatch:
-        total, grads = chunked_value_and_grad(weighted_ce_sum(fns, variables), params, (images, labels, weights),
-                                              trainer.microbatch)
+        total, grads = chunked_value_and_grad(
+            weighted_ce_sum(fns, variables), params, (images, labels, weights), trainer.microbatch
+        )
         return total / denom, jax.tree.map(lambda g: g / denom, grads), variables
 
     def loss_fn(p):
@@ -243,8 +245,9 @@ def _dp_step(trainer: Trainer, state: TrainState, batch, key):
     that the batch was empty, and the noise-only step is what the accountant analyses.
     """
     assert trainer.dp is not None, "a DP step needs the trainer's DPConfig"
-    loss, noisy_sum, _ = dpsgd.private_grad_sum(trainer.fns, trainer.dp, state.variables, batch,
-                                                jax.random.fold_in(key, 1), trainer.microbatch)
+    loss, noisy_sum, _ = dpsgd.private_grad_sum(
+        trainer.fns, trainer.dp, state.variables, batch, jax.random.fold_in(key, 1), trainer.microbatch
+    )
     # A constant denominator (the expected batch q * n), not the number of drawn examples: a
     # data-dependent one would itself depend on whether an example is present, so one example
     # could move the released gradient by more than l2_clip / denominator.
@@ -292,8 +295,7 @@ def _epoch_ticks(trainer: Trainer, schedule: Schedule, num_epochs: int):
     return off, (lambda epoch: progress.tick(epoch, num_epochs, every, steps))
 
 
-def run_epochs(trainer: Trainer, schedule: Schedule, variables: Variables, data,
-               key: jax.Array, num_epochs: int):
+def run_epochs(trainer: Trainer, schedule: Schedule, variables: Variables, data, key: jax.Array, num_epochs: int):
     """num_epochs epochs from ``variables`` with a fresh optimizer state (one scan).
 
     Args:
@@ -384,8 +386,10 @@ def _train_dp(fns: ModelFns, config: TrainConfig, variables: Variables, data, ke
     augment = augment_lib.get_augment(config.augment)
     microbatch = resolve_microbatch(config.microbatch, fns)
     first, first_epochs = steps // 2, config.epochs // 2
-    phases = ((keys[0], first, first_epochs, config.lr),
-              (keys[1], steps - first, config.epochs - first_epochs, config.lr * 0.1))
+    phases = (
+        (keys[0], first, first_epochs, config.lr),
+        (keys[1], steps - first, config.epochs - first_epochs, config.lr * 0.1),
+    )
     losses = []
     for phase_key, num_steps, num_epochs, lr in phases:
         if not num_steps:  # One step in all: the first phase is empty, as one epoch is.
@@ -397,8 +401,9 @@ def _train_dp(fns: ModelFns, config: TrainConfig, variables: Variables, data, ke
     return variables, jnp.concatenate(losses)
 
 
-def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
-                    key: jax.Array, data, ticks: bool | None = None) -> tuple[Variables, jax.Array]:
+def train_from_init(
+    fns: ModelFns, config: TrainConfig, schedule: Schedule, key: jax.Array, data, ticks: bool | None = None
+) -> tuple[Variables, jax.Array]:
     """Initialise a network from ``key`` and train it on the masked pool.
 
     Args:
@@ -431,7 +436,6 @@ def train_from_init(fns: ModelFns, config: TrainConfig, schedule: Schedule,
     losses = []
     for phase_key, num_epochs, lr in phases:
         trainer = Trainer(fns, make_optimizer(config, lr), augment, microbatch, config.dp, progress=ticks)
-        variables, phase_losses = run_epochs(trainer, schedule, variables, data, phase_key,
-                                             num_epochs)
+        variables, phase_losses = run_epochs(trainer, schedule, variables, data, phase_key, num_epochs)
         losses.append(phase_losses)
     return variables, jnp.concatenate(losses)

@@ -29,10 +29,19 @@ PREVIOUS_RESULTS = "results.previous.json"
 # population and RMIA settings, the DP rows' own batch size and epochs). A recorded config that lacks one of them
 # still matches a new config holding exactly that value, so adding a setting does not orphan finished runs; any
 # other value differs.
-ADDED_SETTINGS = {"method": "dc", "dsa_strategy": "color_crop_cutout_scale_rotate", "dp": None,
-                  "dp_delta": 1e-5, "dp_clip": 1.0, "dp_lr": None, "dm_iterations": 20000,
-                  "num_population": 0, "rmia": {"a": 0.3, "gamma": 1.0, "online": True},
-                  "dp_batch_size": None, "dp_epochs": None}
+ADDED_SETTINGS = {
+    "method": "dc",
+    "dsa_strategy": "color_crop_cutout_scale_rotate",
+    "dp": None,
+    "dp_delta": 1e-5,
+    "dp_clip": 1.0,
+    "dp_lr": None,
+    "dm_iterations": 20000,
+    "num_population": 0,
+    "rmia": {"a": 0.3, "gamma": 1.0, "online": True},
+    "dp_batch_size": None,
+    "dp_epochs": None,
+}
 
 
 class WorkdirError(Exception):
@@ -57,15 +66,19 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
     changed = resuming and not config_matches(workdir, config)
     if os.path.exists(os.path.join(workdir, RESULTS)):
         if not (changed and parts_checked):
-            raise WorkdirError(f"{workdir} already holds finished results; pass --overwrite to "
-                               "replace them or choose another --workdir")
+            raise WorkdirError(
+                f"{workdir} already holds finished results; pass --overwrite to "
+                "replace them or choose another --workdir"
+            )
         os.replace(os.path.join(workdir, RESULTS), os.path.join(workdir, PREVIOUS_RESULTS))
     if changed and parts_checked:
         checkpoint.write_json(config_path, config)
     elif changed:
-        raise WorkdirError(f"{workdir} holds an unfinished run with different settings ({config_path} "
-                           f"differs at {first_difference(config, read_config(workdir))}); pass "
-                           "--overwrite to discard it or choose another --workdir")
+        raise WorkdirError(
+            f"{workdir} holds an unfinished run with different settings ({config_path} "
+            f"differs at {first_difference(config, read_config(workdir))}); pass "
+            "--overwrite to discard it or choose another --workdir"
+        )
     os.makedirs(workdir, exist_ok=True)
     if not resuming:
         checkpoint.write_json(config_path, config)
@@ -79,8 +92,10 @@ def read_config(workdir: str):
         return checkpoint.read_json(config_path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         detail = " ".join(str(e).split())
-        raise WorkdirError(f"{config_path} is not readable JSON ({type(e).__name__}: {detail}); restore it, "
-                           "pass --overwrite to discard the run, or choose another --workdir") from None
+        raise WorkdirError(
+            f"{config_path} is not readable JSON ({type(e).__name__}: {detail}); restore it, "
+            "pass --overwrite to discard the run, or choose another --workdir"
+        ) from None
 
 
 def config_matches(workdir: str, config: dict) -> bool:
@@ -106,14 +121,16 @@ def _without_added_defaults(config, recorded):
     """``config`` minus the ADDED_SETTINGS keys that ``recorded`` lacks and ``config`` holds at their old value."""
     if not (isinstance(config, dict) and isinstance(recorded, dict)):
         return config
-    return {key: _without_added_defaults(value, recorded.get(key)) for key, value in config.items()
-            if key in recorded or key not in ADDED_SETTINGS or value != ADDED_SETTINGS[key]}
+    return {
+        key: _without_added_defaults(value, recorded.get(key))
+        for key, value in config.items()
+        if key in recorded or key not in ADDED_SETTINGS or value != ADDED_SETTINGS[key]
+    }
 
 
 def as_json(config: dict) -> dict:
     """The config as it reads back from JSON (tuples become lists, etc.)."""
     return json.loads(checkpoint.to_json(config))
-
 
 
 def path(workdir: str, name: str) -> str:

@@ -33,20 +33,29 @@ common.define_model_flags()
 common.define_run_flags()
 common.define_train_flags(epochs=100)
 common.define_condense_flags()
-flags.DEFINE_enum("target", "original", ["original", "subset", "condense"],
-                  "Target recipe: train on the private data itself, on a random --per_class "
-                  "subset of it, or on a synthetic set condensed from it (--method).")
+flags.DEFINE_enum(
+    "target",
+    "original",
+    ["original", "subset", "condense"],
+    "Target recipe: train on the private data itself, on a random --per_class "
+    "subset of it, or on a synthetic set condensed from it (--method).",
+)
 flags.DEFINE_integer("per_class", 10, "Images per class for --target=subset.")
 common.define_attack_flags()
-flags.DEFINE_bool("report_only", False, "Re-attack the export (attack_data.npz) of the finished run "
-                  "in --workdir and rewrite its results.json, trials.npz and roc.png; loads no "
-                  "data, trains nothing.")
+flags.DEFINE_bool(
+    "report_only",
+    False,
+    "Re-attack the export (attack_data.npz) of the finished run "
+    "in --workdir and rewrite its results.json, trials.npz and roc.png; loads no "
+    "data, trains nothing.",
+)
 FLAGS = flags.FLAGS
 
 
 def run_config():
     """Frozen configs from flags; ValueError (naming the setting) on bad values."""
     from dcjax.privacy import bank
+
     condense = common.condense_config() if FLAGS.target == "condense" else None
     with common.naming_flags():
         recipe = bank.Recipe(kind=FLAGS.target, per_class=FLAGS.per_class, condense=condense)
@@ -60,29 +69,38 @@ def _pct(value) -> str:
 
 def _print_summary(results: dict, workdir: str):
     utility, shokri_acc = results["utility"], results["shokri_accuracy"]
-    print(f"targets ({results['config']['recipe']['kind']} recipe): test accuracy "
-          f"{100 * utility['test_accuracy_mean']:.2f} +- {100 * utility['test_accuracy_std']:.2f} %, "
-          f"train/held-out accuracy on the pool {100 * utility['member_accuracy']:.1f} / "
-          f"{100 * utility['nonmember_accuracy']:.1f} %")
-    print(f"Shokri attack accuracy (balanced, chance 50 %): {100 * shokri_acc['mean']:.2f} +- "
-          f"{100 * shokri_acc['std']:.2f} %")
+    print(
+        f"targets ({results['config']['recipe']['kind']} recipe): test accuracy "
+        f"{100 * utility['test_accuracy_mean']:.2f} +- {100 * utility['test_accuracy_std']:.2f} %, "
+        f"train/held-out accuracy on the pool {100 * utility['member_accuracy']:.1f} / "
+        f"{100 * utility['nonmember_accuracy']:.1f} %"
+    )
+    print(
+        f"Shokri attack accuracy (balanced, chance 50 %): {100 * shokri_acc['mean']:.2f} +- "
+        f"{100 * shokri_acc['std']:.2f} %"
+    )
     print("natural (non-canary) examples, 95% example-bootstrap intervals:")
     print(f"{'attack':26s} {'AUC':>7s} {'TPR@1%':>8s} {'TPR@0.1% [95% CI]':>24s}")
     for name, by_slice in results["attacks"].items():
         a = by_slice["natural"]
         if "skipped" not in a:
-            print(f"{name:26s} {a['auc']:7.3f} {_pct(a['tpr_at_0.01']):>8s} {_pct(a['tpr_at_0.001']):>8s} "
-                  f"[{_pct(a['tpr_at_0.001_ci_low'])}, {_pct(a['tpr_at_0.001_ci_high'])}]")
+            print(
+                f"{name:26s} {a['auc']:7.3f} {_pct(a['tpr_at_0.01']):>8s} {_pct(a['tpr_at_0.001']):>8s} "
+                f"[{_pct(a['tpr_at_0.001_ci_low'])}, {_pct(a['tpr_at_0.001_ci_high'])}]"
+            )
     best = results["strongest"]["model"]
     if best:
-        print(f"strongest model attack: {best['attack']}, TPR@0.1% {_pct(best['tpr'])} "
-              f"[{_pct(best['ci_low'])}, {_pct(best['ci_high'])}] (interval of the max over attacks)")
+        print(
+            f"strongest model attack: {best['attack']}, TPR@0.1% {_pct(best['tpr'])} "
+            f"[{_pct(best['ci_low'])}, {_pct(best['ci_high'])}] (interval of the max over attacks)"
+        )
     print(f"outputs in {workdir}")
 
 
 def run():
     from dcjax import data, models
     from dcjax.privacy import attack_run
+
     config = run_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"attack_{FLAGS.dataset}_{FLAGS.target}_seed{FLAGS.seed}")
     if FLAGS.report_only:

@@ -19,13 +19,19 @@ AUGMENTS = ["none", "dc", "dsa", "dsa_digits"]  # dcjax.augment.AUGMENTATIONS
 
 
 def define_data_flags():
-    flags.DEFINE_string("dataset", "mnist", "TFDS dataset name (mnist, fashion_mnist, "
-                        "svhn_cropped, cifar10).")
-    flags.DEFINE_string("data_dir", None, "TFDS data directory; default: $TFDS_DATA_DIR or "
-                        "~/tensorflow_datasets (TFDS downloads there when online).")
-    flags.DEFINE_bool("download", None, "Let TFDS download a dataset missing from the data directory; "
-                      "default: only when neither --data_dir nor $TFDS_DATA_DIR is set (a named "
-                      "directory without the data fails at once).")
+    flags.DEFINE_string("dataset", "mnist", "TFDS dataset name (mnist, fashion_mnist, svhn_cropped, cifar10).")
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "TFDS data directory; default: $TFDS_DATA_DIR or ~/tensorflow_datasets (TFDS downloads there when online).",
+    )
+    flags.DEFINE_bool(
+        "download",
+        None,
+        "Let TFDS download a dataset missing from the data directory; "
+        "default: only when neither --data_dir nor $TFDS_DATA_DIR is set (a named "
+        "directory without the data fails at once).",
+    )
 
 
 def define_model_flags():
@@ -35,10 +41,15 @@ def define_model_flags():
     flags.DEFINE_enum("norm", "instancenorm", models.NORMS, "ConvNet normalisation.")
     flags.DEFINE_enum("activation", "relu", models.ACTIVATIONS, "ConvNet activation.")
     flags.DEFINE_enum("pooling", "avgpool", models.POOLINGS, "ConvNet pooling.")
-    flags.DEFINE_enum("net_init", "reference", models.INITS,
-                      "Weight init: 'reference' = PyTorch default uniform, 'flax' = Flax defaults.")
-    flags.DEFINE_enum("conv_impl", "im2col", models.CONV_IMPLS,
-                      "Convolution lowering: im2col (matmul; fastest on CPU) or lax.conv.")
+    flags.DEFINE_enum(
+        "net_init",
+        "reference",
+        models.INITS,
+        "Weight init: 'reference' = PyTorch default uniform, 'flax' = Flax defaults.",
+    )
+    flags.DEFINE_enum(
+        "conv_impl", "im2col", models.CONV_IMPLS, "Convolution lowering: im2col (matmul; fastest on CPU) or lax.conv."
+    )
 
 
 def define_train_flags(epochs: int):
@@ -46,50 +57,71 @@ def define_train_flags(epochs: int):
     flags.DEFINE_integer("epochs", epochs, "Training epochs (lr x0.1 after half).", lower_bound=1)
     flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
     flags.DEFINE_float("lr", 0.01, "Learning rate (SGD, momentum 0.9, weight decay 5e-4).")
-    flags.DEFINE_enum("augment", None, AUGMENTS, "Training augmentation; default: 'dc' "
-                      "for small MNIST sets (subset/synthetic, as the reference), else 'none'.")
-    flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
-                      "How the model axis runs (auto: vmap on GPU/TPU, map on CPU).")
+    flags.DEFINE_enum(
+        "augment",
+        None,
+        AUGMENTS,
+        "Training augmentation; default: 'dc' for small MNIST sets (subset/synthetic, as the reference), else 'none'.",
+    )
+    flags.DEFINE_enum(
+        "strategy",
+        "auto",
+        ["auto", "vmap", "map", "loop"],
+        "How the model axis runs (auto: vmap on GPU/TPU, map on CPU).",
+    )
 
 
 def train_config(small_set: bool):
     """TrainConfig from the training flags; ``small_set`` picks the default augmentation."""
     from dcjax import train as train_lib
+
     augment = FLAGS.augment or ("dc" if small_set and FLAGS.dataset == "mnist" else "none")
     with naming_flags():  # TrainConfig checks epochs, batch_size, lr (finite, > 0).
-        return train_lib.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-                                     augment=augment)
+        return train_lib.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr, augment=augment)
 
 
 def define_condense_flags():
     """Condensation settings; defaults are the paper's for the chosen --method (docs/protocol.md sections 3, 5)."""
-    flags.DEFINE_enum("method", "dc", ["dc", "dsa", "dm"], "Condensation: gradient matching (dc), with "
-                      "Differentiable Siamese Augmentation (dsa), or distribution matching (dm).")
-    flags.DEFINE_string("dsa_strategy", None, "DSA ops joined by '_' (dsa and dm); default: "
-                        "color_crop_cutout_scale_rotate for digits (mnist, svhn_cropped), else with flip.")
+    flags.DEFINE_enum(
+        "method",
+        "dc",
+        ["dc", "dsa", "dm"],
+        "Condensation: gradient matching (dc), with "
+        "Differentiable Siamese Augmentation (dsa), or distribution matching (dm).",
+    )
+    flags.DEFINE_string(
+        "dsa_strategy",
+        None,
+        "DSA ops joined by '_' (dsa and dm); default: "
+        "color_crop_cutout_scale_rotate for digits (mnist, svhn_cropped), else with flip.",
+    )
     flags.DEFINE_integer("ipc", 10, "Synthetic images per class.")
-    flags.DEFINE_integer("iterations", None, "Iterations (fresh network each); default: 1000 for dc "
-                         "and dsa, 20000 for dm.")
-    flags.DEFINE_string("init", None, "Synthetic init: 'noise' or 'real'; default: noise for dc, "
-                        "real for dsa and dm.")
+    flags.DEFINE_integer(
+        "iterations", None, "Iterations (fresh network each); default: 1000 for dc and dsa, 20000 for dm."
+    )
+    flags.DEFINE_string("init", None, "Synthetic init: 'noise' or 'real'; default: noise for dc, real for dsa and dm.")
     flags.DEFINE_string("distance", "ours", "Gradient distance: ours, mse or cos.")
     flags.DEFINE_integer("batch_real", 256, "Real images per class per matching step.")
     flags.DEFINE_integer("batch_train", 256, "Inner-loop batch on the synthetic set.")
-    flags.DEFINE_float("lr_img", None, "Synthetic-image learning rate (SGD momentum 0.5); default: "
-                       "0.1 for dc and dsa, 1.0 for dm.")
+    flags.DEFINE_float(
+        "lr_img", None, "Synthetic-image learning rate (SGD momentum 0.5); default: 0.1 for dc and dsa, 1.0 for dm."
+    )
     flags.DEFINE_float("lr_net", 0.01, "Inner-loop network learning rate (plain SGD).")
     flags.DEFINE_integer("outer_loop", None, "Override the ipc table's outer loop.")
     flags.DEFINE_integer("inner_loop", None, "Override the ipc table's inner loop.")
-    flags.DEFINE_string("class_strategy", "auto", "Per-class matching: auto, vmap, map or loop "
-                        "(auto: map on CPU, vmap on GPU/TPU).")
+    flags.DEFINE_string(
+        "class_strategy", "auto", "Per-class matching: auto, vmap, map or loop (auto: map on CPU, vmap on GPU/TPU)."
+    )
 
 
 def condense_config():
     """CondenseConfig from the condensation flags; unset flags take --method's paper defaults."""
     from dcjax import condense, dsa
+
     defaults = condense.METHOD_DEFAULTS[FLAGS.method]
-    chosen = {name: default if getattr(FLAGS, name) is None else getattr(FLAGS, name)
-              for name, default in defaults.items()}
+    chosen = {
+        name: default if getattr(FLAGS, name) is None else getattr(FLAGS, name) for name, default in defaults.items()
+    }
     try:
         strategy = FLAGS.dsa_strategy or dsa.strategy_for(FLAGS.dataset)
         dsa.parse_strategy(strategy)
@@ -97,11 +129,20 @@ def condense_config():
         raise ValueError(f"--dsa_strategy: {e}") from None
     with naming_flags():  # CondenseConfig checks every field it takes, each named like its flag.
         return condense.CondenseConfig(
-            ipc=FLAGS.ipc, iterations=chosen["iterations"], outer_loop=FLAGS.outer_loop,
-            inner_loop=FLAGS.inner_loop, batch_real=FLAGS.batch_real,
-            batch_train=FLAGS.batch_train, lr_img=chosen["lr_img"], lr_net=FLAGS.lr_net,
-            distance=FLAGS.distance, init=chosen["init"], class_strategy=FLAGS.class_strategy,
-            method=FLAGS.method, dsa_strategy=strategy)
+            ipc=FLAGS.ipc,
+            iterations=chosen["iterations"],
+            outer_loop=FLAGS.outer_loop,
+            inner_loop=FLAGS.inner_loop,
+            batch_real=FLAGS.batch_real,
+            batch_train=FLAGS.batch_train,
+            lr_img=chosen["lr_img"],
+            lr_net=FLAGS.lr_net,
+            distance=FLAGS.distance,
+            init=chosen["init"],
+            class_strategy=FLAGS.class_strategy,
+            method=FLAGS.method,
+            dsa_strategy=strategy,
+        )
 
 
 def define_attack_flags():
@@ -111,56 +152,91 @@ def define_attack_flags():
     flags.DEFINE_integer("num_shadow", 8, "Shokri shadow models on the attacker pool.")
     flags.DEFINE_integer("attacker_pool", 2000, "Examples in the attacker pool (disjoint).")
     flags.DEFINE_integer("num_queries", 2, "LiRA queries per example: the image and shifted copies.")
-    flags.DEFINE_integer("num_canaries", 0, "Target-pool examples relabelled to a wrong class "
-                         "(canaries, reported as their own slice).")
-    flags.DEFINE_integer("num_population", 1000, "Test images every model is also queried on "
-                         "(RMIA's population samples z, never trained on).")
+    flags.DEFINE_integer(
+        "num_canaries", 0, "Target-pool examples relabelled to a wrong class (canaries, reported as their own slice)."
+    )
+    flags.DEFINE_integer(
+        "num_population",
+        1000,
+        "Test images every model is also queried on (RMIA's population samples z, never trained on).",
+    )
     flags.DEFINE_integer("attack_hidden", 64, "Shokri attack MLP width (0: softmax regression).")
-    flags.DEFINE_enum("attack_features", "prob", ["prob", "logprob"],
-                      "Shokri attack input: softmax vector (the poster) or clipped log-softmax.")
+    flags.DEFINE_enum(
+        "attack_features",
+        "prob",
+        ["prob", "logprob"],
+        "Shokri attack input: softmax vector (the poster) or clipped log-softmax.",
+    )
     flags.DEFINE_integer("attack_steps", 2000, "Shokri attack classifier training steps.")
-    flags.DEFINE_integer("models_per_chunk", 0, "Models trained together (0: one per device on "
-                         "CPU, all at once on GPU/TPU); finished chunks survive a kill.")
+    flags.DEFINE_integer(
+        "models_per_chunk",
+        0,
+        "Models trained together (0: one per device on CPU, all at once on GPU/TPU); finished chunks survive a kill.",
+    )
     flags.DEFINE_integer("num_resamples", 200, "Bootstrap resamples for confidence intervals.")
 
 
 def attack_config(recipe, train):
     """AttackRunConfig from the attack flags with the given recipe and training."""
     from dcjax.privacy import attack_run, shokri
+
     with naming_flags(hidden="attack_hidden", features="attack_features", steps="attack_steps"):
-        attack = shokri.AttackConfig(hidden=FLAGS.attack_hidden, features=FLAGS.attack_features,
-                                     steps=FLAGS.attack_steps)
+        attack = shokri.AttackConfig(
+            hidden=FLAGS.attack_hidden, features=FLAGS.attack_features, steps=FLAGS.attack_steps
+        )
     with naming_flags():  # AttackRunConfig checks the pools, bank, queries, chunks, resamples.
         return attack_run.AttackRunConfig(
-            dataset=FLAGS.dataset, seed=FLAGS.seed, model=model_config(), train=train, recipe=recipe,
-            num_models=FLAGS.num_models, target_pool=FLAGS.target_pool, num_shadow=FLAGS.num_shadow,
-            attacker_pool=FLAGS.attacker_pool, num_queries=FLAGS.num_queries,
-            num_canaries=FLAGS.num_canaries, num_population=FLAGS.num_population, attack=attack,
-            models_per_chunk=FLAGS.models_per_chunk, strategy=FLAGS.strategy,
-            num_resamples=FLAGS.num_resamples)
+            dataset=FLAGS.dataset,
+            seed=FLAGS.seed,
+            model=model_config(),
+            train=train,
+            recipe=recipe,
+            num_models=FLAGS.num_models,
+            target_pool=FLAGS.target_pool,
+            num_shadow=FLAGS.num_shadow,
+            attacker_pool=FLAGS.attacker_pool,
+            num_queries=FLAGS.num_queries,
+            num_canaries=FLAGS.num_canaries,
+            num_population=FLAGS.num_population,
+            attack=attack,
+            models_per_chunk=FLAGS.models_per_chunk,
+            strategy=FLAGS.strategy,
+            num_resamples=FLAGS.num_resamples,
+        )
 
 
 def define_run_flags():
-    flags.DEFINE_integer("seed", 0, "Root PRNG seed; every random choice derives from it.",
-                         lower_bound=0, upper_bound=2**32 - 1)  # jax.random.key wraps outside.
+    flags.DEFINE_integer(
+        "seed", 0, "Root PRNG seed; every random choice derives from it.", lower_bound=0, upper_bound=2**32 - 1
+    )  # jax.random.key wraps outside.
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_bool("overwrite", False, "Replace finished results in --workdir.")
-    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: one "
-                      "process per host of a multi-host GPU/TPU job (see BUILD.md).")
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() first: one process per host of a multi-host GPU/TPU job (see BUILD.md).",
+    )
 
 
 def init_runtime():
     """Multi-host jobs join JAX's distributed runtime before any other JAX call."""
     if FLAGS.distributed:
         import jax
+
         jax.distributed.initialize()
 
 
 def model_config():
     return models.ModelConfig(
-        name=FLAGS.model, width=FLAGS.width, depth=FLAGS.depth, norm=FLAGS.norm,
-        activation=FLAGS.activation, pooling=FLAGS.pooling, init=FLAGS.net_init,
-        conv_impl=FLAGS.conv_impl)
+        name=FLAGS.model,
+        width=FLAGS.width,
+        depth=FLAGS.depth,
+        norm=FLAGS.norm,
+        activation=FLAGS.activation,
+        pooling=FLAGS.pooling,
+        init=FLAGS.net_init,
+        conv_impl=FLAGS.conv_impl,
+    )
 
 
 class _DropLibraryInfo:
@@ -192,7 +268,7 @@ def flag_message(message: str, renames: dict | None = None) -> str:
     if not match:
         return message
     name = (renames or {}).get(match[1], match[1])
-    return f"--{name}{message[match.end():]}" if name in FLAGS else message
+    return f"--{name}{message[match.end() :]}" if name in FLAGS else message
 
 
 @contextlib.contextmanager
@@ -216,6 +292,7 @@ def parse_flags(argv):
 def run_guarded(fn, *errors):
     """Calls fn(); user-facing errors become `fail`, anything else is a real crash."""
     from dcjax import data, workdir
+
     known = (ValueError, data.DataError, workdir.WorkdirError) + errors
     try:
         return fn()
@@ -226,10 +303,12 @@ def run_guarded(fn, *errors):
 
 def launcher_main(run):
     """absl main for a launcher: no stray arguments, runtime and logs set up, errors in one line."""
+
     def main(argv):
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
         init_runtime()
         quiet_libraries()
         run_guarded(run)
+
     return main

@@ -31,9 +31,14 @@ common.define_condense_flags()
 flags.DEFINE_integer("num_eval", 20, "Models trained to evaluate the synthetic set.")
 flags.DEFINE_integer("eval_every", 500, "Evaluate every this many iterations (0: at the end).")
 flags.DEFINE_integer("eval_epochs", 1000, "Epochs per evaluation model.")
-flags.DEFINE_enum("eval_augment", None, common.AUGMENTS, "Evaluation augmentation; default as "
-                  "the reference: DSA for dsa and dm (dsa_digits on digits), 'dc' for DC on MNIST, "
-                  "else 'none'.")
+flags.DEFINE_enum(
+    "eval_augment",
+    None,
+    common.AUGMENTS,
+    "Evaluation augmentation; default as "
+    "the reference: DSA for dsa and dm (dsa_digits on digits), 'dc' for DC on MNIST, "
+    "else 'none'.",
+)
 flags.DEFINE_bool("eval_baseline", True, "Also evaluate a random real subset of the same size.")
 flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every this many iterations.")
 FLAGS = flags.FLAGS
@@ -43,6 +48,7 @@ def default_eval_augment(cond) -> str:
     """The reference's evaluation augmentation for the method (docs/protocol.md sections 4-5)."""
     if cond.method in ("dsa", "dm"):
         from dcjax import augment
+
         return augment.dsa_augment_name(cond.dsa_strategy)
     return "dc" if FLAGS.dataset == "mnist" else "none"
 
@@ -51,6 +57,7 @@ def run_config():
     """Frozen configs from flags; ValueError (naming the flag) on bad values."""
     from dcjax import condense_run, evaluation
     from dcjax import train as train_lib
+
     for name in ("num_eval", "eval_epochs", "checkpoint_every"):
         if getattr(FLAGS, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
@@ -60,35 +67,41 @@ def run_config():
     augment = FLAGS.eval_augment or default_eval_augment(cond)
     with common.naming_flags(num_models="num_eval", epochs="eval_epochs"):
         eval_cfg = evaluation.EvalConfig(
-            num_models=FLAGS.num_eval,
-            train=train_lib.TrainConfig(epochs=FLAGS.eval_epochs, augment=augment))
+            num_models=FLAGS.num_eval, train=train_lib.TrainConfig(epochs=FLAGS.eval_epochs, augment=augment)
+        )
     with common.naming_flags():
         return condense_run.RunConfig(
-            dataset=FLAGS.dataset, seed=FLAGS.seed, model=common.model_config(), condense=cond,
-            eval=eval_cfg, eval_every=FLAGS.eval_every, eval_baseline=FLAGS.eval_baseline,
-            checkpoint_every=FLAGS.checkpoint_every)
+            dataset=FLAGS.dataset,
+            seed=FLAGS.seed,
+            model=common.model_config(),
+            condense=cond,
+            eval=eval_cfg,
+            eval_every=FLAGS.eval_every,
+            eval_baseline=FLAGS.eval_baseline,
+            checkpoint_every=FLAGS.checkpoint_every,
+        )
 
 
 def run():
     from dcjax import condense, condense_run, data, models
+
     config = run_config()
-    workdir = FLAGS.workdir or os.path.join(
-        "runs", f"{FLAGS.method}_{FLAGS.dataset}_ipc{FLAGS.ipc}_seed{FLAGS.seed}")
+    workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.method}_{FLAGS.dataset}_ipc{FLAGS.ipc}_seed{FLAGS.seed}")
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
     with common.naming_flags():  # --batch_real (and --ipc for real init) must fit the smallest class.
         condense.check_batch_real(config.condense, data.build_class_index(train.labels, train.num_classes))
     fns = models.make_model(config.model, train.image_shape, train.num_classes)
     results = condense_run.run_condensation(config, fns, train, test, workdir, FLAGS.overwrite)
     final, base = results["final"], results["random_real_baseline"]
-    print(f"{FLAGS.method} condensed {FLAGS.dataset} to {FLAGS.ipc}/class: test accuracy "
-          f"{100 * final['mean']:.2f} +- {100 * final['std']:.2f} %")
+    print(
+        f"{FLAGS.method} condensed {FLAGS.dataset} to {FLAGS.ipc}/class: test accuracy "
+        f"{100 * final['mean']:.2f} +- {100 * final['std']:.2f} %"
+    )
     if results["initial_set"] is not None:
         init = results["initial_set"]
-        print(f"initial real set (before condensation): {100 * init['mean']:.2f} +- "
-              f"{100 * init['std']:.2f} %")
+        print(f"initial real set (before condensation): {100 * init['mean']:.2f} +- {100 * init['std']:.2f} %")
     if base is not None:
-        print(f"random real subset, same size: {100 * base['mean']:.2f} +- "
-              f"{100 * base['std']:.2f} %")
+        print(f"random real subset, same size: {100 * base['mean']:.2f} +- {100 * base['std']:.2f} %")
     print(f"outputs in {workdir}")
 
 

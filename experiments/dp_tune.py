@@ -78,14 +78,23 @@ def check_flags() -> dict:
         raise ValueError(f"--dp_clip must be > 0, got {FLAGS.dp_clip}")
     if not FLAGS.workdir:
         raise ValueError("--workdir must be set")
-    return {"batch_size": _numbers("batch_sizes", int, 0), "epochs": _numbers("dp_epochs", int, 0),
-            "lr": _numbers("lrs", float, 0.0), "epsilon": _numbers("epsilons", float, 0.0)}
+    return {
+        "batch_size": _numbers("batch_sizes", int, 0),
+        "epochs": _numbers("dp_epochs", int, 0),
+        "lr": _numbers("lrs", float, 0.0),
+        "epsilon": _numbers("epsilons", float, 0.0),
+    }
 
 
 def grid(lists: dict) -> list[dict]:
     """Every (batch_size, epochs, lr, epsilon), cheapest training first (the ETA settles early)."""
-    points = [{"batch_size": b, "epochs": e, "lr": lr, "epsilon": eps} for e in lists["epochs"]
-              for b in lists["batch_size"] for lr in lists["lr"] for eps in lists["epsilon"]]
+    points = [
+        {"batch_size": b, "epochs": e, "lr": lr, "epsilon": eps}
+        for e in lists["epochs"]
+        for b in lists["batch_size"]
+        for lr in lists["lr"]
+        for eps in lists["epsilon"]
+    ]
     return sorted(points, key=lambda p: p["epochs"])
 
 
@@ -94,15 +103,19 @@ def tuning_split(train, key) -> tuple:
     import jax
     import numpy as np
     from dcjax.privacy import attack_run
-    study = attack_run.AttackRunConfig(dataset=FLAGS.dataset, seed=FLAGS.seed, target_pool=FLAGS.target_pool,
-                                       attacker_pool=FLAGS.attacker_pool)
+
+    study = attack_run.AttackRunConfig(
+        dataset=FLAGS.dataset, seed=FLAGS.seed, target_pool=FLAGS.target_pool, attacker_pool=FLAGS.attacker_pool
+    )
     if FLAGS.target_pool + FLAGS.attacker_pool + FLAGS.private_size + FLAGS.val_size > len(train.labels):
-        raise ValueError(f"--target_pool + --attacker_pool + --private_size + --val_size exceed the "
-                         f"{len(train.labels)} training examples")
+        raise ValueError(
+            f"--target_pool + --attacker_pool + --private_size + --val_size exceed the "
+            f"{len(train.labels)} training examples"
+        )
     split = attack_run.make_split(study, train.labels, train.num_classes)
     rest = np.setdiff1d(np.arange(len(train.labels)), np.concatenate([split["target"], split["attacker"]]))
     order = rest[np.asarray(jax.random.permutation(key, len(rest)))]
-    return order[:FLAGS.private_size], order[FLAGS.private_size:FLAGS.private_size + FLAGS.val_size]
+    return order[: FLAGS.private_size], order[FLAGS.private_size : FLAGS.private_size + FLAGS.val_size]
 
 
 def train_setting(fns, point: dict, data, key) -> dict:
@@ -111,36 +124,55 @@ def train_setting(fns, point: dict, data, key) -> dict:
     from dcjax import dpsgd, engine
     from dcjax import train as train_lib
     from dcjax.privacy import study
+
     (images, labels), (val_images, val_labels) = data
     n = len(labels)
-    train = train_lib.TrainConfig(epochs=point["epochs"], batch_size=point["batch_size"], lr=point["lr"],
-                                  augment=FLAGS.augment)
+    train = train_lib.TrainConfig(
+        epochs=point["epochs"], batch_size=point["batch_size"], lr=point["lr"], augment=FLAGS.augment
+    )
     dp = study.dp_guarantee(point["epsilon"], FLAGS.dp_delta, n, n, train, FLAGS.dp_clip)
-    private = dpsgd.DPConfig(l2_clip=FLAGS.dp_clip, noise_multiplier=dp["noise_multiplier"], num_examples=n,
-                             capacity=dp["capacity"], overflow_budget=dp["overflow_budget"])
+    private = dpsgd.DPConfig(
+        l2_clip=FLAGS.dp_clip,
+        noise_multiplier=dp["noise_multiplier"],
+        num_examples=n,
+        capacity=dp["capacity"],
+        overflow_budget=dp["overflow_budget"],
+    )
     config = dataclasses.replace(train, dp=private)
     tic = time.perf_counter()
-    variables, losses = engine.train_models(fns, config, key[None], (jnp.asarray(images), jnp.asarray(labels),
-                                                                      jnp.ones((1, n), bool)), FLAGS.strategy)
-    accuracy = engine.evaluate_many(fns, variables, jnp.asarray(val_images), jnp.asarray(val_labels),
-                                    FLAGS.strategy)
-    return {**point, "val_accuracy": float(accuracy[0]), "final_train_loss": float(losses[0, -1]),
-            "wall_seconds": time.perf_counter() - tic, "dp": dp}
+    variables, losses = engine.train_models(
+        fns, config, key[None], (jnp.asarray(images), jnp.asarray(labels), jnp.ones((1, n), bool)), FLAGS.strategy
+    )
+    accuracy = engine.evaluate_many(fns, variables, jnp.asarray(val_images), jnp.asarray(val_labels), FLAGS.strategy)
+    return {
+        **point,
+        "val_accuracy": float(accuracy[0]),
+        "final_train_loss": float(losses[0, -1]),
+        "wall_seconds": time.perf_counter() - tic,
+        "dp": dp,
+    }
 
 
 def markdown(records: list[dict]) -> str:
     """The sweep as a markdown document: one table, best validation accuracy first within each epsilon."""
-    intro = ("# DP-SGD tuning on a validation split\n\nOne model per setting, trained on the private set and "
-             "scored on the validation set (both drawn outside the privacy study's pools; the test split is "
-             "never loaded). ε PLD is the formal guarantee at δ total (δ plus the batch-overflow term); ε RDP "
-             "is the looser RDP bound for the same noise. Generated by experiments/dp_tune.py.\n\n")
-    head = ("| target ε | expected batch | expected epochs | lr | validation accuracy (%) | ε PLD | ε RDP | "
-            "noise σ | q | steps | B_max | δ total | seconds |\n|" + "---|" * 13 + "\n")
+    intro = (
+        "# DP-SGD tuning on a validation split\n\nOne model per setting, trained on the private set and "
+        "scored on the validation set (both drawn outside the privacy study's pools; the test split is "
+        "never loaded). ε PLD is the formal guarantee at δ total (δ plus the batch-overflow term); ε RDP "
+        "is the looser RDP bound for the same noise. Generated by experiments/dp_tune.py.\n\n"
+    )
+    head = (
+        "| target ε | expected batch | expected epochs | lr | validation accuracy (%) | ε PLD | ε RDP | "
+        "noise σ | q | steps | B_max | δ total | seconds |\n|" + "---|" * 13 + "\n"
+    )
     rows = sorted(records, key=lambda r: (r["epsilon"], -r["val_accuracy"]))
-    lines = [f"| {r['epsilon']:g} | {r['batch_size']} | {r['epochs']} | {r['lr']:g} | "
-             f"{100 * r['val_accuracy']:.2f} | {r['dp']['epsilon_pld']:.3f} | {r['dp']['epsilon_rdp']:.3f} | "
-             f"{r['dp']['noise_multiplier']:.3f} | {r['dp']['sample_rate']:.4g} | {r['dp']['steps']} | "
-             f"{r['dp']['capacity']} | {r['dp']['delta_total']:.6g} | {r['wall_seconds']:.0f} |" for r in rows]
+    lines = [
+        f"| {r['epsilon']:g} | {r['batch_size']} | {r['epochs']} | {r['lr']:g} | "
+        f"{100 * r['val_accuracy']:.2f} | {r['dp']['epsilon_pld']:.3f} | {r['dp']['epsilon_rdp']:.3f} | "
+        f"{r['dp']['noise_multiplier']:.3f} | {r['dp']['sample_rate']:.4g} | {r['dp']['steps']} | "
+        f"{r['dp']['capacity']} | {r['dp']['delta_total']:.6g} | {r['wall_seconds']:.0f} |"
+        for r in rows
+    ]
     return intro + head + "\n".join(lines) + "\n"
 
 
@@ -156,6 +188,7 @@ def _best(records: list[dict]) -> dict:
 def sweep(fns, points: list[dict], data, key, workdir: str) -> list[dict]:
     """Trains every point not yet in settings.jsonl, logging progress and an ETA."""
     from dcjax import checkpoint
+
     progress = os.path.join(workdir, "settings.jsonl")
     records = checkpoint.read_jsonl(progress)
     done = [{k: r[k] for k in points[0]} for r in records]
@@ -165,32 +198,61 @@ def sweep(fns, points: list[dict], data, key, workdir: str) -> list[dict]:
         records.append(train_setting(fns, point, data, key))
         checkpoint.write_jsonl(progress, records)
         # Cost grows with expected epochs (examples processed); the ETA weighs the rest by them.
-        spent, left = sum(p["epochs"] for p in todo[:i + 1]), sum(p["epochs"] for p in todo[i + 1:])
+        spent, left = sum(p["epochs"] for p in todo[: i + 1]), sum(p["epochs"] for p in todo[i + 1 :])
         eta = (time.perf_counter() - tic) * left / spent
-        logging.info("setting %d/%d %s: validation accuracy %.2f%% (eps PLD %.3f); ETA %.0f s",
-                     len(records), len(points), point, 100 * records[-1]["val_accuracy"],
-                     records[-1]["dp"]["epsilon_pld"], eta)
+        logging.info(
+            "setting %d/%d %s: validation accuracy %.2f%% (eps PLD %.3f); ETA %.0f s",
+            len(records),
+            len(points),
+            point,
+            100 * records[-1]["val_accuracy"],
+            records[-1]["dp"]["epsilon_pld"],
+            eta,
+        )
     return records
+
+
+# The flags that decide the sweep's outcome, recorded in config.json (a resumed sweep must match them).
+_RECORDED_FLAGS = (
+    "dataset",
+    "seed",
+    "target_pool",
+    "attacker_pool",
+    "private_size",
+    "val_size",
+    "dp_delta",
+    "dp_clip",
+    "augment",
+)
 
 
 def run():
     import jax
     from dcjax import checkpoint, data, models
     from dcjax import workdir as workdir_lib
+
     points = grid(check_flags())
     train = data.load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.download)  # Never the test split.
     root = jax.random.fold_in(jax.random.key(FLAGS.seed), TUNE_TAG)
     private, val = tuning_split(train, jax.random.fold_in(root, 0))
     fns = models.make_model(common.model_config(), train.image_shape, train.num_classes)
-    settings = {"flags": {f: getattr(FLAGS, f) for f in (
-        "dataset", "seed", "target_pool", "attacker_pool", "private_size", "val_size", "dp_delta", "dp_clip",
-        "augment")}, "model": dataclasses.asdict(common.model_config()), "grid": points}
+    settings = {
+        "flags": {f: getattr(FLAGS, f) for f in _RECORDED_FLAGS},
+        "model": dataclasses.asdict(common.model_config()),
+        "grid": points,
+    }
     workdir_lib.prepare(FLAGS.workdir, settings, FLAGS.overwrite)
     split = ((train.images[private], train.labels[private]), (train.images[val], train.labels[val]))
     records = sweep(fns, points, split, jax.random.fold_in(root, 1), FLAGS.workdir)
     checkpoint.atomic_write_bytes(os.path.join(FLAGS.workdir, "RESULTS.md"), markdown(records).encode())
-    results = {**settings, "command": " ".join(["python"] + sys.argv), "settings": records, "best": _best(records),
-               "private_indices": private.tolist(), "val_indices": val.tolist()}
+    results = {
+        **settings,
+        "command": " ".join(["python"] + sys.argv),
+        "settings": records,
+        "best": _best(records),
+        "private_indices": private.tolist(),
+        "val_indices": val.tolist(),
+    }
     checkpoint.write_json(os.path.join(FLAGS.workdir, workdir_lib.RESULTS), results)  # Last: finished.
     print(markdown(records))
     print(f"outputs in {FLAGS.workdir} (results.json, RESULTS.md)")

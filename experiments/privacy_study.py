@@ -33,31 +33,56 @@ common.define_run_flags()
 common.define_train_flags(epochs=100)  # The 'original' row's training.
 common.define_condense_flags()
 common.define_attack_flags()
-flags.DEFINE_list("rows", list(study.DEFAULT_ROWS), "Targets to study, in order; valid: "
-                  + ", ".join(study.ROWS) + " (dpsgd_epsE: DP-SGD on all private data at "
-                  "epsilon E, delta --dp_delta; not run by default).")
+flags.DEFINE_list(
+    "rows",
+    list(study.DEFAULT_ROWS),
+    "Targets to study, in order; valid: " + ", ".join(study.ROWS) + " (dpsgd_epsE: DP-SGD on all private data at "
+    "epsilon E, delta --dp_delta; not run by default).",
+)
 flags.DEFINE_float("dp_delta", 1e-5, "Delta of the DP-SGD rows' (epsilon, delta) guarantee.")
 flags.DEFINE_float("dp_clip", 1.0, "Per-example gradient L2 clip norm of the DP-SGD rows.")
 flags.DEFINE_float("dp_lr", None, "Learning rate of the DP-SGD rows (default: --lr).")
-flags.DEFINE_integer("dp_batch_size", None, "EXPECTED batch size of the DP-SGD rows' Poisson-sampled "
-                     "batches (default: --batch_size).")
-flags.DEFINE_integer("dp_epochs", None, "Expected epochs of the DP-SGD rows: round(epochs / q) Poisson-"
-                     "sampled steps (default: --epochs).")
-flags.DEFINE_integer("dm_iterations", 20000, "Iterations of the dm_real row (DM's paper value by "
-                     "default; --iterations sets the DC and DSA rows').")
+flags.DEFINE_integer(
+    "dp_batch_size", None, "EXPECTED batch size of the DP-SGD rows' Poisson-sampled batches (default: --batch_size)."
+)
+flags.DEFINE_integer(
+    "dp_epochs",
+    None,
+    "Expected epochs of the DP-SGD rows: round(epochs / q) Poisson-sampled steps (default: --epochs).",
+)
+flags.DEFINE_integer(
+    "dm_iterations",
+    20000,
+    "Iterations of the dm_real row (DM's paper value by default; --iterations sets the DC and DSA rows').",
+)
 flags.DEFINE_integer("per_class", 10, "Images per class of the 'subset' row.")
-flags.DEFINE_integer("small_epochs", 1000, "Epochs for models trained on 10-per-class sets "
-                     "(subset and synthetic rows; the reference evaluation protocol).")
+flags.DEFINE_integer(
+    "small_epochs",
+    1000,
+    "Epochs for models trained on 10-per-class sets (subset and synthetic rows; the reference evaluation protocol).",
+)
 flags.DEFINE_integer("small_batch_size", 256, "Batch size for those models.")
-flags.DEFINE_enum("small_augment", None, common.AUGMENTS, "Augmentation for those models; "
-                  "default 'dc' on MNIST (the reference), else 'none'. (--augment is the "
-                  "'original' row's.)")
+flags.DEFINE_enum(
+    "small_augment",
+    None,
+    common.AUGMENTS,
+    "Augmentation for those models; "
+    "default 'dc' on MNIST (the reference), else 'none'. (--augment is the "
+    "'original' row's.)",
+)
 flags.DEFINE_string("tier", "custom", "Name of the tier, recorded in the results.")
-flags.DEFINE_string("conclusion", None, "Markdown file with a hand-written conclusion to append "
-                    "to RESULTS.md (the numbers above it are generated).")
-flags.DEFINE_bool("report_only", False, "Re-attack every row of the finished study in --workdir "
-                  "from its exports (attack_data.npz) and regenerate results.json, RESULTS.md and "
-                  "the figures (e.g. with --conclusion); loads no data, trains nothing.")
+flags.DEFINE_string(
+    "conclusion",
+    None,
+    "Markdown file with a hand-written conclusion to append to RESULTS.md (the numbers above it are generated).",
+)
+flags.DEFINE_bool(
+    "report_only",
+    False,
+    "Re-attack every row of the finished study in --workdir "
+    "from its exports (attack_data.npz) and regenerate results.json, RESULTS.md and "
+    "the figures (e.g. with --conclusion); loads no data, trains nothing.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -66,24 +91,36 @@ def study_config():
     import dataclasses
     from dcjax import train as train_lib
     from dcjax.privacy import bank
+
     original = common.train_config(small_set=False)
     small_augment = FLAGS.small_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
     with common.naming_flags(epochs="small_epochs", batch_size="small_batch_size"):
-        small = dataclasses.replace(original, epochs=FLAGS.small_epochs,
-                                    batch_size=FLAGS.small_batch_size, augment=small_augment)
+        small = dataclasses.replace(
+            original, epochs=FLAGS.small_epochs, batch_size=FLAGS.small_batch_size, augment=small_augment
+        )
         train_lib.make_schedule(small, 1)  # Validates the batch size.
     attack, condense = common.attack_config(bank.Recipe(), original), common.condense_config()
     with common.naming_flags():  # StudyConfig checks rows, per_class, dp_*, dm_iterations.
         return study.StudyConfig(
-            attack=attack, rows=tuple(FLAGS.rows), train_original=original, train_small=small,
-            per_class=FLAGS.per_class, condense=condense, dp_delta=FLAGS.dp_delta,
-            dp_clip=FLAGS.dp_clip, dp_lr=FLAGS.dp_lr, dp_batch_size=FLAGS.dp_batch_size,
-            dp_epochs=FLAGS.dp_epochs, dm_iterations=FLAGS.dm_iterations)
+            attack=attack,
+            rows=tuple(FLAGS.rows),
+            train_original=original,
+            train_small=small,
+            per_class=FLAGS.per_class,
+            condense=condense,
+            dp_delta=FLAGS.dp_delta,
+            dp_clip=FLAGS.dp_clip,
+            dp_lr=FLAGS.dp_lr,
+            dp_batch_size=FLAGS.dp_batch_size,
+            dp_epochs=FLAGS.dp_epochs,
+            dm_iterations=FLAGS.dm_iterations,
+        )
 
 
 def check_fits(config, train, test):
     """The pools, every row's recipe (--per_class, --ipc, --batch_real) and the population fit the data."""
     from dcjax.privacy import attack_run
+
     with common.naming_flags():
         attack_run.check_recipe_fits(config.attack, train)  # The pools (its recipe needs nothing more).
         for name in config.rows:  # DP-SGD rows train on whole halves (run_study checks their B_max).
@@ -94,6 +131,7 @@ def check_fits(config, train, test):
 
 def _about() -> dict:
     import jax
+
     device = jax.devices()[0]
     about = {}
     if FLAGS.conclusion:
@@ -101,15 +139,20 @@ def _about() -> dict:
             raise ValueError(f"--conclusion must name an existing file, got {FLAGS.conclusion!r}")
         with open(FLAGS.conclusion) as f:
             about["conclusion"] = f.read()
-    return {**about, "tier": FLAGS.tier, "command": " ".join(["python"] + sys.argv),
-            "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-                       f"{jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
-                       f"jax {jax.__version__}"}
+    return {
+        **about,
+        "tier": FLAGS.tier,
+        "command": " ".join(["python"] + sys.argv),
+        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"{jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
+        f"jax {jax.__version__}",
+    }
 
 
 def run():
     from dcjax import data, models
     from dcjax.privacy import study_report
+
     config = study_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"privacy_study_{FLAGS.tier}_seed{FLAGS.seed}")
     about = _about()

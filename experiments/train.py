@@ -28,10 +28,8 @@ common.define_model_flags()
 common.define_run_flags()
 flags.DEFINE_enum("source", "full", ["full", "subset", "synthetic"], "Training data.")
 flags.DEFINE_integer("subset_ipc", 10, "Images per class for --source=subset.", lower_bound=1)
-flags.DEFINE_string("synthetic", None, "Synthetic set (.npz from condense.py) for "
-                    "--source=synthetic.")
-flags.DEFINE_integer("num_models", 20, "Models trained (different init/shuffle keys).",
-                     lower_bound=1)
+flags.DEFINE_string("synthetic", None, "Synthetic set (.npz from condense.py) for --source=synthetic.")
+flags.DEFINE_integer("num_models", 20, "Models trained (different init/shuffle keys).", lower_bound=1)
 common.define_train_flags(epochs=1000)
 FLAGS = flags.FLAGS
 
@@ -41,6 +39,7 @@ def _training_set(train):
     import jax
     import numpy as np
     from dcjax import data
+
     if FLAGS.source == "full":
         return train.images, train.labels, {"source": "full", "size": len(train.labels)}
     if FLAGS.source == "subset":
@@ -49,8 +48,7 @@ def _training_set(train):
             idx = data.stratified_subset(key, train.labels, FLAGS.subset_ipc, train.num_classes)
         except data.DataError as e:
             raise ValueError(f"--subset_ipc={FLAGS.subset_ipc} is too large: {e}") from None
-        return train.images[idx], train.labels[idx], {"source": "subset",
-                                                      "indices": np.asarray(idx).tolist()}
+        return train.images[idx], train.labels[idx], {"source": "subset", "indices": np.asarray(idx).tolist()}
     if not FLAGS.synthetic:
         raise ValueError("--synthetic must name a .npz file (from condense.py) for --source=synthetic")
     try:
@@ -58,40 +56,49 @@ def _training_set(train):
     except data.DataError as e:
         raise ValueError(f"--synthetic {e}") from None
     if labels.min() < 0 or labels.max() >= train.num_classes:
-        raise ValueError(f"--synthetic {FLAGS.synthetic}: labels must be in [0, {train.num_classes}), got "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"--synthetic {FLAGS.synthetic}: labels must be in [0, {train.num_classes}), got "
+            f"[{labels.min()}, {labels.max()}]"
+        )
     return images, labels, {"source": "synthetic", "path": FLAGS.synthetic}
 
 
 def _eval_config():
     from dcjax import evaluation
+
     train_cfg = common.train_config(small_set=FLAGS.source != "full")
-    return evaluation.EvalConfig(num_models=FLAGS.num_models, train=train_cfg,
-                                 strategy=FLAGS.strategy)
+    return evaluation.EvalConfig(num_models=FLAGS.num_models, train=train_cfg, strategy=FLAGS.strategy)
 
 
 def run():
     import jax
     from dcjax import checkpoint, data, evaluation, models, workdir
+
     eval_cfg, model_cfg = _eval_config(), common.model_config()
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
     images, labels, source = _training_set(train)
     if images.shape[1:] != train.image_shape:
-        raise ValueError(f"--synthetic images have shape {images.shape[1:]}, "
-                         f"{FLAGS.dataset} has {train.image_shape}")
+        raise ValueError(f"--synthetic images have shape {images.shape[1:]}, {FLAGS.dataset} has {train.image_shape}")
     fns = models.make_model(model_cfg, train.image_shape, train.num_classes)
-    settings = {"dataset": FLAGS.dataset, "seed": FLAGS.seed, "model": dataclasses.asdict(model_cfg),
-                "eval": dataclasses.asdict(eval_cfg), "source": source}
+    settings = {
+        "dataset": FLAGS.dataset,
+        "seed": FLAGS.seed,
+        "model": dataclasses.asdict(model_cfg),
+        "eval": dataclasses.asdict(eval_cfg),
+        "source": source,
+    }
     workdir.prepare(FLAGS.workdir, settings, FLAGS.overwrite)
     tic = time.perf_counter()
-    result = evaluation.evaluate_training_set(fns, eval_cfg, jax.random.key(FLAGS.seed),
-                                              (images, labels), (test.images, test.labels))
-    result.update(settings=settings, wall_seconds=time.perf_counter() - tic,
-                  platform=jax.default_backend())
+    result = evaluation.evaluate_training_set(
+        fns, eval_cfg, jax.random.key(FLAGS.seed), (images, labels), (test.images, test.labels)
+    )
+    result.update(settings=settings, wall_seconds=time.perf_counter() - tic, platform=jax.default_backend())
     checkpoint.write_json(workdir.path(FLAGS.workdir, workdir.RESULTS), result)
-    print(f"{FLAGS.source}: test accuracy {100 * result['mean']:.2f} +- "
-          f"{100 * result['std']:.2f} % over {FLAGS.num_models} models "
-          f"({result['wall_seconds']:.0f} s) -> {FLAGS.workdir}/results.json")
+    print(
+        f"{FLAGS.source}: test accuracy {100 * result['mean']:.2f} +- "
+        f"{100 * result['std']:.2f} % over {FLAGS.num_models} models "
+        f"({result['wall_seconds']:.0f} s) -> {FLAGS.workdir}/results.json"
+    )
 
 
 if __name__ == "__main__":

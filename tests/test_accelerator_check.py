@@ -29,8 +29,16 @@ class FakeClock:
 def _fake(clock, seconds, cost):
     def measure(ctx):
         clock.now += cost
-        return {"setting": "fake", "unit": "s", "compile_s": None, "first_s": 2 * seconds,
-                "seconds": seconds, "timed": 1, "xla_gib": None}
+        return {
+            "setting": "fake",
+            "unit": "s",
+            "compile_s": None,
+            "first_s": 2 * seconds,
+            "seconds": seconds,
+            "timed": 1,
+            "xla_gib": None,
+        }
+
     return measure
 
 
@@ -40,17 +48,29 @@ def _context(clock, deadline):
 
 def test_budget_skips_the_rest_and_errors_become_rows(tmp_path):
     clock = FakeClock()
+
     def boom(ctx):
         raise RuntimeError("out of memory")
-    fns = {"bank_loop": _fake(clock, 4.0, 6.0), "bank_vmap": _fake(clock, 1.0, 6.0),
-           "precision": boom, "dc_iteration": _fake(clock, 1.0, 1.0)}
+
+    fns = {
+        "bank_loop": _fake(clock, 4.0, 6.0),
+        "bank_vmap": _fake(clock, 1.0, 6.0),
+        "precision": boom,
+        "dc_iteration": _fake(clock, 1.0, 1.0),
+    }
     env = ac.environment("float32")
-    report = ac.run_check(["bank_loop", "precision", "bank_vmap", "dc_iteration"], fns,
-                          _context(clock, 10.0), env, str(tmp_path))
+    report = ac.run_check(
+        ["bank_loop", "precision", "bank_vmap", "dc_iteration"], fns, _context(clock, 10.0), env, str(tmp_path)
+    )
     status = {r["measurement"]: r["status"] for r in report["rows"]}
     # Starts: bank_loop at 0, precision and bank_vmap at 6 (< 10; the failure costs no time), dc_iteration at 12.
-    assert status == {"environment": "ok", "bank_loop": "ok", "precision": "error: RuntimeError: out of memory",
-                      "bank_vmap": "ok", "dc_iteration": "skipped: budget"}
+    assert status == {
+        "environment": "ok",
+        "bank_loop": "ok",
+        "precision": "error: RuntimeError: out of memory",
+        "bank_vmap": "ok",
+        "dc_iteration": "skipped: budget",
+    }
     rows = {r["measurement"]: r for r in report["rows"]}
     assert rows["bank_vmap"]["vs_baseline"] == pytest.approx(4.0)
     assert rows["bank_loop"]["vs_baseline"] == 1.0
@@ -63,18 +83,19 @@ def test_budget_skips_the_rest_and_errors_become_rows(tmp_path):
 
 
 def test_ratios_need_both_rows_and_scale_by_models():
-    rows = [{"measurement": "pipelines_one", "status": "ok", "seconds": 1.0},
-            {"measurement": "pipelines_all", "status": "ok", "seconds": 2.0},
-            {"measurement": "bank_vmap", "status": "ok", "seconds": 1.0},
-            {"measurement": "bank_loop", "status": "skipped: budget"}]
+    rows = [
+        {"measurement": "pipelines_one", "status": "ok", "seconds": 1.0},
+        {"measurement": "pipelines_all", "status": "ok", "seconds": 2.0},
+        {"measurement": "bank_vmap", "status": "ok", "seconds": 1.0},
+        {"measurement": "bank_loop", "status": "skipped: budget"},
+    ]
     ac.add_ratios(rows, models=16)
     assert rows[1]["vs_baseline"] == pytest.approx(8.0)  # 16 pipelines in 2 s vs 16 x 1 s one by one.
     assert "vs_baseline" not in rows[2]
 
 
 def test_cells_say_na_and_mark_a_cumulative_peak():
-    row = {"measurement": "x", "status": "ok", "seconds": 0.5, "compile_s": None, "peak_gib": 3.0,
-           "peak_is_own": False}
+    row = {"measurement": "x", "status": "ok", "seconds": 0.5, "compile_s": None, "peak_gib": 3.0, "peak_is_own": False}
     assert ac._fmt(row, "compile s") == "n/a"
     assert ac._fmt(row, "median s") == "0.5"
     assert ac._fmt(row, "peak device GiB") == "<=3"
@@ -85,10 +106,12 @@ def test_cells_say_na_and_mark_a_cumulative_peak():
 def test_timed_calls_stop_after_one_timed_call_once_the_budget_is_spent():
     clock = FakeClock()
     calls = []
+
     def call(t):
         calls.append(t)
         clock.now += 5.0
         return jax.numpy.zeros(())
+
     first, times = ac.timed_calls(call, ac.Context(ac.Scale(repeats=3), jax.random.key(0), 7.0, clock))
     assert calls == [0, 1] and first == 5.0 and times == [5.0]
 
@@ -109,9 +132,21 @@ def _positive(value):
 def test_tiny_run_on_cpu_records_every_row(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     # No budget: a loaded CPU may take minutes even at --tiny, and a skipped row would fail the check.
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_check.py"), "--tiny",
-                          "--precision=tensorfloat32", "--budget_s=1e9", f"--out={tmp_path}"],
-                         env=env, capture_output=True, text=True, timeout=1500, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "accelerator_check.py"),
+            "--tiny",
+            "--precision=tensorfloat32",
+            "--budget_s=1e9",
+            f"--out={tmp_path}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "accelerator_check.json").read_text())
     rows = {r["measurement"]: r for r in report["rows"]}

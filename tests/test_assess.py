@@ -20,13 +20,23 @@ def _export(used_fraction: float | None = None) -> attack_data.AttackData:
     empty = np.zeros((M, 1, 0, 10), np.float32)
     return attack_data.AttackData(
         config={"recipe": {"kind": "original" if used_fraction is None else "subset"}},
-        preprocessing={}, pool_indices={}, target_logits=np.zeros((M, 1, N, 10), np.float32),
-        population_logits=empty, shadow_logits=np.zeros((2, 1, 4, 10), np.float32), keep=keep,
-        halves=np.zeros((2, 4), bool), target_labels=np.zeros(N, np.int32),
-        attacker_labels=np.zeros(4, np.int32), population_labels=np.zeros(0, np.int32),
-        canaries=np.arange(C), used=used, nearest_distances=np.zeros((0, N)),
-        synthetic_example=np.zeros((0,), np.float32), test_accuracy=np.full(M + 2, 0.9),
-        seconds=np.ones(M + 2))
+        preprocessing={},
+        pool_indices={},
+        target_logits=np.zeros((M, 1, N, 10), np.float32),
+        population_logits=empty,
+        shadow_logits=np.zeros((2, 1, 4, 10), np.float32),
+        keep=keep,
+        halves=np.zeros((2, 4), bool),
+        target_labels=np.zeros(N, np.int32),
+        attacker_labels=np.zeros(4, np.int32),
+        population_labels=np.zeros(0, np.int32),
+        canaries=np.arange(C),
+        used=used,
+        nearest_distances=np.zeros((0, N)),
+        synthetic_example=np.zeros((0,), np.float32),
+        test_accuracy=np.full(M + 2, 0.9),
+        seconds=np.ones(M + 2),
+    )
 
 
 def _scores(d, canary_signal: float, natural_signal: float, key: int) -> np.ndarray:
@@ -56,8 +66,11 @@ def test_the_headline_slice_leaves_the_canaries_out():
 
 def test_the_strongest_attack_is_named_and_its_interval_is_that_of_the_maximum():
     d = _export()
-    scores = {"weak": _scores(d, 0.0, 0.5, key=3), "strong": _scores(d, 0.0, 3.0, key=4),
-              "release_like": _scores(d, 0.0, 0.0, key=5)}
+    scores = {
+        "weak": _scores(d, 0.0, 0.5, key=3),
+        "strong": _scores(d, 0.0, 3.0, key=4),
+        "release_like": _scores(d, 0.0, 0.0, key=5),
+    }
     out = assess.assess(scores, d, _keys(), num_resamples=60)
     best = out["strongest"]["model"]
     assert best["attack"] == "strong" and out["strongest"]["release"] is None

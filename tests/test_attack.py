@@ -56,8 +56,15 @@ def _config(**overrides):
     base = attack_run.AttackRunConfig(
         model=models.ModelConfig(width=4, depth=1),
         train=train_lib.TrainConfig(epochs=3, batch_size=16),
-        num_models=6, target_pool=60, num_shadow=2, attacker_pool=60, num_queries=2,
-        num_population=20, attack=shokri.AttackConfig(hidden=4, steps=30), num_resamples=10)
+        num_models=6,
+        target_pool=60,
+        num_shadow=2,
+        attacker_pool=60,
+        num_queries=2,
+        num_population=20,
+        attack=shokri.AttackConfig(hidden=4, steps=30),
+        num_resamples=10,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -75,8 +82,7 @@ def finished(fns, tmp_path_factory):
 @pytest.mark.slow
 def test_attack_run_writes_every_artifact(finished):
     workdir, results = finished
-    for name in ("config.json", "split.npz", "attack_data.npz", "trials.npz", "results.json", "roc.png",
-                 "RESULTS.md"):
+    for name in ("config.json", "split.npz", "attack_data.npz", "trials.npz", "results.json", "roc.png", "RESULTS.md"):
         assert (workdir / name).exists(), name
     document = (workdir / "RESULTS.md").read_text()
     assert f"--report_only --workdir={workdir}" in document
@@ -106,14 +112,22 @@ def test_attack_run_writes_every_artifact(finished):
     assert len(results["utility"]["test_accuracy"]) == 6
 
 
+@pytest.mark.slow  # The module's finished attack run takes ~20 s to build.
 def test_killed_attack_run_resumes_per_model_to_identical_scores(fns, finished, tmp_path):
     workdir, _ = finished
     import shutil
+
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
     # As if killed after the first chunk: later models and the final outputs are missing.
-    for name in ("results.json", "trials.npz", "attack_data.npz", "roc.png", "models/model_007.npz",
-                 "models/model_003.npz"):
+    for name in (
+        "results.json",
+        "trials.npz",
+        "attack_data.npz",
+        "roc.png",
+        "models/model_007.npz",
+        "models/model_003.npz",
+    ):
         os.remove(copy / name)
     _run(fns, copy, _config())
     with np.load(workdir / "trials.npz") as a, np.load(copy / "trials.npz") as b:
@@ -122,11 +136,13 @@ def test_killed_attack_run_resumes_per_model_to_identical_scores(fns, finished, 
             np.testing.assert_array_equal(a[name], b[name])
 
 
+@pytest.mark.slow  # The module's finished attack run takes ~20 s to build.
 def test_report_only_regenerates_the_results_from_the_export_alone(finished, tmp_path):
     workdir, results = finished
     copy = tmp_path / "export_only"
     copy.mkdir()
     import shutil
+
     shutil.copy(workdir / "attack_data.npz", copy / "attack_data.npz")  # No models, no split, no data.
     again = attack_run.report_only(str(copy))
     for key in ("attacks", "strongest", "utility", "shokri_accuracy", "canary_detection", "empirical_epsilon"):
@@ -156,20 +172,25 @@ def test_models_do_not_depend_on_the_chunking(fns, finished, tmp_path):
         np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # The module's finished attack run takes ~20 s to build.
 def test_finished_attack_run_is_not_overwritten(fns, finished):
     from dcjax import workdir as workdir_lib
+
     workdir, _ = finished
     with pytest.raises(workdir_lib.WorkdirError, match="overwrite"):
         _run(fns, workdir, _config())
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_models": 3}, "num_models"),
-    ({"num_models": 4}, "num_models"),
-    ({"num_shadow": 0}, "num_shadow"),
-    ({"num_queries": 0}, "num_queries"),
-    ({"strategy": "pmap"}, "strategy"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_models": 3}, "num_models"),
+        ({"num_models": 4}, "num_models"),
+        ({"num_shadow": 0}, "num_shadow"),
+        ({"num_queries": 0}, "num_queries"),
+        ({"strategy": "pmap"}, "strategy"),
+    ],
+)
 def test_bad_attack_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _config(**kwargs)
@@ -183,10 +204,10 @@ def test_pools_larger_than_the_dataset_are_rejected(fns, tmp_path):
 
 @pytest.mark.slow
 def test_condense_recipe_run_attacks_the_synthetic_sets_and_slices_canaries(fns, tmp_path):
-    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="real",
-                                  outer_loop=2, inner_loop=1)
-    config = _config(recipe=bank.Recipe(kind="condense", condense=cfg), num_canaries=6,
-                     models_per_chunk=8, target_pool=100)
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="real", outer_loop=2, inner_loop=1)
+    config = _config(
+        recipe=bank.Recipe(kind="condense", condense=cfg), num_canaries=6, models_per_chunk=8, target_pool=100
+    )
     results = _run(fns, tmp_path / "dc", config)
     lira_result = results["attacks"]["lira_online_fixed_var"]
     assert lira_result["canaries"]["num_members"] == 6 * 3  # 6 canaries, each IN for M/2 = 3 targets.

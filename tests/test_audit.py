@@ -50,7 +50,8 @@ def test_epsilon_lower_bound_closed_form():
     # 0 false positives out of 500 but 250 / 500 misses: only the first inequality gives a positive term.
     fnr_hi = audit.clopper_pearson(250, 500, 0.05)[1]
     assert audit.epsilon_lower_bound(250, 250, 0, 500, delta=1e-5) == pytest.approx(
-        np.log((1 - 1e-5 - fnr_hi) / u), rel=1e-12)
+        np.log((1 - 1e-5 - fnr_hi) / u), rel=1e-12
+    )
     assert audit.epsilon_lower_bound(250, 250, 250, 250, delta=1e-5) == 0.0  # chance
     assert audit.epsilon_lower_bound(0, 500, 500, 0, delta=1e-5) == 0.0  # always wrong: both numerators < 0
     with pytest.raises(ValueError, match="member"):
@@ -63,7 +64,8 @@ def test_bound_never_exceeds_the_maximum_for_the_counts():
             bound = audit.epsilon_lower_bound(tp, 20 - tp, fp, 30 - fp, delta=1e-5)
             assert 0.0 <= bound <= _max_bound(20, 30, 0.05) + 1e-12
     assert audit.epsilon_lower_bound(20, 0, 0, 30, delta=0.0) == pytest.approx(
-        np.log((1 - (1 - 0.025 ** (1 / 20))) / (1 - 0.025 ** (1 / 30))))
+        np.log((1 - (1 - 0.025 ** (1 / 20))) / (1 - 0.025 ** (1 / 30)))
+    )
 
 
 def test_perfect_attack_on_many_examples():
@@ -92,8 +94,9 @@ def test_one_trial_per_example_even_when_each_example_has_many():
 
 def test_no_signal_gives_zero_with_high_probability():
     scores, keep = _trials(2, 400, shift=0.0)
-    bounds = [audit.audit_epsilon(scores, keep, np.arange(400), jax.random.key(i))["epsilon_lower_bound"]
-              for i in range(20)]
+    bounds = [
+        audit.audit_epsilon(scores, keep, np.arange(400), jax.random.key(i))["epsilon_lower_bound"] for i in range(20)
+    ]
     assert sum(b > 0 for b in bounds) <= 2  # each is positive with probability <= alpha = 0.05
     assert all(b >= 0 for b in bounds)
 

@@ -30,9 +30,9 @@ def _reference_scale(image, fh, fw, fill):
     side = max(h, w, H, W)
     canvas = np.full((side, side, image.shape[-1]), fill, np.float32)
     r, c = (side - h) // 2, (side - w) // 2
-    canvas[r:r + h, c:c + w] = image[rows][:, cols]
+    canvas[r : r + h, c : c + w] = image[rows][:, cols]
     r, c = (side - H) // 2, (side - W) // 2
-    return canvas[r:r + H, c:c + W]
+    return canvas[r : r + H, c : c + W]
 
 
 @pytest.mark.slow
@@ -62,8 +62,10 @@ def test_dc_augment_is_the_documented_mix_of_ops():
     choice = np.asarray(jax.random.randint(k[0], (32,), 0, 3))
     assert set(choice) == {0, 1, 2}
     mean = images.mean(axis=(0, 1, 2))
-    expected = np.select([choice[:, None, None, None] == i for i in range(3)], [
-        augment.crop(k[1], images, mean), augment.scale(k[2], images, 0.0), augment.rotate(k[3], images, mean)])
+    expected = np.select(
+        [choice[:, None, None, None] == i for i in range(3)],
+        [augment.crop(k[1], images, mean), augment.scale(k[2], images, 0.0), augment.rotate(k[3], images, mean)],
+    )
     np.testing.assert_allclose(augment.dc_augment(key, images), expected, atol=1e-5)
 
 
@@ -74,7 +76,7 @@ def test_crop_moves_a_dot_by_a_small_integer_shift():
     shifts = np.asarray(augment._crop_shifts(key, 64))
     assert shifts.min() == -4 and shifts.max() == 3  # the reference's randint(0, 8) - 4
     for b in range(64):
-        (row, col), = np.argwhere(out[b, :, :, 0] > 0)
+        ((row, col),) = np.argwhere(out[b, :, :, 0] > 0)
         assert (row, col) == (13 - shifts[b, 0], 15 - shifts[b, 1]) and out[b, row, col, 0] == 1.0
 
 
@@ -104,8 +106,9 @@ def test_rotate_matches_scipy_bilinear(angle):
     images = _images(1)
     fill = 0.25
     ours = augment.rotate_by(images, jnp.array([angle]), jnp.array([fill]))
-    ref = scipy.ndimage.rotate(np.asarray(images[0, :, :, 0]), angle, reshape=False, order=1, mode="grid-constant",
-                               cval=fill)
+    ref = scipy.ndimage.rotate(
+        np.asarray(images[0, :, :, 0]), angle, reshape=False, order=1, mode="grid-constant", cval=fill
+    )
     np.testing.assert_allclose(ours[0, :, :, 0], ref, atol=1e-4)
 
 

@@ -29,8 +29,13 @@ import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 if "lr_img" not in FLAGS:  # The flag groups the launchers share (what attack.py defines), once per process.
-    for define in (common.define_data_flags, common.define_model_flags, common.define_run_flags,
-                   common.define_condense_flags, common.define_attack_flags):
+    for define in (
+        common.define_data_flags,
+        common.define_model_flags,
+        common.define_run_flags,
+        common.define_condense_flags,
+        common.define_attack_flags,
+    ):
         define()
     common.define_train_flags(epochs=100)
     flags.DEFINE_integer("per_class", 10, "attack.py's and privacy_study.py's flag.")
@@ -107,8 +112,9 @@ CONFIG_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs,field", CONFIG_ROWS,
-                         ids=[f"{c.__name__}-{f}-{list(k.values())[0]}" for c, k, f in CONFIG_ROWS])
+@pytest.mark.parametrize(
+    "cls,kwargs,field", CONFIG_ROWS, ids=[f"{c.__name__}-{f}-{list(k.values())[0]}" for c, k, f in CONFIG_ROWS]
+)
 def test_config_rejects_out_of_range_fields_naming_them(cls, kwargs, field):
     with pytest.raises(ValueError) as info:
         cls(**kwargs)
@@ -128,45 +134,54 @@ def test_defaults_and_edge_values_are_still_accepted():
 # ----------------------------------------------------------------------------- launcher config builders
 
 
-@pytest.mark.parametrize("overrides,flag", [
-    ({"lr_img": -1.0}, "--lr_img must be > 0"),
-    ({"lr_net": NAN}, "--lr_net must be > 0"),
-    ({"ipc": 0}, "--ipc must be >= 1"),
-    ({"batch_real": 0}, "--batch_real"),
-    ({"iterations": -1}, "--iterations"),
-    ({"outer_loop": 0}, "--outer_loop"),
-    ({"distance": "l1"}, "--distance must be one of"),
-    ({"init": "zeros"}, "--init must be one of"),
-    ({"class_strategy": "pmap"}, "--class_strategy must be one of"),
-    ({"dsa_strategy": "color_warp", "method": "dsa"}, "--dsa_strategy"),
-])
+@pytest.mark.parametrize(
+    "overrides,flag",
+    [
+        ({"lr_img": -1.0}, "--lr_img must be > 0"),
+        ({"lr_net": NAN}, "--lr_net must be > 0"),
+        ({"ipc": 0}, "--ipc must be >= 1"),
+        ({"batch_real": 0}, "--batch_real"),
+        ({"iterations": -1}, "--iterations"),
+        ({"outer_loop": 0}, "--outer_loop"),
+        ({"distance": "l1"}, "--distance must be one of"),
+        ({"init": "zeros"}, "--init must be one of"),
+        ({"class_strategy": "pmap"}, "--class_strategy must be one of"),
+        ({"dsa_strategy": "color_warp", "method": "dsa"}, "--dsa_strategy"),
+    ],
+)
 def test_condense_flags_are_named_in_the_message(overrides, flag):
     with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
         common.condense_config()
     assert str(info.value).startswith(flag), str(info.value)
 
 
-@pytest.mark.parametrize("overrides,flag", [
-    ({"lr": -1.0}, "--lr must be > 0"),
-    ({"lr": INF}, "--lr must be > 0"),
-])
+@pytest.mark.parametrize(
+    "overrides,flag",
+    [
+        ({"lr": -1.0}, "--lr must be > 0"),
+        ({"lr": INF}, "--lr must be > 0"),
+    ],
+)
 def test_train_flags_are_named_in_the_message(overrides, flag):
     with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
         common.train_config(small_set=False)
     assert str(info.value).startswith(flag), str(info.value)
 
 
-@pytest.mark.parametrize("overrides,flag", [
-    ({"attack_hidden": -1}, "--attack_hidden must be >= 0"),  # The field is AttackConfig.hidden.
-    ({"attack_steps": 0}, "--attack_steps must be >= 1"),  # ... and AttackConfig.steps.
-    ({"num_models": 7}, "--num_models must be even"),
-    ({"num_shadow": 0}, "--num_shadow"),
-    ({"num_canaries": 5000}, "--num_canaries"),
-    ({"num_population": -1}, "--num_population"),
-    ({"num_queries": 99}, "--num_queries"),
-    ({"models_per_chunk": -1}, "--models_per_chunk"),
-    ({"num_resamples": 0}, "--num_resamples"),
-])
+@pytest.mark.parametrize(
+    "overrides,flag",
+    [
+        ({"attack_hidden": -1}, "--attack_hidden must be >= 0"),  # The field is AttackConfig.hidden.
+        ({"attack_steps": 0}, "--attack_steps must be >= 1"),  # ... and AttackConfig.steps.
+        ({"num_models": 7}, "--num_models must be even"),
+        ({"num_shadow": 0}, "--num_shadow"),
+        ({"num_canaries": 5000}, "--num_canaries"),
+        ({"num_population": -1}, "--num_population"),
+        ({"num_queries": 99}, "--num_queries"),
+        ({"models_per_chunk": -1}, "--models_per_chunk"),
+        ({"num_resamples": 0}, "--num_resamples"),
+    ],
+)
 def test_attack_flags_are_named_in_the_message(overrides, flag):
     with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
         common.attack_config(bank.Recipe(), train_lib.TrainConfig(epochs=1))
@@ -213,8 +228,9 @@ def test_real_init_ipc_above_the_smallest_class_is_named():
 
 def _labels_dataset(labels, num_classes):
     labels = np.asarray(labels, np.int32)
-    return data.ArrayDataset(images=np.zeros((len(labels), 8, 8, 1), np.float32), labels=labels,
-                             num_classes=num_classes, name="mnist")
+    return data.ArrayDataset(
+        images=np.zeros((len(labels), 8, 8, 1), np.float32), labels=labels, num_classes=num_classes, name="mnist"
+    )
 
 
 def test_run_condensation_checks_the_data_before_writing_the_workdir(tmp_path):
@@ -227,16 +243,17 @@ def test_run_condensation_checks_the_data_before_writing_the_workdir(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("recipe,flag", [
-    (bank.Recipe(kind="subset", per_class=50), "--per_class=50"),
-    (bank.Recipe(kind="condense", condense=condense.CondenseConfig(ipc=50, init="real", batch_real=1)),
-     "--ipc=50"),
-    (bank.Recipe(kind="condense", condense=condense.CondenseConfig(ipc=1, batch_real=50)), "--batch_real=50"),
-])
+@pytest.mark.parametrize(
+    "recipe,flag",
+    [
+        (bank.Recipe(kind="subset", per_class=50), "--per_class=50"),
+        (bank.Recipe(kind="condense", condense=condense.CondenseConfig(ipc=50, init="real", batch_real=1)), "--ipc=50"),
+        (bank.Recipe(kind="condense", condense=condense.CondenseConfig(ipc=1, batch_real=50)), "--batch_real=50"),
+    ],
+)
 def test_a_recipe_larger_than_a_private_half_names_its_flag(recipe, flag):
     train = _labels_dataset(np.arange(200) % 2, 2)
-    config = attack_run.AttackRunConfig(recipe=recipe, num_models=6, target_pool=100, num_shadow=2,
-                                        attacker_pool=100)
+    config = attack_run.AttackRunConfig(recipe=recipe, num_models=6, target_pool=100, num_shadow=2, attacker_pool=100)
     with pytest.raises(ValueError) as info:
         with common.naming_flags():
             attack_run.check_recipe_fits(config, train)
@@ -259,16 +276,18 @@ def test_a_missing_data_dir_fails_at_once_naming_it(monkeypatch, tmp_path, where
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("data_dir,env,download,expected", [
-    (None, None, None, True),  # Nothing named: TFDS downloads to ~/tensorflow_datasets, as before.
-    ("DIR", None, None, False),  # A named directory must hold the data ...
-    (None, "DIR", None, False),
-    ("DIR", None, True, True),  # ... unless --download says otherwise.
-    (None, None, False, False),
-])
+@pytest.mark.parametrize(
+    "data_dir,env,download,expected",
+    [
+        (None, None, None, True),  # Nothing named: TFDS downloads to ~/tensorflow_datasets, as before.
+        ("DIR", None, None, False),  # A named directory must hold the data ...
+        (None, "DIR", None, False),
+        ("DIR", None, True, True),  # ... unless --download says otherwise.
+        (None, None, False, False),
+    ],
+)
 @pytest.mark.slow
-def test_download_is_automatic_only_without_a_named_directory(monkeypatch, tmp_path, data_dir, env, download,
-                                                              expected):
+def test_download_is_automatic_only_without_a_named_directory(monkeypatch, tmp_path, data_dir, env, download, expected):
     tfds = data._import_tfds()
     seen = {}
 
@@ -363,26 +382,77 @@ def test_a_hand_edited_config_names_the_file_and_the_setting(tmp_path):
 
 # Where each flag of experiments/*.py is checked (enum/bool: absl itself).
 FLAG_CHECKS = {
-    **dict.fromkeys(["activation", "attack_features", "augment", "conv_impl", "eval_augment", "method", "model",
-                     "net_init", "norm", "pooling", "small_augment", "source", "strategy", "target"], "absl enum"),
+    **dict.fromkeys(
+        [
+            "activation",
+            "attack_features",
+            "augment",
+            "conv_impl",
+            "eval_augment",
+            "method",
+            "model",
+            "net_init",
+            "norm",
+            "pooling",
+            "small_augment",
+            "source",
+            "strategy",
+            "target",
+        ],
+        "absl enum",
+    ),
     **dict.fromkeys(["distributed", "download", "eval_baseline", "overwrite", "report_only"], "absl bool"),
     **dict.fromkeys(["width", "depth", "seed", "subset_ipc"], "absl bounds"),
     **dict.fromkeys(["epochs", "batch_size", "lr"], "TrainConfig (+ absl bounds)"),
-    **dict.fromkeys(["ipc", "iterations", "outer_loop", "inner_loop", "batch_real", "batch_train", "lr_img",
-                     "lr_net", "distance", "init", "class_strategy"], "CondenseConfig (+ check_batch_real)"),
+    **dict.fromkeys(
+        [
+            "ipc",
+            "iterations",
+            "outer_loop",
+            "inner_loop",
+            "batch_real",
+            "batch_train",
+            "lr_img",
+            "lr_net",
+            "distance",
+            "init",
+            "class_strategy",
+        ],
+        "CondenseConfig (+ check_batch_real)",
+    ),
     "dsa_strategy": "dsa.parse_strategy via common.condense_config",
-    **dict.fromkeys(["num_models", "target_pool", "num_shadow", "attacker_pool", "num_queries", "num_canaries",
-                     "num_population", "models_per_chunk", "num_resamples"], "AttackRunConfig (+ check_recipe_fits)"),
+    **dict.fromkeys(
+        [
+            "num_models",
+            "target_pool",
+            "num_shadow",
+            "attacker_pool",
+            "num_queries",
+            "num_canaries",
+            "num_population",
+            "models_per_chunk",
+            "num_resamples",
+        ],
+        "AttackRunConfig (+ check_recipe_fits)",
+    ),
     **dict.fromkeys(["attack_hidden", "attack_steps"], "shokri.AttackConfig, renamed in common.attack_config"),
     **dict.fromkeys(["num_eval", "eval_every", "eval_epochs", "checkpoint_every"], "condense.py run_config"),
     "per_class": "bank.Recipe / StudyConfig (+ check_recipe_fits)",
-    **dict.fromkeys(["rows", "dp_delta", "dp_clip", "dp_lr", "dp_batch_size", "dp_epochs", "dm_iterations"],
-                    "StudyConfig (dp_tune.py: check_flags)"),
+    **dict.fromkeys(
+        ["rows", "dp_delta", "dp_clip", "dp_lr", "dp_batch_size", "dp_epochs", "dm_iterations"],
+        "StudyConfig (dp_tune.py: check_flags)",
+    ),
     **dict.fromkeys(["small_epochs", "small_batch_size"], "TrainConfig, renamed in privacy_study.study_config"),
-    **dict.fromkeys(["target_pool", "attacker_pool", "private_size", "val_size", "batch_sizes", "lrs",
-                     "epsilons"], "dp_tune.check_flags"),
-    "dataset": "data._stats", "data_dir": "data.load_split", "workdir": "workdir.prepare",
-    "synthetic": "data.load_synthetic_npz", "conclusion": "privacy_study._about", "tier": "free text",
+    **dict.fromkeys(
+        ["target_pool", "attacker_pool", "private_size", "val_size", "batch_sizes", "lrs", "epsilons"],
+        "dp_tune.check_flags",
+    ),
+    "dataset": "data._stats",
+    "data_dir": "data.load_split",
+    "workdir": "workdir.prepare",
+    "synthetic": "data.load_synthetic_npz",
+    "conclusion": "privacy_study._about",
+    "tier": "free text",
 }
 
 
@@ -417,13 +487,16 @@ def _assert_one_line_error(proc, *expected):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,args,flag", [
-    ("condense.py", ["--ipc=1", "--iterations=1", "--lr_img=-1"], "--lr_img must be > 0"),
-    ("train.py", ["--lr=nan"], "--lr must be > 0"),
-    ("attack.py", ["--attack_hidden=-1"], "--attack_hidden"),
-    ("privacy_study.py", ["--small_batch_size=0"], "--small_batch_size"),
-    ("dp_tune.py", ["--lrs=0.1,-1"], "--lrs"),
-])
+@pytest.mark.parametrize(
+    "script,args,flag",
+    [
+        ("condense.py", ["--ipc=1", "--iterations=1", "--lr_img=-1"], "--lr_img must be > 0"),
+        ("train.py", ["--lr=nan"], "--lr must be > 0"),
+        ("attack.py", ["--attack_hidden=-1"], "--attack_hidden"),
+        ("privacy_study.py", ["--small_batch_size=0"], "--small_batch_size"),
+        ("dp_tune.py", ["--lrs=0.1,-1"], "--lrs"),
+    ],
+)
 def test_launchers_reject_out_of_range_flags_before_writing(tmp_path, script, args, flag):
     proc, _ = _launch([f"experiments/{script}", f"--workdir={tmp_path}/w"] + args)
     _assert_one_line_error(proc, flag)
@@ -431,15 +504,22 @@ def test_launchers_reject_out_of_range_flags_before_writing(tmp_path, script, ar
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,args,flag", [
-    ("condense.py", ["--ipc=100000", "--init=real", "--batch_real=1"], "--ipc=100000"),
-    ("train.py", ["--source=subset", "--subset_ipc=1000"], "--subset_ipc=1000"),
-    ("privacy_study.py", ["--per_class=1000", "--num_models=6", "--target_pool=100", "--attacker_pool=100"],
-     "--per_class=1000"),
-])
+@pytest.mark.parametrize(
+    "script,args,flag",
+    [
+        ("condense.py", ["--ipc=100000", "--init=real", "--batch_real=1"], "--ipc=100000"),
+        ("train.py", ["--source=subset", "--subset_ipc=1000"], "--subset_ipc=1000"),
+        (
+            "privacy_study.py",
+            ["--per_class=1000", "--num_models=6", "--target_pool=100", "--attacker_pool=100"],
+            "--per_class=1000",
+        ),
+    ],
+)
 def test_launchers_reject_sets_larger_than_the_data_before_writing(tmp_path, script, args, flag):
-    proc, _ = _launch([f"experiments/{script}", f"--workdir={tmp_path}/w", "--width=4", "--depth=1"] + args,
-                      mock_examples=300)
+    proc, _ = _launch(
+        [f"experiments/{script}", f"--workdir={tmp_path}/w", "--width=4", "--depth=1"] + args, mock_examples=300
+    )
     _assert_one_line_error(proc, flag)
     assert not (tmp_path / "w").exists()
 
@@ -456,8 +536,10 @@ def test_a_missing_data_dir_fails_within_seconds_naming_it(tmp_path):
 def test_a_synthetic_file_that_is_not_an_archive_is_named(tmp_path):
     garbage = tmp_path / "garbage.npz"
     garbage.write_text("not an archive\n")
-    proc, _ = _launch(["experiments/train.py", f"--workdir={tmp_path}/w", "--source=synthetic",
-                       f"--synthetic={garbage}"], mock_examples=50)
+    proc, _ = _launch(
+        ["experiments/train.py", f"--workdir={tmp_path}/w", "--source=synthetic", f"--synthetic={garbage}"],
+        mock_examples=50,
+    )
     _assert_one_line_error(proc, f"--synthetic {garbage}: not a .npz archive")
     assert not (tmp_path / "w").exists()
 
@@ -474,7 +556,18 @@ def test_a_hand_broken_workdir_config_is_one_line_and_left_alone(tmp_path):
     run = tmp_path / "w"
     run.mkdir()
     (run / "config.json").write_text("{ edited by hand")
-    proc, _ = _launch(["experiments/train.py", f"--workdir={run}", "--source=subset", "--subset_ipc=1",
-                       "--num_models=1", "--epochs=1", "--width=4", "--depth=1"], mock_examples=50)
+    proc, _ = _launch(
+        [
+            "experiments/train.py",
+            f"--workdir={run}",
+            "--source=subset",
+            "--subset_ipc=1",
+            "--num_models=1",
+            "--epochs=1",
+            "--width=4",
+            "--depth=1",
+        ],
+        mock_examples=50,
+    )
     _assert_one_line_error(proc, str(run / "config.json"))
     assert sorted(os.listdir(run)) == ["config.json"] and (run / "config.json").read_text() == "{ edited by hand"

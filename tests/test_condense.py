@@ -17,8 +17,9 @@ from dcjax import train
 
 K, IPC, SHAPE = 3, 2, (8, 8, 1)
 TINY = models.ModelConfig(width=8, depth=2)
-SMALL = condense.CondenseConfig(ipc=IPC, iterations=3, outer_loop=3, inner_loop=2,
-                                batch_real=4, batch_train=4, init="real")
+SMALL = condense.CondenseConfig(
+    ipc=IPC, iterations=3, outer_loop=3, inner_loop=2, batch_real=4, batch_train=4, init="real"
+)
 
 
 def _pool(n=30, seed=0):
@@ -53,8 +54,7 @@ def test_class_strategies_and_microbatching_give_the_same_loss_and_gradients(fns
             fn = lambda s: condense.matching_loss(fns, cfg, strategy, variables, s, real, jax.random.key(3))  # noqa
             results[strategy, microbatch] = jax.jit(jax.value_and_grad(fn))(syn)
     for key, result in results.items():
-        chex.assert_trees_all_close(result, results["vmap", 0], rtol=1e-4, atol=1e-6,
-                                    custom_message=str(key))
+        chex.assert_trees_all_close(result, results["vmap", 0], rtol=1e-4, atol=1e-6, custom_message=str(key))
     assert float(results["loop", 0][0]) > 0
 
 
@@ -88,8 +88,7 @@ def test_pure_iteration_is_traced_once(fns):
     images, labels = _pool()
     index = data.build_class_index(np.asarray(labels), K)
     state, _ = condense.init_synthetic(SMALL, jax.random.key(0), images, index)
-    pure = chex.assert_max_traces(
-        lambda s, d, k: condense.dc_iteration(fns, SMALL, "map", s, d, k), n=1)
+    pure = chex.assert_max_traces(lambda s, d, k: condense.dc_iteration(fns, SMALL, "map", s, d, k), n=1)
     step = jax.jit(pure)
     for t in range(3):
         state, _ = step(state, (images, index), jax.random.key(t))
@@ -111,9 +110,16 @@ def test_noise_init_and_last_outer_step_skip(fns):
     assert np.isfinite(losses[0])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"ipc": 0}, "ipc"), ({"distance": "l1"}, "distance"), ({"init": "zeros"}, "init"),
-    ({"outer_loop": 0}, "outer_loop"), ({"class_strategy": "pmap"}, "strategy")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"ipc": 0}, "ipc"),
+        ({"distance": "l1"}, "distance"),
+        ({"init": "zeros"}, "init"),
+        ({"outer_loop": 0}, "outer_loop"),
+        ({"class_strategy": "pmap"}, "strategy"),
+    ],
+)
 def test_bad_condense_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         condense.CondenseConfig(**kwargs)
@@ -132,9 +138,13 @@ def _dataset(n, seed):
 
 def _run_config(iterations=4):
     return condense_run.RunConfig(
-        seed=3, model=TINY, condense=dataclasses.replace(SMALL, iterations=iterations),
+        seed=3,
+        model=TINY,
+        condense=dataclasses.replace(SMALL, iterations=iterations),
         eval=evaluation.EvalConfig(num_models=2, train=train.TrainConfig(epochs=2)),
-        eval_every=2, checkpoint_every=1)
+        eval_every=2,
+        checkpoint_every=1,
+    )
 
 
 class _Killed(Exception):
@@ -145,8 +155,7 @@ class _Killed(Exception):
 def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeypatch):
     train_set, test_set = _dataset(30, 0), _dataset(12, 1)
     config = _run_config()
-    straight = condense_run.run_condensation(config, fns, train_set, test_set,
-                                             str(tmp_path / "a"))
+    straight = condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path / "a"))
     real_save = condense_run.checkpoint.Checkpointer.save
 
     def save_then_die(self, step, tree):
@@ -158,14 +167,20 @@ def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeyp
     with pytest.raises(_Killed):
         condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path / "b"))
     monkeypatch.undo()
-    resumed = condense_run.run_condensation(config, fns, train_set, test_set,
-                                            str(tmp_path / "b"))
+    resumed = condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path / "b"))
     with np.load(tmp_path / "a" / "synthetic.npz") as a, np.load(tmp_path / "b" / "synthetic.npz") as b:
         for name in ("images", "labels", "init_indices"):
             np.testing.assert_array_equal(a[name], b[name])
     assert straight["final"] == resumed["final"]
-    for name in ("synthetic.png", "loss.png", "accuracy.png", "config.json", "metrics.jsonl",
-                 "evals.jsonl", "results.json"):
+    for name in (
+        "synthetic.png",
+        "loss.png",
+        "accuracy.png",
+        "config.json",
+        "metrics.jsonl",
+        "evals.jsonl",
+        "results.json",
+    ):
         assert (tmp_path / "b" / name).exists(), name
     assert [e["iteration"] for e in resumed["evals"]] == [0, 2, 4]
 
@@ -177,8 +192,7 @@ def test_finished_workdir_is_not_overwritten(fns, tmp_path):
     condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path))
     with pytest.raises(condense_run.workdir_lib.WorkdirError, match="overwrite"):
         condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path))
-    condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path),
-                                  overwrite=True)
+    condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path), overwrite=True)
 
 
 def test_auto_class_strategy_is_per_backend():

@@ -24,12 +24,24 @@ TINY = models.ModelConfig(width=8, depth=2)
 # Most tests check the wiring with two cheap ops (the ops themselves are tested in test_dsa.py); the affine ops make
 # XLA:CPU compile ~5x longer. The full digits strategy runs in the one-iteration smoke tests.
 CHEAP = "crop_cutout"
-DSA = condense.CondenseConfig(ipc=IPC, iterations=2, outer_loop=2, inner_loop=1, batch_real=4,
-                              batch_train=4, init="real", method="dsa", dsa_strategy=CHEAP)
-DM = condense.CondenseConfig(ipc=IPC, iterations=2, batch_real=4, init="real", method="dm", lr_img=1.0,
-                             dsa_strategy=CHEAP)
-FULL = {"dsa": dataclasses.replace(DSA, dsa_strategy=dsa.STRATEGY_DIGITS),
-        "dm": dataclasses.replace(DM, dsa_strategy=dsa.STRATEGY_DIGITS)}
+DSA = condense.CondenseConfig(
+    ipc=IPC,
+    iterations=2,
+    outer_loop=2,
+    inner_loop=1,
+    batch_real=4,
+    batch_train=4,
+    init="real",
+    method="dsa",
+    dsa_strategy=CHEAP,
+)
+DM = condense.CondenseConfig(
+    ipc=IPC, iterations=2, batch_real=4, init="real", method="dm", lr_img=1.0, dsa_strategy=CHEAP
+)
+FULL = {
+    "dsa": dataclasses.replace(DSA, dsa_strategy=dsa.STRATEGY_DIGITS),
+    "dm": dataclasses.replace(DM, dsa_strategy=dsa.STRATEGY_DIGITS),
+}
 
 
 def _pool(n=30, seed=0):
@@ -64,12 +76,14 @@ def test_dsa_matching_uses_one_shared_transform_per_class(fns):
         for c in range(K):
             k = jax.random.fold_in(key, c)
             aug = functools.partial(dsa.dsa_augment, k, strategy=DSA.dsa_strategy, params=dsa.SIAMESE)
-            total += condense._class_distance(fns, plain, variables, aug(syn[c * IPC:(c + 1) * IPC]), aug(real[c]),
-                                              c, k)
+            total += condense._class_distance(
+                fns, plain, variables, aug(syn[c * IPC : (c + 1) * IPC]), aug(real[c]), c, k
+            )
         return total
 
-    loss = jax.jit(lambda config, k: condense.matching_loss(fns, config, "map", variables, syn, real, k),
-                   static_argnums=0)
+    loss = jax.jit(
+        lambda config, k: condense.matching_loss(fns, config, "map", variables, syn, real, k), static_argnums=0
+    )
     got = loss(DSA, key)
     np.testing.assert_allclose(got, manual(key), rtol=1e-5)
     # Cutout always blanks a square, so the manual sum differs from plain DC; another key gives another loss.
@@ -85,8 +99,9 @@ def test_class_strategies_give_the_same_loss_and_gradients(fns, config):
         loss = lambda s, strategy: dm.dm_loss(fns, config, strategy, variables, s, real, key)  # noqa: E731
     else:
         loss = lambda s, strategy: condense.matching_loss(fns, config, strategy, variables, s, real, key)  # noqa
-    results = {s: jax.jit(jax.value_and_grad(functools.partial(loss, strategy=s)))(syn)
-               for s in ("vmap", "map")}  # 'loop' is the same per-class code as 'map' (matching.sum_over_classes).
+    results = {
+        s: jax.jit(jax.value_and_grad(functools.partial(loss, strategy=s)))(syn) for s in ("vmap", "map")
+    }  # 'loop' is the same per-class code as 'map' (matching.sum_over_classes).
     chex.assert_trees_all_close(results["vmap"], results["map"], rtol=1e-4, atol=1e-6)
     assert float(results["map"][0]) > 0
     assert float(jnp.linalg.norm(results["map"][1])) > 0
@@ -150,7 +165,8 @@ def test_dsa_training_augmentation_trains_a_model(fns):
     schedule = train.make_schedule(config, images.shape[0])
     mask = jnp.ones(images.shape[0], bool)
     variables, losses = jax.jit(functools.partial(train.train_from_init, fns, config, schedule))(
-        jax.random.key(0), (images, labels, mask))
+        jax.random.key(0), (images, labels, mask)
+    )
     assert np.all(np.isfinite(losses))
     assert train.TrainConfig(augment="dsa").augment == "dsa"
 
@@ -163,8 +179,13 @@ def test_a_run_writes_the_same_outputs_as_dc(fns, config, tmp_path):
     train_set = data.ArrayDataset(np.asarray(images), np.asarray(labels), K, "mnist")
     test_set = data.ArrayDataset(np.asarray(test_images), np.asarray(test_labels), K, "mnist")
     run = condense_run.RunConfig(
-        seed=1, model=TINY, condense=config, eval_every=0, eval_baseline=False,
-        eval=evaluation.EvalConfig(num_models=1, train=train.TrainConfig(epochs=1, augment="none")))
+        seed=1,
+        model=TINY,
+        condense=config,
+        eval_every=0,
+        eval_baseline=False,
+        eval=evaluation.EvalConfig(num_models=1, train=train.TrainConfig(epochs=1, augment="none")),
+    )
     results = condense_run.run_condensation(run, fns, train_set, test_set, str(tmp_path))
     assert results["config"]["condense"]["method"] == config.method
     assert [e["iteration"] for e in results["evals"]] == [0, 2]
@@ -177,8 +198,9 @@ def test_bank_condenses_every_model_with_dm(fns):
     images, labels = _pool()
     keep = np.zeros((2, images.shape[0]), bool)
     keep[0, ::2] = keep[1, 1::2] = True
-    syn, init = bank.condense_models(fns, DM, jax.random.split(jax.random.key(0), 2),
-                                     (np.asarray(images), np.asarray(labels)), keep)
+    syn, init = bank.condense_models(
+        fns, DM, jax.random.split(jax.random.key(0), 2), (np.asarray(images), np.asarray(labels)), keep
+    )
     assert syn.shape == (2, K * IPC) + SHAPE
     for m in range(2):  # Real init draws each model's images from its own IN half only.
         assert keep[m, init[m]].all()

@@ -46,12 +46,18 @@ def _dataset(n, seed):
 
 def _config(**condense_changes):
     # DM without augmentation: the cheapest method to compile; the loop around it is the same.
-    cond = condense.CondenseConfig(method="dm", dsa_strategy="none", ipc=1, iterations=7,
-                                   batch_real=4, lr_img=1.0, init="noise")
+    cond = condense.CondenseConfig(
+        method="dm", dsa_strategy="none", ipc=1, iterations=7, batch_real=4, lr_img=1.0, init="noise"
+    )
     return condense_run.RunConfig(
-        seed=3, model=TINY, condense=dataclasses.replace(cond, **condense_changes),
+        seed=3,
+        model=TINY,
+        condense=dataclasses.replace(cond, **condense_changes),
         eval=evaluation.EvalConfig(num_models=1, train=train.TrainConfig(epochs=1)),
-        eval_every=0, eval_baseline=False, checkpoint_every=2)
+        eval_every=0,
+        eval_baseline=False,
+        checkpoint_every=2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +108,7 @@ def _poison_iteration(monkeypatch, bad_call: int):
             state, out = step(state, real_data, key)
             calls.append(None)
             return state, ({**out, "loss": jnp.float32(jnp.nan)} if len(calls) == bad_call else out)
+
         return poisoned
 
     monkeypatch.setattr(condense, "make_iteration_fn", make)
@@ -109,7 +116,8 @@ def _poison_iteration(monkeypatch, bad_call: int):
 
 @pytest.mark.slow
 def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_resumes_identically(
-        fns, sets, straight, tmp_path, monkeypatch):
+    fns, sets, straight, tmp_path, monkeypatch
+):
     _poison_iteration(monkeypatch, bad_call=6)  # Checkpoints after 2 and 4; the 6th iteration fails.
     with pytest.raises(ValueError, match="condensation diverged") as error:
         _condense(fns, sets, tmp_path)
@@ -153,6 +161,7 @@ def _die_after_saving(monkeypatch, at_step):
         real_save(self, step, tree)
         if step == at_step:
             raise _Killed()
+
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
 
 
@@ -166,8 +175,7 @@ def _truncate_data_files(step_dir):
 
 
 @pytest.mark.slow
-def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(
-        fns, sets, straight, tmp_path, monkeypatch):
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(fns, sets, straight, tmp_path, monkeypatch):
     _die_after_saving(monkeypatch, at_step=6)
     with pytest.raises(_Killed):
         _condense(fns, sets, tmp_path)
@@ -246,8 +254,9 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
 
 def _start(args, mock_examples, log_path):
     with open(log_path, "w") as log:  # The child keeps its own copy of the descriptor.
-        return subprocess.Popen([sys.executable, MOCK, str(mock_examples)] + args, cwd=ROOT,
-                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, MOCK, str(mock_examples)] + args, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def _tail(log_path, chars=3000):
@@ -295,8 +304,9 @@ def _assert_same_npz(a, b, skip=()):
 
 def _assert_same_results(a, b, *names):
     for name in names:
-        assert _without_seconds(checkpoint.read_json(os.path.join(a, name))) == \
-            _without_seconds(checkpoint.read_json(os.path.join(b, name))), name
+        assert _without_seconds(checkpoint.read_json(os.path.join(a, name))) == _without_seconds(
+            checkpoint.read_json(os.path.join(b, name))
+        ), name
 
 
 def _files(workdir):
@@ -305,8 +315,7 @@ def _files(workdir):
     found = set()
     for root, dirs, names in os.walk(workdir):
         dirs[:] = [d for d in dirs if d != "checkpoints"]
-        found |= {os.path.relpath(os.path.join(root, n), workdir) for n in names
-                  if not n.startswith(".tmp-")}
+        found |= {os.path.relpath(os.path.join(root, n), workdir) for n in names if not n.startswith(".tmp-")}
     return found
 
 
@@ -326,16 +335,28 @@ def _crash_and_resume(tmp_path, command, mock_examples, ready, resumed_line):
         if reference.poll() is None:
             reference.kill()
             reference.wait()
-    assert resumed_line in _tail(tmp_path / "resumed.log", 10 ** 7)
+    assert resumed_line in _tail(tmp_path / "resumed.log", 10**7)
     assert _files(crashed) == _files(straight)
     return straight, crashed
 
 
 def _condense_args(workdir):
-    return ["experiments/condense.py", f"--workdir={workdir}", "--ipc=1", "--iterations=40",
-            "--width=8", "--depth=1", "--batch_real=2", "--outer_loop=1", "--inner_loop=1",
-            "--init=noise", "--num_eval=1", "--eval_epochs=1", "--eval_every=20",
-            "--checkpoint_every=1"]
+    return [
+        "experiments/condense.py",
+        f"--workdir={workdir}",
+        "--ipc=1",
+        "--iterations=40",
+        "--width=8",
+        "--depth=1",
+        "--batch_real=2",
+        "--outer_loop=1",
+        "--inner_loop=1",
+        "--init=noise",
+        "--num_eval=1",
+        "--eval_epochs=1",
+        "--eval_every=20",
+        "--checkpoint_every=1",
+    ]
 
 
 @pytest.mark.slow
@@ -344,21 +365,35 @@ def test_condense_launcher_killed_mid_run_resumes_bitwise(tmp_path):
         ckpts = workdir / "checkpoints"
         return ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
 
-    straight, crashed = _crash_and_resume(tmp_path, _condense_args, 60, ready,
-                                         "resuming from the checkpoint after iteration")
+    straight, crashed = _crash_and_resume(
+        tmp_path, _condense_args, 60, ready, "resuming from the checkpoint after iteration"
+    )
     _assert_same_synthetic(straight, crashed)
     _assert_same_results(straight, crashed, "results.json")
-    assert [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(crashed / "metrics.jsonl"))] == \
-        [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(straight / "metrics.jsonl"))]
-    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == \
-        checkpoint.read_jsonl(str(straight / "evals.jsonl"))
+    assert [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(crashed / "metrics.jsonl"))] == [
+        (m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(straight / "metrics.jsonl"))
+    ]
+    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
 
 
 def _attack_args(workdir):
-    return ["experiments/attack.py", f"--workdir={workdir}", "--target=subset", "--per_class=1",
-            "--num_models=6", "--target_pool=100", "--num_shadow=2", "--attacker_pool=100",
-            "--width=4", "--depth=1", "--epochs=2", "--attack_steps=20", "--num_resamples=5",
-            "--num_population=50", "--models_per_chunk=1"]
+    return [
+        "experiments/attack.py",
+        f"--workdir={workdir}",
+        "--target=subset",
+        "--per_class=1",
+        "--num_models=6",
+        "--target_pool=100",
+        "--num_shadow=2",
+        "--attacker_pool=100",
+        "--width=4",
+        "--depth=1",
+        "--epochs=2",
+        "--attack_steps=20",
+        "--num_resamples=5",
+        "--num_population=50",
+        "--models_per_chunk=1",
+    ]
 
 
 def _assert_same_attack_run(straight, crashed):
@@ -379,11 +414,26 @@ def test_attack_launcher_killed_after_a_chunk_resumes_bitwise(tmp_path):
 
 
 def _study_args(workdir):
-    return ["experiments/privacy_study.py", f"--workdir={workdir}", "--tier=test",
-            "--rows=original,subset", "--per_class=1", "--num_models=6", "--target_pool=120",
-            "--num_shadow=2", "--attacker_pool=100", "--num_canaries=4", "--width=4", "--depth=1",
-            "--epochs=2", "--small_epochs=2", "--attack_steps=20", "--num_resamples=5",
-            "--num_population=50", "--models_per_chunk=1"]
+    return [
+        "experiments/privacy_study.py",
+        f"--workdir={workdir}",
+        "--tier=test",
+        "--rows=original,subset",
+        "--per_class=1",
+        "--num_models=6",
+        "--target_pool=120",
+        "--num_shadow=2",
+        "--attacker_pool=100",
+        "--num_canaries=4",
+        "--width=4",
+        "--depth=1",
+        "--epochs=2",
+        "--small_epochs=2",
+        "--attack_steps=20",
+        "--num_resamples=5",
+        "--num_population=50",
+        "--models_per_chunk=1",
+    ]
 
 
 @pytest.mark.slow
@@ -391,8 +441,7 @@ def test_privacy_study_killed_after_a_row_resumes_bitwise(tmp_path):
     def ready(workdir):  # The first row finished; the second is still to run.
         return (workdir / "original" / "results.json").exists()
 
-    straight, crashed = _crash_and_resume(tmp_path, _study_args, 400, ready,
-                                         "row original: already finished")
+    straight, crashed = _crash_and_resume(tmp_path, _study_args, 400, ready, "row original: already finished")
     for row in ("original", "subset"):
         _assert_same_attack_run(straight / row, crashed / row)
     study = [checkpoint.read_json(str(w / "results.json")) for w in (straight, crashed)]

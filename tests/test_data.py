@@ -93,8 +93,10 @@ def test_missing_data_is_one_line_data_error(tfds, monkeypatch, tmp_path, where)
     assert info.value.__cause__ is cause
 
 
-@pytest.mark.skipif(not os.environ.get("TFDS_DATA_DIR"),
-                    reason="TFDS_DATA_DIR is unset; set it to a directory holding mnist/3.0.1 (CI does)")
+@pytest.mark.skipif(
+    not os.environ.get("TFDS_DATA_DIR"),
+    reason="TFDS_DATA_DIR is unset; set it to a directory holding mnist/3.0.1 (CI does)",
+)
 @pytest.mark.slow
 def test_real_mnist_train():
     if not os.path.isdir(os.path.join(os.environ["TFDS_DATA_DIR"], "mnist", "3.0.1")):

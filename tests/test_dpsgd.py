@@ -48,7 +48,7 @@ def _grads_one_by_one(fns, variables, images, labels):
 
 
 def _norm(tree):
-    return float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))
+    return float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))))
 
 
 def _clip(tree, clip):
@@ -81,13 +81,18 @@ def test_noiseless_dp_sum_is_the_clipped_sum_over_real_examples(tiny, chunk):
     variables = tiny.init(jax.random.key(2))
     config = _dp(l2_clip=0.5, noise_multiplier=0.0)
     loss, grads, stats = jax.jit(dpsgd.private_grad_sum, static_argnums=(0, 1, 5))(
-        tiny, config, variables, (images, labels, weights), jax.random.key(3), chunk)
+        tiny, config, variables, (images, labels, weights), jax.random.key(3), chunk
+    )
     real = [_clip(g, 0.5) for g in _grads_one_by_one(tiny, variables, images[:7], labels[:7])]
     expected = jax.tree.map(lambda *g: sum(g), *real)
     chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-7)
-    chex.assert_trees_all_close(loss, jnp.mean(jax.vmap(dpsgd.example_loss(tiny, variables),
-                                                        (None, 0, 0))(variables["params"], images[:7],
-                                                                      labels[:7])), rtol=1e-6)
+    chex.assert_trees_all_close(
+        loss,
+        jnp.mean(
+            jax.vmap(dpsgd.example_loss(tiny, variables), (None, 0, 0))(variables["params"], images[:7], labels[:7])
+        ),
+        rtol=1e-6,
+    )
     assert 0.0 <= float(stats["clipped_fraction"]) <= 1.0 and float(stats["mean_norm"]) > 0
 
 
@@ -100,11 +105,11 @@ def test_without_clipping_or_noise_the_dp_gradient_is_the_ordinary_gradient(tiny
     variables = tiny.init(jax.random.key(4))
     config = _dp(l2_clip=1e6, noise_multiplier=0.0)
     _, dp_sum, _ = jax.jit(dpsgd.private_grad_sum, static_argnums=(0, 1, 5))(
-        tiny, config, variables, (images, labels, weights), jax.random.key(5), 3)
+        tiny, config, variables, (images, labels, weights), jax.random.key(5), 3
+    )
     dp_grads = jax.tree.map(lambda g: g / 8, dp_sum)
     trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1), microbatch=0)
-    _, plain, _ = jax.jit(train._loss_and_grads, static_argnums=0)(trainer, variables, images, labels,
-                                                                   weights)
+    _, plain, _ = jax.jit(train._loss_and_grads, static_argnums=0)(trainer, variables, images, labels, weights)
     chex.assert_trees_all_close(dp_grads, plain, rtol=1e-4, atol=1e-7)
 
 
@@ -127,14 +132,17 @@ def test_noise_has_the_calibrated_std_and_comes_only_from_the_key(tiny):
     assert not np.array_equal(jax.tree.leaves(noisy)[0], jax.tree.leaves(other)[0])
 
 
-@pytest.mark.parametrize("n,batch,noise,epochs,delta,expected", [
-    # tensorflow/privacy, tensorflow_privacy/privacy/analysis/compute_dp_sgd_privacy_test.py,
-    # test_compute_dp_sgd_privacy 'Test0' and 'Test1' (values from the TF Privacy maintainers'
-    # dp_accounting-based RDP computation, printed to full double precision; steps =
-    # ceil(epochs * n / batch), which is epochs * ceil(n / batch) here as batch divides n).
-    (60000, 150, 1.3, 15, 1e-5, 0.7242234026109595),
-    (100000, 100, 1.0, 30, 1e-7, 1.4154988495444845),
-])
+@pytest.mark.parametrize(
+    "n,batch,noise,epochs,delta,expected",
+    [
+        # tensorflow/privacy, tensorflow_privacy/privacy/analysis/compute_dp_sgd_privacy_test.py,
+        # test_compute_dp_sgd_privacy 'Test0' and 'Test1' (values from the TF Privacy maintainers'
+        # dp_accounting-based RDP computation, printed to full double precision; steps =
+        # ceil(epochs * n / batch), which is epochs * ceil(n / batch) here as batch divides n).
+        (60000, 150, 1.3, 15, 1e-5, 0.7242234026109595),
+        (100000, 100, 1.0, 30, 1e-7, 1.4154988495444845),
+    ],
+)
 def test_rdp_epsilon_matches_published_values(n, batch, noise, epochs, delta, expected):
     q, steps = batch / n, epochs * n // batch
     assert accounting.epsilon_rdp(noise, q, steps, delta) == pytest.approx(expected, rel=1e-6)
@@ -165,8 +173,9 @@ def test_pld_epsilon_is_dp_accountings_pld_for_the_same_event():
     """Ours is exactly a direct PLDAccountant on Poisson(q, Gaussian(sigma)) composed T times."""
     sigma, q, steps, delta = 1.3, 0.05, 200, 1e-5
     direct = pld_privacy_accountant.PLDAccountant(value_discretization_interval=accounting.PLD_DISCRETIZATION)
-    direct.compose(accounting.dp_accounting.PoissonSampledDpEvent(
-        q, accounting.dp_accounting.GaussianDpEvent(sigma)), steps)
+    direct.compose(
+        accounting.dp_accounting.PoissonSampledDpEvent(q, accounting.dp_accounting.GaussianDpEvent(sigma)), steps
+    )
     assert accounting.epsilon_pld(sigma, q, steps, delta) == direct.get_epsilon(delta)
     fine = pld_privacy_accountant.PLDAccountant()  # dp_accounting's default, finer discretisation.
     fine.compose(accounting.dpsgd_event(sigma, q, steps))
@@ -192,30 +201,40 @@ def test_overflow_delta_adds_the_total_variation_term():
         accounting.overflow_delta(1e-5, 2.0, -1e-9)
 
 
-@pytest.mark.parametrize("kwargs,field", [({"l2_clip": 0.0}, "l2_clip"), ({"l2_clip": -1.0}, "l2_clip"),
-                                          ({"noise_multiplier": -0.1}, "noise_multiplier"),
-                                          ({"noise_multiplier": float("nan")}, "noise_multiplier"),
-                                          ({"num_examples": 0}, "num_examples"), ({"capacity": 2.5}, "capacity"),
-                                          ({"overflow_budget": 0.0}, "overflow_budget")])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"l2_clip": 0.0}, "l2_clip"),
+        ({"l2_clip": -1.0}, "l2_clip"),
+        ({"noise_multiplier": -0.1}, "noise_multiplier"),
+        ({"noise_multiplier": float("nan")}, "noise_multiplier"),
+        ({"num_examples": 0}, "num_examples"),
+        ({"capacity": 2.5}, "capacity"),
+        ({"overflow_budget": 0.0}, "overflow_budget"),
+    ],
+)
 def test_bad_dp_configs_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         _dp(**kwargs)
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: accounting.epsilon(1.0, 0.0, 10, 1e-5), "sample_rate"),
-    (lambda: accounting.epsilon(1.0, 1.5, 10, 1e-5), "sample_rate"),
-    (lambda: accounting.epsilon(1.0, 0.1, 0, 1e-5), "steps"),
-    (lambda: accounting.epsilon(1.0, 0.1, 10, 1.0), "delta"),
-    (lambda: accounting.epsilon(-1.0, 0.1, 10, 1e-5), "noise_multiplier"),
-    (lambda: accounting.noise_for_epsilon(0.0, 0.1, 10, 1e-5), "target_epsilon"),
-    (lambda: accounting.noise_for_epsilon(float("inf"), 0.1, 10, 1e-5), "target_epsilon"),
-    (lambda: accounting.epsilon(1.0, 0.1, 10, 1e-5, "moments"), "accountant"),
-    (lambda: dpsgd.poisson_schedule(0, 64, 1), "num_examples"),
-    (lambda: dpsgd.poisson_schedule(500, 64, 0), "epochs"),
-    (lambda: dpsgd.poisson_capacity(500, 0.1, 10, 0.0), "budget"),
-    (lambda: train.TrainConfig(dp=0.5), "dp"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: accounting.epsilon(1.0, 0.0, 10, 1e-5), "sample_rate"),
+        (lambda: accounting.epsilon(1.0, 1.5, 10, 1e-5), "sample_rate"),
+        (lambda: accounting.epsilon(1.0, 0.1, 0, 1e-5), "steps"),
+        (lambda: accounting.epsilon(1.0, 0.1, 10, 1.0), "delta"),
+        (lambda: accounting.epsilon(-1.0, 0.1, 10, 1e-5), "noise_multiplier"),
+        (lambda: accounting.noise_for_epsilon(0.0, 0.1, 10, 1e-5), "target_epsilon"),
+        (lambda: accounting.noise_for_epsilon(float("inf"), 0.1, 10, 1e-5), "target_epsilon"),
+        (lambda: accounting.epsilon(1.0, 0.1, 10, 1e-5, "moments"), "accountant"),
+        (lambda: dpsgd.poisson_schedule(0, 64, 1), "num_examples"),
+        (lambda: dpsgd.poisson_schedule(500, 64, 0), "epochs"),
+        (lambda: dpsgd.poisson_capacity(500, 0.1, 10, 0.0), "budget"),
+        (lambda: train.TrainConfig(dp=0.5), "dp"),
+    ],
+)
 def test_bad_accounting_and_train_settings_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -225,12 +244,12 @@ def test_batchnorm_networks_are_refused():
     bn = models.make_model(models.ModelConfig(name="convnet_bn", width=4, depth=1), (8, 8, 1), 4)
     images, labels = _batch(4)
     with pytest.raises(ValueError, match="BatchNorm"):
-        dpsgd.private_grad_sum(bn, _dp(), bn.init(jax.random.key(0)),
-                               (images, labels, jnp.ones(4)), jax.random.key(1))
+        dpsgd.private_grad_sum(bn, _dp(), bn.init(jax.random.key(0)), (images, labels, jnp.ones(4)), jax.random.key(1))
     config = train.TrainConfig(epochs=1, batch_size=4, dp=_dp(num_examples=4, capacity=5))
     with pytest.raises(ValueError, match="BatchNorm"):
-        train.train_from_init(bn, config, train.make_schedule(config, 4), jax.random.key(2),
-                              (images, labels, jnp.ones(4, bool)))
+        train.train_from_init(
+            bn, config, train.make_schedule(config, 4), jax.random.key(2), (images, labels, jnp.ones(4, bool))
+        )
 
 
 @pytest.mark.slow
@@ -252,8 +271,9 @@ def test_non_dp_step_is_the_unchanged_pre_dp_step(tiny):
     """dp=None takes exactly the old path: augment with ``key``, ordinary gradient, update."""
     images, labels = _batch(8)
     weights = jnp.ones(8).at[6:].set(0.0)
-    trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1),
-                            augment.get_augment("dc"), microbatch=3)
+    trainer = train.Trainer(
+        tiny, train.make_optimizer(train.TrainConfig(), 0.1), augment.get_augment("dc"), microbatch=3
+    )
     variables = tiny.init(jax.random.key(10))
     state = train.TrainState(variables, trainer.optimizer.init(variables["params"]))
     key = jax.random.key(11)
@@ -261,8 +281,7 @@ def test_non_dp_step_is_the_unchanged_pre_dp_step(tiny):
     augmented = trainer.augment(key, images)
     ref_loss, grads, _ = train._loss_and_grads(trainer, variables, augmented, labels, weights)
     updates, _ = trainer.optimizer.update(grads, state.opt_state, variables["params"])
-    chex.assert_trees_all_equal(new.variables["params"],
-                                optax.apply_updates(variables["params"], updates))
+    chex.assert_trees_all_equal(new.variables["params"], optax.apply_updates(variables["params"], updates))
     chex.assert_trees_all_equal(loss, ref_loss)
     # The DP step augments with the same key: without clipping or noise it is the same step.
     dp_trainer = trainer._replace(dp=_dp(l2_clip=1e6, noise_multiplier=0.0), dp_denominator=8.0)
@@ -315,7 +334,7 @@ def test_overflow_keeps_the_first_capacity_drawn_examples_in_pool_order():
 
 def _binomial_tail(n, q, c):
     """P(Binomial(n, q) > c), summed exactly with math.comb (independent of scipy)."""
-    return sum(math.comb(n, k) * q ** k * (1 - q) ** (n - k) for k in range(c + 1, n + 1))
+    return sum(math.comb(n, k) * q**k * (1 - q) ** (n - k) for k in range(c + 1, n + 1))
 
 
 @pytest.mark.parametrize("n,q,steps,budget", [(60, 0.2, 50, 1e-6), (565, 0.128, 313, 3.4e-12), (30, 1.0, 5, 1e-9)])
@@ -323,8 +342,9 @@ def test_capacity_is_the_smallest_size_whose_summed_tail_is_within_budget(n, q, 
     c = dpsgd.poisson_capacity(n, q, steps, budget)
     assert steps * _binomial_tail(n, q, c) <= budget * (1 + 1e-6)
     assert c == n or steps * _binomial_tail(n, q, c - 1) > budget * (1 - 1e-6)
-    assert dpsgd.overflow_probability(n, q, steps, c) == pytest.approx(steps * _binomial_tail(n, q, c), rel=1e-6,
-                                                                      abs=1e-300)
+    assert dpsgd.overflow_probability(n, q, steps, c) == pytest.approx(
+        steps * _binomial_tail(n, q, c), rel=1e-6, abs=1e-300
+    )
     assert dpsgd.overflow_probability(n, q, steps, c) <= budget
 
 
@@ -352,12 +372,13 @@ def test_padding_slots_contribute_nothing_and_the_step_divides_the_sum_by_q_time
     drawn = np.asarray(idx)[np.asarray(w) > 0]
     assert 0 < len(drawn) < 16 and len(drawn) != expected  # The sampled size is not the divisor.
     sgd = train.make_optimizer(train.TrainConfig(momentum=0.0, weight_decay=0.0), 1.0)
-    trainer = train.Trainer(tiny, sgd, microbatch=4, dp=_dp(l2_clip=0.3, noise_multiplier=0.0),
-                            dp_denominator=float(expected))
+    trainer = train.Trainer(
+        tiny, sgd, microbatch=4, dp=_dp(l2_clip=0.3, noise_multiplier=0.0), dp_denominator=float(expected)
+    )
     state = train.TrainState(variables, sgd.init(variables["params"]))
     step = jax.jit(train.train_step, static_argnums=0)
     new, _ = step(trainer, state, (images[idx], labels[idx], w), jax.random.key(6))
-    garbage = images[idx].at[len(drawn):].set(1e3)  # Padding slots hold anything: still no effect.
+    garbage = images[idx].at[len(drawn) :].set(1e3)  # Padding slots hold anything: still no effect.
     same, _ = step(trainer, state, (garbage, labels[idx], w), jax.random.key(6))
     real = [_clip(g, 0.3) for g in _grads_one_by_one(tiny, variables, images[drawn], labels[drawn])]
     expected_params = jax.tree.map(lambda p, *g: p - sum(g) / (q * 20), variables["params"], *real)
@@ -369,8 +390,9 @@ def test_padding_slots_contribute_nothing_and_the_step_divides_the_sum_by_q_time
 def test_one_compiled_dp_step_serves_every_batch_size(tiny):
     images, labels = _batch(24, seed=7)
     mask = jnp.ones(24, bool)
-    trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1), microbatch=4,
-                            dp=_dp(capacity=20), dp_denominator=6.0)
+    trainer = train.Trainer(
+        tiny, train.make_optimizer(train.TrainConfig(), 0.1), microbatch=4, dp=_dp(capacity=20), dp_denominator=6.0
+    )
     variables = tiny.init(jax.random.key(8))
     state = train.TrainState(variables, trainer.optimizer.init(variables["params"]))
 
@@ -392,8 +414,9 @@ def test_one_compiled_dp_step_serves_every_batch_size(tiny):
 def test_an_empty_poisson_batch_still_takes_a_noisy_step(tiny):
     """Skipping it would reveal that no example was drawn; the accountant analyses a noise-only step."""
     images, labels = _batch(8)
-    trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1), dp=_dp(noise_multiplier=1.0),
-                            dp_denominator=4.0)
+    trainer = train.Trainer(
+        tiny, train.make_optimizer(train.TrainConfig(), 0.1), dp=_dp(noise_multiplier=1.0), dp_denominator=4.0
+    )
     variables = tiny.init(jax.random.key(9))
     state = train.TrainState(variables, trainer.optimizer.init(variables["params"]))
     new, _ = train.train_step(trainer, state, (images, labels, jnp.zeros(8)), jax.random.key(10))
@@ -405,15 +428,17 @@ def test_dp_training_runs_round_epochs_over_q_steps_in_two_phases(tiny, monkeypa
     """train_from_init runs round(epochs * n / B) Poisson steps: half at lr, half at lr / 10."""
     plans, traces = [], []
     run, sample = train.run_poisson_steps, dpsgd.poisson_batch
-    monkeypatch.setattr(train, "run_poisson_steps", lambda trainer, plan, *a: plans.append(plan) or run(
-        trainer, plan, *a))
+    monkeypatch.setattr(
+        train, "run_poisson_steps", lambda trainer, plan, *a: plans.append(plan) or run(trainer, plan, *a)
+    )
     monkeypatch.setattr(dpsgd, "poisson_batch", lambda *a: traces.append(1) or sample(*a))
     images, labels = _batch(24)
     config = train.TrainConfig(epochs=3, batch_size=7, dp=_dp(capacity=24))
     q, steps, _ = dpsgd.poisson_schedule(24, 7, 3)
     assert steps == 10  # round(3 * 24 / 7) = round(10.29).
-    _, losses = train.train_from_init(tiny, config, train.make_schedule(config, 24), jax.random.key(2),
-                                      (images, labels, jnp.ones(24, bool)))
+    _, losses = train.train_from_init(
+        tiny, config, train.make_schedule(config, 24), jax.random.key(2), (images, labels, jnp.ones(24, bool))
+    )
     assert plans == [train.PoissonPlan(q, 24, 5, 1), train.PoissonPlan(q, 24, 5, 2)]
     assert len(traces) == 2  # One trace of the scan body per phase, whatever the number of steps.
     chex.assert_shape(losses, (3,))  # Per expected epoch.
@@ -421,18 +446,44 @@ def test_dp_training_runs_round_epochs_over_q_steps_in_two_phases(tiny, monkeypa
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TUNE = ["experiments/dp_tune.py", "--target_pool=20", "--attacker_pool=20", "--private_size=30", "--val_size=40",
-         "--width=4", "--depth=1", "--batch_sizes=10", "--dp_epochs=1", "--lrs=0.1", "--epsilons=8,2"]
+_TUNE = [
+    "experiments/dp_tune.py",
+    "--target_pool=20",
+    "--attacker_pool=20",
+    "--private_size=30",
+    "--val_size=40",
+    "--width=4",
+    "--depth=1",
+    "--batch_sizes=10",
+    "--dp_epochs=1",
+    "--lrs=0.1",
+    "--epsilons=8,2",
+]
 
 
 def _launch(args, mock_examples):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mock_launch.py"), str(mock_examples)] + args,
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "mock_launch.py"), str(mock_examples)] + args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
-@pytest.mark.parametrize("flag,value", [("lrs", "0.1,-1"), ("batch_sizes", "0"), ("epsilons", "inf"),
-                                        ("dp_delta", "1"), ("val_size", "0"), ("private_size", "200")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("lrs", "0.1,-1"),
+        ("batch_sizes", "0"),
+        ("epsilons", "inf"),
+        ("dp_delta", "1"),
+        ("val_size", "0"),
+        ("private_size", "200"),
+    ],
+)
 @pytest.mark.slow
 def test_dp_tune_rejects_bad_flags_before_writing(tmp_path, flag, value):
     proc = _launch(_TUNE + [f"--workdir={tmp_path}/w", f"--{flag}={value}"], 120)

@@ -130,8 +130,9 @@ def test_crop_is_integer_shift_with_zero_padding(gray):
         for dy in range(-s, s + 1):
             for dx in range(-s, s + 1):
                 ref = np.zeros_like(x[i])
-                ref[max(dy, 0):12 + min(dy, 0), max(dx, 0):12 + min(dx, 0)] = \
-                    x[i, max(-dy, 0):12 - max(dy, 0), max(-dx, 0):12 - max(dx, 0)]
+                ref[max(dy, 0) : 12 + min(dy, 0), max(dx, 0) : 12 + min(dx, 0)] = x[
+                    i, max(-dy, 0) : 12 - max(dy, 0), max(-dx, 0) : 12 - max(dx, 0)
+                ]
                 matches.append(np.array_equal(out[i], ref))
         assert any(matches)
 
@@ -180,11 +181,22 @@ def test_none_strategy_is_identity(gray):
     np.testing.assert_array_equal(dsa.dsa_augment(jax.random.PRNGKey(19), gray, "none"), gray)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("scale", 0.9), ("rotate_degrees", -1.0), ("crop", 1.0), ("crop", -0.1), ("cutout", 1.5),
-    ("brightness", -0.1), ("saturation", -1.0), ("contrast", 1.5), ("scale", float("nan")), ("param_mode", "pixel"),
-    ("select", "some"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("scale", 0.9),
+        ("rotate_degrees", -1.0),
+        ("crop", 1.0),
+        ("crop", -0.1),
+        ("cutout", 1.5),
+        ("brightness", -0.1),
+        ("saturation", -1.0),
+        ("contrast", 1.5),
+        ("scale", float("nan")),
+        ("param_mode", "pixel"),
+        ("select", "some"),
+    ],
+)
 def test_params_validation(field, value):
     with pytest.raises(ValueError, match=field):
         dsa.DSAParams(**{field: value})

@@ -15,8 +15,7 @@ def _run(args, mock_examples=None, timeout=600):
     if mock_examples is not None:
         cmd += [os.path.join(ROOT, "tests", "mock_launch.py"), str(mock_examples)]
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _error_line(proc):
@@ -24,14 +23,17 @@ def _error_line(proc):
     return lines[-1] if lines else proc.stderr
 
 
-@pytest.mark.parametrize("args,flag", [
-    (["--ipc=0"], "ipc"),
-    (["--distance=l1"], "distance"),
-    (["--init=zeros"], "init"),
-    (["--num_eval=0"], "num_eval"),
-    (["--method=kip"], "method"),
-    (["--method=dsa", "--dsa_strategy=color_warp"], "dsa_strategy"),
-])
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["--ipc=0"], "ipc"),
+        (["--distance=l1"], "distance"),
+        (["--init=zeros"], "init"),
+        (["--num_eval=0"], "num_eval"),
+        (["--method=kip"], "method"),
+        (["--method=dsa", "--dsa_strategy=color_warp"], "dsa_strategy"),
+    ],
+)
 @pytest.mark.slow
 def test_condense_rejects_bad_flags(tmp_path, args, flag):
     proc = _run(["experiments/condense.py", f"--workdir={tmp_path}/w"] + args)
@@ -56,17 +58,29 @@ def test_unknown_dataset_names_itself(tmp_path):
 
 @pytest.mark.slow
 def test_batch_real_larger_than_smallest_class_is_rejected(tmp_path):
-    proc = _run(["experiments/condense.py", f"--workdir={tmp_path}/w", "--batch_real=1000",
-                 "--width=8", "--depth=1"], mock_examples=100)
+    proc = _run(
+        ["experiments/condense.py", f"--workdir={tmp_path}/w", "--batch_real=1000", "--width=8", "--depth=1"],
+        mock_examples=100,
+    )
     assert proc.returncode != 0 and "batch_real" in _error_line(proc), proc.stderr[-2000:]
 
 
 @pytest.mark.slow
 def test_condense_launcher_runs_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "dc"
-    args = ["experiments/condense.py", f"--workdir={workdir}", "--ipc=1", "--iterations=2",
-            "--width=8", "--depth=1", "--batch_real=2", "--num_eval=2", "--eval_epochs=2",
-            "--eval_every=1", "--init=real"]
+    args = [
+        "experiments/condense.py",
+        f"--workdir={workdir}",
+        "--ipc=1",
+        "--iterations=2",
+        "--width=8",
+        "--depth=1",
+        "--batch_real=2",
+        "--num_eval=2",
+        "--eval_epochs=2",
+        "--eval_every=1",
+        "--init=real",
+    ]
     proc = _run(args, mock_examples=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test accuracy" in proc.stdout
@@ -82,9 +96,24 @@ def test_condense_launcher_runs_end_to_end_on_mock_data(tmp_path):
 @pytest.mark.slow
 def test_dm_launcher_takes_the_method_defaults_and_writes_the_same_outputs(tmp_path):
     workdir = tmp_path / "dm"
-    proc = _run(["experiments/condense.py", f"--workdir={workdir}", "--method=dm", "--ipc=1", "--iterations=2",
-                 "--width=4", "--depth=1", "--batch_real=2", "--num_eval=1", "--eval_epochs=1", "--eval_every=0",
-                 "--dsa_strategy=crop", "--noeval_baseline"], mock_examples=60)
+    proc = _run(
+        [
+            "experiments/condense.py",
+            f"--workdir={workdir}",
+            "--method=dm",
+            "--ipc=1",
+            "--iterations=2",
+            "--width=4",
+            "--depth=1",
+            "--batch_real=2",
+            "--num_eval=1",
+            "--eval_epochs=1",
+            "--eval_every=0",
+            "--dsa_strategy=crop",
+            "--noeval_baseline",
+        ],
+        mock_examples=60,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dm condensed mnist" in proc.stdout
     results = json.loads((workdir / "results.json").read_text())
@@ -98,25 +127,45 @@ def test_dm_launcher_takes_the_method_defaults_and_writes_the_same_outputs(tmp_p
 @pytest.mark.slow
 def test_train_launcher_on_a_synthetic_set(tmp_path):
     import numpy as np
+
     npz = tmp_path / "syn.npz"
-    np.savez(npz, images=np.zeros((10, 28, 28, 1), np.float32),
-             labels=np.arange(10, dtype=np.int32))
-    proc = _run(["experiments/train.py", f"--workdir={tmp_path}/t", "--source=synthetic",
-                 f"--synthetic={npz}", "--num_models=2", "--epochs=1", "--width=8",
-                 "--depth=1"], mock_examples=50)
+    np.savez(npz, images=np.zeros((10, 28, 28, 1), np.float32), labels=np.arange(10, dtype=np.int32))
+    proc = _run(
+        [
+            "experiments/train.py",
+            f"--workdir={tmp_path}/t",
+            "--source=synthetic",
+            f"--synthetic={npz}",
+            "--num_models=2",
+            "--epochs=1",
+            "--width=8",
+            "--depth=1",
+        ],
+        mock_examples=50,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "t" / "results.json").read_text())
     assert len(results["accuracies"]) == 2
-    bad = _run(["experiments/train.py", f"--workdir={tmp_path}/u", "--source=synthetic",
-                f"--synthetic={tmp_path}/missing.npz"], mock_examples=50)
+    bad = _run(
+        [
+            "experiments/train.py",
+            f"--workdir={tmp_path}/u",
+            "--source=synthetic",
+            f"--synthetic={tmp_path}/missing.npz",
+        ],
+        mock_examples=50,
+    )
     assert bad.returncode != 0 and "synthetic" in _error_line(bad)
 
 
-@pytest.mark.parametrize("args,flag", [
-    (["--num_models=5"], "num_models"),
-    (["--num_queries=20"], "num_queries"),
-    (["--target=condense", "--ipc=0"], "ipc"),
-])
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["--num_models=5"], "num_models"),
+        (["--num_queries=20"], "num_queries"),
+        (["--target=condense", "--ipc=0"], "ipc"),
+    ],
+)
 @pytest.mark.slow
 def test_attack_rejects_bad_flags(tmp_path, args, flag):
     proc = _run(["experiments/attack.py", f"--workdir={tmp_path}/w"] + args)
@@ -128,10 +177,22 @@ def test_attack_rejects_bad_flags(tmp_path, args, flag):
 @pytest.mark.slow
 def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "mia"
-    args = ["experiments/attack.py", f"--workdir={workdir}", "--target=subset", "--per_class=1",
-            "--num_models=6", "--target_pool=100", "--num_shadow=2", "--attacker_pool=100",
-            "--width=4", "--depth=1", "--epochs=2", "--attack_steps=20", "--num_resamples=5",
-            "--num_population=50"]
+    args = [
+        "experiments/attack.py",
+        f"--workdir={workdir}",
+        "--target=subset",
+        "--per_class=1",
+        "--num_models=6",
+        "--target_pool=100",
+        "--num_shadow=2",
+        "--attacker_pool=100",
+        "--width=4",
+        "--depth=1",
+        "--epochs=2",
+        "--attack_steps=20",
+        "--num_resamples=5",
+        "--num_population=50",
+    ]
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Shokri attack accuracy" in proc.stdout and "lira_recipe_online" in proc.stdout
@@ -144,16 +205,28 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     again = _run(["experiments/attack.py", f"--workdir={workdir}", "--report_only"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((workdir / "results.json").read_text())["attacks"] == results["attacks"]
-    too_big = _run(["experiments/attack.py", f"--workdir={tmp_path}/big", "--target_pool=300",
-                    "--attacker_pool=300", "--width=4", "--depth=1"], mock_examples=400)
+    too_big = _run(
+        [
+            "experiments/attack.py",
+            f"--workdir={tmp_path}/big",
+            "--target_pool=300",
+            "--attacker_pool=300",
+            "--width=4",
+            "--depth=1",
+        ],
+        mock_examples=400,
+    )
     assert too_big.returncode != 0 and "target_pool" in _error_line(too_big)
 
 
-@pytest.mark.parametrize("args,flag", [
-    (["--dp_delta=1.5"], "--dp_delta"),
-    (["--dp_clip=0"], "--dp_clip"),
-    (["--rows=original,dpsgd_eps3"], "--rows"),
-])
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["--dp_delta=1.5"], "--dp_delta"),
+        (["--dp_clip=0"], "--dp_clip"),
+        (["--rows=original,dpsgd_eps3"], "--rows"),
+    ],
+)
 @pytest.mark.slow
 def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
     proc = _run(["experiments/privacy_study.py", f"--workdir={tmp_path}/w"] + args)
@@ -164,11 +237,29 @@ def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
 @pytest.mark.slow
 def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "study"
-    args = ["experiments/privacy_study.py", f"--workdir={workdir}", "--tier=test", "--per_class=1",
-            "--num_models=6", "--target_pool=120", "--num_shadow=2", "--attacker_pool=100",
-            "--num_canaries=4", "--width=4", "--depth=1", "--epochs=2", "--small_epochs=2",
-            "--ipc=1", "--iterations=1", "--batch_real=1", "--outer_loop=2", "--inner_loop=1",
-            "--attack_steps=20", "--num_resamples=5", "--num_population=50"]
+    args = [
+        "experiments/privacy_study.py",
+        f"--workdir={workdir}",
+        "--tier=test",
+        "--per_class=1",
+        "--num_models=6",
+        "--target_pool=120",
+        "--num_shadow=2",
+        "--attacker_pool=100",
+        "--num_canaries=4",
+        "--width=4",
+        "--depth=1",
+        "--epochs=2",
+        "--small_epochs=2",
+        "--ipc=1",
+        "--iterations=1",
+        "--batch_real=1",
+        "--outer_loop=2",
+        "--inner_loop=1",
+        "--attack_steps=20",
+        "--num_resamples=5",
+        "--num_population=50",
+    ]
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
@@ -177,8 +268,16 @@ def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     # Small sets train with the reference augmentation, the original data without.
     assert results["config"]["train_small"]["augment"] == "dc"
     assert results["config"]["train_original"]["augment"] == "none"
-    for name in ("RESULTS.md", "privacy_accuracy.png", "roc_targets.png", "synthetic_dc_noise.png",
-                 "synthetic_dc_real.png", "original/roc.png", "dc_real/attack_data.npz", "dc_real/trials.npz"):
+    for name in (
+        "RESULTS.md",
+        "privacy_accuracy.png",
+        "roc_targets.png",
+        "synthetic_dc_noise.png",
+        "synthetic_dc_real.png",
+        "original/roc.png",
+        "dc_real/attack_data.npz",
+        "dc_real/trials.npz",
+    ):
         assert (workdir / name).exists(), name
     dc_real = results["rows"][3]
     assert dc_real["strongest"]["release"]["attack"].startswith("nearest_synthetic")

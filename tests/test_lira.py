@@ -35,10 +35,12 @@ def test_half_split_mask():
     for n in (1, 10, 11):
         mask = masks.half_split_mask(jax.random.key(2), n)
         assert mask.shape == (n,) and mask.sum() == n // 2
-    np.testing.assert_array_equal(masks.half_split_mask(jax.random.key(3), 50),
-                                  masks.half_split_mask(jax.random.key(3), 50))
-    assert not np.array_equal(masks.half_split_mask(jax.random.key(3), 50),
-                              masks.half_split_mask(jax.random.key(4), 50))
+    np.testing.assert_array_equal(
+        masks.half_split_mask(jax.random.key(3), 50), masks.half_split_mask(jax.random.key(3), 50)
+    )
+    assert not np.array_equal(
+        masks.half_split_mask(jax.random.key(3), 50), masks.half_split_mask(jax.random.key(4), 50)
+    )
 
 
 def _normal(seed: int, shape) -> np.ndarray:
@@ -137,8 +139,9 @@ def test_fit_gaussians_median_and_pooled_std():
     pooled_in = np.sqrt(np.sum(np.concatenate(resid) ** 2) / dof)
     np.testing.assert_allclose(fit.std_in, pooled_in)
     per_example = lira.fit_gaussians(scores, keep, fixed_variance=False)
-    np.testing.assert_allclose(per_example.std_out[:, 0],
-                               [np.std(scores[~keep[:, n], n, 0], ddof=1) for n in range(30)])
+    np.testing.assert_allclose(
+        per_example.std_out[:, 0], [np.std(scores[~keep[:, n], n, 0], ddof=1) for n in range(30)]
+    )
 
 
 def test_target_excluded_from_its_own_shadows():
@@ -196,8 +199,9 @@ def test_nan_shadow_scores_are_missing():
     holed[5, :, 1] = np.nan  # one NaN query drops the whole (model, example) pair
     dropped = np.delete(scores, [2, 5], 0)
     for attack in ATTACKS.values():
-        np.testing.assert_allclose(attack(scores[0], holed[1:], keep[1:]),
-                                   attack(scores[0], dropped[1:], np.delete(keep, [2, 5], 0)[1:]))
+        np.testing.assert_allclose(
+            attack(scores[0], holed[1:], keep[1:]), attack(scores[0], dropped[1:], np.delete(keep, [2, 5], 0)[1:])
+        )
 
 
 def test_examples_missing_in_or_out_stay_finite():
@@ -216,8 +220,9 @@ def test_examples_missing_in_or_out_stay_finite():
 def test_single_query_inputs_may_drop_the_query_axis():
     scores, keep = _synthetic(7, shift=1.0, num_models=8, num_examples=20, num_queries=1)
     for attack in ATTACKS.values():
-        np.testing.assert_allclose(attack(scores[0, :, 0], scores[1:, :, 0], keep[1:]),
-                                   attack(scores[0], scores[1:], keep[1:]))
+        np.testing.assert_allclose(
+            attack(scores[0, :, 0], scores[1:, :, 0], keep[1:]), attack(scores[0], scores[1:], keep[1:])
+        )
 
 
 def test_identical_shadow_scores_give_finite_scores():
@@ -245,13 +250,21 @@ def test_bad_shadow_inputs_raise():
 
 # ---------------------------------------------------------------- recipe-aware LiRA
 
-PLAIN = {"online": functools.partial(lira.lira_online, fixed_variance=True),
-         "offline": functools.partial(lira.lira_offline, fixed_variance=True)}
+PLAIN = {
+    "online": functools.partial(lira.lira_online, fixed_variance=True),
+    "offline": functools.partial(lira.lira_offline, fixed_variance=True),
+}
 RECIPE = {"online": lira.lira_recipe_online, "offline": lira.lira_recipe_offline}
 
 
-def _subset_recipe(seed: int, shift: float, used_fraction: float = 0.2, num_models: int = 8,
-                   num_examples: int = 1000, num_queries: int = 2):
+def _subset_recipe(
+    seed: int,
+    shift: float,
+    used_fraction: float = 0.2,
+    num_models: int = 8,
+    num_examples: int = 1000,
+    num_queries: int = 2,
+):
     """(phi [M, N, Q], keep, used): a subset recipe, each member used as pixels with probability used_fraction;
     only used members shift by ``shift`` std (the in-unused ones are distributed exactly like non-members)."""
     keep = masks.lira_keep_masks(jax.random.key(seed), num_models, num_examples)

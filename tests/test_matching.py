@@ -31,16 +31,20 @@ def _reference_ours(gs, gr):
 
 def _random_grads(seed):
     rng = np.random.default_rng(seed)  # Test data only; the library never uses NumPy RNG.
-    shapes = {"conv": {"kernel": (3, 3, 4, 8), "bias": (8,)},
-              "dense": {"kernel": (32, 10), "bias": (10,)}, "norm": {"scale": (8,)}}
-    return jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32), shapes,
-                        is_leaf=lambda s: isinstance(s, tuple))
+    shapes = {
+        "conv": {"kernel": (3, 3, 4, 8), "bias": (8,)},
+        "dense": {"kernel": (32, 10), "bias": (10,)},
+        "norm": {"scale": (8,)},
+    }
+    return jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32), shapes, is_leaf=lambda s: isinstance(s, tuple))
 
 
 def test_ours_matches_pytorch_layout_formula():
     gs, gr = _random_grads(0), _random_grads(1)
-    expected = sum(_reference_ours(_torch_layout(np.asarray(a)), _torch_layout(np.asarray(b)))
-                   for a, b in zip(jax.tree.leaves(gs), jax.tree.leaves(gr)))
+    expected = sum(
+        _reference_ours(_torch_layout(np.asarray(a)), _torch_layout(np.asarray(b)))
+        for a, b in zip(jax.tree.leaves(gs), jax.tree.leaves(gr))
+    )
     got = matching.gradient_distance(gs, gr, "ours")
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
@@ -65,8 +69,7 @@ def test_mse_and_cos_match_flattened_formulas():
     gs, gr = _random_grads(5), _random_grads(6)
     a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(gs)])
     b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(gr)])
-    np.testing.assert_allclose(matching.gradient_distance(gs, gr, "mse"), np.sum((a - b) ** 2),
-                               rtol=1e-5)
+    np.testing.assert_allclose(matching.gradient_distance(gs, gr, "mse"), np.sum((a - b) ** 2), rtol=1e-5)
     cos = 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-6)
     np.testing.assert_allclose(matching.gradient_distance(gs, gr, "cos"), cos, rtol=1e-5)
 

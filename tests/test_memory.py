@@ -15,8 +15,9 @@ from dcjax.privacy import attack_run, bank, shokri, study
 
 K, SHAPE = 3, (8, 8, 1)
 TINY = models.ModelConfig(width=8, depth=2)
-SMALL = condense.CondenseConfig(ipc=2, iterations=3, outer_loop=3, inner_loop=2, batch_real=4, batch_train=4,
-                                init="real", class_strategy="map")
+SMALL = condense.CondenseConfig(
+    ipc=2, iterations=3, outer_loop=3, inner_loop=2, batch_real=4, batch_train=4, init="real", class_strategy="map"
+)
 # XLA's buffers vs the analytic estimate: the stated accuracy of dcjax.memory.
 LOW, HIGH = 0.5, 3.0
 
@@ -44,8 +45,9 @@ def _specs(tree):
 def test_an_absurd_condensation_is_refused_at_once_before_anything_is_written(tmp_path):
     # The launcher's --ipc=100000 on MNIST with the paper's ConvNet-128 (noise init): XLA asked for 6.2 TiB.
     mnist = models.make_model(models.ModelConfig(), (28, 28, 1), 10)
-    config = condense_run.RunConfig(condense=condense.CondenseConfig(ipc=100000, iterations=1), eval_every=0,
-                                    eval_baseline=False)
+    config = condense_run.RunConfig(
+        condense=condense.CondenseConfig(ipc=100000, iterations=1), eval_every=0, eval_baseline=False
+    )
     train, test = _dataset(3000, (28, 28, 1), 10), _dataset(100, (28, 28, 1), 10)
     workdir = tmp_path / "run"
     tic = time.perf_counter()
@@ -86,17 +88,28 @@ def test_small_runs_pass_every_check(fns):
     train, test = _dataset(60), _dataset(20)
     memory.check_condensation(condense_run.RunConfig(condense=SMALL), fns, train, test)
     attack = attack_run.AttackRunConfig(
-        model=TINY, train=train_lib.TrainConfig(epochs=2, batch_size=8), num_models=6, target_pool=20,
-        num_shadow=2, attacker_pool=20, num_population=10, attack=shokri.AttackConfig(hidden=4, steps=3),
-        recipe=bank.Recipe("condense", condense=SMALL))
+        model=TINY,
+        train=train_lib.TrainConfig(epochs=2, batch_size=8),
+        num_models=6,
+        target_pool=20,
+        num_shadow=2,
+        attacker_pool=20,
+        num_population=10,
+        attack=shokri.AttackConfig(hidden=4, steps=3),
+        recipe=bank.Recipe("condense", condense=SMALL),
+    )
     memory.check_attack_run(attack, fns, train, test)
 
 
 def test_a_study_row_that_cannot_fit_is_refused_before_the_workdir_is_written(fns, tmp_path):
-    attack = dataclasses.replace(study.StudyConfig().attack, num_models=6, num_shadow=2, target_pool=60,
-                                 attacker_pool=60, num_population=10)
-    config = study.StudyConfig(attack=attack, rows=("original", "dc_noise"),
-                               condense=dataclasses.replace(SMALL, ipc=10**7, init="noise", batch_real=2))
+    attack = dataclasses.replace(
+        study.StudyConfig().attack, num_models=6, num_shadow=2, target_pool=60, attacker_pool=60, num_population=10
+    )
+    config = study.StudyConfig(
+        attack=attack,
+        rows=("original", "dc_noise"),
+        condense=dataclasses.replace(SMALL, ipc=10**7, init="noise", batch_real=2),
+    )
     with pytest.raises(ValueError, match="row dc_noise .*lower --ipc"):
         study.run_study(config, fns, (_dataset(150), _dataset(20)), str(tmp_path / "study"), {})
     assert not (tmp_path / "study").exists()
@@ -128,8 +141,12 @@ def test_the_bank_chunk_training_estimate_is_near_xla_s_buffers(fns):
         one = lambda a: train_lib.train_from_init(fns, config, schedule, a[0], (images, labels, a[1]))  # noqa
         return engine.map_models(one, "map", (keys, masks))
 
-    args = (jax.random.split(jax.random.key(0), count), jnp.zeros((pool, *SHAPE)), jnp.zeros((pool,), jnp.int32),
-            jnp.ones((count, pool), bool))
+    args = (
+        jax.random.split(jax.random.key(0), count),
+        jnp.zeros((pool, *SHAPE)),
+        jnp.zeros((pool,), jnp.int32),
+        jnp.ones((count, pool), bool),
+    )
     xla = _xla_bytes(jax.jit(train_chunk).lower(*_specs(args)).compile())
     estimate = memory.training_estimate(fns, config, SHAPE, pool, memory.Bank(count, 1, "--models_per_chunk"), 0)
     assert LOW <= estimate.total / xla <= HIGH, (estimate, xla)

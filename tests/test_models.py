@@ -14,8 +14,7 @@ from dcjax.models import MODEL_NAMES, ModelConfig, count_params, make_model
 
 MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
 # Classifier input sizes of each architecture for both image shapes (docs/protocol.md section 2).
-EMBED_DIMS = {"convnet": 2048, "mlp": 128, "lenet": 84, "alexnet": 3072, "vgg11": 512,
-              "resnet18": 512}
+EMBED_DIMS = {"convnet": 2048, "mlp": 128, "lenet": 84, "alexnet": 3072, "vgg11": 512, "resnet18": 512}
 
 
 @functools.cache
@@ -85,8 +84,7 @@ def test_cifar_convnet_shapes():
     m = make_model(ModelConfig(), CIFAR, 100)
     variables = m.init(jax.random.key(0))
     assert m.num_params == count_params(variables["params"]) == 320_010 + 2048 * 90 + 90
-    logits, feats = jax.jit(lambda v, x: (m.apply(v, x), m.embed(v, x)))(variables,
-                                                                          _images(2, CIFAR))
+    logits, feats = jax.jit(lambda v, x: (m.apply(v, x), m.embed(v, x)))(variables, _images(2, CIFAR))
     chex.assert_shape(logits, (2, 100))
     chex.assert_shape(feats, (2, 2048))
 
@@ -163,8 +161,7 @@ def test_layer_initializers_match_fast_init(scheme):
     fan_in = 3 * 3 * 64
     expected_std = 1 / math.sqrt(3 * fan_in) if scheme == "reference" else 1 / math.sqrt(fan_in)
     assert abs(float(kernel.std()) / expected_std - 1) < 0.02
-    dense = jax.jit(models.Dense(5, weight_init=scheme).init)(jax.random.key(0),
-                                                             jnp.zeros((1, 100)))
+    dense = jax.jit(models.Dense(5, weight_init=scheme).init)(jax.random.key(0), jnp.zeros((1, 100)))
     bias = dense["params"]["bias"]
     if scheme == "reference":
         assert 0 < float(jnp.abs(bias).max()) <= 0.1
@@ -175,8 +172,7 @@ def test_layer_initializers_match_fast_init(scheme):
 # ----------------------------------------------------------------- im2col vs lax.conv
 
 
-@pytest.mark.parametrize("k,stride,padding,size", [
-    (3, 1, 3, 7), (3, 2, 1, 9), (1, 2, 0, 8), (5, 1, 4, 6)])
+@pytest.mark.parametrize("k,stride,padding,size", [(3, 1, 3, 7), (3, 2, 1, 9), (1, 2, 0, 8), (5, 1, 4, 6)])
 @pytest.mark.slow
 def test_conv_im2col_matches_lax(k, stride, padding, size):
     x = _images(2, (size, size, 3))
@@ -187,14 +183,15 @@ def test_conv_im2col_matches_lax(k, stride, padding, size):
         f = lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, padding)))
         return conv(x, w, stride, padding), jax.grad(f, (0, 1))(x, w)
 
-    _assert_close_rel(*[value_and_grads(conv, x, kernel)
-                        for conv in (models.conv_im2col, models.conv_lax)], tol=1e-5)
+    _assert_close_rel(*[value_and_grads(conv, x, kernel) for conv in (models.conv_im2col, models.conv_lax)], tol=1e-5)
 
 
 def _value_and_grads(apply, variables, x, labels):
     """(logits, d CE / d params, d CE / d x) for one model."""
+
     def loss(params, x):
         return _ce(apply({**variables, "params": params}, x), labels)
+
     grads = jax.grad(loss, (0, 1))(variables["params"], x)
     return apply(variables, x), grads
 
@@ -203,9 +200,10 @@ def _value_and_grads(apply, variables, x, labels):
 def test_im2col_matches_lax_convnet():
     x, labels = _images(4), jnp.arange(4) % 10
     variables = _model().init(jax.random.key(0))
-    out = [jax.jit(_value_and_grads, static_argnums=0)(_model(conv_impl=impl).apply,
-                                                       variables, x, labels)
-           for impl in ("im2col", "lax")]
+    out = [
+        jax.jit(_value_and_grads, static_argnums=0)(_model(conv_impl=impl).apply, variables, x, labels)
+        for impl in ("im2col", "lax")
+    ]
     _assert_close_rel(*out)
 
 
@@ -224,8 +222,7 @@ def test_im2col_matches_lax_resnet_stride2_block():
         f = lambda p, x: jnp.sum(jnp.tanh(_block(impl).apply({"params": p}, x)))
         return f(variables["params"], x), jax.grad(f, (0, 1))(variables["params"], x)
 
-    out = [jax.jit(value_and_grads, static_argnums=0)(impl, variables, x)
-           for impl in ("im2col", "lax")]
+    out = [jax.jit(value_and_grads, static_argnums=0)(impl, variables, x) for impl in ("im2col", "lax")]
     _assert_close_rel(*out)
 
 
@@ -235,8 +232,10 @@ def test_im2col_matches_lax_under_vmap_over_param_sets():
     fns = {impl: _model(width=32, conv_impl=impl) for impl in ("im2col", "lax")}
     stacked = jax.vmap(fns["lax"].init)(jax.random.split(jax.random.key(0), 2))
     xs, labels = _images(6).reshape(2, 3, *MNIST), (jnp.arange(6) % 10).reshape(2, 3)
-    out = {impl: jax.jit(jax.vmap(functools.partial(_value_and_grads, f.apply)))(
-        stacked, xs, labels) for impl, f in fns.items()}
+    out = {
+        impl: jax.jit(jax.vmap(functools.partial(_value_and_grads, f.apply)))(stacked, xs, labels)
+        for impl, f in fns.items()
+    }
     _assert_close_rel(out["im2col"], out["lax"])
     # Each model really used its own parameters and batch.
     assert not np.allclose(out["lax"][0][0], out["lax"][0][1])
@@ -301,13 +300,12 @@ _VARIANTS = [(_NORMS[i % 5], _ACTS[i % 4], _POOLS[i % 3], 1 + i % 4) for i in ra
 @pytest.mark.parametrize("norm,activation,pooling,depth", _VARIANTS)
 @pytest.mark.slow
 def test_convnet_variant_runs(norm, activation, pooling, depth):
-    m = _model(width=32, depth=depth, norm=norm, activation=activation, pooling=pooling,
-               conv_impl="lax")
+    m = _model(width=32, depth=depth, norm=norm, activation=activation, pooling=pooling, conv_impl="lax")
     variables = m.init(jax.random.key(0))
     logits, _ = jax.jit(m.apply_train)(variables, _images(2))
     chex.assert_shape(logits, (2, 10))
     chex.assert_tree_all_finite(logits)
-    side = 32 // 2 ** depth if pooling != "none" else 32
+    side = 32 // 2**depth if pooling != "none" else 32
     assert m.num_params == count_params(variables["params"])
     chex.assert_shape(variables["params"]["classifier"]["kernel"], (side * side * 32, 10))
 
@@ -320,7 +318,7 @@ def test_convnet_variant_shapes(norm, pooling, depth):
     """Every norm x pooling x depth traces (shapes only: no compile)."""
     m = make_model(ModelConfig(width=32, depth=depth, norm=norm, pooling=pooling), MNIST, 10)
     variables = jax.eval_shape(m.init, jax.random.key(0))
-    side = 32 // 2 ** depth if pooling != "none" else 32
+    side = 32 // 2**depth if pooling != "none" else 32
     chex.assert_shape(jax.eval_shape(m.embed, variables, _images(2)), (2, side * side * 32))
     if norm == "layernorm":  # torch LayerNorm([C, H, W]): elementwise affine per position
         chex.assert_shape(variables["params"]["norm0"]["scale"], (32, 32, 32))
@@ -330,10 +328,19 @@ def test_convnet_variant_shapes(norm, pooling, depth):
 # ------------------------------------------------------------------------ bad config
 
 
-@pytest.mark.parametrize("field,value", [
-    ("name", "resnet50"), ("norm", "weightnorm"), ("activation", "gelu"),
-    ("pooling", "avg"), ("init", "kaiming"), ("conv_impl", "winograd"), ("width", 0),
-    ("depth", -1)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("name", "resnet50"),
+        ("norm", "weightnorm"),
+        ("activation", "gelu"),
+        ("pooling", "avg"),
+        ("init", "kaiming"),
+        ("conv_impl", "winograd"),
+        ("width", 0),
+        ("depth", -1),
+    ],
+)
 def test_bad_config_raises(field, value):
     with pytest.raises(ValueError, match=repr(value)):
         make_model(ModelConfig(**{field: value}), MNIST, 10)

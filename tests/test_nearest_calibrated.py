@@ -27,8 +27,9 @@ def _planted_study(seed: int, num_models: int = 8, num_planted: int = 60, num_du
     keep = masks.lira_keep_masks(jax.random.key(seed + 1), num_models, n)
     noise = _normal(seed + 2, (num_models, n) + SHAPE)
     filler = _normal(seed + 3, (num_models, num_planted) + SHAPE)
-    planted = np.where(keep[:, :num_planted, None, None, None], pool[:num_planted] + 0.3 * noise[:, :num_planted],
-                       filler)
+    planted = np.where(
+        keep[:, :num_planted, None, None, None], pool[:num_planted] + 0.3 * noise[:, :num_planted], filler
+    )
     duplicates = pool[num_planted:] + 0.05 * noise[:, num_planted:]
     return np.concatenate([planted, duplicates], axis=1), pool, keep
 

@@ -152,8 +152,10 @@ def test_log_log_roc_points():
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
 
 
-@pytest.mark.parametrize("fn", [metrics.auc, metrics.balanced_accuracy, metrics.roc_curve,
-                                functools.partial(metrics.tpr_at_fpr, fpr_target=0.01)])
+@pytest.mark.parametrize(
+    "fn",
+    [metrics.auc, metrics.balanced_accuracy, metrics.roc_curve, functools.partial(metrics.tpr_at_fpr, fpr_target=0.01)],
+)
 def test_bad_inputs_raise(fn):
     with pytest.raises(ValueError, match="shape"):
         fn(np.zeros(5), np.array([0, 1, 0, 1]))
@@ -325,13 +327,14 @@ def test_example_bootstrap_covers_on_correlated_trials_where_trial_bootstrap_doe
     all_res = metrics.example_resamples(jax.random.key(2), num_examples, reps * num_resamples)
     example_cover = []
     for i in range(reps):
-        res = all_res[i * num_resamples:(i + 1) * num_resamples]
+        res = all_res[i * num_resamples : (i + 1) * num_resamples]
         out = metrics.summarize_examples(scores[i], keep[i], None, res, fprs=())
         example_cover.append(out["auc_ci_low"] <= truth <= out["auc_ci_high"])
     trial_cover = []
     for i in range(100):  # the old per-trial bootstrap loops in Python: fewer replications keep the test fast
-        low, high = metrics.bootstrap_ci(metrics.auc, scores[i], keep[i], jax.random.fold_in(jax.random.key(3), i),
-                                         num_resamples=100)
+        low, high = metrics.bootstrap_ci(
+            metrics.auc, scores[i], keep[i], jax.random.fold_in(jax.random.key(3), i), num_resamples=100
+        )
         trial_cover.append(low <= truth <= high)
     assert 0.90 <= np.mean(example_cover) <= 0.99
     assert np.mean(trial_cover) < 0.88
@@ -379,10 +382,8 @@ def test_threshold_at_fpr():
 
 
 def test_canary_detection_hand_computed():
-    scores = np.array([[0.1, 0.9, 0.5, 0.3, 2.0, 0.6],
-                       [0.8, 0.2, 0.4, 0.7, 0.95, 0.8]])
-    keep = np.array([[1, 0, 0, 1, 1, 0],
-                     [0, 1, 1, 0, 0, 1]], bool)
+    scores = np.array([[0.1, 0.9, 0.5, 0.3, 2.0, 0.6], [0.8, 0.2, 0.4, 0.7, 0.95, 0.8]])
+    keep = np.array([[1, 0, 0, 1, 1, 0], [0, 1, 1, 0, 0, 1]], bool)
     natural = np.zeros_like(keep)
     natural[:, :4] = True
     canaries = np.array([4, 5])

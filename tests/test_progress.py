@@ -117,7 +117,10 @@ def test_tick_reports_every_stride_and_the_remainder(every_tick_logs):
         jax.block_until_ready(run(jnp.zeros(())))
     assert tracker.done == 30
     assert [line.split(":")[1].split(",")[0] for line in _lines(every_tick_logs, "scan: ")][:-1] == [
-        " 40% (12/30 steps)", " 80% (24/30 steps)", " 100% (30/30 steps)"]
+        " 40% (12/30 steps)",
+        " 80% (24/30 steps)",
+        " 100% (30/30 steps)",
+    ]
 
 
 def _train(fns, strategy, on: bool, config=None):
@@ -126,8 +129,9 @@ def _train(fns, strategy, on: bool, config=None):
     config = config or train.TrainConfig(epochs=3, batch_size=8)
     progress.set_enabled(on)
     try:
-        return engine.train_models(fns, config, jax.random.split(jax.random.key(1), 3),
-                                   (images, labels, masks), strategy)
+        return engine.train_models(
+            fns, config, jax.random.split(jax.random.key(1), 3), (images, labels, masks), strategy
+        )
     finally:
         progress.set_enabled(True)
 
@@ -184,8 +188,9 @@ def _condense(fns, config, on: bool):
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
 @pytest.mark.parametrize("method", ["dc", "dm"])
 def test_condensation_iteration_logs_progress_and_is_bitwise_unchanged(fns, method, every_tick_logs):
-    config = condense.CondenseConfig(ipc=2, outer_loop=2, inner_loop=1, batch_real=4, batch_train=8,
-                                     init="real", method=method)
+    config = condense.CondenseConfig(
+        ipc=2, outer_loop=2, inner_loop=1, batch_real=4, batch_train=8, init="real", method=method
+    )
     reported = _condense(fns, config, on=True)
     lines = _lines(every_tick_logs, f"{method.upper()} iteration (width 8, ipc 2")
     assert lines[0].startswith("compiling and running") and len([x for x in lines if "compiling" in x]) == 1

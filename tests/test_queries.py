@@ -90,8 +90,7 @@ def test_roc_points_thinning_keeps_endpoints_and_the_low_fpr_end():
 
 def test_roc_figure_writes_png_atomically(tmp_path):
     scores, keep = _trials()
-    curves = {"lira": metrics.log_log_roc_points(scores, keep),
-              "loss": metrics.log_log_roc_points(-scores, keep)}
+    curves = {"lira": metrics.log_log_roc_points(scores, keep), "loss": metrics.log_log_roc_points(-scores, keep)}
     path = tmp_path / "roc.png"
     plots.roc_figure(str(path), curves, title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

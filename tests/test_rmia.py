@@ -124,8 +124,9 @@ def test_leave_one_out_uses_the_other_models():
     scores = rmia.leave_one_out_rmia(px, pz, keep, config)
     for m in (0, 3):
         others = np.arange(6) != m
-        np.testing.assert_array_equal(scores[m], rmia.rmia_scores(px[m], pz[m], px[others], pz[others],
-                                                                 keep[others], config))
+        np.testing.assert_array_equal(
+            scores[m], rmia.rmia_scores(px[m], pz[m], px[others], pz[others], keep[others], config)
+        )
     assert not np.array_equal(scores[0], rmia.rmia_scores(px[0], pz[0], px, pz, keep, config))
 
 

@@ -33,16 +33,18 @@ def _synthetic(key, n: int, informative: bool = True):
 
 def _fit_and_score(config, train_key, test_key, informative=True, n=900):
     logits, classes, member = _synthetic(train_key, n, informative)
-    params = shokri.train_attack_models(jax.random.key(0), shokri.attack_features(logits, config), classes,
-                                        member, NUM_CLASSES, config)
+    params = shokri.train_attack_models(
+        jax.random.key(0), shokri.attack_features(logits, config), classes, member, NUM_CLASSES, config
+    )
     logits_t, classes_t, member_t = _synthetic(test_key, n, informative)
     idx = shokri.balanced_indices(jax.random.key(1), member_t)
     scores = shokri.attack_scores(params, shokri.attack_features(logits_t[idx], config), classes_t[idx])
     return shokri.attack_accuracy(scores, member_t[idx]), scores
 
 
-@pytest.mark.parametrize("field, value", [("hidden", -1), ("steps", 0), ("lr", 0.0), ("features", "loss"),
-                                          ("weight_decay", -1.0)])
+@pytest.mark.parametrize(
+    "field, value", [("hidden", -1), ("steps", 0), ("lr", 0.0), ("features", "loss"), ("weight_decay", -1.0)]
+)
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field):
         shokri.AttackConfig(**{field: value})

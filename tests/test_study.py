@@ -23,8 +23,7 @@ def test_rows_share_the_attack_setting_and_change_only_recipe_and_training():
     assert rows["dc_noise"].recipe.condense.init == "noise"
     assert rows["dc_real"].recipe.condense.init == "real"
     for row in rows.values():  # Same seed, pools, bank: the same split and keep masks.
-        assert dataclasses.replace(row, recipe=config.attack.recipe, train=config.attack.train) \
-            == config.attack
+        assert dataclasses.replace(row, recipe=config.attack.recipe, train=config.attack.train) == config.attack
 
 
 @pytest.mark.parametrize("rows", [(), ("original", "original"), ("dsa",)])
@@ -43,8 +42,7 @@ def test_a_row_finished_with_other_settings_is_not_reused(tmp_path):
     (row_dir / workdir.RESULTS).write_text(json.dumps(finished))
     with pytest.raises(workdir.WorkdirError, match="row subset"):
         study._run_row(config, "subset", None, (None, None), str(tmp_path))
-    checkpoint.write_json(str(row_dir / workdir.CONFIG),
-                          dataclasses.asdict(study.row_config(config, "subset")))
+    checkpoint.write_json(str(row_dir / workdir.CONFIG), dataclasses.asdict(study.row_config(config, "subset")))
     assert study._run_row(config, "subset", None, (None, None), str(tmp_path)) == finished
 
 
@@ -52,14 +50,20 @@ def _cpu_like() -> study.StudyConfig:
     """The CPU tier's DP-relevant settings: pool 1000 (halves of ~500), 40 epochs of batch 64."""
     train = dataclasses.replace(study.StudyConfig().train_original, epochs=40, batch_size=64)
     attack = dataclasses.replace(study.StudyConfig().attack, target_pool=1000, train=train)
-    return study.StudyConfig(attack=attack, train_original=train,
-                             rows=("original", "dpsgd_eps1", "dpsgd_eps4", "dpsgd_eps8"))
+    return study.StudyConfig(
+        attack=attack, train_original=train, rows=("original", "dpsgd_eps1", "dpsgd_eps4", "dpsgd_eps8")
+    )
 
 
 def test_default_rows_stay_the_four_and_the_dp_rows_are_optional():
     assert study.StudyConfig().rows == study.DEFAULT_ROWS == ("original", "subset", "dc_noise", "dc_real")
-    assert set(study.ROWS) == set(study.DEFAULT_ROWS) | {"dsa_real", "dm_real", "dpsgd_eps1", "dpsgd_eps4",
-                                                         "dpsgd_eps8"}
+    assert set(study.ROWS) == set(study.DEFAULT_ROWS) | {
+        "dsa_real",
+        "dm_real",
+        "dpsgd_eps1",
+        "dpsgd_eps4",
+        "dpsgd_eps8",
+    }
     assert _cpu_like().rows[1:] == ("dpsgd_eps1", "dpsgd_eps4", "dpsgd_eps8")
 
 
@@ -72,7 +76,8 @@ def test_method_rows_condense_with_their_method_from_real_images_and_train_with_
     dm = dm_row.recipe.condense
     assert (dm.method, dm.init, dm.iterations, dm.lr_img) == ("dm", "real", 7, 1.0)
     assert "DM synthetic set" in study.describe(config, "dm_real") and "7 iterations" in study.describe(
-        config, "dm_real")
+        config, "dm_real"
+    )
     # The DC rows stay DC whatever method the shared condensation settings carry.
     other = dataclasses.replace(config, condense=dataclasses.replace(config.condense, method="dm"))
     assert study.row_config(other, "dc_noise").recipe.condense.method == "dc"
@@ -119,8 +124,9 @@ def test_dp_rows_capacity_covers_the_largest_private_set_and_the_overflow_enters
     assert setting["overflow_probability"] <= setting["overflow_budget"] < 1e-3 * 1e-5 / math.exp(8)
     assert dpsgd.overflow_probability(largest + 1, 0.128, 313, dp.capacity - 1) > setting["overflow_budget"]
     assert setting["delta"] < setting["delta_total"] <= 1.001e-5
-    assert setting["delta_total"] == accounting.overflow_delta(1e-5, setting["epsilon_pld"],
-                                                               setting["overflow_probability"])
+    assert setting["delta_total"] == accounting.overflow_delta(
+        1e-5, setting["epsilon_pld"], setting["overflow_probability"]
+    )
 
 
 def test_dp_rows_take_their_own_batch_size_and_epochs():
@@ -135,8 +141,9 @@ def test_dp_rows_take_their_own_batch_size_and_epochs():
             dataclasses.replace(config, **{field: 0})
 
 
-@pytest.mark.parametrize("kwargs,field", [({"dp_delta": 0.0}, "dp_delta"), ({"dp_delta": 1.0}, "dp_delta"),
-                                          ({"dp_clip": 0.0}, "dp_clip")])
+@pytest.mark.parametrize(
+    "kwargs,field", [({"dp_delta": 0.0}, "dp_delta"), ({"dp_delta": 1.0}, "dp_delta"), ({"dp_clip": 0.0}, "dp_clip")]
+)
 def test_bad_dp_study_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         study.StudyConfig(**kwargs)
@@ -144,15 +151,25 @@ def test_bad_dp_study_settings_name_the_field(kwargs, field):
 
 def _fake_run_attack(calls):
     """attack_run.run_attack without training: the workdir rules and a minimal results dict."""
+
     def run(row, fns, train, test, row_dir):
         calls.append(os.path.basename(row_dir))
         workdir.prepare(row_dir, dataclasses.asdict(row), False)
-        results = {"schema": study.attack_run.RESULTS_SCHEMA, "attacks": {}, "utility": {},
-                   "shokri_accuracy": {}, "wall_seconds": 1.0, "roc": {},
-                   "strongest": {"model": None, "release": None}, "canary_detection": {},
-                   "empirical_epsilon": {}, "bootstrap": {"headline_samples": {}}}
+        results = {
+            "schema": study.attack_run.RESULTS_SCHEMA,
+            "attacks": {},
+            "utility": {},
+            "shokri_accuracy": {},
+            "wall_seconds": 1.0,
+            "roc": {},
+            "strongest": {"model": None, "release": None},
+            "canary_detection": {},
+            "empirical_epsilon": {},
+            "bootstrap": {"headline_samples": {}},
+        }
         checkpoint.write_json(os.path.join(row_dir, workdir.RESULTS), results)
         return results
+
     return run
 
 

@@ -49,13 +49,16 @@ def test_mislabel_zero_and_all():
     np.testing.assert_array_equal(idx, np.arange(12))
 
 
-@pytest.mark.parametrize("labels, num, k, match", [
-    (np.arange(5), -1, 10, "num_canaries"),
-    (np.arange(5), 6, 10, "num_canaries"),
-    (np.zeros(5, np.int32), 1, 1, "num_classes"),
-    (np.arange(5), 1, 3, "labels"),
-    (np.zeros(5, np.float32), 1, 3, "labels"),
-])
+@pytest.mark.parametrize(
+    "labels, num, k, match",
+    [
+        (np.arange(5), -1, 10, "num_canaries"),
+        (np.arange(5), 6, 10, "num_canaries"),
+        (np.zeros(5, np.int32), 1, 1, "num_classes"),
+        (np.arange(5), 1, 3, "labels"),
+        (np.zeros(5, np.float32), 1, 3, "labels"),
+    ],
+)
 def test_mislabel_errors(labels, num, k, match):
     with pytest.raises(ValueError, match=match):
         canaries.mislabel(jax.random.PRNGKey(0), labels, num, k)
@@ -72,8 +75,7 @@ def _images(key: int, n: int) -> np.ndarray:
 def test_nearest_distances_match_brute_force_and_padding():
     syn, pool = _images(0, 6), _images(1, 11)
     pool[3] = syn[4]  # a pool image that was released verbatim
-    brute = np.sqrt(((pool.reshape(11, 1, -1).astype(np.float64)
-                      - syn.reshape(1, 6, -1)) ** 2).sum(-1)).min(1)
+    brute = np.sqrt(((pool.reshape(11, 1, -1).astype(np.float64) - syn.reshape(1, 6, -1)) ** 2).sum(-1)).min(1)
     for batch_size in (4, 11, 1024):  # 4 pads the last batch
         got = nearest.nearest_distances(syn, pool, batch_size=batch_size)
         assert got.dtype == np.float64 and got.shape == (11,)

@@ -11,42 +11,67 @@ from dcjax.privacy import study_report
 
 def _summary(auc: float, tpr: float, low_fpr_resolvable: bool = True) -> dict:
     out = {"fpr_floor": 1 / 5000, "num_members": 500, "num_nonmembers": 5000}
-    for name, v in (("auc", auc), ("tpr_at_0.01", 2 * tpr), ("tpr_at_0.001", tpr),
-                    ("tpr_at_0.0001", tpr / 2 if low_fpr_resolvable else None)):
-        out.update({name: v, f"{name}_ci_low": None if v is None else v / 2,
-                    f"{name}_ci_high": None if v is None else v * 1.5})
+    for name, v in (
+        ("auc", auc),
+        ("tpr_at_0.01", 2 * tpr),
+        ("tpr_at_0.001", tpr),
+        ("tpr_at_0.0001", tpr / 2 if low_fpr_resolvable else None),
+    ):
+        out.update(
+            {name: v, f"{name}_ci_low": None if v is None else v / 2, f"{name}_ci_high": None if v is None else v * 1.5}
+        )
     return out
 
 
 def _pick(attack: str, tpr: float, samples) -> dict:
-    return {"attack": attack, "tpr": tpr, "auc": 0.6, "ci_low": tpr / 2, "ci_high": tpr * 1.5,
-            "samples": list(samples)}
+    return {"attack": attack, "tpr": tpr, "auc": 0.6, "ci_low": tpr / 2, "ci_high": tpr * 1.5, "samples": list(samples)}
 
 
 RESULTS = {
-    "tier": "cpu", "command": "python experiments/privacy_study.py --flagfile=cpu.flags",
+    "tier": "cpu",
+    "command": "python experiments/privacy_study.py --flagfile=cpu.flags",
     "report_command": "python experiments/privacy_study.py --report_only --workdir=docs/x",
-    "machine": "2 cores, no accelerator", "wall_seconds": 3725.4,
+    "machine": "2 cores, no accelerator",
+    "wall_seconds": 3725.4,
     "rows": [
-        {"name": "original", "description": "all of the target's private data",
-         "utility": {"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002},
-         "shokri_accuracy": {"mean": 0.51, "std": 0.01},
-         "natural": {"loss": _summary(0.512, 0.002), "rmia_online": _summary(0.6, 0.012)},
-         "strongest": {"model": _pick("rmia_online", 0.012, np.linspace(0.010, 0.014, 11)), "release": None},
-         "canary_detection": {"rmia_online": {"detected": 7, "members": 80, "false_positives": 1,
-                                              "nonmembers": 80, "threshold": 1.0, "fpr": 0.001}},
-         "empirical_epsilon": {"rmia_online": {"natural": {"epsilon_lower_bound": 0.25},
-                                               "canaries": {"epsilon_lower_bound": 0.0}}}},
-        {"name": "subset", "description": "a random 10 per class",
-         "utility": {"test_accuracy_mean": 0.9, "test_accuracy_std": 0.01},
-         "natural": {"lira_recipe_online": _summary(0.55, 0.004, low_fpr_resolvable=False)},
-         "strongest": {"model": _pick("lira_recipe_online", 0.004, np.linspace(0.002, 0.006, 11)),
-                       "release": None}},
-        {"name": "dc_real", "description": "DC, real init",
-         "utility": {"test_accuracy_mean": 0.93, "test_accuracy_std": 0.01},
-         "natural": {"lira_offline": _summary(0.53, 0.003)},
-         "strongest": {"model": _pick("lira_offline", 0.003, np.linspace(0.001, 0.005, 11)),
-                       "release": _pick("nearest_synthetic", 0.5, np.full(11, 0.5))}},
+        {
+            "name": "original",
+            "description": "all of the target's private data",
+            "utility": {"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002},
+            "shokri_accuracy": {"mean": 0.51, "std": 0.01},
+            "natural": {"loss": _summary(0.512, 0.002), "rmia_online": _summary(0.6, 0.012)},
+            "strongest": {"model": _pick("rmia_online", 0.012, np.linspace(0.010, 0.014, 11)), "release": None},
+            "canary_detection": {
+                "rmia_online": {
+                    "detected": 7,
+                    "members": 80,
+                    "false_positives": 1,
+                    "nonmembers": 80,
+                    "threshold": 1.0,
+                    "fpr": 0.001,
+                }
+            },
+            "empirical_epsilon": {
+                "rmia_online": {"natural": {"epsilon_lower_bound": 0.25}, "canaries": {"epsilon_lower_bound": 0.0}}
+            },
+        },
+        {
+            "name": "subset",
+            "description": "a random 10 per class",
+            "utility": {"test_accuracy_mean": 0.9, "test_accuracy_std": 0.01},
+            "natural": {"lira_recipe_online": _summary(0.55, 0.004, low_fpr_resolvable=False)},
+            "strongest": {"model": _pick("lira_recipe_online", 0.004, np.linspace(0.002, 0.006, 11)), "release": None},
+        },
+        {
+            "name": "dc_real",
+            "description": "DC, real init",
+            "utility": {"test_accuracy_mean": 0.93, "test_accuracy_std": 0.01},
+            "natural": {"lira_offline": _summary(0.53, 0.003)},
+            "strongest": {
+                "model": _pick("lira_offline", 0.003, np.linspace(0.001, 0.005, 11)),
+                "release": _pick("nearest_synthetic", 0.5, np.full(11, 0.5)),
+            },
+        },
     ],
 }
 
@@ -59,9 +84,20 @@ def test_headline_table_names_the_strongest_attack_with_the_interval_of_the_max(
     table = study_report.markdown_table(RESULTS)
     original, subset, dc = (_cells(table, i) for i in (2, 3, 4))
     assert len(original) == len(study_report.COLUMNS)
-    assert original == ["original", "98.00 +- 0.20", "rmia_online", "1.20 [0.60, 1.80]", "0.600 [0.300, 0.900]",
-                        "2.40 [1.20, 3.60]", "0.60 [0.30, 0.90]", "51.00 +- 1.00", "7/80 (non-members: 1/80)",
-                        "0.25 / 0.00", "–", "–"]
+    assert original == [
+        "original",
+        "98.00 +- 0.20",
+        "rmia_online",
+        "1.20 [0.60, 1.80]",
+        "0.600 [0.300, 0.900]",
+        "2.40 [1.20, 3.60]",
+        "0.60 [0.30, 0.90]",
+        "51.00 +- 1.00",
+        "7/80 (non-members: 1/80)",
+        "0.25 / 0.00",
+        "–",
+        "–",
+    ]
     assert subset[2] == "lira_recipe_online" and subset[6] == "below floor"  # 0.01 % FPR unresolvable.
     assert dc[-1] == "50.00 [25.00, 75.00] (nearest_synthetic)"  # The release attack, separately.
 
@@ -75,8 +111,7 @@ def test_tables_survive_bare_rows():
 
 def test_contrasts_are_paired_differences_of_the_rows_samples():
     pairs = [(a["name"], b["name"]) for a, b in study_report.contrasts(RESULTS)]
-    assert pairs == [("original", "subset"), ("dc_real", "subset"), ("subset", "original"),
-                     ("dc_real", "original")]
+    assert pairs == [("original", "subset"), ("dc_real", "subset"), ("subset", "original"), ("dc_real", "original")]
     table = study_report.contrasts_table(RESULTS)
     cells = _cells(table, 2)
     # original - subset: every paired sample differs by exactly 0.8 points.
@@ -94,9 +129,16 @@ def test_every_attack_table_lists_each_rows_attacks():
 def test_results_document_has_commands_tables_rows_and_figures():
     figures = {"privacy vs accuracy": "privacy_accuracy.png"}
     doc = study_report.results_document(RESULTS, figures)
-    for text in (RESULTS["command"], RESULTS["report_command"], RESULTS["machine"], "1h 02m 05s",
-                 study_report.markdown_table(RESULTS), study_report.contrasts_table(RESULTS),
-                 "- **subset**: a random 10 per class", "![privacy vs accuracy](privacy_accuracy.png)"):
+    for text in (
+        RESULTS["command"],
+        RESULTS["report_command"],
+        RESULTS["machine"],
+        "1h 02m 05s",
+        study_report.markdown_table(RESULTS),
+        study_report.contrasts_table(RESULTS),
+        "- **subset**: a random 10 per class",
+        "![privacy vs accuracy](privacy_accuracy.png)",
+    ):
         assert text in doc, text
     assert "## Conclusion" not in doc
 
@@ -111,8 +153,11 @@ def test_write_results_document_is_atomic_and_appends_conclusion(tmp_path):
 
 
 def test_a_dp_sgd_row_shows_its_formal_epsilons():
-    dp_row = {**RESULTS["rows"][0], "name": "dpsgd_eps4",
-              "dp": {"epsilon": 4.0, "noise_multiplier": 2.8234, "epsilon_pld": 3.99, "epsilon_rdp": 4.61}}
+    dp_row = {
+        **RESULTS["rows"][0],
+        "name": "dpsgd_eps4",
+        "dp": {"epsilon": 4.0, "noise_multiplier": 2.8234, "epsilon_pld": 3.99, "epsilon_rdp": 4.61},
+    }
     results = {**RESULTS, "rows": RESULTS["rows"] + [dp_row]}
     cells = _cells(study_report.markdown_table(results), 5)
     assert cells[0] == "dpsgd_eps4 (ε=4, σ=2.82)" and cells[10] == "3.99 / 4.61"

@@ -23,7 +23,7 @@ def _separable(num=40, classes=4, seed=0):
     quadrants = jnp.zeros((classes, 8, 8, 1))
     for c in range(classes):
         r, q = 4 * (c // 2 % 2), 4 * (c % 2)
-        quadrants = quadrants.at[c, r:r + 4, q:q + 4].set(2.0)
+        quadrants = quadrants.at[c, r : r + 4, q : q + 4].set(2.0)
     return noise + quadrants[labels], labels
 
 
@@ -37,8 +37,9 @@ def test_training_fits_a_separable_problem(tiny):
     images, labels = _separable()
     cfg = train.TrainConfig(epochs=30, batch_size=16, lr=0.05)
     masks = jnp.ones((1, images.shape[0]), bool)
-    variables, losses = engine.train_models(tiny, cfg, jax.random.split(jax.random.key(0), 1),
-                                            (images, labels, masks), "map")
+    variables, losses = engine.train_models(
+        tiny, cfg, jax.random.split(jax.random.key(0), 1), (images, labels, masks), "map"
+    )
     chex.assert_shape(losses, (1, 30))
     assert losses[0, -1] < 0.2 * losses[0, 0]
     assert float(engine.evaluate_many(tiny, variables, images, labels)[0]) == 1.0
@@ -51,15 +52,16 @@ def test_model_axis_strategies_equal_sequential_runs(tiny):
     cfg = train.TrainConfig(epochs=3, batch_size=16, augment="dc")
     masks = jnp.ones((3, 40), bool).at[1, :13].set(False).at[2, 30:].set(False)
     keys = jax.random.split(jax.random.key(1), 3)
-    results = {s: engine.train_models(tiny, cfg, keys, (images, labels, masks), s)
-               for s in ("vmap", "map", "loop")}
+    results = {s: engine.train_models(tiny, cfg, keys, (images, labels, masks), s) for s in ("vmap", "map", "loop")}
     schedule = train.make_schedule(cfg, 40)
     for m in range(3):
         single = jax.jit(train.train_from_init, static_argnums=(0, 1, 2))(
-            tiny, cfg, schedule, keys[m], (images, labels, masks[m]))
+            tiny, cfg, schedule, keys[m], (images, labels, masks[m])
+        )
         for strategy, stacked in results.items():
-            chex.assert_trees_all_close(jax.tree.map(lambda x, m=m: x[m], stacked), single,
-                                        rtol=1e-4, atol=1e-5, custom_message=strategy)
+            chex.assert_trees_all_close(
+                jax.tree.map(lambda x, m=m: x[m], stacked), single, rtol=1e-4, atol=1e-5, custom_message=strategy
+            )
 
 
 @pytest.mark.slow
@@ -68,7 +70,8 @@ def test_same_seed_gives_bitwise_identical_params(tiny):
     cfg = train.TrainConfig(epochs=2, batch_size=16, augment="dc")
     masks = jnp.ones((2, 40), bool)
     run = lambda seed: engine.train_models(  # noqa: E731
-        tiny, cfg, jax.random.split(jax.random.key(seed), 2), (images, labels, masks), "map")
+        tiny, cfg, jax.random.split(jax.random.key(seed), 2), (images, labels, masks), "map"
+    )
     first, again, other = run(3), run(3), run(4)
     chex.assert_trees_all_equal(first, again)
     pairs = zip(jax.tree.leaves(first[0]), jax.tree.leaves(other[0]))
@@ -91,8 +94,7 @@ def test_epoch_batches_cover_the_mask_once_and_pad_with_zero_weight():
 @pytest.mark.slow
 def test_padding_only_step_leaves_the_state_unchanged(tiny, microbatch):
     images, labels = _separable(8)
-    trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1),
-                            microbatch=microbatch)
+    trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1), microbatch=microbatch)
     variables = tiny.init(jax.random.key(0))
     state = train.TrainState(variables, trainer.optimizer.init(variables["params"]))
     new, _ = train.train_step(trainer, state, (images, labels, jnp.zeros(8)), jax.random.key(1))
@@ -107,11 +109,11 @@ def test_microbatched_step_equals_whole_batch_step(tiny):
     variables = tiny.init(jax.random.key(0))
     outs = []
     for microbatch in (0, 4):  # 4 does not divide 10: exercises the zero padding too.
-        trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1),
-                                microbatch=microbatch)
+        trainer = train.Trainer(tiny, train.make_optimizer(train.TrainConfig(), 0.1), microbatch=microbatch)
         state = train.TrainState(variables, trainer.optimizer.init(variables["params"]))
-        outs.append(jax.jit(train.train_step, static_argnums=0)(
-            trainer, state, (images, labels, weights), jax.random.key(1)))
+        outs.append(
+            jax.jit(train.train_step, static_argnums=0)(trainer, state, (images, labels, weights), jax.random.key(1))
+        )
     chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
 
 
@@ -130,8 +132,9 @@ def test_schedule_never_pads_a_small_set_to_the_full_batch():
     assert train.make_schedule(train.TrainConfig(batch_size=256), 600) == train.Schedule(3, 256)
 
 
-@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"batch_size": 0}, {"lr": -1.0},
-                                    {"augment": "bogus"}, {"microbatch": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"epochs": 0}, {"batch_size": 0}, {"lr": -1.0}, {"augment": "bogus"}, {"microbatch": -1}]
+)
 def test_bad_train_config_is_rejected(kwargs):
     with pytest.raises(ValueError):
         train.TrainConfig(**kwargs)

@@ -33,13 +33,18 @@ def test_settings_added_later_match_only_at_their_old_value(tmp_path):
     recorded = {"seed": 0, "condense": {"ipc": 10}, "train": {"epochs": 3}}
     workdir.prepare(path, recorded, overwrite=False)
     # A newer version records the method and DP settings; at the values that reproduce the old runs it matches.
-    same = {"seed": 0, "condense": {"ipc": 10, "method": "dc", "dsa_strategy": "color_crop_cutout_scale_rotate"},
-            "train": {"epochs": 3, "dp": None}}
+    same = {
+        "seed": 0,
+        "condense": {"ipc": 10, "method": "dc", "dsa_strategy": "color_crop_cutout_scale_rotate"},
+        "train": {"epochs": 3, "dp": None},
+    }
     assert workdir.config_matches(path, same)
-    for changed in ({**same, "condense": {"ipc": 10, "method": "dsa"}},
-                    {**same, "train": {"epochs": 3, "dp": {"l2_clip": 1.0}}},
-                    {**same, "condense": {"ipc": 10, "novel": 1}},
-                    {**same, "condense": {"ipc": 20, "method": "dc"}}):
+    for changed in (
+        {**same, "condense": {"ipc": 10, "method": "dsa"}},
+        {**same, "train": {"epochs": 3, "dp": {"l2_clip": 1.0}}},
+        {**same, "condense": {"ipc": 10, "novel": 1}},
+        {**same, "condense": {"ipc": 20, "method": "dc"}},
+    ):
         assert not workdir.config_matches(path, changed), changed
 
 

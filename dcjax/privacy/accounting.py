@@ -58,8 +58,7 @@ def _pld_accountant() -> dp_accounting.PrivacyAccountant:
 _MAKE = {"pld": _pld_accountant, "rdp": rdp_privacy_accountant.RdpAccountant}
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-            accountant: str = "rdp") -> float:
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
     """(epsilon, delta)-DP epsilon of DP-SGD with Poisson sampling (inf for zero noise).
 
     Args:
@@ -93,8 +92,9 @@ def epsilon_pld(noise_multiplier: float, sample_rate: float, steps: int, delta: 
 
 
 @functools.lru_cache(maxsize=256)
-def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, delta: float,
-                      accountant: str = "pld", tol: float = 1e-4) -> float:
+def noise_for_epsilon(
+    target_epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str = "pld", tol: float = 1e-4
+) -> float:
     """The smallest noise multiplier (up to ``tol``, rounded up) whose epsilon is <= target.
 
     Uses ``dp_accounting.calibrate_dp_mechanism`` (a bracket search, then Brent's method)
@@ -108,10 +108,17 @@ def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, del
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
-    noise = dp_accounting.calibrate_dp_mechanism(
-        _MAKE[accountant], lambda sigma: dpsgd_event(sigma, sample_rate, steps),
-        target_epsilon, delta, bracket_interval=dp_accounting.LowerEndpointAndGuess(0.0, 1.0),
-        tol=tol) + tol
+    noise = (
+        dp_accounting.calibrate_dp_mechanism(
+            _MAKE[accountant],
+            lambda sigma: dpsgd_event(sigma, sample_rate, steps),
+            target_epsilon,
+            delta,
+            bracket_interval=dp_accounting.LowerEndpointAndGuess(0.0, 1.0),
+            tol=tol,
+        )
+        + tol
+    )
     while epsilon(noise, sample_rate, steps, delta, accountant) > target_epsilon:
         noise += tol  # The PLD's discretised epsilon is not exactly monotone in the noise.
     return float(noise)

@@ -62,16 +62,19 @@ def slice_summaries(scores: np.ndarray, d: AttackData, slices: dict, resamples: 
     out = {}
     for name, include in slices.items():
         reason = _skip_reason(d.keep, include)
-        out[name] = ({"skipped": reason} if reason else
-                     metrics.summarize_examples(scores, d.keep, include, resamples, FPRS))
+        out[name] = (
+            {"skipped": reason} if reason else metrics.summarize_examples(scores, d.keep, include, resamples, FPRS)
+        )
     return out
 
 
 def headline_samples(scores: dict, d: AttackData, resamples: np.ndarray) -> dict[str, np.ndarray]:
     """{attack: [R] bootstrap samples of TPR at 0.1 % FPR on the natural slice}."""
     natural = trial_slices(d)["natural"]
-    return {name: np.asarray(metrics.bootstrap_samples(s, d.keep, natural, resamples, FPRS)[HEADLINE])
-            for name, s in scores.items()}
+    return {
+        name: np.asarray(metrics.bootstrap_samples(s, d.keep, natural, resamples, FPRS)[HEADLINE])
+        for name, s in scores.items()
+    }
 
 
 def strongest(summaries: dict, samples: dict, names) -> dict | None:
@@ -94,9 +97,14 @@ def strongest(summaries: dict, samples: dict, names) -> dict | None:
     low = high = None
     if not np.isnan(maxima).all():
         low, high = (float(v) for v in np.nanquantile(maxima, [0.025, 0.975]))
-    return {"attack": best, "tpr": summaries[best]["natural"][HEADLINE],
-            "auc": summaries[best]["natural"]["auc"], "ci_low": low, "ci_high": high,
-            "samples": _json_floats(maxima)}
+    return {
+        "attack": best,
+        "tpr": summaries[best]["natural"][HEADLINE],
+        "auc": summaries[best]["natural"]["auc"],
+        "ci_low": low,
+        "ci_high": high,
+        "samples": _json_floats(maxima),
+    }
 
 
 def canaries_detected(scores: dict, d: AttackData) -> dict:
@@ -104,8 +112,7 @@ def canaries_detected(scores: dict, d: AttackData) -> dict:
     if not d.canaries.size:
         return {}
     natural = trial_slices(d)["natural"]
-    return {name: metrics.canary_detection(s, d.keep, natural, d.canaries, HEADLINE_FPR)
-            for name, s in scores.items()}
+    return {name: metrics.canary_detection(s, d.keep, natural, d.canaries, HEADLINE_FPR) for name, s in scores.items()}
 
 
 def empirical_epsilon(scores: np.ndarray, d: AttackData, key: jax.Array, threshold: float | None) -> dict:
@@ -116,11 +123,11 @@ def empirical_epsilon(scores: np.ndarray, d: AttackData, key: jax.Array, thresho
     """
     natural_cols = np.flatnonzero(d.natural())
     config = audit.AuditConfig(delta=AUDIT_DELTA)
-    out = {"natural": audit.audit_epsilon(scores, d.keep, natural_cols, jax.random.fold_in(key, 0),
-                                          config=config)}
+    out = {"natural": audit.audit_epsilon(scores, d.keep, natural_cols, jax.random.fold_in(key, 0), config=config)}
     if d.canaries.size:
-        out["canaries"] = audit.audit_epsilon(scores, d.keep, d.canaries, jax.random.fold_in(key, 1),
-                                              threshold=threshold, config=config)
+        out["canaries"] = audit.audit_epsilon(
+            scores, d.keep, d.canaries, jax.random.fold_in(key, 1), threshold=threshold, config=config
+        )
     return out
 
 
@@ -129,12 +136,15 @@ def utility(d: AttackData) -> dict:
     m = d.num_models
     acc = d.test_accuracy[:m]
     correct = np.argmax(d.target_logits[:, 0], -1) == d.target_labels
-    return {"test_accuracy_mean": float(acc.mean()), "test_accuracy_std": float(acc.std()),
-            "test_accuracy": acc.tolist(),
-            # The generalisation gap that membership inference feeds on.
-            "member_accuracy": float(correct[d.keep].mean()),
-            "nonmember_accuracy": float(correct[~d.keep].mean()),
-            "shadow_test_accuracy_mean": float(d.test_accuracy[m:].mean())}
+    return {
+        "test_accuracy_mean": float(acc.mean()),
+        "test_accuracy_std": float(acc.std()),
+        "test_accuracy": acc.tolist(),
+        # The generalisation gap that membership inference feeds on.
+        "member_accuracy": float(correct[d.keep].mean()),
+        "nonmember_accuracy": float(correct[~d.keep].mean()),
+        "shadow_test_accuracy_mean": float(d.test_accuracy[m:].mean()),
+    }
 
 
 def _roc(scores: dict, d: AttackData) -> dict:
@@ -169,19 +179,28 @@ def assess(scores: dict, d: AttackData, keys: dict, num_resamples: int) -> dict:
     summaries = {name: slice_summaries(s, d, slices, resamples) for name, s in scores.items()}
     samples = headline_samples(scores, d, resamples)
     names = tuple(scores)
-    best = {"model": strongest(summaries, samples, attacks_lib.model_attacks(names)),
-            "release": strongest(summaries, samples, [n for n in names if n in attacks_lib.RELEASE_ATTACKS])}
+    best = {
+        "model": strongest(summaries, samples, attacks_lib.model_attacks(names)),
+        "release": strongest(summaries, samples, [n for n in names if n in attacks_lib.RELEASE_ATTACKS]),
+    }
     detected = canaries_detected(scores, d)
     epsilon = {}
     for pick in best.values():
         if pick is not None:
             threshold = detected[pick["attack"]]["threshold"] if detected else None
             epsilon[pick["attack"]] = empirical_epsilon(scores[pick["attack"]], d, keys["audit"], threshold)
-    return {"attacks": summaries, "strongest": best, "canary_detection": detected,
-            "empirical_epsilon": epsilon, "roc": _roc(scores, d),
-            "bootstrap": {"method": "example-level (all trials of a resampled example together)",
-                          "num_resamples": int(num_resamples),
-                          "headline_samples": {n: _json_floats(v) for n, v in samples.items()}}}
+    return {
+        "attacks": summaries,
+        "strongest": best,
+        "canary_detection": detected,
+        "empirical_epsilon": epsilon,
+        "roc": _roc(scores, d),
+        "bootstrap": {
+            "method": "example-level (all trials of a resampled example together)",
+            "num_resamples": int(num_resamples),
+            "headline_samples": {n: _json_floats(v) for n, v in samples.items()},
+        },
+    }
 
 
 def _json_floats(values: np.ndarray) -> list:

@@ -44,8 +44,7 @@ EXPORT = "attack_data.npz"
 TRIALS = "trials.npz"
 _JSON_FIELDS = ("config", "preprocessing", "pool_indices")
 # Named key streams of a run, each fold_in(root, position): appending keeps every earlier stream.
-KEY_STREAMS = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance", "canaries",
-               "population", "audit")
+KEY_STREAMS = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance", "canaries", "population", "audit")
 
 
 def run_keys(seed: int) -> dict:
@@ -99,22 +98,30 @@ class AttackData:
 def preprocessing(dataset: str, num_queries: int) -> dict:
     """How pool images became model inputs: normalisation and the LiRA query shifts."""
     mean, std = data_lib.NORMALIZATION[dataset]
-    return {"dataset": dataset, "normalization": {"mean": list(mean), "std": list(std)},
-            "input": "uint8 / 255, then (x - mean) / std per channel", "layout": "NHWC",
-            "query_shifts": [list(s) for s in queries.query_shifts(num_queries)],
-            "query_fill": "edge pixels repeated"}
+    return {
+        "dataset": dataset,
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "input": "uint8 / 255, then (x - mean) / std per channel",
+        "layout": "NHWC",
+        "query_shifts": [list(s) for s in queries.query_shifts(num_queries)],
+        "query_fill": "edge pixels repeated",
+    }
 
 
 def validate(d: AttackData) -> AttackData:
     """Checks that the arrays agree with each other; raises ValueError naming the field."""
     m, n = d.keep.shape
-    expect = {"target_logits": (m, None, n, None), "population_logits": (m, None, None, None),
-              "used": (m, n), "target_labels": (n,), "test_accuracy": (m + d.halves.shape[0],)}
+    expect = {
+        "target_logits": (m, None, n, None),
+        "population_logits": (m, None, None, None),
+        "used": (m, n),
+        "target_labels": (n,),
+        "test_accuracy": (m + d.halves.shape[0],),
+    }
     for name, shape in expect.items():
         actual = getattr(d, name).shape
         if len(actual) != len(shape) or any(s is not None and s != a for s, a in zip(shape, actual)):
-            raise ValueError(f"attack data field {name} has shape {actual}, expected {shape} "
-                             "(None = any)")
+            raise ValueError(f"attack data field {name} has shape {actual}, expected {shape} (None = any)")
     if d.nearest_distances.size and d.nearest_distances.shape != (m, n):
         raise ValueError(f"nearest_distances has shape {d.nearest_distances.shape}, expected {(m, n)}")
     if d.used.any() and (d.used & ~d.keep).any():
@@ -125,16 +132,16 @@ def validate(d: AttackData) -> AttackData:
 def save(path: str, d: AttackData) -> None:
     """Writes ``d`` as one compressed npz, atomically."""
     arrays = {f.name: getattr(d, f.name) for f in dataclasses.fields(d) if f.name not in _JSON_FIELDS}
-    json_fields = {f"{name}_json": np.asarray(checkpoint.to_json(getattr(d, name)))
-                   for name in _JSON_FIELDS}
+    json_fields = {f"{name}_json": np.asarray(checkpoint.to_json(getattr(d, name))) for name in _JSON_FIELDS}
     checkpoint.write_npz(path, compressed=True, **arrays, **json_fields)
 
 
 def load(path: str) -> AttackData:
     """Reads an export; ValueError naming the file when it is not one."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no attack export at {path} (run the attack first, or pass the "
-                                f"workdir that holds {EXPORT})")
+        raise FileNotFoundError(
+            f"no attack export at {path} (run the attack first, or pass the workdir that holds {EXPORT})"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             fields = {name: z[name] for name in z.files}
@@ -159,7 +166,12 @@ def save_trials(path: str, scores: dict[str, np.ndarray], d: AttackData) -> None
     model, example = np.meshgrid(np.arange(m), np.arange(n), indexing="ij")
     canary = np.zeros((m, n), bool)
     canary[:, d.canaries] = True
-    columns = {"model": model.ravel().astype(np.int32), "example": example.ravel().astype(np.int32),
-               "is_member": d.keep.ravel(), "is_canary": canary.ravel(), "used": d.used.ravel()}
+    columns = {
+        "model": model.ravel().astype(np.int32),
+        "example": example.ravel().astype(np.int32),
+        "is_member": d.keep.ravel(),
+        "is_canary": canary.ravel(),
+        "used": d.used.ravel(),
+    }
     columns.update({f"score_{name}": np.asarray(s, np.float64).ravel() for name, s in scores.items()})
     checkpoint.write_npz(path, compressed=True, **columns)

@@ -96,8 +96,10 @@ class AttackRunConfig:
     def __post_init__(self):
         if self.num_models < 6 or self.num_models % 2:
             # Leave-one-out keeps M/2 - 1 IN and OUT shadows per example; a std needs 2 of each.
-            raise ValueError(f"num_models must be even and >= 6 (LiRA fits per-example Gaussians "
-                             f"to the other models), got {self.num_models}")
+            raise ValueError(
+                f"num_models must be even and >= 6 (LiRA fits per-example Gaussians "
+                f"to the other models), got {self.num_models}"
+            )
         if not 0 <= self.seed < 2**32:  # jax.random.key(seed) wraps outside: two seeds, one key.
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         for name in ("num_shadow", "target_pool", "attacker_pool", "num_resamples"):
@@ -121,15 +123,20 @@ def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) ->
     "halves" [k, Na] Shokri IN halves}.
     """
     keys = attack_data.run_keys(config.seed)
-    parts = data_lib.split_indices(keys["pools"], len(labels),
-                                   {"target": config.target_pool, "attacker": config.attacker_pool})
-    target_labels, canary_idx = canaries.mislabel(keys["canaries"], labels[parts["target"]],
-                                                  config.num_canaries, num_classes)
+    parts = data_lib.split_indices(
+        keys["pools"], len(labels), {"target": config.target_pool, "attacker": config.attacker_pool}
+    )
+    target_labels, canary_idx = canaries.mislabel(
+        keys["canaries"], labels[parts["target"]], config.num_canaries, num_classes
+    )
     keep = masks.lira_keep_masks(keys["keep"], config.num_models, config.target_pool)
-    halves = np.stack([masks.half_split_mask(jax.random.fold_in(keys["halves"], i), config.attacker_pool)
-                       for i in range(config.num_shadow)])
-    return {**parts, "target_labels": target_labels, "canaries": canary_idx, "keep": keep,
-            "halves": halves}
+    halves = np.stack(
+        [
+            masks.half_split_mask(jax.random.fold_in(keys["halves"], i), config.attacker_pool)
+            for i in range(config.num_shadow)
+        ]
+    )
+    return {**parts, "target_labels": target_labels, "canaries": canary_idx, "keep": keep, "halves": halves}
 
 
 def _recipe_need(recipe: bank.Recipe) -> tuple[str, int]:
@@ -149,19 +156,25 @@ def check_recipe_fits(config: AttackRunConfig, train) -> None:
     """Fails fast, before anything runs or is written, if some model's private half has too
     few examples of a class for the recipe (subset size, DC real batch or real init)."""
     if config.target_pool + config.attacker_pool > len(train.labels):
-        raise ValueError(f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
-                         f"exceeds the {len(train.labels)} training examples")
+        raise ValueError(
+            f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
+            f"exceeds the {len(train.labels)} training examples"
+        )
     setting, need = _recipe_need(config.recipe)
     if not need:
         return
     split = make_split(config, train.labels, train.num_classes)
-    pools = (("target_pool", split["target_labels"], split["keep"]),
-             ("attacker_pool", train.labels[split["attacker"]], split["halves"]))
+    pools = (
+        ("target_pool", split["target_labels"], split["keep"]),
+        ("attacker_pool", train.labels[split["attacker"]], split["halves"]),
+    )
     for pool, labels, keep in pools:
         smallest = min(np.bincount(labels[k], minlength=train.num_classes).min() for k in keep)
         if smallest < need:
-            raise ValueError(f"{setting}={need} exceeds the smallest class of a model's private half "
-                             f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}")
+            raise ValueError(
+                f"{setting}={need} exceeds the smallest class of a model's private half "
+                f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}"
+            )
 
 
 def model_chunks(config: AttackRunConfig) -> list[list[int]]:
@@ -171,7 +184,7 @@ def model_chunks(config: AttackRunConfig) -> list[list[int]]:
     if not size:
         size = jax.device_count() if jax.default_backend() == "cpu" else max(m, k)
     groups = (list(range(m)), list(range(m, m + k)))
-    return [g[i:i + size] for g in groups for i in range(0, len(g), size)]
+    return [g[i : i + size] for g in groups for i in range(0, len(g), size)]
 
 
 def _model_path(workdir: str, i: int) -> str:
@@ -183,7 +196,7 @@ def population_indices(config: AttackRunConfig, num_test: int) -> np.ndarray:
     if config.num_population > num_test:
         raise ValueError(f"num_population={config.num_population} exceeds the {num_test} test examples")
     perm = np.asarray(jax.random.permutation(attack_data.run_keys(config.seed)["population"], num_test))
-    return np.sort(perm[:config.num_population]).astype(np.int64)
+    return np.sort(perm[: config.num_population]).astype(np.int64)
 
 
 class _Context:
@@ -221,8 +234,36 @@ def _to_host(x) -> Any:
     """A (possibly model-sharded, possibly multi-host) array as one NumPy array on every process."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def _query_logits(ctx: _Context, variables, images: jax.Array, mesh) -> jax.Array:
+    """Logits [c, Q, n, K] of the chunk's c models on the Q queries (``queries.make_queries``) of images [n, ...]."""
+    cfg = ctx.config
+    per_query = [
+        engine.predict_models(ctx.fns, variables, q, cfg.strategy, mesh=mesh)
+        for q in queries.make_queries(images, cfg.num_queries)
+    ]
+    return jnp.stack(per_query, axis=1)
+
+
+def _records(data: bank.BankData, logits, population_logits, test_acc, losses) -> list[dict]:
+    """One record per model of the chunk from its host arrays (leading axis: the chunk's models)."""
+    records = []
+    for j in range(logits.shape[0]):
+        record = {
+            "logits": logits[j].astype(np.float32),
+            "test_accuracy": float(test_acc[j]),
+            "population_logits": population_logits[j].astype(np.float32),
+            "final_train_loss": float(losses[j, -1]),
+            "used": data.used[j],
+        }
+        if data.synthetic is not None:
+            record["synthetic"] = data.synthetic[j]
+        records.append(record)
+    return records
 
 
 def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
@@ -234,28 +275,21 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     data = bank.recipe_data(cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy)
     mesh = _mesh_for(chunk)
     variables, losses = engine.train_models(
-        ctx.fns, cfg.train, model_keys[:, 1], (jnp.asarray(data.images), jnp.asarray(data.labels),
-                                               data.masks), cfg.strategy, mesh)
-    query_images = queries.make_queries(jnp.asarray(images), cfg.num_queries)
-    logits = jnp.stack([engine.predict_models(ctx.fns, variables, q, cfg.strategy, mesh=mesh)
-                        for q in query_images], axis=1)  # [c, Q, n, K]
-    population = jnp.asarray(ctx.test.images[ctx.split["population"]])
-    population_logits = jnp.stack([engine.predict_models(ctx.fns, variables, q, cfg.strategy, mesh=mesh)
-                                   for q in queries.make_queries(population, cfg.num_queries)], axis=1)
-    test_acc = engine.evaluate_many(ctx.fns, variables, jnp.asarray(ctx.test.images),
-                                    jnp.asarray(ctx.test.labels), cfg.strategy, mesh=mesh)
+        ctx.fns,
+        cfg.train,
+        model_keys[:, 1],
+        (jnp.asarray(data.images), jnp.asarray(data.labels), data.masks),
+        cfg.strategy,
+        mesh,
+    )
+    logits = _query_logits(ctx, variables, jnp.asarray(images), mesh)
+    population_logits = _query_logits(ctx, variables, jnp.asarray(ctx.test.images[ctx.split["population"]]), mesh)
+    test_acc = engine.evaluate_many(
+        ctx.fns, variables, jnp.asarray(ctx.test.images), jnp.asarray(ctx.test.labels), cfg.strategy, mesh=mesh
+    )
     # To host before indexing: a model-sharded array cannot be sliced per model in place.
-    logits, population_logits, test_acc, losses = (
-        _to_host(x) for x in (logits, population_logits, test_acc, losses))
-    records = []
-    for j in range(len(chunk)):
-        record = {"logits": logits[j].astype(np.float32), "test_accuracy": float(test_acc[j]),
-                  "population_logits": population_logits[j].astype(np.float32),
-                  "final_train_loss": float(losses[j, -1]), "used": data.used[j]}
-        if data.synthetic is not None:
-            record["synthetic"] = data.synthetic[j]
-        records.append(record)
-    return records
+    host = [_to_host(x) for x in (logits, population_logits, test_acc, losses)]
+    return _records(data, *host)
 
 
 def train_bank(ctx: _Context) -> None:
@@ -268,23 +302,35 @@ def train_bank(ctx: _Context) -> None:
     chunks = [c for c in all_chunks if not all(os.path.exists(_model_path(ctx.workdir, i)) for i in c)]
     total = ctx.config.num_models + ctx.config.num_shadow
     if len(chunks) < len(all_chunks):
-        logging.info("resuming: %d of %d chunks already trained", len(all_chunks) - len(chunks),
-                     len(all_chunks))
+        logging.info("resuming: %d of %d chunks already trained", len(all_chunks) - len(chunks), len(all_chunks))
     tic = time.perf_counter()
     for done, chunk in enumerate(chunks, start=1):
         chunk_tic = time.perf_counter()
-        logging.info("chunk %d/%d: models %d-%d of %d (%s pool) ...", done, len(chunks), chunk[0], chunk[-1],
-                     total, ctx.pool(chunk[0])[2])
+        logging.info(
+            "chunk %d/%d: models %d-%d of %d (%s pool) ...",
+            done,
+            len(chunks),
+            chunk[0],
+            chunk[-1],
+            total,
+            ctx.pool(chunk[0])[2],
+        )
         records = _train_chunk(ctx, chunk)
         seconds = (time.perf_counter() - chunk_tic) / len(chunk)
         for i, record in zip(chunk, records):
             # Each model keeps its share of the chunk's time, so a resumed run still knows its cost.
             checkpoint.write_npz(_model_path(ctx.workdir, i), seconds=seconds, **record)
         elapsed = time.perf_counter() - tic
-        logging.info("models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %s",
-                     chunk[0], chunk[-1], total, ctx.pool(chunk[0])[2],
-                     100 * np.mean([r["test_accuracy"] for r in records]),
-                     elapsed / done, progress.format_eta(elapsed / done * (len(chunks) - done)))
+        logging.info(
+            "models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %s",
+            chunk[0],
+            chunk[-1],
+            total,
+            ctx.pool(chunk[0])[2],
+            100 * np.mean([r["test_accuracy"] for r in records]),
+            elapsed / done,
+            progress.format_eta(elapsed / done * (len(chunks) - done)),
+        )
 
 
 def load_model(workdir: str, i: int) -> dict:
@@ -294,9 +340,11 @@ def load_model(workdir: str, i: int) -> dict:
 
 def _stack(ctx: _Context, indices, name: str) -> np.ndarray:
     """One field of several models' files, stacked; only that field is read from disk."""
+
     def field(i):
         with np.load(_model_path(ctx.workdir, i)) as z:
             return z[name]
+
     return np.stack([field(i) for i in indices])
 
 
@@ -316,20 +364,35 @@ def build_export(ctx: _Context) -> attack_data.AttackData:
     everyone = range(m + cfg.num_shadow)
     has_population = cfg.num_population > 0
     distances, synthetic = _release(ctx)
-    return attack_data.validate(attack_data.AttackData(
-        config=workdir_lib.as_json(dataclasses.asdict(cfg)),
-        preprocessing=attack_data.preprocessing(cfg.dataset, cfg.num_queries),
-        pool_indices={"target": split["target"].tolist(), "attacker": split["attacker"].tolist(),
-                      "population_test": split["population"].tolist()},
-        target_logits=_stack(ctx, range(m), "logits"),
-        population_logits=(_stack(ctx, range(m), "population_logits") if has_population else
-                           np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)),
-        shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
-        keep=split["keep"], halves=split["halves"], target_labels=split["target_labels"],
-        attacker_labels=ctx.train.labels[split["attacker"]],
-        population_labels=ctx.test.labels[split["population"]], canaries=split["canaries"],
-        used=_stack(ctx, range(m), "used"), nearest_distances=distances, synthetic_example=synthetic,
-        test_accuracy=_stack(ctx, everyone, "test_accuracy"), seconds=_stack(ctx, everyone, "seconds")))
+    return attack_data.validate(
+        attack_data.AttackData(
+            config=workdir_lib.as_json(dataclasses.asdict(cfg)),
+            preprocessing=attack_data.preprocessing(cfg.dataset, cfg.num_queries),
+            pool_indices={
+                "target": split["target"].tolist(),
+                "attacker": split["attacker"].tolist(),
+                "population_test": split["population"].tolist(),
+            },
+            target_logits=_stack(ctx, range(m), "logits"),
+            population_logits=(
+                _stack(ctx, range(m), "population_logits")
+                if has_population
+                else np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
+            ),
+            shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
+            keep=split["keep"],
+            halves=split["halves"],
+            target_labels=split["target_labels"],
+            attacker_labels=ctx.train.labels[split["attacker"]],
+            population_labels=ctx.test.labels[split["population"]],
+            canaries=split["canaries"],
+            used=_stack(ctx, range(m), "used"),
+            nearest_distances=distances,
+            synthetic_example=synthetic,
+            test_accuracy=_stack(ctx, everyone, "test_accuracy"),
+            seconds=_stack(ctx, everyone, "seconds"),
+        )
+    )
 
 
 def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
@@ -339,11 +402,18 @@ def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
     shokri_config = shokri.AttackConfig(**cfg["attack"])
     rmia_config = rmia_lib.RMIAConfig(**cfg.get("rmia", {}))
     scores, shokri_acc = attacks.compute_scores(d, shokri_config, rmia_config, keys)
-    results = {"schema": RESULTS_SCHEMA, "config": cfg, "utility": assess.utility(d),
-               "shokri_accuracy": {"mean": float(shokri_acc.mean()), "std": float(shokri_acc.std()),
-                                   "per_target": shokri_acc.tolist()},
-               **assess.assess(scores, d, keys, cfg["num_resamples"]),
-               "bank_seconds": float(d.seconds.sum())}
+    results = {
+        "schema": RESULTS_SCHEMA,
+        "config": cfg,
+        "utility": assess.utility(d),
+        "shokri_accuracy": {
+            "mean": float(shokri_acc.mean()),
+            "std": float(shokri_acc.std()),
+            "per_target": shokri_acc.tolist(),
+        },
+        **assess.assess(scores, d, keys, cfg["num_resamples"]),
+        "bank_seconds": float(d.seconds.sum()),
+    }
     return scores, results
 
 
@@ -351,8 +421,7 @@ def _write_outputs(workdir: str, d: attack_data.AttackData, scores: dict, result
     path = functools.partial(workdir_lib.path, workdir)
     attack_data.save_trials(path(attack_data.TRIALS), scores, d)
     curves = {name: (np.asarray(r["fpr"]), np.asarray(r["tpr"])) for name, r in results["roc"].items()}
-    title = (f"{d.recipe_kind} recipe: {d.num_models} targets x {d.keep.shape[1]} examples "
-             "(natural examples)")
+    title = f"{d.recipe_kind} recipe: {d.num_models} targets x {d.keep.shape[1]} examples (natural examples)"
     plots.roc_figure(path("roc.png"), curves, title)
     command = f"python experiments/attack.py --report_only --workdir={workdir}"
     checkpoint.atomic_write_bytes(path("RESULTS.md"), study_report.run_document(results, command).encode())
@@ -373,8 +442,7 @@ def report_only(workdir: str) -> dict:
 def export_trained_bank(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str) -> str:
     """Writes the export of a workdir whose bank is trained (e.g. by an earlier version); returns its path."""
     ctx = _Context(config, fns, train, test, workdir)
-    missing = [i for i in range(config.num_models + config.num_shadow)
-               if not os.path.exists(_model_path(workdir, i))]
+    missing = [i for i in range(config.num_models + config.num_shadow) if not os.path.exists(_model_path(workdir, i))]
     if missing:
         raise workdir_lib.WorkdirError(f"{workdir}: models {missing[:5]} are not trained; run the attack")
     path = workdir_lib.path(workdir, attack_data.EXPORT)
@@ -382,8 +450,7 @@ def export_trained_bank(config: AttackRunConfig, fns: ModelFns, train, test, wor
     return path
 
 
-def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str,
-               overwrite: bool = False) -> dict:
+def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, overwrite: bool = False) -> dict:
     """Trains the bank (resuming per model), attacks every target, writes the workdir.
 
     Args:
@@ -412,8 +479,11 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     attack_data.save(export, build_export(ctx))
     d = attack_data.load(export)  # The attack stage reads exactly what was exported.
     scores, results = evaluate_export(d)
-    results.update(attack_seconds=time.perf_counter() - attack_tic, platform=jax.default_backend(),
-                   devices=[str(x) for x in jax.devices()])
+    results.update(
+        attack_seconds=time.perf_counter() - attack_tic,
+        platform=jax.default_backend(),
+        devices=[str(x) for x in jax.devices()],
+    )
     # The run's whole cost (bank summed over every invocation that trained part of it).
     results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]
     results["this_invocation_seconds"] = time.perf_counter() - tic

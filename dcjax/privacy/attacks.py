@@ -66,18 +66,23 @@ def _lira(phi: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _recipe(phi: np.ndarray, d: AttackData) -> dict[str, np.ndarray]:
-    return {name: lira.leave_one_out_recipe(phi, d.keep, d.used, fn) for name, fn in
-            (("lira_recipe_online", lira.lira_recipe_online),
-             ("lira_recipe_offline", lira.lira_recipe_offline))}
+    return {
+        name: lira.leave_one_out_recipe(phi, d.keep, d.used, fn)
+        for name, fn in (
+            ("lira_recipe_online", lira.lira_recipe_online),
+            ("lira_recipe_offline", lira.lira_recipe_offline),
+        )
+    }
 
 
 def _rmia(d: AttackData, config: rmia.RMIAConfig) -> dict[str, np.ndarray]:
     """RMIA with Pr(x | model) the true-class probability averaged over the queries."""
     px = rmia.true_class_probability(d.target_logits, d.target_labels).mean(1)  # [M, N]
     pz = rmia.true_class_probability(d.population_logits, d.population_labels).mean(1)  # [M, P]
-    return {f"rmia_{mode}": rmia.leave_one_out_rmia(px, pz, d.keep,
-                                                    dataclasses.replace(config, online=mode == "online"))
-            for mode in ("online", "offline")}
+    return {
+        f"rmia_{mode}": rmia.leave_one_out_rmia(px, pz, d.keep, dataclasses.replace(config, online=mode == "online"))
+        for mode in ("online", "offline")
+    }
 
 
 def shokri_scores(d: AttackData, config: shokri.AttackConfig, keys: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -88,11 +93,13 @@ def shokri_scores(d: AttackData, config: shokri.AttackConfig, keys: dict) -> tup
     shadow = d.shadow_logits[:, 0]  # [k, Na, K]
     k, num_classes = shadow.shape[0], shadow.shape[-1]
     features = shokri.attack_features(shadow.reshape(-1, num_classes), config)
-    params = shokri.train_attack_models(keys["attack"], features, np.tile(d.attacker_labels, k),
-                                        d.halves.reshape(-1), num_classes, config)
+    params = shokri.train_attack_models(
+        keys["attack"], features, np.tile(d.attacker_labels, k), d.halves.reshape(-1), num_classes, config
+    )
     targets = d.target_logits[:, 0]
-    scores = np.stack([shokri.attack_scores(params, shokri.attack_features(t, config), d.target_labels)
-                       for t in targets])
+    scores = np.stack(
+        [shokri.attack_scores(params, shokri.attack_features(t, config), d.target_labels) for t in targets]
+    )
     accuracy = []
     for t in range(d.num_models):
         idx = shokri.balanced_indices(jax.random.fold_in(keys["balance"], t), d.keep[t])
@@ -100,8 +107,9 @@ def shokri_scores(d: AttackData, config: shokri.AttackConfig, keys: dict) -> tup
     return scores, np.asarray(accuracy)
 
 
-def compute_scores(d: AttackData, attack_config: shokri.AttackConfig, rmia_config: rmia.RMIAConfig,
-                   keys: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def compute_scores(
+    d: AttackData, attack_config: shokri.AttackConfig, rmia_config: rmia.RMIAConfig, keys: dict
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every applicable attack's scores {name: float64 [M, N]} and Shokri's accuracy per target [M].
 
     keys: the run's named keys (``attack_data.run_keys``); "attack" and "balance" are used.

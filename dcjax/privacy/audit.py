@@ -86,8 +86,12 @@ def epsilon_lower_bound(tp: int, fn: int, fp: int, tn: int, delta: float, alpha:
 def _confusion(s: np.ndarray, y: np.ndarray, threshold: float) -> dict:
     """float64 [T] scores, bool [T] labels, predict member at s >= threshold -> {"tp", "fn", "fp", "tn"} ints."""
     flagged = s >= threshold
-    return {"tp": int(np.sum(flagged & y)), "fn": int(np.sum(~flagged & y)),
-            "fp": int(np.sum(flagged & ~y)), "tn": int(np.sum(~flagged & ~y))}
+    return {
+        "tp": int(np.sum(flagged & y)),
+        "fn": int(np.sum(~flagged & y)),
+        "fp": int(np.sum(flagged & ~y)),
+        "tn": int(np.sum(~flagged & ~y)),
+    }
 
 
 def _one_trial_per_example(scores, keep, columns, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +128,9 @@ def _select_threshold(s: np.ndarray, y: np.ndarray, config: AuditConfig) -> tupl
     return best[1], best[2]
 
 
-def audit_epsilon(scores, keep, columns, key: jax.Array, threshold: float | None = None,
-                  config: AuditConfig = AuditConfig()) -> dict:
+def audit_epsilon(
+    scores, keep, columns, key: jax.Array, threshold: float | None = None, config: AuditConfig = AuditConfig()
+) -> dict:
     """Empirical epsilon lower bound from [M, N] membership trials, without pooling correlated trials.
 
     Each example in ``columns`` contributes exactly ONE trial, against a target model drawn uniformly by the key
@@ -154,7 +159,7 @@ def audit_epsilon(scores, keep, columns, key: jax.Array, threshold: float | None
     s, y = _one_trial_per_example(scores, keep, columns, key_model)
     if threshold is None:
         perm = np.asarray(jax.random.permutation(key_split, s.size))
-        select, evaluate = perm[:s.size // 2], perm[s.size // 2:]
+        select, evaluate = perm[: s.size // 2], perm[s.size // 2 :]
         threshold, selected = _select_threshold(s[select], y[select], config)
         method = f"one trial per example; threshold at FPR {selected:g} chosen on a disjoint half of the examples"
     else:
@@ -162,5 +167,13 @@ def audit_epsilon(scores, keep, columns, key: jax.Array, threshold: float | None
         method = "one trial per example; given threshold evaluated on every example"
     counts = _confusion(s[evaluate], y[evaluate], float(threshold))
     bound = epsilon_lower_bound(**counts, delta=config.delta, alpha=config.alpha)
-    return {"epsilon_lower_bound": bound, **counts, "threshold": float(threshold), "num_trials": int(evaluate.size),
-            "delta": float(config.delta), "alpha": float(config.alpha), "selected_fpr": selected, "method": method}
+    return {
+        "epsilon_lower_bound": bound,
+        **counts,
+        "threshold": float(threshold),
+        "num_trials": int(evaluate.size),
+        "delta": float(config.delta),
+        "alpha": float(config.alpha),
+        "selected_fpr": selected,
+        "method": method,
+    }

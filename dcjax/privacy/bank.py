@@ -77,8 +77,7 @@ def _check_keep(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return keep
 
 
-def subset_masks(keys: jax.Array, labels: np.ndarray, keep: np.ndarray, per_class: int,
-                 num_classes: int) -> np.ndarray:
+def subset_masks(keys: jax.Array, labels: np.ndarray, keep: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:
     """[c, N] bool: for model m, ``per_class`` random IN examples of every class (key keys[m]).
 
     Raises ValueError when some model has fewer than ``per_class`` IN examples of a class.
@@ -89,15 +88,16 @@ def subset_masks(keys: jax.Array, labels: np.ndarray, keep: np.ndarray, per_clas
         members = np.flatnonzero(keep[m])
         counts = np.bincount(labels[members], minlength=num_classes)
         if counts.min() < per_class:
-            raise ValueError(f"model {m} has {counts.min()} IN examples of class {counts.argmin()}, "
-                             f"fewer than per_class={per_class}; use a larger pool")
+            raise ValueError(
+                f"model {m} has {counts.min()} IN examples of class {counts.argmin()}, "
+                f"fewer than per_class={per_class}; use a larger pool"
+            )
         chosen = data_lib.stratified_subset(keys[m], labels[members], per_class, num_classes)
         out[m, members[chosen]] = True
     return out
 
 
-def member_class_index(labels: np.ndarray, member: np.ndarray, num_classes: int,
-                       width: int) -> data_lib.ClassIndex:
+def member_class_index(labels: np.ndarray, member: np.ndarray, num_classes: int, width: int) -> data_lib.ClassIndex:
     """A ClassIndex over the pool restricted to ``member`` ([N] bool), padded to ``width``.
 
     Indices refer to the whole pool. The fixed width (the largest class of the whole pool)
@@ -108,16 +108,17 @@ def member_class_index(labels: np.ndarray, member: np.ndarray, num_classes: int,
     table, counts = np.asarray(index.table), np.asarray(index.counts)
     slots = np.arange(width)
     table = table[np.arange(num_classes)[:, None], slots[None, :] % counts[:, None]]
-    return data_lib.ClassIndex(table=jnp.asarray(members[table], jnp.int32),
-                               counts=jnp.asarray(counts, jnp.int32))
+    return data_lib.ClassIndex(table=jnp.asarray(members[table], jnp.int32), counts=jnp.asarray(counts, jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4,))
 def _condense_step(fns, config, class_strategy, model_strategy, states, pool, indexes, keys):
     """One condensation iteration (DC, DSA or DM) for each of c models (leading [c] axis on states/indexes/keys)."""
+
     def one(args):
         state, index, key = args
         return condense.condense_iteration(fns, config, class_strategy, state, (pool, index), key)
+
     return engine.map_models(one, model_strategy, (states, indexes, keys))
 
 
@@ -135,19 +136,24 @@ def _iterate(statics: tuple, states, data, keys: jax.Array):
     weight = c if model_strategy == "vmap" else 1
     compiling = progress.first_call((statics, jnp.shape(images), jax.tree.map(jnp.shape, indexes)))
     unit = "model-iterations" if config.method == "dm" else "model outer steps"
-    with progress.task(label, config.iterations * condense.iteration_units(config) * c, unit,
-                       weight, compiling):
+    with progress.task(label, config.iterations * condense.iteration_units(config) * c, unit, weight, compiling):
         for t in range(config.iterations):
             step_keys = jax.vmap(lambda k, t=t: jax.random.fold_in(k, t))(iteration_keys)
             states, metrics = _condense_step(*statics, states, images, indexes, step_keys)
             if (t + 1) % 10 == 0 or t + 1 == config.iterations:
-                logging.info("condensing %d models: iteration %d/%d, mean loss %.4f", c,
-                             t + 1, config.iterations, float(jnp.mean(metrics["loss"])))
+                logging.info(
+                    "condensing %d models: iteration %d/%d, mean loss %.4f",
+                    c,
+                    t + 1,
+                    config.iterations,
+                    float(jnp.mean(metrics["loss"])),
+                )
         return jax.block_until_ready(states)
 
 
-def condense_models(fns: ModelFns, config: condense.CondenseConfig, keys: jax.Array,
-                    pool, keep: np.ndarray, strategy: str = "auto"):
+def condense_models(
+    fns: ModelFns, config: condense.CondenseConfig, keys: jax.Array, pool, keep: np.ndarray, strategy: str = "auto"
+):
     """Condenses each model's IN subset of the pool, all c models at once.
 
     Args:
@@ -169,8 +175,9 @@ def condense_models(fns: ModelFns, config: condense.CondenseConfig, keys: jax.Ar
     for index in indexes:
         condense.check_batch_real(config, index)
     images = jnp.asarray(images)
-    inits = [condense.init_synthetic(config, jax.random.fold_in(k, 0), images, index)
-             for k, index in zip(keys, indexes)]
+    inits = [
+        condense.init_synthetic(config, jax.random.fold_in(k, 0), images, index) for k, index in zip(keys, indexes)
+    ]
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for s, _ in inits])
     indexes = jax.tree.map(lambda *xs: jnp.stack(xs), *indexes)
     model_strategy = engine.resolve_strategy(strategy)
@@ -181,8 +188,9 @@ def condense_models(fns: ModelFns, config: condense.CondenseConfig, keys: jax.Ar
     return np.asarray(states.images), init_indices
 
 
-def recipe_data(recipe: Recipe, fns: ModelFns, keys: jax.Array, pool, keep: np.ndarray,
-                strategy: str = "auto") -> BankData:
+def recipe_data(
+    recipe: Recipe, fns: ModelFns, keys: jax.Array, pool, keep: np.ndarray, strategy: str = "auto"
+) -> BankData:
     """The training data a chunk of c models gets from ``recipe``.
 
     Args:
@@ -210,5 +218,4 @@ def recipe_data(recipe: Recipe, fns: ModelFns, keys: jax.Array, pool, keep: np.n
     syn_labels = np.asarray(condense.synthetic_labels(num_classes, recipe.condense.ipc))
     # One pool of all c synthetic sets; model m's mask selects its own block.
     masks = np.kron(np.eye(c, dtype=bool), np.ones((1, n_syn), bool))
-    return BankData(syn.reshape((c * n_syn,) + syn.shape[2:]), np.tile(syn_labels, c), masks,
-                    used, syn)
+    return BankData(syn.reshape((c * n_syn,) + syn.shape[2:]), np.tile(syn_labels, c), masks, used, syn)

@@ -43,8 +43,7 @@ def _per_example(fn: Callable, logits, labels, example_axis: int) -> np.ndarray:
     z = np.moveaxis(z, axis, -2)
     y = np.asarray(labels)
     if y.ndim != 1 or y.shape[0] != z.shape[-2]:
-        raise ValueError(f"labels must be [N] with N = {z.shape[-2]} (logits axis {example_axis}), "
-                         f"got shape {y.shape}")
+        raise ValueError(f"labels must be [N] with N = {z.shape[-2]} (logits axis {example_axis}), got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or (y < 0).any() or (y >= z.shape[-1]).any():
         raise ValueError(f"labels must be integers in [0, {z.shape[-1]})")
     if not np.isfinite(z).all():
@@ -156,8 +155,9 @@ def _pooled_std(scores: np.ndarray, mask: np.ndarray) -> float:
     return float(np.sqrt(squares.sum() / total_dof)) if total_dof > 0 else float("nan")
 
 
-def _fit_set(scores: np.ndarray, mask: np.ndarray, fixed_variance: bool,
-             pooled: float) -> tuple[np.ndarray, np.ndarray]:
+def _fit_set(
+    scores: np.ndarray, mask: np.ndarray, fixed_variance: bool, pooled: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(median [N, Q] with NaN where empty, std [N, Q]); examples with < 2 scores fall back to ``pooled``."""
     mu = _masked_median(scores, mask)
     if fixed_variance:
@@ -195,8 +195,10 @@ def _fit(s: np.ndarray, k_in: np.ndarray, k_out: np.ndarray, fixed_variance: boo
     has_in, has_out = np.any(k_in, axis=0)[:, None], np.any(k_out, axis=0)[:, None]
     both = (has_in & has_out)[:, 0]
     if not both.any() or np.isnan(pooled_in):
-        raise ValueError("need an example with both IN and OUT shadows and an example with >= 2 IN or >= 2 OUT "
-                         f"shadows to estimate a std; got {s.shape[0]} shadow models")
+        raise ValueError(
+            "need an example with both IN and OUT shadows and an example with >= 2 IN or >= 2 OUT "
+            f"shadows to estimate a std; got {s.shape[0]} shadow models"
+        )
     mu_in, std_in = _fit_set(s, k_in, fixed_variance, pooled_in)
     mu_out, std_out = _fit_set(s, k_out, fixed_variance, pooled_out)
     shift = np.median(mu_in[both] - mu_out[both], axis=0)
@@ -211,8 +213,7 @@ def _check_target(target_scores, num_examples: int, num_queries: int) -> np.ndar
     if t.ndim == 1:
         t = t[:, None]
     if t.shape != (num_examples, num_queries):
-        raise ValueError(f"target scores shape {t.shape} does not match shadows [N, Q] = "
-                         f"{(num_examples, num_queries)}")
+        raise ValueError(f"target scores shape {t.shape} does not match shadows [N, Q] = {(num_examples, num_queries)}")
     if not np.isfinite(t).all():
         raise ValueError("target scores must be finite (found NaN or inf)")
     return t
@@ -363,8 +364,10 @@ def lira_recipe_online(target_scores, shadow_scores, shadow_keep, shadow_used) -
         log_member, mu_out = _norm_logpdf(t, fits[0].mu_in, fits[0].std_in), fits[0].mu_out
     else:
         fit_used, fit_unused = fits
-        log_member = np.logaddexp(np.log(rho) + _norm_logpdf(t, fit_used.mu_in, fit_used.std_in),
-                                  np.log1p(-rho) + _norm_logpdf(t, fit_unused.mu_in, fit_unused.std_in))
+        log_member = np.logaddexp(
+            np.log(rho) + _norm_logpdf(t, fit_used.mu_in, fit_used.std_in),
+            np.log1p(-rho) + _norm_logpdf(t, fit_unused.mu_in, fit_unused.std_in),
+        )
         # OUT medians agree between the two fits except where an example has no OUT shadow (each fit fills those
         # from its own IN group): take the used fit's fill where the example has used shadows.
         mu_out = np.where(used.any(0)[:, None], fit_used.mu_out, fit_unused.mu_out)

@@ -130,8 +130,7 @@ def _resample_indices(key: jax.Array, pos: np.ndarray, neg: np.ndarray, num_resa
         yield from np.concatenate([idx_pos, idx_neg], axis=1)
 
 
-def _bootstrap(stat_fn: Callable, s: np.ndarray, y: np.ndarray, key: jax.Array,
-               num_resamples: int) -> np.ndarray:
+def _bootstrap(stat_fn: Callable, s: np.ndarray, y: np.ndarray, key: jax.Array, num_resamples: int) -> np.ndarray:
     """Stratified bootstrap of validated inputs: [R, ...] array of ``stat_fn(s_resampled, y_resampled)``.
 
     Members and non-members are resampled separately so every resample keeps both counts (and both classes).
@@ -149,8 +148,9 @@ def _interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray
     return low, high
 
 
-def bootstrap_ci(metric_fn: Callable, scores, labels, key: jax.Array, num_resamples: int = 200,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    metric_fn: Callable, scores, labels, key: jax.Array, num_resamples: int = 200, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap CI of ``metric_fn(scores, labels) -> float``, resampling trials stratified by label.
 
     Args:
@@ -174,8 +174,9 @@ def _fpr_name(fpr: float) -> str:
     return f"tpr_at_{fpr:g}"
 
 
-def summarize(scores, labels, key: jax.Array, fprs: Sequence[float] = (0.0, 0.001, 0.01),
-              num_resamples: int = 200) -> dict:
+def summarize(
+    scores, labels, key: jax.Array, fprs: Sequence[float] = (0.0, 0.001, 0.01), num_resamples: int = 200
+) -> dict:
     """All headline metrics with 95% bootstrap CIs, as a JSON-friendly flat dict.
 
     Keys: ``auc``, ``balanced_accuracy`` and ``tpr_at_{fpr:g}`` for each fpr (e.g. ``tpr_at_0.001``), each with
@@ -198,8 +199,13 @@ def summarize(scores, labels, key: jax.Array, fprs: Sequence[float] = (0.0, 0.00
     for name, value, lo, hi in zip(names, point, low, high):
         out.update({name: float(value), f"{name}_ci_low": float(lo), f"{name}_ci_high": float(hi)})
     num_nonmembers = int(np.sum(~y))
-    out.update(fpr_floor=1.0 / num_nonmembers, num_members=int(np.sum(y)), num_nonmembers=num_nonmembers,
-               ci_level=0.95, num_resamples=int(num_resamples))
+    out.update(
+        fpr_floor=1.0 / num_nonmembers,
+        num_members=int(np.sum(y)),
+        num_nonmembers=num_nonmembers,
+        ci_level=0.95,
+        num_resamples=int(num_resamples),
+    )
     return out
 
 
@@ -240,9 +246,14 @@ def example_resamples(key: jax.Array, num_examples: int, num_resamples: int) -> 
     if num_resamples < 1:
         raise ValueError(f"num_resamples must be >= 1, got {num_resamples}")
     rows = max(1, _CHUNK_DRAWS // num_examples)
-    chunks = [np.asarray(jax.random.randint(jax.random.fold_in(key, c), (min(rows, num_resamples - start),
-                                                                           num_examples), 0, num_examples))
-              for c, start in enumerate(range(0, num_resamples, rows))]
+    chunks = [
+        np.asarray(
+            jax.random.randint(
+                jax.random.fold_in(key, c), (min(rows, num_resamples - start), num_examples), 0, num_examples
+            )
+        )
+        for c, start in enumerate(range(0, num_resamples, rows))
+    ]
     return np.concatenate(chunks).astype(np.int64)
 
 
@@ -312,8 +323,12 @@ def trial_metrics(scores, keep, include=None, fprs: Sequence[float] = _DEFAULT_F
     out: dict[str, Any] = {"auc": _auc(fpr, tpr), "balanced_accuracy": _balanced_accuracy(fpr, tpr)}
     for f in fprs:
         out[_fpr_name(f)] = _tpr_at_fpr(fpr, tpr, f) if f + _FPR_TOL >= floor else None
-    out.update(fpr_floor=floor, num_members=int(np.sum(y)), num_nonmembers=num_nonmembers,
-               num_examples=int(np.unique(cols).size))
+    out.update(
+        fpr_floor=floor,
+        num_members=int(np.sum(y)),
+        num_nonmembers=num_nonmembers,
+        num_examples=int(np.unique(cols).size),
+    )
     return out
 
 
@@ -352,8 +367,10 @@ def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequ
     zero = np.zeros((w.shape[0], 1))
     tpr = np.concatenate([zero, tp / np.maximum(tp[:, -1:], 1)], axis=1)
     fpr = np.concatenate([zero, fp / np.maximum(fp[:, -1:], 1)], axis=1)
-    out = {"auc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2,
-           "balanced_accuracy": np.max((1 + tpr - fpr) / 2, axis=1)}
+    out = {
+        "auc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2,
+        "balanced_accuracy": np.max((1 + tpr - fpr) / 2, axis=1),
+    }
     for f in fprs:
         out[_fpr_name(f)] = np.max(np.where(fpr <= f + _FPR_TOL, tpr, -np.inf), axis=1)
     for values in out.values():
@@ -386,8 +403,10 @@ def bootstrap_samples(scores, keep, include, resamples, fprs: Sequence[float] = 
     s, y, cols = s[order], y[order], cols[order]
     last = np.r_[s[1:] != s[:-1], True]
     rows = max(1, _CHUNK_WEIGHTS // s.size)
-    parts = [_weighted_metrics(_column_counts(res[i:i + rows], num_examples)[:, cols], y, last, fprs)
-             for i in range(0, res.shape[0], rows)]
+    parts = [
+        _weighted_metrics(_column_counts(res[i : i + rows], num_examples)[:, cols], y, last, fprs)
+        for i in range(0, res.shape[0], rows)
+    ]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
@@ -400,8 +419,9 @@ def _percentile_interval(values: np.ndarray, level: float) -> tuple[float | None
     return float(low), float(high)
 
 
-def summarize_examples(scores, keep, include, resamples, fprs: Sequence[float] = _DEFAULT_FPRS,
-                       level: float = 0.95) -> dict:
+def summarize_examples(
+    scores, keep, include, resamples, fprs: Sequence[float] = _DEFAULT_FPRS, level: float = 0.95
+) -> dict:
     """``trial_metrics`` plus percentile CIs from the example-level bootstrap, as a JSON-friendly flat dict.
 
     Args:
@@ -421,8 +441,12 @@ def summarize_examples(scores, keep, include, resamples, fprs: Sequence[float] =
     for name, values in samples.items():
         low, high = (None, None) if out[name] is None else _percentile_interval(values, level)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
-    out.update(ci_level=float(level), num_resamples=int(np.shape(resamples)[0]),
-               num_degenerate_resamples=int(np.sum(np.isnan(samples["auc"]))), ci_method="example bootstrap")
+    out.update(
+        ci_level=float(level),
+        num_resamples=int(np.shape(resamples)[0]),
+        num_degenerate_resamples=int(np.sum(np.isnan(samples["auc"]))),
+        ci_method="example bootstrap",
+    )
     return out
 
 
@@ -454,8 +478,13 @@ def paired_difference(samples_a, samples_b, point_a: float, point_b: float, leve
         raise ValueError("no resample where both samples are defined")
     low, high = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
     p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
-    return {"difference": float(point_a) - float(point_b), "ci_low": float(low), "ci_high": float(high),
-            "p_two_sided": p, "num_resamples": int(d.size)}
+    return {
+        "difference": float(point_a) - float(point_b),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_two_sided": p,
+        "num_resamples": int(d.size),
+    }
 
 
 def threshold_at_fpr(nonmember_scores, fpr: float) -> float:
@@ -523,7 +552,13 @@ def canary_detection(scores, keep, natural_include, canary_cols, fpr: float = 0.
     if not np.isfinite(cs).all():
         raise ValueError("canary scores must be finite (found NaN or inf)")
     flagged = cs >= threshold
-    return {"detected": int(np.sum(flagged & ck)), "members": int(np.sum(ck)),
-            "false_positives": int(np.sum(flagged & ~ck)), "nonmembers": int(np.sum(~ck)),
-            "threshold": threshold, "fpr": float(fpr), "natural_nonmembers": int(natural.size),
-            "natural_fpr": float(np.mean(natural >= threshold))}
+    return {
+        "detected": int(np.sum(flagged & ck)),
+        "members": int(np.sum(ck)),
+        "false_positives": int(np.sum(flagged & ~ck)),
+        "nonmembers": int(np.sum(~ck)),
+        "threshold": threshold,
+        "fpr": float(fpr),
+        "natural_nonmembers": int(natural.size),
+        "natural_fpr": float(np.mean(natural >= threshold)),
+    }

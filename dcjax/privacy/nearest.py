@@ -70,9 +70,9 @@ def nearest_distances(synthetic, pool, batch_size: int = 1024) -> np.ndarray:
     batch = min(batch_size, n)
     out = []
     for start in range(0, n, batch):
-        chunk = real_flat[start:start + batch]
+        chunk = real_flat[start : start + batch]
         padded = np.pad(chunk, ((0, batch - chunk.shape[0]), (0, 0)))
-        out.append(np.asarray(_nearest_batch(syn_flat, syn_sq, jnp.asarray(padded)))[:chunk.shape[0]])
+        out.append(np.asarray(_nearest_batch(syn_flat, syn_sq, jnp.asarray(padded)))[: chunk.shape[0]])
     return np.concatenate(out).astype(np.float64)
 
 
@@ -151,5 +151,7 @@ def calibrated_nearest_scores(distances, keep, relative_floor: float = 1e-6) -> 
     phi = _log_distance_phi(d, relative_floor)
     online = functools.partial(lira.lira_online, fixed_variance=True)
     offline = functools.partial(lira.lira_offline, fixed_variance=True)
-    return {"nearest_synthetic_lira": lira.leave_one_out(phi, keep, online)[0],
-            "nearest_synthetic_offline": lira.leave_one_out(phi, keep, offline)[0]}
+    return {
+        "nearest_synthetic_lira": lira.leave_one_out(phi, keep, online)[0],
+        "nearest_synthetic_offline": lira.leave_one_out(phi, keep, offline)[0],
+    }

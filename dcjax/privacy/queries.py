@@ -41,7 +41,7 @@ def shift_images(images, dy: int, dx: int) -> jnp.ndarray:
     py, px = abs(dy), abs(dx)
     padded = jnp.pad(x, ((0, 0), (py, py), (px, px), (0, 0)), mode="edge")
     # padded[p + k] = images[clamp(k)], so output row r = images[r - dy] starts at padded index p - dy.
-    return padded[:, py - dy:py - dy + h, px - dx:px - dx + w, :]
+    return padded[:, py - dy : py - dy + h, px - dx : px - dx + w, :]
 
 
 def make_queries(images, num_queries: int) -> jnp.ndarray:

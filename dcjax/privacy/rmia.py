@@ -161,8 +161,9 @@ def rmia_scores(target_px, target_pz, ref_px, ref_pz, ref_keep, config: RMIAConf
     px = _check_probs("ref_px", ref_px, 2)
     pz = _check_probs("ref_pz", ref_pz, 2)
     if tx.shape[0] != px.shape[1] or tz.shape[0] != pz.shape[1] or px.shape[0] != pz.shape[0]:
-        raise ValueError(f"shapes do not match: target_px {tx.shape}, target_pz {tz.shape}, "
-                         f"ref_px {px.shape}, ref_pz {pz.shape}")
+        raise ValueError(
+            f"shapes do not match: target_px {tx.shape}, target_pz {tz.shape}, ref_px {px.shape}, ref_pz {pz.shape}"
+        )
     pr_z = marginal_z(pz, config)  # validates R >= 1, P >= 1 before anything is averaged
     pr_x = marginal_x(px, ref_keep, config, population_mean=float(pz.mean()))
     ratio_x = tx / np.maximum(pr_x, _TINY)

@@ -49,11 +49,13 @@ METHOD_ROWS = ("dsa_real", "dm_real")
 _DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"]["iterations"]
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
 ROWS = DEFAULT_ROWS + METHOD_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
-_DP = ("trained with DP-SGD on all of its private data, Poisson-sampled batches (q = {sample_rate:.4g}, "
-       "expected batch {expected_batch_size}, {steps} steps of at most {capacity}, lr {lr:g}): "
-       "(epsilon = {epsilon_pld:.3f}, delta = {delta_total:.4g})-DP by the PLD accountant for target "
-       "epsilon = {epsilon:g} at delta = {delta:g} (RDP: epsilon {epsilon_rdp:.3f}; delta includes the batch "
-       "overflow term), noise multiplier {noise_multiplier:.3f}, clip {l2_clip:g}")
+_DP = (
+    "trained with DP-SGD on all of its private data, Poisson-sampled batches (q = {sample_rate:.4g}, "
+    "expected batch {expected_batch_size}, {steps} steps of at most {capacity}, lr {lr:g}): "
+    "(epsilon = {epsilon_pld:.3f}, delta = {delta_total:.4g})-DP by the PLD accountant for target "
+    "epsilon = {epsilon:g} at delta = {delta:g} (RDP: epsilon {epsilon_rdp:.3f}; delta includes the batch "
+    "overflow term), noise multiplier {noise_multiplier:.3f}, clip {l2_clip:g}"
+)
 DP_OVERFLOW_FRACTION = 1e-3  # eta = this * delta / (1 + e^epsilon): the overflow term adds <= 0.1% to delta.
 DESCRIPTIONS = {
     "original": "trained on all of its private data (half the target pool)",
@@ -61,9 +63,9 @@ DESCRIPTIONS = {
     "dc_noise": "trained on a DC synthetic set ({ipc}/class) condensed from its private data, noise init",
     "dc_real": "trained on a DC synthetic set ({ipc}/class) condensed from its private data, real init",
     "dsa_real": "trained (with DSA augmentation) on a DSA synthetic set ({ipc}/class) condensed from its private "
-                "data, real init",
+    "data, real init",
     "dm_real": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
-               "in {dm_iterations} iterations, real init",
+    "in {dm_iterations} iterations, real init",
     **{name: _DP for name in DP_EPSILONS},
 }
 
@@ -120,8 +122,12 @@ class StudyConfig:
 def _dp_training(config: StudyConfig) -> train_lib.TrainConfig:
     """``train_original`` with the DP rows' own lr, expected batch size and expected epochs (dp unset)."""
     base = config.train_original
-    return dataclasses.replace(base, lr=config.dp_lr or base.lr, batch_size=config.dp_batch_size or base.batch_size,
-                               epochs=config.dp_epochs or base.epochs)
+    return dataclasses.replace(
+        base,
+        lr=config.dp_lr or base.lr,
+        batch_size=config.dp_batch_size or base.batch_size,
+        epochs=config.dp_epochs or base.epochs,
+    )
 
 
 def _largest_private_set(config: StudyConfig) -> int:
@@ -134,8 +140,9 @@ def _largest_private_set(config: StudyConfig) -> int:
     return max(min(n, n // 2 + 2 * math.ceil(math.sqrt(n))), config.attack.attacker_pool // 2)
 
 
-def dp_guarantee(target_epsilon: float, delta: float, num_examples: int, largest: int,
-                 train: train_lib.TrainConfig, l2_clip: float) -> dict:
+def dp_guarantee(
+    target_epsilon: float, delta: float, num_examples: int, largest: int, train: train_lib.TrainConfig, l2_clip: float
+) -> dict:
     """The formal privacy setting of Poisson DP-SGD training (``train``, dp unset) at a target epsilon.
 
     Sampling rate q = B / n for the public dataset size n = ``num_examples`` and the expected
@@ -150,14 +157,26 @@ def dp_guarantee(target_epsilon: float, delta: float, num_examples: int, largest
     budget = DP_OVERFLOW_FRACTION * delta / (1 + math.exp(target_epsilon))
     capacity = dpsgd.poisson_capacity(largest + 1, q, steps, budget)
     overflow = dpsgd.overflow_probability(largest + 1, q, steps, capacity)
-    return {"epsilon": target_epsilon, "epsilon_pld": eps_pld,
-            "epsilon_rdp": accounting.epsilon_rdp(noise, q, steps, delta), "delta": delta,
-            "overflow_probability": overflow, "overflow_budget": budget,
-            "delta_total": accounting.overflow_delta(delta, eps_pld, overflow),
-            "noise_multiplier": noise, "l2_clip": l2_clip, "lr": train.lr, "epochs": train.epochs,
-            "sample_rate": q, "steps": steps, "expected_batch_size": expected, "capacity": capacity,
-            "private_examples": num_examples, "max_private_examples": largest,
-            "accountant": "pld, Poisson sampling (formal)"}
+    return {
+        "epsilon": target_epsilon,
+        "epsilon_pld": eps_pld,
+        "epsilon_rdp": accounting.epsilon_rdp(noise, q, steps, delta),
+        "delta": delta,
+        "overflow_probability": overflow,
+        "overflow_budget": budget,
+        "delta_total": accounting.overflow_delta(delta, eps_pld, overflow),
+        "noise_multiplier": noise,
+        "l2_clip": l2_clip,
+        "lr": train.lr,
+        "epochs": train.epochs,
+        "sample_rate": q,
+        "steps": steps,
+        "expected_batch_size": expected,
+        "capacity": capacity,
+        "private_examples": num_examples,
+        "max_private_examples": largest,
+        "accountant": "pld, Poisson sampling (formal)",
+    }
 
 
 def dp_setting(config: StudyConfig, name: str) -> dict | None:
@@ -169,8 +188,14 @@ def dp_setting(config: StudyConfig, name: str) -> dict | None:
     """
     if name not in DP_EPSILONS:
         return None
-    return dp_guarantee(DP_EPSILONS[name], config.dp_delta, config.attack.target_pool // 2,
-                        _largest_private_set(config), _dp_training(config), config.dp_clip)
+    return dp_guarantee(
+        DP_EPSILONS[name],
+        config.dp_delta,
+        config.attack.target_pool // 2,
+        _largest_private_set(config),
+        _dp_training(config),
+        config.dp_clip,
+    )
 
 
 def _original(config: StudyConfig, name: str):
@@ -203,16 +228,25 @@ def _other_method(config: StudyConfig, name: str):
 def _dpsgd(config: StudyConfig, name: str):
     dp = dp_setting(config, name)
     assert dp is not None, f"{name} is not a DP-SGD row"
-    private = dpsgd.DPConfig(l2_clip=dp["l2_clip"], noise_multiplier=dp["noise_multiplier"],
-                             num_examples=dp["private_examples"], capacity=dp["capacity"],
-                             overflow_budget=dp["overflow_budget"])
+    private = dpsgd.DPConfig(
+        l2_clip=dp["l2_clip"],
+        noise_multiplier=dp["noise_multiplier"],
+        num_examples=dp["private_examples"],
+        capacity=dp["capacity"],
+        overflow_budget=dp["overflow_budget"],
+    )
     return bank.Recipe("original"), dataclasses.replace(_dp_training(config), dp=private)
 
 
 # Row name -> (config, name) -> (recipe, training). A new row adds one entry (and its name to ROWS).
-_ROW_RECIPES = {"original": _original, "subset": _subset, "dc_noise": _dc, "dc_real": _dc,
-                **{name: _other_method for name in METHOD_ROWS},
-                **{name: _dpsgd for name in DP_EPSILONS}}
+_ROW_RECIPES = {
+    "original": _original,
+    "subset": _subset,
+    "dc_noise": _dc,
+    "dc_real": _dc,
+    **{name: _other_method for name in METHOD_ROWS},
+    **{name: _dpsgd for name in DP_EPSILONS},
+}
 
 
 def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
@@ -225,8 +259,12 @@ def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
 
 def describe(config: StudyConfig, name: str) -> str:
     """One line on what the row's targets are trained on."""
-    return DESCRIPTIONS[name].format(per_class=config.per_class, ipc=config.condense.ipc,
-                                     dm_iterations=config.dm_iterations, **(dp_setting(config, name) or {}))
+    return DESCRIPTIONS[name].format(
+        per_class=config.per_class,
+        ipc=config.condense.ipc,
+        dm_iterations=config.dm_iterations,
+        **(dp_setting(config, name) or {}),
+    )
 
 
 def _row_summary(name: str, description: str, dp: dict | None, results: dict) -> dict:
@@ -238,15 +276,18 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict) ->
         **({"dp": dp} if dp else {}),
         "utility": results["utility"],
         "shokri_accuracy": results["shokri_accuracy"],
-        "attacks": {a: {s: v for s, v in by_slice.items() if s in ("natural", "canaries", "used", "all")}
-                    for a, by_slice in results["attacks"].items()},
+        "attacks": {
+            a: {s: v for s, v in by_slice.items() if s in ("natural", "canaries", "used", "all")}
+            for a, by_slice in results["attacks"].items()
+        },
         "natural": natural,
         "strongest": results["strongest"],
         "canary_detection": results["canary_detection"],
         "empirical_epsilon": results["empirical_epsilon"],
         "headline_samples": results["bootstrap"]["headline_samples"],
-        "roc_strongest": (results["roc"][results["strongest"]["model"]["attack"]]
-                          if results["strongest"]["model"] else None),
+        "roc_strongest": (
+            results["roc"][results["strongest"]["model"]["attack"]] if results["strongest"]["model"] else None
+        ),
         "wall_seconds": results["wall_seconds"],
     }
 
@@ -262,8 +303,9 @@ def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) 
     row = row_config(config, name)
     if os.path.exists(done):
         if not workdir_lib.config_matches(row_dir, dataclasses.asdict(row)):
-            raise workdir_lib.WorkdirError(f"row {name} in {workdir} finished with other settings; "
-                                           "pass --overwrite or choose another --workdir")
+            raise workdir_lib.WorkdirError(
+                f"row {name} in {workdir} finished with other settings; pass --overwrite or choose another --workdir"
+            )
         results = checkpoint.read_json(done)
         if results.get("schema") == attack_run.RESULTS_SCHEMA:
             logging.info("row %s: already finished, reading %s", name, done)
@@ -280,13 +322,19 @@ def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) 
 
 def _figures(workdir: str, results: dict) -> dict[str, str]:
     """Writes the study figures; returns {caption: file name relative to the workdir}."""
-    figures = {"Privacy vs accuracy (strongest model attack, TPR at 0.1% FPR, natural examples)":
-               "privacy_accuracy.png",
-               "ROC of each row's strongest model attack (natural examples)": "roc_targets.png"}
+    figures = {
+        "Privacy vs accuracy (strongest model attack, TPR at 0.1% FPR, natural examples)": "privacy_accuracy.png",
+        "ROC of each row's strongest model attack (natural examples)": "roc_targets.png",
+    }
     study_report.privacy_accuracy_figure(workdir_lib.path(workdir, "privacy_accuracy.png"), results)
-    curves = {f"{row['name']} ({row['strongest']['model']['attack']})":
-              (np.asarray(row["roc_strongest"]["fpr"]), np.asarray(row["roc_strongest"]["tpr"]))
-              for row in results["rows"] if row.get("roc_strongest")}
+    curves = {
+        f"{row['name']} ({row['strongest']['model']['attack']})": (
+            np.asarray(row["roc_strongest"]["fpr"]),
+            np.asarray(row["roc_strongest"]["tpr"]),
+        )
+        for row in results["rows"]
+        if row.get("roc_strongest")
+    }
     plots.roc_figure(workdir_lib.path(workdir, "roc_targets.png"), curves, "Strongest model attack per row")
     for row in results["rows"]:
         figures[f"Every attack against the {row['name']} targets"] = f"{row['name']}/roc.png"
@@ -296,9 +344,12 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
             continue
         name = f"synthetic_{row['name']}.png"
         dataset = export.preprocessing["dataset"]
-        plots.image_grid(workdir_lib.path(workdir, name), data_lib.denormalize(export.synthetic_example, dataset),
-                         export.target_logits.shape[-1],
-                         f"{row['name']}: target 0's synthetic set")
+        plots.image_grid(
+            workdir_lib.path(workdir, name),
+            data_lib.denormalize(export.synthetic_example, dataset),
+            export.target_logits.shape[-1],
+            f"{row['name']}: target 0's synthetic set",
+        )
         figures[f"Synthetic set released by target 0 ({row['name']})"] = name
     return figures
 
@@ -310,8 +361,7 @@ def _check_dp_capacity(row: attack_run.AttackRunConfig, train: data_lib.ArrayDat
     train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
 
 
-def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dict,
-              overwrite: bool = False) -> dict:
+def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dict, overwrite: bool = False) -> dict:
     """Runs (or resumes) every row, then writes results.json, RESULTS.md and the figures.
 
     Args:
@@ -341,10 +391,14 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
         rows.append(_row_summary(name, describe(config, name), dp_setting(config, name), results))
     about = dict(about)
     conclusion = about.pop("conclusion", "")
-    results = {**about, "rows": rows, "config": dataclasses.asdict(config),
-               # Sum of the rows' own wall times: a resumed study still reports its whole cost.
-               "wall_seconds": float(sum(r["wall_seconds"] for r in rows)),
-               "this_invocation_seconds": time.perf_counter() - tic}
+    results = {
+        **about,
+        "rows": rows,
+        "config": dataclasses.asdict(config),
+        # Sum of the rows' own wall times: a resumed study still reports its whole cost.
+        "wall_seconds": float(sum(r["wall_seconds"] for r in rows)),
+        "this_invocation_seconds": time.perf_counter() - tic,
+    }
     write_report(workdir, results, conclusion)
     checkpoint.write_json(workdir_lib.path(workdir, workdir_lib.RESULTS), results)  # Last: finished.
     return results
@@ -353,8 +407,7 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
 def write_report(workdir: str, results: dict, conclusion: str = "") -> None:
     """Figures and RESULTS.md (generated tables + the hand-written ``conclusion``) from the results."""
     figures = _figures(workdir, results)
-    study_report.write_results_document(workdir_lib.path(workdir, "RESULTS.md"), results, figures,
-                                        conclusion)
+    study_report.write_results_document(workdir_lib.path(workdir, "RESULTS.md"), results, figures, conclusion)
 
 
 def rewrite_report(workdir: str, conclusion: str, report_command: str) -> dict:

@@ -41,10 +41,20 @@ from dcjax.privacy import metrics  # noqa: E402
 DASH = "–"  # En dash: a missing or skipped entry.
 HEADLINE = "tpr_at_0.001"
 
-COLUMNS = ("target", "test accuracy (%)", "strongest model attack", "TPR@0.1% FPR (%) [95% CI]",
-           "AUC [95% CI]", "TPR@1% FPR (%)", "TPR@0.01% FPR (%)", "Shokri accuracy (%)",
-           "canaries flagged at the natural 0.1%-FPR threshold", "ε lower bound, natural / canaries",
-           "DP-SGD ε (PLD / RDP)", "released set: best TPR@0.1% (%)")
+COLUMNS = (
+    "target",
+    "test accuracy (%)",
+    "strongest model attack",
+    "TPR@0.1% FPR (%) [95% CI]",
+    "AUC [95% CI]",
+    "TPR@1% FPR (%)",
+    "TPR@0.01% FPR (%)",
+    "Shokri accuracy (%)",
+    "canaries flagged at the natural 0.1%-FPR threshold",
+    "ε lower bound, natural / canaries",
+    "DP-SGD ε (PLD / RDP)",
+    "released set: best TPR@0.1% (%)",
+)
 
 
 def _get(tree, *path):
@@ -86,8 +96,9 @@ def _metric(summary, name: str, scale: float = 100, digits: int = 2) -> str:
         return DASH
     if name.startswith("tpr_at_") and name in summary and summary[name] is None:
         return "below floor"
-    return _with_ci(_get(summary, name), _get(summary, f"{name}_ci_low"), _get(summary, f"{name}_ci_high"),
-                    scale, digits)
+    return _with_ci(
+        _get(summary, name), _get(summary, f"{name}_ci_low"), _get(summary, f"{name}_ci_high"), scale, digits
+    )
 
 
 def _target(row: dict) -> str:
@@ -165,27 +176,43 @@ def attacks_table(results: dict) -> str:
     lines = []
     for row in results.get("rows") or []:
         for attack, summary in (row.get("natural") or {}).items():
-            lines.append([_target(row), attack, _metric(summary, "auc", 1, 3), _metric(summary, "tpr_at_0.01"),
-                          _metric(summary, HEADLINE), _metric(summary, "tpr_at_0.0001")])
+            lines.append(
+                [
+                    _target(row),
+                    attack,
+                    _metric(summary, "auc", 1, 3),
+                    _metric(summary, "tpr_at_0.01"),
+                    _metric(summary, HEADLINE),
+                    _metric(summary, "tpr_at_0.0001"),
+                ]
+            )
     return _table(header, lines)
 
 
 def run_document(results: dict, command: str) -> str:
     """RESULTS.md of one attack run: utility, the strongest attacks and every attack's natural-slice numbers."""
-    row = {"name": results["config"]["recipe"]["kind"], "utility": results["utility"],
-           "shokri_accuracy": results["shokri_accuracy"], "strongest": results["strongest"],
-           "natural": {a: s.get("natural") for a, s in results["attacks"].items()},
-           "canary_detection": results["canary_detection"], "empirical_epsilon": results["empirical_epsilon"]}
+    row = {
+        "name": results["config"]["recipe"]["kind"],
+        "utility": results["utility"],
+        "shokri_accuracy": results["shokri_accuracy"],
+        "strongest": results["strongest"],
+        "natural": {a: s.get("natural") for a, s in results["attacks"].items()},
+        "canary_detection": results["canary_detection"],
+        "empirical_epsilon": results["empirical_epsilon"],
+    }
     u = results["utility"]
-    return "\n".join([
-        f"# Attack run: {row['name']} recipe\n",
-        "Regenerate from the export in this directory:\n\n```\n" + command + "\n```\n",
-        f"Targets: test accuracy {_pct_mean_std(u['test_accuracy_mean'], u['test_accuracy_std'])} %, "
-        f"accuracy on members / non-members {100 * u['member_accuracy']:.1f} / "
-        f"{100 * u['nonmember_accuracy']:.1f} %.\n",
-        "## Headline (natural examples)\n\n" + markdown_table({"rows": [row]}),
-        "## Every attack, natural examples\n\n" + attacks_table({"rows": [row]}),
-        _LEGEND])
+    return "\n".join(
+        [
+            f"# Attack run: {row['name']} recipe\n",
+            "Regenerate from the export in this directory:\n\n```\n" + command + "\n```\n",
+            f"Targets: test accuracy {_pct_mean_std(u['test_accuracy_mean'], u['test_accuracy_std'])} %, "
+            f"accuracy on members / non-members {100 * u['member_accuracy']:.1f} / "
+            f"{100 * u['nonmember_accuracy']:.1f} %.\n",
+            "## Headline (natural examples)\n\n" + markdown_table({"rows": [row]}),
+            "## Every attack, natural examples\n\n" + attacks_table({"rows": [row]}),
+            _LEGEND,
+        ]
+    )
 
 
 def _pair(row_a: dict, row_b: dict) -> list[str] | None:
@@ -196,8 +223,11 @@ def _pair(row_a: dict, row_b: dict) -> list[str] | None:
     if np.isnan(samples_a - samples_b).all():
         return None
     diff = metrics.paired_difference(samples_a, samples_b, a["tpr"], b["tpr"])
-    return [f"{_target(row_a)} − {_target(row_b)}",
-            _with_ci(diff["difference"], diff["ci_low"], diff["ci_high"], 100, 2), f"{diff['p_two_sided']:.3f}"]
+    return [
+        f"{_target(row_a)} − {_target(row_b)}",
+        _with_ci(diff["difference"], diff["ci_low"], diff["ci_high"], 100, 2),
+        f"{diff['p_two_sided']:.3f}",
+    ]
 
 
 def contrasts(results: dict, baselines=("subset", "original")) -> list[tuple[dict, dict]]:
@@ -279,12 +309,10 @@ def results_document(results: dict, figures: dict[str, str]) -> str:
     parts = [
         f"# Privacy study results (tier: {results.get('tier', DASH)})\n",
         "Command:\n\n```\n" + str(results.get("command", DASH)) + "\n```\n",
-        *(["Tables regenerated from the exported scores by:\n\n```\n" + regenerate + "\n```\n"]
-          if regenerate else []),
+        *(["Tables regenerated from the exported scores by:\n\n```\n" + regenerate + "\n```\n"] if regenerate else []),
         f"Machine: {results.get('machine', DASH)}\n\nWall time: {_wall_time(results.get('wall_seconds'))}\n",
         "## Results (natural examples; canaries separately)\n\n" + markdown_table(results),
-        "Rows:\n\n" + "".join(f"- **{_target(r)}**: {r.get('description', DASH)}\n"
-                              for r in results.get("rows") or []),
+        "Rows:\n\n" + "".join(f"- **{_target(r)}**: {r.get('description', DASH)}\n" for r in results.get("rows") or []),
         _LEGEND + (f"\n{floors}\n" if floors else ""),
         "## Paired differences between rows\n\nSame examples, same bootstrap resamples; the statistic is "
         "each row's strongest-model-attack TPR at 0.1% FPR (the per-resample maximum over its model "
@@ -315,8 +343,16 @@ def _figure_points(results: dict) -> list[tuple[str, float, float, float, float,
         if acc is None or pick is None or None in (pick["tpr"], pick["ci_low"], pick["ci_high"]):
             continue
         std = _number(_get(row, "utility", "test_accuracy_std")) or 0.0
-        points.append((str(row.get("name", "?")), 100 * acc, 100 * std, 100 * pick["tpr"],
-                       100 * pick["ci_low"], 100 * pick["ci_high"]))
+        points.append(
+            (
+                str(row.get("name", "?")),
+                100 * acc,
+                100 * std,
+                100 * pick["tpr"],
+                100 * pick["ci_low"],
+                100 * pick["ci_high"],
+            )
+        )
     return points
 
 
