@@ -45,6 +45,7 @@ import numpy as np
 import optax
 from scipy.stats import binom
 
+from dcjax import chunks
 from dcjax.models import ModelFns
 
 NORM_EPS = 1e-6  # Keeps the clip factor finite for a zero gradient.
@@ -212,10 +213,7 @@ def clipped_grad_sum(loss: Callable, params, batch, l2_clip: float, chunk: int):
       0 in chunks made only of padding).
     """
     b = batch[0].shape[0]
-    n = -(-b // chunk)
-    chunks = tuple(
-        jnp.pad(a, [(0, n * chunk - b)] + [(0, 0)] * (a.ndim - 1)).reshape((n, chunk) + a.shape[1:]) for a in batch
-    )
+    per_chunk = tuple(chunks.pad_to_chunks(a, chunk)[0] for a in batch)
 
     def compute(carry, xs):
         images, labels, weights = xs
@@ -231,7 +229,7 @@ def clipped_grad_sum(loss: Callable, params, batch, l2_clip: float, chunk: int):
         return jax.lax.cond(jnp.any(xs[2] > 0), compute, skip, carry, xs)
 
     init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    (loss_sum, grad_sum), norms = jax.lax.scan(body, init, chunks)
+    (loss_sum, grad_sum), norms = jax.lax.scan(body, init, per_chunk)
     return loss_sum, grad_sum, norms.reshape(-1)[:b]
 
 

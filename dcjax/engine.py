@@ -9,8 +9,10 @@ axis is executed is a per-backend choice (docs/protocol.md section 8):
   convolutions, 3-4x slower than a loop, so the default there is a sequential
   ``lax.map`` (a scan: one compiled body, no Python in the loop).
 
-The strategy names the choice; ``"auto"`` picks per backend; all choices compute the same
-thing (tests check it) and ``benchmarks/engine.py`` measures them side by side.
+The strategy names the choice (``dcjax.strategy``, the one chooser); ``"auto"`` picks per
+backend; ``"loop"``, a Python loop of separately jitted single-model runs, is the plain
+baseline and runs on one device only. All choices compute the same thing (tests check it)
+and ``benchmarks/engine.py`` measures them side by side.
 
 Across devices, ``train_models(..., mesh=model_mesh())`` shards the model axis over a
 ``models`` mesh axis with ``jax.shard_map`` (data replicated, no collectives: models are
@@ -30,36 +32,30 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dcjax import chunks
 from dcjax import progress
+from dcjax import strategy as strategy_lib
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
 
-STRATEGIES = ("auto", "vmap", "map", "loop")
+STRATEGIES = strategy_lib.STRATEGIES
+_IN_GRAPH = ("vmap", "map")  # What can run inside one jitted program (or inside shard_map).
 
 
-def resolve_strategy(strategy: str, backend: str | None = None) -> str:
-    """'auto' -> 'vmap' on accelerators, 'map' (sequential scan) on CPU."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown model-axis strategy {strategy!r}; expected one of {STRATEGIES}")
-    if strategy != "auto":
-        return strategy
-    backend = backend or jax.default_backend()
-    return "map" if backend == "cpu" else "vmap"
+def resolve_strategy(strategy: str, backend: str | None = None, supported: tuple[str, ...] = STRATEGIES[1:]) -> str:
+    """The model axis's ``strategy_lib.resolve``: 'auto' -> 'vmap' on accelerators, 'map' (sequential) on CPU."""
+    return strategy_lib.resolve(strategy, "model-axis strategy", backend, supported)
 
 
 def map_models(fn: Callable, strategy: str, xs):
     """Applies ``fn`` to each slice of ``xs`` along the leading (model) axis.
 
     ``fn`` must be traceable; ``xs`` a pytree of arrays with a common leading axis. Used
-    inside jit for 'vmap' and 'map'. ('loop' is handled by callers: it is a Python loop
-    over separately jitted calls, kept as the plain baseline.)
+    inside jit, so only 'vmap' and 'map' (or 'auto') run here; 'loop' is an error (callers that
+    offer it run a Python loop over separately jitted calls themselves).
     """
-    strategy = resolve_strategy(strategy)
-    if strategy == "vmap":
-        return jax.vmap(fn)(xs)
-    if strategy == "map":
-        return jax.lax.map(fn, xs)
-    raise ValueError(f"map_models cannot run strategy {strategy!r} inside jit")
+    strategy = resolve_strategy(strategy, supported=_IN_GRAPH)
+    return jax.vmap(fn)(xs) if strategy == "vmap" else jax.lax.map(fn, xs)
 
 
 class _Plan(NamedTuple):
@@ -140,13 +136,11 @@ def train_models(
         raise ValueError(f"masks must be [M, {images.shape[0]}], got {masks.shape}")
     max_count = int(jnp.max(jnp.sum(masks, axis=1)))
     schedule = train_lib.make_schedule(config, max_count)
-    strategy = resolve_strategy(strategy)
+    # A Python loop cannot run inside shard_map: sharded banks run 'vmap' or 'map'.
+    strategy = resolve_strategy(strategy, supported=_IN_GRAPH if mesh is not None else STRATEGIES[1:])
     if mesh is not None and masks.shape[0] % mesh.size:
         raise ValueError(f"{masks.shape[0]} models do not split evenly over {mesh.size} devices")
-    # A Python loop cannot run inside shard_map; its in-graph twin is 'map'.
-    plan = _Plan(
-        fns, config, schedule, "map" if strategy == "loop" and mesh is not None else strategy, progress.enabled()
-    )
+    plan = _Plan(fns, config, schedule, strategy, progress.enabled())
     with _training_task(plan, masks.shape[0], mesh, (jnp.shape(images), masks.shape)):
         return jax.block_until_ready(_dispatch(plan, keys, (images, labels, masks), mesh))
 
@@ -181,19 +175,9 @@ def _training_task(plan: _Plan, num_models: int, mesh: Mesh | None, shapes):
     return progress.task(label, num_models * per_model, "model-steps", weight, compiling)
 
 
-def _padded_batches(x: jax.Array, batch_size: int):
-    """[N, ...] -> ([ceil(N/B), B, ...], valid [ceil(N/B), B]) with zero padding at the end."""
-    n = x.shape[0]
-    steps = -(-n // batch_size)
-    pad = steps * batch_size - n
-    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    valid = jnp.arange(steps * batch_size) < n
-    return x.reshape((steps, batch_size) + x.shape[1:]), valid.reshape(steps, batch_size)
-
-
 def predict(fns: ModelFns, variables, images: jax.Array, batch_size: int = 1000) -> jax.Array:
     """Eval-mode logits of one model, in batches. images: [N,H,W,C] -> logits [N, K]."""
-    batches, _ = _padded_batches(images, min(batch_size, images.shape[0]))
+    batches, _ = chunks.pad_to_chunks(images, min(batch_size, images.shape[0]))
     logits = jax.lax.map(lambda x: fns.apply(variables, x), batches)
     return logits.reshape((-1, logits.shape[-1]))[: images.shape[0]]
 
@@ -204,6 +188,7 @@ def _predict_local(fns: ModelFns, strategy: str, batch_size: int, variables, ima
 
 predict_many = jax.jit(_predict_local, static_argnums=(0, 1, 2))
 predict_many.__doc__ = "Logits of M stacked models on the same images: [M, N, K]."
+_predict_one = jax.jit(predict, static_argnums=(0, 3))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -227,9 +212,11 @@ def predict_models(
     ``mesh``: the mesh the variables were trained on (``train_models(..., mesh=)``); each
     device then predicts with its own models. None: all on the default device.
     """
-    strategy = resolve_strategy(strategy)
-    if strategy == "loop":
-        strategy = "map"  # Prediction has no grouped-conv problem worth a Python loop.
+    strategy = resolve_strategy(strategy, supported=_IN_GRAPH if mesh is not None else STRATEGIES[1:])
+    if strategy == "loop":  # The plain baseline: one jitted prediction per model.
+        num_models = jax.tree.leaves(variables)[0].shape[0]
+        per_model = [jax.tree.map(lambda x, m=m: x[m], variables) for m in range(num_models)]
+        return jnp.stack([_predict_one(fns, v, images, batch_size) for v in per_model])
     if mesh is None:
         return predict_many(fns, strategy, batch_size, variables, images)
     images = jax.device_put(images, NamedSharding(mesh, P()))

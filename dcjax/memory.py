@@ -327,7 +327,7 @@ def evaluation_estimate(fns: ModelFns, config, image_shape, set_size: int, test_
 
 
 def check_condensation(config, fns: ModelFns, train, test) -> None:
-    """Refuses (ValueError) a ``condense_run.RunConfig`` whose iteration or evaluation cannot fit; logs both.
+    """Refuses (ValueError) a ``dcjax.condense.run.RunConfig`` whose iteration or evaluation cannot fit; logs both.
 
     train, test: the ``ArrayDataset``s of the run (images [N, H, W, C]); the real pool stays on the device while
     the synthetic set [K*ipc, H, W, C] is evaluated.
@@ -346,7 +346,7 @@ def _live_models(strategy: str, count: int) -> int:
     share the host's memory, so all shards count; on accelerators each device holds its share only.
     """
     devices = jax.device_count()
-    if devices > 1 and count % devices == 0:
+    if devices > 1 and count % devices == 0 and engine.resolve_strategy(strategy) != "loop":
         per_device = _model_concurrency(strategy, count // devices)
         return per_device * devices if jax.default_backend() == "cpu" else per_device
     return _model_concurrency(strategy, count)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from dcjax import augment as augment_lib
+from dcjax import chunks
 from dcjax import dpsgd
 from dcjax import progress
 from dcjax.models import ModelFns
@@ -195,17 +196,14 @@ def chunked_value_and_grad(loss_sum: Callable, params, arrays: tuple, chunk: int
       (total loss, gradient pytree), equal to jax.value_and_grad(loss_sum) on the whole
       batch up to float summation order.
     """
-    b = arrays[0].shape[0]
-    n = -(-b // chunk)
-    pad = n * chunk - b
-    chunks = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((n, chunk) + a.shape[1:]) for a in arrays)
+    per_chunk = tuple(chunks.pad_to_chunks(a, chunk)[0] for a in arrays)
 
     def body(carry, xs):
         loss, grads = jax.value_and_grad(loss_sum)(params, *xs)
         return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
 
     init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    return jax.lax.scan(body, init, chunks)[0]
+    return jax.lax.scan(body, init, per_chunk)[0]
 
 
 class Trainer(NamedTuple):
@@ -327,11 +325,13 @@ def run_epochs(trainer: Trainer, schedule: Schedule, variables: Variables, data,
         steps = jnp.arange(schedule.steps_per_epoch)
         state, losses = jax.lax.scan(one_step, state, (steps, indices, weights))
         on_epoch(epoch)
-        return state, jnp.sum(losses * weights.sum(1)) / jnp.maximum(weights.sum(), 1.0)
+        return state, (losses, weights.sum(1))
 
     state = TrainState(variables, trainer.optimizer.init(variables["params"]))
-    state, losses = jax.lax.scan(one_epoch, state, jnp.arange(num_epochs))
-    return state.variables, losses
+    state, (losses, counts) = jax.lax.scan(one_epoch, state, jnp.arange(num_epochs))
+    # The epoch means are taken here, outside the scans: inside, XLA fused the reduction differently
+    # when progress ticks were traced in, and the reported loss moved by an ulp.
+    return state.variables, jnp.sum(losses * counts, axis=1) / jnp.maximum(counts.sum(1), 1.0)
 
 
 class PoissonPlan(NamedTuple):

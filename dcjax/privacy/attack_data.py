@@ -38,19 +38,18 @@ import numpy as np
 
 from dcjax import checkpoint
 from dcjax import data as data_lib
+from dcjax import keys as keys_lib
 from dcjax.privacy import queries
 
 EXPORT = "attack_data.npz"
 TRIALS = "trials.npz"
 _JSON_FIELDS = ("config", "preprocessing", "pool_indices")
-# Named key streams of a run, each fold_in(root, position): appending keeps every earlier stream.
-KEY_STREAMS = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance", "canaries", "population", "audit")
+KEY_STREAMS = keys_lib.ATTACK  # The run's named key streams (``dcjax.keys`` says which feeds what).
 
 
 def run_keys(seed: int) -> dict:
     """{stream name: key} of an attack run, all from ``jax.random.key(seed)``."""
-    root = jax.random.key(seed)
-    return {name: jax.random.fold_in(root, i) for i, name in enumerate(KEY_STREAMS)}
+    return keys_lib.streams(jax.random.key(seed), KEY_STREAMS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -139,19 +139,6 @@ def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) ->
     return {**parts, "target_labels": target_labels, "canaries": canary_idx, "keep": keep, "halves": halves}
 
 
-def _recipe_need(recipe: bank.Recipe) -> tuple[str, int]:
-    """(setting, examples per class each private half must hold) for the recipe."""
-    if recipe.kind == "subset":
-        return "per_class", recipe.per_class
-    if recipe.kind == "condense":
-        dc = recipe.condense
-        assert dc is not None, "Recipe checks that a condense recipe has its CondenseConfig"
-        if dc.init == "real" and dc.ipc > dc.batch_real:
-            return "ipc", dc.ipc
-        return "batch_real", dc.batch_real
-    return "", 0
-
-
 def check_recipe_fits(config: AttackRunConfig, train) -> None:
     """Fails fast, before anything runs or is written, if some model's private half has too
     few examples of a class for the recipe (subset size, DC real batch or real init)."""
@@ -160,7 +147,7 @@ def check_recipe_fits(config: AttackRunConfig, train) -> None:
             f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
             f"exceeds the {len(train.labels)} training examples"
         )
-    setting, need = _recipe_need(config.recipe)
+    setting, need = config.recipe.per_class_need()
     if not need:
         return
     split = make_split(config, train.labels, train.num_classes)
@@ -224,10 +211,14 @@ class _Context:
         return self.split["keep"][i] if i < m else self.split["halves"][i - m]
 
 
-def _mesh_for(chunk: list[int]):
-    """The 'models' mesh when the chunk splits evenly over several devices, else None."""
+def _mesh_for(chunk: list[int], strategy: str):
+    """The 'models' mesh when the chunk splits evenly over several devices, else None.
+
+    'loop' (a Python loop of single-model runs, the plain baseline) always runs on one device.
+    """
     n = jax.device_count()
-    return engine.model_mesh() if n > 1 and len(chunk) % n == 0 else None
+    sharded = n > 1 and len(chunk) % n == 0 and engine.resolve_strategy(strategy) != "loop"
+    return engine.model_mesh() if sharded else None
 
 
 def _to_host(x) -> Any:
@@ -273,7 +264,7 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     keep = np.stack([ctx.keep_row(i) for i in chunk])
     model_keys = jnp.stack([jax.random.split(jax.random.fold_in(ctx.keys["models"], i)) for i in chunk])
     data = bank.recipe_data(cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy)
-    mesh = _mesh_for(chunk)
+    mesh = _mesh_for(chunk, cfg.strategy)
     variables, losses = engine.train_models(
         ctx.fns,
         cfg.train,

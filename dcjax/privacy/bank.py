@@ -26,6 +26,7 @@ from absl import logging
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import engine
+from dcjax import keys as keys_lib
 from dcjax import progress
 from dcjax.models import ModelFns
 
@@ -51,6 +52,22 @@ class Recipe:
             raise ValueError(f"per_class must be >= 1, got {self.per_class}")
         if self.kind == "condense" and self.condense is None:
             raise ValueError("the 'condense' recipe needs a CondenseConfig")
+
+    def per_class_need(self) -> tuple[str, int]:
+        """(the setting, examples of each class a private subset must hold) for the recipe; ("", 0): none.
+
+        subset: ``per_class`` images of each class; condense: ``batch_real`` real images per class per
+        matching step, and (real init) ``ipc`` of them for the initial set.
+        """
+        if self.kind == "subset":
+            return "per_class", self.per_class
+        if self.kind == "condense":
+            dc = self.condense
+            assert dc is not None, "__post_init__ checks that a condense recipe has its CondenseConfig"
+            if dc.init == "real" and dc.ipc > dc.batch_real:
+                return "ipc", dc.ipc
+            return "batch_real", dc.batch_real
+        return "", 0
 
 
 class BankData(NamedTuple):
@@ -130,7 +147,7 @@ def _iterate(statics: tuple, states, data, keys: jax.Array):
     """
     fns, config, _, model_strategy = statics
     c, (images, indexes) = keys.shape[0], data
-    iteration_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    iteration_keys = jax.vmap(lambda k: keys_lib.streams(k, keys_lib.CONDENSE)["iterations"])(keys)
     label = f"condensing {c} models: {config.iterations} x {condense.describe(fns, config)}"
     # A vmapped tick fires once for all c models, a mapped one once per model.
     weight = c if model_strategy == "vmap" else 1
@@ -138,7 +155,7 @@ def _iterate(statics: tuple, states, data, keys: jax.Array):
     unit = "model-iterations" if config.method == "dm" else "model outer steps"
     with progress.task(label, config.iterations * condense.iteration_units(config) * c, unit, weight, compiling):
         for t in range(config.iterations):
-            step_keys = jax.vmap(lambda k, t=t: jax.random.fold_in(k, t))(iteration_keys)
+            step_keys = jax.vmap(lambda k, t=t: keys_lib.item(k, t))(iteration_keys)
             states, metrics = _condense_step(*statics, states, images, indexes, step_keys)
             if (t + 1) % 10 == 0 or t + 1 == config.iterations:
                 logging.info(
@@ -151,17 +168,31 @@ def _iterate(statics: tuple, states, data, keys: jax.Array):
         return jax.block_until_ready(states)
 
 
+def _run_models(statics: tuple, states, data, keys: jax.Array):
+    """``_iterate`` over all c models at once ('vmap', 'map'), or ('loop') one model's run after another."""
+    fns, config, class_strategy, model_strategy = statics
+    if model_strategy != "loop":
+        return _iterate(statics, states, data, keys)
+    images, indexes = data
+    one = lambda x, m: jax.tree.map(lambda leaf: leaf[m : m + 1], x)  # noqa: E731
+    runs = [
+        _iterate((fns, config, class_strategy, "map"), one(states, m), (images, one(indexes, m)), keys[m : m + 1])
+        for m in range(keys.shape[0])
+    ]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *runs)
+
+
 def condense_models(
     fns: ModelFns, config: condense.CondenseConfig, keys: jax.Array, pool, keep: np.ndarray, strategy: str = "auto"
 ):
     """Condenses each model's IN subset of the pool, all c models at once.
 
     Args:
-      keys: [c] keys; model m initialises with fold_in(keys[m], 0) and runs iteration t with
-        fold_in(fold_in(keys[m], 1), t), the key layout of ``condense_run``.
+      keys: [c] keys; model m's condensation draws from ``keys.CONDENSE`` streams of keys[m], the layout
+        of ``dcjax.condense.run`` (init: its initial set; item t of iterations: its iteration t).
       pool: (images [N, H, W, C], labels [N] int32) — the whole pool, kept on device once.
       keep: [c, N] bool IN masks.
-      strategy: model-axis strategy ('loop' runs as 'map').
+      strategy: model-axis strategy ('loop': one model's condensation after another).
 
     Returns:
       (synthetic images [c, K*ipc, H, W, C], init indices [c, K*ipc] into the pool, -1 for noise).
@@ -176,14 +207,14 @@ def condense_models(
         condense.check_batch_real(config, index)
     images = jnp.asarray(images)
     inits = [
-        condense.init_synthetic(config, jax.random.fold_in(k, 0), images, index) for k, index in zip(keys, indexes)
+        condense.init_synthetic(config, keys_lib.streams(k, keys_lib.CONDENSE)["init"], images, index)
+        for k, index in zip(keys, indexes)
     ]
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for s, _ in inits])
     indexes = jax.tree.map(lambda *xs: jnp.stack(xs), *indexes)
     model_strategy = engine.resolve_strategy(strategy)
-    model_strategy = "map" if model_strategy == "loop" else model_strategy
-    statics = (fns, config, condense.resolve_class_strategy(config.class_strategy), model_strategy)
-    states = _iterate(statics, states, (images, indexes), keys)
+    class_strategy = condense.resolve_class_strategy(config.class_strategy)
+    states = _run_models((fns, config, class_strategy, model_strategy), states, (images, indexes), keys)
     init_indices = np.stack([np.asarray(i) for _, i in inits])
     return np.asarray(states.images), init_indices
 
