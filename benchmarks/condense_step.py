@@ -126,6 +126,20 @@ def read_references(paths: list[str]) -> dict:
     return references
 
 
+def _measure_apart(spec: str, method: str) -> dict:
+    """``measure`` in a fresh process (its peak RSS is its own; no compile cache carries over)."""
+    command = [
+        sys.executable,
+        __file__,
+        f"--single={spec}",
+        f"--methods={method}",
+        f"--repeats={FLAGS.repeats}",
+        f"--class_strategy={FLAGS.class_strategy}",
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(_):
     if FLAGS.single:
         print(json.dumps(measure(FLAGS.single, FLAGS.methods[0])))
@@ -138,20 +152,7 @@ def main(_):
     rows = []
     for spec in FLAGS.configs:
         for method in FLAGS.methods:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    f"--single={spec}",
-                    f"--methods={method}",
-                    f"--repeats={FLAGS.repeats}",
-                    f"--class_strategy={FLAGS.class_strategy}",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row = _measure_apart(spec, method)
             row["vs matmul"] = row["GFLOP/s"] / matmul
             ipc = int(spec.split(":")[1])
             if spec.split(":")[0] == "128" and (method, ipc) in reference:  # The official code's ConvNet is 128 wide.

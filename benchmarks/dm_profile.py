@@ -1,6 +1,7 @@
 r"""Where a DM iteration's time goes: its parts timed one by one, side by side with the whole iteration.
 
-A DM iteration (dcjax/dm.py) is, per class and with one DSA transform shared by both batches:
+A DM iteration (dcjax/condense/distribution_matching.py) is, per class, with one DSA transform shared by both
+batches:
   real:      DSA on batch_real real images, their embeddings (a forward pass, no gradient), the mean;
   synthetic: DSA on ipc synthetic images, their embeddings, and the backward pass to the images.
 This benchmark jits each part on its own, over all K classes with the run's class strategy, and times
@@ -40,7 +41,7 @@ def _setup():
     """Model, config, pool, class index, one iteration's real batch and frozen network, and the parts."""
     import jax
     import numpy as np
-    from dcjax import condense, data, dm, dsa, matching, models
+    from dcjax import condense, data, models
 
     cfg = condense.CondenseConfig(
         ipc=FLAGS.ipc,
@@ -59,10 +60,23 @@ def _setup():
     real = pool[data.sample_per_class(jax.random.key(3), index, cfg.batch_real)]  # [K, batch_real, ...]
     syn = state.images.reshape((K, cfg.ipc) + SHAPE)
     keys = jax.vmap(functools.partial(jax.random.fold_in, jax.random.key(4)))(jax.numpy.arange(K))
+    parts = _parts(fns, cfg, strategy, variables, (real, syn, keys))
+    step = condense.make_iteration_fn(fns, cfg)
+    return fns, cfg, strategy, parts, (step, state, (pool, index))
+
+
+def _parts(fns, cfg, strategy: str, variables, batches):
+    """{part name: (function, its arguments)}: the real and synthetic halves of the iteration, jittable alone."""
+    import jax
+    from dcjax import dsa
+    from dcjax.condense import distances
+    from dcjax.condense import distribution_matching as dm
+
+    real, syn, keys = batches
     chunk = dm._embed_chunk(cfg, fns)
 
     def over_classes(per_class, *xs):
-        return matching.sum_over_classes(per_class, strategy, xs)
+        return distances.sum_over_classes(per_class, strategy, xs)
 
     def real_dsa(r, k):
         return dsa.dsa_augment(k, r, cfg.dsa_strategy, dsa.SIAMESE)
@@ -73,13 +87,11 @@ def _setup():
     def syn_loss(s, k):
         return jax.numpy.sum(dm.mean_embedding(fns, variables, dsa.dsa_augment(k, s, cfg.dsa_strategy, dsa.SIAMESE)))
 
-    parts = {
+    return {
         "real: DSA only": (lambda r, k: over_classes(lambda a, b: jax.numpy.sum(real_dsa(a, b)), r, k), (real, keys)),
         "real: DSA + embed (forward)": (lambda r, k: over_classes(real_part, r, k), (real, keys)),
         "synthetic: DSA + embed + backward": (jax.grad(lambda s, k: over_classes(syn_loss, s, k)), (syn, keys)),
     }
-    step = condense.make_iteration_fn(fns, cfg)
-    return fns, cfg, strategy, parts, (step, state, (pool, index))
 
 
 def _forward_flops(fns) -> float:
@@ -116,7 +128,7 @@ def main(_):
     for row in rows:
         row["share of iteration"] = row["s"] / whole
         row["vs matmul"] = row["GFLOP/s"] / matmul
-    from dcjax import dm
+    from dcjax.condense import distribution_matching as dm
 
     print(
         f"backend {jax.default_backend()}; class strategy {strategy}; ConvNet-{FLAGS.width} ({FLAGS.conv_impl}), "

@@ -24,9 +24,10 @@ section 5: "one op group is drawn per call") draws ONE op group of the strategy 
 batch, so the Siamese pair also shares the op; "all" (the reference's ``aug_mode='M'``) applies every listed op in
 strategy order. Op number i (its position in the strategy) always draws its parameters from ``fold_in(key, i)``.
 
-Used by gradient matching with DSA (``dcjax.condense``, batch mode, one key per class and matching step), by
-distribution matching (``dcjax.dm``) and as the training augmentation "dsa" / "dsa_digits" (``dcjax.augment``,
-image mode), as in the reference, where DSA runs both in the inner loop and in evaluation.
+Used by gradient matching with DSA (``dcjax.condense.gradient_matching``, batch mode, one key per class and
+matching step), by distribution matching (``dcjax.condense.distribution_matching``) and as the training
+augmentation "dsa" / "dsa_digits" (``dcjax.augment``, image mode), as in the reference, where DSA runs both in the
+inner loop and in evaluation.
 """
 
 from __future__ import annotations

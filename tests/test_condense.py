@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dcjax import condense
-from dcjax import condense_run
+from dcjax.condense import run as condense_run
 from dcjax import data
 from dcjax import evaluation
 from dcjax import models

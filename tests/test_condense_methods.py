@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from dcjax import condense
-from dcjax import condense_run
+from dcjax.condense import run as condense_run
 from dcjax import data
-from dcjax import dm
+from dcjax.condense import distribution_matching as dm
+from dcjax.condense import gradient_matching
 from dcjax import dsa
 from dcjax import evaluation
 from dcjax import models
@@ -76,7 +77,7 @@ def test_dsa_matching_uses_one_shared_transform_per_class(fns):
         for c in range(K):
             k = jax.random.fold_in(key, c)
             aug = functools.partial(dsa.dsa_augment, k, strategy=DSA.dsa_strategy, params=dsa.SIAMESE)
-            total += condense._class_distance(
+            total += gradient_matching._class_distance(
                 fns, plain, variables, aug(syn[c * IPC : (c + 1) * IPC]), aug(real[c]), c, k
             )
         return total

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcjax import condense, condense_run, data, engine, evaluation, memory, models
+from dcjax import condense, data, engine, evaluation, memory, models
+from dcjax.condense import run as condense_run
 from dcjax import train as train_lib
 from dcjax.privacy import attack_run, bank, shokri, study
 

@@ -18,15 +18,15 @@ fold_in(dsa_key(t), c), so runs are reproducible from the seed.
 from __future__ import annotations
 
 import functools
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 
+from dcjax import chunks
 from dcjax import data as data_lib
 from dcjax import dsa
-from dcjax import matching
+from dcjax.condense import distances
+from dcjax.condense.config import CondenseConfig, SynState, image_optimizer
 from dcjax import progress
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
@@ -41,17 +41,15 @@ def mean_embedding(fns: ModelFns, variables, images: jax.Array, chunk: int = 0) 
     n = images.shape[0]
     if not chunk or chunk >= n:
         return jnp.mean(fns.embed(variables, images), axis=0)
-    num_chunks = -(-n // chunk)
-    padded = jnp.pad(images, [(0, num_chunks * chunk - n)] + [(0, 0)] * (images.ndim - 1))
-    weights = (jnp.arange(num_chunks * chunk) < n).astype(jnp.float32).reshape(num_chunks, chunk)
+    padded, valid = chunks.pad_to_chunks(images, chunk)
     sums = jax.lax.map(
         lambda args: jnp.sum(fns.embed(variables, args[0]) * args[1][:, None], axis=0),
-        (padded.reshape((num_chunks, chunk) + images.shape[1:]), weights),
+        (padded, valid.astype(jnp.float32)),
     )
     return jnp.sum(sums, axis=0) / n
 
 
-def _class_loss(fns: ModelFns, config, variables, syn_c, real_c, key, chunk: int) -> jax.Array:
+def _class_loss(fns: ModelFns, config: CondenseConfig, variables, syn_c, real_c, key, chunk: int) -> jax.Array:
     """|| mean embed(DSA(real_c)) - mean embed(DSA(syn_c)) ||^2 for one class; syn_c [ipc, ...], real_c [n, ...]."""
     real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, dsa.SIAMESE)
     syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, dsa.SIAMESE)
@@ -60,12 +58,12 @@ def _class_loss(fns: ModelFns, config, variables, syn_c, real_c, key, chunk: int
 
 
 def dm_loss(
-    fns: ModelFns, config, strategy: str, variables, syn: jax.Array, real: jax.Array, key: jax.Array
+    fns: ModelFns, config: CondenseConfig, strategy: str, variables, syn: jax.Array, real: jax.Array, key: jax.Array
 ) -> jax.Array:
     """Sum over classes of the embedding-mean distance.
 
     Args:
-      config: a ``condense.CondenseConfig`` (ipc, dsa_strategy, microbatch are read).
+      config: ipc, dsa_strategy and microbatch are read.
       strategy: resolved class strategy: 'vmap', 'map' or 'loop'.
       syn: [K*ipc, H, W, C] synthetic images, class-major.
       real: [K, batch_real, H, W, C] real images per class.
@@ -76,18 +74,18 @@ def dm_loss(
     keys = jax.vmap(functools.partial(jax.random.fold_in, key))(jnp.arange(num_classes))
     chunk = _embed_chunk(config, fns)
     per_class = lambda s, r, k: _class_loss(fns, config, variables, s, r, k, chunk)  # noqa: E731
-    return matching.sum_over_classes(per_class, strategy, (syn, real, keys))
+    return distances.sum_over_classes(per_class, strategy, (syn, real, keys))
 
 
-def _embed_chunk(config, fns: ModelFns) -> int:
+def _embed_chunk(config: CondenseConfig, fns: ModelFns) -> int:
     """Real-embedding chunk size: the training microbatch rule (8 on CPU with im2col nets, else whole batches)."""
     return train_lib.resolve_microbatch(config.microbatch, fns)
 
 
-def dm_iteration(fns: ModelFns, config, strategy: str, state: Any, real_data, key: jax.Array):
+def dm_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: SynState, real_data, key: jax.Array):
     """One DM iteration: (state, (pool images, ClassIndex), key) -> (state, metrics).
 
-    state: a ``condense.SynState`` (images [K*ipc, H, W, C], SGD-momentum state). Pure; jitted by
+    state: the ``SynState`` (images [K*ipc, H, W, C], SGD-momentum state). Pure; jitted by
     ``condense.make_iteration_fn``. metrics: {"loss": the summed class losses []}.
     """
     pool, index = real_data
@@ -96,10 +94,8 @@ def dm_iteration(fns: ModelFns, config, strategy: str, state: Any, real_data, ke
     real = pool[data_lib.sample_per_class(real_key, index, config.batch_real)]
     loss_fn = functools.partial(dm_loss, fns, config, strategy, variables)
     loss, grads = jax.value_and_grad(loss_fn)(state.images, real, dsa_key)
-    # The same optimizer as condense.image_optimizer (SGD with momentum on the images), state kept across iterations.
-    updates, opt_state = optax.sgd(config.lr_img, momentum=config.momentum_img).update(
-        grads, state.opt_state, state.images
-    )
+    # The image optimizer of every method (SGD with momentum on the images), its state kept across iterations.
+    updates, opt_state = image_optimizer(config).update(grads, state.opt_state, state.images)
     images = optax.apply_updates(state.images, updates)
     progress.tick(jnp.int32(0), 1, 1)  # One unit per iteration (``condense.iteration_units``).
     return state._replace(images=images, opt_state=opt_state), {"loss": loss}

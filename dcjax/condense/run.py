@@ -23,6 +23,7 @@ from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import evaluation
+from dcjax import keys as keys_lib
 from dcjax import memory
 from dcjax import plots
 from dcjax import workdir as workdir_lib
@@ -65,8 +66,7 @@ class RunConfig:
 
 
 def _keys(seed: int):
-    root = jax.random.key(seed)
-    return {name: jax.random.fold_in(root, i) for i, name in enumerate(("init", "iterations", "eval", "baseline"))}
+    return keys_lib.streams(jax.random.key(seed), keys_lib.CONDENSE)
 
 
 class _Run:
@@ -87,7 +87,7 @@ class _Run:
         return condense.init_synthetic(self.config.condense, self.keys["init"], self.pool, self.index)
 
     def evaluate(self, images, iteration: int) -> dict:
-        key = jax.random.fold_in(self.keys["eval"], iteration)
+        key = keys_lib.item(self.keys["eval"], iteration)
         result = evaluation.evaluate_training_set(
             self.fns, self.config.eval, key, (images, self.labels), (self.test.images, self.test.labels)
         )
@@ -158,7 +158,7 @@ def _iterate(run: _Run, state, start: int, metrics: list, evals: list):
         if t == total:
             break
         tic = time.perf_counter()
-        state, out = step_fn(state, (run.pool, run.index), jax.random.fold_in(run.keys["iterations"], t))
+        state, out = step_fn(state, (run.pool, run.index), keys_lib.item(run.keys["iterations"], t))
         loss = float(out["loss"])  # Blocks until the iteration is done: honest timing.
         if not np.isfinite(loss):  # Free: the loss is on the host already.
             raise _diverged(run, f"loss {loss}", t, metrics, evals)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcjax import matching
+from dcjax.condense import distances
 
 
 def _torch_layout(g):
@@ -45,7 +45,7 @@ def test_ours_matches_pytorch_layout_formula():
         _reference_ours(_torch_layout(np.asarray(a)), _torch_layout(np.asarray(b)))
         for a, b in zip(jax.tree.leaves(gs), jax.tree.leaves(gr))
     )
-    got = matching.gradient_distance(gs, gr, "ours")
+    got = distances.gradient_distance(gs, gr, "ours")
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -54,27 +54,27 @@ def test_ours_rows_are_over_the_last_axis():
     gs, gr = _random_grads(2), _random_grads(3)
     k_s, k_r = gs["conv"]["kernel"], gr["conv"]["kernel"]
     wrong = _reference_ours(k_s.reshape(3, -1), k_r.reshape(3, -1))
-    right = matching.layer_distance_ours(jnp.asarray(k_s), jnp.asarray(k_r))
+    right = distances.layer_distance_ours(jnp.asarray(k_s), jnp.asarray(k_r))
     assert abs(float(right) - wrong) > 1e-3
 
 
 def test_identical_gradients_have_zero_ours_and_cos_distance():
     g = _random_grads(4)
-    assert float(matching.gradient_distance(g, g, "ours")) == pytest.approx(0.0, abs=1e-4)
-    assert float(matching.gradient_distance(g, g, "cos")) == pytest.approx(0.0, abs=1e-6)
-    assert float(matching.gradient_distance(g, g, "mse")) == 0.0
+    assert float(distances.gradient_distance(g, g, "ours")) == pytest.approx(0.0, abs=1e-4)
+    assert float(distances.gradient_distance(g, g, "cos")) == pytest.approx(0.0, abs=1e-6)
+    assert float(distances.gradient_distance(g, g, "mse")) == 0.0
 
 
 def test_mse_and_cos_match_flattened_formulas():
     gs, gr = _random_grads(5), _random_grads(6)
     a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(gs)])
     b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(gr)])
-    np.testing.assert_allclose(matching.gradient_distance(gs, gr, "mse"), np.sum((a - b) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(distances.gradient_distance(gs, gr, "mse"), np.sum((a - b) ** 2), rtol=1e-5)
     cos = 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-6)
-    np.testing.assert_allclose(matching.gradient_distance(gs, gr, "cos"), cos, rtol=1e-5)
+    np.testing.assert_allclose(distances.gradient_distance(gs, gr, "cos"), cos, rtol=1e-5)
 
 
 def test_unknown_distance_is_rejected():
     g = _random_grads(7)
     with pytest.raises(ValueError, match="bogus"):
-        matching.gradient_distance(g, g, "bogus")
+        distances.gradient_distance(g, g, "bogus")
