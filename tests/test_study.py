@@ -41,9 +41,9 @@ def test_a_row_finished_with_other_settings_is_not_reused(tmp_path):
     finished = {"finished": True, "schema": study.attack_run.RESULTS_SCHEMA}
     (row_dir / workdir.RESULTS).write_text(json.dumps(finished))
     with pytest.raises(workdir.WorkdirError, match="row subset"):
-        study._run_row(config, "subset", None, (None, None), str(tmp_path))
+        study._run_row(study.plan_row(config, "subset"), None, (None, None), str(tmp_path))
     checkpoint.write_json(str(row_dir / workdir.CONFIG), dataclasses.asdict(study.row_config(config, "subset")))
-    assert study._run_row(config, "subset", None, (None, None), str(tmp_path)) == finished
+    assert study._run_row(study.plan_row(config, "subset"), None, (None, None), str(tmp_path)) == finished
 
 
 def _cpu_like() -> study.StudyConfig:
@@ -194,3 +194,17 @@ def test_rows_can_be_added_to_a_finished_study(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="BatchNorm"):  # Refused before anything runs.
         study.run_study(dataclasses.replace(_cpu_like(), dp_clip=2.0), bn, data, str(tmp_path / "bn"), {})
     assert not (tmp_path / "bn").exists()
+
+
+def test_a_row_plan_calls_the_accountant_once(monkeypatch):
+    """Every stage reads the row's RowPlan: its DP setting (an accountant call) is computed once per row."""
+    calls = []
+    real = study.dp_guarantee
+    monkeypatch.setattr(study, "dp_guarantee", lambda *args: calls.append(args) or real(*args))
+    plan = study.plan_row(_cpu_like(), "dpsgd_eps4")
+    assert len(calls) == 1
+    assert plan.run.train.dp.noise_multiplier == plan.dp["noise_multiplier"]
+    assert plan.description == study.DESCRIPTIONS["dpsgd_eps4"].format(
+        per_class=plan.run.recipe.per_class, ipc=10, dm_iterations=0, **plan.dp
+    )
+    assert study.plan_row(_cpu_like(), "original").dp is None and len(calls) == 1

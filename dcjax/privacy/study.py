@@ -24,7 +24,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
@@ -198,20 +198,20 @@ def dp_setting(config: StudyConfig, name: str) -> dict | None:
     )
 
 
-def _original(config: StudyConfig, name: str):
+def _original(config: StudyConfig, name: str, dp: dict | None):
     return bank.Recipe("original"), config.train_original
 
 
-def _subset(config: StudyConfig, name: str):
+def _subset(config: StudyConfig, name: str, dp: dict | None):
     return bank.Recipe("subset", per_class=config.per_class), config.train_small
 
 
-def _dc(config: StudyConfig, name: str):
+def _dc(config: StudyConfig, name: str, dp: dict | None):
     dc = dataclasses.replace(config.condense, method="dc", init="noise" if name == "dc_noise" else "real")
     return bank.Recipe("condense", condense=dc), config.train_small
 
 
-def _other_method(config: StudyConfig, name: str):
+def _other_method(config: StudyConfig, name: str, dp: dict | None):
     """dsa_real / dm_real: the study's condensation settings with that method, real init; trained with DSA.
 
     The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so these rows do too.
@@ -225,8 +225,7 @@ def _other_method(config: StudyConfig, name: str):
     return recipe, dataclasses.replace(config.train_small, augment=augment)
 
 
-def _dpsgd(config: StudyConfig, name: str):
-    dp = dp_setting(config, name)
+def _dpsgd(config: StudyConfig, name: str, dp: dict | None):
     assert dp is not None, f"{name} is not a DP-SGD row"
     private = dpsgd.DPConfig(
         l2_clip=dp["l2_clip"],
@@ -238,7 +237,7 @@ def _dpsgd(config: StudyConfig, name: str):
     return bank.Recipe("original"), dataclasses.replace(_dp_training(config), dp=private)
 
 
-# Row name -> (config, name) -> (recipe, training). A new row adds one entry (and its name to ROWS).
+# Row name -> (config, name, its dp_setting) -> (recipe, training). A new row adds one entry (and its name to ROWS).
 _ROW_RECIPES = {
     "original": _original,
     "subset": _subset,
@@ -249,22 +248,35 @@ _ROW_RECIPES = {
 }
 
 
-def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
-    """The attack-run settings of one row."""
+class RowPlan(NamedTuple):
+    """One row's settings, computed once (its DP setting calls the accountant): what every stage reads."""
+
+    name: str
+    run: attack_run.AttackRunConfig  # The row's attack run: the study's settings with the row's recipe.
+    description: str  # One line on what the row's targets are trained on.
+    dp: dict | None  # ``dp_setting`` (DP-SGD rows), else None.
+
+
+def plan_row(config: StudyConfig, name: str) -> RowPlan:
+    """The ``RowPlan`` of one row; ValueError for an unknown row."""
     if name not in _ROW_RECIPES:
         raise ValueError(f"unknown row {name!r}; expected one of {ROWS}")
-    recipe, train = _ROW_RECIPES[name](config, name)
-    return dataclasses.replace(config.attack, recipe=recipe, train=train)
+    dp = dp_setting(config, name)
+    recipe, train = _ROW_RECIPES[name](config, name, dp)
+    description = DESCRIPTIONS[name].format(
+        per_class=config.per_class, ipc=config.condense.ipc, dm_iterations=config.dm_iterations, **(dp or {})
+    )
+    return RowPlan(name, dataclasses.replace(config.attack, recipe=recipe, train=train), description, dp)
+
+
+def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
+    """The attack-run settings of one row (``plan_row``'s ``run``)."""
+    return plan_row(config, name).run
 
 
 def describe(config: StudyConfig, name: str) -> str:
-    """One line on what the row's targets are trained on."""
-    return DESCRIPTIONS[name].format(
-        per_class=config.per_class,
-        ipc=config.condense.ipc,
-        dm_iterations=config.dm_iterations,
-        **(dp_setting(config, name) or {}),
-    )
+    """One line on what the row's targets are trained on (``plan_row``'s ``description``)."""
+    return plan_row(config, name).description
 
 
 def _row_summary(name: str, description: str, dp: dict | None, results: dict) -> dict:
@@ -292,15 +304,15 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict) ->
     }
 
 
-def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) -> dict:
+def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
     """A finished row is read back; an unfinished one runs (or resumes).
 
     A row finished by an older version (results without the current schema) is re-attacked from
     its stored bank: its models are not retrained, only exported and scored anew.
     """
+    name, row = plan.name, plan.run
     row_dir = workdir_lib.path(workdir, name)
     done = workdir_lib.path(row_dir, workdir_lib.RESULTS)
-    row = row_config(config, name)
     if os.path.exists(done):
         if not workdir_lib.config_matches(row_dir, dataclasses.asdict(row)):
             raise workdir_lib.WorkdirError(
@@ -315,7 +327,7 @@ def _run_row(config: StudyConfig, name: str, fns: ModelFns, data, workdir: str) 
             train, test = data
             attack_run.export_trained_bank(row, fns, train, test, row_dir)
         return attack_run.report_only(row_dir)
-    logging.info("row %s: %s", name, describe(config, name))
+    logging.info("row %s: %s", name, plan.description)
     train, test = data
     return attack_run.run_attack(row, fns, train, test, row_dir)
 
@@ -373,22 +385,22 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
         optionally "conclusion": hand-written markdown appended to RESULTS.md.
       overwrite: discard whatever the workdir holds.
     """
-    for name in config.rows:  # Every row's feasibility first: fail before hours of work.
-        row = row_config(config, name)
-        train, test = data
-        attack_run.check_recipe_fits(row, train)
-        memory.check_attack_run(row, fns, train, test, what=f"row {name}")
-        if row.train.dp is not None:
+    plans = [plan_row(config, name) for name in config.rows]
+    train, test = data
+    for plan in plans:  # Every row's feasibility first: fail before hours of work.
+        attack_run.check_recipe_fits(plan.run, train)
+        memory.check_attack_run(plan.run, fns, train, test, what=f"row {plan.name}")
+        if plan.run.train.dp is not None:
             dpsgd.check_network(fns)
-            _check_dp_capacity(row, data[0])
+            _check_dp_capacity(plan.run, train)
     # Each row checks its own settings, so finished rows survive a change to another row's,
     # and rows can be added to a finished study (its finished rows are read back).
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite, parts_checked=True)
     tic = time.perf_counter()
     rows = []
-    for name in config.rows:
-        results = _run_row(config, name, fns, data, workdir)
-        rows.append(_row_summary(name, describe(config, name), dp_setting(config, name), results))
+    for plan in plans:
+        results = _run_row(plan, fns, data, workdir)
+        rows.append(_row_summary(plan.name, plan.description, plan.dp, results))
     about = dict(about)
     conclusion = about.pop("conclusion", "")
     results = {
