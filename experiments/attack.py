@@ -27,20 +27,23 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+from dcjax.privacy import attack_run, bank  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
 common.define_run_flags()
-common.define_train_flags(epochs=100)
+common.define_train_flags(common.field_default(attack_run.AttackRunConfig, "train"))
 common.define_condense_flags()
 flags.DEFINE_enum(
     "target",
-    "original",
-    ["original", "subset", "condense"],
+    common.field_default(bank.Recipe, "kind"),
+    bank.RECIPES,
     "Target recipe: train on the private data itself, on a random --per_class "
     "subset of it, or on a synthetic set condensed from it (--method).",
 )
-flags.DEFINE_integer("per_class", 10, "Images per class for --target=subset.")
+flags.DEFINE_integer(
+    "per_class", common.field_default(bank.Recipe, "per_class"), "Images per class for --target=subset."
+)
 common.define_attack_flags()
 flags.DEFINE_bool(
     "report_only",
@@ -54,8 +57,6 @@ FLAGS = flags.FLAGS
 
 def run_config():
     """Frozen configs from flags; ValueError (naming the setting) on bad values."""
-    from dcjax.privacy import bank
-
     condense = common.condense_config() if FLAGS.target == "condense" else None
     with common.naming_flags():
         recipe = bank.Recipe(kind=FLAGS.target, per_class=FLAGS.per_class, condense=condense)
@@ -99,7 +100,6 @@ def _print_summary(results: dict, workdir: str):
 
 def run():
     from dcjax import data, models
-    from dcjax.privacy import attack_run
 
     config = run_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"attack_{FLAGS.dataset}_{FLAGS.target}_seed{FLAGS.seed}")

@@ -5,6 +5,8 @@ library function, report. Library code defines no flags and prints nothing.
 """
 
 import contextlib
+import dataclasses
+import functools
 import os
 import re
 import sys
@@ -12,14 +14,35 @@ import sys
 from absl import flags
 from absl import logging
 
+from dcjax import augment as augment_lib
 from dcjax import models
+from dcjax import strategy as strategy_lib
 
 FLAGS = flags.FLAGS
-AUGMENTS = ["none", "dc", "dsa", "dsa_digits"]  # dcjax.augment.AUGMENTATIONS
+AUGMENTS = tuple(augment_lib.AUGMENTATIONS)  # What TrainConfig.augment accepts.
+
+
+def field_default(cls, name: str):
+    """The default of dataclass ``cls``'s field ``name`` (its ``default_factory`` called): a flag's default
+    stated once, where the setting is. AttributeError for a field ``cls`` lacks or one without a default."""
+    for field in dataclasses.fields(cls):
+        if field.name == name:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+            raise AttributeError(f"{cls.__name__}.{name} has no default")
+    raise AttributeError(f"{cls.__name__} has no field {name!r}")
 
 
 def define_data_flags():
-    flags.DEFINE_string("dataset", "mnist", "TFDS dataset name (mnist, fashion_mnist, svhn_cropped, cifar10).")
+    from dcjax.privacy import attack_run
+
+    flags.DEFINE_string(
+        "dataset",
+        field_default(attack_run.AttackRunConfig, "dataset"),
+        "TFDS dataset name (mnist, fashion_mnist, svhn_cropped, cifar10).",
+    )
     flags.DEFINE_string(
         "data_dir",
         None,
@@ -35,38 +58,48 @@ def define_data_flags():
 
 
 def define_model_flags():
-    flags.DEFINE_enum("model", "convnet", models.MODEL_NAMES, "Network architecture.")
-    flags.DEFINE_integer("width", 128, "ConvNet width (channels).", lower_bound=1)
-    flags.DEFINE_integer("depth", 3, "ConvNet depth (blocks).", lower_bound=1)
-    flags.DEFINE_enum("norm", "instancenorm", models.NORMS, "ConvNet normalisation.")
-    flags.DEFINE_enum("activation", "relu", models.ACTIVATIONS, "ConvNet activation.")
-    flags.DEFINE_enum("pooling", "avgpool", models.POOLINGS, "ConvNet pooling.")
+    default = functools.partial(field_default, models.ModelConfig)
+    flags.DEFINE_enum("model", default("name"), models.MODEL_NAMES, "Network architecture.")
+    flags.DEFINE_integer("width", default("width"), "ConvNet width (channels).", lower_bound=1)
+    flags.DEFINE_integer("depth", default("depth"), "ConvNet depth (blocks).", lower_bound=1)
+    flags.DEFINE_enum("norm", default("norm"), models.NORMS, "ConvNet normalisation.")
+    flags.DEFINE_enum("activation", default("activation"), models.ACTIVATIONS, "ConvNet activation.")
+    flags.DEFINE_enum("pooling", default("pooling"), models.POOLINGS, "ConvNet pooling.")
     flags.DEFINE_enum(
         "net_init",
-        "reference",
+        default("init"),
         models.INITS,
         "Weight init: 'reference' = PyTorch default uniform, 'flax' = Flax defaults.",
     )
     flags.DEFINE_enum(
-        "conv_impl", "im2col", models.CONV_IMPLS, "Convolution lowering: im2col (matmul; fastest on CPU) or lax.conv."
+        "conv_impl",
+        default("conv_impl"),
+        models.CONV_IMPLS,
+        "Convolution lowering: im2col (matmul; fastest on CPU) or lax.conv.",
     )
 
 
-def define_train_flags(epochs: int):
-    """Training of the models a launcher trains (docs/protocol.md section 4 optimiser)."""
-    flags.DEFINE_integer("epochs", epochs, "Training epochs (lr x0.1 after half).", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
-    flags.DEFINE_float("lr", 0.01, "Learning rate (SGD, momentum 0.9, weight decay 5e-4).")
+def define_train_flags(defaults):
+    """Training of the models a launcher trains (docs/protocol.md section 4 optimiser).
+
+    defaults: the launcher's default ``TrainConfig`` (e.g. ``AttackRunConfig``'s ``train``), whose epochs,
+    batch size and lr the flags take.
+    """
+    from dcjax import evaluation
+
+    flags.DEFINE_integer("epochs", defaults.epochs, "Training epochs (lr x0.1 after half).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", defaults.batch_size, "Batch size.", lower_bound=1)
+    flags.DEFINE_float("lr", defaults.lr, "Learning rate (SGD, momentum 0.9, weight decay 5e-4).")
     flags.DEFINE_enum(
         "augment",
-        None,
+        None,  # Not defaults.augment: None picks per training set (`train_config`).
         AUGMENTS,
         "Training augmentation; default: 'dc' for small MNIST sets (subset/synthetic, as the reference), else 'none'.",
     )
     flags.DEFINE_enum(
         "strategy",
-        "auto",
-        ["auto", "vmap", "map", "loop"],
+        field_default(evaluation.EvalConfig, "strategy"),
+        strategy_lib.STRATEGIES,
         "How the model axis runs (auto: vmap on GPU/TPU, map on CPU).",
     )
 
@@ -81,36 +114,43 @@ def train_config(small_set: bool):
 
 
 def define_condense_flags():
-    """Condensation settings; defaults are the paper's for the chosen --method (docs/protocol.md sections 3, 5)."""
+    """Condensation settings; defaults are the paper's for the chosen --method (docs/protocol.md sections 3, 5):
+    ``CondenseConfig``'s, but None where they differ by method or dataset (`condense_config` fills them)."""
+    from dcjax import condense
+
+    default = functools.partial(field_default, condense.CondenseConfig)
     flags.DEFINE_enum(
         "method",
-        "dc",
-        ["dc", "dsa", "dm"],
+        default("method"),
+        condense.METHODS,
         "Condensation: gradient matching (dc), with "
         "Differentiable Siamese Augmentation (dsa), or distribution matching (dm).",
     )
     flags.DEFINE_string(
         "dsa_strategy",
-        None,
+        None,  # Per --dataset (dsa.strategy_for), not CondenseConfig's digits strategy.
         "DSA ops joined by '_' (dsa and dm); default: "
         "color_crop_cutout_scale_rotate for digits (mnist, svhn_cropped), else with flip.",
     )
-    flags.DEFINE_integer("ipc", 10, "Synthetic images per class.")
+    flags.DEFINE_integer("ipc", default("ipc"), "Synthetic images per class.")
+    # iterations, init, lr_img: None, not CondenseConfig's (DC's): --method's (condense.METHOD_DEFAULTS).
     flags.DEFINE_integer(
         "iterations", None, "Iterations (fresh network each); default: 1000 for dc and dsa, 20000 for dm."
     )
     flags.DEFINE_string("init", None, "Synthetic init: 'noise' or 'real'; default: noise for dc, real for dsa and dm.")
-    flags.DEFINE_string("distance", "ours", "Gradient distance: ours, mse or cos.")
-    flags.DEFINE_integer("batch_real", 256, "Real images per class per matching step.")
-    flags.DEFINE_integer("batch_train", 256, "Inner-loop batch on the synthetic set.")
+    flags.DEFINE_string("distance", default("distance"), "Gradient distance: ours, mse or cos.")
+    flags.DEFINE_integer("batch_real", default("batch_real"), "Real images per class per matching step.")
+    flags.DEFINE_integer("batch_train", default("batch_train"), "Inner-loop batch on the synthetic set.")
     flags.DEFINE_float(
         "lr_img", None, "Synthetic-image learning rate (SGD momentum 0.5); default: 0.1 for dc and dsa, 1.0 for dm."
     )
-    flags.DEFINE_float("lr_net", 0.01, "Inner-loop network learning rate (plain SGD).")
-    flags.DEFINE_integer("outer_loop", None, "Override the ipc table's outer loop.")
-    flags.DEFINE_integer("inner_loop", None, "Override the ipc table's inner loop.")
+    flags.DEFINE_float("lr_net", default("lr_net"), "Inner-loop network learning rate (plain SGD).")
+    flags.DEFINE_integer("outer_loop", default("outer_loop"), "Override the ipc table's outer loop.")
+    flags.DEFINE_integer("inner_loop", default("inner_loop"), "Override the ipc table's inner loop.")
     flags.DEFINE_string(
-        "class_strategy", "auto", "Per-class matching: auto, vmap, map or loop (auto: map on CPU, vmap on GPU/TPU)."
+        "class_strategy",
+        default("class_strategy"),
+        "Per-class matching: auto, vmap, map or loop (auto: map on CPU, vmap on GPU/TPU).",
     )
 
 
@@ -146,34 +186,45 @@ def condense_config():
 
 
 def define_attack_flags():
-    """The membership-inference setting (docs/protocol.md section 7): pools, bank, shadows, attacks."""
-    flags.DEFINE_integer("num_models", 16, "LiRA bank size M (even, >= 6): each is a target in turn.")
-    flags.DEFINE_integer("target_pool", 2000, "Examples in the target pool (N).")
-    flags.DEFINE_integer("num_shadow", 8, "Shokri shadow models on the attacker pool.")
-    flags.DEFINE_integer("attacker_pool", 2000, "Examples in the attacker pool (disjoint).")
-    flags.DEFINE_integer("num_queries", 2, "LiRA queries per example: the image and shifted copies.")
+    """The membership-inference setting (docs/protocol.md section 7): pools, bank, shadows, attacks; defaults
+    ``AttackRunConfig``'s (``shokri.AttackConfig``'s for --attack_*)."""
+    from dcjax.privacy import attack_run, shokri
+
+    default = functools.partial(field_default, attack_run.AttackRunConfig)
+    attack = functools.partial(field_default, shokri.AttackConfig)
     flags.DEFINE_integer(
-        "num_canaries", 0, "Target-pool examples relabelled to a wrong class (canaries, reported as their own slice)."
+        "num_models", default("num_models"), "LiRA bank size M (even, >= 6): each is a target in turn."
+    )
+    flags.DEFINE_integer("target_pool", default("target_pool"), "Examples in the target pool (N).")
+    flags.DEFINE_integer("num_shadow", default("num_shadow"), "Shokri shadow models on the attacker pool.")
+    flags.DEFINE_integer("attacker_pool", default("attacker_pool"), "Examples in the attacker pool (disjoint).")
+    flags.DEFINE_integer(
+        "num_queries", default("num_queries"), "LiRA queries per example: the image and shifted copies."
+    )
+    flags.DEFINE_integer(
+        "num_canaries",
+        default("num_canaries"),
+        "Target-pool examples relabelled to a wrong class (canaries, reported as their own slice).",
     )
     flags.DEFINE_integer(
         "num_population",
-        1000,
+        default("num_population"),
         "Test images every model is also queried on (RMIA's population samples z, never trained on).",
     )
-    flags.DEFINE_integer("attack_hidden", 64, "Shokri attack MLP width (0: softmax regression).")
+    flags.DEFINE_integer("attack_hidden", attack("hidden"), "Shokri attack MLP width (0: softmax regression).")
     flags.DEFINE_enum(
         "attack_features",
-        "prob",
-        ["prob", "logprob"],
+        attack("features"),
+        shokri.FEATURES,
         "Shokri attack input: softmax vector (the poster) or clipped log-softmax.",
     )
-    flags.DEFINE_integer("attack_steps", 2000, "Shokri attack classifier training steps.")
+    flags.DEFINE_integer("attack_steps", attack("steps"), "Shokri attack classifier training steps.")
     flags.DEFINE_integer(
         "models_per_chunk",
-        0,
+        default("models_per_chunk"),
         "Models trained together (0: one per device on CPU, all at once on GPU/TPU); finished chunks survive a kill.",
     )
-    flags.DEFINE_integer("num_resamples", 200, "Bootstrap resamples for confidence intervals.")
+    flags.DEFINE_integer("num_resamples", default("num_resamples"), "Bootstrap resamples for confidence intervals.")
 
 
 def attack_config(recipe, train):
@@ -206,8 +257,14 @@ def attack_config(recipe, train):
 
 
 def define_run_flags():
+    from dcjax.privacy import attack_run
+
     flags.DEFINE_integer(
-        "seed", 0, "Root PRNG seed; every random choice derives from it.", lower_bound=0, upper_bound=2**32 - 1
+        "seed",
+        field_default(attack_run.AttackRunConfig, "seed"),
+        "Root PRNG seed; every random choice derives from it.",
+        lower_bound=0,
+        upper_bound=2**32 - 1,
     )  # jax.random.key wraps outside.
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_bool("overwrite", False, "Replace finished results in --workdir.")

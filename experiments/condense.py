@@ -23,24 +23,44 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+from dcjax import evaluation  # noqa: E402
+from dcjax.condense import run as condense_run  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
 common.define_run_flags()
 common.define_condense_flags()
-flags.DEFINE_integer("num_eval", 20, "Models trained to evaluate the synthetic set.")
-flags.DEFINE_integer("eval_every", 500, "Evaluate every this many iterations (0: at the end).")
-flags.DEFINE_integer("eval_epochs", 1000, "Epochs per evaluation model.")
+flags.DEFINE_integer(
+    "num_eval",
+    common.field_default(evaluation.EvalConfig, "num_models"),
+    "Models trained to evaluate the synthetic set.",
+)
+flags.DEFINE_integer(
+    "eval_every",
+    common.field_default(condense_run.RunConfig, "eval_every"),
+    "Evaluate every this many iterations (0: at the end).",
+)
+flags.DEFINE_integer(
+    "eval_epochs", common.field_default(evaluation.EvalConfig, "train").epochs, "Epochs per evaluation model."
+)
 flags.DEFINE_enum(
     "eval_augment",
-    None,
+    None,  # Per --method and --dataset (default_eval_augment), not EvalConfig's 'dc'.
     common.AUGMENTS,
     "Evaluation augmentation; default as "
     "the reference: DSA for dsa and dm (dsa_digits on digits), 'dc' for DC on MNIST, "
     "else 'none'.",
 )
-flags.DEFINE_bool("eval_baseline", True, "Also evaluate a random real subset of the same size.")
-flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every this many iterations.")
+flags.DEFINE_bool(
+    "eval_baseline",
+    common.field_default(condense_run.RunConfig, "eval_baseline"),
+    "Also evaluate a random real subset of the same size.",
+)
+flags.DEFINE_integer(
+    "checkpoint_every",
+    common.field_default(condense_run.RunConfig, "checkpoint_every"),
+    "Checkpoint every this many iterations.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -55,7 +75,6 @@ def default_eval_augment(cond) -> str:
 
 def run_config():
     """Frozen configs from flags; ValueError (naming the flag) on bad values."""
-    from dcjax import condense_run, evaluation
     from dcjax import train as train_lib
 
     for name in ("num_eval", "eval_epochs", "checkpoint_every"):
@@ -83,7 +102,7 @@ def run_config():
 
 
 def run():
-    from dcjax import condense, condense_run, data, models
+    from dcjax import condense, data, models
 
     config = run_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.method}_{FLAGS.dataset}_ipc{FLAGS.ipc}_seed{FLAGS.seed}")

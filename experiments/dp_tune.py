@@ -34,10 +34,13 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 import common  # noqa: E402
+from dcjax import strategy as strategy_lib  # noqa: E402
+from dcjax.privacy import attack_run, study  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
 common.define_run_flags()
+# 1000, not AttackRunConfig's 2000: the pools of the CPU study tier (privacy_study_cpu.cfg) whose DP rows it tunes.
 flags.DEFINE_integer("target_pool", 1000, "The study's target pool (excluded from the tuning data).")
 flags.DEFINE_integer("attacker_pool", 1000, "The study's attacker pool (excluded from the tuning data).")
 flags.DEFINE_integer("private_size", 500, "Private training images per tuning model (the study's half).")
@@ -46,10 +49,22 @@ flags.DEFINE_list("batch_sizes", ["64", "256"], "Expected batch sizes of the gri
 flags.DEFINE_list("dp_epochs", ["40"], "Expected epochs of the grid.")
 flags.DEFINE_list("lrs", ["0.05", "0.2"], "Learning rates of the grid.")
 flags.DEFINE_list("epsilons", ["1", "4", "8"], "Target epsilons (each grid point is trained at each).")
-flags.DEFINE_float("dp_delta", 1e-5, "Delta of the (epsilon, delta) guarantee.")
-flags.DEFINE_float("dp_clip", 1.0, "Per-example gradient L2 clip norm.")
-flags.DEFINE_enum("augment", "none", common.AUGMENTS, "Training augmentation (the study's DP rows: none).")
-flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"], "Model-axis strategy.")
+flags.DEFINE_float(
+    "dp_delta", common.field_default(study.StudyConfig, "dp_delta"), "Delta of the (epsilon, delta) guarantee."
+)
+flags.DEFINE_float("dp_clip", common.field_default(study.StudyConfig, "dp_clip"), "Per-example gradient L2 clip norm.")
+flags.DEFINE_enum(
+    "augment",
+    common.field_default(study.StudyConfig, "train_original").augment,  # The DP rows train like the 'original' row.
+    common.AUGMENTS,
+    "Training augmentation (the study's DP rows: none).",
+)
+flags.DEFINE_enum(
+    "strategy",
+    common.field_default(attack_run.AttackRunConfig, "strategy"),
+    strategy_lib.STRATEGIES,
+    "Model-axis strategy.",
+)
 FLAGS = flags.FLAGS
 
 TUNE_TAG = 0x7475  # fold_in tag of the tuning keys: apart from every key the study derives from the seed.
@@ -102,7 +117,6 @@ def tuning_split(train, key) -> tuple:
     """(private, validation) dataset indices: disjoint, drawn by ``key`` outside the study's pools."""
     import jax
     import numpy as np
-    from dcjax.privacy import attack_run
 
     study = attack_run.AttackRunConfig(
         dataset=FLAGS.dataset, seed=FLAGS.seed, target_pool=FLAGS.target_pool, attacker_pool=FLAGS.attacker_pool
@@ -123,7 +137,6 @@ def train_setting(fns, point: dict, data, key) -> dict:
     import jax.numpy as jnp
     from dcjax import dpsgd, engine
     from dcjax import train as train_lib
-    from dcjax.privacy import study
 
     (images, labels), (val_images, val_labels) = data
     n = len(labels)

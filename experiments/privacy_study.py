@@ -15,6 +15,7 @@ re-running with more --rows adds them to a finished study (its finished rows are
 Attack flags are those of attack.py; DC flags those of condense.py (--init is set per row).
 """
 
+import functools
 import os
 import platform
 import sys
@@ -30,41 +31,44 @@ from dcjax.privacy import study  # noqa: E402  (row names for --rows)
 common.define_data_flags()
 common.define_model_flags()
 common.define_run_flags()
-common.define_train_flags(epochs=100)  # The 'original' row's training.
+common.define_train_flags(common.field_default(study.StudyConfig, "train_original"))  # The 'original' row's.
 common.define_condense_flags()
 common.define_attack_flags()
+study_default = functools.partial(common.field_default, study.StudyConfig)
 flags.DEFINE_list(
     "rows",
-    list(study.DEFAULT_ROWS),
+    list(study_default("rows")),
     "Targets to study, in order; valid: " + ", ".join(study.ROWS) + " (dpsgd_epsE: DP-SGD on all private data at "
     "epsilon E, delta --dp_delta; not run by default).",
 )
-flags.DEFINE_float("dp_delta", 1e-5, "Delta of the DP-SGD rows' (epsilon, delta) guarantee.")
-flags.DEFINE_float("dp_clip", 1.0, "Per-example gradient L2 clip norm of the DP-SGD rows.")
-flags.DEFINE_float("dp_lr", None, "Learning rate of the DP-SGD rows (default: --lr).")
+flags.DEFINE_float("dp_delta", study_default("dp_delta"), "Delta of the DP-SGD rows' (epsilon, delta) guarantee.")
+flags.DEFINE_float("dp_clip", study_default("dp_clip"), "Per-example gradient L2 clip norm of the DP-SGD rows.")
+flags.DEFINE_float("dp_lr", study_default("dp_lr"), "Learning rate of the DP-SGD rows (default: --lr).")
 flags.DEFINE_integer(
-    "dp_batch_size", None, "EXPECTED batch size of the DP-SGD rows' Poisson-sampled batches (default: --batch_size)."
+    "dp_batch_size",
+    study_default("dp_batch_size"),
+    "EXPECTED batch size of the DP-SGD rows' Poisson-sampled batches (default: --batch_size).",
 )
 flags.DEFINE_integer(
     "dp_epochs",
-    None,
+    study_default("dp_epochs"),
     "Expected epochs of the DP-SGD rows: round(epochs / q) Poisson-sampled steps (default: --epochs).",
 )
 flags.DEFINE_integer(
     "dm_iterations",
-    20000,
+    study_default("dm_iterations"),
     "Iterations of the dm_real row (DM's paper value by default; --iterations sets the DC and DSA rows').",
 )
-flags.DEFINE_integer("per_class", 10, "Images per class of the 'subset' row.")
+flags.DEFINE_integer("per_class", study_default("per_class"), "Images per class of the 'subset' row.")
 flags.DEFINE_integer(
     "small_epochs",
-    1000,
+    study_default("train_small").epochs,
     "Epochs for models trained on 10-per-class sets (subset and synthetic rows; the reference evaluation protocol).",
 )
-flags.DEFINE_integer("small_batch_size", 256, "Batch size for those models.")
+flags.DEFINE_integer("small_batch_size", study_default("train_small").batch_size, "Batch size for those models.")
 flags.DEFINE_enum(
     "small_augment",
-    None,
+    None,  # Per --dataset (study_config), not train_small's 'dc' (MNIST's).
     common.AUGMENTS,
     "Augmentation for those models; "
     "default 'dc' on MNIST (the reference), else 'none'. (--augment is the "

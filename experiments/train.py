@@ -22,6 +22,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+from dcjax import evaluation  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
@@ -29,8 +30,13 @@ common.define_run_flags()
 flags.DEFINE_enum("source", "full", ["full", "subset", "synthetic"], "Training data.")
 flags.DEFINE_integer("subset_ipc", 10, "Images per class for --source=subset.", lower_bound=1)
 flags.DEFINE_string("synthetic", None, "Synthetic set (.npz from condense.py) for --source=synthetic.")
-flags.DEFINE_integer("num_models", 20, "Models trained (different init/shuffle keys).", lower_bound=1)
-common.define_train_flags(epochs=1000)
+flags.DEFINE_integer(
+    "num_models",
+    common.field_default(evaluation.EvalConfig, "num_models"),
+    "Models trained (different init/shuffle keys).",
+    lower_bound=1,
+)
+common.define_train_flags(common.field_default(evaluation.EvalConfig, "train"))  # The evaluation protocol's.
 FLAGS = flags.FLAGS
 
 
@@ -64,15 +70,13 @@ def _training_set(train):
 
 
 def _eval_config():
-    from dcjax import evaluation
-
     train_cfg = common.train_config(small_set=FLAGS.source != "full")
     return evaluation.EvalConfig(num_models=FLAGS.num_models, train=train_cfg, strategy=FLAGS.strategy)
 
 
 def run():
     import jax
-    from dcjax import checkpoint, data, evaluation, models, workdir
+    from dcjax import checkpoint, data, models, workdir
 
     eval_cfg, model_cfg = _eval_config(), common.model_config()
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)

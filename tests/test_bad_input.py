@@ -19,7 +19,8 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from dcjax import condense, condense_run, data, dpsgd, evaluation, models, workdir
+from dcjax import condense, data, dpsgd, evaluation, models, workdir
+from dcjax.condense import run as condense_run
 from dcjax import train as train_lib
 from dcjax.privacy import attack_run, bank, rmia, shokri, study
 
@@ -37,7 +38,7 @@ if "lr_img" not in FLAGS:  # The flag groups the launchers share (what attack.py
         common.define_attack_flags,
     ):
         define()
-    common.define_train_flags(epochs=100)
+    common.define_train_flags(common.field_default(attack_run.AttackRunConfig, "train"))  # As attack.py.
     flags.DEFINE_integer("per_class", 10, "attack.py's and privacy_study.py's flag.")
     FLAGS.mark_as_parsed()
 
