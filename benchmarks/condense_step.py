@@ -18,12 +18,14 @@ remembered or published time is never used. Each file's mode and ipc pick the ro
   python benchmarks/condense_step.py                     # ipc 1, 10; width 32 at ipc 10
   python benchmarks/condense_step.py --configs=128:50:5  # ipc 50 with outer_loop 5 of 50
   python benchmarks/condense_step.py --methods=dc,dsa,dm --configs=128:10:2 --repeats=1   # side by side
+  python benchmarks/condense_step.py --methods=dm --configs=128:10,64:10,32:10 --precisions=fp32,bf16
   python benchmarks/condense_step.py --methods=dc,dm --configs=128:10 \
       --reference=$DC_OUT/results/dc_ipc10_run1.json,$DC_OUT/results/dm_ipc10.json     # vs the official code
 Config syntax: width:ipc[:outer_loop]; a reduced outer loop is scaled up to the full one
 (reported as extrapolated, scaled by the FLOP ratio at the measured rate).
 """
 
+import itertools
 import json
 import os
 import resource
@@ -42,6 +44,11 @@ flags.DEFINE_list("configs", ["128:1", "128:10", "32:10"], "width:ipc[:outer_loo
 flags.DEFINE_integer("repeats", 2, "Timed iterations per config (median reported).")
 flags.DEFINE_string("class_strategy", "auto", "Per-class matching strategy.")
 flags.DEFINE_list("methods", ["dc"], "Condensation methods to time: dc, dsa, dm (each config, side by side).")
+flags.DEFINE_list(
+    "precisions",
+    ["fp32"],
+    "Matching-network precisions to time (CondenseConfig.precision: fp32, bf16), each beside the others.",
+)
 flags.DEFINE_list(
     "reference",
     [],
@@ -69,7 +76,7 @@ def iteration_flops(method: str, f: float, cfg, outer: int) -> float:
     return f * (3 * outer * K * cfg.batch_real + 6 * outer * K * ipc + 3 * (outer - 1) * inner * K * ipc)
 
 
-def measure(spec: str, method: str) -> dict:
+def measure(spec: str, method: str, precision: str = "fp32") -> dict:
     import jax
     import numpy as np
     from dcjax import condense, data, models
@@ -78,7 +85,12 @@ def measure(spec: str, method: str) -> dict:
     full_outer, inner = condense.default_loops(ipc)
     outer = rest[0] if rest and method != "dm" else full_outer
     cfg = condense.CondenseConfig(
-        ipc=ipc, outer_loop=outer, inner_loop=inner, class_strategy=FLAGS.class_strategy, method=method
+        ipc=ipc,
+        outer_loop=outer,
+        inner_loop=inner,
+        class_strategy=FLAGS.class_strategy,
+        method=method,
+        precision=precision,
     )
     fns = models.make_model(models.ModelConfig(width=width), SHAPE, K)
     labels = np.repeat(np.arange(K), POOL_PER_CLASS)
@@ -99,6 +111,7 @@ def measure(spec: str, method: str) -> dict:
     scale = iteration_flops(method, f, cfg, full_outer) / flops
     return {
         "method": method,
+        "precision": precision,
         "config": f"width {width}, ipc {ipc}" + (f" (outer {outer}/{full_outer})" if scale != 1 else ""),
         "compile+first s": seconds[0],
         "s/iteration": per_iter * scale,
@@ -126,13 +139,14 @@ def read_references(paths: list[str]) -> dict:
     return references
 
 
-def _measure_apart(spec: str, method: str) -> dict:
+def _measure_apart(spec: str, method: str, precision: str) -> dict:
     """``measure`` in a fresh process (its peak RSS is its own; no compile cache carries over)."""
     command = [
         sys.executable,
         __file__,
         f"--single={spec}",
         f"--methods={method}",
+        f"--precisions={precision}",
         f"--repeats={FLAGS.repeats}",
         f"--class_strategy={FLAGS.class_strategy}",
     ]
@@ -142,7 +156,7 @@ def _measure_apart(spec: str, method: str) -> dict:
 
 def main(_):
     if FLAGS.single:
-        print(json.dumps(measure(FLAGS.single, FLAGS.methods[0])))
+        print(json.dumps(measure(FLAGS.single, FLAGS.methods[0], FLAGS.precisions[0])))
         return
     import jax
 
@@ -151,8 +165,8 @@ def main(_):
     print(f"backend {jax.default_backend()}; jitted fp32 matmul {matmul:.1f} GFLOP/s")
     rows = []
     for spec in FLAGS.configs:
-        for method in FLAGS.methods:
-            row = _measure_apart(spec, method)
+        for method, precision in itertools.product(FLAGS.methods, FLAGS.precisions):
+            row = _measure_apart(spec, method, precision)
             row["vs matmul"] = row["GFLOP/s"] / matmul
             ipc = int(spec.split(":")[1])
             if spec.split(":")[0] == "128" and (method, ipc) in reference:  # The official code's ConvNet is 128 wide.
@@ -165,6 +179,7 @@ def main(_):
             rows,
             [
                 "method",
+                "precision",
                 "config",
                 "s/iteration",
                 "extrapolated",

@@ -26,9 +26,9 @@ PREVIOUS_RESULTS = "results.previous.json"
 
 # Settings added after results were first recorded, with the value that reproduces the earlier behaviour exactly
 # (condensation method and DSA ops, DP-SGD in training, the privacy study's DP and DM rows' settings, the attack's
-# population and RMIA settings, the DP rows' own batch size and epochs). A recorded config that lacks one of them
-# still matches a new config holding exactly that value, so adding a setting does not orphan finished runs; any
-# other value differs.
+# population and RMIA settings, the DP rows' own batch size and epochs, the matmul precision). A recorded config that
+# lacks one of them still matches a new config holding exactly that value, so adding a setting does not orphan
+# finished runs; any other value differs.
 ADDED_SETTINGS = {
     "method": "dc",
     "dsa_strategy": "color_crop_cutout_scale_rotate",
@@ -41,6 +41,7 @@ ADDED_SETTINGS = {
     "rmia": {"a": 0.3, "gamma": 1.0, "online": True},
     "dp_batch_size": None,
     "dp_epochs": None,
+    "precision": "fp32",
 }
 
 
@@ -131,6 +132,21 @@ def _without_added_defaults(config, recorded):
 def as_json(config: dict) -> dict:
     """The config as it reads back from JSON (tuples become lists, etc.)."""
     return json.loads(checkpoint.to_json(config))
+
+
+def check_inputs(config, fns, *splits) -> None:
+    """Refuses a run whose network or data is not the one its config (and so config.json) names.
+
+    ``config`` has ``.model`` (a ``ModelConfig``) and ``.dataset`` (a TFDS name); ``fns`` must have been built from
+    ``config.model`` (``models.make_model`` records it as ``fns.config``) and every split must carry ``config.dataset``
+    as its name. Without this check a caller could pass another network or dataset and the recorded settings would
+    describe a run that never happened.
+    """
+    if fns.config != config.model:
+        raise ValueError(f"the network was built from {fns.config}, but the run's config records {config.model}")
+    for split in splits:
+        if split.name != config.dataset:
+            raise ValueError(f"the data is {split.name!r}, but the run's config records dataset={config.dataset!r}")
 
 
 def path(workdir: str, name: str) -> str:

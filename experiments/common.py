@@ -117,6 +117,7 @@ def define_condense_flags():
     """Condensation settings; defaults are the paper's for the chosen --method (docs/protocol.md sections 3, 5):
     ``CondenseConfig``'s, but None where they differ by method or dataset (`condense_config` fills them)."""
     from dcjax import condense
+    from dcjax import models as models_lib
 
     default = functools.partial(field_default, condense.CondenseConfig)
     flags.DEFINE_enum(
@@ -152,6 +153,13 @@ def define_condense_flags():
         default("class_strategy"),
         "Per-class matching: auto, vmap, map or loop (auto: map on CPU, vmap on GPU/TPU).",
     )
+    flags.DEFINE_enum(
+        "precision",
+        default("precision"),
+        models_lib.PRECISIONS,
+        "Matmul inputs of the matching network (condensation only; evaluation and training stay fp32): fp32, or bf16 "
+        "with fp32 accumulation (opt-in; its speed and accuracy: benchmarks/condense_step.py, BUILD.md).",
+    )
 
 
 def condense_config():
@@ -182,6 +190,7 @@ def condense_config():
             class_strategy=FLAGS.class_strategy,
             method=FLAGS.method,
             dsa_strategy=strategy,
+            precision=FLAGS.precision,
         )
 
 

@@ -65,6 +65,7 @@ CONFIG_ROWS = [
     (condense.CondenseConfig, {"distance": "l1"}, "distance"),
     (condense.CondenseConfig, {"init": "zeros"}, "init"),
     (condense.CondenseConfig, {"class_strategy": "pmap"}, "class_strategy"),
+    (condense.CondenseConfig, {"precision": "fp16"}, "precision"),
     (train_lib.TrainConfig, {"epochs": 0}, "epochs"),
     (train_lib.TrainConfig, {"batch_size": 0}, "batch_size"),
     (train_lib.TrainConfig, {"lr": -1.0}, "lr"),
@@ -395,6 +396,7 @@ FLAG_CHECKS = {
             "net_init",
             "norm",
             "pooling",
+            "precision",
             "small_augment",
             "source",
             "strategy",
@@ -572,3 +574,23 @@ def test_a_hand_broken_workdir_config_is_one_line_and_left_alone(tmp_path):
     )
     _assert_one_line_error(proc, str(run / "config.json"))
     assert sorted(os.listdir(run)) == ["config.json"] and (run / "config.json").read_text() == "{ edited by hand"
+
+
+@pytest.mark.parametrize(
+    "what,match",
+    [("model", "network was built from"), ("dataset", "dataset='mnist'")],
+)
+def test_runs_refuse_a_network_or_dataset_their_config_does_not_record(tmp_path, what, match):
+    train = _labels_dataset([0, 0, 1, 1], 2)
+    model = models.ModelConfig(width=4, depth=1)
+    built = models.ModelConfig(width=8, depth=1) if what == "model" else model
+    if what == "dataset":
+        train = dataclasses.replace(train, name="fashion_mnist")
+    fns = models.make_model(built, train.image_shape, train.num_classes)
+    condense_config = condense_run.RunConfig(model=model, condense=condense.CondenseConfig(ipc=1, batch_real=1))
+    attack_config = attack_run.AttackRunConfig(model=model, num_models=6, target_pool=2, num_shadow=2, attacker_pool=2)
+    with pytest.raises(ValueError, match=match):
+        condense_run.run_condensation(condense_config, fns, train, train, str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=match):
+        attack_run.run_attack(attack_config, fns, train, train, str(tmp_path / "a"))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()

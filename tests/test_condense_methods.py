@@ -205,3 +205,24 @@ def test_bank_condenses_every_model_with_dm(fns):
     assert syn.shape == (2, K * IPC) + SHAPE
     for m in range(2):  # Real init draws each model's images from its own IN half only.
         assert keep[m, init[m]].all()
+
+
+@pytest.mark.parametrize("config", [DSA, DM], ids=["dsa", "dm"])
+def test_bf16_precision_runs_bf16_matmuls_and_stays_close_to_fp32(fns, config):
+    """precision='bf16' changes only the matching network's matmul inputs: same keys, images within bf16 rounding."""
+    low = dataclasses.replace(config, precision="bf16")
+    images, labels = _pool()
+    index = data.build_class_index(np.asarray(labels), K)
+    state, _ = condense.init_synthetic(config, jax.random.key(0), images, index)
+    step = functools.partial(condense.condense_iteration, fns, low, "map")
+    hlo = jax.jit(step).lower(state, (images, index), jax.random.key(1)).as_text()
+    assert "bf16" in hlo  # The dots really take bf16 inputs ...
+    fp32_hlo = jax.jit(functools.partial(condense.condense_iteration, fns, config, "map"))
+    assert "bf16" not in fp32_hlo.lower(state, (images, index), jax.random.key(1)).as_text()  # ... and fp32's do not.
+    _, ours, losses, _ = _iterate(fns, low, 2)
+    _, reference, reference_losses, _ = _iterate(fns, config, 2)
+    assert ours.images.dtype == jnp.float32  # The synthetic set and its optimizer stay fp32.
+    moved = float(jnp.linalg.norm(reference.images - _iterate(fns, config, 0)[1].images))
+    # Gradient matching (cosine distances of gradients) is the sensitive case: ~7% of the step at these shapes.
+    assert float(jnp.linalg.norm(ours.images - reference.images)) < 0.2 * moved
+    np.testing.assert_allclose(losses, reference_losses, rtol=0.05)

@@ -358,3 +358,38 @@ def test_too_many_pools_for_image_raises():
 
 def test_count_params():
     assert count_params({"a": jnp.zeros((3, 4)), "b": [jnp.zeros(5), jnp.zeros(())]}) == 18
+
+
+@pytest.mark.parametrize("size", [28, 7])
+def test_instance_norm_matches_groupnorm_with_one_channel_per_group(size):
+    import flax.linen as nn
+
+    key1, key2, key3 = jax.random.split(jax.random.key(0), 3)
+    x = 3.0 * jax.random.normal(key1, (2, size, size, 16)) + 1.0  # Un-centred: the two-pass variance matters.
+    ours = models.InstanceNorm()
+    variables = ours.init(key2, x)
+    variables = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(key3, p.shape), variables)
+    reference = nn.GroupNorm(num_groups=16, epsilon=1e-5, use_fast_variance=False)
+    chex.assert_trees_all_equal_shapes(variables, reference.init(key2, x))  # Same parameters: checkpoints carry over.
+    chex.assert_trees_all_close(ours.apply(variables, x), reference.apply(variables, x), atol=1e-5, rtol=1e-5)
+    loss = lambda m: lambda v, y: jnp.sum(jnp.sin(m.apply(v, y)))  # noqa: E731
+    chex.assert_trees_all_close(
+        jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+        jax.grad(loss(reference), argnums=(0, 1))(variables, x),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
+def test_with_precision_keeps_the_parameters_and_rounds_only_matmul_inputs():
+    fp32 = make_model(ModelConfig(width=8, depth=2), (12, 12, 1), 4)
+    bf16 = models.with_precision(fp32, "bf16")
+    assert bf16.config.precision == "bf16" and models.with_precision(fp32, "fp32") is fp32
+    variables = fp32.init(jax.random.key(0))
+    chex.assert_trees_all_equal(bf16.init(jax.random.key(0)), variables)  # Same tree, same init.
+    x = jax.random.normal(jax.random.key(1), (3, 12, 12, 1))
+    logits, low = fp32.apply(variables, x), bf16.apply(variables, x)
+    assert low.dtype == jnp.float32 and not np.array_equal(low, logits)
+    np.testing.assert_allclose(low, logits, rtol=0.05, atol=0.02)
+    with pytest.raises(ValueError, match="precision"):
+        make_model(ModelConfig(precision="fp16"), (12, 12, 1), 4)

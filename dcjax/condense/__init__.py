@@ -40,6 +40,7 @@ from dcjax.condense.config import (
 )
 from dcjax.condense.distribution_matching import dm_iteration
 from dcjax.condense.gradient_matching import dc_iteration, matching_loss
+from dcjax import models
 from dcjax.models import ModelFns
 
 __all__ = [
@@ -80,6 +81,7 @@ def condense_iteration(
 
     The method's entry in ``ITERATIONS``. Pure; strategy is a resolved class strategy.
     """
+    fns = models.with_precision(fns, config.precision)  # The same parameters, its matmuls at config.precision.
     return ITERATIONS[config.method](fns, config, strategy, state, real_data, key)
 
 

@@ -18,6 +18,7 @@ from dcjax import data as data_lib
 from dcjax import dsa
 from dcjax import strategy as strategy_lib
 from dcjax.condense import distances
+from dcjax import models
 from dcjax.models import ModelFns
 
 # (outer_loop, inner_loop) by images per class, from the reference implementation.
@@ -69,6 +70,9 @@ class CondenseConfig:
     microbatch: int | None = None  # Real-gradient / inner-loop chunking; None: per backend.
     method: str = "dc"
     dsa_strategy: str = dsa.STRATEGY_DIGITS
+    # The matching network's matmul inputs (models.PRECISIONS): "fp32", or "bf16" with fp32 accumulation. The
+    # synthetic images, their optimizer and every evaluation stay fp32.
+    precision: str = "fp32"
 
     def __post_init__(self):
         """Every field's range; each message starts with the field's name (launchers name the flag)."""
@@ -77,6 +81,7 @@ class CondenseConfig:
             ("distance", distances.DISTANCES),
             ("init", INITS),
             ("class_strategy", CLASS_STRATEGIES),
+            ("precision", models.PRECISIONS),
         ):
             if getattr(self, name) not in options:
                 raise ValueError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")

@@ -265,6 +265,7 @@ def run_condensation(
     Returns:
       The results dict also written to results.json.
     """
+    workdir_lib.check_inputs(config, fns, train, test)  # config.json must describe this very run.
     # Data-dependent checks (batch_real, and ipc for real init, within the smallest class) before
     # anything is written: bad settings leave no workdir behind.
     condense.check_batch_real(config.condense, data_lib.build_class_index(train.labels, train.num_classes))

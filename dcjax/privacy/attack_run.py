@@ -432,6 +432,7 @@ def report_only(workdir: str) -> dict:
 
 def export_trained_bank(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str) -> str:
     """Writes the export of a workdir whose bank is trained (e.g. by an earlier version); returns its path."""
+    workdir_lib.check_inputs(config, fns, train, test)
     ctx = _Context(config, fns, train, test, workdir)
     missing = [i for i in range(config.num_models + config.num_shadow) if not os.path.exists(_model_path(workdir, i))]
     if missing:
@@ -455,6 +456,7 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     Returns:
       The results dict also written to results.json.
     """
+    workdir_lib.check_inputs(config, fns, train, test)  # config.json must describe this very run.
     check_recipe_fits(config, train)
     population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
     memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
