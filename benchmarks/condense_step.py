@@ -90,7 +90,7 @@ def measure(spec: str, method: str, precision: str = "fp32") -> dict:
         inner_loop=inner,
         class_strategy=FLAGS.class_strategy,
         method=method,
-        precision=precision,
+        **({"precision": precision} if precision != "fp32" else {}),  # Older checkouts (PYTHONPATH) lack the field.
     )
     fns = models.make_model(models.ModelConfig(width=width), SHAPE, K)
     labels = np.repeat(np.arange(K), POOL_PER_CLASS)
@@ -162,7 +162,7 @@ def main(_):
 
     reference = read_references(FLAGS.reference)  # First: a bad file fails before minutes of measuring.
     matmul = timing.matmul_gflops()
-    print(f"backend {jax.default_backend()}; jitted fp32 matmul {matmul:.1f} GFLOP/s")
+    print(f"{timing.library()}; backend {jax.default_backend()}; jitted fp32 matmul {matmul:.1f} GFLOP/s")
     rows = []
     for spec in FLAGS.configs:
         for method, precision in itertools.product(FLAGS.methods, FLAGS.precisions):

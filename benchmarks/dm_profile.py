@@ -12,6 +12,7 @@ run.
 
   python benchmarks/dm_profile.py                       # ConvNet-128, ipc 10, batch_real 256 (paper settings)
   python benchmarks/dm_profile.py --width=32 --repeats=5
+  python benchmarks/dm_profile.py --precision=bf16      # bf16 matmul inputs, fp32 accumulation
 """
 
 import functools
@@ -32,6 +33,7 @@ flags.DEFINE_integer("batch_real", 256, "Real images per class per iteration.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per row (median reported), after one warm-up call.")
 flags.DEFINE_integer("microbatch", None, "Real-embedding chunk (CondenseConfig.microbatch; None: per backend, 0: off).")
 flags.DEFINE_enum("conv_impl", "im2col", ["im2col", "lax"], "Convolution implementation of the network.")
+flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "Matching-network matmul precision (CondenseConfig).")
 flags.DEFINE_string("class_strategy", "auto", "Per-class strategy (auto: map on CPU, vmap on GPU/TPU).")
 FLAGS = flags.FLAGS
 K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
@@ -49,9 +51,11 @@ def _setup():
         method="dm",
         class_strategy=FLAGS.class_strategy,
         microbatch=FLAGS.microbatch,
+        precision=FLAGS.precision,
     )
     strategy = condense.resolve_class_strategy(cfg.class_strategy)
-    fns = models.make_model(models.ModelConfig(width=FLAGS.width, conv_impl=FLAGS.conv_impl), SHAPE, K)
+    model = models.ModelConfig(width=FLAGS.width, conv_impl=FLAGS.conv_impl, precision=FLAGS.precision)
+    fns = models.make_model(model, SHAPE, K)  # The parts see the network the iteration matches with.
     labels = np.repeat(np.arange(K), POOL_PER_CLASS)
     pool = jax.random.normal(jax.random.key(0), (labels.size,) + SHAPE)
     index = data.build_class_index(labels, K)
@@ -131,7 +135,8 @@ def main(_):
     from dcjax.condense import distribution_matching as dm
 
     print(
-        f"backend {jax.default_backend()}; class strategy {strategy}; ConvNet-{FLAGS.width} ({FLAGS.conv_impl}), "
+        f"{timing.library()}; backend {jax.default_backend()}; class strategy {strategy}; "
+        f"ConvNet-{FLAGS.width} ({FLAGS.conv_impl}, {FLAGS.precision}), "
         f"ipc {cfg.ipc}, batch_real {cfg.batch_real}, real-embedding chunk {dm._embed_chunk(cfg, fns)}, "
         f"DSA {cfg.dsa_strategy}; jitted fp32 matmul {matmul:.1f} GFLOP/s"
     )

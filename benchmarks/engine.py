@@ -2,8 +2,9 @@ r"""Training-engine throughput on this machine, as ratios measured in one run.
 
 1. ConvNet-128 (MNIST) train step at batch 256 for each conv lowering, whole batch and
    micro-batched (gradients of 8-image chunks summed): seconds per step, images/s,
-   achieved GFLOP/s and its ratio to a jitted fp32 matmul's GFLOP/s. The reference
-   PyTorch step takes ~0.95 s on these 2 cores (docs/protocol.md section 8).
+   achieved GFLOP/s and its ratio to a jitted fp32 matmul's GFLOP/s. (The reference
+   PyTorch code is not timed here; ../shared/peers/reference_dc's `full` mode times a
+   whole epoch beside it.)
 2. The model axis: M models trained at once with each strategy ('vmap', 'map') vs a
    Python loop over M single-model jitted trainings of the same work (ratio > 1: faster
    than the loop).

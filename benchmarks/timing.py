@@ -50,3 +50,15 @@ def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def library() -> str:
+    """Where dcjax was imported from, and its git commit: which code a table measured (PYTHONPATH may point
+    at another checkout, for before/after runs)."""
+    import subprocess
+
+    import dcjax
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(dcjax.__file__)))
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f"dcjax from {root} @ {commit.stdout.strip() or 'unknown commit'}"

@@ -382,10 +382,10 @@ def check_attack_run(config, fns: ModelFns, train, test, what: str = "the attack
 
     train, test: the dataset's ``ArrayDataset``s (both pools are cut from train; every model is tested on test).
     """
-    from dcjax.privacy import attack_run  # It calls this module: imported here, not at the top.
+    from dcjax.privacy import pools  # Lazily: memory stays importable without the privacy package.
 
     image_shape, m = tuple(train.images.shape[1:]), config.num_models
-    chunks = attack_run.model_chunks(config)  # The run's own chunking, so the estimate cannot drift from it.
+    chunks = pools.model_chunks(config)  # The run's own chunking, so the estimate cannot drift from it.
     for pool, size, name in (
         (config.target_pool, max(len(c) for c in chunks if c[0] < m), "target"),
         (config.attacker_pool, max(len(c) for c in chunks if c[0] >= m), "attacker"),

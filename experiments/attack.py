@@ -27,7 +27,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
-from dcjax.privacy import attack_run, bank  # noqa: E402
+from dcjax.privacy import attack_run, bank, pools  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
@@ -108,8 +108,8 @@ def run():
         return
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
     with common.naming_flags():  # The pools, the recipe and the population must fit the data.
-        attack_run.check_recipe_fits(config, train)
-        attack_run.population_indices(config, len(test.labels))
+        pools.check_recipe_fits(config, train)
+        pools.population_indices(config, len(test.labels))
     fns = models.make_model(config.model, train.image_shape, train.num_classes)
     results = attack_run.run_attack(config, fns, train, test, workdir, FLAGS.overwrite)
     _print_summary(results, workdir)

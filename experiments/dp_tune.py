@@ -4,7 +4,7 @@ The privacy study's DP-SGD rows train on ~500 private images each; which batch s
 (expected) epochs and learning rate suit that at epsilon 1, 4 and 8 is chosen here, on data the
 study never uses: a private set (``--private_size``) and a validation set (``--val_size``)
 drawn, by key, from the training examples OUTSIDE the study's target and attacker pools (cut
-exactly as ``dcjax.privacy.attack_run.make_split`` cuts them for --seed, --target_pool and
+exactly as ``dcjax.privacy.pools.make_split`` cuts them for --seed, --target_pool and
 --attacker_pool). The test split is never loaded. One model per setting (grid x --epsilons),
 trained with the study's DP-SGD (``dcjax.privacy.study.dp_guarantee``: Poisson batches, noise
 calibrated by the PLD accountant, clip --dp_clip), scored by validation accuracy. Since the
@@ -35,7 +35,7 @@ from absl import logging  # noqa: E402
 
 import common  # noqa: E402
 from dcjax import strategy as strategy_lib  # noqa: E402
-from dcjax.privacy import attack_run, study  # noqa: E402
+from dcjax.privacy import attack_run, pools, study  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
@@ -126,7 +126,7 @@ def tuning_split(train, key) -> tuple:
             f"--target_pool + --attacker_pool + --private_size + --val_size exceed the "
             f"{len(train.labels)} training examples"
         )
-    split = attack_run.make_split(study, train.labels, train.num_classes)
+    split = pools.make_split(study, train.labels, train.num_classes)
     rest = np.setdiff1d(np.arange(len(train.labels)), np.concatenate([split["target"], split["attacker"]]))
     order = rest[np.asarray(jax.random.permutation(key, len(rest)))]
     return order[: FLAGS.private_size], order[FLAGS.private_size : FLAGS.private_size + FLAGS.val_size]

@@ -123,14 +123,14 @@ def study_config():
 
 def check_fits(config, train, test):
     """The pools, every row's recipe (--per_class, --ipc, --batch_real) and the population fit the data."""
-    from dcjax.privacy import attack_run
+    from dcjax.privacy import pools
 
     with common.naming_flags():
-        attack_run.check_recipe_fits(config.attack, train)  # The pools (its recipe needs nothing more).
+        pools.check_recipe_fits(config.attack, train)  # The pools (its recipe needs nothing more).
         for name in config.rows:  # DP-SGD rows train on whole halves (run_study checks their B_max).
             if name not in study.DP_EPSILONS:
-                attack_run.check_recipe_fits(study.row_config(config, name), train)
-        attack_run.population_indices(config.attack, len(test.labels))
+                pools.check_recipe_fits(study.row_config(config, name), train)
+        pools.population_indices(config.attack, len(test.labels))
 
 
 def _about() -> dict:

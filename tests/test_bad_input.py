@@ -22,7 +22,7 @@ from absl.testing import flagsaver
 from dcjax import condense, data, dpsgd, evaluation, models, workdir
 from dcjax.condense import run as condense_run
 from dcjax import train as train_lib
-from dcjax.privacy import attack_run, bank, rmia, shokri, study
+from dcjax.privacy import attack_run, bank, pools, rmia, shokri, study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -258,7 +258,7 @@ def test_a_recipe_larger_than_a_private_half_names_its_flag(recipe, flag):
     config = attack_run.AttackRunConfig(recipe=recipe, num_models=6, target_pool=100, num_shadow=2, attacker_pool=100)
     with pytest.raises(ValueError) as info:
         with common.naming_flags():
-            attack_run.check_recipe_fits(config, train)
+            pools.check_recipe_fits(config, train)
     assert str(info.value).startswith(flag), str(info.value)
 
 

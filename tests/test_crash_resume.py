@@ -20,6 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import launch_flags
+
 from dcjax import checkpoint
 from dcjax import condense
 from dcjax.condense import run as condense_run
@@ -377,23 +379,7 @@ def test_condense_launcher_killed_mid_run_resumes_bitwise(tmp_path):
 
 
 def _attack_args(workdir):
-    return [
-        "experiments/attack.py",
-        f"--workdir={workdir}",
-        "--target=subset",
-        "--per_class=1",
-        "--num_models=6",
-        "--target_pool=100",
-        "--num_shadow=2",
-        "--attacker_pool=100",
-        "--width=4",
-        "--depth=1",
-        "--epochs=2",
-        "--attack_steps=20",
-        "--num_resamples=5",
-        "--num_population=50",
-        "--models_per_chunk=1",
-    ]
+    return launch_flags.TINY_ATTACK + [f"--workdir={workdir}", "--models_per_chunk=1"]
 
 
 def _assert_same_attack_run(straight, crashed):
@@ -414,26 +400,7 @@ def test_attack_launcher_killed_after_a_chunk_resumes_bitwise(tmp_path):
 
 
 def _study_args(workdir):
-    return [
-        "experiments/privacy_study.py",
-        f"--workdir={workdir}",
-        "--tier=test",
-        "--rows=original,subset",
-        "--per_class=1",
-        "--num_models=6",
-        "--target_pool=120",
-        "--num_shadow=2",
-        "--attacker_pool=100",
-        "--num_canaries=4",
-        "--width=4",
-        "--depth=1",
-        "--epochs=2",
-        "--small_epochs=2",
-        "--attack_steps=20",
-        "--num_resamples=5",
-        "--num_population=50",
-        "--models_per_chunk=1",
-    ]
+    return launch_flags.TINY_STUDY + [f"--workdir={workdir}", "--rows=original,subset", "--models_per_chunk=1"]
 
 
 @pytest.mark.slow

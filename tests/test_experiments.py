@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import launch_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -177,22 +179,7 @@ def test_attack_rejects_bad_flags(tmp_path, args, flag):
 @pytest.mark.slow
 def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "mia"
-    args = [
-        "experiments/attack.py",
-        f"--workdir={workdir}",
-        "--target=subset",
-        "--per_class=1",
-        "--num_models=6",
-        "--target_pool=100",
-        "--num_shadow=2",
-        "--attacker_pool=100",
-        "--width=4",
-        "--depth=1",
-        "--epochs=2",
-        "--attack_steps=20",
-        "--num_resamples=5",
-        "--num_population=50",
-    ]
+    args = launch_flags.TINY_ATTACK + [f"--workdir={workdir}"]
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Shokri attack accuracy" in proc.stdout and "lira_recipe_online" in proc.stdout
@@ -237,29 +224,8 @@ def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
 @pytest.mark.slow
 def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "study"
-    args = [
-        "experiments/privacy_study.py",
-        f"--workdir={workdir}",
-        "--tier=test",
-        "--per_class=1",
-        "--num_models=6",
-        "--target_pool=120",
-        "--num_shadow=2",
-        "--attacker_pool=100",
-        "--num_canaries=4",
-        "--width=4",
-        "--depth=1",
-        "--epochs=2",
-        "--small_epochs=2",
-        "--ipc=1",
-        "--iterations=1",
-        "--batch_real=1",
-        "--outer_loop=2",
-        "--inner_loop=1",
-        "--attack_steps=20",
-        "--num_resamples=5",
-        "--num_population=50",
-    ]
+    condense_flags = ["--ipc=1", "--iterations=1", "--batch_real=1", "--outer_loop=2", "--inner_loop=1"]
+    args = launch_flags.TINY_STUDY + [f"--workdir={workdir}"] + condense_flags
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())

@@ -53,7 +53,6 @@ import numpy as np
 from absl import logging
 
 from dcjax import checkpoint
-from dcjax import data as data_lib
 from dcjax import engine
 from dcjax import memory
 from dcjax import plots
@@ -61,7 +60,7 @@ from dcjax import progress
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
-from dcjax.privacy import assess, attack_data, attacks, bank, canaries, masks, nearest, queries, shokri
+from dcjax.privacy import assess, attack_data, attacks, bank, nearest, pools, queries, shokri
 from dcjax.privacy import rmia as rmia_lib
 from dcjax.privacy import study_report
 
@@ -115,75 +114,8 @@ class AttackRunConfig:
         engine.resolve_strategy(self.strategy)
 
 
-def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) -> dict:
-    """Pools, labels and keep masks, all from the seed.
-
-    Returns {"target" [N], "attacker" [Na]: dataset indices; "target_labels" [N] (with canaries
-    relabelled); "canaries" [C]: their positions in the target pool; "keep" [M, N] LiRA masks;
-    "halves" [k, Na] Shokri IN halves}.
-    """
-    keys = attack_data.run_keys(config.seed)
-    parts = data_lib.split_indices(
-        keys["pools"], len(labels), {"target": config.target_pool, "attacker": config.attacker_pool}
-    )
-    target_labels, canary_idx = canaries.mislabel(
-        keys["canaries"], labels[parts["target"]], config.num_canaries, num_classes
-    )
-    keep = masks.lira_keep_masks(keys["keep"], config.num_models, config.target_pool)
-    halves = np.stack(
-        [
-            masks.half_split_mask(jax.random.fold_in(keys["halves"], i), config.attacker_pool)
-            for i in range(config.num_shadow)
-        ]
-    )
-    return {**parts, "target_labels": target_labels, "canaries": canary_idx, "keep": keep, "halves": halves}
-
-
-def check_recipe_fits(config: AttackRunConfig, train) -> None:
-    """Fails fast, before anything runs or is written, if some model's private half has too
-    few examples of a class for the recipe (subset size, DC real batch or real init)."""
-    if config.target_pool + config.attacker_pool > len(train.labels):
-        raise ValueError(
-            f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
-            f"exceeds the {len(train.labels)} training examples"
-        )
-    setting, need = config.recipe.per_class_need()
-    if not need:
-        return
-    split = make_split(config, train.labels, train.num_classes)
-    pools = (
-        ("target_pool", split["target_labels"], split["keep"]),
-        ("attacker_pool", train.labels[split["attacker"]], split["halves"]),
-    )
-    for pool, labels, keep in pools:
-        smallest = min(np.bincount(labels[k], minlength=train.num_classes).min() for k in keep)
-        if smallest < need:
-            raise ValueError(
-                f"{setting}={need} exceeds the smallest class of a model's private half "
-                f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}"
-            )
-
-
-def model_chunks(config: AttackRunConfig) -> list[list[int]]:
-    """Model indices grouped into chunks trained together; a chunk never mixes the two pools."""
-    m, k = config.num_models, config.num_shadow
-    size = config.models_per_chunk
-    if not size:
-        size = jax.device_count() if jax.default_backend() == "cpu" else max(m, k)
-    groups = (list(range(m)), list(range(m, m + k)))
-    return [g[i : i + size] for g in groups for i in range(0, len(g), size)]
-
-
 def _model_path(workdir: str, i: int) -> str:
     return os.path.join(workdir, MODELS_DIR, f"model_{i:03d}.npz")
-
-
-def population_indices(config: AttackRunConfig, num_test: int) -> np.ndarray:
-    """Test-set indices [P] of RMIA's population samples: a key-drawn subset, sorted."""
-    if config.num_population > num_test:
-        raise ValueError(f"num_population={config.num_population} exceeds the {num_test} test examples")
-    perm = np.asarray(jax.random.permutation(attack_data.run_keys(config.seed)["population"], num_test))
-    return np.sort(perm[: config.num_population]).astype(np.int64)
 
 
 class _Context:
@@ -192,8 +124,8 @@ class _Context:
     def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str):
         self.config, self.fns, self.workdir = config, fns, workdir
         self.keys = attack_data.run_keys(config.seed)
-        self.split = make_split(config, train.labels, train.num_classes)
-        self.split["population"] = population_indices(config, len(test.labels))
+        self.split = pools.make_split(config, train.labels, train.num_classes)
+        self.split["population"] = pools.population_indices(config, len(test.labels))
         self.train, self.test = train, test
         # Gathered once: every chunk of a pool trains and queries on the same arrays.
         self._pools = {
@@ -289,7 +221,7 @@ def train_bank(ctx: _Context) -> None:
     Within a chunk (which can take many minutes) the recipe's condensation and the training
     report their own progress (``dcjax.progress``); a line before each chunk says which it is.
     """
-    all_chunks = model_chunks(ctx.config)
+    all_chunks = pools.model_chunks(ctx.config)
     chunks = [c for c in all_chunks if not all(os.path.exists(_model_path(ctx.workdir, i)) for i in c)]
     total = ctx.config.num_models + ctx.config.num_shadow
     if len(chunks) < len(all_chunks):
@@ -457,8 +389,8 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
       The results dict also written to results.json.
     """
     workdir_lib.check_inputs(config, fns, train, test)  # config.json must describe this very run.
-    check_recipe_fits(config, train)
-    population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
+    pools.check_recipe_fits(config, train)
+    pools.population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
     memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     tic = time.perf_counter()

@@ -40,7 +40,7 @@ from dcjax.privacy import study_report
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelFns
-from dcjax.privacy import accounting, attack_data, attack_run, bank
+from dcjax.privacy import accounting, attack_data, attack_run, bank, pools
 
 DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
@@ -368,7 +368,7 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
 
 def _check_dp_capacity(row: attack_run.AttackRunConfig, train: data_lib.ArrayDataset) -> None:
     """ValueError unless the row's B_max covers the largest private set of this split (+1)."""
-    split = attack_run.make_split(row, train.labels, train.num_classes)
+    split = pools.make_split(row, train.labels, train.num_classes)
     largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max()))
     train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
 
@@ -388,7 +388,7 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
     plans = [plan_row(config, name) for name in config.rows]
     train, test = data
     for plan in plans:  # Every row's feasibility first: fail before hours of work.
-        attack_run.check_recipe_fits(plan.run, train)
+        pools.check_recipe_fits(plan.run, train)
         memory.check_attack_run(plan.run, fns, train, test, what=f"row {plan.name}")
         if plan.run.train.dp is not None:
             dpsgd.check_network(fns)

@@ -1,0 +1,88 @@
+"""The pools of a membership-inference run, cut from the seed: who is in which pool, and what fits.
+
+A run's train split holds a *target pool* (N examples; LiRA keep masks over M models) and a disjoint *attacker
+pool* (Na examples; a random half per Shokri shadow), plus canaries relabelled inside the target pool; RMIA's
+population is a key-drawn subset of the test split (docs/protocol.md section 7). Every function here is a pure
+function of the run's config (an ``attack_run.AttackRunConfig``) and the labels: the run, the study, the memory
+estimate and the launchers' up-front checks all cut the same pools from the same seed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import jax
+import numpy as np
+
+from dcjax import data as data_lib
+from dcjax.privacy import attack_data, canaries, masks
+
+if TYPE_CHECKING:
+    from dcjax.privacy.attack_run import AttackRunConfig
+
+
+def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) -> dict:
+    """Pools, labels and keep masks, all from the seed.
+
+    Returns {"target" [N], "attacker" [Na]: dataset indices; "target_labels" [N] (with canaries
+    relabelled); "canaries" [C]: their positions in the target pool; "keep" [M, N] LiRA masks;
+    "halves" [k, Na] Shokri IN halves}.
+    """
+    keys = attack_data.run_keys(config.seed)
+    parts = data_lib.split_indices(
+        keys["pools"], len(labels), {"target": config.target_pool, "attacker": config.attacker_pool}
+    )
+    target_labels, canary_idx = canaries.mislabel(
+        keys["canaries"], labels[parts["target"]], config.num_canaries, num_classes
+    )
+    keep = masks.lira_keep_masks(keys["keep"], config.num_models, config.target_pool)
+    halves = np.stack(
+        [
+            masks.half_split_mask(jax.random.fold_in(keys["halves"], i), config.attacker_pool)
+            for i in range(config.num_shadow)
+        ]
+    )
+    return {**parts, "target_labels": target_labels, "canaries": canary_idx, "keep": keep, "halves": halves}
+
+
+def check_recipe_fits(config: AttackRunConfig, train) -> None:
+    """Fails fast, before anything runs or is written, if some model's private half has too
+    few examples of a class for the recipe (subset size, DC real batch or real init)."""
+    if config.target_pool + config.attacker_pool > len(train.labels):
+        raise ValueError(
+            f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
+            f"exceeds the {len(train.labels)} training examples"
+        )
+    setting, need = config.recipe.per_class_need()
+    if not need:
+        return
+    split = make_split(config, train.labels, train.num_classes)
+    pools = (
+        ("target_pool", split["target_labels"], split["keep"]),
+        ("attacker_pool", train.labels[split["attacker"]], split["halves"]),
+    )
+    for pool, labels, keep in pools:
+        smallest = min(np.bincount(labels[k], minlength=train.num_classes).min() for k in keep)
+        if smallest < need:
+            raise ValueError(
+                f"{setting}={need} exceeds the smallest class of a model's private half "
+                f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}"
+            )
+
+
+def model_chunks(config: AttackRunConfig) -> list[list[int]]:
+    """Model indices grouped into chunks trained together; a chunk never mixes the two pools."""
+    m, k = config.num_models, config.num_shadow
+    size = config.models_per_chunk
+    if not size:
+        size = jax.device_count() if jax.default_backend() == "cpu" else max(m, k)
+    groups = (list(range(m)), list(range(m, m + k)))
+    return [g[i : i + size] for g in groups for i in range(0, len(g), size)]
+
+
+def population_indices(config: AttackRunConfig, num_test: int) -> np.ndarray:
+    """Test-set indices [P] of RMIA's population samples: a key-drawn subset, sorted."""
+    if config.num_population > num_test:
+        raise ValueError(f"num_population={config.num_population} exceeds the {num_test} test examples")
+    perm = np.asarray(jax.random.permutation(attack_data.run_keys(config.seed)["population"], num_test))
+    return np.sort(perm[: config.num_population]).astype(np.int64)
