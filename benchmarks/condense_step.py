@@ -162,7 +162,8 @@ def main(_):
 
     reference = read_references(FLAGS.reference)  # First: a bad file fails before minutes of measuring.
     matmul = timing.matmul_gflops()
-    print(f"{timing.library()}; backend {jax.default_backend()}; jitted fp32 matmul {matmul:.1f} GFLOP/s")
+    print(f"{timing.library()}; {timing.cpu()}; backend {jax.default_backend()}")
+    print(f"jitted fp32 matmul {matmul:.1f} GFLOP/s")
     rows = []
     for spec in FLAGS.configs:
         for method, precision in itertools.product(FLAGS.methods, FLAGS.precisions):

@@ -135,7 +135,7 @@ def main(_):
     from dcjax.condense import distribution_matching as dm
 
     print(
-        f"{timing.library()}; backend {jax.default_backend()}; class strategy {strategy}; "
+        f"{timing.library()}; {timing.cpu()}; backend {jax.default_backend()}; class strategy {strategy}; "
         f"ConvNet-{FLAGS.width} ({FLAGS.conv_impl}, {FLAGS.precision}), "
         f"ipc {cfg.ipc}, batch_real {cfg.batch_real}, real-embedding chunk {dm._embed_chunk(cfg, fns)}, "
         f"DSA {cfg.dsa_strategy}; jitted fp32 matmul {matmul:.1f} GFLOP/s"

@@ -103,7 +103,8 @@ def measure(recipe: str, precision: str) -> dict:
 
 
 def main(_):
-    print(f"{timing.library()}; CPU-tier pipelines, median of {FLAGS.models} per recipe after a warm-up one")
+    print(f"{timing.library()}; {timing.cpu()}")
+    print(f"CPU-tier pipelines, median of {FLAGS.models} per recipe after a warm-up one")
     print(f"jitted fp32 matmul {timing.matmul_gflops():.1f} GFLOP/s")
     rows = []
     for recipe in FLAGS.recipes:

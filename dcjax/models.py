@@ -261,8 +261,9 @@ class Dense(nn.Module):
 def _matmul_inputs(precision: str, x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(x, kernel) as a conv / dense layer multiplies them: cast to bf16 for precision "bf16", else unchanged.
 
-    Why bf16: this CPU's AVX512-BF16 runs a bf16 GEMM with fp32 accumulation ~1.8x faster than an fp32 one, and
-    writing im2col patches in bf16 halves their memory traffic. The products accumulate in fp32
+    Why bf16: a CPU with AVX512-BF16 runs a bf16 GEMM with fp32 accumulation ~1.8x faster than an fp32 one, and
+    writing im2col patches in bf16 halves their memory traffic. Without those instructions (AVX2 only) bf16 is
+    slower than fp32 (README, speed section). The products accumulate in fp32
     (``preferred_element_type``), so only the inputs are rounded (relative error ~4e-3 per element).
     """
     if precision == "bf16":
