@@ -206,18 +206,15 @@ def _model(scale: Scale):
 
 
 def _condense_config(scale: Scale, method: str, iterations: int):
-    """Paper settings of ``method`` (METHOD_DEFAULTS' lr_img and init; loops from the ipc table)."""
+    """Paper settings of ``method`` (``CondenseConfig.paper``: its lr_img and init; loops from the ipc table)."""
     from dcjax import condense
 
-    defaults = condense.METHOD_DEFAULTS[method]
-    return condense.CondenseConfig(
+    return condense.CondenseConfig.paper(
+        method,
         ipc=scale.ipc,
         iterations=iterations,
         batch_real=scale.batch_real,
-        lr_img=defaults["lr_img"],
-        init=defaults["init"],
         class_strategy=scale.class_strategy,
-        method=method,
     )
 
 

@@ -53,27 +53,27 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def library() -> str:
-    """Where dcjax was imported from, and its git commit: which code a table measured (PYTHONPATH may point
-    at another checkout, for before/after runs)."""
+    """Where dcjax was imported from, its git commit, and whether dcjax/ differs from it: which code a table
+    measured (PYTHONPATH may point at another checkout, for before/after runs)."""
     import subprocess
 
     import dcjax
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(dcjax.__file__)))
-    commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return f"dcjax from {root} @ {commit.stdout.strip() or 'unknown commit'}"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    dirty = git("status", "--porcelain", "--", "dcjax")  # Untracked files count: a new module is new code.
+    return f"dcjax from {root} @ {commit}" + (" with uncommitted changes in dcjax/" if dirty else "")
 
 
 def cpu() -> str:
     """The CPU model and its vector extensions: machines of one kind differ (AVX-512 with BF16 or only AVX2), and
     fp32 and bf16 speeds follow them."""
-    import platform
+    from dcjax import host
 
-    if not os.path.exists("/proc/cpuinfo"):
-        return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    with open("/proc/cpuinfo") as f:
-        first = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-    model = first.get("model name\t", platform.machine()).strip()
-    flags = first.get("flags\t\t", "").split()
-    vector = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f in flags]
-    return f"CPU {model}, {os.cpu_count()} cores, {'+'.join(vector) or 'no AVX2'}"
+    info = host.cpu()
+    vector = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f in info.flags]
+    return f"CPU {info.model}, {os.cpu_count()} cores, {'+'.join(vector) or 'no AVX2'}"

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from dcjax import dsa
+from dcjax import sampling
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -58,17 +59,12 @@ def _warp(images: jax.Array, mats: jax.Array, fill: jax.Array, nearest: jax.Arra
     src = jnp.where(nearest, jnp.floor(src + _FLOOR_EPS), src)
     base = jnp.floor(src)
     frac = src - base  # exactly 0 for nearest: the three other neighbours get weight 0
-    flat = images.reshape(b, h * w, c).astype(jnp.float32)
     fill = jnp.broadcast_to(jnp.asarray(fill, jnp.float32), (b, c))[:, None, :]
     out = jnp.zeros((b, h * w, c), jnp.float32)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            y, x = base[:, 0] + dy, base[:, 1] + dx
-            weight = (frac[:, 0] if dy else 1 - frac[:, 0]) * (frac[:, 1] if dx else 1 - frac[:, 1])
-            inside = (y >= 0) & (y <= h - 1) & (x >= 0) & (x <= w - 1)
-            idx = (jnp.clip(y, 0, h - 1) * w + jnp.clip(x, 0, w - 1)).astype(jnp.int32)
-            vals = jnp.take_along_axis(flat, idx[:, :, None], axis=1)  # [B, H*W, C]
-            out = out + weight[:, :, None] * jnp.where(inside[:, :, None], vals, fill)
+    for i, corner in enumerate(sampling.neighbours(images, base[:, 0], base[:, 1])):
+        dy, dx = divmod(i, 2)
+        weight = (frac[:, 0] if dy else 1 - frac[:, 0]) * (frac[:, 1] if dx else 1 - frac[:, 1])
+        out = out + weight[:, :, None] * jnp.where(corner.inside[:, :, None], corner.values, fill)
     return out.reshape(b, h, w, c).astype(images.dtype)
 
 

@@ -40,6 +40,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from dcjax import sampling
+
 STRATEGY_DIGITS = "color_crop_cutout_scale_rotate"  # no flip for digits: a mirrored digit is a different glyph
 STRATEGY_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 DIGIT_DATASETS = ("mnist", "svhn_cropped")  # docs/protocol.md section 5: the MNIST/SVHN strategy has no flip.
@@ -222,17 +224,10 @@ def _affine_sample(images: jax.Array, mats: jax.Array) -> jax.Array:
     src = jnp.einsum("bij,jp->bip", mats.astype(jnp.float32), jnp.stack([gx.ravel(), gy.ravel()]))  # [B, 2, HW]
     col = (src[:, 0] + 1.0) * 0.5 * (w - 1)
     row = (src[:, 1] + 1.0) * 0.5 * (h - 1)
-    row0, col0 = jnp.floor(row), jnp.floor(col)
-    flat = images.reshape(b, h * w, c).astype(jnp.float32)
     out = jnp.zeros((b, h * w, c), jnp.float32)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            y, x = row0 + dy, col0 + dx
-            weight = (1.0 - jnp.abs(row - y)) * (1.0 - jnp.abs(col - x))  # [B, HW]
-            inside = (y >= 0) & (y <= h - 1) & (x >= 0) & (x <= w - 1)
-            idx = (jnp.clip(y, 0, h - 1) * w + jnp.clip(x, 0, w - 1)).astype(jnp.int32)
-            vals = jnp.take_along_axis(flat, idx[:, :, None], axis=1)  # [B, HW, C]
-            out = out + jnp.where(inside, weight, 0.0)[:, :, None] * vals
+    for corner in sampling.neighbours(images, jnp.floor(row), jnp.floor(col)):
+        weight = (1.0 - jnp.abs(row - corner.row)) * (1.0 - jnp.abs(col - corner.col))  # [B, HW]
+        out = out + jnp.where(corner.inside, weight, 0.0)[:, :, None] * corner.values
     return out.reshape(b, h, w, c).astype(images.dtype)
 
 

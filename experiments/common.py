@@ -166,7 +166,7 @@ def condense_config():
     """CondenseConfig from the condensation flags; unset flags take --method's paper defaults."""
     from dcjax import condense, dsa
 
-    defaults = condense.METHOD_DEFAULTS[FLAGS.method]
+    defaults = dataclasses.asdict(condense.METHOD_DEFAULTS[FLAGS.method])
     chosen = {
         name: default if getattr(FLAGS, name) is None else getattr(FLAGS, name) for name, default in defaults.items()
     }

@@ -4,15 +4,21 @@ Each run is a CPU tier's own flagfile (experiments/flags/) with overrides that s
 (tests/mock_launch.py): the same method, initialisation, network family, augmentation and attacks, fewer
 iterations and smaller shapes. A run's digest is the SHA-256 of every result array it writes (synthetic.npz,
 attack_data.npz; not its config or times) and of the numbers in its results.json that are results (accuracies,
-attack scores; not times or paths). Digests are recorded for one platform (the one named in the file):
-bitwise equality is promised for the same seed on the same platform, not across platforms or jax versions.
+attack scores; not times or paths). Digests are recorded per platform (machine, CPU model and vector extensions,
+jax version): bitwise equality is promised for the same seed on the same platform, not across platforms (an AVX2
+and an AVX-512 CPU of one machine kind round differently) or jax versions. Each record names the commit it was made
+at.
 
-  python tests/golden.py --check             # run every tier, compare with tests/golden_hashes.json
-  python tests/golden.py --write             # record them: only after a deliberate change of behaviour, and say
-                                             # in the commit which change and why
+  python tests/golden.py --check             # run every tier, compare with this platform's record
+  python tests/golden.py --write             # after a deliberate change of behaviour: this platform's record
+                                             # replaces every other (they describe the old behaviour); say in the
+                                             # commit which change and why
+  python tests/golden.py --add               # record this platform beside the others, for code whose behaviour
+                                             # --check has just shown unchanged on a recorded platform
   python tests/golden.py --root=/other/checkout   # print the digests of another checkout (before/after)
 
-tests/test_golden.py runs --check's comparison in CI.
+tests/test_golden.py checks that the record is complete and what a digest ignores, and (slow tier) runs the
+comparison where this platform has a record.
 """
 
 import argparse
@@ -47,14 +53,11 @@ def platform_id() -> str:
     """Where digests can be compared: machine, OS, CPU model and its vector extensions, jax version, backend."""
     import jax
 
-    cpu, isa = platform.processor() or "unknown CPU", ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        cpu = info.get("model name\t", cpu).strip()
-        flags = info.get("flags\t\t", "").split()
-        isa = "+".join(sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))))
-    return f"{platform.machine()}-{platform.system()} {cpu} [{isa}] jax {jax.__version__} {jax.default_backend()}"
+    from dcjax import host
+
+    cpu = host.cpu()
+    isa = "+".join(cpu.extensions(("avx512", "amx", "avx2", "fma")))
+    return f"{platform.machine()}-{platform.system()} {cpu.model} [{isa}] jax {jax.__version__} {jax.default_backend()}"
 
 
 def _is_record(name: str) -> bool:
@@ -113,28 +116,53 @@ def run_all(root: str) -> dict[str, str]:
         return {name: run_tier(name, root, scratch) for name in TIERS}
 
 
+def read_records() -> dict[str, dict]:
+    """{platform: {"commit": ..., "digests": {tier: sha256}}} from tests/golden_hashes.json."""
+    with open(RECORD) as f:
+        return json.load(f)["platforms"]
+
+
+def _write_records(records: dict[str, dict]) -> None:
+    tmp = RECORD + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"platforms": records}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, RECORD)
+
+
+def _commit(root: str) -> str:
+    out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def check(digests: dict[str, str]) -> int:
+    """0 if ``digests`` equal this platform's record, 1 if some tier changed, 2 if this platform has no record."""
+    records, here = read_records(), platform_id()
+    if here not in records:
+        print(f"no digests recorded for {here}; recorded: {'; '.join(sorted(records))}")
+        return 2
+    recorded = records[here]["digests"]
+    changed = sorted(n for n in TIERS if recorded.get(n) != digests[n])
+    print("unchanged" if not changed else f"changed: {', '.join(changed)}")
+    return 1 if changed else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=os.path.dirname(HERE), help="checkout whose launchers and library run")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true", help="compare with tests/golden_hashes.json")
-    mode.add_argument("--write", action="store_true", help="record tests/golden_hashes.json")
+    mode.add_argument("--check", action="store_true", help="compare with this platform's record")
+    mode.add_argument("--write", action="store_true", help="record this platform and drop every other record")
+    mode.add_argument("--add", action="store_true", help="record this platform, keeping the others")
     args = parser.parse_args(argv)
-    digests = run_all(os.path.abspath(args.root))
+    root = os.path.abspath(args.root)
+    digests = run_all(root)
     print(json.dumps(digests, indent=1))
-    if args.write:
-        tmp = RECORD + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"platform": platform_id(), "digests": digests}, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, RECORD)
-    if args.check:
-        with open(RECORD) as f:
-            recorded = json.load(f)["digests"]
-        changed = sorted(n for n in TIERS if recorded.get(n) != digests[n])
-        print("unchanged" if not changed else f"changed: {', '.join(changed)}")
-        return 1 if changed else 0
-    return 0
+    if args.write or args.add:
+        records = read_records() if args.add else {}
+        records[platform_id()] = {"commit": _commit(root), "digests": digests}
+        _write_records(records)
+    return check(digests) if args.check else 0
 
 
 if __name__ == "__main__":

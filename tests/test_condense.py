@@ -125,6 +125,16 @@ def test_bad_condense_config_is_rejected(kwargs, match):
         condense.CondenseConfig(**kwargs)
 
 
+def test_paper_config_takes_the_methods_defaults_then_the_changes():
+    dm = condense.CondenseConfig.paper("dm", ipc=1)
+    assert (dm.method, dm.iterations, dm.lr_img, dm.init, dm.ipc) == ("dm", 20000, 1.0, "real", 1)
+    dc = condense.CondenseConfig.paper("dc", lr_img=0.5)
+    assert (dc.iterations, dc.lr_img, dc.init) == (1000, 0.5, "noise")
+    assert condense.CondenseConfig.paper("dsa").init == "real"
+    with pytest.raises(ValueError, match="method must be one of dc, dsa, dm, got 'kip'"):
+        condense.CondenseConfig.paper("kip")
+
+
 def test_batch_real_larger_than_smallest_class_is_rejected():
     index = data.build_class_index(np.array([0, 0, 1, 1, 1, 2, 2]), 3)
     with pytest.raises(ValueError, match="batch_real"):

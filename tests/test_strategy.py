@@ -1,4 +1,4 @@
-"""The shared mechanics: one strategy chooser, one chunk-padding rule, named key streams."""
+"""dcjax.strategy: one backend-strategy chooser (auto is map on CPU, vmap on accelerators; unsupported is an error)."""
 
 import chex
 import jax
@@ -6,15 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcjax import chunks
 from dcjax import condense
-from dcjax.condense import run as condense_run
 from dcjax import engine
-from dcjax import keys
 from dcjax import models
 from dcjax import strategy
 from dcjax import train
-from dcjax.privacy import attack_data
 from dcjax.privacy import bank
 
 K, SHAPE = 3, (8, 8, 1)
@@ -83,31 +79,3 @@ def test_a_looped_bank_condenses_the_same_sets_as_a_mapped_one(fns):
     mapped = bank.condense_models(fns, config, model_keys, pool, keep, "map")
     np.testing.assert_array_equal(looped[1], mapped[1])
     chex.assert_trees_all_close(looped[0], mapped[0], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("n, size, count", [(10, 4, 3), (8, 4, 2), (1, 4, 1)])
-def test_chunks_pad_at_the_end_and_mark_the_real_items(n, size, count):
-    x = jnp.arange(n * 2, dtype=jnp.float32).reshape(n, 2) + 1
-    padded, valid = chunks.pad_to_chunks(x, size)
-    chex.assert_shape(padded, (count, size, 2))
-    chex.assert_shape(valid, (count, size))
-    assert int(valid.sum()) == n and bool(valid.reshape(-1)[:n].all())
-    np.testing.assert_array_equal(padded.reshape(-1, 2)[:n], x)
-    assert float(jnp.abs(padded.reshape(-1, 2)[n:]).sum()) == 0.0
-
-
-def test_a_chunk_size_below_one_is_refused():
-    with pytest.raises(ValueError, match="chunk size must be >= 1"):
-        chunks.num_chunks(5, 0)
-
-
-def test_the_key_layouts_are_pinned():
-    """Recorded results depend on these positions: appending is allowed, reordering is not."""
-    root = jax.random.key(7)
-    data = lambda k: jax.random.key_data(k)  # noqa: E731
-    for i, name in enumerate(keys.CONDENSE):
-        np.testing.assert_array_equal(data(condense_run._keys(7)[name]), data(jax.random.fold_in(root, i)))
-    for i, name in enumerate(keys.ATTACK):
-        np.testing.assert_array_equal(data(attack_data.run_keys(7)[name]), data(jax.random.fold_in(root, i)))
-    assert keys.CONDENSE[:2] == ("init", "iterations") and keys.ATTACK[3] == "models"
-    np.testing.assert_array_equal(data(keys.item(root, 5)), data(jax.random.fold_in(root, 5)))

@@ -1,8 +1,9 @@
 """Settings and state of a condensation, shared by every method: ``CondenseConfig``, ``SynState``, the initial set.
 
 ``CondenseConfig.method`` picks the method (``dcjax.condense.METHODS``); its defaults are DC's paper settings and
-``METHOD_DEFAULTS`` holds what differs by method. Every method updates a ``SynState`` with the image optimizer
-defined here (SGD with momentum on the pixels, as every reference does).
+``METHOD_DEFAULTS`` holds what differs by method (``MethodDefaults``; ``CondenseConfig.paper`` applies them). Every
+method updates a ``SynState`` with the image optimizer defined here (SGD with momentum on the pixels, as every
+reference does).
 """
 
 from __future__ import annotations
@@ -26,11 +27,24 @@ LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15
 INITS = ("noise", "real")
 CLASS_STRATEGIES = strategy_lib.STRATEGIES
 METHODS = ("dc", "dsa", "dm")
-# Paper defaults that differ by method (docs/protocol.md sections 3 and 5); the launcher fills unset flags from these.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dc": {"iterations": 1000, "lr_img": 0.1, "init": "noise"},
-    "dsa": {"iterations": 1000, "lr_img": 0.1, "init": "real"},
-    "dm": {"iterations": 20000, "lr_img": 1.0, "init": "real"},
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodDefaults:
+    """A method's paper settings where they differ from ``CondenseConfig``'s (DC's); docs/protocol.md sections 3, 5.
+
+    The launchers fill unset flags from these, and ``CondenseConfig.paper`` builds a method's paper config.
+    """
+
+    iterations: int
+    lr_img: float
+    init: str
+
+
+METHOD_DEFAULTS: dict[str, MethodDefaults] = {
+    "dc": MethodDefaults(iterations=1000, lr_img=0.1, init="noise"),
+    "dsa": MethodDefaults(iterations=1000, lr_img=0.1, init="real"),
+    "dm": MethodDefaults(iterations=20000, lr_img=1.0, init="real"),
 }
 
 
@@ -102,6 +116,13 @@ class CondenseConfig:
                 raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         if not 0 <= self.momentum_img < 1:
             raise ValueError(f"momentum_img must be in [0, 1), got {self.momentum_img}")
+
+    @classmethod
+    def paper(cls, method: str, **changes: Any) -> CondenseConfig:
+        """``method``'s paper settings (its ``METHOD_DEFAULTS`` over DC's defaults), then ``changes`` (fields)."""
+        if method not in METHOD_DEFAULTS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        return cls(method=method, **{**dataclasses.asdict(METHOD_DEFAULTS[method]), **changes})
 
     @property
     def loops(self) -> tuple[int, int]:

@@ -46,7 +46,7 @@ DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
 # The DM paper's iteration count (the study's default for dm_real unless --dm_iterations says otherwise). Read
 # here, at import, because the config field `condense` shadows the module inside functions.
-_DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"]["iterations"]
+_DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"].iterations
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
 ROWS = DEFAULT_ROWS + METHOD_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
 _DP = (
@@ -219,7 +219,7 @@ def _other_method(config: StudyConfig, name: str, dp: dict | None):
     method = name.split("_")[0]
     changes: dict[str, Any] = {"method": method, "init": "real"}
     if method == "dm":
-        changes.update(iterations=config.dm_iterations, lr_img=condense.METHOD_DEFAULTS["dm"]["lr_img"])
+        changes.update(iterations=config.dm_iterations, lr_img=condense.METHOD_DEFAULTS["dm"].lr_img)
     recipe = bank.Recipe("condense", condense=dataclasses.replace(config.condense, **changes))
     augment = augment_lib.dsa_augment_name(config.condense.dsa_strategy)
     return recipe, dataclasses.replace(config.train_small, augment=augment)

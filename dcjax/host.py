@@ -1,0 +1,34 @@
+"""The machine a number was measured on: its CPU model and vector extensions.
+
+Machines of one kind differ (some have AVX-512 with BF16, some only AVX2), and both speeds and float rounding
+follow the vector extensions, so benchmark tables and recorded digests (tests/golden.py) name them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+
+
+@dataclasses.dataclass(frozen=True)
+class Cpu:
+    """model: the CPU's model name; flags: its feature flags (empty where /proc/cpuinfo is missing)."""
+
+    model: str
+    flags: frozenset[str]
+
+    def extensions(self, prefixes: tuple[str, ...]) -> list[str]:
+        """The flags starting with any of ``prefixes``, sorted."""
+        return sorted(f for f in self.flags if f.startswith(prefixes))
+
+
+def cpu(cpuinfo: str = "/proc/cpuinfo") -> Cpu:
+    """This machine's CPU, from the first processor block of ``cpuinfo`` (Linux), else ``platform``'s name."""
+    fallback = platform.processor() or platform.machine() or "unknown CPU"
+    if not os.path.exists(cpuinfo):
+        return Cpu(fallback, frozenset())
+    with open(cpuinfo) as f:
+        first = f.read().split("\n\n")[0].splitlines()
+    info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first if ":" in line)}
+    return Cpu(info.get("model name", fallback), frozenset(info.get("flags", "").split()))
