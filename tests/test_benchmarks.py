@@ -1,0 +1,45 @@
+"""The profiling benchmarks run at tiny shapes and print complete tables (never timing assertions: only that every
+part is measured, and a DC prediction is checked against a whole iteration)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rows(script: str, *flags: str) -> list[dict]:
+    """The JSON list of rows that ``script`` prints (its table's numbers)."""
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", script), *flags]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lists = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("[{")]
+    assert len(lists) == 1, out.stdout
+    return lists[0]
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_dc_profile_measures_every_part_and_checks_its_prediction():
+    rows = {r["part"]: r for r in _rows("dc_profile.py", "--width=4", "--ipc=1", "--batch_real=4", "--check_outer=2")}
+    assert len(rows) == 6, sorted(rows)
+    measured = rows["measured iteration (2 outer)"]
+    assert _positive(measured["s per iteration"]) and _positive(measured["predicted from the parts"])
+    predicted = rows["predicted iteration (1 outer)"]
+    assert predicted["share of iteration"] == 1.0 and _positive(predicted["GFLOP/s"])
+    assert rows["inner loop (1 SGD epochs)"]["calls"] == 0  # ipc 1: one outer step, no inner loop after it.
+
+
+@pytest.mark.slow
+def test_dm_profile_measures_every_part_beside_the_whole_iteration():
+    rows = {r["part"]: r for r in _rows("dm_profile.py", "--width=4", "--ipc=1", "--batch_real=4", "--repeats=1")}
+    assert set(rows) >= {"real: DSA + embed (forward)", "synthetic: DSA + embed + backward", "whole iteration"}
+    assert all(_positive(r["s"]) for r in rows.values())
+    assert rows["whole iteration"]["share of iteration"] == 1.0
