@@ -60,14 +60,6 @@ FLAGS = flags.FLAGS
 K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
 
 
-def forward_flops_per_image(fns) -> float:
-    import jax
-
-    x = jax.numpy.zeros((1,) + SHAPE)
-    variables = fns.init(jax.random.key(0))
-    return timing.compiled_flops(jax.jit(fns.apply), variables, x)
-
-
 def iteration_flops(method: str, f: float, cfg, outer: int) -> float:
     """FLOPs of one iteration with ``outer`` matching steps (see the module docstring); f: forward FLOPs/image."""
     ipc, inner = cfg.ipc, cfg.loops[1]
@@ -79,7 +71,7 @@ def iteration_flops(method: str, f: float, cfg, outer: int) -> float:
 def measure(spec: str, method: str, precision: str = "fp32") -> dict:
     import jax
     import numpy as np
-    from dcjax import condense, data, models
+    from dcjax import condense, models
 
     width, ipc, *rest = (int(v) for v in spec.split(":"))
     full_outer, inner = condense.default_loops(ipc)
@@ -93,9 +85,7 @@ def measure(spec: str, method: str, precision: str = "fp32") -> dict:
         **({"precision": precision} if precision != "fp32" else {}),  # Older checkouts (PYTHONPATH) lack the field.
     )
     fns = models.make_model(models.ModelConfig(width=width), SHAPE, K)
-    labels = np.repeat(np.arange(K), POOL_PER_CLASS)
-    pool = jax.random.normal(jax.random.key(0), (labels.size,) + SHAPE)
-    index = data.build_class_index(labels, K)
+    pool, index = timing.random_pool(K, SHAPE, POOL_PER_CLASS)
     state, _ = condense.init_synthetic(cfg, jax.random.key(1), pool, index)
     step = condense.make_iteration_fn(fns, cfg)
     seconds = []
@@ -105,7 +95,7 @@ def measure(spec: str, method: str, precision: str = "fp32") -> dict:
         jax.block_until_ready(out)
         seconds.append(time.perf_counter() - tic)
     per_iter = float(np.median(seconds[1:]))
-    f = forward_flops_per_image(fns)
+    f = timing.forward_flops(fns, SHAPE)
     # A reduced outer loop is scaled to the full one by work done, at the measured rate.
     flops = iteration_flops(method, f, cfg, outer)
     scale = iteration_flops(method, f, cfg, full_outer) / flops

@@ -39,9 +39,9 @@ K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
 
 
 def _setup():
-    """(fns at the run's precision, config, strategy, variables, real batch, synthetic images, labels, state, pool)."""
+    """(network, the same at the run's precision, config, (real batch, synthetic images, their labels),
+    (state, (pool, index)) for a whole iteration)."""
     import jax
-    import numpy as np
     from dcjax import condense, data, models
 
     outer, inner = condense.default_loops(FLAGS.ipc)
@@ -56,9 +56,7 @@ def _setup():
     )
     base = models.make_model(models.ModelConfig(width=FLAGS.width), SHAPE, K)
     fns = models.with_precision(base, cfg.precision)  # The network the iteration matches with.
-    labels = np.repeat(np.arange(K), POOL_PER_CLASS)
-    pool = jax.random.normal(jax.random.key(0), (labels.size,) + SHAPE)
-    index = data.build_class_index(labels, K)
+    pool, index = timing.random_pool(K, SHAPE, POOL_PER_CLASS)
     state, _ = condense.init_synthetic(cfg, jax.random.key(1), pool, index)
     real = pool[data.sample_per_class(jax.random.key(3), index, cfg.batch_real)]  # [K, batch_real, ...]
     syn = jax.numpy.array(state.images, copy=True)  # The whole iteration donates state.images.
@@ -159,7 +157,7 @@ def main(_):
     matmul = timing.matmul_gflops()
     base, fns, cfg, batches, real_data = _setup()
     outer, inner = cfg.loops
-    f = timing.compiled_flops(jax.jit(fns.apply), fns.init(jax.random.key(0)), jax.numpy.zeros((1,) + SHAPE))
+    f = timing.forward_flops(fns, SHAPE)
     variables = fns.init(jax.random.key(2))
     parts = _parts(fns, cfg, batches)
     seconds = {}

@@ -42,7 +42,6 @@ K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
 def _setup():
     """Model, config, pool, class index, one iteration's real batch and frozen network, and the parts."""
     import jax
-    import numpy as np
     from dcjax import condense, data, models
 
     cfg = condense.CondenseConfig(
@@ -56,9 +55,7 @@ def _setup():
     strategy = condense.resolve_class_strategy(cfg.class_strategy)
     model = models.ModelConfig(width=FLAGS.width, conv_impl=FLAGS.conv_impl, precision=FLAGS.precision)
     fns = models.make_model(model, SHAPE, K)  # The parts see the network the iteration matches with.
-    labels = np.repeat(np.arange(K), POOL_PER_CLASS)
-    pool = jax.random.normal(jax.random.key(0), (labels.size,) + SHAPE)
-    index = data.build_class_index(labels, K)
+    pool, index = timing.random_pool(K, SHAPE, POOL_PER_CLASS)
     state, _ = condense.init_synthetic(cfg, jax.random.key(1), pool, index)
     variables = fns.init(jax.random.key(2))
     real = pool[data.sample_per_class(jax.random.key(3), index, cfg.batch_real)]  # [K, batch_real, ...]
@@ -98,19 +95,12 @@ def _parts(fns, cfg, strategy: str, variables, batches):
     }
 
 
-def _forward_flops(fns) -> float:
-    import jax
-
-    x = jax.numpy.zeros((1,) + SHAPE)
-    return timing.compiled_flops(jax.jit(fns.apply), fns.init(jax.random.key(0)), x)
-
-
 def main(_):
     import jax
 
     matmul = timing.matmul_gflops()
     fns, cfg, strategy, parts, (step, state, real_data) = _setup()
-    f = _forward_flops(fns)
+    f = timing.forward_flops(fns, SHAPE)
     flops = {
         "real: DSA only": 0.0,
         "real: DSA + embed (forward)": f * K * cfg.batch_real,

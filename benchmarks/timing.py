@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: timing with warm-up, the matmul roofline, XLA FLOP counts.
+"""Shared benchmark helpers: timing with warm-up, the matmul roofline, XLA FLOP counts, a random MNIST-shaped pool.
 
 These machines are noisy (+-20-40%), so every benchmark reports ratios of quantities
 measured side by side in the same process, not absolute thresholds.
@@ -32,6 +32,21 @@ def compiled_flops(jitted, *args) -> float:
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else {}
     return float((analysis or {}).get("flops", 0.0))
+
+
+def forward_flops(fns, shape: tuple[int, ...]) -> float:
+    """FLOPs of one forward pass of one [*shape] image through ``fns`` (XLA's count)."""
+    return compiled_flops(jax.jit(fns.apply), fns.init(jax.random.key(0)), jnp.zeros((1,) + tuple(shape)))
+
+
+def random_pool(num_classes: int, shape: tuple[int, ...], per_class: int):
+    """(pool [K * per_class, *shape] N(0, 1) images drawn from key 0, its ClassIndex): real-shaped data for timing."""
+    import numpy as np
+    from dcjax import data
+
+    labels = np.repeat(np.arange(num_classes), per_class)
+    pool = jax.random.normal(jax.random.key(0), (labels.size,) + tuple(shape))
+    return pool, data.build_class_index(labels, num_classes)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
