@@ -14,7 +14,8 @@ The layouts:
     models: model i gets item(models, i), split into (recipe key, training key); attack: the attack
     classifiers; bootstrap: confidence intervals; balance: balanced member / non-member draws;
     canaries: which pool examples become canaries; population: RMIA's population draw; audit: the
-    empirical epsilon's one-run audit draws.
+    empirical epsilon's one-run audit draws; crossfit: the headline's model / example split and its
+    bootstrap draws; null: the null test's random membership labels.
 """
 
 from __future__ import annotations
@@ -22,7 +23,20 @@ from __future__ import annotations
 import jax
 
 CONDENSE = ("init", "iterations", "eval", "baseline")
-ATTACK = ("pools", "keep", "halves", "models", "attack", "bootstrap", "balance", "canaries", "population", "audit")
+ATTACK = (
+    "pools",
+    "keep",
+    "halves",
+    "models",
+    "attack",
+    "bootstrap",
+    "balance",
+    "canaries",
+    "population",
+    "audit",
+    "crossfit",
+    "null",
+)
 
 
 def streams(root: jax.Array, names: tuple[str, ...]) -> dict[str, jax.Array]:

@@ -89,12 +89,16 @@ def _print_summary(results: dict, workdir: str):
                 f"{name:26s} {a['auc']:7.3f} {_pct(a['tpr_at_0.01']):>8s} {_pct(a['tpr_at_0.001']):>8s} "
                 f"[{_pct(a['tpr_at_0.001_ci_low'])}, {_pct(a['tpr_at_0.001_ci_high'])}]"
             )
-    best = results["strongest"]["model"]
+    best = results["headline"]["model"]
     if best:
         print(
-            f"strongest model attack: {best['attack']}, TPR@0.1% {_pct(best['tpr'])} "
-            f"[{_pct(best['ci_low'])}, {_pct(best['ci_high'])}] (interval of the max over attacks)"
+            f"headline model attack (cross-fitted): {best['attack']}, TPR@0.1% {_pct(best['tpr_at_0.001'])} "
+            f"[{_pct(best['tpr_at_0.001_ci_low'])}, {_pct(best['tpr_at_0.001_ci_high'])}] "
+            "(chosen on other targets and examples; intervals over examples and models)"
         )
+    test = results.get("null_test")
+    if test:
+        print(f"null test: {test['excluded']}/{test['draws']} intervals exclude chance (allowed <= {test['allowed']})")
     print(f"outputs in {workdir}")
 
 

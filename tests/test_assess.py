@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from dcjax.privacy import assess, attack_data, masks
+from dcjax.privacy import assess, attack_data, masks, metrics
 
 M, N, C = 8, 400, 40  # Models, pool examples, canaries (the first C examples).
 
@@ -64,23 +64,35 @@ def test_the_headline_slice_leaves_the_canaries_out():
     assert detected["false_positives"] <= 2
 
 
-def test_the_strongest_attack_is_named_and_its_interval_is_that_of_the_maximum():
+def test_the_headline_attack_is_cross_fitted_and_named():
     d = _export()
     scores = {
         "weak": _scores(d, 0.0, 0.5, key=3),
         "strong": _scores(d, 0.0, 3.0, key=4),
-        "release_like": _scores(d, 0.0, 0.0, key=5),
+        "nearest_synthetic": _scores(d, 0.0, 0.0, key=5),  # A release attack: never a model headline.
     }
     out = assess.assess(scores, d, _keys(), num_resamples=60)
-    best = out["strongest"]["model"]
-    assert best["attack"] == "strong" and out["strongest"]["release"] is None
-    assert best["tpr"] == out["attacks"]["strong"]["natural"]["tpr_at_0.001"]
-    samples = {n: np.asarray(v, np.float64) for n, v in out["bootstrap"]["headline_samples"].items()}
-    maxima = np.max(np.stack(list(samples.values())), axis=0)
-    np.testing.assert_allclose(best["samples"], maxima)
-    assert best["ci_low"] <= best["tpr"] <= best["ci_high"]
-    # The audit runs on the strongest attack: a strong signal on ~360 one-trial examples bounds epsilon above 0.
+    best = out["headline"]["model"]
+    assert best["attack"] == "strong" and set(best["attack_by_cell"].values()) == {"strong"}
+    assert out["headline"]["release"]["attack"] == "nearest_synthetic"
+    # One attack in every cell: the headline is the mean of its cell TPRs, not the pooled TPR.
+    split, _ = assess.crossfit(d, _keys(), 60)
+    cells = [metrics.trial_metrics(scores["strong"], d.keep, m)["tpr_at_0.01"] for m in split.cell_masks()]
+    assert best["tpr_at_0.01"] == pytest.approx(np.mean(cells))
+    assert best["tpr_at_0.01_ci_low"] <= best["tpr_at_0.01"] <= best["tpr_at_0.01_ci_high"]
+    # ~360 non-member trials a cell: 0.1 % FPR is below a cell's floor, so it is not reported.
+    assert best["fpr_floor"] > 0.001 and best["tpr_at_0.001"] is None
+    # The audit runs on the headline attack: a strong signal on ~360 one-trial examples bounds epsilon above 0.
     assert out["empirical_epsilon"]["strong"]["natural"]["epsilon_lower_bound"] > 0.5
+    assert "null_test" not in out  # Only with a rescoring function.
+
+
+def test_the_null_test_runs_when_given_a_rescoring_function():
+    d = _export()
+    rescore = lambda keep, used: {"loss": _scores(d, 0.0, 0.0, key=7), "confidence": _scores(d, 0.0, 0.0, key=8)}
+    out = assess.assess({"loss": _scores(d, 0.0, 3.0, key=4)}, d, _keys(), num_resamples=30, null_scores=rescore)
+    test = out["null_test"]
+    assert test["draws"] == 20 and len(test["tpr"]) == 20 and test["passed"]
 
 
 def test_resamples_are_shared_so_two_exports_pair_up():
@@ -88,7 +100,7 @@ def test_resamples_are_shared_so_two_exports_pair_up():
     a = assess.assess({"x": _scores(d, 0, 1.0, key=6)}, d, _keys(), num_resamples=30)
     b = assess.assess({"x": _scores(d, 0, 1.0, key=6) + 1.0}, d, _keys(), num_resamples=30)
     # A constant shift changes no ranking: every paired resample agrees exactly.
-    assert a["bootstrap"]["headline_samples"] == b["bootstrap"]["headline_samples"]
+    assert a["headline"]["model"]["samples"] == b["headline"]["model"]["samples"]
 
 
 def test_the_used_slice_exists_only_for_recipes_that_copy_some_members():

@@ -23,8 +23,17 @@ def _summary(auc: float, tpr: float, low_fpr_resolvable: bool = True) -> dict:
     return out
 
 
-def _pick(attack: str, tpr: float, samples) -> dict:
-    return {"attack": attack, "tpr": tpr, "auc": 0.6, "ci_low": tpr / 2, "ci_high": tpr * 1.5, "samples": list(samples)}
+def _pick(attack: str, tpr: float, samples, other: str | None = None) -> dict:
+    """A cross-fitted headline (``headline.headline``'s keys); ``other`` chose in one of the four cells (and then
+    0.01 % FPR is below the floor)."""
+    cells = {"group0_half0": other or attack, "group0_half1": attack, "group1_half0": attack, "group1_half1": attack}
+    out = {**_summary(0.6, tpr, low_fpr_resolvable=other is None), "attack": attack, "attack_by_cell": cells, "samples": list(samples)}
+    out.update({"tpr_at_0.001_ci_examples": [tpr / 2, tpr], "tpr_at_0.001_ci_two_way": [tpr / 3, tpr * 1.5]})
+    return out
+
+
+def _null(excluded: int) -> dict:
+    return {"draws": 20, "excluded": excluded, "allowed": 4, "passed": excluded <= 4}
 
 
 RESULTS = {
@@ -40,7 +49,8 @@ RESULTS = {
             "utility": {"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002},
             "shokri_accuracy": {"mean": 0.51, "std": 0.01},
             "natural": {"loss": _summary(0.512, 0.002), "rmia_online": _summary(0.6, 0.012)},
-            "strongest": {"model": _pick("rmia_online", 0.012, np.linspace(0.010, 0.014, 11)), "release": None},
+            "headline": {"model": _pick("rmia_online", 0.012, np.linspace(0.010, 0.014, 11)), "release": None},
+            "null_test": _null(1),
             "canary_detection": {
                 "rmia_online": {
                     "detected": 7,
@@ -60,14 +70,18 @@ RESULTS = {
             "description": "a random 10 per class",
             "utility": {"test_accuracy_mean": 0.9, "test_accuracy_std": 0.01},
             "natural": {"lira_recipe_online": _summary(0.55, 0.004, low_fpr_resolvable=False)},
-            "strongest": {"model": _pick("lira_recipe_online", 0.004, np.linspace(0.002, 0.006, 11)), "release": None},
+            "headline": {
+                "model": _pick("lira_recipe_online", 0.004, np.linspace(0.002, 0.006, 11), other="loss"),
+                "release": None,
+            },
+            "null_test": _null(6),
         },
         {
             "name": "dc_real",
             "description": "DC, real init",
             "utility": {"test_accuracy_mean": 0.93, "test_accuracy_std": 0.01},
             "natural": {"lira_offline": _summary(0.53, 0.003)},
-            "strongest": {
+            "headline": {
                 "model": _pick("lira_offline", 0.003, np.linspace(0.001, 0.005, 11)),
                 "release": _pick("nearest_synthetic", 0.5, np.full(11, 0.5)),
             },
@@ -80,7 +94,7 @@ def _cells(table: str, line: int) -> list[str]:
     return [c.strip() for c in table.strip().split("\n")[line].strip("|").split("|")]
 
 
-def test_headline_table_names_the_strongest_attack_with_the_interval_of_the_max():
+def test_headline_table_names_the_cross_fitted_attack_and_its_null_test():
     table = study_report.markdown_table(RESULTS)
     original, subset, dc = (_cells(table, i) for i in (2, 3, 4))
     assert len(original) == len(study_report.COLUMNS)
@@ -92,31 +106,41 @@ def test_headline_table_names_the_strongest_attack_with_the_interval_of_the_max(
         "0.600 [0.300, 0.900]",
         "2.40 [1.20, 3.60]",
         "0.60 [0.30, 0.90]",
+        "1/20 (allowed ≤ 4)",
         "51.00 +- 1.00",
         "7/80 (non-members: 1/80)",
         "0.25 / 0.00",
         "–",
         "–",
     ]
-    assert subset[2] == "lira_recipe_online" and subset[6] == "below floor"  # 0.01 % FPR unresolvable.
-    assert dc[-1] == "50.00 [25.00, 75.00] (nearest_synthetic)"  # The release attack, separately.
+    # Cells that chose differently are all named; 0.01 % FPR is unresolvable; a failed null test says so.
+    assert subset[2] == "loss (1/4 cells), lira_recipe_online (3/4 cells)"
+    assert subset[6] == "below floor" and subset[7] == "6/20 (allowed ≤ 4) FAILED"
+    assert dc[-1] == "50.00 [25.00, 75.00] (nearest_synthetic)"  # The release headline, separately.
 
 
 def test_tables_survive_bare_rows():
-    table = study_report.markdown_table({"rows": [{"name": "bare"}, {"name": "x", "strongest": None}]})
+    table = study_report.markdown_table({"rows": [{"name": "bare"}, {"name": "x", "headline": None}]})
     assert table.count("–") == 2 * (len(study_report.COLUMNS) - 1)
     assert study_report.attacks_table({"rows": [{"name": "bare"}]}).count("\n") == 2
     assert study_report.contrasts_table({"rows": [{"name": "bare"}]}).count("\n") == 2
 
 
-def test_contrasts_are_paired_differences_of_the_rows_samples():
+def test_contrasts_are_paired_differences_adjusted_as_a_family():
     pairs = [(a["name"], b["name"]) for a, b in study_report.contrasts(RESULTS)]
     assert pairs == [("original", "subset"), ("dc_real", "subset"), ("subset", "original"), ("dc_real", "original")]
-    table = study_report.contrasts_table(RESULTS)
-    cells = _cells(table, 2)
+    family = study_report.contrast_family(RESULTS)
+    assert [f["family_size"] for f in family] == [4] * 4
+    assert all(f["p_adjusted"] >= f["p_raw"] for f in family)
+    cells = _cells(study_report.contrasts_table(RESULTS), 2)
     # original - subset: every paired sample differs by exactly 0.8 points.
     assert cells[0] == "original − subset" and cells[1] == "0.80 [0.80, 0.80]"
-    assert float(cells[2]) < 0.05
+    assert float(cells[3]) <= 1 / 11 and float(cells[4]) <= 1 / 11  # The floor of 10 draws: 1 / (1 + 10).
+
+
+def test_the_two_bootstraps_are_shown_side_by_side():
+    doc = study_report.results_document(RESULTS, {})
+    assert "| original | 1.20 [0.60, 1.80] | 1.20 [0.60, 1.20] | 1.20 [0.40, 1.80] |" in doc
 
 
 def test_every_attack_table_lists_each_rows_attacks():
@@ -160,7 +184,7 @@ def test_a_dp_sgd_row_shows_its_formal_epsilons():
     }
     results = {**RESULTS, "rows": RESULTS["rows"] + [dp_row]}
     cells = _cells(study_report.markdown_table(results), 5)
-    assert cells[0] == "dpsgd_eps4 (ε=4, σ=2.82)" and cells[10] == "3.99 / 4.61"
+    assert cells[0] == "dpsgd_eps4 (ε=4, σ=2.82)" and cells[11] == "3.99 / 4.61"
 
 
 def test_privacy_accuracy_figure_writes_png(tmp_path):

@@ -1,4 +1,4 @@
-"""From attack scores to the numbers a reviewer reads: slices, intervals, the strongest attack, audits.
+"""From attack scores to the numbers a reviewer reads: slices, intervals, the headline attack, audits.
 
 Slices of the M x N trials (``trial_slices``):
 
@@ -10,17 +10,17 @@ Slices of the M x N trials (``trial_slices``):
   target's training set, against all natural non-members.
 * ``all``: natural and canaries together, only for comparison with older reports.
 
-Intervals: an example-level bootstrap (``metrics.example_resamples``): trials that share an
-example are resampled together, since one image is easy or hard for every model; the same
-resample indices serve every attack and every row of a study with the same seed, so
-differences between attacks or rows get paired intervals. Trials also share models
-(targets and shadows), which this bootstrap does not resample: the intervals treat the bank
-of models as fixed.
+Intervals of each attack: an example-level bootstrap (``metrics.example_resamples``): trials that
+share an example are resampled together, since one image is easy or hard for every model; the same
+resample indices serve every attack and every row of a study with the same seed.
 
-The strongest attack of a row is the model attack with the highest TPR at 0.1 % FPR on the
-natural slice; since it is picked from many, its interval is that of the per-resample
-maximum over model attacks (``strongest``), which carries the selection. Release attacks
-(on the synthetic set itself) are reported separately: they need the set to be published.
+The headline of a row (``headlines``) is NOT the attack that scores best on the reported trials
+(the maximum of noisy estimates is biased upwards): it is cross-fitted (``dcjax.privacy.headline``):
+the attack for one group of targets on one half of the examples is chosen on the other targets'
+trials on the other half, and its intervals come from a bootstrap over examples and over models
+(the union of the two). The null test (``dcjax.privacy.null``) reruns it on random membership
+labels. Release attacks (on the synthetic set itself) get their own headline, the same way: they
+need the set to be published.
 """
 
 from __future__ import annotations
@@ -28,9 +28,14 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from collections.abc import Callable
+
 from dcjax.privacy import attacks as attacks_lib
-from dcjax.privacy import audit, metrics
+from dcjax.privacy import audit, metrics, null
+from dcjax.privacy import headline as headline_lib
 from dcjax.privacy.attack_data import AttackData
+
+NullScores = Callable[[np.ndarray, np.ndarray], dict]
 
 FPRS = (0.01, 0.001, 0.0001)
 HEADLINE_FPR = 0.001
@@ -68,42 +73,21 @@ def slice_summaries(scores: np.ndarray, d: AttackData, slices: dict, resamples: 
     return out
 
 
-def headline_samples(scores: dict, d: AttackData, resamples: np.ndarray) -> dict[str, np.ndarray]:
-    """{attack: [R] bootstrap samples of TPR at 0.1 % FPR on the natural slice}."""
-    natural = trial_slices(d)["natural"]
+def crossfit(d: AttackData, keys: dict, num_resamples: int) -> tuple[headline_lib.Split, headline_lib.Resamples]:
+    """The headline's cross-fitting split of the natural examples and its shared bootstrap draws (both from
+    the run's "crossfit" key, so every row of a study with the same seed and pool has the same ones)."""
+    split = headline_lib.draw_split(jax.random.fold_in(keys["crossfit"], 0), d.num_models, d.natural())
+    return split, headline_lib.draw_resamples(jax.random.fold_in(keys["crossfit"], 1), split, num_resamples)
+
+
+def headlines(scores: dict, d: AttackData, split, res) -> dict:
+    """{"model": cross-fitted headline over the model attacks, "release": over the release attacks or None}."""
+    names = tuple(scores)
+    model = attacks_lib.model_attacks(names)
+    release = [n for n in names if n in attacks_lib.RELEASE_ATTACKS]
     return {
-        name: np.asarray(metrics.bootstrap_samples(s, d.keep, natural, resamples, FPRS)[HEADLINE])
-        for name, s in scores.items()
-    }
-
-
-def strongest(summaries: dict, samples: dict, names) -> dict | None:
-    """The attack among ``names`` with the highest natural TPR at 0.1 % FPR (ties: higher AUC).
-
-    Returns {"attack", "tpr", "auc", "ci_low", "ci_high"} with the 95 % interval of the per-resample
-    maximum over ``names`` (the selection is inside the bootstrap), or None when none applies.
-    """
-    names = [n for n in names if "skipped" not in summaries[n]["natural"]]
-    if not names:
-        return None
-
-    def rank(n):  # An unresolvable TPR (FPR floor above 0.1 %) ranks below every resolved one.
-        tpr = summaries[n]["natural"][HEADLINE]
-        return (-1.0 if tpr is None else tpr, summaries[n]["natural"]["auc"])
-
-    best = max(names, key=rank)
-    # A resample without a member or non-member is NaN for every attack (left out, as in the summaries).
-    maxima = np.max(np.stack([samples[n] for n in names]), axis=0)
-    low = high = None
-    if not np.isnan(maxima).all():
-        low, high = (float(v) for v in np.nanquantile(maxima, [0.025, 0.975]))
-    return {
-        "attack": best,
-        "tpr": summaries[best]["natural"][HEADLINE],
-        "auc": summaries[best]["natural"]["auc"],
-        "ci_low": low,
-        "ci_high": high,
-        "samples": _json_floats(maxima),
+        kind: headline_lib.headline({n: scores[n] for n in group}, d.keep, split, res) if group else None
+        for kind, group in (("model", model), ("release", release))
     }
 
 
@@ -168,41 +152,37 @@ def roc_points(scores: np.ndarray, keep: np.ndarray, max_points: int = 400) -> d
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 
-def assess(scores: dict, d: AttackData, keys: dict, num_resamples: int) -> dict:
+def assess(scores: dict, d: AttackData, keys: dict, num_resamples: int, null_scores: NullScores | None = None) -> dict:
     """Every number of a run's report from its scores ({attack: [M, N]}) and export.
 
     keys: the run's named keys (``attack_data.run_keys``): "bootstrap" draws the example
-    resamples (the same for every row of a study), "audit" the epsilon audits' trials.
+    resamples of every attack's own intervals (the same for every row of a study), "crossfit" the
+    headline's split and draws, "audit" the epsilon audits' trials, "null" the null test's labels.
+    null_scores: (keep, used) -> the model attacks' scores under those labels; None skips the null test.
     """
     resamples = metrics.example_resamples(keys["bootstrap"], d.keep.shape[1], num_resamples)
     slices = trial_slices(d)
     summaries = {name: slice_summaries(s, d, slices, resamples) for name, s in scores.items()}
-    samples = headline_samples(scores, d, resamples)
-    names = tuple(scores)
-    best = {
-        "model": strongest(summaries, samples, attacks_lib.model_attacks(names)),
-        "release": strongest(summaries, samples, [n for n in names if n in attacks_lib.RELEASE_ATTACKS]),
-    }
+    split, res = crossfit(d, keys, num_resamples)
+    best = headlines(scores, d, split, res)
     detected = canaries_detected(scores, d)
     epsilon = {}
     for pick in best.values():
         if pick is not None:
             threshold = detected[pick["attack"]]["threshold"] if detected else None
             epsilon[pick["attack"]] = empirical_epsilon(scores[pick["attack"]], d, keys["audit"], threshold)
-    return {
+    out = {
         "attacks": summaries,
-        "strongest": best,
+        "headline": best,
         "canary_detection": detected,
         "empirical_epsilon": epsilon,
         "roc": _roc(scores, d),
         "bootstrap": {
             "method": "example-level (all trials of a resampled example together)",
             "num_resamples": int(num_resamples),
-            "headline_samples": {n: _json_floats(v) for n, v in samples.items()},
+            "headline": "cross-fitted (dcjax.privacy.headline); intervals: union of example and two-way bootstraps",
         },
     }
-
-
-def _json_floats(values: np.ndarray) -> list:
-    """Floats for JSON, NaN (a degenerate resample) as null."""
-    return [None if np.isnan(v) else float(v) for v in values]
+    if null_scores is not None:
+        out["null_test"] = null.null_test(null_scores, d.keep, d.used, split, res, keys["null"])
+    return out

@@ -23,7 +23,7 @@ Workdir:
   trials.npz             flat per-trial export: model, example, is_member, is_canary, used and
                          score_<attack> for every attack
   results.json           utility, Shokri accuracy, every attack's metrics per slice with
-                         example-bootstrap CIs, the strongest attack, canary detection, epsilon
+                         example-bootstrap CIs, the cross-fitted headline and its null test, canary detection, epsilon
                          audits (``dcjax.privacy.assess``); last: it marks the run finished
   roc.png                log-log ROC of every attack on the natural (non-canary) trials
 
@@ -66,7 +66,9 @@ from dcjax.privacy import study_report
 
 SPLIT = "split.npz"
 MODELS_DIR = "models"
-RESULTS_SCHEMA = 2  # 2: example-level bootstrap, natural headline slice, strongest attack, RMIA, audits.
+# 2: example-level bootstrap, natural headline slice, strongest attack, RMIA, audits.
+# 3: the cross-fitted headline (selection-free), two-way intervals, the null test.
+RESULTS_SCHEMA = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +327,14 @@ def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
     shokri_config = shokri.AttackConfig(**cfg["attack"])
     rmia_config = rmia_lib.RMIAConfig(**cfg.get("rmia", {}))
     scores, shokri_acc = attacks.compute_scores(d, shokri_config, rmia_config, keys)
+
+    def null_scores(keep: np.ndarray, used: np.ndarray) -> dict:
+        """The model attacks rescored as if (keep, used) were the membership labels (the null test)."""
+        relabelled = dataclasses.replace(d, keep=keep, used=used)
+        shokri_result = (scores["shokri"], shokri_acc)  # Its classifiers never read the target's labels.
+        rescored, _ = attacks.compute_scores(relabelled, shokri_config, rmia_config, keys, shokri_result)
+        return {n: rescored[n] for n in attacks.model_attacks(rescored)}
+
     results = {
         "schema": RESULTS_SCHEMA,
         "config": cfg,
@@ -334,7 +344,7 @@ def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
             "std": float(shokri_acc.std()),
             "per_target": shokri_acc.tolist(),
         },
-        **assess.assess(scores, d, keys, cfg["num_resamples"]),
+        **assess.assess(scores, d, keys, cfg["num_resamples"], null_scores),
         "bank_seconds": float(d.seconds.sum()),
     }
     return scores, results

@@ -108,11 +108,18 @@ def shokri_scores(d: AttackData, config: shokri.AttackConfig, keys: dict) -> tup
 
 
 def compute_scores(
-    d: AttackData, attack_config: shokri.AttackConfig, rmia_config: rmia.RMIAConfig, keys: dict
+    d: AttackData,
+    attack_config: shokri.AttackConfig,
+    rmia_config: rmia.RMIAConfig,
+    keys: dict,
+    shokri_result: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every applicable attack's scores {name: float64 [M, N]} and Shokri's accuracy per target [M].
 
     keys: the run's named keys (``attack_data.run_keys``); "attack" and "balance" are used.
+    shokri_result: ``shokri_scores``'s output for this export's outputs, reused instead of retraining
+      the attack classifiers (they learn from the attacker pool alone, so other keep masks leave them
+      unchanged: the null test rescoring a row 20 times trains them once).
     """
     phi = _phi(d)
     scores = _lira(phi, d.keep)
@@ -124,7 +131,7 @@ def compute_scores(
     # Threshold attacks need no shadows: the target's own loss / confidence on the plain image.
     scores["loss"] = lira.loss_threshold_scores(d.target_logits[:, 0], d.target_labels)
     scores["confidence"] = lira.confidence_scores(d.target_logits[:, 0], d.target_labels)
-    scores["shokri"], shokri_accuracy = shokri_scores(d, attack_config, keys)
+    scores["shokri"], shokri_accuracy = shokri_result or shokri_scores(d, attack_config, keys)
     if d.has_release:
         scores["nearest_synthetic"] = -d.nearest_distances
         scores.update(nearest.calibrated_nearest_scores(d.nearest_distances, d.keep))

@@ -278,8 +278,9 @@ def _trial_inputs(scores, keep, include) -> tuple[np.ndarray, np.ndarray, np.nda
     return s, k.astype(bool), inc
 
 
-def _included_trials(scores, keep, include) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The included trials, flattened row-major: (scores float64 [T], labels bool [T], column int64 [T])."""
+def _included_trials(scores, keep, include) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The included trials, flattened row-major: (scores float64 [T], labels bool [T], column int64 [T],
+    row int64 [T])."""
     s, k, inc = _trial_inputs(scores, keep, include)
     rows, cols = np.nonzero(inc)
     y = k[rows, cols]
@@ -287,7 +288,7 @@ def _included_trials(scores, keep, include) -> tuple[np.ndarray, np.ndarray, np.
         raise ValueError(f"no members (keep=True) among the {y.size} included trials")
     if y.all():
         raise ValueError(f"no non-members (keep=False) among the {y.size} included trials")
-    return s[rows, cols], y, cols.astype(np.int64)
+    return s[rows, cols], y, cols.astype(np.int64), rows.astype(np.int64)
 
 
 def _check_fprs(fprs: Sequence[float]) -> None:
@@ -316,7 +317,7 @@ def trial_metrics(scores, keep, include=None, fprs: Sequence[float] = _DEFAULT_F
       trial): int}.
     """
     _check_fprs(fprs)
-    s, y, cols = _included_trials(scores, keep, include)
+    s, y, cols, _ = _included_trials(scores, keep, include)
     fpr, tpr, _ = _roc(s, y)
     num_nonmembers = int(np.sum(~y))
     floor = 1.0 / num_nonmembers
@@ -343,17 +344,17 @@ def _check_resamples(resamples, num_examples: int) -> np.ndarray:
 
 
 def _column_counts(res: np.ndarray, num_examples: int) -> np.ndarray:
-    """int [r, K] drawn columns -> float64 [r, N]: how often each column was drawn in each resample."""
+    """int [r, K] drawn columns -> int32 [r, N]: how often each column was drawn in each resample."""
     offsets = np.arange(res.shape[0], dtype=np.int64)[:, None] * num_examples
     counts = np.bincount((res + offsets).ravel(), minlength=res.shape[0] * num_examples)
-    return counts.reshape(res.shape[0], num_examples).astype(np.float64)
+    return counts.reshape(res.shape[0], num_examples).astype(np.int32)
 
 
 def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequence[float]) -> dict:
     """Metrics of r weighted copies of score-sorted trials, as ``_roc`` + ``_auc`` / ... would compute them.
 
     Args:
-      w: float64 [r, T] trial weights (multiplicities), trials sorted by decreasing score.
+      w: int32 [r, T] trial weights (multiplicities), trials sorted by decreasing score.
       y: bool [T] labels of the sorted trials.
       last: bool [T], True at the last trial of each run of tied scores (the ROC points).
       fprs: FPR targets.
@@ -361,8 +362,10 @@ def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequ
     Returns:
       {name: float64 [r]}, NaN for a copy without member or without non-member weight.
     """
-    tp = np.cumsum(w * y, axis=1)[:, last]
-    fp = np.cumsum(w * ~y, axis=1)[:, last]
+    # Integer weights: exact, and the cumulative sums (the bootstrap's cost) move half the bytes of float64.
+    # int32 holds them: a resample's total weight is at most T x (draws of a column) x (draws of a model).
+    tp = np.cumsum(w * y, axis=1, dtype=np.int32)[:, last]
+    fp = np.cumsum(w * ~y, axis=1, dtype=np.int32)[:, last]
     bad = (tp[:, -1] == 0) | (fp[:, -1] == 0)
     zero = np.zeros((w.shape[0], 1))
     tpr = np.concatenate([zero, tp / np.maximum(tp[:, -1:], 1)], axis=1)
@@ -371,42 +374,56 @@ def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequ
         "auc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2,
         "balanced_accuracy": np.max((1 + tpr - fpr) / 2, axis=1),
     }
+    rows = np.arange(w.shape[0])
     for f in fprs:
-        out[_fpr_name(f)] = np.max(np.where(fpr <= f + _FPR_TOL, tpr, -np.inf), axis=1)
+        # Both rates only grow along a row, so the best TPR with FPR <= f is at the last such point.
+        last_ok = np.sum(fpr <= f + _FPR_TOL, axis=1) - 1
+        out[_fpr_name(f)] = tpr[rows, last_ok]
     for values in out.values():
         values[bad] = np.nan
     return out
 
 
-def bootstrap_samples(scores, keep, include, resamples, fprs: Sequence[float] = _DEFAULT_FPRS) -> dict:
-    """Per-resample metrics of the example-level bootstrap.
+def bootstrap_samples(
+    scores, keep, include, resamples, fprs: Sequence[float] = _DEFAULT_FPRS, model_resamples=None
+) -> dict:
+    """Per-resample metrics of the example-level (or, with ``model_resamples``, two-way) bootstrap.
 
     Resample r takes, for each drawn column n of ``resamples[r]`` (with multiplicity), every included trial of
     column n. Columns with no included trial contribute nothing, so for a slice (a subset of columns) the slice's
-    size varies over resamples, as it should when the slice is a sub-population of the resampled examples.
+    size varies over resamples, as it should when the slice is a sub-population of the resampled examples. With
+    ``model_resamples``, trial (m, n) is weighted by (draws of column n) x (draws of row m) in resample r: the
+    examples and the models (targets) are resampled independently (a crossed, "pigeonhole" bootstrap, which
+    carries the bank's variability as well as the examples').
 
     Args:
       scores, keep, include: as for ``trial_metrics`` ([M, N]; include None or bool [M, N]).
       resamples: int [R, K] column indices in [0, N), e.g. ``example_resamples(key, N, R)``; reuse the same matrix
         across attacks / rows to pair them.
       fprs: FPR targets.
+      model_resamples: None (the models held fixed) or int [R, J] row indices in [0, M).
 
     Returns:
       {"auc", "balanced_accuracy", "tpr_at_{f:g}" per f: float64 [R]} (TPRs are computed even below the floor);
       NaN where resample r drew no included member or no included non-member.
     """
     _check_fprs(fprs)
-    s, y, cols = _included_trials(scores, keep, include)
-    num_examples = np.shape(scores)[1]
+    s, y, cols, rows = _included_trials(scores, keep, include)
+    num_models, num_examples = np.shape(scores)
     res = _check_resamples(resamples, num_examples)
+    model_res = None if model_resamples is None else _check_resamples(model_resamples, num_models)
+    if model_res is not None and model_res.shape[0] != res.shape[0]:
+        raise ValueError(f"model_resamples has {model_res.shape[0]} resamples, resamples {res.shape[0]}")
     order = np.argsort(-s, kind="stable")
-    s, y, cols = s[order], y[order], cols[order]
+    s, y, cols, rows = s[order], y[order], cols[order], rows[order]
     last = np.r_[s[1:] != s[:-1], True]
-    rows = max(1, _CHUNK_WEIGHTS // s.size)
-    parts = [
-        _weighted_metrics(_column_counts(res[i : i + rows], num_examples)[:, cols], y, last, fprs)
-        for i in range(0, res.shape[0], rows)
-    ]
+    chunk = max(1, _CHUNK_WEIGHTS // s.size)
+    parts = []
+    for i in range(0, res.shape[0], chunk):
+        w = _column_counts(res[i : i + chunk], num_examples)[:, cols]
+        if model_res is not None:
+            w *= _column_counts(model_res[i : i + chunk], num_models)[:, rows]
+        parts.append(_weighted_metrics(w, y, last, fprs))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

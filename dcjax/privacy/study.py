@@ -293,12 +293,12 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict) ->
             for a, by_slice in results["attacks"].items()
         },
         "natural": natural,
-        "strongest": results["strongest"],
+        "headline": results["headline"],
+        "null_test": results.get("null_test"),
         "canary_detection": results["canary_detection"],
         "empirical_epsilon": results["empirical_epsilon"],
-        "headline_samples": results["bootstrap"]["headline_samples"],
-        "roc_strongest": (
-            results["roc"][results["strongest"]["model"]["attack"]] if results["strongest"]["model"] else None
+        "roc_headline": (
+            results["roc"][results["headline"]["model"]["attack"]] if results["headline"]["model"] else None
         ),
         "wall_seconds": results["wall_seconds"],
     }
@@ -335,19 +335,19 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
 def _figures(workdir: str, results: dict) -> dict[str, str]:
     """Writes the study figures; returns {caption: file name relative to the workdir}."""
     figures = {
-        "Privacy vs accuracy (strongest model attack, TPR at 0.1% FPR, natural examples)": "privacy_accuracy.png",
-        "ROC of each row's strongest model attack (natural examples)": "roc_targets.png",
+        "Privacy vs accuracy (cross-fitted headline attack, TPR at 0.1% FPR, natural examples)": "privacy_accuracy.png",
+        "ROC of each row's headline model attack (natural examples, all targets pooled)": "roc_targets.png",
     }
     study_report.privacy_accuracy_figure(workdir_lib.path(workdir, "privacy_accuracy.png"), results)
     curves = {
-        f"{row['name']} ({row['strongest']['model']['attack']})": (
-            np.asarray(row["roc_strongest"]["fpr"]),
-            np.asarray(row["roc_strongest"]["tpr"]),
+        f"{row['name']} ({row['headline']['model']['attack']})": (
+            np.asarray(row["roc_headline"]["fpr"]),
+            np.asarray(row["roc_headline"]["tpr"]),
         )
         for row in results["rows"]
-        if row.get("roc_strongest")
+        if row.get("roc_headline")
     }
-    plots.roc_figure(workdir_lib.path(workdir, "roc_targets.png"), curves, "Strongest model attack per row")
+    plots.roc_figure(workdir_lib.path(workdir, "roc_targets.png"), curves, "Headline model attack per row")
     for row in results["rows"]:
         figures[f"Every attack against the {row['name']} targets"] = f"{row['name']}/roc.png"
     for row in results["rows"]:
