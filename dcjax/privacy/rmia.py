@@ -28,6 +28,19 @@ for a fixed target the score is monotone in ratio_x: the thresholds gamma * rati
 with ``searchsorted(side="right")``, which counts ties (LR exactly gamma) as dominated, like ">=". (The one case
 where the two forms differ: a z with Pr(z | theta) = 0 is dominated by every x, even one with Pr(x | theta) = 0.)
 All arithmetic is NumPy float64.
+
+Tie-breaking (``RMIAConfig.tie_break``, on by default). The fraction takes only P + 1 values, and every example with
+ratio_x >= gamma * max_z ratio_z scores exactly 1: on a well-fitted target many members (and some non-members) tie
+there, so no threshold separates them and the TPR at a low FPR such as 0.1 % reads 0. With ``tie_break`` the score is
+
+    (count + t) / P,   count = #{z : ratio_x >= gamma * ratio_z},   t = 0.5 * ratio_x / (1 + ratio_x) in [0, 1/2],
+
+i.e. the paper's fraction first, then the likelihood ratio ratio_x = Pr(x | theta) / Pr(x) itself (t is sigmoid(log
+ratio_x) / 2, monotone in it) among examples with the same count. The score lies in [count / P, (count + 1/2) / P]:
+the paper's fraction, raised by less than half a step, so it ranges over [0, 1 + 1 / (2P)]. ``tie_break=False`` gives
+the paper's fraction exactly. A config recorded before this option existed reads back with the default, tie-broken
+(``RMIAConfig(**recorded)``); ``workdir.ADDED_SETTINGS`` does not list it, so such a workdir no longer matches a new
+config (its scores would change) and reports a difference at "rmia" instead of resuming.
 """
 
 from __future__ import annotations
@@ -49,17 +62,23 @@ class RMIAConfig:
       a: offline linear-approximation coefficient, 0 <= a <= 1 (the paper tunes it per dataset; 0.3 by default).
       gamma: likelihood-ratio threshold a population sample must be dominated by, gamma > 0 (1.0 by default).
       online: use the IN references for Pr(x) (online RMIA); False = offline, OUT references only.
+      tie_break: rank examples with the same dominated fraction by their likelihood ratio Pr(x | theta) / Pr(x)
+        (see the module docstring); False = the paper's fraction alone, whose ties at the top leave the TPR at
+        low FPRs unresolved.
     """
 
     a: float = 0.3
     gamma: float = 1.0
     online: bool = True
+    tie_break: bool = True
 
     def __post_init__(self):
         if not 0.0 <= self.a <= 1.0:
             raise ValueError(f"a must be in [0, 1], got {self.a}")
         if not (np.isfinite(self.gamma) and self.gamma > 0):
             raise ValueError(f"gamma must be finite and > 0, got {self.gamma}")
+        if not isinstance(self.tie_break, (bool, np.bool_)):  # a JSON string such as "false" would read as True
+            raise ValueError(f"tie_break must be a bool, got {self.tie_break!r}")
 
 
 def true_class_probability(logits, labels, example_axis: int = -2) -> np.ndarray:
@@ -135,11 +154,33 @@ def marginal_z(ref_pz, config: RMIAConfig) -> np.ndarray:
     return linear_marginal(p.mean(0), config.a)
 
 
-def _dominated_fraction(ratio_x: np.ndarray, ratio_z: np.ndarray, gamma: float) -> np.ndarray:
-    """Fraction of z with ratio_x >= gamma * ratio_z, for each x: [N], [P] -> [N] in O((N + P) log P)."""
+def _dominated_count(ratio_x: np.ndarray, ratio_z: np.ndarray, gamma: float) -> np.ndarray:
+    """Number of z with ratio_x >= gamma * ratio_z, for each x: [N], [P] -> int64 [N] in O((N + P) log P)."""
     thresholds = np.sort(gamma * ratio_z)
     # side="right" counts thresholds equal to ratio_x too: ties (LR == gamma) are dominated, as ">=" requires.
-    return np.searchsorted(thresholds, ratio_x, side="right") / ratio_z.shape[0]
+    return np.searchsorted(thresholds, ratio_x, side="right").astype(np.int64)
+
+
+def tie_broken_score(count, ratio_x, num_z: int) -> np.ndarray:
+    """(count + t) / num_z with t = 0.5 * ratio_x / (1 + ratio_x): the fraction, ties ranked by ratio_x.
+
+    Args:
+      count: int [N], 0 <= count <= num_z, the number of population samples each x dominates.
+      ratio_x: float [N], ratio_x >= 0 and finite, Pr(x | theta) / Pr(x).
+      num_z: P >= 1, the number of population samples (P < 2**49).
+
+    Returns:
+      float64 [N]; a larger count always scores higher, and for equal counts a larger ratio_x never scores lower.
+    """
+    # t is built from IEEE +, - and / only, each correctly rounded and so monotone: t never decreases as ratio_x
+    # grows (ratios closer than float resolution may tie, never swap), and 0 <= t <= 1/2 after rounding.
+    t = 0.5 - 0.5 / (1.0 + np.asarray(ratio_x, np.float64))
+    # Why a count can never be overtaken, even after rounding: count and count + 1/2 are exact doubles (integers
+    # below 2**52), so the rounded count + t stays in [count, count + 1/2], half a unit below count + 1. Dividing
+    # by P is monotone too; the exact quotients (count + 1/2) / P and (count + 1) / P are 1 / (2P) > 2**-50 apart,
+    # more than two float spacings (<= 2**-52 below 2), so two doubles lie between them and the rounded quotients
+    # stay strictly ordered. (tests/test_rmia.py checks every band edge for several P.)
+    return (np.asarray(count, np.float64) + t) / num_z
 
 
 def rmia_scores(target_px, target_pz, ref_px, ref_pz, ref_keep, config: RMIAConfig) -> np.ndarray:
@@ -151,10 +192,12 @@ def rmia_scores(target_px, target_pz, ref_px, ref_pz, ref_keep, config: RMIAConf
       ref_px: [R, N] reference models on the examples (the target must not be among them).
       ref_pz: [R, P] reference models on the population samples.
       ref_keep: [R, N] bool IN mask of the reference models.
-      config: ``RMIAConfig`` (a, gamma, online).
+      config: ``RMIAConfig`` (a, gamma, online, tie_break).
 
     Returns:
-      float64 [N] in [0, 1]: the fraction of population samples z with LR(x, z) >= gamma.
+      float64 [N]: the fraction of population samples z with LR(x, z) >= gamma, in [0, 1]; with
+      ``config.tie_break`` raised by less than half a step 1 / P to rank ties by the likelihood ratio of x
+      (``tie_broken_score``), in [0, 1 + 1 / (2P)].
     """
     tx = _check_probs("target_px", target_px, 1)
     tz = _check_probs("target_pz", target_pz, 1)
@@ -168,7 +211,10 @@ def rmia_scores(target_px, target_pz, ref_px, ref_pz, ref_keep, config: RMIAConf
     pr_x = marginal_x(px, ref_keep, config, population_mean=float(pz.mean()))
     ratio_x = tx / np.maximum(pr_x, _TINY)
     ratio_z = tz / np.maximum(pr_z, _TINY)
-    return _dominated_fraction(ratio_x, ratio_z, config.gamma)
+    count = _dominated_count(ratio_x, ratio_z, config.gamma)
+    if config.tie_break:
+        return tie_broken_score(count, ratio_x, tz.shape[0])
+    return count / tz.shape[0]
 
 
 def leave_one_out_rmia(px, pz, keep, config: RMIAConfig) -> np.ndarray:
