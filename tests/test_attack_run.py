@@ -61,7 +61,7 @@ def test_attack_run_writes_every_artifact(finished):
         assert (workdir / name).exists(), name
     document = (workdir / "RESULTS.md").read_text()
     assert f"--report_only --workdir={workdir}" in document
-    assert "| original | " in document and results["strongest"]["model"]["attack"] in document
+    assert "| original | " in document and results["headline"]["model"]["attack"] in document
     assert sorted(os.listdir(workdir / "models")) == [f"model_{i:03d}.npz" for i in range(8)]
     with np.load(workdir / "split.npz") as split:
         keep = split["keep"]
@@ -82,7 +82,7 @@ def test_attack_run_writes_every_artifact(finished):
         summary = results["attacks"][name]["natural"]
         assert 0.0 <= summary["auc"] <= 1.0 and summary["num_members"] == 180
         assert summary["auc_ci_low"] <= summary["auc"] <= summary["auc_ci_high"]
-    assert results["strongest"]["model"]["attack"] in names and results["strongest"]["release"] is None
+    assert results["headline"]["model"]["attack"] in names and results["headline"]["release"] is None
     assert 0.0 <= results["shokri_accuracy"]["mean"] <= 1.0
     assert len(results["utility"]["test_accuracy"]) == 6
 
@@ -120,7 +120,7 @@ def test_report_only_regenerates_the_results_from_the_export_alone(finished, tmp
 
     shutil.copy(workdir / "attack_data.npz", copy / "attack_data.npz")  # No models, no split, no data.
     again = attack_run.report_only(str(copy))
-    for key in ("attacks", "strongest", "utility", "shokri_accuracy", "canary_detection", "empirical_epsilon"):
+    for key in ("attacks", "headline", "utility", "shokri_accuracy", "canary_detection", "empirical_epsilon"):
         assert again[key] == results[key], key
     with np.load(workdir / "trials.npz") as a, np.load(copy / "trials.npz") as b:
         for name in a.files:
@@ -192,7 +192,7 @@ def test_condense_recipe_run_attacks_the_synthetic_sets_and_slices_canaries(fns,
     assert "auc" in results["attacks"]["nearest_synthetic"]["used"]
     for name in attacks.RELEASE_ATTACKS + attacks.RECIPE_ATTACKS:
         assert name in results["attacks"], name
-    assert results["strongest"]["release"]["attack"] in attacks.RELEASE_ATTACKS
+    assert results["headline"]["release"]["attack"] in attacks.RELEASE_ATTACKS
     detected = results["canary_detection"]["loss"]
     assert detected["members"] == 18 and 0 <= detected["detected"] <= 18
     with np.load(tmp_path / "dc" / "split.npz") as split:

@@ -183,7 +183,7 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Shokri attack accuracy" in proc.stdout and "lira_recipe_online" in proc.stdout
-    assert "strongest model attack" in proc.stdout
+    assert "headline model attack (cross-fitted)" in proc.stdout
     results = json.loads((workdir / "results.json").read_text())
     assert results["config"]["recipe"]["kind"] == "subset"
     assert "used" in results["attacks"]["lira_online"]  # The subset's members as their own slice.
@@ -246,7 +246,7 @@ def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     ):
         assert (workdir / name).exists(), name
     dc_real = results["rows"][3]
-    assert dc_real["strongest"]["release"]["attack"].startswith("nearest_synthetic")
+    assert dc_real["headline"]["release"]["attack"].startswith("nearest_synthetic")
     assert "canaries" in dc_real["attacks"]["loss"] and "natural" in dc_real["attacks"]["loss"]
     assert "| dc_real |" in proc.stdout and "| original |" in proc.stdout
     again = _run(args, mock_examples=400)  # A finished study is never silently replaced.

@@ -162,10 +162,9 @@ def _fake_run_attack(calls):
             "shokri_accuracy": {},
             "wall_seconds": 1.0,
             "roc": {},
-            "strongest": {"model": None, "release": None},
+            "headline": {"model": None, "release": None},
             "canary_detection": {},
             "empirical_epsilon": {},
-            "bootstrap": {"headline_samples": {}},
         }
         checkpoint.write_json(os.path.join(row_dir, workdir.RESULTS), results)
         return results

@@ -27,7 +27,12 @@ def _pick(attack: str, tpr: float, samples, other: str | None = None) -> dict:
     """A cross-fitted headline (``headline.headline``'s keys); ``other`` chose in one of the four cells (and then
     0.01 % FPR is below the floor)."""
     cells = {"group0_half0": other or attack, "group0_half1": attack, "group1_half0": attack, "group1_half1": attack}
-    out = {**_summary(0.6, tpr, low_fpr_resolvable=other is None), "attack": attack, "attack_by_cell": cells, "samples": list(samples)}
+    out = {
+        **_summary(0.6, tpr, low_fpr_resolvable=other is None),
+        "attack": attack,
+        "attack_by_cell": cells,
+        "samples": list(samples),
+    }
     out.update({"tpr_at_0.001_ci_examples": [tpr / 2, tpr], "tpr_at_0.001_ci_two_way": [tpr / 3, tpr * 1.5]})
     return out
 
@@ -194,3 +199,9 @@ def test_privacy_accuracy_figure_writes_png(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(path) > 1000
     assert os.listdir(os.path.dirname(path)) == ["privacy_accuracy.png"]
+
+
+def test_the_document_sums_the_null_test_over_rows():
+    doc = study_report.results_document(RESULTS, {})
+    # Rows: 1 and 6 of 20 exclusions; 7 of 40 is above Binomial(40, 5%)'s 99th percentile (6).
+    assert "Null test over all 2 rows: 7 of 40 headline intervals excluded chance" in doc and "FAILED." in doc

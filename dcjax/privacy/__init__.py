@@ -7,7 +7,8 @@ synthetic sets; ``metrics`` turns (scores, labels) into ROC numbers with example
 into empirical epsilon lower bounds.
 
 The attack stage: ``attack_data`` is a run's export (every array an attack reads), ``attacks`` computes every
-attack's scores from it, ``assess`` every reported number (slices, the cross-fitted headline and its null test, canaries, audits).
+attack's scores from it, ``assess`` every reported number (slices, the cross-fitted headline of ``headline`` and
+the null test of ``null``, canaries, audits); ``multiplicity`` adjusts a study's row contrasts as a family.
 
 Training: ``bank`` turns each model's private subset into its training set by the target's recipe (original,
 random subset, DC / DSA / DM condensation) for the engine's model axis; ``attack_run`` is the resumable run behind

@@ -153,7 +153,7 @@ def _chosen_names(names: Sequence[str], chosen: np.ndarray) -> dict[str, str]:
     return {f"group{g}_half{h}": names[int(chosen[c, 0])] for c, (g, h) in enumerate(CELLS)}
 
 
-def headline(scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split, res: Resamples) -> dict:
+def headline(scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split, res: Resamples) -> dict | None:
     """The cross-fitted headline of one row (see the module docstring).
 
     Args:
@@ -164,10 +164,13 @@ def headline(scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split, r
       {"attack_by_cell": {cell: attack}, "attack": the attack of most cells, "fpr_floor", and per metric m
       (TPR at each FPR, AUC): m (None below the floor), m_ci_low / m_ci_high (the union of both bootstraps'
       95 % intervals), m_ci_examples / m_ci_two_way ([low, high] each); "samples": the two-way
-      bootstrap's [R] headline TPRs at 0.1 % FPR (None for degenerate draws), for paired row contrasts}.
+      bootstrap's [R] headline TPRs at 0.1 % FPR (None for degenerate draws), for paired row contrasts};
+      None when a cell has no member or no non-member trial.
     """
     keep = np.asarray(keep, bool)
     names = list(scores)
+    if any(not (keep & m).any() or (keep | ~m).all() for m in split.cell_masks()):
+        return None  # A cell without members or without non-members (a tiny pool): no cross-fitted headline.
     floor = _floor(keep, split)
     out: dict = {"fpr_floor": floor}
     for boot in BOOTSTRAPS:

@@ -76,10 +76,10 @@ def null_test(
     tprs, intervals, excluded = [], [], 0
     for i in range(num_draws):
         keep0, used0 = null_masks(jax.random.fold_in(key, i), keep, used)
-        h = headline_lib.headline(score_fn(keep0, used0), keep0, split, res)
+        h = headline_lib.headline(score_fn(keep0, used0), keep0, split, res) or {}
         excluded += headline_lib.excludes(h, CHANCE)
-        tprs.append(h[headline_lib.CHOICE])
-        intervals.append([h[f"{headline_lib.CHOICE}_ci_low"], h[f"{headline_lib.CHOICE}_ci_high"]])
+        tprs.append(h.get(headline_lib.CHOICE))
+        intervals.append([h.get(f"{headline_lib.CHOICE}_ci_low"), h.get(f"{headline_lib.CHOICE}_ci_high")])
     allowed = allowed_exclusions(num_draws)
     return {
         "draws": num_draws,

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from dcjax import checkpoint  # noqa: E402
 from dcjax.plots import _save  # noqa: E402
-from dcjax.privacy import multiplicity  # noqa: E402
+from dcjax.privacy import multiplicity, null  # noqa: E402
 
 DASH = "–"  # En dash: a missing or skipped entry.
 HEADLINE = "tpr_at_0.001"
@@ -238,7 +238,12 @@ def run_document(results: dict, command: str) -> str:
 
 def _bootstraps_table(results: dict) -> str:
     """The headline's TPR@0.1% intervals from each bootstrap (examples only; examples and models)."""
-    header = ("target", "TPR@0.1% FPR (%) [union, as reported]", "examples only [95% CI]", "examples and models [95% CI]")
+    header = (
+        "target",
+        "TPR@0.1% FPR (%) [union, as reported]",
+        "examples only [95% CI]",
+        "examples and models [95% CI]",
+    )
     lines = []
     for row in results.get("rows") or []:
         pick = _get(row, "headline", "model")
@@ -321,6 +326,20 @@ def _wall_time(seconds) -> str:
     return f"{total // 3600}h {total % 3600 // 60:02d}m {total % 60:02d}s"
 
 
+def _null_note(results: dict) -> str:
+    """The null test over every row, e.g. "3 of 180 intervals excluded chance (allowed <= 16)"; empty if none ran."""
+    tests = [t for row in results.get("rows") or [] if (t := _get(row, "null_test")) is not None]
+    if not tests:
+        return ""
+    draws, excluded = sum(t["draws"] for t in tests), sum(t["excluded"] for t in tests)
+    allowed = null.allowed_exclusions(draws)
+    verdict = "passed" if excluded <= allowed else "FAILED"
+    return (
+        f"Null test over all {len(tests)} rows: {excluded} of {draws} headline intervals excluded chance "
+        f"(a correct 95% interval: at most {allowed}, the 99th percentile of Binomial({draws}, 5%)): {verdict}."
+    )
+
+
 def _floor_note(results: dict) -> str:
     """The headline's FPR floors, e.g. "original: 0.051%"; empty if none are known."""
     notes = []
@@ -328,7 +347,9 @@ def _floor_note(results: dict) -> str:
         floor = _number(_get(row, "headline", "model", "fpr_floor"))
         if floor:
             notes.append(f"{row.get('name', DASH)}: {100 * floor:.3f}%")
-    return ("FPR floors of the headline (1 / the non-member trials of its smallest cell): " + "; ".join(notes) + ".") if notes else ""
+    if not notes:
+        return ""
+    return "FPR floors of the headline (1 / the non-member trials of its smallest cell): " + "; ".join(notes) + "."
 
 
 _LEGEND = """\
@@ -386,7 +407,7 @@ contrast as a finding only by its adjusted p-value.
 
 def results_document(results: dict, figures: dict[str, str]) -> str:
     """The generated part of the results document (markdown), without a conclusion."""
-    floors = _floor_note(results)
+    floors = "\n\n".join(n for n in (_null_note(results), _floor_note(results)) if n)
     regenerate = results.get("report_command")
     parts = [
         f"# Privacy study results (tier: {results.get('tier', DASH)})\n",
@@ -420,12 +441,12 @@ def _figure_points(results: dict) -> list[tuple[str, float, float, float, float,
     points = []
     for row in results.get("rows") or []:
         acc = _number(_get(row, "utility", "test_accuracy_mean"))
-        pick = _get(row, "headline", "model")
-        values = [pick.get(k) for k in (HEADLINE, f"{HEADLINE}_ci_low", f"{HEADLINE}_ci_high")] if pick else [None]
-        if acc is None or None in values:
+        pick = _get(row, "headline", "model") or {}
+        tpr, low, high = (_number(pick.get(k)) for k in (HEADLINE, f"{HEADLINE}_ci_low", f"{HEADLINE}_ci_high"))
+        if acc is None or tpr is None or low is None or high is None:
             continue
         std = _number(_get(row, "utility", "test_accuracy_std")) or 0.0
-        points.append((str(row.get("name", "?")), 100 * acc, 100 * std, *(100 * v for v in values)))
+        points.append((str(row.get("name", "?")), 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
     return points
 
 
