@@ -287,34 +287,33 @@ def build_export(ctx: _Context) -> attack_data.AttackData:
     everyone = range(m + cfg.num_shadow)
     has_population = cfg.num_population > 0
     distances, synthetic = _release(ctx)
-    return attack_data.validate(
-        attack_data.AttackData(
-            config=workdir_lib.as_json(dataclasses.asdict(cfg)),
-            preprocessing=attack_data.preprocessing(cfg.dataset, cfg.num_queries),
-            pool_indices={
-                "target": split["target"].tolist(),
-                "attacker": split["attacker"].tolist(),
-                "population_test": split["population"].tolist(),
-            },
-            target_logits=_stack(ctx, range(m), "logits"),
-            population_logits=(
-                _stack(ctx, range(m), "population_logits")
-                if has_population
-                else np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
-            ),
-            shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
-            keep=split["keep"],
-            halves=split["halves"],
-            target_labels=split["target_labels"],
-            attacker_labels=ctx.train.labels[split["attacker"]],
-            population_labels=ctx.test.labels[split["population"]],
-            canaries=split["canaries"],
-            used=_stack(ctx, range(m), "used"),
-            nearest_distances=distances,
-            synthetic_example=synthetic,
-            test_accuracy=_stack(ctx, everyone, "test_accuracy"),
-            seconds=_stack(ctx, everyone, "seconds"),
-        )
+    # The export keeps what the attacks read (true-class scores, Shokri's query-0 logits), not the logits.
+    return attack_data.from_logits(
+        config=workdir_lib.as_json(dataclasses.asdict(cfg)),
+        preprocessing=attack_data.preprocessing(cfg.dataset, cfg.num_queries),
+        pool_indices={
+            "target": split["target"].tolist(),
+            "attacker": split["attacker"].tolist(),
+            "population_test": split["population"].tolist(),
+        },
+        target_logits=_stack(ctx, range(m), "logits"),
+        population_logits=(
+            _stack(ctx, range(m), "population_logits")
+            if has_population
+            else np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
+        ),
+        shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
+        keep=split["keep"],
+        halves=split["halves"],
+        target_labels=split["target_labels"],
+        attacker_labels=ctx.train.labels[split["attacker"]],
+        population_labels=ctx.test.labels[split["population"]],
+        canaries=split["canaries"],
+        used=_stack(ctx, range(m), "used"),
+        nearest_distances=distances,
+        synthetic_example=synthetic,
+        test_accuracy=_stack(ctx, everyone, "test_accuracy"),
+        seconds=_stack(ctx, everyone, "seconds"),
     )
 
 
