@@ -16,6 +16,8 @@ the run resumes per model), attack_data.npz (the export every score is computed 
 trials.npz (flat per-trial scores), results.json, roc.png. See dcjax/privacy/attack_run.py.
   # Re-attack a finished run (or a copied export) without training:
   python experiments/attack.py --report_only --workdir=docs/results/attack_sanity_cpu
+  # Rewrite an older export (format 1, every logit) in the current compact format:
+  python experiments/attack.py --reencode --workdir=docs/results/attack_sanity_cpu
 """
 
 import os
@@ -27,7 +29,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
-from dcjax.privacy import attack_run, bank, pools  # noqa: E402
+from dcjax.privacy import attack_data, attack_run, bank, pools  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
@@ -51,6 +53,13 @@ flags.DEFINE_bool(
     "Re-attack the export (attack_data.npz) of the finished run "
     "in --workdir and rewrite its results.json, trials.npz and roc.png; loads no "
     "data, trains nothing.",
+)
+flags.DEFINE_bool(
+    "reencode",
+    False,
+    "Rewrite the export (attack_data.npz) in --workdir in the current compact format "
+    "(dcjax/privacy/attack_data.py), in place (compare the numbers before and after with "
+    "benchmarks/export_regen.py). Trains nothing.",
 )
 FLAGS = flags.FLAGS
 
@@ -76,10 +85,11 @@ def _print_summary(results: dict, workdir: str):
         f"train/held-out accuracy on the pool {100 * utility['member_accuracy']:.1f} / "
         f"{100 * utility['nonmember_accuracy']:.1f} %"
     )
-    print(
-        f"Shokri attack accuracy (balanced, chance 50 %): {100 * shokri_acc['mean']:.2f} +- "
-        f"{100 * shokri_acc['std']:.2f} %"
-    )
+    if shokri_acc:  # None for an export without Shokri's inputs.
+        print(
+            f"Shokri attack accuracy (balanced, chance 50 %): {100 * shokri_acc['mean']:.2f} +- "
+            f"{100 * shokri_acc['std']:.2f} %"
+        )
     print("natural (non-canary) examples, 95% example-bootstrap intervals:")
     print(f"{'attack':26s} {'AUC':>7s} {'TPR@1%':>8s} {'TPR@0.1% [95% CI]':>24s}")
     for name, by_slice in results["attacks"].items():
@@ -107,6 +117,11 @@ def run():
 
     config = run_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"attack_{FLAGS.dataset}_{FLAGS.target}_seed{FLAGS.seed}")
+    if FLAGS.reencode:
+        path = os.path.join(workdir, attack_data.EXPORT)
+        before, after = attack_data.reencode(path)
+        print(f"{path}: {before} -> {after} bytes (format {attack_data.VERSION})")
+        return
     if FLAGS.report_only:
         _print_summary(attack_run.report_only(workdir), workdir)
         return

@@ -17,14 +17,16 @@ def _export(used_fraction: float | None = None) -> attack_data.AttackData:
     if used_fraction is not None:  # A subset-like recipe: only some members are used as pixels.
         draw = np.asarray(jax.random.uniform(jax.random.key(1), (M, N))) < used_fraction
         used = keep & draw
-    empty = np.zeros((M, 1, 0, 10), np.float32)
     return attack_data.AttackData(
         config={"recipe": {"kind": "original" if used_fraction is None else "subset"}},
         preprocessing={},
         pool_indices={},
-        target_logits=np.zeros((M, 1, N, 10), np.float32),
-        population_logits=empty,
-        shadow_logits=np.zeros((2, 1, 4, 10), np.float32),
+        num_classes=10,
+        target_phi=np.zeros((M, 1, N), np.float32),
+        population_phi=np.zeros((M, 1, 0), np.float32),
+        correct=np.zeros((M, N), bool),
+        shokri_target_logits=np.zeros((M, N, 10), np.float32),
+        shokri_shadow_logits=np.zeros((2, 4, 10), np.float32),
         keep=keep,
         halves=np.zeros((2, 4), bool),
         target_labels=np.zeros(N, np.int32),

@@ -9,7 +9,7 @@ import pytest
 
 from dcjax import condense, data, models
 from dcjax import train as train_lib
-from dcjax.privacy import attack_data, attack_run, attacks, bank, shokri
+from dcjax.privacy import attack_data, attack_run, attacks, bank, lira, shokri
 
 NUM_CLASSES = 10
 
@@ -77,7 +77,10 @@ def test_attack_run_writes_every_artifact(finished):
     model = attack_run.load_model(str(workdir), 0)
     assert model["logits"].shape == (2, 60, NUM_CLASSES)  # [Q, N, K]
     assert model["population_logits"].shape == (2, 20, NUM_CLASSES)  # [Q, P, K]
-    np.testing.assert_array_equal(export.target_logits[0], model["logits"])
+    # The export keeps each model's true-class scores (and Shokri's query-0 logits), not its logits.
+    phi = lira.logit_scale(model["logits"], export.target_labels).astype(np.float32)
+    np.testing.assert_array_equal(export.target_phi[0], phi)
+    np.testing.assert_array_equal(export.shokri_target_logits[0], model["logits"][0])
     for name in names:
         summary = results["attacks"][name]["natural"]
         assert 0.0 <= summary["auc"] <= 1.0 and summary["num_members"] == 180

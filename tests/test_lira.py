@@ -91,6 +91,17 @@ def test_loss_and_confidence_scores():
     np.testing.assert_allclose(lira.confidence_scores(logits, labels), np.exp(log_p), rtol=1e-12)
 
 
+def test_loss_and_confidence_from_phi_match_the_logits_versions():
+    logits = np.concatenate([_normal(3, (2, 30, 5)) * 4, np.full((1, 30, 5), 0.0)])
+    logits[0, :3] = [[60.0, 0, 0, 0, 0], [-60.0, 0, 0, 0, 0], [800.0, 0, 0, 0, -800.0]]  # Saturated p.
+    labels = np.arange(30) % 5
+    phi = lira.logit_scale(logits, labels)
+    # atol: for p_y ~ 1 the logits' version rounds log p_y to 0; phi keeps -exp(-phi) (asserted below).
+    np.testing.assert_allclose(lira.loss_from_phi(phi), lira.loss_threshold_scores(logits, labels), 1e-12, 1e-20)
+    np.testing.assert_allclose(lira.confidence_from_phi(phi), lira.confidence_scores(logits, labels), rtol=1e-12)
+    assert lira.loss_from_phi(np.float32(-800.0)) == -800.0 and lira.loss_from_phi(40.0) == -np.exp(-40.0)
+
+
 def test_bad_logits_raise():
     with pytest.raises(ValueError, match="labels"):
         lira.logit_scale(np.zeros((4, 3)), np.array([0, 1, 3, 0]))

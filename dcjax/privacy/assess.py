@@ -119,7 +119,7 @@ def utility(d: AttackData) -> dict:
     """Test accuracy of the targets, their accuracy on members / non-members, the shadows' accuracy."""
     m = d.num_models
     acc = d.test_accuracy[:m]
-    correct = np.argmax(d.target_logits[:, 0], -1) == d.target_labels
+    correct = d.correct  # Query 0's argmax == the label, [M, N].
     return {
         "test_accuracy_mean": float(acc.mean()),
         "test_accuracy_std": float(acc.std()),

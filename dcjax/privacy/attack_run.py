@@ -289,61 +289,68 @@ def build_export(ctx: _Context) -> attack_data.AttackData:
     everyone = range(m + cfg.num_shadow)
     has_population = cfg.num_population > 0
     distances, synthetic = _release(ctx)
-    return attack_data.validate(
-        attack_data.AttackData(
-            config=workdir_lib.as_json(dataclasses.asdict(cfg)),
-            preprocessing=attack_data.preprocessing(cfg.dataset, cfg.num_queries),
-            pool_indices={
-                "target": split["target"].tolist(),
-                "attacker": split["attacker"].tolist(),
-                "population_test": split["population"].tolist(),
-            },
-            target_logits=_stack(ctx, range(m), "logits"),
-            population_logits=(
-                _stack(ctx, range(m), "population_logits")
-                if has_population
-                else np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
-            ),
-            shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
-            keep=split["keep"],
-            halves=split["halves"],
-            target_labels=split["target_labels"],
-            attacker_labels=ctx.train.labels[split["attacker"]],
-            population_labels=ctx.test.labels[split["population"]],
-            canaries=split["canaries"],
-            used=_stack(ctx, range(m), "used"),
-            nearest_distances=distances,
-            synthetic_example=synthetic,
-            test_accuracy=_stack(ctx, everyone, "test_accuracy"),
-            seconds=_stack(ctx, everyone, "seconds"),
-        )
+    # The export keeps what the attacks read (true-class scores, Shokri's query-0 logits), not the logits.
+    return attack_data.from_logits(
+        config=workdir_lib.as_json(dataclasses.asdict(cfg)),
+        preprocessing=attack_data.preprocessing(cfg.dataset, cfg.num_queries),
+        pool_indices={
+            "target": split["target"].tolist(),
+            "attacker": split["attacker"].tolist(),
+            "population_test": split["population"].tolist(),
+        },
+        target_logits=_stack(ctx, range(m), "logits"),
+        population_logits=(
+            _stack(ctx, range(m), "population_logits")
+            if has_population
+            else np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
+        ),
+        shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
+        keep=split["keep"],
+        halves=split["halves"],
+        target_labels=split["target_labels"],
+        attacker_labels=ctx.train.labels[split["attacker"]],
+        population_labels=ctx.test.labels[split["population"]],
+        canaries=split["canaries"],
+        used=_stack(ctx, range(m), "used"),
+        nearest_distances=distances,
+        synthetic_example=synthetic,
+        test_accuracy=_stack(ctx, everyone, "test_accuracy"),
+        seconds=_stack(ctx, everyone, "seconds"),
     )
+
+
+def _null_scorer(d: attack_data.AttackData, configs: tuple, keys: dict, shokri_result) -> assess.NullScores:
+    """(keep, used) -> the model attacks of ``d`` rescored as if those were the membership labels (the null
+    test). ``shokri_result`` (or None without Shokri) is reused: its classifiers never read the target's labels."""
+
+    def rescore(keep: np.ndarray, used: np.ndarray) -> dict:
+        relabelled = dataclasses.replace(d, keep=keep, used=used)
+        rescored, _ = attacks.compute_scores(relabelled, *configs, keys, shokri_result)
+        return {n: rescored[n] for n in attacks.model_attacks(rescored)}
+
+    return rescore
+
+
+def _shokri_summary(accuracy: np.ndarray) -> dict | None:
+    """Shokri's balanced accuracy over the targets, or None for an export without Shokri's inputs."""
+    if not accuracy.size:
+        return None
+    return {"mean": float(accuracy.mean()), "std": float(accuracy.std()), "per_target": accuracy.tolist()}
 
 
 def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
     """(scores {attack: [M, N]}, results dict) of an export: the whole attack stage, no training."""
     cfg = d.config
     keys = attack_data.run_keys(cfg["seed"])
-    shokri_config = shokri.AttackConfig(**cfg["attack"])
-    rmia_config = rmia_lib.RMIAConfig(**cfg.get("rmia", {}))
-    scores, shokri_acc = attacks.compute_scores(d, shokri_config, rmia_config, keys)
-
-    def null_scores(keep: np.ndarray, used: np.ndarray) -> dict:
-        """The model attacks rescored as if (keep, used) were the membership labels (the null test)."""
-        relabelled = dataclasses.replace(d, keep=keep, used=used)
-        shokri_result = (scores["shokri"], shokri_acc)  # Its classifiers never read the target's labels.
-        rescored, _ = attacks.compute_scores(relabelled, shokri_config, rmia_config, keys, shokri_result)
-        return {n: rescored[n] for n in attacks.model_attacks(rescored)}
-
+    configs = (shokri.AttackConfig(**cfg["attack"]), rmia_lib.RMIAConfig(**cfg.get("rmia", {})))
+    scores, shokri_acc = attacks.compute_scores(d, *configs, keys)
+    shokri_result = (scores["shokri"], shokri_acc) if "shokri" in scores else None
+    null_scores = _null_scorer(d, configs, keys, shokri_result)
     results = {
         "schema": RESULTS_SCHEMA,
         "config": cfg,
         "utility": assess.utility(d),
-        "shokri_accuracy": {
-            "mean": float(shokri_acc.mean()),
-            "std": float(shokri_acc.std()),
-            "per_target": shokri_acc.tolist(),
-        },
+        "shokri_accuracy": _shokri_summary(shokri_acc),
         **assess.assess(scores, d, keys, cfg["num_resamples"], null_scores),
         "bank_seconds": float(d.seconds.sum()),
     }

@@ -1,5 +1,7 @@
 """The attack stage: every attack's membership scores [M, N] from an export (``AttackData``).
 
+Every attack but Shokri reads only the true-class score phi of each (model, query, example)
+(``AttackData.target_phi`` / ``population_phi``); Shokri reads the query-0 logit vectors.
 Pure functions of arrays (the only randomness, Shokri's classifiers and balanced evaluation,
 comes from keys derived from the run's seed), so a run and a re-attack of its export agree.
 Each model of the target-pool bank is the target in turn, the other M - 1 its shadows
@@ -40,10 +42,10 @@ def uses_some_pixels(d: AttackData) -> bool:
 
 
 def attack_names(d: AttackData) -> tuple[str, ...]:
-    """The attacks that apply to this export, model attacks first."""
-    names = LIRA_ATTACKS + (RMIA_ATTACKS if d.population_logits.shape[2] else ())
+    """The attacks that apply to this export, model attacks first (Shokri only if it carries Shokri's inputs)."""
+    names = LIRA_ATTACKS + (RMIA_ATTACKS if d.population_phi.shape[2] else ())
     names += RECIPE_ATTACKS if uses_some_pixels(d) else ()
-    names += THRESHOLD_ATTACKS
+    names += tuple(n for n in THRESHOLD_ATTACKS if n != "shokri" or d.has_shokri)
     return names + (RELEASE_ATTACKS if d.has_release else ())
 
 
@@ -52,8 +54,8 @@ def model_attacks(names) -> tuple[str, ...]:
 
 
 def _phi(d: AttackData) -> np.ndarray:
-    """LiRA's logit-scaled confidence [M, N, Q] of every model on every query."""
-    return np.moveaxis(lira.logit_scale(d.target_logits, d.target_labels, example_axis=2), 1, 2)
+    """LiRA's logit-scaled confidence [M, N, Q] of every model on every query, float64."""
+    return np.moveaxis(d.target_phi.astype(np.float64), 1, 2)
 
 
 def _lira(phi: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
@@ -77,8 +79,8 @@ def _recipe(phi: np.ndarray, d: AttackData) -> dict[str, np.ndarray]:
 
 def _rmia(d: AttackData, config: rmia.RMIAConfig) -> dict[str, np.ndarray]:
     """RMIA with Pr(x | model) the true-class probability averaged over the queries."""
-    px = rmia.true_class_probability(d.target_logits, d.target_labels).mean(1)  # [M, N]
-    pz = rmia.true_class_probability(d.population_logits, d.population_labels).mean(1)  # [M, P]
+    px = lira.confidence_from_phi(d.target_phi).mean(1)  # [M, N]
+    pz = lira.confidence_from_phi(d.population_phi).mean(1)  # [M, P]
     return {
         f"rmia_{mode}": rmia.leave_one_out_rmia(px, pz, d.keep, dataclasses.replace(config, online=mode == "online"))
         for mode in ("online", "offline")
@@ -90,13 +92,13 @@ def shokri_scores(d: AttackData, config: shokri.AttackConfig, keys: dict) -> tup
 
     The per-class attack classifiers learn from the k shadows' query-0 outputs on the attacker pool.
     """
-    shadow = d.shadow_logits[:, 0]  # [k, Na, K]
+    shadow = d.shokri_shadow_logits  # [k, Na, K]
     k, num_classes = shadow.shape[0], shadow.shape[-1]
     features = shokri.attack_features(shadow.reshape(-1, num_classes), config)
     params = shokri.train_attack_models(
         keys["attack"], features, np.tile(d.attacker_labels, k), d.halves.reshape(-1), num_classes, config
     )
-    targets = d.target_logits[:, 0]
+    targets = d.shokri_target_logits  # [M, N, K]
     scores = np.stack(
         [shokri.attack_scores(params, shokri.attack_features(t, config), d.target_labels) for t in targets]
     )
@@ -116,7 +118,8 @@ def compute_scores(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every applicable attack's scores {name: float64 [M, N]} and Shokri's accuracy per target [M].
 
-    keys: the run's named keys (``attack_data.run_keys``); "attack" and "balance" are used.
+    keys: the run's named keys (``attack_data.run_keys``); "attack" and "balance" are used. An export
+    without Shokri's inputs (``AttackData.has_shokri``) gets no Shokri score and an accuracy of shape [0].
     shokri_result: ``shokri_scores``'s output for this export's outputs, reused instead of retraining
       the attack classifiers (they learn from the attacker pool alone, so other keep masks leave them
       unchanged: the null test rescoring a row 20 times trains them once).
@@ -129,9 +132,11 @@ def compute_scores(
     if "lira_recipe_online" in names:
         scores.update(_recipe(phi, d))
     # Threshold attacks need no shadows: the target's own loss / confidence on the plain image.
-    scores["loss"] = lira.loss_threshold_scores(d.target_logits[:, 0], d.target_labels)
-    scores["confidence"] = lira.confidence_scores(d.target_logits[:, 0], d.target_labels)
-    scores["shokri"], shokri_accuracy = shokri_result or shokri_scores(d, attack_config, keys)
+    scores["loss"] = lira.loss_from_phi(d.target_phi[:, 0])
+    scores["confidence"] = lira.confidence_from_phi(d.target_phi[:, 0])
+    shokri_accuracy = np.zeros(0)
+    if "shokri" in names:
+        scores["shokri"], shokri_accuracy = shokri_result or shokri_scores(d, attack_config, keys)
     if d.has_release:
         scores["nearest_synthetic"] = -d.nearest_distances
         scores.update(nearest.calibrated_nearest_scores(d.nearest_distances, d.keep))

@@ -96,6 +96,20 @@ def confidence_scores(logits, labels, example_axis: int = -2) -> np.ndarray:
     return np.exp(loss_threshold_scores(logits, labels, example_axis))
 
 
+def loss_from_phi(phi) -> np.ndarray:
+    """The LOSS score log p_y = -log(1 + exp(-phi)) from phi (``logit_scale``): float64, same shape.
+
+    The same quantity as ``loss_threshold_scores`` for an export that keeps phi instead of the logits;
+    ``logaddexp`` keeps it finite and exact for phi of either sign and any size.
+    """
+    return -np.logaddexp(0.0, -np.asarray(phi, np.float64))
+
+
+def confidence_from_phi(phi) -> np.ndarray:
+    """The true-class probability p_y = sigmoid(phi) from phi (``logit_scale``): float64, same shape."""
+    return scipy.special.expit(np.asarray(phi, np.float64))
+
+
 class GaussianFit(NamedTuple):
     """Per-example Gaussians for the IN and OUT shadow scores; every array is float64 [N, Q] and finite."""
 

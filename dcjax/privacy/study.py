@@ -359,7 +359,7 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
         plots.image_grid(
             workdir_lib.path(workdir, name),
             data_lib.denormalize(export.synthetic_example, dataset),
-            export.target_logits.shape[-1],
+            export.num_classes,
             f"{row['name']}: target 0's synthetic set",
         )
         figures[f"Synthetic set released by target 0 ({row['name']})"] = name

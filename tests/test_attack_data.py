@@ -1,0 +1,246 @@
+"""The attack export (dcjax.privacy.attack_data): format 2's size at the poster's scale, round trips, format 1."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+
+from dcjax import checkpoint
+from dcjax.privacy import attack_data, attacks, lira, masks, metrics, rmia, shokri
+
+M, Q, N, K, P, NA, SHADOWS = 6, 2, 40, 5, 12, 30, 2
+FORMAT1_LOGITS = ("target_logits", "population_logits", "shadow_logits")
+
+
+def _logits(seed: int, *shape) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (3 * rng.normal(size=shape)).astype(np.float32)
+
+
+def _format1_fields(release: bool = True) -> dict:
+    """Keyword arguments of ``attack_data.from_logits``: the arrays of a tiny format-1 export."""
+    rng = np.random.default_rng(0)
+    keep = masks.lira_keep_masks(jax.random.key(0), M, N)
+    return {
+        "config": {"recipe": {"kind": "condense" if release else "subset"}, "seed": 3},
+        "preprocessing": {"dataset": "mnist"},
+        "pool_indices": {"target": list(range(N)), "attacker": list(range(N, N + NA)), "population_test": [7] * P},
+        "target_logits": _logits(1, M, Q, N, K),
+        "population_logits": _logits(2, M, Q, P, K),
+        "shadow_logits": _logits(3, SHADOWS, Q, NA, K),
+        "keep": keep,
+        "halves": rng.random((SHADOWS, NA)) < 0.5,
+        "target_labels": rng.integers(0, K, N).astype(np.int32),
+        "attacker_labels": rng.integers(0, K, NA).astype(np.int32),
+        "population_labels": rng.integers(0, K, P).astype(np.int32),
+        "canaries": np.arange(3),
+        "used": keep & (rng.random((M, N)) < 0.7),
+        "nearest_distances": rng.random((M, N)).astype(np.float32).astype(np.float64) if release else np.zeros((0, N)),
+        "synthetic_example": rng.random((K, 4, 4, 1)).astype(np.float32) if release else np.zeros(0, np.float32),
+        "test_accuracy": rng.random(M + SHADOWS),
+        "seconds": rng.random(M + SHADOWS),
+    }
+
+
+def _write_format1(path, fields: dict) -> None:
+    """A format-1 file as the old ``save`` wrote it: the logits, and the three dicts as JSON."""
+    json_names = ("config", "preprocessing", "pool_indices")
+    arrays = {k: v for k, v in fields.items() if k not in json_names}
+    arrays.update({f"{k}_json": np.asarray(checkpoint.to_json(fields[k])) for k in json_names})
+    checkpoint.write_npz(str(path), compressed=True, **arrays)
+
+
+def _assert_same(a: attack_data.AttackData, b: attack_data.AttackData) -> None:
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name == "pool_indices":
+            assert sorted(x) == sorted(y)
+            for k in x:
+                assert x[k].dtype == y[k].dtype == np.int32 and np.array_equal(x[k], y[k]), k
+        elif isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), f.name
+        else:
+            assert x == y, f.name
+
+
+def _scores(d: attack_data.AttackData):
+    config = shokri.AttackConfig(hidden=4, steps=10)
+    return attacks.compute_scores(d, config, rmia.RMIAConfig(), attack_data.run_keys(0))
+
+
+def test_poster_scale_scores_fit_in_4_mb_and_round_trip(tmp_path):
+    """60,000 examples x 8 models x 2 queries and the default 1,000 population samples: what LiRA, LOSS, RMIA read."""
+    m, q, n, p = 8, 2, 60_000, 1000
+    rng = np.random.default_rng(0)
+    keep = rng.random((m, n)) < 0.5
+    d = attack_data.AttackData(
+        config={"recipe": {"kind": "original"}},
+        preprocessing={},
+        pool_indices={"target": rng.permutation(n).astype(np.int32), "population_test": np.arange(p, dtype=np.int32)},
+        num_classes=10,
+        # Random mantissas: the float32 bytes that zlib cannot compress (real scores compress a little better).
+        target_phi=rng.normal(0, 4, (m, q, n)).astype(np.float32),
+        population_phi=rng.normal(0, 4, (m, q, p)).astype(np.float32),
+        correct=rng.random((m, n)) < 0.9,
+        keep=keep,
+        used=keep,
+        target_labels=rng.integers(0, 10, n).astype(np.int32),
+        population_labels=rng.integers(0, 10, p).astype(np.int32),
+        canaries=np.zeros(0, np.int64),
+        shokri_target_logits=np.zeros((0, n, 10), np.float32),  # Shokri's part is not counted here.
+        shokri_shadow_logits=np.zeros((0, 0, 10), np.float32),
+        halves=np.zeros((0, 0), bool),
+        attacker_labels=np.zeros(0, np.int32),
+        nearest_distances=np.zeros((0, n), np.float32),
+        synthetic_example=np.zeros(0, np.float32),
+        test_accuracy=np.full(m, 0.99),
+        seconds=np.ones(m),
+    )
+    path = tmp_path / attack_data.EXPORT
+    attack_data.save(str(path), d)
+    assert os.path.getsize(path) <= 4_000_000, os.path.getsize(path)
+    _assert_same(attack_data.load(str(path)), d)
+
+
+def test_every_field_round_trips_and_the_file_is_plain_numpy(tmp_path):
+    d = attack_data.from_logits(**_format1_fields())
+    path = tmp_path / attack_data.EXPORT
+    attack_data.save(str(path), d)
+    _assert_same(attack_data.load(str(path)), d)
+    # Decoded as the module docstring says, with NumPy alone.
+    with np.load(path) as z:
+        assert str(z["format"]) == attack_data.FORMAT and int(z["version"]) == 2
+        f32 = lambda planes: np.ascontiguousarray(np.moveaxis(planes, 0, -1)).view("<f4")[..., 0]
+        bits = lambda packed, n: np.unpackbits(packed, axis=-1, count=n).astype(bool)
+        np.testing.assert_array_equal(f32(z["target_phi_planes"]), d.target_phi)
+        np.testing.assert_array_equal(f32(z["shokri_shadow_logits_planes"]), d.shokri_shadow_logits)
+        np.testing.assert_array_equal(bits(z["keep_bits"], z["target_labels"].size), d.keep)
+        np.testing.assert_array_equal(bits(z["halves_bits"], z["attacker_labels"].size), d.halves)
+
+
+def test_phi_is_the_true_class_score_of_the_logits():
+    fields = _format1_fields()
+    d = attack_data.from_logits(**fields)
+    phi = lira.logit_scale(fields["target_logits"], fields["target_labels"], example_axis=2)
+    np.testing.assert_array_equal(d.target_phi, phi.astype(np.float32))
+    np.testing.assert_array_equal(d.shokri_target_logits, fields["target_logits"][:, 0])
+    correct = np.argmax(fields["target_logits"][:, 0], -1) == fields["target_labels"]
+    np.testing.assert_array_equal(d.correct, correct)
+
+
+def test_a_format1_export_loads_and_reencodes_to_the_same_scores(tmp_path):
+    fields = _format1_fields()
+    path = tmp_path / attack_data.EXPORT
+    _write_format1(path, fields)
+    old = attack_data.load(str(path))
+    _assert_same(old, attack_data.from_logits(**fields))
+    before, after = attack_data.reencode(str(path))
+    assert after == os.path.getsize(path) < before
+    new = attack_data.load(str(path))
+    _assert_same(old, new)
+    (scores_old, acc_old), (scores_new, acc_new) = _scores(old), _scores(new)
+    assert list(scores_old) == list(scores_new) and "shokri" in scores_new and "rmia_online" in scores_new
+    for name in scores_old:
+        np.testing.assert_array_equal(scores_old[name], scores_new[name], err_msg=name)
+    np.testing.assert_array_equal(acc_old, acc_new)
+
+
+def test_float32_phi_moves_the_scores_by_its_rounding_only():
+    """The logit-based scores of format 1 and the phi-based ones of format 2: same numbers to ~1e-7 relative."""
+    fields = _format1_fields(release=False)
+    d = attack_data.from_logits(**fields)
+    scores, _ = _scores(d)
+    logits, labels = fields["target_logits"], fields["target_labels"]
+    phi64 = np.moveaxis(lira.logit_scale(logits, labels, example_axis=2), 1, 2)
+    pz = rmia.true_class_probability(fields["population_logits"], fields["population_labels"]).mean(1)
+    before = {
+        "loss": lira.loss_threshold_scores(logits[:, 0], labels),
+        "confidence": lira.confidence_scores(logits[:, 0], labels),
+        "lira_online": lira.leave_one_out(phi64, d.keep, lambda *a: lira.lira_online(*a, fixed_variance=False))[0],
+        "rmia_online": rmia.leave_one_out_rmia(
+            rmia.true_class_probability(logits, labels, example_axis=2).mean(1), pz, d.keep, rmia.RMIAConfig()
+        ),
+    }
+    # LiRA divides by per-example stds of a few shadows, which can magnify phi's 6e-8 relative rounding.
+    rtol = {"loss": 1e-6, "confidence": 1e-6, "lira_online": 1e-3, "rmia_online": 0.0}
+    for name, old in before.items():
+        np.testing.assert_allclose(scores[name], old, rtol=rtol[name], atol=1e-12, err_msg=name)
+        assert metrics.trial_metrics(scores[name], d.keep) == metrics.trial_metrics(old, d.keep), name
+
+
+def test_an_export_without_shokri_inputs_is_scored_without_shokri(tmp_path):
+    d = attack_data.from_logits(**_format1_fields(release=False))
+    k, na = d.shokri_shadow_logits.shape[:2]
+    d = dataclasses.replace(
+        d, shokri_target_logits=np.zeros((0, N, K), np.float32), shokri_shadow_logits=np.zeros((0, na, K), np.float32)
+    )
+    path = tmp_path / attack_data.EXPORT
+    attack_data.save(str(path), d)
+    loaded = attack_data.load(str(path))
+    assert not loaded.has_shokri and "shokri" not in attacks.attack_names(loaded)
+    scores, accuracy = _scores(loaded)
+    assert "shokri" not in scores and "loss" in scores and accuracy.shape == (0,)
+
+
+def test_validate_checks_the_new_shapes():
+    d = attack_data.from_logits(**_format1_fields())
+    bad = {
+        "target_phi": d.target_phi[:, :, 1:],
+        "population_phi": d.population_phi[:, :1],
+        "correct": d.correct[1:],
+        "shokri_target_logits": d.shokri_target_logits[:, :, 1:],
+        "shokri_shadow_logits": np.zeros((0, NA, K), np.float32),  # The targets' half alone.
+        "nearest_distances": d.nearest_distances[1:],
+        "test_accuracy": d.test_accuracy[1:],
+    }
+    for name, value in bad.items():
+        with pytest.raises(ValueError, match=name):
+            attack_data.validate(dataclasses.replace(d, **{name: value}))
+    with pytest.raises(ValueError, match="target_phi must be finite float32"):
+        attack_data.validate(dataclasses.replace(d, target_phi=d.target_phi.astype(np.float64)))
+    with pytest.raises(ValueError, match="target_labels"):
+        attack_data.validate(dataclasses.replace(d, target_labels=np.full(N, K)))
+
+
+def _rewrite(path, drop: str = "", **replace) -> None:
+    with np.load(path) as z:
+        fields = {k: z[k] for k in z.files if k != drop}
+    np.savez(path, **{**fields, **replace})
+
+
+def test_a_damaged_or_missing_field_is_one_line_naming_file_and_field(tmp_path):
+    path = str(tmp_path / attack_data.EXPORT)
+    attack_data.save(path, attack_data.from_logits(**_format1_fields()))
+    with np.load(path) as z:
+        planes = z["population_phi_planes"]
+    cases = [
+        ({"drop": "keep_bits"}, "keep_bits"),
+        ({"population_phi_planes": planes[:3]}, "population_phi_planes"),
+        ({"population_phi_planes": planes.astype(np.int16)}, "population_phi_planes"),
+        ({"used_bits": np.zeros((M, 1), np.uint8)}, "used"),
+        ({"version": np.asarray(3, np.int32)}, "version"),
+    ]
+    for change, field in cases:
+        attack_data.save(path, attack_data.from_logits(**_format1_fields()))
+        _rewrite(path, **change)
+        with pytest.raises(ValueError) as info:
+            attack_data.load(path)
+        message = str(info.value)
+        assert message.startswith(path) and field in message and "\n" not in message, message
+
+
+def test_a_corrupt_member_names_the_field(tmp_path):
+    path = str(tmp_path / attack_data.EXPORT)
+    attack_data.save(path, attack_data.from_logits(**_format1_fields()))
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i.filename) for i in z.infolist()}
+    with zipfile.ZipFile(path, "w") as z:  # Stored, so the flipped bytes reach the .npy header.
+        for name, data in members.items():
+            z.writestr(name, data[:20] if name == "keep_bits.npy" else data)
+    with pytest.raises(ValueError, match="keep_bits"):
+        attack_data.load(path)
