@@ -319,7 +319,9 @@ def build_export(ctx: _Context) -> attack_data.AttackData:
     )
 
 
-def _null_scorer(d: attack_data.AttackData, configs: tuple, keys: dict, shokri_result) -> assess.NullScores:
+def _null_scorer(
+    d: attack_data.AttackData, configs: tuple[shokri.AttackConfig, rmia_lib.RMIAConfig], keys: dict, shokri_result
+) -> assess.NullScores:
     """(keep, used) -> the model attacks of ``d`` rescored as if those were the membership labels (the null
     test). ``shokri_result`` (or None without Shokri) is reused: its classifiers never read the target's labels."""
 

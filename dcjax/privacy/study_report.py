@@ -261,14 +261,22 @@ def _bootstraps_table(results: dict) -> str:
 
 
 def contrasts(results: dict, baselines=("subset", "original")) -> list[tuple[dict, dict]]:
-    """(row, baseline) pairs: every row against each baseline row present, and condensed rows vs DP rows."""
+    """(row, baseline) pairs: every row against each baseline row present, and condensed rows vs DP rows; each
+    unordered pair once."""
     rows = results.get("rows") or []
     by_name = {r["name"]: r for r in rows}
     pairs = [(r, by_name[b]) for b in baselines if b in by_name for r in rows if r["name"] != b]
     condensed = [r for r in rows if r["name"].startswith(("dc_", "dsa_", "dm_"))]
     private = [r for r in rows if r.get("dp")]
     pairs += [(c, p) for c in condensed for p in private]
-    return pairs
+    # One contrast per pair of rows (subset - original is original - subset negated): a family counts each once.
+    unique, seen = [], set()
+    for a, b in pairs:
+        key = frozenset((a["name"], b["name"]))
+        if key not in seen:
+            seen.add(key)
+            unique.append((a, b))
+    return unique
 
 
 def _contrast_draws(a: dict, b: dict) -> tuple[np.ndarray, float] | None:
