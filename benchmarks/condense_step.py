@@ -61,11 +61,8 @@ K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
 
 
 def iteration_flops(method: str, f: float, cfg, outer: int) -> float:
-    """FLOPs of one iteration with ``outer`` matching steps (see the module docstring); f: forward FLOPs/image."""
-    ipc, inner = cfg.ipc, cfg.loops[1]
-    if method == "dm":
-        return f * (K * cfg.batch_real + 3 * K * ipc)
-    return f * (3 * outer * K * cfg.batch_real + 6 * outer * K * ipc + 3 * (outer - 1) * inner * K * ipc)
+    """FLOPs of one iteration with ``outer`` matching steps (``timing.condense_iteration_flops``, K classes)."""
+    return timing.condense_iteration_flops(method, f, cfg, outer, K)
 
 
 def measure(spec: str, method: str, precision: str = "fp32") -> dict:

@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: timing with warm-up, the matmul roofline, XLA FLOP counts, a random MNIST-shaped pool.
+"""Shared benchmark helpers: timing with warm-up, the matmul roofline, XLA FLOP counts (condensation iterations'
+too), a random MNIST-shaped pool.
 
 These machines are noisy (+-20-40%), so every benchmark reports ratios of quantities
 measured side by side in the same process, not absolute thresholds.
@@ -37,6 +38,21 @@ def compiled_flops(jitted, *args) -> float:
 def forward_flops(fns, shape: tuple[int, ...]) -> float:
     """FLOPs of one forward pass of one [*shape] image through ``fns`` (XLA's count)."""
     return compiled_flops(jax.jit(fns.apply), fns.init(jax.random.key(0)), jnp.zeros((1,) + tuple(shape)))
+
+
+def condense_iteration_flops(method: str, f: float, cfg, outer: int, num_classes: int) -> float:
+    """FLOPs of one condensation iteration of ``cfg`` (a CondenseConfig) with ``outer`` matching steps.
+
+    Counted from f, XLA's FLOPs of one forward pass of one image (XLA's cost analysis counts a loop body once, not
+    per trip, so a whole iteration's own count is too low): DC and DSA (DSA's augmentation, a few gathers per
+    image, is not counted) are real gradients 3f x outer x K x batch_real, synthetic gradients (second order, ~6f)
+    x outer x K x ipc, and inner training 3f x (outer - 1) x inner x K x ipc; DM is one forward pass of K x
+    batch_real real images plus forward and backward (~3f) of K x ipc synthetic ones (no loops: outer ignored).
+    """
+    k, ipc, inner = num_classes, cfg.ipc, cfg.loops[1]
+    if method == "dm":
+        return f * (k * cfg.batch_real + 3 * k * ipc)
+    return f * (3 * outer * k * cfg.batch_real + 6 * outer * k * ipc + 3 * (outer - 1) * inner * k * ipc)
 
 
 def random_pool(num_classes: int, shape: tuple[int, ...], per_class: int):

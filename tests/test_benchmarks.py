@@ -43,3 +43,35 @@ def test_dm_profile_measures_every_part_beside_the_whole_iteration():
     assert set(rows) >= {"real: DSA + embed (forward)", "synthetic: DSA + embed + backward", "whole iteration"}
     assert all(_positive(r["s"]) for r in rows.values())
     assert rows["whole iteration"]["share of iteration"] == 1.0
+
+
+POSTER_PARTS = ["dc", "dsa", "dm", "train_epoch", "dpsgd_step", "score"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before", [False, True], ids=["this checkout", "before and after"])
+def test_poster_parts_measures_every_part_on_each_side_and_predicts_the_tier(tmp_path, before):
+    out = tmp_path / "parts.json"
+    flags = ["--tiny", "--processes=1", "--repeats=1", f"--out={out}"] + ([f"--before={ROOT}"] if before else [])
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "poster_parts.py"), *flags]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    sides = ["before", "after"] if before else ["after"]
+    assert list(report["sides"]) == sides
+    assert [r["side"] for r in report["records"] if r["record"] == "process"] == sides  # Alternating, before first.
+    assert [r["part"] for r in report["parts"]] == POSTER_PARTS
+    printed = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("[{")]
+    assert printed == [report["parts"]]
+    for row in report["parts"]:
+        assert f"| {row['part']} |" in run.stdout  # Every part has its line in the table.
+        assert (row["speedup"] is not None) == before
+        for side in sides:
+            summary = row[side]
+            assert summary["seconds"]["n"] == 1 and _positive(summary["seconds"]["median"]), row
+            assert _positive(summary["flops"]) and _positive(summary["matmul_fraction"]["median"]), row
+    for side in sides:
+        prediction = report["prediction"][side]
+        assert prediction["complete"] and _positive(prediction["total_hours"])
+        assert set(prediction["kinds"]) == {"original", "dc", "dsa", "dm", "dpsgd"}
+    assert "| total |" in run.stdout
