@@ -141,14 +141,6 @@ def _floor(keep: np.ndarray, split: Split) -> float:
     return max(1.0 / max(int((mask & ~keep).sum()), 1) for mask in split.cell_masks())
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float | None, float | None]:
-    valid = values[~np.isnan(values)]
-    if valid.size == 0:
-        return None, None
-    low, high = np.quantile(valid, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
 def _chosen_names(names: Sequence[str], chosen: np.ndarray) -> dict[str, str]:
     return {f"group{g}_half{h}": names[int(chosen[c, 0])] for c, (g, h) in enumerate(CELLS)}
 
@@ -182,7 +174,7 @@ def headline(scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split, r
             out["attack"] = collections.Counter(out["attack_by_cell"].values()).most_common(1)[0][0]
             out.update({m: float(v[0]) for m, v in draws.items()})
         for m, v in draws.items():
-            out[f"{m}_ci_{boot}"] = list(_interval(v[1:], 0.95))
+            out[f"{m}_ci_{boot}"] = list(metrics.percentile_interval(v[1:], 0.95))
         if boot == "two_way":
             out["samples"] = [None if np.isnan(v) else float(v) for v in draws[CHOICE][1:]]
     for m in draws:

@@ -392,9 +392,8 @@ def bootstrap_samples(
     Resample r takes, for each drawn column n of ``resamples[r]`` (with multiplicity), every included trial of
     column n. Columns with no included trial contribute nothing, so for a slice (a subset of columns) the slice's
     size varies over resamples, as it should when the slice is a sub-population of the resampled examples. With
-    ``model_resamples``, trial (m, n) is weighted by (draws of column n) x (draws of row m) in resample r: the
-    examples and the models (targets) are resampled independently (a crossed, "pigeonhole" bootstrap, which
-    carries the bank's variability as well as the examples').
+    ``model_resamples``, trial (m, n) weighs (draws of column n) x (draws of row m) in resample r: examples and
+    models (targets) resampled independently, a crossed ("pigeonhole") bootstrap carrying the bank's variability.
 
     Args:
       scores, keep, include: as for ``trial_metrics`` ([M, N]; include None or bool [M, N]).
@@ -427,7 +426,7 @@ def bootstrap_samples(
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _percentile_interval(values: np.ndarray, level: float) -> tuple[float | None, float | None]:
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float | None, float | None]:
     """Percentile interval of float64 [R] bootstrap values, NaNs (degenerate resamples) dropped; None if all NaN."""
     valid = values[~np.isnan(values)]
     if valid.size == 0:
@@ -456,7 +455,7 @@ def summarize_examples(
     out = trial_metrics(scores, keep, include, fprs)
     samples = bootstrap_samples(scores, keep, include, resamples, fprs)
     for name, values in samples.items():
-        low, high = (None, None) if out[name] is None else _percentile_interval(values, level)
+        low, high = (None, None) if out[name] is None else percentile_interval(values, level)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
     out.update(
         ci_level=float(level),

@@ -55,6 +55,11 @@ def max_t(draws, points, level: float = 0.95) -> list[dict]:
     d = d[:, ~np.isnan(d).any(axis=0)]
     if d.shape[1] < 2:
         raise ValueError("fewer than 2 resamples where every contrast is defined")
+    return _tests(d, p, level)
+
+
+def _tests(d: np.ndarray, p: np.ndarray, level: float) -> list[dict]:
+    """``max_t``'s dicts from complete draws d [J, R] and points p [J]."""
     centred, t_obs = _standardised(d, p)
     maxima = centred.max(axis=0)  # [R]
     r = d.shape[1]

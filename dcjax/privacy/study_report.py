@@ -55,7 +55,7 @@ COLUMNS = (
     "canaries flagged at the natural 0.1%-FPR threshold",
     "ε lower bound, natural / canaries",
     "DP-SGD ε (PLD / RDP)",
-    "released set: best TPR@0.1% (%)",
+    "released set: headline TPR@0.1% (%)",
 )
 
 
