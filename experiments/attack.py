@@ -99,10 +99,13 @@ def _print_summary(results: dict, workdir: str):
 
 
 def run():
+    import dataclasses
     from dcjax import data, models
 
     config = run_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"attack_{FLAGS.dataset}_{FLAGS.target}_seed{FLAGS.seed}")
+    # Before the ~12 s data load: usable, not finished, same settings, locked.
+    common.hold_workdir(workdir, FLAGS.overwrite, dataclasses.asdict(config), finished_ok=FLAGS.report_only)
     if FLAGS.report_only:
         _print_summary(attack_run.report_only(workdir), workdir)
         return
