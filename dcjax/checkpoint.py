@@ -18,6 +18,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from dcjax import errors
+from dcjax import interrupt
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -26,7 +29,21 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temp file + rename in the same directory."""
+    """Writes ``data`` to ``path`` via a temp file + rename in the same directory.
+
+    A full disk or a read-only directory raises ``errors.WriteError`` (one line: the path and what the errno
+    means), with no temporary file left; a Ctrl-C waits for the rename (``interrupt.critical``).
+    """
+    with interrupt.critical():
+        try:
+            _write_and_rename(path, data)
+        except OSError as e:
+            if errors.is_environment(e):
+                raise errors.write_error(path, e) from None
+            raise
+
+
+def _write_and_rename(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
@@ -100,6 +117,20 @@ def _reason(error: Exception) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
+def _environment_cause(error: BaseException) -> OSError | None:
+    """The disk-or-permission OSError behind ``error`` (itself, a chained cause, or one named by its message)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and errors.is_environment(seen):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    for code in sorted(errors.ENVIRONMENT_ERRNOS):
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code))
+    return None
+
+
 class Checkpointer:
     """Keeps the latest few Orbax checkpoints of a pytree under ``directory``.
 
@@ -123,8 +154,18 @@ class Checkpointer:
         return os.path.join(self._directory, str(step))
 
     def save(self, step: int, tree: Any) -> None:
-        self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-        self._manager.wait_until_finished()
+        """Saves ``step`` whole; a Ctrl-C waits for it. A full disk or a read-only directory raises
+        ``errors.WriteError`` naming the directory (Orbax leaves only its temporary directory, removed on the
+        next start), and the run resumes from the previous step once the cause is fixed."""
+        with interrupt.critical():
+            try:
+                self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+                self._manager.wait_until_finished()
+            except Exception as e:  # Orbax and TensorStore wrap the OSError, or only keep its words.
+                cause = _environment_cause(e)
+                if cause is None:
+                    raise
+                raise errors.write_error(self.step_directory(step), cause) from e
 
     def restore(self, step: int, like: Any) -> Any:
         """Restores into the structure (and dtypes/shapes) of ``like``."""

@@ -10,11 +10,15 @@ arrays computed on device are ``jax.Array`` int32.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import operator
 import os
+import shutil
+import socket
 import sys
+import threading
 import zipfile
 from typing import Any
 from collections.abc import Mapping
@@ -25,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dcjax import errors
+
 # Per-channel mean / std of the [0, 1]-scaled training images (the constants the reference code uses).
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
@@ -33,11 +39,20 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
 }
 DATASETS: tuple[str, ...] = tuple(NORMALIZATION)
+# Each dataset's image shape and class count, known without loading it, so that a user's file is checked against
+# the dataset before the (seconds-long) load.
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "svhn_cropped": (32, 32, 3),
+    "cifar10": (32, 32, 3),
+}
+NUM_CLASSES: dict[str, int] = dict.fromkeys(DATASETS, 10)
 
 _TFDS_DEFAULT_DIR = "~/tensorflow_datasets"
 
 
-class DataError(Exception):
+class DataError(errors.UserError):
     """A user-facing data problem (unknown dataset, missing files, impossible sampling request)."""
 
 
@@ -63,6 +78,7 @@ class ArrayDataset:
                 f"{self.name}: images must be [N, H, W, C] and labels [N], got {self.images.shape} and "
                 f"{self.labels.shape}"
             )
+        check_finite(self.images, self.name)  # Every consumer (condense, attack, study) gets finite pixels.
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -71,6 +87,37 @@ class ArrayDataset:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+
+def first_nonfinite(images: Any) -> tuple[int, float] | None:
+    """(index of the first image holding a NaN or Inf pixel, that pixel's value), or None if all are finite."""
+    images = np.asarray(images)
+    if images.ndim == 0 or not np.issubdtype(images.dtype, np.floating):
+        return None  # Integers are always finite.
+    flat = images.reshape(images.shape[0], -1)
+    bad = ~np.isfinite(flat)
+    rows = np.flatnonzero(bad.any(axis=1))
+    if not rows.size:
+        return None
+    first = int(rows[0])
+    return first, float(flat[first][bad[first]][0])
+
+
+def check_finite(images: Any, what: str) -> None:
+    """DataError, one line naming ``what`` (a file or set) and the first bad image, if any pixel is NaN or Inf.
+
+    A NaN pixel does not fail training: it pins the loss (an all-NaN set trains to chance accuracy and exits
+    0), so every reader of an image set checks this first.
+    """
+    if isinstance(images, jax.core.Tracer):
+        return  # Traced inside jit: the caller checked the concrete set.
+    found = first_nonfinite(images)
+    if found is not None:
+        index, value = found
+        raise DataError(
+            f"{what}: image {index} (of {np.shape(images)[0]}) has a non-finite pixel ({value}); "
+            "every pixel must be a finite number"
+        )
 
 
 def _stats(name: str, num_channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +180,9 @@ def _one_line(err: BaseException, limit: int = 200) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+_NOT_PREPARED = "could not find data"  # TFDS's words for a dataset absent from the data directory.
+
+
 def _load_error(name: str, split: str, data_dir: str | None, download: bool, err: Exception | None) -> DataError:
     """The one-line DataError for a split TFDS could not load (``err`` None: no such directory), with the fix."""
     where = _describe_dir(data_dir)
@@ -140,7 +190,7 @@ def _load_error(name: str, split: str, data_dir: str | None, download: bool, err
     fix += "check the network (TFDS downloads it)" if download else "pass --download to let TFDS fetch it"
     if err is None:
         return DataError(f"cannot load {name}: the data directory {where} does not exist; {fix}")
-    if not download and "could not find data" in str(err):  # TFDS's message would suggest download=True.
+    if not download and _NOT_PREPARED in str(err):  # TFDS's message would suggest download=True.
         return DataError(f"{name} is not prepared in {where} (no {name}/ dataset there); {fix}")
     return DataError(f"cannot load {name} split {split!r} from {where} ({_one_line(err)}); {fix}")
 
@@ -151,7 +201,9 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
     Uses ``tfds.load``. With ``data_dir=None`` TFDS uses $TFDS_DATA_DIR, else ~/tensorflow_datasets.
     ``download``: whether TFDS may download and prepare a missing dataset; None (auto) allows it only
     when no directory was named (neither ``data_dir`` nor $TFDS_DATA_DIR), so a named directory
-    without the data fails at once instead of after minutes of download retries offline.
+    without the data fails at once instead of after minutes of download retries offline. Before a download,
+    the download host must answer within ``ONLINE_TIMEOUT_S`` (offline: one DataError naming the dataset and the
+    fix), and a download that fails leaves the data directory as it was.
 
     Returns:
       ArrayDataset with images [N, H, W, C] float32 and labels [N] int32.
@@ -167,6 +219,22 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
     if not download and data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
         raise _load_error(name, split, data_dir, download, None)  # At once: TensorFlow is not even imported.
     tfds = _import_tfds()
+    try:  # Prepared data (or tfds.testing.mock_data) loads without the download path.
+        return _load(tfds, name, split, data_dir, False)
+    except DataError as err:
+        if not (download and _NOT_PREPARED in str(err.__cause__)):
+            raise
+        absent = err.__cause__  # TFDS's own "not found", chained to the offline error.
+    with _restoring(os.path.expanduser(data_dir or _TFDS_DEFAULT_DIR)):  # A failed download leaves no trace.
+        try:
+            _check_online(name, _describe_dir(data_dir))  # Within seconds, not after TFDS's minutes of retries.
+        except DataError as offline:
+            raise offline from absent
+        return _load(tfds, name, split, data_dir, True)
+
+
+def _load(tfds, name: str, split: str, data_dir: str | None, download: bool) -> ArrayDataset:
+    """`load_split` once the download question is settled."""
     try:
         ds, info = tfds.load(
             name, split=split, as_supervised=True, with_info=True, data_dir=data_dir, download=download
@@ -186,6 +254,63 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
     )
     logging.info("Loaded %s[%s]: %d images of shape %s.", name, split, len(result), result.image_shape)
     return result
+
+
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # TFDS looks for every dataset on its GCS mirror first.
+ONLINE_TIMEOUT_S = 10.0
+
+
+def _check_online(name: str, where: str, host: tuple[str, int] = DOWNLOAD_HOST, timeout: float = ONLINE_TIMEOUT_S):
+    """DataError within ``timeout`` seconds if ``host`` cannot be reached (no network, no DNS), naming the dataset,
+    the directory it would go to (``where``) and the fix.
+
+    The connection (name resolution included, which has no timeout of its own) runs in a daemon thread.
+    """
+    outcome: list = []
+
+    def connect():
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=connect, name="tfds-online-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    err = outcome[0] if outcome else TimeoutError(f"no answer in {timeout:.0f} s")
+    if err is not None:
+        raise DataError(
+            f"cannot download {name} into {where}: {host[0]} is unreachable ({_one_line(err)}); connect to the "
+            f"network, or set TFDS_DATA_DIR or --data_dir to a directory holding {name}/ (prepared elsewhere)"
+        )
+
+
+@contextlib.contextmanager
+def _restoring(directory: str):
+    """Leaves ``directory`` as it was (what TFDS adds removed: downloads/, incomplete.* ...) if the body fails."""
+    existed = os.path.isdir(directory)
+    before = _tree(directory) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            for path in sorted(_tree(directory) - before, key=len, reverse=True):  # Deepest first.
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif os.path.lexists(path):
+                    os.remove(path)
+        raise
+
+
+def _tree(directory: str) -> set[str]:
+    """Every path under ``directory`` (files and directories)."""
+    found = set()
+    for root, dirs, files in os.walk(directory):
+        found |= {os.path.join(root, n) for n in dirs + files}
+    return found
 
 
 def load_train_test(
@@ -238,6 +363,7 @@ def load_synthetic_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: needs numeric images [n, H, W, C] and integer labels [n], n >= 1, got images "
             f"{images.shape} {images.dtype} and labels {labels.shape} {labels.dtype}"
         )
+    check_finite(images, path)
     return images, labels
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dcjax import data
 from dcjax import engine
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
@@ -48,7 +49,12 @@ def evaluate_training_set(fns: ModelFns, config: EvalConfig, key: jax.Array, tra
 
     Returns:
       {"accuracies": [M] floats, "mean": float, "std": float, "final_train_loss": float}.
+
+    Raises:
+      data.DataError: an image of either set holds a NaN or Inf pixel (it would train to chance without a word).
     """
+    data.check_finite(train_set[0], "the training set")
+    data.check_finite(test_set[0], "the test set")
     images, labels = (jnp.asarray(x) for x in train_set)
     keys = jax.random.split(key, config.num_models)
     masks = jnp.ones((config.num_models, images.shape[0]), bool)

@@ -29,6 +29,7 @@ functions traced afterwards contain no callback, and ticks of older executables 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 import time
@@ -98,10 +99,11 @@ class Tracker:
 
     def line(self, now: float) -> str:
         eta = self.eta(now)
+        job = _job.observe(self, now) if _job is not None else ""
         return (
             f"{self.label}: {100 * min(self.done / self.total, 1):.0f}% ({self.done}/{self.total} "
             f"{self.unit}), {format_eta(now - self.start)} elapsed, "
-            f"ETA {'?' if eta is None else format_eta(eta)}"
+            f"ETA {'?' if eta is None else format_eta(eta)}{job}"
         )
 
     def advance(self, units: int) -> str | None:
@@ -127,6 +129,88 @@ class Tracker:
         """Logs the total time, only if the task was long enough to have logged progress."""
         if self.lines:
             logging.info("%s: done in %s", self.label, format_eta(self.clock() - self.start))
+
+
+@dataclasses.dataclass
+class Phase:
+    """One phase of a job: ``kind`` groups phases timed alike ('iterations', 'evaluation'); ``cost`` is its
+    estimated work in a unit common to every kind (the plan's shares), ``units`` its work in its own unit."""
+
+    label: str
+    kind: str
+    cost: float
+    units: int = 1
+
+
+class JobPlan:
+    """A job's phases with their estimated shares, and a whole-job ETA beside each phase's.
+
+    The ETA counts only timed work: a kind's seconds per cost unit come from a phase of that kind once a step of
+    it has been timed (compilation excluded, as for ``Tracker``); a kind not yet timed borrows another kind's
+    rate through the cost estimates; before anything is timed the ETA is unknown ('?').
+    """
+
+    def __init__(self, phases: list[Phase]):
+        self.phases, self.current = list(phases), -1
+        self.rates: dict[str, float] = {}  # kind -> seconds per cost unit, measured.
+        self.left_in_current: float | None = None  # Seconds, measured.
+
+    def describe(self) -> str:
+        """'plan: initial evaluation 12%, iterations 1-50 71%, ...' (estimated shares of the whole job)."""
+        total = sum(p.cost for p in self.phases) or 1.0
+        parts = [f"{p.label} {100 * p.cost / total:.0f}%" for p in self.phases]
+        return "plan (estimated share of the job): " + (", ".join(parts) or "nothing left to do")
+
+    def next(self) -> None:
+        """The next phase starts (phases run in the plan's order)."""
+        self.current = min(self.current + 1, len(self.phases))
+        self.left_in_current = None
+
+    def timed(self, units_done: float, seconds_per_unit: float) -> None:
+        """The running phase's own timing: ``units_done`` of its units done, each taking ``seconds_per_unit``."""
+        phase = self.phases[self.current]
+        self.rates[phase.kind] = seconds_per_unit * phase.units / max(phase.cost, 1e-12)
+        self.left_in_current = max(phase.units - units_done, 0) * seconds_per_unit
+
+    def observe(self, tracker: Tracker, now: float) -> str:
+        """Feeds the running phase's ``Tracker`` timing in (it covers the whole phase); returns ', job ETA ...'."""
+        eta, left = tracker.eta(now), tracker.total - tracker.done
+        if eta is not None and left > 0 and 0 <= self.current < len(self.phases):
+            phase = self.phases[self.current]
+            per_unit = eta / left * tracker.total / phase.units  # Seconds per phase unit, compile excluded.
+            self.timed(tracker.done / tracker.total * phase.units, per_unit)
+        return f", job ETA {self.eta_text()}"
+
+    def remaining(self) -> float | None:
+        """Seconds left in the whole job, or None while nothing has been timed."""
+        if not self.rates:
+            return None
+        fallback = sum(self.rates.values()) / len(self.rates)  # Per cost unit, from the kinds timed so far.
+        later = sum(p.cost * self.rates.get(p.kind, fallback) for p in self.phases[self.current + 1 :])
+        if 0 <= self.current < len(self.phases):
+            phase = self.phases[self.current]
+            now = self.left_in_current
+            later += phase.cost * self.rates.get(phase.kind, fallback) if now is None else now
+        return later
+
+    def eta_text(self) -> str:
+        left = self.remaining()
+        return "?" if left is None else format_eta(left)
+
+
+_job: JobPlan | None = None
+
+
+@contextlib.contextmanager
+def job(plan: JobPlan):
+    """Makes ``plan`` the running job: its phases' progress lines also give the whole job's ETA."""
+    global _job
+    logging.info("%s", plan.describe())
+    _job = plan
+    try:
+        yield plan
+    finally:
+        _job = None
 
 
 def first_call(signature: Hashable) -> bool:

@@ -7,6 +7,9 @@ A workdir holds ``config.json`` (the exact settings) and, once the run is comple
 * unfinished with the same config: resume;
 * unfinished with a different config: error unless ``overwrite`` (resuming would mix runs);
 * ``overwrite``: the directory's contents are deleted first;
+* one run at a time: ``hold`` locks the workdir (``.lock``, an flock the kernel drops when its process dies, so
+  a killed run never blocks the next; the file holds the PID for the message); ``check_usable`` and ``precheck``
+  run before any data loads;
 * a run made of self-checking parts (``parts_checked``, the privacy study's rows) whose
   settings changed resumes even when finished: its finished parts that still match are
   reused, and the old results.json is kept as ``results.previous.json``.
@@ -14,13 +17,18 @@ A workdir holds ``config.json`` (the exact settings) and, once the run is comple
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 
 from dcjax import checkpoint
+from dcjax import errors
 
 CONFIG = "config.json"
+LOCK = ".lock"
 RESULTS = "results.json"
 PREVIOUS_RESULTS = "results.previous.json"
 
@@ -48,7 +56,7 @@ ADDED_SETTINGS = {
 }
 
 
-class WorkdirError(Exception):
+class WorkdirError(errors.UserError):
     """A one-line, user-facing problem with the run directory."""
 
 
@@ -59,12 +67,9 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
     own config (the privacy study's rows), so a run whose settings changed, finished or not,
     keeps its parts that still match; config.json is updated to the new settings.
     """
-    if not workdir:
-        raise WorkdirError("--workdir must be set")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise WorkdirError(f"--workdir {workdir} exists and is not a directory")
+    check_usable(workdir)
     if overwrite and os.path.isdir(workdir):
-        shutil.rmtree(workdir)
+        _clear(workdir)
     config_path = os.path.join(workdir, CONFIG)
     resuming = os.path.exists(config_path)
     changed = resuming and not config_matches(workdir, config)
@@ -83,10 +88,149 @@ def prepare(workdir: str, config: dict, overwrite: bool, parts_checked: bool = F
             f"differs at {first_difference(config, read_config(workdir))}); pass "
             "--overwrite to discard it or choose another --workdir"
         )
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise errors.write_error(workdir, e) from None
     if not resuming:
         checkpoint.write_json(config_path, config)
     return resuming
+
+
+def _clear(workdir: str) -> None:
+    """Deletes everything in ``workdir`` but its lock (held by this run: deleting it would let a second run in)."""
+    for name in os.listdir(workdir):
+        entry = os.path.join(workdir, name)
+        if name == LOCK:
+            continue
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            shutil.rmtree(entry)
+        else:
+            os.remove(entry)
+
+
+def check_usable(workdir: str) -> None:
+    """What needs no data: ``workdir`` is named, is not a file, and it (or the directory to create it in) is
+    writable. WorkdirError or WriteError, one line."""
+    if not workdir:
+        raise WorkdirError("--workdir must be set")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir {workdir} exists and is not a directory")
+    existing = os.path.abspath(workdir)
+    while not os.path.isdir(existing):  # The nearest existing ancestor is where the first write lands.
+        if os.path.exists(existing):
+            raise WorkdirError(f"--workdir {workdir}: {existing} is a file, so the directory cannot be created")
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(existing) else errno.EACCES
+        raise errors.write_error(workdir, PermissionError(code, os.strerror(code), existing))
+
+
+def _read_only(path: str) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def precheck(workdir: str, overwrite: bool, config: dict | None = None, parts_checked: bool = False) -> None:
+    """`prepare`'s refusals that need no data, made before the data loads; writes nothing.
+
+    Refuses finished results without ``overwrite`` (unless ``parts_checked``) and, given ``config``, an unfinished
+    run with other settings.
+    """
+    check_usable(workdir)
+    if overwrite or parts_checked:
+        return
+    if os.path.exists(os.path.join(workdir, RESULTS)):
+        raise WorkdirError(
+            f"{workdir} already holds finished results; pass --overwrite to replace them or choose another --workdir"
+        )
+    if config is not None and os.path.exists(os.path.join(workdir, CONFIG)) and not config_matches(workdir, config):
+        raise WorkdirError(
+            f"{workdir} holds an unfinished run with different settings ({os.path.join(workdir, CONFIG)} "
+            f"differs at {first_difference(config, read_config(workdir))}); pass "
+            "--overwrite to discard it or choose another --workdir"
+        )
+
+
+class WorkdirBusy(WorkdirError):
+    """Another live process holds the workdir's lock."""
+
+
+_held: dict[str, tuple[int, bool]] = {}  # Absolute workdir -> (lock file descriptor, whether we created the dir).
+
+
+def hold(workdir: str) -> None:
+    """Locks ``workdir`` for this process (creating it if needed) or raises WorkdirBusy naming the holder's PID.
+
+    The lock is an ``flock`` on ``<workdir>/.lock``: the kernel drops it when the holder exits or is killed, so a
+    lock file left by a killed run is simply taken over (no stale lock can block). `release` undoes it all,
+    including the directory if this call created it and the run wrote nothing.
+    """
+    check_usable(workdir)
+    key = os.path.abspath(workdir)
+    if key in _held:
+        return
+    created = not os.path.isdir(key)
+    try:
+        os.makedirs(key, exist_ok=True)
+        fd = _lock(workdir, os.path.join(key, LOCK))
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    except OSError as e:
+        if created:
+            _remove_if_empty(key)
+        if errors.is_environment(e):
+            raise errors.write_error(workdir, e) from None
+        raise
+    _held[key] = (fd, created)
+
+
+def _lock(workdir: str, path: str) -> int:
+    """An open, flocked descriptor of the lock file ``path``; WorkdirBusy when another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").split() or ["unknown"]
+            os.close(fd)
+            where = f" on {holder[1]}" if len(holder) > 1 and holder[1] != socket.gethostname() else ""
+            raise WorkdirBusy(
+                f"{workdir} is in use by another run (PID {holder[0]}{where}); wait for it to finish or stop it, "
+                "or choose another --workdir"
+            ) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # The holder released (and unlinked) it while we were locking: lock the new file instead.
+
+
+def release(workdir: str | None = None) -> None:
+    """Unlocks ``workdir`` (None: every workdir this process holds); removes a directory `hold` created if the
+    run left nothing in it, so a refused run leaves nothing behind."""
+    for key in [os.path.abspath(workdir)] if workdir else list(_held):
+        fd, created = _held.pop(key, (None, False))
+        if fd is None:
+            continue
+        try:
+            os.remove(os.path.join(key, LOCK))  # Still holding the flock: no other run can be between.
+        except OSError:
+            pass
+        os.close(fd)
+        if created:
+            _remove_if_empty(key)
+
+
+def _remove_if_empty(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
 
 
 def read_config(workdir: str):

@@ -113,15 +113,19 @@ def _print_summary(results: dict, workdir: str):
 
 
 def run():
+    import dataclasses
     from dcjax import data, models
 
     config = run_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"attack_{FLAGS.dataset}_{FLAGS.target}_seed{FLAGS.seed}")
-    if FLAGS.reencode:
+    if FLAGS.reencode:  # Rewrites one file atomically; still one writer at a time, whatever its settings.
+        common.hold_workdir(workdir, finished_ok=True)
         path = os.path.join(workdir, attack_data.EXPORT)
         before, after = attack_data.reencode(path)
         print(f"{path}: {before} -> {after} bytes (format {attack_data.VERSION})")
         return
+    # Before the ~12 s data load: usable, not finished, same settings, locked.
+    common.hold_workdir(workdir, FLAGS.overwrite, dataclasses.asdict(config), finished_ok=FLAGS.report_only)
     if FLAGS.report_only:
         _print_summary(attack_run.report_only(workdir), workdir)
         return

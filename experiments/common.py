@@ -356,25 +356,78 @@ def parse_flags(argv):
 
 
 def run_guarded(fn, *errors):
-    """Calls fn(); user-facing errors become `fail`, anything else is a real crash."""
-    from dcjax import data, workdir
+    """Calls fn(); user-facing errors become `fail`, Ctrl-C becomes `interrupted`, anything else is a real crash.
 
-    known = (ValueError, data.DataError, workdir.WorkdirError) + errors
+    User-facing: ``dcjax.errors.UserError`` (data, workdir, export, a full disk), ValueError (config checks) and
+    ``errors``; an OSError whose errno blames the disk or its permissions becomes the same one line.
+    """
+    from dcjax import errors as errors_lib
+    from dcjax import interrupt
+
+    known = (ValueError, errors_lib.UserError) + errors
     try:
         return fn()
     except known as e:
         logging.debug("user error", exc_info=True)
         fail(str(e))
+    except OSError as e:
+        if not errors_lib.is_environment(e):
+            raise
+        logging.debug("environment error", exc_info=True)
+        fail(str(errors_lib.write_error(e.filename or "a file", e)))
+    except interrupt.Interrupted:
+        _exit_now()  # Not sys.exit: interpreter shutdown waits on (and can crash in) XLA's threads.
+
+
+def interrupted_line() -> str:
+    """The one line a Ctrl-C ends with: what is safely on disk and how to go on."""
+    from dcjax import interrupt
+
+    saved = interrupt.saved()
+    if saved is None:
+        return "interrupted before anything was saved; rerun the same command to start again"
+    return f"interrupted; {saved} is saved: rerun the same command to resume from it"
+
+
+def _exit_now():
+    """How a Ctrl-C ends, from the main thread or the SIGINT watcher (while the main thread is inside XLA): one
+    line, locks released, status 130, at once."""
+    from dcjax import workdir
+
+    sys.stderr.write(interrupted_line() + "\n")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    workdir.release()
+    os._exit(130)  # The main thread cannot unwind from inside a jitted call; everything on disk is whole.
+
+
+def hold_workdir(path: str, overwrite: bool = False, config: dict | None = None, finished_ok: bool = False):
+    """Before the data loads: ``path`` is usable (named, not a file, writable), not finished (unless
+    ``overwrite`` or ``finished_ok``), recorded with the same ``config`` if given, and locked for this run (one
+    writer per workdir; only process 0 of a multi-host job locks, the others write the same files)."""
+    import jax
+    from dcjax import workdir
+
+    workdir.precheck(path, overwrite or finished_ok, config)
+    if jax.process_index() == 0:
+        workdir.hold(path)
 
 
 def launcher_main(run):
-    """absl main for a launcher: no stray arguments, runtime and logs set up, errors in one line."""
+    """absl main for a launcher: no stray arguments, runtime and logs set up, Ctrl-C honoured within seconds,
+    errors in one line, workdir locks released."""
 
     def main(argv):
+        from dcjax import interrupt, workdir
+
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        interrupt.install(_exit_now)
         init_runtime()
         quiet_libraries()
-        run_guarded(run)
+        try:
+            run_guarded(run)
+        finally:
+            workdir.release()
 
     return main

@@ -102,10 +102,12 @@ def run_config():
 
 
 def run():
+    import dataclasses
     from dcjax import condense, data, models
 
     config = run_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.method}_{FLAGS.dataset}_ipc{FLAGS.ipc}_seed{FLAGS.seed}")
+    common.hold_workdir(workdir, FLAGS.overwrite, dataclasses.asdict(config))  # Before the ~12 s data load.
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
     with common.naming_flags():  # --batch_real (and --ipc for real init) must fit the smallest class.
         condense.check_batch_real(config.condense, data.build_class_index(train.labels, train.num_classes))

@@ -245,15 +245,16 @@ def run():
     from dcjax import workdir as workdir_lib
 
     points = grid(check_flags())
-    train = data.load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.download)  # Never the test split.
-    root = jax.random.fold_in(jax.random.key(FLAGS.seed), TUNE_TAG)
-    private, val = tuning_split(train, jax.random.fold_in(root, 0))
-    fns = models.make_model(common.model_config(), train.image_shape, train.num_classes)
     settings = {
         "flags": {f: getattr(FLAGS, f) for f in _RECORDED_FLAGS},
         "model": dataclasses.asdict(common.model_config()),
         "grid": points,
     }
+    common.hold_workdir(FLAGS.workdir, FLAGS.overwrite, settings)  # Before the data load.
+    train = data.load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.download)  # Never the test split.
+    root = jax.random.fold_in(jax.random.key(FLAGS.seed), TUNE_TAG)
+    private, val = tuning_split(train, jax.random.fold_in(root, 0))
+    fns = models.make_model(common.model_config(), train.image_shape, train.num_classes)
     workdir_lib.prepare(FLAGS.workdir, settings, FLAGS.overwrite)
     split = ((train.images[private], train.labels[private]), (train.images[val], train.labels[val]))
     records = sweep(fns, points, split, jax.random.fold_in(root, 1), FLAGS.workdir)

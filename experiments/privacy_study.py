@@ -160,6 +160,8 @@ def run():
     config = study_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"privacy_study_{FLAGS.tier}_seed{FLAGS.seed}")
     about = _about()
+    # Before the ~12 s data load: usable and locked (a finished study may gain rows: its parts check themselves).
+    common.hold_workdir(workdir, FLAGS.overwrite, finished_ok=True)
     if FLAGS.report_only:  # From the rows' exports alone: no data, no training.
         results = study.rewrite_report(workdir, about.get("conclusion", ""), about["command"])
     else:

@@ -40,8 +40,28 @@ common.define_train_flags(common.field_default(evaluation.EvalConfig, "train")) 
 FLAGS = flags.FLAGS
 
 
-def _training_set(train):
-    """(images, labels, description) for the chosen --source."""
+def _synthetic_set():
+    """(images, labels) of --synthetic, checked against --dataset's shape and classes before any data loads."""
+    from dcjax import data
+
+    if not FLAGS.synthetic:
+        raise ValueError("--synthetic must name a .npz file (from condense.py) for --source=synthetic")
+    try:
+        images, labels = data.load_synthetic_npz(FLAGS.synthetic)  # Shapes, dtypes, finite pixels.
+    except data.DataError as e:
+        raise ValueError(f"--synthetic {e}") from None
+    shape, num_classes = data.IMAGE_SHAPES.get(FLAGS.dataset), data.NUM_CLASSES.get(FLAGS.dataset)
+    if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"--synthetic {FLAGS.synthetic}: labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
+        )
+    if shape is not None and images.shape[1:] != shape:
+        raise ValueError(f"--synthetic images have shape {images.shape[1:]}, {FLAGS.dataset} has {shape}")
+    return images, labels
+
+
+def _training_set(train, synthetic):
+    """(images, labels, description) for the chosen --source (``synthetic``: `_synthetic_set`'s, or None)."""
     import jax
     import numpy as np
     from dcjax import data
@@ -55,17 +75,9 @@ def _training_set(train):
         except data.DataError as e:
             raise ValueError(f"--subset_ipc={FLAGS.subset_ipc} is too large: {e}") from None
         return train.images[idx], train.labels[idx], {"source": "subset", "indices": np.asarray(idx).tolist()}
-    if not FLAGS.synthetic:
-        raise ValueError("--synthetic must name a .npz file (from condense.py) for --source=synthetic")
-    try:
-        images, labels = data.load_synthetic_npz(FLAGS.synthetic)
-    except data.DataError as e:
-        raise ValueError(f"--synthetic {e}") from None
-    if labels.min() < 0 or labels.max() >= train.num_classes:
-        raise ValueError(
-            f"--synthetic {FLAGS.synthetic}: labels must be in [0, {train.num_classes}), got "
-            f"[{labels.min()}, {labels.max()}]"
-        )
+    images, labels = synthetic
+    if labels.max() >= train.num_classes:
+        raise ValueError(f"--synthetic {FLAGS.synthetic}: labels must be in [0, {train.num_classes})")
     return images, labels, {"source": "synthetic", "path": FLAGS.synthetic}
 
 
@@ -79,8 +91,10 @@ def run():
     from dcjax import checkpoint, data, models, workdir
 
     eval_cfg, model_cfg = _eval_config(), common.model_config()
+    synthetic = _synthetic_set() if FLAGS.source == "synthetic" else None  # Before the ~12 s data load.
+    common.hold_workdir(FLAGS.workdir, FLAGS.overwrite)
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
-    images, labels, source = _training_set(train)
+    images, labels, source = _training_set(train, synthetic)
     if images.shape[1:] != train.image_shape:
         raise ValueError(f"--synthetic images have shape {images.shape[1:]}, {FLAGS.dataset} has {train.image_shape}")
     fns = models.make_model(model_cfg, train.image_shape, train.num_classes)

@@ -6,10 +6,12 @@ the launchers as a user does, one per kind of mistake, and check the whole contr
 """
 
 import dataclasses
+import errno
 import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from dcjax import condense, data, dpsgd, evaluation, models, workdir
+from dcjax import checkpoint, condense, data, dpsgd, errors, evaluation, models, workdir
 from dcjax.condense import run as condense_run
 from dcjax import train as train_lib
 from dcjax.privacy import attack_run, bank, pools, rmia, shokri, study
@@ -294,10 +296,11 @@ def test_download_is_automatic_only_without_a_named_directory(monkeypatch, tmp_p
     seen = {}
 
     def fake_load(*args, **kwargs):
-        seen.update(kwargs)
-        raise AssertionError("stop here")
+        seen.update(kwargs)  # The data is looked for first; only when absent may TFDS download it.
+        raise AssertionError("Dataset mnist: could not find data" if not kwargs["download"] else "stop here")
 
     monkeypatch.setattr(tfds, "load", fake_load)
+    monkeypatch.setattr(data, "_check_online", lambda name, where: None)  # Online, simulated.
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
     if env:
         monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
@@ -594,3 +597,189 @@ def test_runs_refuse_a_network_or_dataset_their_config_does_not_record(tmp_path,
     with pytest.raises(ValueError, match=match):
         attack_run.run_attack(attack_config, fns, train, train, str(tmp_path / "a"))
     assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()
+
+
+# ------------------------------------------------------------------------- issue 27: reliability as met
+
+
+def _nan_set(tmp_path, bad_index=3, value=math.nan):
+    images = np.zeros((5, 28, 28, 1), np.float32)
+    images[bad_index, 7, 5, 0] = value
+    path = tmp_path / "poisoned.npz"
+    np.savez(path, images=images, labels=np.arange(5))
+    return str(path), images
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF])
+def test_non_finite_pixels_are_refused_by_every_reader_naming_the_image(tmp_path, value):
+    path, images = _nan_set(tmp_path, value=value)
+    with pytest.raises(data.DataError, match=re.escape(f"{path}: image 3 (of 5) has a non-finite pixel")):
+        data.load_synthetic_npz(path)
+    with pytest.raises(data.DataError, match=r"mnist: image 3 \(of 5\)"):
+        data.ArrayDataset(images, np.arange(5, dtype=np.int32), 10, "mnist")  # What attack and study runs get.
+    fns = models.make_model(models.ModelConfig(width=4, depth=1), (28, 28, 1), 10)
+    config = evaluation.EvalConfig(num_models=1, train=train_lib.TrainConfig(epochs=1))
+    with pytest.raises(data.DataError, match=r"the training set: image 3 \(of 5\)"):
+        evaluation.evaluate_training_set(fns, config, None, (images, np.arange(5)), (images[:1], np.arange(1)))
+
+
+def test_errors_share_one_user_facing_base():
+    for cls in (data.DataError, workdir.WorkdirError, attack_run.ExportError, errors.WriteError):
+        assert issubclass(cls, errors.UserError), cls
+
+
+def _stored_export(tmp_path):
+    """A small archive named like an export, stored (not deflated) so a flipped byte is a CRC error."""
+    path = tmp_path / "attack_data.npz"
+    np.savez(path, keep=np.ones((6, 50), bool), logits=np.arange(3000, dtype=np.float32))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "bad crc"])
+def test_report_only_on_a_damaged_export_is_one_line_naming_the_file(tmp_path, capsys, damage):
+    path = _stored_export(tmp_path)
+    raw = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    else:
+        middle = raw.index(b"\x93NUMPY", 200) + 200  # Inside the second array's data.
+        path.write_bytes(raw[:middle] + bytes([raw[middle] ^ 0xFF]) + raw[middle + 1 :])
+    with pytest.raises(SystemExit) as info:
+        common.run_guarded(lambda: attack_run.report_only(str(tmp_path)))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: "), err
+    assert ("no such file" if damage == "missing" else "damaged attack export") in err, err
+    assert sorted(os.listdir(tmp_path)) == ([] if damage == "missing" else ["attack_data.npz"])
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "fsync", _no_space)
+    target = str(tmp_path / "results.json")
+    with pytest.raises(errors.WriteError) as info:
+        checkpoint.write_json(target, {"a": 1})
+    assert str(info.value).startswith(f"cannot write {target}: no space left on device (ENOSPC); free some space")
+    assert os.listdir(tmp_path) == []  # No temporary file either.
+    with pytest.raises(SystemExit) as exit_info:
+        common.run_guarded(lambda: checkpoint.write_json(target, {"a": 1}))
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    monkeypatch.undo()
+    checkpoint.write_json(target, {"a": 1})  # Space freed: the same write works.
+
+
+def test_a_full_disk_during_a_checkpoint_save_names_the_step(tmp_path, monkeypatch):
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"))
+
+    def save(*args, **kwargs):  # TensorStore reports a full disk in words, wrapped in its own error type.
+        raise ValueError("Error writing ocdbt: [RESOURCE_EXHAUSTED] No space left on device")
+
+    monkeypatch.setattr(ckpt._manager, "save", save)
+    with pytest.raises(errors.WriteError, match=re.escape(f"cannot write {tmp_path / 'ckpt' / '3'}: no space left")):
+        ckpt.save(3, {"x": np.zeros(2)})
+    ckpt.close()
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.ENOSPC])
+def test_launchers_turn_a_disk_oserror_from_anywhere_into_one_line(capsys, code):
+    def write():
+        raise OSError(code, os.strerror(code), "/runs/x/loss.png")
+
+    with pytest.raises(SystemExit) as info:
+        common.run_guarded(write)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: cannot write /runs/x/loss.png: {os.strerror(code).lower()}"), err
+
+
+def test_other_oserrors_keep_their_traceback():
+    with pytest.raises(ConnectionResetError):
+        common.run_guarded(lambda: (_ for _ in ()).throw(ConnectionResetError(errno.ECONNRESET, "reset")))
+
+
+def _offline(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+
+def test_an_offline_download_fails_fast_and_leaves_the_data_directory_alone(tmp_path, monkeypatch):
+    (tmp_path / "other_dataset").mkdir()
+    (tmp_path / "other_dataset" / "keep.txt").write_text("x")
+    monkeypatch.setattr(socket, "getaddrinfo", _offline)  # The offline machine, simulated: no name resolves.
+    tic = time.perf_counter()
+    with pytest.raises(data.DataError) as info:
+        data.load_split("mnist", "train", str(tmp_path), download=True)
+    assert time.perf_counter() - tic < 30
+    message = str(info.value)
+    assert message.startswith(f"cannot download mnist into {tmp_path}:") and "--data_dir" in message, message
+    assert "\n" not in message
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "other_dataset",
+        "other_dataset/keep.txt",
+    ]
+
+
+def test_a_failed_download_removes_what_it_wrote(tmp_path, monkeypatch):
+    tfds = data._import_tfds()
+    (tmp_path / "keep.txt").write_text("x")
+    monkeypatch.setattr(data, "_check_online", lambda name, where: None)  # Online, then the download breaks.
+    real_load = tfds.load
+
+    def load(*args, download, **kwargs):
+        if not download:
+            return real_load(*args, download=download, **kwargs)
+        (tmp_path / "downloads" / "extracted").mkdir(parents=True)
+        (tmp_path / "downloads" / "incomplete.abc123").write_text("half")
+        (tmp_path / "mnist" / "incomplete.3.0.1").mkdir(parents=True)
+        raise ConnectionError("connection reset mid-download")
+
+    monkeypatch.setattr(tfds, "load", load)
+    with pytest.raises(data.DataError, match="connection reset"):
+        data.load_split("mnist", "train", str(tmp_path), download=True)
+    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
+
+
+def test_an_attacker_pool_with_a_class_lacking_in_or_out_rows_is_refused_before_training():
+    train = _labels_dataset(np.arange(400) % 9, 10)  # Class 9 never occurs: no IN and no OUT rows.
+    config = attack_run.AttackRunConfig(num_models=6, target_pool=100, num_shadow=2, attacker_pool=40)
+    with pytest.raises(ValueError) as info:
+        with common.naming_flags():
+            pools.check_recipe_fits(config, train)
+    message = str(info.value)
+    assert message.startswith("--attacker_pool=40 leaves class 9 with 0 IN and 0 OUT rows"), message
+    enough = dataclasses.replace(config, attacker_pool=200)
+    pools.check_recipe_fits(enough, _labels_dataset(np.arange(400) % 10, 10))  # Every class both ways: fine.
+
+
+@pytest.mark.slow
+def test_train_refuses_a_poisoned_synthetic_set_before_loading_any_data(tmp_path):
+    images = np.full((10, 28, 28, 1), np.nan, np.float32)  # All NaN: used to train to ~10 % and exit 0.
+    np.savez(tmp_path / "nan.npz", images=images, labels=np.arange(10))
+    missing = tmp_path / "no_data_here"  # The check must come first: this directory would fail the load.
+    proc, seconds = _launch(
+        [
+            "experiments/train.py",
+            f"--workdir={tmp_path}/w",
+            "--source=synthetic",
+            f"--synthetic={tmp_path / 'nan.npz'}",
+            f"--data_dir={missing}",
+        ]
+    )
+    _assert_one_line_error(proc, f"--synthetic {tmp_path / 'nan.npz'}: image 0 (of 10) has a non-finite pixel (nan)")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_a_finished_workdir_is_refused_before_loading_any_data(tmp_path):
+    run = tmp_path / "w"
+    run.mkdir()
+    (run / "results.json").write_text("{}")
+    proc, _ = _launch(
+        ["experiments/condense.py", f"--workdir={run}", "--ipc=1", "--iterations=1", f"--data_dir={tmp_path / 'none'}"]
+    )
+    _assert_one_line_error(proc, f"{run} already holds finished results")
+    assert sorted(os.listdir(run)) == ["results.json"]

@@ -413,3 +413,118 @@ def test_privacy_study_killed_after_a_row_resumes_bitwise(tmp_path):
         _assert_same_attack_run(straight / row, crashed / row)
     study = [checkpoint.read_json(str(w / "results.json")) for w in (straight, crashed)]
     assert [_without_seconds(r) for r in study[0]["rows"]] == [_without_seconds(r) for r in study[1]["rows"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: Ctrl-C (issue 27). It lands within seconds even inside a long jitted call, exits 130 with one line
+# saying what is saved, a second run into the same workdir is refused meanwhile, and the resume is bitwise.
+
+
+def _long_eval_args(workdir):
+    """Two iterations (checkpointed), then one evaluation whose training is a single jitted call of minutes."""
+    return _condense_args(workdir)[:2] + [
+        "--ipc=1",
+        "--iterations=2",
+        "--width=8",
+        "--depth=1",
+        "--batch_real=2",
+        "--outer_loop=1",
+        "--inner_loop=1",
+        "--init=noise",
+        "--num_eval=1",
+        "--eval_epochs=200000",
+        "--eval_every=0",
+        "--eval_baseline=false",
+    ]
+
+
+def _wait_for(proc, log_path, ready, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"ended early:\n{_tail(log_path)}"
+        assert time.monotonic() < deadline, f"never ready:\n{_tail(log_path)}"
+        time.sleep(0.05)
+
+
+def _interrupt(proc, log_path):
+    """SIGINT, as Ctrl-C sends it; returns the seconds until the process ended."""
+    tic = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return time.monotonic() - tic
+
+
+def _assert_interrupted(proc, log_path, saved):
+    text = _tail(log_path, 10**7)
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("interrupted; ") and saved in last and "rerun the same command" in last, last
+
+
+@pytest.mark.slow
+def test_ctrl_c_inside_a_long_jitted_evaluation_exits_within_seconds_and_one_writer_holds_the_workdir(tmp_path):
+    workdir = tmp_path / "run"
+    first = _start(_long_eval_args(workdir), 60, tmp_path / "first.log")
+    try:
+        # Inside the evaluation's training: the compile line, then seconds of the jitted call itself.
+        _wait_for(first, tmp_path / "first.log", lambda: "x 200000 epochs" in _tail(tmp_path / "first.log", 10**7))
+        second = _start(_long_eval_args(workdir), 60, tmp_path / "second.log")
+        assert second.wait(timeout=120) == 2, _tail(tmp_path / "second.log")
+        last = _tail(tmp_path / "second.log").strip().splitlines()[-1]
+        assert last == (
+            f"error: {workdir} is in use by another run (PID {first.pid}); wait for it to finish or stop it, "
+            "or choose another --workdir"
+        ), last
+        time.sleep(3)
+        seconds = _interrupt(first, tmp_path / "first.log")
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    _assert_interrupted(
+        first, tmp_path / "first.log", f"the checkpoint after iteration 2 (in {workdir / 'checkpoints'})"
+    )
+    assert seconds < 5, seconds  # ~1 s: GRACE_S, then the watcher's exit; slack for a loaded machine.
+    assert not (workdir / workdir_lock()).exists() and not (workdir / "results.json").exists()
+    assert _steps(workdir) == [2]
+
+
+def workdir_lock():
+    from dcjax import workdir
+
+    return workdir.LOCK  # Imported late: the module's other tests need none of it.
+
+
+def _short_condense_args(workdir):
+    return _condense_args(workdir) + ["--iterations=16", "--eval_every=8"]
+
+
+@pytest.mark.slow
+def test_condense_launcher_interrupted_by_ctrl_c_resumes_bitwise(tmp_path):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    reference = _start(_short_condense_args(straight), 60, tmp_path / "straight.log")
+    try:
+        proc = _start(_short_condense_args(crashed), 60, tmp_path / "killed.log")
+        ckpts = crashed / "checkpoints"
+        _wait_for(
+            proc, tmp_path / "killed.log", lambda: ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
+        )
+        _interrupt(proc, tmp_path / "killed.log")
+        _assert_interrupted(proc, tmp_path / "killed.log", "the checkpoint after iteration")
+        resumed = _start(_short_condense_args(crashed), 60, tmp_path / "resumed.log")
+        _finish(resumed, tmp_path / "resumed.log")
+        _finish(reference, tmp_path / "straight.log")
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
+    assert "resuming from the checkpoint after iteration" in _tail(tmp_path / "resumed.log", 10**7)
+    assert _files(crashed) == _files(straight)
+    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
+    _assert_same_synthetic(straight, crashed)
+    _assert_same_results(straight, crashed, "results.json")

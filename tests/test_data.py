@@ -1,6 +1,7 @@
 """Tests for dcjax.data: loading (TFDS mocked, never the network), class index sampling, splits."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -74,6 +75,10 @@ def test_unknown_dataset_fails_before_tfds(monkeypatch):
         data.load_split("imagenet", "train")
 
 
+def _no_name_resolves(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+
 @pytest.mark.parametrize("where", ["arg", "env", "default"])
 def test_missing_data_is_one_line_data_error(tfds, monkeypatch, tmp_path, where):
     cause = AssertionError("Dataset mnist: could not find data in /x.\nPlease make sure to call download_and_prepare")
@@ -82,6 +87,7 @@ def test_missing_data_is_one_line_data_error(tfds, monkeypatch, tmp_path, where)
         raise cause
 
     monkeypatch.setattr(tfds, "load", absent)
+    monkeypatch.setattr(socket, "getaddrinfo", _no_name_resolves)  # Default dir: it would download; offline here.
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
     if where == "env":
         monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))

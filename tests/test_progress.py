@@ -197,3 +197,56 @@ def test_condensation_iteration_logs_progress_and_is_bitwise_unchanged(fns, meth
     total = 1 if method == "dm" else 2
     assert sum(f"100% ({total}/{total}" in line for line in lines) == 2  # Each of the 2 iterations.
     chex.assert_trees_all_equal(reported, _condense(fns, config, on=False))
+
+
+# ------------------------------------------------------------- the whole job's plan and ETA (issue 27, item 8)
+
+
+def _cpu_tier():
+    """condense_cpu.cfg's run: real init, 50 DC iterations, 6 x 300-epoch evaluations, the baseline."""
+    from dcjax import evaluation
+    from dcjax.condense import run as condense_run
+
+    return condense_run.RunConfig(
+        condense=condense.CondenseConfig(ipc=10, init="real", iterations=50, inner_loop=10, batch_real=128),
+        eval=evaluation.EvalConfig(num_models=6, train=train.TrainConfig(epochs=300, augment="dc")),
+        eval_every=0,
+    )
+
+
+def test_the_main_job_states_its_plan_with_each_phases_share():
+    from dcjax.condense import run as condense_run
+
+    plan = condense_run.job_plan(_cpu_tier(), 10)
+    assert [p.label for p in plan.phases] == [
+        "initial evaluation",
+        "iterations 1-50",
+        "final evaluation",
+        "baseline evaluation",
+    ]
+    shares = dict(part.rsplit(" ", 1) for part in plan.describe().split(": ", 1)[1].split(", "))
+    # Measured (README): 50 iterations x 21.1 s against three evaluations of ~3.5 min: 63 % and 37 %.
+    assert 55 <= int(shares["iterations 1-50"].rstrip("%")) <= 80, shares
+    resumed = condense_run.job_plan(_cpu_tier(), 10, start=20, done_evals={0})
+    assert [p.label for p in resumed.phases][:1] == ["iterations 21-50"] and resumed.phases[0].units == 30
+
+
+def test_the_job_eta_waits_for_a_timed_step_then_covers_every_phase_left():
+    plan = progress.JobPlan(
+        [
+            progress.Phase("initial evaluation", "evaluation", 100.0),
+            progress.Phase("iterations 1-10", "iterations", 300.0, 10),
+            progress.Phase("final evaluation", "evaluation", 100.0),
+        ]
+    )
+    plan.next()
+    assert plan.remaining() is None and plan.eta_text() == "?"  # Compiling: nothing timed yet.
+    clock = iter([0.0, 100.0, 101.0])
+    tracker = progress.Tracker("training", 100, clock=lambda: next(clock))
+    tracker.advance(1)  # The first tick: its time is mostly compilation.
+    tracker.advance(1)  # 1 s per step from here on: 98 s left in this phase.
+    # 98 s, then the iterations at the same seconds per cost unit (300 s), then the last evaluation (100 s).
+    assert plan.observe(tracker, 101.0) == ", job ETA 0h08m18s"
+    plan.next()
+    plan.timed(2, 5.0)  # 2 of 10 iterations done at 5 s each: 40 s left, then the final evaluation.
+    assert plan.remaining() == pytest.approx(40 + 100 * 1.0)

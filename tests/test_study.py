@@ -178,7 +178,7 @@ def test_rows_can_be_added_to_a_finished_study(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
     # Stand-in data and model have no shapes to estimate memory from (tests/test_memory.py covers that check).
     monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
-    data = (types.SimpleNamespace(labels=np.zeros(3000, np.int32), num_classes=10), None)
+    data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
     fns = types.SimpleNamespace(has_batch_stats=False)
     first = dataclasses.replace(_cpu_like(), rows=("original",))
     study.run_study(first, fns, data, str(tmp_path), {})

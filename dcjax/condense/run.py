@@ -23,9 +23,11 @@ from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import evaluation
+from dcjax import interrupt
 from dcjax import keys as keys_lib
 from dcjax import memory
 from dcjax import plots
+from dcjax import progress
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
 from dcjax.progress import format_eta as _format_eta
@@ -63,6 +65,37 @@ class RunConfig:
         if self.condense.init == "real":
             points.add(0)  # The initial set's accuracy: what condensation must improve on.
         return sorted(points | {total})
+
+
+def _costs(config: RunConfig, num_classes: int) -> tuple[float, float]:
+    """(one iteration, one evaluation) in image passes through the network (forward + backward = 1): only the
+    plan's shares and an ETA before a kind of phase is timed rest on these estimates."""
+    c, (outer, inner) = config.condense, config.condense.loops
+    synthetic = num_classes * c.ipc
+    if c.method == "dm":  # Real images forward only (~1/3 of a pass), synthetic ones forward and backward.
+        iteration = num_classes * (c.batch_real / 3 + c.ipc)
+    else:  # Per outer step: real gradients, second-order synthetic gradients (~3x), the inner loop's training.
+        iteration = outer * (num_classes * c.batch_real + 3 * synthetic + inner * min(synthetic, c.batch_train))
+    evaluation = config.eval.num_models * config.eval.train.epochs * synthetic
+    return float(iteration), float(evaluation)
+
+
+def job_plan(config: RunConfig, num_classes: int, start: int = 0, done_evals=()) -> progress.JobPlan:
+    """The phases left from iteration ``start`` (evaluations in ``done_evals`` done): evaluations at their
+    points, the iterations between them, the baseline last."""
+    iteration, evaluation = _costs(config, num_classes)
+    total, phases, previous = config.condense.iterations, [], start
+    for point in config.eval_points():
+        if point > previous:
+            count = point - previous
+            phases.append(progress.Phase(f"iterations {previous + 1}-{point}", "iterations", iteration * count, count))
+            previous = point
+        if point >= start and point not in done_evals:
+            name = "initial" if point == 0 else ("final" if point == total else f"iteration-{point}")
+            phases.append(progress.Phase(f"{name} evaluation", "evaluation", evaluation))
+    if config.eval_baseline:
+        phases.append(progress.Phase("baseline evaluation", "evaluation", evaluation))
+    return progress.JobPlan(phases)
 
 
 def _keys(seed: int):
@@ -118,6 +151,7 @@ def _restore(run: _Run, state, resuming: bool):
     metrics = [m for m in checkpoint.read_jsonl(run.path(METRICS)) if m["iteration"] < step]
     evals = [e for e in checkpoint.read_jsonl(run.path(EVALS)) if e["iteration"] <= step]
     logging.info("resuming from the checkpoint after iteration %d", step)
+    interrupt.note_saved(f"the checkpoint after iteration {step} (in {run.path('checkpoints')})")
     return state, step, metrics, evals
 
 
@@ -144,42 +178,62 @@ def _diverged(run: _Run, what: str, t: int, metrics: list, evals: list) -> Diver
     )
 
 
-def _iterate(run: _Run, state, start: int, metrics: list, evals: list):
-    """Runs iterations start..end, evaluating and checkpointing on schedule."""
+def _iterate(run: _Run, state, start: int, metrics: list, evals: list, plan: progress.JobPlan):
+    """Runs iterations start..end, evaluating and checkpointing on schedule (``plan``: the job's phases)."""
     cfg = run.config
     total = cfg.condense.iterations
     step_fn = condense.make_iteration_fn(run.fns, cfg.condense)
     points = set(cfg.eval_points())
     done_evals = {e["iteration"] for e in evals}
+    segment = start
     for t in range(start, total + 1):
         if t in points and t not in done_evals:
+            plan.next()
             evals.append(run.evaluate(state.images, t))
             checkpoint.write_jsonl(run.path(EVALS), evals)
         if t == total:
             break
+        if t == start or t in points:
+            plan.next()
+            segment = t
         tic = time.perf_counter()
         state, out = step_fn(state, (run.pool, run.index), keys_lib.item(run.keys["iterations"], t))
         loss = float(out["loss"])  # Blocks until the iteration is done: honest timing.
         if not np.isfinite(loss):  # Free: the loss is on the host already.
             raise _diverged(run, f"loss {loss}", t, metrics, evals)
-        seconds = time.perf_counter() - tic
-        metrics.append({"iteration": t, "loss": loss, "seconds": seconds})
-        recent = np.median([m["seconds"] for m in metrics[-10:]])
-        logging.info(
-            "iteration %d/%d  loss %.4f  %.1f s/it  ETA %s",
-            t + 1,
-            total,
-            loss,
-            seconds,
-            _format_eta(recent * (total - t - 1)),
-        )
+        metrics.append({"iteration": t, "loss": loss, "seconds": time.perf_counter() - tic})
+        _log_iteration(run, plan, metrics, metrics[len(metrics) - (t - start) :], t - segment + 1)
         if (t + 1) % cfg.checkpoint_every == 0 or t + 1 == total:
             # A finite loss can still come with an overflowing update; never checkpoint that.
             if not bool(jnp.isfinite(state.images).all()):
                 raise _diverged(run, "non-finite synthetic images", t, metrics, evals)
             checkpoint.write_jsonl(run.path(METRICS), metrics)
             run.checkpointer.save(t + 1, {"images": state.images, "opt_state": state.opt_state})
+            interrupt.note_saved(f"the checkpoint after iteration {t + 1} (in {run.path('checkpoints')})")
     return state, metrics, evals
+
+
+def _log_iteration(run: _Run, plan: progress.JobPlan, metrics: list, timed: list, in_segment: int) -> None:
+    """The iteration's line: loss, time, the ETA of the iterations and of the whole job.
+
+    ``timed``: this process's iterations after its first, whose time includes compiling: until one is timed
+    both ETAs read '?'.
+    """
+    total, last = run.config.condense.iterations, metrics[-1]
+    eta = "?"
+    if timed:
+        recent = float(np.median([m["seconds"] for m in timed[-10:]]))
+        eta = _format_eta(recent * (total - last["iteration"] - 1))
+        plan.timed(in_segment, recent)
+    logging.info(
+        "iteration %d/%d  loss %.4f  %.1f s/it  ETA %s, job ETA %s",
+        last["iteration"] + 1,
+        total,
+        last["loss"],
+        last["seconds"],
+        eta,
+        plan.eta_text(),
+    )
 
 
 def _baseline(run: _Run) -> dict:
@@ -275,8 +329,12 @@ def run_condensation(
     try:
         state, init_indices = run.initial_state()
         state, start, metrics, evals = _restore(run, state, resuming)
-        state, metrics, evals = _iterate(run, state, start, metrics, evals)
-        baseline = _baseline(run) if config.eval_baseline else None
+        plan = job_plan(config, train.num_classes, start, {e["iteration"] for e in evals})
+        with progress.job(plan):
+            state, metrics, evals = _iterate(run, state, start, metrics, evals, plan)
+            if config.eval_baseline:
+                plan.next()
+            baseline = _baseline(run) if config.eval_baseline else None
         return _write_outputs(run, state, init_indices, metrics, evals, baseline)
     finally:
         run.checkpointer.close()

@@ -45,6 +45,8 @@ import dataclasses
 import functools
 import os
 import time
+import zipfile
+import zlib
 from typing import Any
 
 import jax
@@ -54,6 +56,8 @@ from absl import logging
 
 from dcjax import checkpoint
 from dcjax import engine
+from dcjax import errors
+from dcjax import interrupt
 from dcjax import memory
 from dcjax import plots
 from dcjax import progress
@@ -228,6 +232,7 @@ def train_bank(ctx: _Context) -> None:
     total = ctx.config.num_models + ctx.config.num_shadow
     if len(chunks) < len(all_chunks):
         logging.info("resuming: %d of %d chunks already trained", len(all_chunks) - len(chunks), len(all_chunks))
+        interrupt.note_saved(_saved_models(ctx, total - sum(map(len, chunks)), total))
     tic = time.perf_counter()
     for done, chunk in enumerate(chunks, start=1):
         chunk_tic = time.perf_counter()
@@ -245,6 +250,7 @@ def train_bank(ctx: _Context) -> None:
         for i, record in zip(chunk, records):
             # Each model keeps its share of the chunk's time, so a resumed run still knows its cost.
             checkpoint.write_npz(_model_path(ctx.workdir, i), seconds=seconds, **record)
+        interrupt.note_saved(_saved_models(ctx, total - sum(map(len, chunks[done:])), total))
         elapsed = time.perf_counter() - tic
         logging.info(
             "models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %s",
@@ -256,6 +262,11 @@ def train_bank(ctx: _Context) -> None:
             elapsed / done,
             progress.format_eta(elapsed / done * (len(chunks) - done)),
         )
+
+
+def _saved_models(ctx: _Context, trained: int, total: int) -> str:
+    """What a Ctrl-C keeps of the bank: the interrupt line's words."""
+    return f"{trained} of {total} trained models (in {os.path.join(ctx.workdir, MODELS_DIR)})"
 
 
 def load_model(workdir: str, i: int) -> dict:
@@ -370,10 +381,30 @@ def _write_outputs(workdir: str, d: attack_data.AttackData, scores: dict, result
     checkpoint.write_json(path(workdir_lib.RESULTS), results)  # Last: marks the run finished.
 
 
+class ExportError(errors.UserError, ValueError):
+    """An attack export that is missing, truncated or damaged; the one-line message names the file."""
+
+
+def read_export(path: str) -> attack_data.AttackData:
+    """``attack_data.load(path)``, with every way a file can be missing or damaged (absent, truncated, a bad CRC,
+    not an archive, a missing field) as one ExportError naming the file and what is wrong."""
+    try:
+        return attack_data.load(path)
+    except FileNotFoundError:
+        raise ExportError(
+            f"{path}: no such file (run the attack first, or pass the --workdir that holds {attack_data.EXPORT})"
+        ) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        detail = " ".join(str(e).split()).removeprefix(f"{path} ").removeprefix(f"{path}: ")
+        if len(detail) > 200:
+            detail = detail[:197] + "..."
+        raise ExportError(f"{path}: damaged attack export ({type(e).__name__}: {detail}); rerun the attack") from None
+
+
 def report_only(workdir: str) -> dict:
     """Re-attacks the export in ``workdir`` and rewrites its results, trials and ROC; trains nothing."""
     tic = time.perf_counter()
-    d = attack_data.load(workdir_lib.path(workdir, attack_data.EXPORT))
+    d = read_export(workdir_lib.path(workdir, attack_data.EXPORT))
     scores, results = evaluate_export(d)
     results.update(attack_seconds=time.perf_counter() - tic, platform=jax.default_backend())
     results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]

@@ -53,10 +53,11 @@ def check_recipe_fits(config: AttackRunConfig, train) -> None:
             f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
             f"exceeds the {len(train.labels)} training examples"
         )
+    split = make_split(config, train.labels, train.num_classes)
+    check_attack_classes(config, train.labels[split["attacker"]], split["halves"], train.num_classes)
     setting, need = config.recipe.per_class_need()
     if not need:
         return
-    split = make_split(config, train.labels, train.num_classes)
     pools = (
         ("target_pool", split["target_labels"], split["keep"]),
         ("attacker_pool", train.labels[split["attacker"]], split["halves"]),
@@ -68,6 +69,24 @@ def check_recipe_fits(config: AttackRunConfig, train) -> None:
                 f"{setting}={need} exceeds the smallest class of a model's private half "
                 f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}"
             )
+
+
+def check_attack_classes(config: AttackRunConfig, labels: np.ndarray, halves: np.ndarray, num_classes: int) -> None:
+    """Shokri's per-class attack needs, for every class, IN and OUT rows over the shadows' halves of the attacker
+    pool; checked from the split, before any model trains (otherwise the whole bank trains and then fails).
+
+    labels: [Na] attacker-pool labels; halves: [k, Na] the shadows' IN masks.
+    """
+    member = np.asarray(halves, bool)
+    num_in = np.array([(member & (labels == c)).sum() for c in range(num_classes)])
+    num_out = np.array([(~member & (labels == c)).sum() for c in range(num_classes)])
+    bad = np.flatnonzero((num_in == 0) | (num_out == 0))
+    if bad.size:
+        c = int(bad[0])
+        raise ValueError(
+            f"attacker_pool={config.attacker_pool} leaves class {c} with {num_in[c]} IN and {num_out[c]} OUT rows "
+            f"over the {len(member)} Shokri shadows (its attack needs both for every class); enlarge attacker_pool"
+        )
 
 
 def model_chunks(config: AttackRunConfig) -> list[list[int]]:
