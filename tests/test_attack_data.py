@@ -133,6 +133,7 @@ def test_phi_is_the_true_class_score_of_the_logits():
     np.testing.assert_array_equal(d.correct, correct)
 
 
+@pytest.mark.slow  # Trains Shokri's classifiers twice (~5 s).
 def test_a_format1_export_loads_and_reencodes_to_the_same_scores(tmp_path):
     fields = _format1_fields()
     path = tmp_path / attack_data.EXPORT

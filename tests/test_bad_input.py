@@ -309,6 +309,7 @@ def test_download_is_automatic_only_without_a_named_directory(monkeypatch, tmp_p
     assert seen["download"] is expected
 
 
+@pytest.mark.slow  # Prepares a mock TFDS dataset (~4 s).
 def test_a_prepared_mock_dataset_loads_without_download(tmp_path):
     tfds = data._import_tfds()
     with tfds.testing.mock_data(num_examples=8):

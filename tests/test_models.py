@@ -360,7 +360,7 @@ def test_count_params():
     assert count_params({"a": jnp.zeros((3, 4)), "b": [jnp.zeros(5), jnp.zeros(())]}) == 18
 
 
-@pytest.mark.parametrize("size", [28, 7])
+@pytest.mark.parametrize("size", [pytest.param(28, marks=pytest.mark.slow), 7])  # 28: ~6 s of compiling.
 def test_instance_norm_matches_groupnorm_with_one_channel_per_group(size):
     import flax.linen as nn
 
@@ -381,6 +381,7 @@ def test_instance_norm_matches_groupnorm_with_one_channel_per_group(size):
     )
 
 
+@pytest.mark.slow  # ~6 s of compiling.
 def test_with_precision_keeps_the_parameters_and_rounds_only_matmul_inputs():
     fp32 = make_model(ModelConfig(width=8, depth=2), (12, 12, 1), 4)
     bf16 = models.with_precision(fp32, "bf16")
