@@ -421,21 +421,10 @@ def test_privacy_study_killed_after_a_row_resumes_bitwise(tmp_path):
 
 
 def _long_eval_args(workdir):
-    """Two iterations (checkpointed), then one evaluation whose training is a single jitted call of minutes."""
-    return _condense_args(workdir)[:2] + [
-        "--ipc=1",
-        "--iterations=2",
-        "--width=8",
-        "--depth=1",
-        "--batch_real=2",
-        "--outer_loop=1",
-        "--inner_loop=1",
-        "--init=noise",
-        "--num_eval=1",
-        "--eval_epochs=200000",
-        "--eval_every=0",
-        "--eval_baseline=false",
-    ]
+    """Two iterations, checkpointed once at the end, then one evaluation whose training is a single jitted call of
+    minutes: ``_condense_args`` with later flags overriding (absl keeps a repeated flag's last value)."""
+    long_eval = ["--eval_epochs=200000", "--eval_every=0", "--eval_baseline=false"]
+    return _condense_args(workdir) + ["--iterations=2", "--checkpoint_every=10"] + long_eval
 
 
 def _wait_for(proc, log_path, ready, timeout=300):
