@@ -37,9 +37,8 @@ from dcjax.privacy.attack_data import AttackData
 
 NullScores = Callable[[np.ndarray, np.ndarray], dict]
 
-FPRS = (0.01, 0.001, 0.0001)
-HEADLINE_FPR = 0.001
-HEADLINE = "tpr_at_0.001"
+FPRS = headline_lib.FPRS  # Every attack's TPRs at the headline's FPRs.
+HEADLINE_FPR = headline_lib.CHOICE_FPR  # The canary threshold's FPR on natural non-members.
 AUDIT_DELTA = 1e-5
 
 
