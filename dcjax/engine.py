@@ -66,14 +66,25 @@ class _Plan(NamedTuple):
     schedule: train_lib.Schedule
     strategy: str
     ticks: bool = False  # Progress ticks traced in (part of the jit cache key: on/off compile apart).
+    # None: models train from initialisation (per-model inputs: keys). An int: a DP-SGD run continues after this
+    # many expected epochs (per-model inputs: (keys, train_lib.DPState or None), ``train_lib.train_dp_segment``).
+    start: int | None = None
+
+
+def _train_model(plan: _Plan, per_model, data):
+    """One model's training (``plan.start``): from initialisation, or a DP-SGD run continued."""
+    if plan.start is None:
+        return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, per_model, data, plan.ticks)
+    key, state = per_model
+    return train_lib.train_dp_segment(plan.fns, plan.config, key, data, (plan.start, state), plan.ticks)
 
 
 def _train_local(plan: _Plan, keys, images, labels, masks):
-    """Trains len(keys) models on this device with plan.strategy ('vmap' or 'map')."""
+    """Trains the models of ``keys`` (per-model inputs, ``_Plan.start``) on this device with plan.strategy."""
 
     def one(args):
         key, mask = args
-        return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key, (images, labels, mask), plan.ticks)
+        return _train_model(plan, key, (images, labels, mask))
 
     return map_models(one, plan.strategy, (keys, masks))
 
@@ -83,7 +94,7 @@ _train_many = jax.jit(_train_local, static_argnums=0)
 
 @functools.partial(jax.jit, static_argnums=0)
 def _train_one(plan: _Plan, key, images, labels, mask):
-    return train_lib.train_from_init(plan.fns, plan.config, plan.schedule, key, (images, labels, mask), plan.ticks)
+    return _train_model(plan, key, (images, labels, mask))
 
 
 def model_mesh(devices=None) -> Mesh:
@@ -130,19 +141,50 @@ def train_models(
       (variables stacked over a leading [M] axis, per-epoch losses [M, epochs]), ready
       (blocked on, so that the progress of the training is reported while it runs).
     """
+    return _train_bank(_Plan(fns, config, train_lib.Schedule(0, 0), strategy), keys, data, mesh)
+
+
+class Resume(NamedTuple):
+    """Where the DP-SGD runs of a bank continue (``resume_models``).
+
+    keys: [M] typed model keys (``train_models``'); epochs: expected epochs already taken (static);
+    states: ``train_lib.DPState`` stacked over [M] after them, or None with epochs 0 (from initialisation).
+    """
+
+    keys: jax.Array
+    epochs: int = 0
+    states: train_lib.DPState | None = None
+
+
+def resume_models(
+    fns: ModelFns, config: train_lib.TrainConfig, start: Resume, data, strategy: str = "auto", mesh: Mesh | None = None
+) -> train_lib.DPState:
+    """Continues M DP-SGD runs from ``start`` to ``config.stop_epochs`` (``train_lib.train_dp_segment``).
+
+    Args as ``train_models``'s, with ``start`` for the keys. Returns the ``train_lib.DPState`` stacked over [M]
+    (a snapshot to continue from; ``train_lib.dp_losses`` its losses), ready.
+    """
+    if config.dp is None or config.stop_epochs is None or not 0 <= start.epochs < config.stop_epochs:
+        raise ValueError(f"resume_models continues DP-SGD runs to stop_epochs, from before it; got {start.epochs}")
+    plan = _Plan(fns, config, train_lib.Schedule(0, 0), strategy, start=start.epochs)
+    return _train_bank(plan, (start.keys, start.states), data, mesh)
+
+
+def _train_bank(plan: _Plan, per_model, data, mesh: Mesh | None):
+    """``train_models``'s body for ``plan`` (its schedule and ticks filled in here) and per-model inputs."""
     images, labels, masks = data
     masks = jnp.asarray(masks, bool)
     if masks.ndim != 2 or masks.shape[1] != images.shape[0]:
         raise ValueError(f"masks must be [M, {images.shape[0]}], got {masks.shape}")
     max_count = int(jnp.max(jnp.sum(masks, axis=1)))
-    schedule = train_lib.make_schedule(config, max_count)
+    schedule = train_lib.make_schedule(plan.config, max_count)
     # A Python loop cannot run inside shard_map: sharded banks run 'vmap' or 'map'.
-    strategy = resolve_strategy(strategy, supported=_IN_GRAPH if mesh is not None else STRATEGIES[1:])
+    strategy = resolve_strategy(plan.strategy, supported=_IN_GRAPH if mesh is not None else STRATEGIES[1:])
     if mesh is not None and masks.shape[0] % mesh.size:
         raise ValueError(f"{masks.shape[0]} models do not split evenly over {mesh.size} devices")
-    plan = _Plan(fns, config, schedule, strategy, progress.enabled())
+    plan = plan._replace(schedule=schedule, strategy=strategy, ticks=progress.enabled())
     with _training_task(plan, masks.shape[0], mesh, (jnp.shape(images), masks.shape)):
-        return jax.block_until_ready(_dispatch(plan, keys, (images, labels, masks), mesh))
+        return jax.block_until_ready(_dispatch(plan, per_model, (images, labels, masks), mesh))
 
 
 def _dispatch(plan: _Plan, keys, data, mesh: Mesh | None):
@@ -155,7 +197,8 @@ def _dispatch(plan: _Plan, keys, data, mesh: Mesh | None):
         images, labels = jax.device_put((images, labels), replicated)
         return _train_sharded(plan, mesh, keys, images, labels, masks)
     if plan.strategy == "loop":
-        outs = [_train_one(plan, k, images, labels, m) for k, m in zip(keys, masks)]
+        model = lambda m: jax.tree.map(lambda x: x[m], keys)  # noqa: E731  (keys may be a pytree: _Plan.start)
+        outs = [_train_one(plan, model(m), images, labels, masks[m]) for m in range(masks.shape[0])]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
     return _train_many(plan, keys, images, labels, masks)
 
@@ -165,9 +208,13 @@ def _training_task(plan: _Plan, num_models: int, mesh: Mesh | None, shapes):
     config, schedule = plan.config, plan.schedule
     # Non-DP: steps_per_epoch steps per epoch; DP: the schedule holds the total Poisson steps.
     per_model = schedule.steps_per_epoch * (1 if config.dp is not None else config.epochs)
+    dp = " DP-SGD" if config.dp is not None else ""
+    if config.stop_epochs is not None:  # The steps of a checkpoint's segment of a longer run.
+        start = plan.start or 0
+        per_model = train_lib.dp_steps(config, config.stop_epochs) - train_lib.dp_steps(config, start)
+        dp = f" DP-SGD (epochs {start}-{config.stop_epochs} of)"
     # A vmapped tick fires once for the device's models; a mapped or looped one once per model.
     weight = num_models // (mesh.size if mesh is not None else 1) if plan.strategy == "vmap" else 1
-    dp = " DP-SGD" if config.dp is not None else ""
     label = (
         f"training {num_models} models x {config.epochs}{dp} epochs, {schedule.batch_size} per batch ({plan.strategy})"
     )

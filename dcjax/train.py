@@ -14,7 +14,9 @@ masks): every model of a bank sees the same static shapes, so the bank can be vm
 size ``batch_size`` in B_max fixed slots, per-example clipping, Gaussian noise, the sum divided
 by the expected batch size, for round(epochs * n / batch_size) steps (``epochs`` are expected
 passes), the lr x0.1 after half of the steps with a fresh optimizer as in the non-DP schedule.
-The losses it returns are per expected epoch too. Non-DP training does not go through any of
+The losses it returns are per expected epoch too. ``TrainConfig.stop_epochs`` stops such a run early, at a
+checkpoint of the whole run's schedule; ``train_dp_segment`` continues a run from the state saved at an earlier
+checkpoint, bitwise as if taken straight. Non-DP training does not go through any of
 this: its steps are exactly those of the code before DP-SGD existed.
 
 Deviation from the reference, on purpose: the reference runs ``E + 1`` epochs with the
@@ -55,6 +57,9 @@ class TrainConfig:
     augment: str = "none"  # "none" | "dc" (MNIST DC evaluation) | "dsa" | "dsa_digits" (DSA/DM evaluation)
     microbatch: int | None = None  # Gradient chunk size; None: per backend; 0: off.
     dp: dpsgd.DPConfig | None = None  # DP-SGD (clipped, noised per-example gradients); None: off.
+    # DP-SGD only: stop after this many expected epochs of the ``epochs``-long run, whose schedule (lr decay at half
+    # of ITS steps) it keeps: a checkpoint of that run (``train_dp_segment``). None: the whole run.
+    stop_epochs: int | None = None
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -72,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"microbatch must be >= 0 or None, got {self.microbatch}")
         if self.dp is not None and not isinstance(self.dp, dpsgd.DPConfig):
             raise ValueError(f"dp must be a dpsgd.DPConfig or None, got {self.dp!r}")
+        if self.stop_epochs is not None and (self.dp is None or not 1 <= self.stop_epochs <= self.epochs):
+            raise ValueError(f"stop_epochs must be in [1, epochs={self.epochs}] and needs dp, got {self.stop_epochs}")
 
 
 class TrainState(NamedTuple):
@@ -343,6 +350,32 @@ class PoissonPlan(NamedTuple):
     num_epochs: int
 
 
+def _poisson_scan(trainer: Trainer, plan: PoissonPlan, state: TrainState, data, key: jax.Array, offset: int = 0):
+    """``plan.num_steps`` DP-SGD steps from ``state`` (one scan), the phase's steps ``offset`` onwards.
+
+    Step s of the phase (s >= ``offset``) samples with split(fold_in(key, s))[0] and steps with the other half: a
+    function of the phase key and s alone, so a run resumed at any step draws what the straight run draws.
+
+    Returns:
+      (state, (loss * drawn examples [num_steps], drawn examples [num_steps])).
+    """
+    images, labels, mask = data
+    step = functools.partial(train_step, trainer)
+    ticks = trainer.progress and progress.enabled()
+    every = progress.stride(plan.num_steps, progress.MAX_TICK_STEPS)
+
+    def one_step(state, index):
+        if ticks:
+            progress.tick(index, plan.num_steps, every)
+        # No add when offset is 0: the straight run's program stays the one it was before resuming existed.
+        sample_key, step_key = jax.random.split(jax.random.fold_in(key, index + offset if offset else index))
+        idx, w = dpsgd.poisson_batch(sample_key, mask, plan.sample_rate, plan.capacity)
+        state, loss = step(state, (images[idx], labels[idx], w), step_key)
+        return state, (loss * w.sum(), w.sum())
+
+    return jax.lax.scan(one_step, state, jnp.arange(plan.num_steps))
+
+
 def run_poisson_steps(trainer: Trainer, plan: PoissonPlan, variables: Variables, data, key: jax.Array):
     """``plan.num_steps`` DP-SGD steps on Poisson-sampled batches, fresh optimizer state (one scan).
 
@@ -359,21 +392,8 @@ def run_poisson_steps(trainer: Trainer, plan: PoissonPlan, variables: Variables,
       floor(s * num_epochs / num_steps) == e, weighted by drawn batch sizes). With
       ``trainer.progress`` the scan also reports finished steps to ``dcjax.progress``.
     """
-    images, labels, mask = data
-    step = functools.partial(train_step, trainer)
-    ticks = trainer.progress and progress.enabled()
-    every = progress.stride(plan.num_steps, progress.MAX_TICK_STEPS)
-
-    def one_step(state, index):
-        if ticks:
-            progress.tick(index, plan.num_steps, every)
-        sample_key, step_key = jax.random.split(jax.random.fold_in(key, index))
-        idx, w = dpsgd.poisson_batch(sample_key, mask, plan.sample_rate, plan.capacity)
-        state, loss = step(state, (images[idx], labels[idx], w), step_key)
-        return state, (loss * w.sum(), w.sum())
-
     state = TrainState(variables, trainer.optimizer.init(variables["params"]))
-    state, (sums, counts) = jax.lax.scan(one_step, state, jnp.arange(plan.num_steps))
+    state, (sums, counts) = _poisson_scan(trainer, plan, state, data, key)
     epoch = jnp.arange(plan.num_steps) * plan.num_epochs // plan.num_steps
     per_epoch = [jax.ops.segment_sum(x, epoch, plan.num_epochs) for x in (sums, counts)]
     return state.variables, per_epoch[0] / jnp.maximum(per_epoch[1], 1.0)
@@ -401,6 +421,111 @@ def _train_dp(fns: ModelFns, config: TrainConfig, variables: Variables, data, ke
     return variables, jnp.concatenate(losses)
 
 
+class DPState(NamedTuple):
+    """One model's DP-SGD run between two of its steps (stacked over a leading [M] axis in a bank): a snapshot.
+
+    variables, opt_state: as ``TrainState``'s (the optimizer state of the phase the next step is in);
+    loss_sums, loss_counts: [epochs] float32 over the run's expected epochs: the summed loss and the drawn
+      examples of the steps taken so far (``dp_losses``).
+    """
+
+    variables: Variables
+    opt_state: Any
+    loss_sums: jax.Array
+    loss_counts: jax.Array
+
+
+def dp_steps(config: TrainConfig, epochs: int) -> int:
+    """Poisson steps of ``config``'s DP-SGD run in its first ``epochs`` expected epochs (round(epochs * n / B))."""
+    assert config.dp is not None, "DP-SGD steps need TrainConfig.dp"
+    return dpsgd.poisson_schedule(config.dp.num_examples, config.batch_size, epochs)[1] if epochs else 0
+
+
+def initial_dp_state(fns: ModelFns, config: TrainConfig, key: jax.Array) -> DPState:
+    """The state before step 0 of the DP-SGD run of model key ``key`` (``train_from_init``'s initialisation)."""
+    variables = fns.init(jax.random.split(key, 3)[0])
+    zeros = jnp.zeros(config.epochs, jnp.float32)
+    return DPState(variables, make_optimizer(config, config.lr).init(variables["params"]), zeros, zeros)
+
+
+def dp_losses(state: DPState, epochs: int) -> jax.Array:
+    """Mean training loss of each of the run's first ``epochs`` expected epochs: [..., epochs]."""
+    return state.loss_sums[..., :epochs] / jnp.maximum(state.loss_counts[..., :epochs], 1.0)
+
+
+class _DPPhase(NamedTuple):
+    """One phase of a DP-SGD run: its key, its steps [lo, hi) and expected epochs [lo, hi) in the run, its lr."""
+
+    key: jax.Array
+    steps: tuple[int, int]
+    epochs: tuple[int, int]
+    lr: float
+
+
+def _dp_phases(config: TrainConfig, key: jax.Array) -> tuple[_DPPhase, _DPPhase]:
+    """``_train_dp``'s two phases of the run of model key ``key``: half the steps at lr, the rest at lr / 10."""
+    steps = dp_steps(config, config.epochs)
+    first, first_epochs = steps // 2, config.epochs // 2
+    _, first_key, second_key = jax.random.split(key, 3)
+    return (
+        _DPPhase(first_key, (0, first), (0, first_epochs), config.lr),
+        _DPPhase(second_key, (first, steps), (first_epochs, config.epochs), config.lr * 0.1),
+    )
+
+
+def _phase_segment(run: tuple[ModelFns, TrainConfig, bool], phase: _DPPhase, state: DPState, data, span):
+    """The run's steps [span) that fall in ``phase``, from ``state``; a phase entered at its first step starts
+    with a fresh optimizer (as ``_train_dp``'s). run: (fns, config, ticks). Returns the DPState after them."""
+    fns, config, ticks = run
+    assert config.dp is not None, "a DP-SGD segment needs TrainConfig.dp"
+    (lo, hi), (first_epoch, end_epoch) = phase.steps, phase.epochs
+    a, b = max(span[0], lo), min(span[1], hi)
+    if a >= b:
+        return state
+    q, _, expected = dpsgd.poisson_schedule(config.dp.num_examples, config.batch_size, config.epochs)
+    augment, microbatch = augment_lib.get_augment(config.augment), resolve_microbatch(config.microbatch, fns)
+    trainer = Trainer(fns, make_optimizer(config, phase.lr), augment, microbatch, config.dp, float(expected), ticks)
+    fresh = trainer.optimizer.init(state.variables["params"]) if a == lo else state.opt_state
+    plan = PoissonPlan(q, config.dp.capacity, b - a, max(end_epoch - first_epoch, 1))
+    done, (sums, counts) = _poisson_scan(trainer, plan, TrainState(state.variables, fresh), data, phase.key, a - lo)
+    # run_poisson_steps's expected epoch of each step, counted in the whole run.
+    epoch = jnp.minimum(first_epoch + jnp.arange(a - lo, b - lo) * plan.num_epochs // (hi - lo), config.epochs - 1)
+    add = lambda total, x: total + jax.ops.segment_sum(x, epoch, config.epochs)  # noqa: E731
+    return DPState(done.variables, done.opt_state, add(state.loss_sums, sums), add(state.loss_counts, counts))
+
+
+def train_dp_segment(
+    fns: ModelFns, config: TrainConfig, key: jax.Array, data, start: tuple[int, DPState | None], ticks: bool = False
+) -> DPState:
+    """Continues the DP-SGD run that ``config`` describes from ``start`` to its ``stop_epochs``.
+
+    The run is ``_train_dp``'s (``train_from_init``'s keys, round(epochs * n / B) steps, the first half at lr, the
+    rest at lr / 10 with a fresh optimizer); this call takes its steps [dp_steps(start), dp_steps(stop_epochs)). A
+    step draws from its phase key and its index in the phase alone, so a run continued from the state it saved at
+    any epoch is, bitwise, the run taken straight.
+
+    Args:
+      fns: the network (no BatchNorm).
+      config: the whole run (``epochs``, ``dp``) and where this call stops (``stop_epochs``; None: the end).
+      key: this model's key (``train_from_init``'s).
+      data: (images [N,H,W,C], labels [N] int32, mask [N] bool).
+      start: (expected epochs already taken, static; the ``DPState`` after them, or None with 0: from ``key``'s
+        initialisation).
+      ticks: report finished steps to ``dcjax.progress``.
+
+    Returns:
+      The DPState after ``stop_epochs`` expected epochs.
+    """
+    dpsgd.check_network(fns)
+    start_epochs, state = start
+    if state is None:
+        state = initial_dp_state(fns, config, key)
+    span = (dp_steps(config, start_epochs), dp_steps(config, config.stop_epochs or config.epochs))
+    for phase in _dp_phases(config, key):
+        state = _phase_segment((fns, config, ticks), phase, state, data, span)
+    return state
+
+
 def train_from_init(
     fns: ModelFns, config: TrainConfig, schedule: Schedule, key: jax.Array, data, ticks: bool | None = None
 ) -> tuple[Variables, jax.Array]:
@@ -417,11 +542,15 @@ def train_from_init(
     Returns:
       (trained variables, per-epoch mean training loss [epochs]). With ``config.dp`` the
       training is DP-SGD's Poisson-sampled steps (``_train_dp``; ``schedule`` unused), the
-      losses per expected epoch.
+      losses per expected epoch; with ``config.stop_epochs`` too, that run's first stop_epochs
+      (``train_dp_segment``), losses [stop_epochs].
     """
     if config.dp is not None:
         dpsgd.check_network(fns)
     ticks = progress.enabled() if ticks is None else ticks
+    if config.stop_epochs is not None:  # A checkpoint of a longer DP-SGD run: that run's first steps.
+        state = train_dp_segment(fns, config, key, data, (0, None), ticks)
+        return state.variables, dp_losses(state, config.stop_epochs)
     init_key, first_key, second_key = jax.random.split(key, 3)
     variables = fns.init(init_key)
     if config.dp is not None:

@@ -34,9 +34,9 @@ PREVIOUS_RESULTS = "results.previous.json"
 
 # Settings added after results were first recorded, with the value that reproduces the earlier behaviour exactly
 # (condensation method and DSA ops, DP-SGD in training, the privacy study's DP and DM rows' settings, the attack's
-# population and RMIA settings, the DP rows' own batch size and epochs, the matmul precision). A recorded config that
-# lacks one of them still matches a new config holding exactly that value, so adding a setting does not orphan
-# finished runs; any other value differs.
+# population and RMIA settings, the DP rows' own batch size and epochs, the matmul precision, a DP-SGD training's stop
+# at a checkpoint). A recorded config that lacks one of them still matches a new config holding exactly that value, so
+# adding a setting does not orphan finished runs; any other value differs.
 ADDED_SETTINGS = {
     "method": "dc",
     "dsa_strategy": "color_crop_cutout_scale_rotate",
@@ -53,6 +53,7 @@ ADDED_SETTINGS = {
     "dp_batch_size": None,
     "dp_epochs": None,
     "precision": "fp32",
+    "stop_epochs": None,
 }
 
 

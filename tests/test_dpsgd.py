@@ -1,5 +1,6 @@
 """DP-SGD: Poisson-sampled batches, per-example clipping, noise, the training hook, the accountants."""
 
+import dataclasses
 import json
 import math
 import os
@@ -443,6 +444,46 @@ def test_dp_training_runs_round_epochs_over_q_steps_in_two_phases(tiny, monkeypa
     assert len(traces) == 2  # One trace of the scan body per phase, whatever the number of steps.
     chex.assert_shape(losses, (3,))  # Per expected epoch.
     assert bool(jnp.all(jnp.isfinite(losses)))
+
+
+@pytest.mark.slow
+def test_a_dp_run_continued_from_its_checkpoints_is_the_straight_run_bitwise(tiny):
+    """Checkpoints inside the first phase and inside the second: continuing each from the state the previous one
+    reached (across the lr drop, whose fresh optimizer it must take) gives the straight run's models, bitwise. So
+    every checkpoint is a state of that one run, on its lr schedule, not a shorter run of its own."""
+    images, labels = _batch(24)
+    data = (images, labels, jnp.ones((2, 24), bool).at[1, :5].set(False))
+    keys = jax.random.split(jax.random.key(9), 2)
+    run = train.TrainConfig(epochs=4, batch_size=7, dp=_dp(capacity=24))
+    assert [train.dp_steps(run, e) for e in (1, 3, 4)] == [3, 10, 14]  # The lr drops after step 7 of 14.
+    straight, straight_losses = engine.train_models(tiny, run, keys, data, "map")
+    states, start = None, 0
+    for stop, strategy in ((1, "map"), (3, "map"), (4, "loop")):  # The last: a loop of single-model runs.
+        at = dataclasses.replace(run, stop_epochs=stop)
+        states = engine.resume_models(tiny, at, engine.Resume(keys, start, states), data, strategy)
+        start = stop
+    chex.assert_trees_all_equal(states.variables, straight)
+    np.testing.assert_allclose(train.dp_losses(states, 4), straight_losses, rtol=1e-6)
+    chex.assert_shape(train.dp_losses(states, 3), (2, 3))
+
+
+@pytest.mark.parametrize("start,stop", [(2, 2), (3, 2), (0, None)])
+def test_resume_models_only_continues_a_dp_run_to_a_later_checkpoint(tiny, start, stop):
+    run = train.TrainConfig(epochs=4, batch_size=7, dp=_dp(capacity=24), stop_epochs=stop)
+    images, labels = _batch(24)
+    with pytest.raises(ValueError, match="stop_epochs"):
+        engine.resume_models(
+            tiny,
+            run,
+            engine.Resume(jax.random.split(jax.random.key(0), 1), start),
+            (images, labels, jnp.ones((1, 24), bool)),
+        )
+
+
+@pytest.mark.parametrize("kwargs", [{"stop_epochs": 0}, {"stop_epochs": 5}, {"stop_epochs": 2, "dp": None}])
+def test_a_stop_outside_the_dp_run_is_refused(kwargs):
+    with pytest.raises(ValueError, match="stop_epochs"):
+        train.TrainConfig(**{"epochs": 4, "dp": _dp(), **kwargs})
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
