@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from dcjax import condense, data, models
+from dcjax import condense, data, dpsgd, engine, models, snapshots
 from dcjax import train as train_lib
 from dcjax.privacy import attack_data, attack_run, attacks, bank, lira, shokri
 
@@ -222,3 +222,39 @@ def test_a_recipe_the_private_halves_cannot_feed_fails_before_writing(fns, tmp_p
     with pytest.raises(ValueError, match="per_class=5 exceeds"):
         _run(fns, tmp_path / "w", _config(recipe=bank.Recipe(kind="subset", per_class=5)))
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_points_train_one_dp_run_whose_last_point_is_the_straight_run(fns, tmp_path, monkeypatch):
+    """Points at epochs 1 and 3 of a 3-epoch DP-SGD run: the second continues the first's snapshots, and its models
+    are the straight run's, bitwise (chunks of 4 on the 4 test devices: sharded and unsharded chunks alike)."""
+    dp = dpsgd.DPConfig(num_examples=30, capacity=61, overflow_budget=1e-3)  # B_max covers any half of 60 (+1).
+    run = _config(train=train_lib.TrainConfig(epochs=3, batch_size=10, dp=dp), num_resamples=5)
+    starts = []
+    resume = engine.resume_models
+    monkeypatch.setattr(
+        engine, "resume_models", lambda fns, c, start, *a: starts.append(start.epochs) or resume(fns, c, start, *a)
+    )
+    train, test = _dataset(200, 5), _dataset(50, 6)
+    snaps = str(tmp_path / "snapshots")
+    for e in (1, 3):
+        point = dataclasses.replace(run, train=dataclasses.replace(run.train, stop_epochs=e))
+        attack_run.run_checkpoint_point(point, fns, (train, test), str(tmp_path / f"ep{e}"), snaps)
+    assert starts == [0, 0, 0, 1, 1, 1]  # Three chunks per point; the second point continues the first's.
+    assert sorted(os.listdir(snaps)) == ["config.json", "ep1", "ep3"]
+    attack_run.run_attack(run, fns, train, test, str(tmp_path / "straight"))
+    for i in range(8):
+        point, straight = (attack_run.load_model(str(tmp_path / d), i) for d in ("ep3", "straight"))
+        np.testing.assert_array_equal(point["logits"], straight["logits"])
+        assert point["final_train_loss"] == pytest.approx(straight["final_train_loss"], rel=1e-5)
+    # A killed point resumes from its own snapshots without training again.
+    first = attack_run.load_model(str(tmp_path / "ep1"), 5)
+    for name in ("results.json", "models/model_005.npz"):
+        os.remove(tmp_path / "ep1" / name)
+    monkeypatch.setattr(engine, "resume_models", None)  # Calling it would fail.
+    point = dataclasses.replace(run, train=dataclasses.replace(run.train, stop_epochs=1))
+    attack_run.run_checkpoint_point(point, fns, (train, test), str(tmp_path / "ep1"), snaps)
+    np.testing.assert_array_equal(attack_run.load_model(str(tmp_path / "ep1"), 5)["logits"], first["logits"])
+    other = dataclasses.replace(point, seed=1)  # Another run's snapshots are never continued.
+    with pytest.raises(snapshots.SnapshotError, match="another run"):
+        attack_run.run_checkpoint_point(other, fns, (train, test), str(tmp_path / "other"), snaps)

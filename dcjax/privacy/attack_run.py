@@ -37,6 +37,10 @@ fold_in(root, i)): pools, LiRA keep, Shokri halves, models (model i = fold_in(st
 into (recipe, training) keys), Shokri classifier, bootstrap, balanced Shokri evaluation,
 canaries, population, audits. Model i's key does not depend on chunking, so a resumed run (or
 one with another chunk size) trains the same models.
+
+Checkpoint points (``run_checkpoint_point``): a run whose models are a checkpoint of longer DP-SGD
+runs (``TrainConfig.stop_epochs``) continues them from the snapshots an earlier checkpoint saved
+(``dcjax.snapshots``) and saves its own.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dcjax import checkpoint
 from dcjax import engine
@@ -61,6 +66,7 @@ from dcjax import interrupt
 from dcjax import memory
 from dcjax import plots
 from dcjax import progress
+from dcjax import snapshots as snapshots_lib
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
@@ -127,8 +133,9 @@ def _model_path(workdir: str, i: int) -> str:
 class _Context:
     """The static pieces of a run: network, data on host, split, queries."""
 
-    def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str):
+    def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, snapshots: str | None = None):
         self.config, self.fns, self.workdir = config, fns, workdir
+        self.snapshots = snapshots  # A checkpoint point's snapshot directory (``run_checkpoint_point``); None: none.
         self.keys = attack_data.run_keys(config.seed)
         self.split = pools.make_split(config, train.labels, train.num_classes)
         self.split["population"] = pools.population_indices(config, len(test.labels))
@@ -203,14 +210,11 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     model_keys = jnp.stack([jax.random.split(jax.random.fold_in(ctx.keys["models"], i)) for i in chunk])
     data = bank.recipe_data(cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy)
     mesh = _mesh_for(chunk, cfg.strategy)
-    variables, losses = engine.train_models(
-        ctx.fns,
-        cfg.train,
-        model_keys[:, 1],
-        (jnp.asarray(data.images), jnp.asarray(data.labels), data.masks),
-        cfg.strategy,
-        mesh,
-    )
+    pool = (jnp.asarray(data.images), jnp.asarray(data.labels), data.masks)
+    if ctx.snapshots is None:
+        variables, losses = engine.train_models(ctx.fns, cfg.train, model_keys[:, 1], pool, cfg.strategy, mesh)
+    else:
+        variables, losses = _continue_run(ctx, chunk, model_keys[:, 1], pool, mesh)
     logits = _query_logits(ctx, variables, jnp.asarray(images), mesh)
     population_logits = _query_logits(ctx, variables, jnp.asarray(ctx.test.images[ctx.split["population"]]), mesh)
     test_acc = engine.evaluate_many(
@@ -219,6 +223,28 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     # To host before indexing: a model-sharded array cannot be sliced per model in place.
     host = [_to_host(x) for x in (logits, population_logits, test_acc, losses)]
     return _records(data, *host)
+
+
+def _continue_run(ctx: _Context, chunk: list[int], keys: jax.Array, pool, mesh):
+    """A checkpoint point's training of the chunk: each model's DP-SGD run continued from its latest snapshot at or
+    before ``stop_epochs`` (from initialisation if none) to ``stop_epochs``, where its snapshot is saved.
+
+    Returns (variables, losses [c, stop_epochs]) as ``engine.train_models``'s.
+    """
+    cfg, directory = ctx.config, ctx.snapshots
+    assert directory is not None and cfg.train.stop_epochs is not None, "only a checkpoint point continues a run"
+    stop = cfg.train.stop_epochs
+    start = snapshots_lib.latest(directory, chunk, stop)
+    states = snapshots_lib.load(directory, start, chunk, snapshots_lib.like(ctx.fns, cfg.train)) if start else None
+    if start < stop:
+        if start:
+            logging.info("models %d-%d: continuing their DP-SGD run from epoch %d", chunk[0], chunk[-1], start)
+        states = engine.resume_models(ctx.fns, cfg.train, engine.Resume(keys, start, states), pool, cfg.strategy, mesh)
+        snapshots_lib.save(directory, stop, chunk, jax.tree.map(_to_host, states))
+    elif mesh is not None:  # Read back from disk: placed as a trained bank is, one share per device.
+        states = jax.device_put(states, NamedSharding(mesh, PartitionSpec("models")))
+    assert states is not None, "stop_epochs >= 1: the runs were continued or read back"
+    return states.variables, train_lib.dp_losses(states, stop)
 
 
 def train_bank(ctx: _Context) -> None:
@@ -438,13 +464,34 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     Returns:
       The results dict also written to results.json.
     """
+    return _run_attack(config, fns, (train, test), workdir, overwrite, None)
+
+
+def run_checkpoint_point(config: AttackRunConfig, fns: ModelFns, data, workdir: str, snapshots: str) -> dict:
+    """``run_attack`` on a checkpoint of DP-SGD runs (``config.train.stop_epochs``; data: (train, test)).
+
+    Its models' runs continue from their latest snapshots in ``snapshots`` (``dcjax.snapshots``: shared by the
+    run's points, which record one run config) and save theirs at the checkpoint, so the points of one run train
+    it once and each attacks the state after its epochs of that same run.
+    """
+    if config.train.stop_epochs is None:
+        raise ValueError("a checkpoint point needs train.stop_epochs")
+    return _run_attack(config, fns, data, workdir, False, snapshots)
+
+
+def _run_attack(config: AttackRunConfig, fns: ModelFns, data, workdir: str, overwrite: bool, snapshots: str | None):
+    """``run_attack``'s body; ``snapshots``: a checkpoint point's snapshot directory (None: none)."""
+    train, test = data
     workdir_lib.check_inputs(config, fns, train, test)  # config.json must describe this very run.
     pools.check_recipe_fits(config, train)
     pools.population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
     memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
+    if snapshots is not None:  # The whole run's settings: what every point of the run shares.
+        run = dataclasses.replace(config, train=dataclasses.replace(config.train, stop_epochs=None))
+        snapshots_lib.prepare(snapshots, workdir_lib.as_json(dataclasses.asdict(run)))
     tic = time.perf_counter()
-    ctx = _Context(config, fns, train, test, workdir)
+    ctx = _Context(config, fns, train, test, workdir, snapshots)
     split_path = workdir_lib.path(workdir, SPLIT)
     if not os.path.exists(split_path):
         checkpoint.write_npz(split_path, **ctx.split)
