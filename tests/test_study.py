@@ -207,3 +207,120 @@ def test_a_row_plan_calls_the_accountant_once(monkeypatch):
         per_class=plan.run.recipe.per_class, ipc=10, dm_iterations=0, **plan.dp
     )
     assert study.plan_row(_cpu_like(), "original").dp is None and len(calls) == 1
+
+
+def _fixed_noise(**overrides) -> study.StudyConfig:
+    """The CPU tier's DP settings (halves of ~500, expected batch 64) with a fixed-noise row at sigma 1.5."""
+    return dataclasses.replace(
+        _cpu_like(),
+        rows=("original", "dpsgd_sigma1.5"),
+        dp_noise=(1.5,),
+        dp_checkpoints=(10, 20, 40),
+        dp_lr=0.1,
+        **overrides,
+    )
+
+
+def test_a_fixed_noise_row_is_valid_only_for_a_noise_of_dp_noise():
+    with pytest.raises(ValueError, match="rows"):
+        study.StudyConfig(rows=("dpsgd_sigma1.5",))
+    with pytest.raises(ValueError, match="rows"):
+        study.StudyConfig(rows=("dpsgd_sigma1.50",), dp_noise=(1.5,))
+    config = study.StudyConfig(rows=("dpsgd_sigma1.5", "dpsgd_sigma2"), dp_noise=(1.5, 2.0))
+    assert study.noise_rows(config) == {"dpsgd_sigma1.5": 1.5, "dpsgd_sigma2": 2.0}
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"dp_noise": (0.0,)}, "dp_noise"),
+        ({"dp_noise": (-1.0,)}, "dp_noise"),
+        ({"dp_noise": (math.nan,)}, "dp_noise"),
+        ({"dp_noise": (math.inf,)}, "dp_noise"),
+        ({"dp_noise": (1.5, 1.5)}, "dp_noise"),
+        ({"dp_checkpoints": (0, 2)}, "dp_checkpoints"),
+        ({"dp_checkpoints": (4, 2)}, "dp_checkpoints"),
+        ({"dp_checkpoints": (2, 2)}, "dp_checkpoints"),
+    ],
+)
+def test_bad_fixed_noise_settings_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        study.StudyConfig(**kwargs)
+
+
+def test_a_fixed_noise_row_is_one_run_attacked_at_each_checkpoint_with_the_epsilon_of_its_steps():
+    config = _fixed_noise(dp_epochs=7)  # dp_epochs: replaced by the last checkpoint.
+    plans = study.plan_points(config, "dpsgd_sigma1.5")
+    assert [p.name for p in plans] == ["dpsgd_sigma1.5_ep10", "dpsgd_sigma1.5_ep20", "dpsgd_sigma1.5_ep40"]
+    assert [p.point for p in plans] == [{"row": "dpsgd_sigma1.5", "epochs": e} for e in (10, 20, 40)]
+    assert {p.snapshots for p in plans} == {"dpsgd_sigma1.5_snapshots"}
+    # One run: the same training (40 epochs, one DPConfig) stopped at each checkpoint.
+    assert len({dataclasses.replace(p.run.train, stop_epochs=None) for p in plans}) == 1
+    assert [p.run.train.stop_epochs for p in plans] == [10, 20, 40]
+    train = plans[0].run.train
+    assert (train.epochs, train.lr, train.batch_size, train.dp.noise_multiplier) == (40, 0.1, 64, 1.5)
+    assert dataclasses.replace(plans[0].run, train=config.attack.train, recipe=config.attack.recipe) == config.attack
+    # Written out: q = 64 / 500; round(e * 500 / 64) steps (78.125, 156.25, 312.5 -> 78, 156, 313).
+    largest = plans[0].dp["max_private_examples"]
+    run_eps = accounting.epsilon_pld(1.5, 0.128, 313, 1e-5)
+    budget = 1e-3 * 1e-5 / (1 + math.exp(run_eps))
+    capacity = dpsgd.poisson_capacity(largest + 1, 0.128, 313, budget)
+    for plan, steps in zip(plans, (78, 156, 313)):
+        dp = plan.dp
+        assert (dp["steps"], dp["run_steps"], dp["sample_rate"], dp["epochs"]) == (
+            steps,
+            313,
+            0.128,
+            plan.point["epochs"],
+        )
+        assert dp["epsilon"] == dp["epsilon_pld"] == accounting.epsilon_pld(1.5, 0.128, steps, 1e-5)
+        assert dp["epsilon_rdp"] == accounting.epsilon_rdp(1.5, 0.128, steps, 1e-5)
+        assert (
+            (dp["capacity"], dp["overflow_budget"])
+            == (capacity, budget)
+            == (plan.run.train.dp.capacity, plan.run.train.dp.overflow_budget)
+        )
+        overflow = dpsgd.overflow_probability(largest + 1, 0.128, steps, capacity)
+        assert dp["overflow_probability"] == overflow <= budget
+        assert dp["delta_total"] == accounting.overflow_delta(1e-5, dp["epsilon_pld"], overflow)
+        assert (
+            f"after {plan.point['epochs']} of its run's 40 expected epochs ({steps} of 313 steps)" in plan.description
+        )
+    assert plans[0].dp["epsilon"] < plans[1].dp["epsilon"] < plans[2].dp["epsilon"] == run_eps
+    assert study.plan_points(config, "original") == [study.plan_row(config, "original")]
+    # No checkpoints: one point, at the end of a dp_epochs run.
+    (only,) = study.plan_points(dataclasses.replace(config, dp_checkpoints=()), "dpsgd_sigma1.5")
+    assert (only.name, only.run.train.epochs, only.run.train.stop_epochs) == ("dpsgd_sigma1.5_ep7", 7, 7)
+
+
+def test_a_study_runs_a_fixed_noise_rows_points_in_order_on_one_snapshot_directory(tmp_path, monkeypatch):
+    calls, snapshot_dirs = [], []
+    fake = _fake_run_attack(calls)
+    monkeypatch.setattr(study.attack_run, "run_attack", fake)
+
+    def point(row, fns, data, row_dir, snapshots):
+        snapshot_dirs.append(snapshots)
+        return fake(row, fns, *data, row_dir)
+
+    monkeypatch.setattr(study.attack_run, "run_checkpoint_point", point)
+    monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
+    data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
+    config = _fixed_noise()
+    results = study.run_study(config, types.SimpleNamespace(has_batch_stats=False), data, str(tmp_path), {})
+    assert calls == ["original", "dpsgd_sigma1.5_ep10", "dpsgd_sigma1.5_ep20", "dpsgd_sigma1.5_ep40"]
+    assert snapshot_dirs == [str(tmp_path / "dpsgd_sigma1.5_snapshots")] * 3
+    rows = results["rows"]
+    assert "row" not in rows[0] and "epochs" not in rows[0] and "dp" not in rows[0]
+    assert [(r["name"], r["row"], r["epochs"]) for r in rows[1:]] == [
+        (f"dpsgd_sigma1.5_ep{e}", "dpsgd_sigma1.5", e) for e in (10, 20, 40)
+    ]
+    assert [r["dp"]["steps"] for r in rows[1:]] == [78, 156, 313]
+    # A report rewritten from the exports keeps the points' fields.
+    monkeypatch.setattr(
+        study.attack_run, "report_only", lambda row_dir: checkpoint.read_json(f"{row_dir}/results.json")
+    )
+    rewritten = study.rewrite_report(str(tmp_path), "", "report")
+    assert [{k: r.get(k) for k in ("name", "row", "epochs")} for r in rewritten["rows"]] == [
+        {k: r.get(k) for k in ("name", "row", "epochs")} for r in rows
+    ]

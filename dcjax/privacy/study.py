@@ -12,7 +12,15 @@ a formal guarantee, ``dp_setting`` records it). Every row is an
 only the recipe (and the training protocol that suits its set size) changes. The attacker
 runs the target's whole pipeline for its shadows, condensation included.
 
-Workdir: ``config.json``; one sub-directory per row (a complete ``attack_run`` workdir, so a
+Fixed-noise DP-SGD rows, ``dpsgd_sigma<S>`` for each S of ``dp_noise``, are frontier points
+(``plan_points``): one DP-SGD run at noise multiplier S for the last of ``dp_checkpoints``
+expected epochs, attacked at each checkpoint e as point ``<row>_ep<e>`` with the guarantee the
+accountant gives for the steps taken (``noise_guarantee``). The points share the run's training
+snapshots (``<row>_snapshots/``, ``dcjax.snapshots``), so the run is trained once and each
+point is the state of that same run after its e epochs. In results.json a point's entry adds
+its ``row`` and ``epochs``.
+
+Workdir: ``config.json``; one sub-directory per row or point (a complete ``attack_run`` workdir, so a
 killed study resumes inside the row it was in); ``results.json`` (schema: ``dcjax.privacy.study_report``);
 ``RESULTS.md`` generated from it; figures ``privacy_accuracy.png``, ``roc_targets.png`` and
 ``synthetic_<row>.png``.
@@ -56,6 +64,16 @@ _DP = (
     "epsilon = {epsilon:g} at delta = {delta:g} (RDP: epsilon {epsilon_rdp:.3f}; delta includes the batch "
     "overflow term), noise multiplier {noise_multiplier:.3f}, clip {l2_clip:g}"
 )
+NOISE_ROW_PREFIX = "dpsgd_sigma"  # + a noise multiplier of StudyConfig.dp_noise: a fixed-noise DP-SGD row.
+# A fixed-noise row's point: its run stopped at a checkpoint (the same run continues to the next).
+_DP_NOISE = (
+    "trained with DP-SGD on all of its private data at noise multiplier {noise_multiplier:g}, clip {l2_clip:g}, "
+    "Poisson-sampled batches (q = {sample_rate:.4g}, expected batch {expected_batch_size}, at most {capacity}, "
+    "lr {lr:g}), attacked after {epochs} of its run's {run_epochs} expected epochs ({steps} of {run_steps} steps): "
+    "(epsilon = {epsilon_pld:.3f}, delta = {delta_total:.4g})-DP by the PLD accountant at delta = {delta:g} "
+    "for the steps taken (RDP: epsilon {epsilon_rdp:.3f}; delta includes the batch overflow term)"
+)
+POINT_FIELDS = ("row", "epochs")  # What a row's point adds to its results.json entry (``RowPlan.point``).
 DP_OVERFLOW_FRACTION = 1e-3  # eta = this * delta / (1 + e^epsilon): the overflow term adds <= 0.1% to delta.
 DESCRIPTIONS = {
     "original": "trained on all of its private data (half the target pool)",
@@ -85,6 +103,11 @@ class StudyConfig:
       Noisy gradients want other settings than clean ones (experiments/dp_tune.py).
     dm_iterations: iterations of the ``dm_real`` row (a DM iteration is far cheaper than a DC
       one; its lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
+    dp_noise: noise multipliers of the fixed-noise DP-SGD rows, row ``dpsgd_sigma<value>`` each
+      (``noise_rows``; a row is valid only when its value is here).
+    dp_checkpoints: expected epochs at which a fixed-noise row's one run is attacked, strictly
+      increasing; the last is the run's length (in place of dp_epochs). () : one point, at the
+      end of a dp_epochs run (``dp_points``).
     """
 
     attack: attack_run.AttackRunConfig = attack_run.AttackRunConfig()
@@ -99,11 +122,15 @@ class StudyConfig:
     dp_batch_size: int | None = None
     dp_epochs: int | None = None
     dm_iterations: int = _DM_PAPER_ITERATIONS
+    dp_noise: tuple[float, ...] = ()
+    dp_checkpoints: tuple[int, ...] = ()
 
     def __post_init__(self):
-        unknown = [r for r in self.rows if r not in ROWS]
+        _check_dp_points(self)
+        valid = ROWS + tuple(noise_rows(self))
+        unknown = [r for r in self.rows if r not in valid]
         if unknown or not self.rows or len(set(self.rows)) != len(self.rows):
-            raise ValueError(f"rows must be distinct names from {ROWS}, got {list(self.rows)}")
+            raise ValueError(f"rows must be distinct names from {valid}, got {list(self.rows)}")
         if not 0 < self.dp_delta < 1:
             raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
         if not 0 < self.dp_clip < math.inf:  # Also rejects NaN.
@@ -117,6 +144,28 @@ class StudyConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dm_iterations < 1:
             raise ValueError(f"dm_iterations must be >= 1, got {self.dm_iterations}")
+
+
+def noise_rows(config: StudyConfig) -> dict[str, float]:
+    """{row name: noise multiplier} of the fixed-noise DP-SGD rows ``config.dp_noise`` makes valid."""
+    return {f"{NOISE_ROW_PREFIX}{noise:g}": noise for noise in config.dp_noise}
+
+
+def _check_dp_points(config: StudyConfig) -> None:
+    """ValueError (naming the setting) unless dp_noise holds distinct positive finite values with distinct row
+    names and dp_checkpoints strictly increasing positive epochs."""
+    if any(not 0 < noise < math.inf for noise in config.dp_noise):  # Also rejects NaN.
+        raise ValueError(f"dp_noise must hold noise multipliers > 0 and finite, got {list(config.dp_noise)}")
+    if len(noise_rows(config)) != len(config.dp_noise):
+        raise ValueError(f"dp_noise must hold distinct values (distinct row names), got {list(config.dp_noise)}")
+    checkpoints = config.dp_checkpoints
+    if any(e < 1 for e in checkpoints) or any(a >= b for a, b in zip(checkpoints, checkpoints[1:])):
+        raise ValueError(f"dp_checkpoints must be strictly increasing epochs >= 1, got {list(checkpoints)}")
+
+
+def dp_points(config: StudyConfig) -> tuple[int, ...]:
+    """Expected epochs at which each fixed-noise row is attacked: dp_checkpoints, or the end of a dp_epochs run."""
+    return config.dp_checkpoints or (_dp_training(config).epochs,)
 
 
 def _dp_training(config: StudyConfig) -> train_lib.TrainConfig:
@@ -179,6 +228,49 @@ def dp_guarantee(
     }
 
 
+def noise_guarantee(
+    noise: float, delta: float, sizes: tuple[int, int], train: train_lib.TrainConfig, l2_clip: float, epochs: int
+) -> dict:
+    """``dp_guarantee`` at a given noise multiplier for the run ``train`` (dp unset) released after ``epochs``.
+
+    sizes: (n = ``num_examples``, ``largest``) as ``dp_guarantee``'s. The epsilons (PLD, RDP), the overflow
+    probability and delta_total are those of the steps taken, round(epochs * n / B); B_max and its budget
+    eta = DP_OVERFLOW_FRACTION * delta / (1 + e^epsilon_run) are the whole run's (epsilon_run: its PLD epsilon after
+    all its round(train.epochs * n / B) steps), so every checkpoint of a run trains with one DPConfig. "epochs" and
+    "steps" are the checkpoint's, "run_epochs" and "run_steps" the run's.
+    """
+    num_examples, largest = sizes
+    q, run_steps, expected = dpsgd.poisson_schedule(num_examples, train.batch_size, train.epochs)
+    steps = dpsgd.poisson_schedule(num_examples, train.batch_size, epochs)[1]
+    run_epsilon = accounting.epsilon_pld(noise, q, run_steps, delta)
+    budget = DP_OVERFLOW_FRACTION * delta / (1 + math.exp(min(run_epsilon, 700.0)))  # exp(>709) overflows.
+    capacity = dpsgd.poisson_capacity(largest + 1, q, run_steps, budget)
+    overflow = dpsgd.overflow_probability(largest + 1, q, steps, capacity)
+    eps_pld = accounting.epsilon_pld(noise, q, steps, delta)
+    return {
+        "epsilon": eps_pld,  # No target here: the guarantee itself (the report's epsilon column).
+        "epsilon_pld": eps_pld,
+        "epsilon_rdp": accounting.epsilon_rdp(noise, q, steps, delta),
+        "delta": delta,
+        "overflow_probability": overflow,
+        "overflow_budget": budget,
+        "delta_total": accounting.overflow_delta(delta, eps_pld, overflow),
+        "noise_multiplier": noise,
+        "l2_clip": l2_clip,
+        "lr": train.lr,
+        "epochs": epochs,
+        "run_epochs": train.epochs,
+        "sample_rate": q,
+        "steps": steps,
+        "run_steps": run_steps,
+        "expected_batch_size": expected,
+        "capacity": capacity,
+        "private_examples": num_examples,
+        "max_private_examples": largest,
+        "accountant": "pld, Poisson sampling (formal)",
+    }
+
+
 def dp_setting(config: StudyConfig, name: str) -> dict | None:
     """The privacy setting of a DP-SGD row (``dp_guarantee``; None for other rows).
 
@@ -225,16 +317,20 @@ def _other_method(config: StudyConfig, name: str, dp: dict | None):
     return recipe, dataclasses.replace(config.train_small, augment=augment)
 
 
-def _dpsgd(config: StudyConfig, name: str, dp: dict | None):
-    assert dp is not None, f"{name} is not a DP-SGD row"
-    private = dpsgd.DPConfig(
+def _dp_config(dp: dict) -> dpsgd.DPConfig:
+    """The DPConfig a DP setting (``dp_guarantee``, ``noise_guarantee``) trains with."""
+    return dpsgd.DPConfig(
         l2_clip=dp["l2_clip"],
         noise_multiplier=dp["noise_multiplier"],
         num_examples=dp["private_examples"],
         capacity=dp["capacity"],
         overflow_budget=dp["overflow_budget"],
     )
-    return bank.Recipe("original"), dataclasses.replace(_dp_training(config), dp=private)
+
+
+def _dpsgd(config: StudyConfig, name: str, dp: dict | None):
+    assert dp is not None, f"{name} is not a DP-SGD row"
+    return bank.Recipe("original"), dataclasses.replace(_dp_training(config), dp=_dp_config(dp))
 
 
 # Row name -> (config, name, its dp_setting) -> (recipe, training). A new row adds one entry (and its name to ROWS).
@@ -255,6 +351,10 @@ class RowPlan(NamedTuple):
     run: attack_run.AttackRunConfig  # The row's attack run: the study's settings with the row's recipe.
     description: str  # One line on what the row's targets are trained on.
     dp: dict | None  # ``dp_setting`` (DP-SGD rows), else None.
+    # A point of a row (``plan_points``): what its results.json entry adds to the name ({"row", "epochs"}).
+    point: dict | None = None
+    # A checkpoint point's snapshot directory under the study workdir, shared by its row's points; None: none.
+    snapshots: str | None = None
 
 
 def plan_row(config: StudyConfig, name: str) -> RowPlan:
@@ -269,6 +369,30 @@ def plan_row(config: StudyConfig, name: str) -> RowPlan:
     return RowPlan(name, dataclasses.replace(config.attack, recipe=recipe, train=train), description, dp)
 
 
+def plan_points(config: StudyConfig, name: str) -> list[RowPlan]:
+    """The attack runs of one row: its ``plan_row``, or a fixed-noise DP-SGD row's checkpoint points."""
+    if name in noise_rows(config):
+        return _plan_noise_points(config, name)
+    return [plan_row(config, name)]
+
+
+def _plan_noise_points(config: StudyConfig, name: str) -> list[RowPlan]:
+    """A fixed-noise DP-SGD row's points, ``<row>_ep<e>`` in increasing e (``dp_points``): one run of
+    ``_dp_training`` for the last e's expected epochs, attacked after e of them with ``noise_guarantee``'s
+    guarantee; the points share the run's snapshots (``<row>_snapshots``), so it is trained once."""
+    epochs = dp_points(config)
+    run = dataclasses.replace(_dp_training(config), epochs=epochs[-1])
+    sizes = (config.attack.target_pool // 2, _largest_private_set(config))
+    plans = []
+    for e in epochs:
+        dp = noise_guarantee(noise_rows(config)[name], config.dp_delta, sizes, run, config.dp_clip, e)
+        train = dataclasses.replace(run, dp=_dp_config(dp), stop_epochs=e)
+        row = dataclasses.replace(config.attack, recipe=bank.Recipe("original"), train=train)
+        point = {"row": name, "epochs": e}
+        plans.append(RowPlan(f"{name}_ep{e}", row, _DP_NOISE.format(**dp), dp, point, f"{name}_snapshots"))
+    return plans
+
+
 def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
     """The attack-run settings of one row (``plan_row``'s ``run``)."""
     return plan_row(config, name).run
@@ -279,11 +403,13 @@ def describe(config: StudyConfig, name: str) -> str:
     return plan_row(config, name).description
 
 
-def _row_summary(name: str, description: str, dp: dict | None, results: dict) -> dict:
-    """The row as ``study_report`` reads it (full per-run results stay in the row's workdir)."""
+def _row_summary(name: str, description: str, dp: dict | None, results: dict, point: dict | None = None) -> dict:
+    """The row as ``study_report`` reads it (full per-run results stay in the row's workdir); ``point``: the
+    fields a row's point adds (``RowPlan.point``)."""
     natural = {a: by_slice.get("natural") for a, by_slice in results["attacks"].items()}
     return {
         "name": name,
+        **(point or {}),
         "description": description,
         **({"dp": dp} if dp else {}),
         "utility": results["utility"],
@@ -328,6 +454,8 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
             attack_run.export_trained_bank(row, fns, train, test, row_dir)
         return attack_run.report_only(row_dir)
     logging.info("row %s: %s", name, plan.description)
+    if plan.snapshots is not None:
+        return attack_run.run_checkpoint_point(row, fns, data, row_dir, workdir_lib.path(workdir, plan.snapshots))
     train, test = data
     return attack_run.run_attack(row, fns, train, test, row_dir)
 
@@ -385,7 +513,7 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
         optionally "conclusion": hand-written markdown appended to RESULTS.md.
       overwrite: discard whatever the workdir holds.
     """
-    plans = [plan_row(config, name) for name in config.rows]
+    plans = [plan for name in config.rows for plan in plan_points(config, name)]
     train, test = data
     for plan in plans:  # Every row's feasibility first: fail before hours of work.
         pools.check_recipe_fits(plan.run, train)
@@ -400,7 +528,7 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
     rows = []
     for plan in plans:
         results = _run_row(plan, fns, data, workdir)
-        rows.append(_row_summary(plan.name, plan.description, plan.dp, results))
+        rows.append(_row_summary(plan.name, plan.description, plan.dp, results, plan.point))
     about = dict(about)
     conclusion = about.pop("conclusion", "")
     results = {
@@ -437,7 +565,8 @@ def rewrite_report(workdir: str, conclusion: str, report_command: str) -> dict:
         logging.info("row %s: re-attacking its export", old["name"])
         row_results = attack_run.report_only(workdir_lib.path(workdir, old["name"]))
         row_results["wall_seconds"] = old["wall_seconds"]  # The bank's cost, not the re-attack's.
-        rows.append(_row_summary(old["name"], old["description"], old.get("dp"), row_results))
+        point = {key: old[key] for key in POINT_FIELDS if key in old}
+        rows.append(_row_summary(old["name"], old["description"], old.get("dp"), row_results, point or None))
     results = {**results, "rows": rows, "report_command": report_command}
     write_report(workdir, results, conclusion)
     checkpoint.write_json(done, results)
