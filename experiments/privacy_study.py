@@ -1,7 +1,8 @@
 r"""The privacy study: does training on condensed data protect membership, and at what cost?
 
 One command runs every row (original data, random subset, DC noise init, DC real init; and,
-on request, DSA and DM with real init and DP-SGD at epsilon 1, 4, 8) as a membership-inference run on the same
+on request, DSA and DM with real init, DP-SGD at epsilon 1, 4, 8, and DP-SGD at fixed noise
+multipliers, each run attacked at several checkpoints) as a membership-inference run on the same
 split, then writes results.json, RESULTS.md and figures; re-running the same command resumes, and
 re-running with more --rows adds them to a finished study (its finished rows are reused).
 
@@ -39,7 +40,7 @@ flags.DEFINE_list(
     "rows",
     list(study_default("rows")),
     "Targets to study, in order; valid: " + ", ".join(study.ROWS) + " (dpsgd_epsE: DP-SGD on all private data at "
-    "epsilon E, delta --dp_delta; not run by default).",
+    "epsilon E, delta --dp_delta; not run by default), and dpsgd_sigmaS for each S of --dp_noise.",
 )
 flags.DEFINE_float("dp_delta", study_default("dp_delta"), "Delta of the DP-SGD rows' (epsilon, delta) guarantee.")
 flags.DEFINE_float("dp_clip", study_default("dp_clip"), "Per-example gradient L2 clip norm of the DP-SGD rows.")
@@ -53,6 +54,18 @@ flags.DEFINE_integer(
     "dp_epochs",
     study_default("dp_epochs"),
     "Expected epochs of the DP-SGD rows: round(epochs / q) Poisson-sampled steps (default: --epochs).",
+)
+flags.DEFINE_list(
+    "dp_noise",
+    list(study_default("dp_noise")),
+    "Noise multipliers of fixed-noise DP-SGD rows: --dp_noise=1.5 makes row dpsgd_sigma1.5 valid in --rows (its "
+    "run is attacked at every --dp_checkpoints epoch, each point with the accountant's epsilon for its steps).",
+)
+flags.DEFINE_list(
+    "dp_checkpoints",
+    list(study_default("dp_checkpoints")),
+    "Expected epochs (strictly increasing) at which each fixed-noise DP-SGD row's one run is attacked, point "
+    "<row>_ep<E> each; the last is the run's length, in place of --dp_epochs (default: one point, at --dp_epochs).",
 )
 flags.DEFINE_integer(
     "dm_iterations",
@@ -104,6 +117,7 @@ def study_config():
         )
         train_lib.make_schedule(small, 1)  # Validates the batch size.
     attack, condense = common.attack_config(bank.Recipe(), original), common.condense_config()
+    dp_noise, dp_checkpoints = _numbers("dp_noise", float), _numbers("dp_checkpoints", int)
     with common.naming_flags():  # StudyConfig checks rows, per_class, dp_*, dm_iterations.
         return study.StudyConfig(
             attack=attack,
@@ -118,7 +132,20 @@ def study_config():
             dp_batch_size=FLAGS.dp_batch_size,
             dp_epochs=FLAGS.dp_epochs,
             dm_iterations=FLAGS.dm_iterations,
+            dp_noise=dp_noise,
+            dp_checkpoints=dp_checkpoints,
         )
+
+
+def _numbers(name: str, kind) -> tuple:
+    """The list flag ``name`` as numbers of ``kind`` (float or int); ValueError naming the flag otherwise."""
+    try:
+        return tuple(kind(value) for value in FLAGS[name].value)
+    except ValueError:
+        what = "numbers" if kind is float else "integers"
+        raise ValueError(
+            f"--{name} must be a comma-separated list of {what}, got {','.join(FLAGS[name].value)}"
+        ) from None
 
 
 def check_fits(config, train, test):
@@ -128,7 +155,7 @@ def check_fits(config, train, test):
     with common.naming_flags():
         pools.check_recipe_fits(config.attack, train)  # The pools (its recipe needs nothing more).
         for name in config.rows:  # DP-SGD rows train on whole halves (run_study checks their B_max).
-            if name not in study.DP_EPSILONS:
+            if name not in study.DP_EPSILONS and name not in study.noise_rows(config):
                 pools.check_recipe_fits(study.row_config(config, name), train)
         pools.population_indices(config.attack, len(test.labels))
 

@@ -449,6 +449,7 @@ FLAG_CHECKS = {
         ["rows", "dp_delta", "dp_clip", "dp_lr", "dp_batch_size", "dp_epochs", "dm_iterations"],
         "StudyConfig (dp_tune.py: check_flags)",
     ),
+    **dict.fromkeys(["dp_noise", "dp_checkpoints"], "privacy_study._numbers, then StudyConfig"),
     **dict.fromkeys(["small_epochs", "small_batch_size"], "TrainConfig, renamed in privacy_study.study_config"),
     **dict.fromkeys(
         ["target_pool", "attacker_pool", "private_size", "val_size", "batch_sizes", "lrs", "epsilons"],

@@ -212,6 +212,11 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
         (["--dp_delta=1.5"], "--dp_delta"),
         (["--dp_clip=0"], "--dp_clip"),
         (["--rows=original,dpsgd_eps3"], "--rows"),
+        (["--rows=dpsgd_sigma2"], "--rows"),  # Not a noise of --dp_noise.
+        (["--dp_noise=1,0"], "--dp_noise"),
+        (["--dp_noise=1,x"], "--dp_noise"),
+        (["--dp_checkpoints=4,2"], "--dp_checkpoints"),
+        (["--dp_checkpoints=1.5"], "--dp_checkpoints"),
     ],
 )
 @pytest.mark.slow
@@ -219,6 +224,21 @@ def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
     proc = _run(["experiments/privacy_study.py", f"--workdir={tmp_path}/w"] + args)
     assert proc.returncode != 0 and flag in _error_line(proc), proc.stderr[-2000:]
     assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.slow
+def test_privacy_study_attacks_a_fixed_noise_row_at_each_checkpoint_on_mock_data(tmp_path):
+    workdir = tmp_path / "study"
+    dp = ["--rows=dpsgd_sigma1", "--dp_noise=1", "--dp_checkpoints=1,2", "--dp_batch_size=16", "--dp_lr=0.1"]
+    proc = _run(launch_flags.TINY_STUDY + [f"--workdir={workdir}"] + dp, mock_examples=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    rows = [(r["name"], r["row"], r["epochs"], r["dp"]["epochs"], r["dp"]["run_epochs"]) for r in results["rows"]]
+    assert rows == [("dpsgd_sigma1_ep1", "dpsgd_sigma1", 1, 1, 2), ("dpsgd_sigma1_ep2", "dpsgd_sigma1", 2, 2, 2)]
+    first, last = (r["dp"] for r in results["rows"])
+    assert first["epsilon_pld"] < last["epsilon_pld"] and first["noise_multiplier"] == last["noise_multiplier"] == 1
+    assert sorted(os.listdir(workdir / "dpsgd_sigma1_snapshots")) == ["config.json", "ep1", "ep2"]
+    assert (workdir / "dpsgd_sigma1_ep2" / "roc.png").exists() and "| dpsgd_sigma1_ep2 " in proc.stdout
 
 
 @pytest.mark.slow
