@@ -526,6 +526,13 @@ def train_dp_segment(
     return state
 
 
+def _to_checkpoint(fns: ModelFns, config: TrainConfig, key: jax.Array, data, ticks: bool):
+    """``train_from_init`` of a checkpoint of a longer DP-SGD run: that run's first stop_epochs, from initialisation."""
+    assert config.stop_epochs is not None, "a checkpoint has stop_epochs"
+    state = train_dp_segment(fns, config, key, data, (0, None), ticks)
+    return state.variables, dp_losses(state, config.stop_epochs)
+
+
 def train_from_init(
     fns: ModelFns, config: TrainConfig, schedule: Schedule, key: jax.Array, data, ticks: bool | None = None
 ) -> tuple[Variables, jax.Array]:
@@ -540,17 +547,15 @@ def train_from_init(
       ticks: report finished steps to ``dcjax.progress``; None: ``progress.enabled()``.
 
     Returns:
-      (trained variables, per-epoch mean training loss [epochs]). With ``config.dp`` the
-      training is DP-SGD's Poisson-sampled steps (``_train_dp``; ``schedule`` unused), the
-      losses per expected epoch; with ``config.stop_epochs`` too, that run's first stop_epochs
-      (``train_dp_segment``), losses [stop_epochs].
+      (trained variables, per-epoch mean training loss [epochs]). With ``config.dp`` the training is DP-SGD's
+      Poisson-sampled steps (``_train_dp``; ``schedule`` unused), losses per expected epoch; with ``stop_epochs``
+      too, that run's first stop_epochs (``train_dp_segment``), losses [stop_epochs].
     """
     if config.dp is not None:
         dpsgd.check_network(fns)
     ticks = progress.enabled() if ticks is None else ticks
-    if config.stop_epochs is not None:  # A checkpoint of a longer DP-SGD run: that run's first steps.
-        state = train_dp_segment(fns, config, key, data, (0, None), ticks)
-        return state.variables, dp_losses(state, config.stop_epochs)
+    if config.stop_epochs is not None:
+        return _to_checkpoint(fns, config, key, data, ticks)
     init_key, first_key, second_key = jax.random.split(key, 3)
     variables = fns.init(init_key)
     if config.dp is not None:

@@ -234,10 +234,9 @@ def noise_guarantee(
     """``dp_guarantee`` at a given noise multiplier for the run ``train`` (dp unset) released after ``epochs``.
 
     sizes: (n = ``num_examples``, ``largest``) as ``dp_guarantee``'s. The epsilons (PLD, RDP), the overflow
-    probability and delta_total are those of the steps taken, round(epochs * n / B); B_max and its budget
-    eta = DP_OVERFLOW_FRACTION * delta / (1 + e^epsilon_run) are the whole run's (epsilon_run: its PLD epsilon after
-    all its round(train.epochs * n / B) steps), so every checkpoint of a run trains with one DPConfig. "epochs" and
-    "steps" are the checkpoint's, "run_epochs" and "run_steps" the run's.
+    probability and delta_total are those of the steps taken, round(epochs * n / B); B_max and its budget eta =
+    DP_OVERFLOW_FRACTION * delta / (1 + e^epsilon_run) are the run's (epsilon_run: its PLD epsilon after all its
+    steps): its checkpoints share one DPConfig. "epochs"/"steps" are the checkpoint's, "run_epochs"/"run_steps" its.
     """
     num_examples, largest = sizes
     q, run_steps, expected = dpsgd.poisson_schedule(num_examples, train.batch_size, train.epochs)
