@@ -465,10 +465,11 @@ def weight_totals(weights: ResampleWeights, keep, include) -> tuple[np.ndarray, 
     return totals[0], totals[1]
 
 
-def _prefix_end(y: np.ndarray, last: np.ndarray, start: int) -> int:
+def _prefix_end(last: np.ndarray, start: int) -> int:
     """The first tie-run boundary at or after ``start`` trials (a prefix never splits tied scores)."""
     ends = np.flatnonzero(last) + 1
-    return int(ends[min(np.searchsorted(ends, max(start, 1)), ends.size - 1)])
+    position = min(int(np.searchsorted(ends, max(start, 1))), ends.size - 1)
+    return int(ends[position])
 
 
 def bootstrap_tprs(scores, keep, include, weights: ResampleWeights, fprs: Sequence[float], totals=None) -> dict:
@@ -498,7 +499,7 @@ def bootstrap_tprs(scores, keep, include, weights: ResampleWeights, fprs: Sequen
     bound = max(fprs) + _FPR_TOL
     bad = (members == 0) | (nonmembers == 0)
     start = int(np.searchsorted(np.cumsum(~y), 4 * bound * np.sum(~y) + 64)) + 1
-    end = _prefix_end(y, last, start)
+    end = _prefix_end(last, start)
     while True:
         w = weights.examples[:, cols[:end]]
         if weights.models is not None:
@@ -508,7 +509,7 @@ def bootstrap_tprs(scores, keep, include, weights: ResampleWeights, fprs: Sequen
         fpr = np.cumsum(w * ~y[:end], axis=1, dtype=np.int32)[:, points] / np.maximum(nonmembers[:, None], 1)
         if end == y.size or np.all(bad | (fpr[:, -1] > bound)):
             break
-        end = _prefix_end(y, last, 2 * end)
+        end = _prefix_end(last, 2 * end)
     tpr = tp / np.maximum(members[:, None], 1)
     out = {}
     for f in fprs:
