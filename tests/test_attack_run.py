@@ -222,3 +222,36 @@ def test_a_recipe_the_private_halves_cannot_feed_fails_before_writing(fns, tmp_p
     with pytest.raises(ValueError, match="per_class=5 exceeds"):
         _run(fns, tmp_path / "w", _config(recipe=bank.Recipe(kind="subset", per_class=5)))
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow  # Three tiny DM attack runs (~30 s).
+def test_ladder_points_resume_from_snapshots_to_the_straight_runs_models(fns, tmp_path):
+    """A run at 2 iterations after one at 1, sharing snapshots, condenses what a straight run at 2 does."""
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="real", method="dm", lr_img=1.0)
+    point = lambda t: _config(  # noqa: E731
+        recipe=bank.Recipe(kind="condense", condense=dataclasses.replace(cfg, iterations=t)),
+        models_per_chunk=8,
+        target_pool=100,
+    )
+    snapshots = bank.Snapshots(str(tmp_path / "snapshots"), save_at=(1, 2))
+    train, test = _dataset(200, 5), _dataset(50, 6)
+    for t in (1, 2):
+        attack_run.run_attack(point(t), fns, train, test, str(tmp_path / f"it{t}"), snapshots=snapshots)
+    assert sorted(os.listdir(tmp_path / "snapshots")) == [
+        f"model_{i:03d}_it_{t:05d}.npz" for i in range(8) for t in (1, 2)
+    ]
+    with np.load(tmp_path / "snapshots" / "model_005_it_00001.npz") as z:
+        assert str(z["identity"]) == attack_run.snapshot_identity(point(1)) == attack_run.snapshot_identity(point(2))
+    assert attack_run.snapshot_identity(point(1)) != attack_run.snapshot_identity(
+        _config(seed=1, recipe=point(1).recipe)
+    )
+    _run(fns, tmp_path / "straight", point(2))
+    for i in range(8):
+        resumed = attack_run.load_model(str(tmp_path / "it2"), i)
+        straight = attack_run.load_model(str(tmp_path / "straight"), i)
+        np.testing.assert_array_equal(resumed["synthetic"], straight["synthetic"])
+        np.testing.assert_array_equal(resumed["logits"], straight["logits"])
+    assert not np.array_equal(
+        attack_run.load_model(str(tmp_path / "it1"), 0)["synthetic"],
+        attack_run.load_model(str(tmp_path / "it2"), 0)["synthetic"],
+    )

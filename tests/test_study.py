@@ -152,7 +152,7 @@ def test_bad_dp_study_settings_name_the_field(kwargs, field):
 def _fake_run_attack(calls):
     """attack_run.run_attack without training: the workdir rules and a minimal results dict."""
 
-    def run(row, fns, train, test, row_dir):
+    def run(row, fns, train, test, row_dir, snapshots=None):
         calls.append(os.path.basename(row_dir))
         workdir.prepare(row_dir, dataclasses.asdict(row), False)
         results = {
@@ -207,3 +207,66 @@ def test_a_row_plan_calls_the_accountant_once(monkeypatch):
         per_class=plan.run.recipe.per_class, ipc=10, dm_iterations=0, **plan.dp
     )
     assert study.plan_row(_cpu_like(), "original").dp is None and len(calls) == 1
+
+
+def test_a_ladder_expands_each_condensed_row_into_points_that_stop_early():
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=200, ladder=(5, 50, 500))
+    assert config.condense.iterations == 1000
+    for name, own, points in (("dc_real", 1000, (5, 50, 500, 1000)), ("dm_real", 200, (5, 50, 200))):
+        plan = study.plan_row(config, name)
+        expanded = study.ladder_points(plan, config.ladder)
+        assert [p.name for p in expanded] == [f"{name}_it{t}" for t in points]
+        for point, t in zip(expanded, points):
+            assert (point.row, point.iteration, point.ladder) == (name, t, points)
+            condensation = point.run.recipe.condense
+            assert condensation == dataclasses.replace(plan.run.recipe.condense, iterations=t)
+            assert dataclasses.replace(point.run, recipe=plan.run.recipe) == plan.run  # Only the iterations change.
+            assert point.description.startswith(plan.description) and f"{t} of {own} iterations" in point.description
+    for name in ("original", "subset"):  # Rows that do not condense stay one point, unchanged.
+        assert study.ladder_points(study.plan_row(config, name), config.ladder) == [study.plan_row(config, name)]
+    assert study.ladder_points(study.plan_row(config, "dc_real"), ()) == [study.plan_row(config, "dc_real")]
+
+
+@pytest.mark.parametrize("ladder", [(0, 5), (5, 5), (50, 5), (-1,)])
+def test_a_ladder_must_be_positive_and_strictly_increasing(ladder):
+    with pytest.raises(ValueError, match="^ladder must be positive, strictly increasing"):
+        study.StudyConfig(ladder=ladder)
+
+
+def test_a_study_recorded_before_ladders_matches_the_same_study_without_one(tmp_path):
+    recorded = dataclasses.asdict(study.StudyConfig())
+    del recorded["ladder"]
+    checkpoint.write_json(str(tmp_path / workdir.CONFIG), recorded)
+    assert workdir.config_matches(str(tmp_path), dataclasses.asdict(study.StudyConfig()))
+    assert not workdir.config_matches(str(tmp_path), dataclasses.asdict(study.StudyConfig(ladder=(5,))))
+
+
+def test_ladder_points_run_in_order_with_their_rows_shared_snapshots(tmp_path, monkeypatch):
+    calls, cached = [], {}
+    fake = _fake_run_attack(calls)
+
+    def run(row, fns, train, test, row_dir, snapshots=None):
+        cached[os.path.basename(row_dir)] = snapshots
+        return fake(row, fns, train, test, row_dir)
+
+    monkeypatch.setattr(study.attack_run, "run_attack", run)
+    monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
+    data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
+    fns = types.SimpleNamespace(has_batch_stats=False)
+    attack = dataclasses.replace(_cpu_like().attack, target_pool=1000)
+    condensation = dataclasses.replace(study.StudyConfig().condense, iterations=30, batch_real=32)
+    config = study.StudyConfig(attack=attack, rows=("original", "dc_real"), condense=condensation, ladder=(10, 20))
+    results = study.run_study(config, fns, data, str(tmp_path), {})
+    assert calls == ["original", "dc_real_it10", "dc_real_it20", "dc_real_it30"]
+    assert [(r["name"], r.get("row"), r.get("iteration")) for r in results["rows"]] == [
+        ("original", None, None),
+        ("dc_real_it10", "dc_real", 10),
+        ("dc_real_it20", "dc_real", 20),
+        ("dc_real_it30", "dc_real", 30),
+    ]
+    assert cached["original"] is None
+    for name in calls[1:]:
+        assert cached[name] == study.bank.Snapshots(str(tmp_path / "dc_real_snapshots"), save_at=(10, 20, 30))
+        recorded = workdir.read_config(str(tmp_path / name))["recipe"]["condense"]
+        assert recorded["iterations"] == int(name.rsplit("_it", 1)[1])

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import time
 import zipfile
@@ -124,11 +125,26 @@ def _model_path(workdir: str, i: int) -> str:
     return os.path.join(workdir, MODELS_DIR, f"model_{i:03d}.npz")
 
 
-class _Context:
-    """The static pieces of a run: network, data on host, split, queries."""
+def snapshot_identity(config: AttackRunConfig) -> str:
+    """What a condensation snapshot of this run must record to be resumed from: a digest of the run's settings but
+    its condensation iteration count (``bank.Snapshots``); runs that differ only in that count share snapshots."""
+    recipe = config.recipe
+    if recipe.condense is not None:
+        recipe = dataclasses.replace(recipe, condense=dataclasses.replace(recipe.condense, iterations=0))
+    settings = checkpoint.to_json(dataclasses.asdict(dataclasses.replace(config, recipe=recipe)))
+    return hashlib.sha256(settings.encode()).hexdigest()
 
-    def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str):
+
+class _Context:
+    """The static pieces of a run: network, data on host, split, queries, and its condensation snapshots if any."""
+
+    def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, snapshots=None):
         self.config, self.fns, self.workdir = config, fns, workdir
+        self.snapshots = (
+            dataclasses.replace(snapshots, identity=snapshot_identity(config))
+            if snapshots is not None and config.recipe.kind == "condense"
+            else None
+        )
         self.keys = attack_data.run_keys(config.seed)
         self.split = pools.make_split(config, train.labels, train.num_classes)
         self.split["population"] = pools.population_indices(config, len(test.labels))
@@ -201,7 +217,10 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     images, labels, _ = ctx.pool(chunk[0])
     keep = np.stack([ctx.keep_row(i) for i in chunk])
     model_keys = jnp.stack([jax.random.split(jax.random.fold_in(ctx.keys["models"], i)) for i in chunk])
-    data = bank.recipe_data(cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy)
+    snapshots = dataclasses.replace(ctx.snapshots, models=tuple(chunk)) if ctx.snapshots else None
+    data = bank.recipe_data(
+        cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy, snapshots=snapshots
+    )
     mesh = _mesh_for(chunk, cfg.strategy)
     variables, losses = engine.train_models(
         ctx.fns,
@@ -424,7 +443,16 @@ def export_trained_bank(config: AttackRunConfig, fns: ModelFns, train, test, wor
     return path
 
 
-def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, overwrite: bool = False) -> dict:
+def run_attack(
+    config: AttackRunConfig,
+    fns: ModelFns,
+    train,
+    test,
+    workdir: str,
+    overwrite: bool = False,
+    *,
+    snapshots: bank.Snapshots | None = None,
+) -> dict:
     """Trains the bank (resuming per model), attacks every target, writes the workdir.
 
     Args:
@@ -434,6 +462,8 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
       test: held-out data for the utility column.
       workdir: output directory (``dcjax.workdir`` rules).
       overwrite: discard whatever the workdir holds.
+      snapshots: a 'condense' recipe's condensation cache (``bank.Snapshots``' directory and save_at; identity
+        and model ids are set here), shared with runs that differ only in iterations; it changes no output.
 
     Returns:
       The results dict also written to results.json.
@@ -444,7 +474,7 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     tic = time.perf_counter()
-    ctx = _Context(config, fns, train, test, workdir)
+    ctx = _Context(config, fns, train, test, workdir, snapshots)
     split_path = workdir_lib.path(workdir, SPLIT)
     if not os.path.exists(split_path):
         checkpoint.write_npz(split_path, **ctx.split)

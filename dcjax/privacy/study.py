@@ -12,7 +12,12 @@ a formal guarantee, ``dp_setting`` records it). Every row is an
 only the recipe (and the training protocol that suits its set size) changes. The attacker
 runs the target's whole pipeline for its shadows, condensation included.
 
-Workdir: ``config.json``; one sub-directory per row (a complete ``attack_run`` workdir, so a
+Ladder (``StudyConfig.ladder``): each condensed row is attacked at several condensation iterations, its frontier
+points (``ladder_points``), each its own row of results named ``<row>_it<t>``; the row's points share a cache of
+condensation snapshots (``<row>_snapshots/``), so the point at t resumes from the previous point's iteration, not
+from scratch, to the same synthetic sets as a straight run.
+
+Workdir: ``config.json``; one sub-directory per row or ladder point (a complete ``attack_run`` workdir, so a
 killed study resumes inside the row it was in); ``results.json`` (schema: ``dcjax.privacy.study_report``);
 ``RESULTS.md`` generated from it; figures ``privacy_accuracy.png``, ``roc_targets.png`` and
 ``synthetic_<row>.png``.
@@ -85,6 +90,8 @@ class StudyConfig:
       Noisy gradients want other settings than clean ones (experiments/dp_tune.py).
     dm_iterations: iterations of the ``dm_real`` row (a DM iteration is far cheaper than a DC
       one; its lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
+    ladder: condensation iterations at which each condensed row is also attacked (``ladder_points``):
+      positive, strictly increasing; empty (the default): one point per row.
     """
 
     attack: attack_run.AttackRunConfig = attack_run.AttackRunConfig()
@@ -99,6 +106,7 @@ class StudyConfig:
     dp_batch_size: int | None = None
     dp_epochs: int | None = None
     dm_iterations: int = _DM_PAPER_ITERATIONS
+    ladder: tuple[int, ...] = ()
 
     def __post_init__(self):
         unknown = [r for r in self.rows if r not in ROWS]
@@ -117,6 +125,9 @@ class StudyConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dm_iterations < 1:
             raise ValueError(f"dm_iterations must be >= 1, got {self.dm_iterations}")
+        ladder = list(self.ladder)
+        if any(t < 1 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+            raise ValueError(f"ladder must be positive, strictly increasing iterations, got {ladder}")
 
 
 def _dp_training(config: StudyConfig) -> train_lib.TrainConfig:
@@ -249,12 +260,16 @@ _ROW_RECIPES = {
 
 
 class RowPlan(NamedTuple):
-    """One row's settings, computed once (its DP setting calls the accountant): what every stage reads."""
+    """One row's (or ladder point's) settings, computed once (its DP setting calls the accountant): what every
+    stage reads."""
 
-    name: str
+    name: str  # The row's name; a ladder point's is f"{row}_it{iteration}". Its workdir is <study workdir>/<name>.
     run: attack_run.AttackRunConfig  # The row's attack run: the study's settings with the row's recipe.
     description: str  # One line on what the row's targets are trained on.
     dp: dict | None  # ``dp_setting`` (DP-SGD rows), else None.
+    row: str = ""  # A ladder point's row ("": the plan is a whole row).
+    iteration: int | None = None  # A ladder point's condensation iterations.
+    ladder: tuple[int, ...] = ()  # A ladder point: the iterations of all its row's points (its snapshots').
 
 
 def plan_row(config: StudyConfig, name: str) -> RowPlan:
@@ -267,6 +282,42 @@ def plan_row(config: StudyConfig, name: str) -> RowPlan:
         per_class=config.per_class, ipc=config.condense.ipc, dm_iterations=config.dm_iterations, **(dp or {})
     )
     return RowPlan(name, dataclasses.replace(config.attack, recipe=recipe, train=train), description, dp)
+
+
+def ladder_points(plan: RowPlan, ladder: tuple[int, ...]) -> list[RowPlan]:
+    """A condensed row's frontier points in increasing iterations: one per ``ladder`` iteration up to the row's own
+    count, and that count; each condenses as the row does but stops there. [plan] itself for an empty ladder or a
+    row that does not condense."""
+    condensation = plan.run.recipe.condense
+    if not ladder or plan.run.recipe.kind != "condense" or condensation is None:
+        return [plan]
+    own = condensation.iterations
+    points = tuple(sorted({t for t in ladder if t <= own} | {own}))
+
+    def point(t: int) -> RowPlan:
+        recipe = dataclasses.replace(plan.run.recipe, condense=dataclasses.replace(condensation, iterations=t))
+        return plan._replace(
+            name=f"{plan.name}_it{t}",
+            run=dataclasses.replace(plan.run, recipe=recipe),
+            description=f"{plan.description}; ladder point: condensation stopped after {t} of {own} iterations",
+            row=plan.name,
+            iteration=t,
+            ladder=points,
+        )
+
+    return [point(t) for t in points]
+
+
+def _snapshots(plan: RowPlan, workdir: str) -> bank.Snapshots | None:
+    """A ladder point's condensation cache, shared by its row's points: <workdir>/<row>_snapshots (None: no ladder)."""
+    if plan.iteration is None:
+        return None
+    return bank.Snapshots(workdir_lib.path(workdir, f"{plan.row}_snapshots"), save_at=plan.ladder)
+
+
+def _point_fields(row: str, iteration: int | None) -> dict:
+    """A ladder point's extra fields in the study's results ({} for a whole row: its entry is as before ladders)."""
+    return {"row": row, "iteration": iteration} if iteration is not None else {}
 
 
 def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
@@ -329,7 +380,7 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
         return attack_run.report_only(row_dir)
     logging.info("row %s: %s", name, plan.description)
     train, test = data
-    return attack_run.run_attack(row, fns, train, test, row_dir)
+    return attack_run.run_attack(row, fns, train, test, row_dir, snapshots=_snapshots(plan, workdir))
 
 
 def _figures(workdir: str, results: dict) -> dict[str, str]:
@@ -398,9 +449,9 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite, parts_checked=True)
     tic = time.perf_counter()
     rows = []
-    for plan in plans:
-        results = _run_row(plan, fns, data, workdir)
-        rows.append(_row_summary(plan.name, plan.description, plan.dp, results))
+    for plan in [point for row in plans for point in ladder_points(row, config.ladder)]:
+        summary = _row_summary(plan.name, plan.description, plan.dp, _run_row(plan, fns, data, workdir))
+        rows.append({**summary, **_point_fields(plan.row, plan.iteration)})
     about = dict(about)
     conclusion = about.pop("conclusion", "")
     results = {
@@ -437,7 +488,8 @@ def rewrite_report(workdir: str, conclusion: str, report_command: str) -> dict:
         logging.info("row %s: re-attacking its export", old["name"])
         row_results = attack_run.report_only(workdir_lib.path(workdir, old["name"]))
         row_results["wall_seconds"] = old["wall_seconds"]  # The bank's cost, not the re-attack's.
-        rows.append(_row_summary(old["name"], old["description"], old.get("dp"), row_results))
+        summary = _row_summary(old["name"], old["description"], old.get("dp"), row_results)
+        rows.append({**summary, **_point_fields(old.get("row", ""), old.get("iteration"))})
     results = {**results, "rows": rows, "report_command": report_command}
     write_report(workdir, results, conclusion)
     checkpoint.write_json(done, results)
