@@ -57,7 +57,8 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "dm_iterations",
     study_default("dm_iterations"),
-    "Iterations of the dm_real row (DM's paper value by default; --iterations sets the DC and DSA rows').",
+    "Iterations of the DM rows (dm_real, dm_noise, dm_means; DM's paper value by default; --iterations sets the DC "
+    "and DSA rows').",
 )
 flags.DEFINE_list(
     "ladder",

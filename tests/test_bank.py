@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dcjax import condense, models
+from dcjax import keys as keys_lib
 from dcjax.privacy import bank
 
 
@@ -78,3 +79,17 @@ def test_ladder_snapshots_resume_to_the_straight_run_bitwise(tmp_path, monkeypat
     (tmp_path / "snap" / "model_007_it_00004.npz").write_bytes(b"truncated")
     assert run(4, snapshots)[2] == 2  # A damaged file: the newest complete iteration before it.
     assert run(4, dataclasses.replace(snapshots, identity="other"))[2] == 4  # Another setting's cache is not used.
+
+
+def test_means_init_in_a_bank_averages_each_models_own_members_and_uses_none():
+    fns, (images, labels), keep, keys = _condense_inputs()
+    config = condense.CondenseConfig(ipc=2, iterations=0, batch_real=2, init="means")
+    syn, init = bank.condense_models(fns, config, keys, (images, labels), keep)
+    data = bank.recipe_data(bank.Recipe("condense", condense=config), fns, keys, (images, labels), keep)
+    assert (init == -1).all() and not data.used.any()  # No private image reaches a training set as pixels.
+    for m in range(2):
+        index = bank.member_class_index(labels, keep[m], 3, width=8)
+        init_key = keys_lib.streams(keys[m], keys_lib.CONDENSE)["init"]
+        groups = np.concatenate(condense.mean_groups(init_key, index, 2))  # [K * ipc, group size]
+        assert keep[m, groups].all()  # Only model m's own members.
+        np.testing.assert_allclose(syn[m], images[groups].mean(axis=1), rtol=1e-5, atol=1e-6)

@@ -60,6 +60,9 @@ def test_default_rows_stay_the_four_and_the_dp_rows_are_optional():
     assert set(study.ROWS) == set(study.DEFAULT_ROWS) | {
         "dsa_real",
         "dm_real",
+        "dm_noise",
+        "dc_means",
+        "dm_means",
         "dpsgd_eps1",
         "dpsgd_eps4",
         "dpsgd_eps8",
@@ -81,6 +84,27 @@ def test_method_rows_condense_with_their_method_from_real_images_and_train_with_
     # The DC rows stay DC whatever method the shared condensation settings carry.
     other = dataclasses.replace(config, condense=dataclasses.replace(config.condense, method="dm"))
     assert study.row_config(other, "dc_noise").recipe.condense.method == "dc"
+
+
+def test_init_rows_condense_from_noise_or_group_means_and_dm_rows_train_with_dsa():
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=7)
+    dm_real = study.row_config(config, "dm_real")
+    for name, init in (("dm_noise", "noise"), ("dm_means", "means")):
+        row = study.row_config(config, name)
+        assert row.recipe.condense == dataclasses.replace(dm_real.recipe.condense, init=init)
+        assert row.train == dm_real.train and row.train.augment == "dsa_digits"
+        assert "7 iterations" in study.describe(config, name) and "DM synthetic set" in study.describe(config, name)
+    dc_means = study.row_config(config, "dc_means")
+    assert dc_means.recipe.condense == dataclasses.replace(
+        study.row_config(config, "dc_real").recipe.condense, init="means"
+    )
+    assert dc_means.train == config.train_small
+    assert "privacy-first init" in study.describe(config, "dc_means") and "means" not in study.describe(
+        config, "dm_noise"
+    )
+    assert dc_means.recipe.per_class_need() == ("batch_real", config.condense.batch_real)
+    small_batch = dataclasses.replace(config, condense=dataclasses.replace(config.condense, batch_real=4))
+    assert study.row_config(small_batch, "dm_means").recipe.per_class_need() == ("ipc", 10)
 
 
 def test_dp_rows_take_their_own_learning_rate():

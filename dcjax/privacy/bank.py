@@ -62,14 +62,14 @@ class Recipe:
         """(the setting, examples of each class a private subset must hold) for the recipe; ("", 0): none.
 
         subset: ``per_class`` images of each class; condense: ``batch_real`` real images per class per
-        matching step, and (real init) ``ipc`` of them for the initial set.
+        matching step, and (real and means init) ``ipc`` of them for the initial set.
         """
         if self.kind == "subset":
             return "per_class", self.per_class
         if self.kind == "condense":
             dc = self.condense
             assert dc is not None, "__post_init__ checks that a condense recipe has its CondenseConfig"
-            if dc.init == "real" and dc.ipc > dc.batch_real:
+            if dc.init in ("real", "means") and dc.ipc > dc.batch_real:
                 return "ipc", dc.ipc
             return "batch_real", dc.batch_real
         return "", 0

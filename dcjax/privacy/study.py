@@ -3,7 +3,9 @@
 Rows (``ROWS``): the target's whole private data (``original``), a random ``per_class`` subset
 of it (``subset``, the naive baseline), and DC synthetic sets condensed from it with noise and
 with real init (``dc_noise``, ``dc_real``); ``DEFAULT_ROWS`` are these four. Optional rows:
-``dsa_real`` and ``dm_real`` (the other condensation methods, ``METHOD_ROWS``), and
+``dsa_real`` and ``dm_real`` (the other condensation methods, ``METHOD_ROWS``), ``dm_noise``, and
+``dc_means`` / ``dm_means`` (the privacy-first init: each synthetic image the mean of a disjoint random group of
+its class's private images, ``INIT_ROWS``), and
 ``dpsgd_eps{1,4,8}`` train on the whole private data (``original``'s recipe) with DP-SGD on
 Poisson-sampled batches (``dcjax.dpsgd``; their own batch size, epochs and lr), the noise
 calibrated to that epsilon at ``dp_delta`` by the PLD accountant (``dcjax.privacy.accounting``:
@@ -49,11 +51,14 @@ from dcjax.privacy import accounting, attack_data, attack_run, bank, pools
 
 DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
+# DM from noise, and the privacy-first init (each synthetic image the mean of a disjoint random group of its
+# class's private images, ``condense.mean_groups``: no single image is copied) before DC and DM.
+INIT_ROWS = ("dm_noise", "dc_means", "dm_means")
 # The DM paper's iteration count (the study's default for dm_real unless --dm_iterations says otherwise). Read
 # here, at import, because the config field `condense` shadows the module inside functions.
 _DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"].iterations
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
-ROWS = DEFAULT_ROWS + METHOD_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
+ROWS = DEFAULT_ROWS + METHOD_ROWS + INIT_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
 _DP = (
     "trained with DP-SGD on all of its private data, Poisson-sampled batches (q = {sample_rate:.4g}, "
     "expected batch {expected_batch_size}, {steps} steps of at most {capacity}, lr {lr:g}): "
@@ -71,6 +76,13 @@ DESCRIPTIONS = {
     "data, real init",
     "dm_real": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
     "in {dm_iterations} iterations, real init",
+    "dm_noise": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
+    "in {dm_iterations} iterations, noise init",
+    "dc_means": "trained on a DC synthetic set ({ipc}/class) condensed from its private data, privacy-first init (each "
+    "image the mean of a disjoint random group of its class's private images)",
+    "dm_means": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
+    "in {dm_iterations} iterations, privacy-first init (each image the mean of a disjoint random group of its "
+    "class's private images)",
     **{name: _DP for name in DP_EPSILONS},
 }
 
@@ -88,8 +100,8 @@ class StudyConfig:
     dp_lr, dp_batch_size, dp_epochs: the DP-SGD rows' learning rate, EXPECTED batch size and
       expected epochs (None: ``train_original``'s); they otherwise train as ``train_original``.
       Noisy gradients want other settings than clean ones (experiments/dp_tune.py).
-    dm_iterations: iterations of the ``dm_real`` row (a DM iteration is far cheaper than a DC
-      one; its lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
+    dm_iterations: iterations of the DM rows (dm_real, dm_noise, dm_means: a DM iteration is far cheaper than a DC
+      one; their lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
     ladder: condensation iterations at which each condensed row is also attacked (``ladder_points``):
       positive, strictly increasing; empty (the default): one point per row.
     """
@@ -218,17 +230,19 @@ def _subset(config: StudyConfig, name: str, dp: dict | None):
 
 
 def _dc(config: StudyConfig, name: str, dp: dict | None):
-    dc = dataclasses.replace(config.condense, method="dc", init="noise" if name == "dc_noise" else "real")
+    """dc_<init>: the study's condensation settings as DC from that init."""
+    dc = dataclasses.replace(config.condense, method="dc", init=name.split("_")[1])
     return bank.Recipe("condense", condense=dc), config.train_small
 
 
 def _other_method(config: StudyConfig, name: str, dp: dict | None):
-    """dsa_real / dm_real: the study's condensation settings with that method, real init; trained with DSA.
+    """<method>_<init> (dsa_real, dm_real, dm_noise, dm_means): the study's condensation settings with that method
+    and init (DM: ``dm_iterations`` and DM's lr_img); trained with DSA.
 
     The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so these rows do too.
     """
-    method = name.split("_")[0]
-    changes: dict[str, Any] = {"method": method, "init": "real"}
+    method, init = name.split("_")
+    changes: dict[str, Any] = {"method": method, "init": init}
     if method == "dm":
         changes.update(iterations=config.dm_iterations, lr_img=condense.METHOD_DEFAULTS["dm"].lr_img)
     recipe = bank.Recipe("condense", condense=dataclasses.replace(config.condense, **changes))
@@ -254,7 +268,8 @@ _ROW_RECIPES = {
     "subset": _subset,
     "dc_noise": _dc,
     "dc_real": _dc,
-    **{name: _other_method for name in METHOD_ROWS},
+    "dc_means": _dc,
+    **{name: _other_method for name in METHOD_ROWS + ("dm_noise", "dm_means")},
     **{name: _dpsgd for name in DP_EPSILONS},
 }
 
