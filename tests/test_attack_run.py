@@ -242,9 +242,7 @@ def test_ladder_points_resume_from_snapshots_to_the_straight_runs_models(fns, tm
     ]
     with np.load(tmp_path / "snapshots" / "model_005_it_00001.npz") as z:
         assert str(z["identity"]) == attack_run.snapshot_identity(point(1)) == attack_run.snapshot_identity(point(2))
-    assert attack_run.snapshot_identity(point(1)) != attack_run.snapshot_identity(
-        _config(seed=1, recipe=point(1).recipe)
-    )
+    assert attack_run.snapshot_identity(point(1)) != attack_run.snapshot_identity(dataclasses.replace(point(1), seed=1))
     _run(fns, tmp_path / "straight", point(2))
     for i in range(8):
         resumed = attack_run.load_model(str(tmp_path / "it2"), i)
@@ -255,3 +253,34 @@ def test_ladder_points_resume_from_snapshots_to_the_straight_runs_models(fns, tm
         attack_run.load_model(str(tmp_path / "it1"), 0)["synthetic"],
         attack_run.load_model(str(tmp_path / "it2"), 0)["synthetic"],
     )
+
+
+@pytest.mark.slow  # A tiny DM attack run (~20 s).
+def test_a_condensed_run_records_how_far_its_synthetic_images_sit_from_its_private_ones(fns, tmp_path):
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="means", method="dm", lr_img=1.0)
+    config = _config(recipe=bank.Recipe(kind="condense", condense=cfg), models_per_chunk=8, target_pool=100)
+    results = _run(fns, tmp_path / "run", config)
+    train = _dataset(200, 5)
+    with np.load(tmp_path / "run" / "split.npz") as split:
+        pool, keep = train.images[split["target"]], split["keep"]
+    synthetic, real = [], []
+    for i in range(6):
+        model = attack_run.load_model(str(tmp_path / "run"), i)
+        assert not model["used"].any()  # The means init copies no private image.
+        private = pool[keep[i]].reshape(int(keep[i].sum()), -1).astype(np.float64)
+        flat = model["synthetic"].reshape(NUM_CLASSES, -1)
+        brute = np.sqrt(((flat[:, None] - private[None]) ** 2).sum(-1)).min(1)
+        np.testing.assert_allclose(model["movement_synthetic"], brute, rtol=1e-4, atol=1e-4)
+        # The real sample: all private images here (fewer than 500), each at its nearest OTHER private image.
+        others = np.sqrt(((private[:, None] - private[None]) ** 2).sum(-1))
+        np.fill_diagonal(others, np.inf)
+        np.testing.assert_allclose(np.sort(model["movement_real"]), np.sort(others.min(1)), rtol=1e-4, atol=1e-4)
+        synthetic.append(brute)
+        real.append(others.min(1))
+    movement = results["movement"]
+    np.testing.assert_allclose(movement["synthetic_to_nearest_real"]["per_target_mean"], [s.mean() for s in synthetic])
+    np.testing.assert_allclose(movement["real_to_nearest_real"]["median"], np.median(np.concatenate(real)), rtol=1e-5)
+    assert movement["median_ratio"] == pytest.approx(
+        movement["synthetic_to_nearest_real"]["median"] / movement["real_to_nearest_real"]["median"]
+    )
+    assert attack_run.report_only(str(tmp_path / "run"))["movement"] == movement  # Not in the export: carried over.

@@ -294,3 +294,19 @@ def test_ladder_points_run_in_order_with_their_rows_shared_snapshots(tmp_path, m
         assert cached[name] == study.bank.Snapshots(str(tmp_path / "dc_real_snapshots"), save_at=(10, 20, 30))
         recorded = workdir.read_config(str(tmp_path / name))["recipe"]["condense"]
         assert recorded["iterations"] == int(name.rsplit("_it", 1)[1])
+
+
+def test_a_rows_summary_carries_its_image_movement_when_it_has_one():
+    results = {
+        "attacks": {},
+        "utility": {},
+        "shokri_accuracy": None,
+        "wall_seconds": 1.0,
+        "roc": {},
+        "headline": {"model": None, "release": None},
+        "canary_detection": {},
+        "empirical_epsilon": {},
+    }
+    assert "movement" not in study._row_summary("original", "", None, results)  # Other rows' entries as before.
+    movement = {"median_ratio": 2.5, "synthetic_to_nearest_real": {"median": 5.0}}
+    assert study._row_summary("dc_real", "", None, {**results, "movement": movement})["movement"] == movement

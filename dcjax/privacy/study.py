@@ -367,6 +367,7 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict) ->
             results["roc"][results["headline"]["model"]["attack"]] if results["headline"]["model"] else None
         ),
         "wall_seconds": results["wall_seconds"],
+        **({"movement": results["movement"]} if results.get("movement") else {}),
     }
 
 
