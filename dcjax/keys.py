@@ -15,7 +15,8 @@ The layouts:
     classifiers; bootstrap: confidence intervals; balance: balanced member / non-member draws;
     canaries: which pool examples become canaries; population: RMIA's population draw; audit: the
     empirical epsilon's one-run audit draws; crossfit: the headline's model / example split and its
-    bootstrap draws; null: the null test's random membership labels.
+    bootstrap draws; null: the null test's random membership labels; movement: model i's sample of its private
+    images for the natural nearest-neighbour distance (item(movement, i)).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ ATTACK = (
     "audit",
     "crossfit",
     "null",
+    "movement",
 )
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+from typing import Any
 
 from dcjax import checkpoint
 from dcjax import errors
@@ -34,10 +35,10 @@ PREVIOUS_RESULTS = "results.previous.json"
 
 # Settings added after results were first recorded, with the value that reproduces the earlier behaviour exactly
 # (condensation method and DSA ops, DP-SGD in training, the privacy study's DP and DM rows' settings, the attack's
-# population and RMIA settings, the DP rows' own batch size and epochs, the matmul precision). A recorded config that
-# lacks one of them still matches a new config holding exactly that value, so adding a setting does not orphan
-# finished runs; any other value differs.
-ADDED_SETTINGS = {
+# population and RMIA settings, the DP rows' own batch size and epochs, the matmul precision, the study's ladder). A
+# recorded config that lacks one of them still matches a new config holding exactly that value, so adding a setting
+# does not orphan finished runs; any other value differs.
+ADDED_SETTINGS: dict[str, Any] = {
     "method": "dc",
     "dsa_strategy": "color_crop_cutout_scale_rotate",
     "dp": None,
@@ -53,6 +54,7 @@ ADDED_SETTINGS = {
     "dp_batch_size": None,
     "dp_epochs": None,
     "precision": "fp32",
+    "ladder": [],  # The privacy study's ladder (as JSON): none, one point per row.
 }
 
 

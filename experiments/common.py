@@ -138,7 +138,12 @@ def define_condense_flags():
     flags.DEFINE_integer(
         "iterations", None, "Iterations (fresh network each); default: 1000 for dc and dsa, 20000 for dm."
     )
-    flags.DEFINE_string("init", None, "Synthetic init: 'noise' or 'real'; default: noise for dc, real for dsa and dm.")
+    flags.DEFINE_string(
+        "init",
+        None,
+        "Synthetic init: 'noise', 'real' or 'means' (each image the mean of a disjoint random group of its class's "
+        "images); default: noise for dc, real for dsa and dm.",
+    )
     flags.DEFINE_string("distance", default("distance"), "Gradient distance: ours, mse or cos.")
     flags.DEFINE_integer("batch_real", default("batch_real"), "Real images per class per matching step.")
     flags.DEFINE_integer("batch_train", default("batch_train"), "Inner-loop batch on the synthetic set.")

@@ -57,7 +57,15 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "dm_iterations",
     study_default("dm_iterations"),
-    "Iterations of the dm_real row (DM's paper value by default; --iterations sets the DC and DSA rows').",
+    "Iterations of the DM rows (dm_real, dm_noise, dm_means; DM's paper value by default; --iterations sets the DC "
+    "and DSA rows').",
+)
+flags.DEFINE_list(
+    "ladder",
+    [str(t) for t in study_default("ladder")],
+    "Condensation iterations (comma list, strictly increasing) at which every condensed row is also attacked: "
+    "each becomes one frontier point <row>_it<t> per iteration up to its own count, and that count; the points "
+    "resume from each other's snapshots (<workdir>/<row>_snapshots). Empty: one point per row.",
 )
 flags.DEFINE_integer("per_class", study_default("per_class"), "Images per class of the 'subset' row.")
 flags.DEFINE_integer(
@@ -104,7 +112,7 @@ def study_config():
         )
         train_lib.make_schedule(small, 1)  # Validates the batch size.
     attack, condense = common.attack_config(bank.Recipe(), original), common.condense_config()
-    with common.naming_flags():  # StudyConfig checks rows, per_class, dp_*, dm_iterations.
+    with common.naming_flags():  # StudyConfig checks rows, per_class, dp_*, dm_iterations, ladder.
         return study.StudyConfig(
             attack=attack,
             rows=tuple(FLAGS.rows),
@@ -118,7 +126,16 @@ def study_config():
             dp_batch_size=FLAGS.dp_batch_size,
             dp_epochs=FLAGS.dp_epochs,
             dm_iterations=FLAGS.dm_iterations,
+            ladder=_ladder(),
         )
+
+
+def _ladder() -> tuple[int, ...]:
+    """--ladder as integers; ValueError naming the flag for anything else (StudyConfig checks their order)."""
+    try:
+        return tuple(int(t) for t in FLAGS.ladder)
+    except ValueError:
+        raise ValueError(f"--ladder must be a comma list of integers, got {','.join(FLAGS.ladder)!r}") from None
 
 
 def check_fits(config, train, test):

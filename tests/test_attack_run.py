@@ -222,3 +222,65 @@ def test_a_recipe_the_private_halves_cannot_feed_fails_before_writing(fns, tmp_p
     with pytest.raises(ValueError, match="per_class=5 exceeds"):
         _run(fns, tmp_path / "w", _config(recipe=bank.Recipe(kind="subset", per_class=5)))
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow  # Three tiny DM attack runs (~30 s).
+def test_ladder_points_resume_from_snapshots_to_the_straight_runs_models(fns, tmp_path):
+    """A run at 2 iterations after one at 1, sharing snapshots, condenses what a straight run at 2 does."""
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="real", method="dm", lr_img=1.0)
+    point = lambda t: _config(  # noqa: E731
+        recipe=bank.Recipe(kind="condense", condense=dataclasses.replace(cfg, iterations=t)),
+        models_per_chunk=8,
+        target_pool=100,
+    )
+    snapshots = bank.Snapshots(str(tmp_path / "snapshots"), save_at=(1, 2))
+    train, test = _dataset(200, 5), _dataset(50, 6)
+    for t in (1, 2):
+        attack_run.run_attack(point(t), fns, train, test, str(tmp_path / f"it{t}"), snapshots=snapshots)
+    assert sorted(os.listdir(tmp_path / "snapshots")) == [
+        f"model_{i:03d}_it_{t:05d}.npz" for i in range(8) for t in (1, 2)
+    ]
+    with np.load(tmp_path / "snapshots" / "model_005_it_00001.npz") as z:
+        assert str(z["identity"]) == attack_run.snapshot_identity(point(1)) == attack_run.snapshot_identity(point(2))
+    assert attack_run.snapshot_identity(point(1)) != attack_run.snapshot_identity(dataclasses.replace(point(1), seed=1))
+    _run(fns, tmp_path / "straight", point(2))
+    for i in range(8):
+        resumed = attack_run.load_model(str(tmp_path / "it2"), i)
+        straight = attack_run.load_model(str(tmp_path / "straight"), i)
+        np.testing.assert_array_equal(resumed["synthetic"], straight["synthetic"])
+        np.testing.assert_array_equal(resumed["logits"], straight["logits"])
+    assert not np.array_equal(
+        attack_run.load_model(str(tmp_path / "it1"), 0)["synthetic"],
+        attack_run.load_model(str(tmp_path / "it2"), 0)["synthetic"],
+    )
+
+
+@pytest.mark.slow  # A tiny DM attack run (~20 s).
+def test_a_condensed_run_records_how_far_its_synthetic_images_sit_from_its_private_ones(fns, tmp_path):
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="means", method="dm", lr_img=1.0)
+    config = _config(recipe=bank.Recipe(kind="condense", condense=cfg), models_per_chunk=8, target_pool=100)
+    results = _run(fns, tmp_path / "run", config)
+    train = _dataset(200, 5)
+    with np.load(tmp_path / "run" / "split.npz") as split:
+        pool, keep = train.images[split["target"]], split["keep"]
+    synthetic, real = [], []
+    for i in range(6):
+        model = attack_run.load_model(str(tmp_path / "run"), i)
+        assert not model["used"].any()  # The means init copies no private image.
+        private = pool[keep[i]].reshape(int(keep[i].sum()), -1).astype(np.float64)
+        flat = model["synthetic"].reshape(NUM_CLASSES, -1)
+        brute = np.sqrt(((flat[:, None] - private[None]) ** 2).sum(-1)).min(1)
+        np.testing.assert_allclose(model["movement_synthetic"], brute, rtol=1e-4, atol=1e-4)
+        # The real sample: all private images here (fewer than 500), each at its nearest OTHER private image.
+        others = np.sqrt(((private[:, None] - private[None]) ** 2).sum(-1))
+        np.fill_diagonal(others, np.inf)
+        np.testing.assert_allclose(np.sort(model["movement_real"]), np.sort(others.min(1)), rtol=1e-4, atol=1e-4)
+        synthetic.append(brute)
+        real.append(others.min(1))
+    movement = results["movement"]
+    np.testing.assert_allclose(movement["synthetic_to_nearest_real"]["per_target_mean"], [s.mean() for s in synthetic])
+    np.testing.assert_allclose(movement["real_to_nearest_real"]["median"], np.median(np.concatenate(real)), rtol=1e-5)
+    assert movement["median_ratio"] == pytest.approx(
+        movement["synthetic_to_nearest_real"]["median"] / movement["real_to_nearest_real"]["median"]
+    )
+    assert attack_run.report_only(str(tmp_path / "run"))["movement"] == movement  # Not in the export: carried over.

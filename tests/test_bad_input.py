@@ -110,6 +110,8 @@ CONFIG_ROWS = [
     (study.StudyConfig, {"dp_batch_size": 0}, "dp_batch_size"),
     (study.StudyConfig, {"dp_epochs": 0}, "dp_epochs"),
     (study.StudyConfig, {"dm_iterations": 0}, "dm_iterations"),
+    (study.StudyConfig, {"ladder": (0, 5)}, "ladder"),
+    (study.StudyConfig, {"ladder": (5, 5)}, "ladder"),
     (condense_run.RunConfig, {"seed": -1}, "seed"),
     (condense_run.RunConfig, {"eval_every": -1}, "eval_every"),
     (condense_run.RunConfig, {"checkpoint_every": 0}, "checkpoint_every"),
@@ -459,6 +461,7 @@ FLAG_CHECKS = {
     "workdir": "workdir.prepare",
     "synthetic": "data.load_synthetic_npz",
     "conclusion": "privacy_study._about",
+    "ladder": "StudyConfig (privacy_study._ladder: integers)",
     "tier": "free text",
 }
 
@@ -501,6 +504,8 @@ def _assert_one_line_error(proc, *expected):
         ("train.py", ["--lr=nan"], "--lr must be > 0"),
         ("attack.py", ["--attack_hidden=-1"], "--attack_hidden"),
         ("privacy_study.py", ["--small_batch_size=0"], "--small_batch_size"),
+        ("privacy_study.py", ["--ladder=50,20"], "--ladder must be positive, strictly increasing"),
+        ("privacy_study.py", ["--ladder=5,x"], "--ladder must be a comma list of integers"),
         ("dp_tune.py", ["--lrs=0.1,-1"], "--lrs"),
     ],
 )

@@ -60,6 +60,9 @@ def test_default_rows_stay_the_four_and_the_dp_rows_are_optional():
     assert set(study.ROWS) == set(study.DEFAULT_ROWS) | {
         "dsa_real",
         "dm_real",
+        "dm_noise",
+        "dc_means",
+        "dm_means",
         "dpsgd_eps1",
         "dpsgd_eps4",
         "dpsgd_eps8",
@@ -81,6 +84,27 @@ def test_method_rows_condense_with_their_method_from_real_images_and_train_with_
     # The DC rows stay DC whatever method the shared condensation settings carry.
     other = dataclasses.replace(config, condense=dataclasses.replace(config.condense, method="dm"))
     assert study.row_config(other, "dc_noise").recipe.condense.method == "dc"
+
+
+def test_init_rows_condense_from_noise_or_group_means_and_dm_rows_train_with_dsa():
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=7)
+    dm_real = study.row_config(config, "dm_real")
+    for name, init in (("dm_noise", "noise"), ("dm_means", "means")):
+        row = study.row_config(config, name)
+        assert row.recipe.condense == dataclasses.replace(dm_real.recipe.condense, init=init)
+        assert row.train == dm_real.train and row.train.augment == "dsa_digits"
+        assert "7 iterations" in study.describe(config, name) and "DM synthetic set" in study.describe(config, name)
+    dc_means = study.row_config(config, "dc_means")
+    assert dc_means.recipe.condense == dataclasses.replace(
+        study.row_config(config, "dc_real").recipe.condense, init="means"
+    )
+    assert dc_means.train == config.train_small
+    assert "privacy-first init" in study.describe(config, "dc_means") and "means" not in study.describe(
+        config, "dm_noise"
+    )
+    assert dc_means.recipe.per_class_need() == ("batch_real", config.condense.batch_real)
+    small_batch = dataclasses.replace(config, condense=dataclasses.replace(config.condense, batch_real=4))
+    assert study.row_config(small_batch, "dm_means").recipe.per_class_need() == ("ipc", 10)
 
 
 def test_dp_rows_take_their_own_learning_rate():
@@ -152,7 +176,7 @@ def test_bad_dp_study_settings_name_the_field(kwargs, field):
 def _fake_run_attack(calls):
     """attack_run.run_attack without training: the workdir rules and a minimal results dict."""
 
-    def run(row, fns, train, test, row_dir):
+    def run(row, fns, train, test, row_dir, snapshots=None):
         calls.append(os.path.basename(row_dir))
         workdir.prepare(row_dir, dataclasses.asdict(row), False)
         results = {
@@ -207,3 +231,82 @@ def test_a_row_plan_calls_the_accountant_once(monkeypatch):
         per_class=plan.run.recipe.per_class, ipc=10, dm_iterations=0, **plan.dp
     )
     assert study.plan_row(_cpu_like(), "original").dp is None and len(calls) == 1
+
+
+def test_a_ladder_expands_each_condensed_row_into_points_that_stop_early():
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=200, ladder=(5, 50, 500))
+    assert config.condense.iterations == 1000
+    for name, own, points in (("dc_real", 1000, (5, 50, 500, 1000)), ("dm_real", 200, (5, 50, 200))):
+        plan = study.plan_row(config, name)
+        expanded = study.ladder_points(plan, config.ladder)
+        assert [p.name for p in expanded] == [f"{name}_it{t}" for t in points]
+        for point, t in zip(expanded, points):
+            assert (point.row, point.iteration, point.ladder) == (name, t, points)
+            condensation = point.run.recipe.condense
+            assert condensation == dataclasses.replace(plan.run.recipe.condense, iterations=t)
+            assert dataclasses.replace(point.run, recipe=plan.run.recipe) == plan.run  # Only the iterations change.
+            assert point.description.startswith(plan.description) and f"{t} of {own} iterations" in point.description
+    for name in ("original", "subset"):  # Rows that do not condense stay one point, unchanged.
+        assert study.ladder_points(study.plan_row(config, name), config.ladder) == [study.plan_row(config, name)]
+    assert study.ladder_points(study.plan_row(config, "dc_real"), ()) == [study.plan_row(config, "dc_real")]
+
+
+@pytest.mark.parametrize("ladder", [(0, 5), (5, 5), (50, 5), (-1,)])
+def test_a_ladder_must_be_positive_and_strictly_increasing(ladder):
+    with pytest.raises(ValueError, match="^ladder must be positive, strictly increasing"):
+        study.StudyConfig(ladder=ladder)
+
+
+def test_a_study_recorded_before_ladders_matches_the_same_study_without_one(tmp_path):
+    recorded = dataclasses.asdict(study.StudyConfig())
+    del recorded["ladder"]
+    checkpoint.write_json(str(tmp_path / workdir.CONFIG), recorded)
+    assert workdir.config_matches(str(tmp_path), dataclasses.asdict(study.StudyConfig()))
+    assert not workdir.config_matches(str(tmp_path), dataclasses.asdict(study.StudyConfig(ladder=(5,))))
+
+
+def test_ladder_points_run_in_order_with_their_rows_shared_snapshots(tmp_path, monkeypatch):
+    calls, cached = [], {}
+    fake = _fake_run_attack(calls)
+
+    def run(row, fns, train, test, row_dir, snapshots=None):
+        cached[os.path.basename(row_dir)] = snapshots
+        return fake(row, fns, train, test, row_dir)
+
+    monkeypatch.setattr(study.attack_run, "run_attack", run)
+    monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
+    data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
+    fns = types.SimpleNamespace(has_batch_stats=False)
+    attack = dataclasses.replace(_cpu_like().attack, target_pool=1000)
+    condensation = dataclasses.replace(study.StudyConfig().condense, iterations=30, batch_real=32)
+    config = study.StudyConfig(attack=attack, rows=("original", "dc_real"), condense=condensation, ladder=(10, 20))
+    results = study.run_study(config, fns, data, str(tmp_path), {})
+    assert calls == ["original", "dc_real_it10", "dc_real_it20", "dc_real_it30"]
+    assert [(r["name"], r.get("row"), r.get("iteration")) for r in results["rows"]] == [
+        ("original", None, None),
+        ("dc_real_it10", "dc_real", 10),
+        ("dc_real_it20", "dc_real", 20),
+        ("dc_real_it30", "dc_real", 30),
+    ]
+    assert cached["original"] is None
+    for name in calls[1:]:
+        assert cached[name] == study.bank.Snapshots(str(tmp_path / "dc_real_snapshots"), save_at=(10, 20, 30))
+        recorded = workdir.read_config(str(tmp_path / name))["recipe"]["condense"]
+        assert recorded["iterations"] == int(name.rsplit("_it", 1)[1])
+
+
+def test_a_rows_summary_carries_its_image_movement_when_it_has_one():
+    results = {
+        "attacks": {},
+        "utility": {},
+        "shokri_accuracy": None,
+        "wall_seconds": 1.0,
+        "roc": {},
+        "headline": {"model": None, "release": None},
+        "canary_detection": {},
+        "empirical_epsilon": {},
+    }
+    assert "movement" not in study._row_summary("original", "", None, results)  # Other rows' entries as before.
+    movement = {"median_ratio": 2.5, "synthetic_to_nearest_real": {"median": 5.0}}
+    assert study._row_summary("dc_real", "", None, {**results, "movement": movement})["movement"] == movement

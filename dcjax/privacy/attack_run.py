@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import time
 import zipfile
@@ -58,6 +59,7 @@ from dcjax import checkpoint
 from dcjax import engine
 from dcjax import errors
 from dcjax import interrupt
+from dcjax import keys as keys_lib
 from dcjax import memory
 from dcjax import plots
 from dcjax import progress
@@ -70,6 +72,7 @@ from dcjax.privacy import study_report
 
 SPLIT = "split.npz"
 MODELS_DIR = "models"
+MOVEMENT_SAMPLE = 500  # Private images per model whose nearest other private image sets the natural distance.
 # 2: example-level bootstrap, natural headline slice, strongest attack, RMIA, audits.
 # 3: the cross-fitted headline (selection-free), two-way intervals, the null test.
 RESULTS_SCHEMA = 3
@@ -124,11 +127,26 @@ def _model_path(workdir: str, i: int) -> str:
     return os.path.join(workdir, MODELS_DIR, f"model_{i:03d}.npz")
 
 
-class _Context:
-    """The static pieces of a run: network, data on host, split, queries."""
+def snapshot_identity(config: AttackRunConfig) -> str:
+    """What a condensation snapshot of this run must record to be resumed from: a digest of the run's settings but
+    its condensation iteration count (``bank.Snapshots``); runs that differ only in that count share snapshots."""
+    recipe = config.recipe
+    if recipe.condense is not None:
+        recipe = dataclasses.replace(recipe, condense=dataclasses.replace(recipe.condense, iterations=0))
+    settings = checkpoint.to_json(dataclasses.asdict(dataclasses.replace(config, recipe=recipe)))
+    return hashlib.sha256(settings.encode()).hexdigest()
 
-    def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str):
+
+class _Context:
+    """The static pieces of a run: network, data on host, split, queries, and its condensation snapshots if any."""
+
+    def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, snapshots=None):
         self.config, self.fns, self.workdir = config, fns, workdir
+        self.snapshots = (
+            dataclasses.replace(snapshots, identity=snapshot_identity(config))
+            if snapshots is not None and config.recipe.kind == "condense"
+            else None
+        )
         self.keys = attack_data.run_keys(config.seed)
         self.split = pools.make_split(config, train.labels, train.num_classes)
         self.split["population"] = pools.population_indices(config, len(test.labels))
@@ -201,7 +219,10 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     images, labels, _ = ctx.pool(chunk[0])
     keep = np.stack([ctx.keep_row(i) for i in chunk])
     model_keys = jnp.stack([jax.random.split(jax.random.fold_in(ctx.keys["models"], i)) for i in chunk])
-    data = bank.recipe_data(cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy)
+    snapshots = dataclasses.replace(ctx.snapshots, models=tuple(chunk)) if ctx.snapshots else None
+    data = bank.recipe_data(
+        cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy, snapshots=snapshots
+    )
     mesh = _mesh_for(chunk, cfg.strategy)
     variables, losses = engine.train_models(
         ctx.fns,
@@ -218,7 +239,63 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     )
     # To host before indexing: a model-sharded array cannot be sliced per model in place.
     host = [_to_host(x) for x in (logits, population_logits, test_acc, losses)]
-    return _records(data, *host)
+    records = _records(data, *host)
+    for record, movement in zip(records, _movement(ctx, chunk, images, keep, data)):
+        record.update(movement)
+    return records
+
+
+def _movement(ctx: _Context, chunk: list[int], images: np.ndarray, keep: np.ndarray, data: bank.BankData) -> list:
+    """Per model of the chunk ({} each without a synthetic set), L2 distances in normalised pixel space:
+    movement_synthetic [K*ipc]: each synthetic image to the nearest image (any class) of the model's private set;
+    movement_real [<= MOVEMENT_SAMPLE]: a key-drawn sample of those private images, each to its nearest OTHER one
+    (any class), the natural spacing of real digits that the first is compared with."""
+    if data.synthetic is None:
+        return [{} for _ in chunk]
+    records = []
+    for j, i in enumerate(chunk):
+        private = images[keep[j]]
+        count = min(MOVEMENT_SAMPLE, len(private)) if len(private) > 1 else 0
+        real = np.zeros((0,), np.float32)
+        if count:
+            key = keys_lib.item(ctx.keys["movement"], i)
+            real = nearest.nearest_other_distances(private, jax.random.choice(key, len(private), (count,), False))
+        # nearest_distances(a, b): from each image of b to its nearest image of a.
+        synthetic = nearest.nearest_distances(private, data.synthetic[j])
+        records.append({"movement_synthetic": synthetic.astype(np.float32), "movement_real": real.astype(np.float32)})
+    return records
+
+
+def _distances(values: list[np.ndarray]) -> dict:
+    """Summary of per-target distance arrays: pooled mean and median, and each target's."""
+    pooled = np.concatenate(values)
+    return {
+        "mean": float(pooled.mean()),
+        "median": float(np.median(pooled)),
+        "per_target_mean": [float(v.mean()) for v in values],
+        "per_target_median": [float(np.median(v)) for v in values],
+        "count": int(pooled.size),
+    }
+
+
+def movement_summary(workdir: str, num_models: int) -> dict | None:
+    """How far the targets' synthetic images sit from their private images, beside the private images' own spacing
+    (``_movement``, read from models 0..num_models-1); None unless every target's record holds both."""
+    records = []
+    for i in range(num_models):
+        with np.load(_model_path(workdir, i)) as z:
+            if "movement_synthetic" not in z.files or not z["movement_real"].size:
+                return None
+            records.append({name: z[name] for name in ("movement_synthetic", "movement_real")})
+    synthetic = _distances([r["movement_synthetic"] for r in records])
+    real = _distances([r["movement_real"] for r in records])
+    return {
+        "synthetic_to_nearest_real": synthetic,
+        "real_to_nearest_real": real,
+        "median_ratio": synthetic["median"] / real["median"] if real["median"] > 0 else None,
+        "about": "L2 distance in normalised pixel space to the nearest image of any class of the target's private "
+        f"set; real: a key-drawn sample of up to {MOVEMENT_SAMPLE} of those images, each to its nearest other one",
+    }
 
 
 def train_bank(ctx: _Context) -> None:
@@ -401,11 +478,25 @@ def read_export(path: str) -> attack_data.AttackData:
         raise ExportError(f"{path}: damaged attack export ({type(e).__name__}: {detail}); rerun the attack") from None
 
 
+def _previous_movement(workdir: str) -> dict | None:
+    """The image movement of the results.json in ``workdir`` (None: none, or no readable results)."""
+    try:
+        return checkpoint.read_json(workdir_lib.path(workdir, workdir_lib.RESULTS)).get("movement")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def report_only(workdir: str) -> dict:
-    """Re-attacks the export in ``workdir`` and rewrites its results, trials and ROC; trains nothing."""
+    """Re-attacks the export in ``workdir`` and rewrites its results, trials and ROC; trains nothing.
+
+    The image movement (``movement_summary``; not in the export) is carried over from the results it replaces.
+    """
     tic = time.perf_counter()
     d = read_export(workdir_lib.path(workdir, attack_data.EXPORT))
+    movement = _previous_movement(workdir)
     scores, results = evaluate_export(d)
+    if movement is not None:
+        results["movement"] = movement
     results.update(attack_seconds=time.perf_counter() - tic, platform=jax.default_backend())
     results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]
     _write_outputs(workdir, d, scores, results)
@@ -424,7 +515,16 @@ def export_trained_bank(config: AttackRunConfig, fns: ModelFns, train, test, wor
     return path
 
 
-def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, overwrite: bool = False) -> dict:
+def run_attack(
+    config: AttackRunConfig,
+    fns: ModelFns,
+    train,
+    test,
+    workdir: str,
+    overwrite: bool = False,
+    *,
+    snapshots: bank.Snapshots | None = None,
+) -> dict:
     """Trains the bank (resuming per model), attacks every target, writes the workdir.
 
     Args:
@@ -434,6 +534,8 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
       test: held-out data for the utility column.
       workdir: output directory (``dcjax.workdir`` rules).
       overwrite: discard whatever the workdir holds.
+      snapshots: a 'condense' recipe's condensation cache (``bank.Snapshots``' directory and save_at; identity
+        and model ids are set here), shared with runs that differ only in iterations; it changes no output.
 
     Returns:
       The results dict also written to results.json.
@@ -444,7 +546,7 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     tic = time.perf_counter()
-    ctx = _Context(config, fns, train, test, workdir)
+    ctx = _Context(config, fns, train, test, workdir, snapshots)
     split_path = workdir_lib.path(workdir, SPLIT)
     if not os.path.exists(split_path):
         checkpoint.write_npz(split_path, **ctx.split)
@@ -454,6 +556,8 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
     attack_data.save(export, build_export(ctx))
     d = attack_data.load(export)  # The attack stage reads exactly what was exported.
     scores, results = evaluate_export(d)
+    if (movement := movement_summary(workdir, config.num_models)) is not None:  # Condensed sets only.
+        results["movement"] = movement
     results.update(
         attack_seconds=time.perf_counter() - attack_tic,
         platform=jax.default_backend(),

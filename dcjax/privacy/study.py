@@ -3,7 +3,9 @@
 Rows (``ROWS``): the target's whole private data (``original``), a random ``per_class`` subset
 of it (``subset``, the naive baseline), and DC synthetic sets condensed from it with noise and
 with real init (``dc_noise``, ``dc_real``); ``DEFAULT_ROWS`` are these four. Optional rows:
-``dsa_real`` and ``dm_real`` (the other condensation methods, ``METHOD_ROWS``), and
+``dsa_real`` and ``dm_real`` (the other condensation methods, ``METHOD_ROWS``), ``dm_noise``, and
+``dc_means`` / ``dm_means`` (the privacy-first init: each synthetic image the mean of a disjoint random group of
+its class's private images, ``INIT_ROWS``), and
 ``dpsgd_eps{1,4,8}`` train on the whole private data (``original``'s recipe) with DP-SGD on
 Poisson-sampled batches (``dcjax.dpsgd``; their own batch size, epochs and lr), the noise
 calibrated to that epsilon at ``dp_delta`` by the PLD accountant (``dcjax.privacy.accounting``:
@@ -12,7 +14,12 @@ a formal guarantee, ``dp_setting`` records it). Every row is an
 only the recipe (and the training protocol that suits its set size) changes. The attacker
 runs the target's whole pipeline for its shadows, condensation included.
 
-Workdir: ``config.json``; one sub-directory per row (a complete ``attack_run`` workdir, so a
+Ladder (``StudyConfig.ladder``): each condensed row is attacked at several condensation iterations, its frontier
+points (``ladder_points``), each its own row of results named ``<row>_it<t>``; the row's points share a cache of
+condensation snapshots (``<row>_snapshots/``), so the point at t resumes from the previous point's iteration, not
+from scratch, to the same synthetic sets as a straight run.
+
+Workdir: ``config.json``; one sub-directory per row or ladder point (a complete ``attack_run`` workdir, so a
 killed study resumes inside the row it was in); ``results.json`` (schema: ``dcjax.privacy.study_report``);
 ``RESULTS.md`` generated from it; figures ``privacy_accuracy.png``, ``roc_targets.png`` and
 ``synthetic_<row>.png``.
@@ -44,11 +51,14 @@ from dcjax.privacy import accounting, attack_data, attack_run, bank, pools
 
 DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
+# DM from noise, and the privacy-first init (each synthetic image the mean of a disjoint random group of its
+# class's private images, ``condense.mean_groups``: no single image is copied) before DC and DM.
+INIT_ROWS = ("dm_noise", "dc_means", "dm_means")
 # The DM paper's iteration count (the study's default for dm_real unless --dm_iterations says otherwise). Read
 # here, at import, because the config field `condense` shadows the module inside functions.
 _DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"].iterations
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
-ROWS = DEFAULT_ROWS + METHOD_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
+ROWS = DEFAULT_ROWS + METHOD_ROWS + INIT_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
 _DP = (
     "trained with DP-SGD on all of its private data, Poisson-sampled batches (q = {sample_rate:.4g}, "
     "expected batch {expected_batch_size}, {steps} steps of at most {capacity}, lr {lr:g}): "
@@ -66,6 +76,13 @@ DESCRIPTIONS = {
     "data, real init",
     "dm_real": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
     "in {dm_iterations} iterations, real init",
+    "dm_noise": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
+    "in {dm_iterations} iterations, noise init",
+    "dc_means": "trained on a DC synthetic set ({ipc}/class) condensed from its private data, privacy-first init (each "
+    "image the mean of a disjoint random group of its class's private images)",
+    "dm_means": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
+    "in {dm_iterations} iterations, privacy-first init (each image the mean of a disjoint random group of its "
+    "class's private images)",
     **{name: _DP for name in DP_EPSILONS},
 }
 
@@ -83,8 +100,10 @@ class StudyConfig:
     dp_lr, dp_batch_size, dp_epochs: the DP-SGD rows' learning rate, EXPECTED batch size and
       expected epochs (None: ``train_original``'s); they otherwise train as ``train_original``.
       Noisy gradients want other settings than clean ones (experiments/dp_tune.py).
-    dm_iterations: iterations of the ``dm_real`` row (a DM iteration is far cheaper than a DC
-      one; its lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
+    dm_iterations: iterations of the DM rows (dm_real, dm_noise, dm_means: a DM iteration is far cheaper than a DC
+      one; their lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
+    ladder: condensation iterations at which each condensed row is also attacked (``ladder_points``):
+      positive, strictly increasing; empty (the default): one point per row.
     """
 
     attack: attack_run.AttackRunConfig = attack_run.AttackRunConfig()
@@ -99,6 +118,7 @@ class StudyConfig:
     dp_batch_size: int | None = None
     dp_epochs: int | None = None
     dm_iterations: int = _DM_PAPER_ITERATIONS
+    ladder: tuple[int, ...] = ()
 
     def __post_init__(self):
         unknown = [r for r in self.rows if r not in ROWS]
@@ -117,6 +137,9 @@ class StudyConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dm_iterations < 1:
             raise ValueError(f"dm_iterations must be >= 1, got {self.dm_iterations}")
+        ladder = list(self.ladder)
+        if any(t < 1 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+            raise ValueError(f"ladder must be positive, strictly increasing iterations, got {ladder}")
 
 
 def _dp_training(config: StudyConfig) -> train_lib.TrainConfig:
@@ -207,17 +230,19 @@ def _subset(config: StudyConfig, name: str, dp: dict | None):
 
 
 def _dc(config: StudyConfig, name: str, dp: dict | None):
-    dc = dataclasses.replace(config.condense, method="dc", init="noise" if name == "dc_noise" else "real")
+    """dc_<init>: the study's condensation settings as DC from that init."""
+    dc = dataclasses.replace(config.condense, method="dc", init=name.split("_")[1])
     return bank.Recipe("condense", condense=dc), config.train_small
 
 
 def _other_method(config: StudyConfig, name: str, dp: dict | None):
-    """dsa_real / dm_real: the study's condensation settings with that method, real init; trained with DSA.
+    """<method>_<init> (dsa_real, dm_real, dm_noise, dm_means): the study's condensation settings with that method
+    and init (DM: ``dm_iterations`` and DM's lr_img); trained with DSA.
 
     The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so these rows do too.
     """
-    method = name.split("_")[0]
-    changes: dict[str, Any] = {"method": method, "init": "real"}
+    method, init = name.split("_")
+    changes: dict[str, Any] = {"method": method, "init": init}
     if method == "dm":
         changes.update(iterations=config.dm_iterations, lr_img=condense.METHOD_DEFAULTS["dm"].lr_img)
     recipe = bank.Recipe("condense", condense=dataclasses.replace(config.condense, **changes))
@@ -243,18 +268,23 @@ _ROW_RECIPES = {
     "subset": _subset,
     "dc_noise": _dc,
     "dc_real": _dc,
-    **{name: _other_method for name in METHOD_ROWS},
+    "dc_means": _dc,
+    **{name: _other_method for name in METHOD_ROWS + ("dm_noise", "dm_means")},
     **{name: _dpsgd for name in DP_EPSILONS},
 }
 
 
 class RowPlan(NamedTuple):
-    """One row's settings, computed once (its DP setting calls the accountant): what every stage reads."""
+    """One row's (or ladder point's) settings, computed once (its DP setting calls the accountant): what every
+    stage reads."""
 
-    name: str
+    name: str  # The row's name; a ladder point's is f"{row}_it{iteration}". Its workdir is <study workdir>/<name>.
     run: attack_run.AttackRunConfig  # The row's attack run: the study's settings with the row's recipe.
     description: str  # One line on what the row's targets are trained on.
     dp: dict | None  # ``dp_setting`` (DP-SGD rows), else None.
+    row: str = ""  # A ladder point's row ("": the plan is a whole row).
+    iteration: int | None = None  # A ladder point's condensation iterations.
+    ladder: tuple[int, ...] = ()  # A ladder point: the iterations of all its row's points (its snapshots').
 
 
 def plan_row(config: StudyConfig, name: str) -> RowPlan:
@@ -267,6 +297,42 @@ def plan_row(config: StudyConfig, name: str) -> RowPlan:
         per_class=config.per_class, ipc=config.condense.ipc, dm_iterations=config.dm_iterations, **(dp or {})
     )
     return RowPlan(name, dataclasses.replace(config.attack, recipe=recipe, train=train), description, dp)
+
+
+def ladder_points(plan: RowPlan, ladder: tuple[int, ...]) -> list[RowPlan]:
+    """A condensed row's frontier points in increasing iterations: one per ``ladder`` iteration up to the row's own
+    count, and that count; each condenses as the row does but stops there. [plan] itself for an empty ladder or a
+    row that does not condense."""
+    condensation = plan.run.recipe.condense
+    if not ladder or plan.run.recipe.kind != "condense" or condensation is None:
+        return [plan]
+    own = condensation.iterations
+    points = tuple(sorted({t for t in ladder if t <= own} | {own}))
+
+    def point(t: int) -> RowPlan:
+        recipe = dataclasses.replace(plan.run.recipe, condense=dataclasses.replace(condensation, iterations=t))
+        return plan._replace(
+            name=f"{plan.name}_it{t}",
+            run=dataclasses.replace(plan.run, recipe=recipe),
+            description=f"{plan.description}; ladder point: condensation stopped after {t} of {own} iterations",
+            row=plan.name,
+            iteration=t,
+            ladder=points,
+        )
+
+    return [point(t) for t in points]
+
+
+def _snapshots(plan: RowPlan, workdir: str) -> bank.Snapshots | None:
+    """A ladder point's condensation cache, shared by its row's points: <workdir>/<row>_snapshots (None: no ladder)."""
+    if plan.iteration is None:
+        return None
+    return bank.Snapshots(workdir_lib.path(workdir, f"{plan.row}_snapshots"), save_at=plan.ladder)
+
+
+def _point_fields(row: str, iteration: int | None) -> dict:
+    """A ladder point's extra fields in the study's results ({} for a whole row: its entry is as before ladders)."""
+    return {"row": row, "iteration": iteration} if iteration is not None else {}
 
 
 def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
@@ -301,6 +367,7 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict) ->
             results["roc"][results["headline"]["model"]["attack"]] if results["headline"]["model"] else None
         ),
         "wall_seconds": results["wall_seconds"],
+        **({"movement": results["movement"]} if results.get("movement") else {}),
     }
 
 
@@ -329,7 +396,7 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
         return attack_run.report_only(row_dir)
     logging.info("row %s: %s", name, plan.description)
     train, test = data
-    return attack_run.run_attack(row, fns, train, test, row_dir)
+    return attack_run.run_attack(row, fns, train, test, row_dir, snapshots=_snapshots(plan, workdir))
 
 
 def _figures(workdir: str, results: dict) -> dict[str, str]:
@@ -398,9 +465,9 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite, parts_checked=True)
     tic = time.perf_counter()
     rows = []
-    for plan in plans:
-        results = _run_row(plan, fns, data, workdir)
-        rows.append(_row_summary(plan.name, plan.description, plan.dp, results))
+    for plan in [point for row in plans for point in ladder_points(row, config.ladder)]:
+        summary = _row_summary(plan.name, plan.description, plan.dp, _run_row(plan, fns, data, workdir))
+        rows.append({**summary, **_point_fields(plan.row, plan.iteration)})
     about = dict(about)
     conclusion = about.pop("conclusion", "")
     results = {
@@ -437,7 +504,8 @@ def rewrite_report(workdir: str, conclusion: str, report_command: str) -> dict:
         logging.info("row %s: re-attacking its export", old["name"])
         row_results = attack_run.report_only(workdir_lib.path(workdir, old["name"]))
         row_results["wall_seconds"] = old["wall_seconds"]  # The bank's cost, not the re-attack's.
-        rows.append(_row_summary(old["name"], old["description"], old.get("dp"), row_results))
+        summary = _row_summary(old["name"], old["description"], old.get("dp"), row_results)
+        rows.append({**summary, **_point_fields(old.get("row", ""), old.get("iteration"))})
     results = {**results, "rows": rows, "report_command": report_command}
     write_report(workdir, results, conclusion)
     checkpoint.write_json(done, results)
