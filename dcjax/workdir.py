@@ -53,6 +53,7 @@ ADDED_SETTINGS = {
     "dp_batch_size": None,
     "dp_epochs": None,
     "precision": "fp32",
+    "shokri_sample": 2000,
 }
 
 

@@ -369,7 +369,7 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
 def _check_dp_capacity(row: attack_run.AttackRunConfig, train: data_lib.ArrayDataset) -> None:
     """ValueError unless the row's B_max covers the largest private set of this split (+1)."""
     split = pools.make_split(row, train.labels, train.num_classes)
-    largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max()))
+    largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max(initial=0)))
     train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
 
 
