@@ -16,7 +16,8 @@ The layouts:
     canaries: which pool examples become canaries; population: RMIA's population draw; audit: the
     empirical epsilon's one-run audit draws; crossfit: the headline's model / example split and its
     bootstrap draws; null: the null test's random membership labels; movement: model i's sample of its private
-    images for the natural nearest-neighbour distance (item(movement, i)).
+    images for the natural nearest-neighbour distance (item(movement, i)); shokri_sample: Shokri from the bank
+    (no shadows): item 0 draws the pool examples its classifiers see, item 1 cuts them into cross-fit halves.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ ATTACK = (
     "crossfit",
     "null",
     "movement",
+    "shokri_sample",
 )
 
 

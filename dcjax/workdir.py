@@ -55,6 +55,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "dp_epochs": None,
     "precision": "fp32",
     "ladder": [],  # The privacy study's ladder (as JSON): none, one point per row.
+    "shokri_sample": 2000,
 }
 
 

@@ -164,7 +164,14 @@ def test_finished_attack_run_is_not_overwritten(fns, finished):
     [
         ({"num_models": 3}, "num_models"),
         ({"num_models": 4}, "num_models"),
-        ({"num_shadow": 0}, "num_shadow"),
+        ({"num_shadow": 0}, "num_shadow=0 needs attacker_pool=0 .*, got attacker_pool=60; or both >= 1"),
+        ({"attacker_pool": 0}, "attacker_pool=0 needs num_shadow=0 .*, got num_shadow=2"),
+        ({"num_shadow": -1}, "num_shadow must be >= 0"),
+        (
+            {"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 61},
+            "shokri_sample must be in \\[2, target_pool=60\\]",
+        ),
+        ({"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 1}, "shokri_sample"),
         ({"num_queries": 0}, "num_queries"),
         ({"strategy": "pmap"}, "strategy"),
     ],
@@ -172,6 +179,12 @@ def test_finished_attack_run_is_not_overwritten(fns, finished):
 def test_bad_attack_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _config(**kwargs)
+
+
+def test_shokri_sample_is_read_only_without_shadows():
+    assert _config(shokri_sample=10**6).shokri_sample == 10**6  # With shadows it is unused, so not checked.
+    config = _config(num_shadow=0, attacker_pool=0, shokri_sample=60)
+    assert config.shokri_from_bank and not _config().shokri_from_bank
 
 
 def test_pools_larger_than_the_dataset_are_rejected(fns, tmp_path):
@@ -284,3 +297,23 @@ def test_a_condensed_run_records_how_far_its_synthetic_images_sit_from_its_priva
         movement["synthetic_to_nearest_real"]["median"] / movement["real_to_nearest_real"]["median"]
     )
     assert attack_run.report_only(str(tmp_path / "run"))["movement"] == movement  # Not in the export: carried over.
+
+
+@pytest.mark.slow  # Trains a bank of 6 tiny models (~15 s).
+def test_a_run_without_shadows_learns_shokri_from_the_bank(fns, tmp_path):
+    config = _config(num_shadow=0, attacker_pool=0, shokri_sample=60)
+    results = _run(fns, tmp_path / "bank", config)
+    assert sorted(os.listdir(tmp_path / "bank" / "models")) == [f"model_{i:03d}.npz" for i in range(6)]
+    export = attack_data.load(str(tmp_path / "bank" / "attack_data.npz"))
+    assert export.shokri_from_bank and export.shokri_examples.shape == (60,)
+    model = attack_run.load_model(str(tmp_path / "bank"), 2)
+    np.testing.assert_array_equal(export.shokri_target_logits[2], model["logits"][0][export.shokri_examples])
+    assert "shokri" not in results["attacks"] and "shokri" in attacks.THRESHOLD_ATTACKS
+    with np.load(tmp_path / "bank" / "trials.npz") as trials:
+        assert "score_shokri" not in trials.files and "score_loss" in trials.files
+    summary = results["shokri_accuracy"]
+    assert summary["mode"] == "bank, leave-one-out, 60 examples, cross-fitted" and len(summary["per_target"]) == 6
+    assert results["utility"]["shadow_test_accuracy_mean"] is None
+    assert "| original | " in (tmp_path / "bank" / "RESULTS.md").read_text()
+    again = attack_run.report_only(str(tmp_path / "bank"))
+    assert again["shokri_accuracy"] == summary

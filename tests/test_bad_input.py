@@ -97,6 +97,7 @@ CONFIG_ROWS = [
     (attack_run.AttackRunConfig, {"num_shadow": 0}, "num_shadow"),
     (attack_run.AttackRunConfig, {"target_pool": 0}, "target_pool"),
     (attack_run.AttackRunConfig, {"attacker_pool": 0}, "attacker_pool"),
+    (attack_run.AttackRunConfig, {"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 1}, "shokri_sample"),
     (attack_run.AttackRunConfig, {"num_queries": 0}, "num_queries"),
     (attack_run.AttackRunConfig, {"num_canaries": -1}, "num_canaries"),
     (attack_run.AttackRunConfig, {"num_population": -1}, "num_population"),
@@ -181,6 +182,7 @@ def test_train_flags_are_named_in_the_message(overrides, flag):
         ({"attack_steps": 0}, "--attack_steps must be >= 1"),  # ... and AttackConfig.steps.
         ({"num_models": 7}, "--num_models must be even"),
         ({"num_shadow": 0}, "--num_shadow"),
+        ({"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 10**6}, "--shokri_sample"),
         ({"num_canaries": 5000}, "--num_canaries"),
         ({"num_population": -1}, "--num_population"),
         ({"num_queries": 99}, "--num_queries"),
@@ -436,6 +438,7 @@ FLAG_CHECKS = {
             "target_pool",
             "num_shadow",
             "attacker_pool",
+            "shokri_sample",
             "num_queries",
             "num_canaries",
             "num_population",

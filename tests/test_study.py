@@ -310,3 +310,38 @@ def test_a_rows_summary_carries_its_image_movement_when_it_has_one():
     assert "movement" not in study._row_summary("original", "", None, results)  # Other rows' entries as before.
     movement = {"median_ratio": 2.5, "synthetic_to_nearest_real": {"median": 5.0}}
     assert study._row_summary("dc_real", "", None, {**results, "movement": movement})["movement"] == movement
+
+
+@pytest.mark.slow  # Scores two synthetic exports, twice (~40 s).
+def test_a_study_learning_shokri_from_the_bank_reports_the_posters_protocol(tmp_path, monkeypatch):
+    """Every row but original gets the original row's classifiers' accuracy (run and report_only alike)."""
+    from test_shokri_bank import _export
+
+    from dcjax.privacy import attack_data, attack_run
+
+    original = _export("members_confident", num_resamples=5)
+    exports = {"original": original, "subset": _export("members_unsure", seed=1, examples=original.shokri_examples)}
+    exports["subset"] = dataclasses.replace(exports["subset"], config=original.config)
+
+    def run(row, fns, train, test, row_dir, snapshots=None):  # The row's export instead of a trained bank.
+        workdir.prepare(row_dir, dataclasses.asdict(row), False)
+        attack_data.save(os.path.join(row_dir, attack_data.EXPORT), exports[os.path.basename(row_dir)])
+        results = attack_run.report_only(row_dir)
+        checkpoint.write_json(os.path.join(row_dir, workdir.RESULTS), results)
+        return results
+
+    monkeypatch.setattr(study.attack_run, "run_attack", run)
+    monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
+    data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
+    bank = dict(num_shadow=0, attacker_pool=0, shokri_sample=500)
+    config = dataclasses.replace(
+        _cpu_like(), rows=("original", "subset"), attack=dataclasses.replace(_cpu_like().attack, **bank)
+    )
+    results = study.run_study(config, types.SimpleNamespace(has_batch_stats=False), data, str(tmp_path), {})
+    protocol = results["poster_protocol"]
+    assert list(protocol) == ["subset"] and protocol["subset"]["trained_on"] == "original"
+    assert protocol["subset"]["mean"] < 0.5 < results["rows"][0]["shokri_accuracy"]["mean"]
+    again = study.rewrite_report(str(tmp_path), "", "report")
+    assert again["poster_protocol"] == protocol
+    assert checkpoint.read_json(str(tmp_path / workdir.RESULTS))["poster_protocol"] == protocol

@@ -205,3 +205,26 @@ def test_the_document_sums_the_null_test_over_rows():
     doc = study_report.results_document(RESULTS, {})
     # Rows: 1 and 6 of 20 exclusions; 7 of 40 is above Binomial(40, 5%)'s 99th percentile (6).
     assert "Null test over all 2 rows: 7 of 40 headline intervals excluded chance" in doc and "FAILED." in doc
+
+
+def test_the_posters_protocol_is_a_section_beside_the_posters_numbers_only_when_measured():
+    assert study_report.poster_section(RESULTS) == "" and "poster's protocol" not in study_report.results_document(
+        RESULTS, {}
+    )
+    mode = "bank, leave-one-out, 2000 examples, cross-fitted"
+    measured = {
+        **RESULTS,
+        "poster_protocol": {
+            "subset": {"mean": 0.49, "std": 0.01, "per_target": [0.48, 0.5], "trained_on": "original", "mode": mode},
+            "dc_real": {"mean": 0.43, "std": 0.02, "per_target": [0.41, 0.45], "trained_on": "original", "mode": mode},
+        },
+    }
+    section = study_report.poster_section(measured)
+    assert section.startswith("## The poster's protocol") and mode in section and "~62 %" in section
+    table = section[section.index("| target") :]
+    rows = [_cells(table, i) for i in (2, 3, 4)]
+    assert rows[0] == ["original", "its own row (leave one out)", "51.00 +- 1.00", "~62"]
+    assert rows[1] == ["subset", "the original row", "49.00 +- 1.00", "–"]  # The poster had no subset row.
+    assert rows[2] == ["dc_real", "the original row", "43.00 +- 2.00", "~41"]
+    doc = study_report.results_document(measured, {})
+    assert section in doc and doc.replace(section + "\n", "") == study_report.results_document(RESULTS, {})

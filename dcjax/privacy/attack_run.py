@@ -6,7 +6,10 @@ Setting (docs/protocol.md section 7). The dataset's train split is cut into two 
   exactly M/2 of them. Each model in turn is the target, the other M-1 its shadows
   (leave-one-out), giving M*N membership trials for LiRA, LOSS, confidence and Shokri;
 * the *attacker pool* (Na examples, disjoint from every target's data) for the k Shokri
-  shadow models, each trained on a random half and labelled IN/OUT on all of it.
+  shadow models, each trained on a random half and labelled IN/OUT on all of it. Without one
+  (num_shadow = attacker_pool = 0, the poster's scale) Shokri learns from the other M-1
+  pipelines on a subsample of the target pool (``dcjax.privacy.shokri_bank``): an accuracy, no
+  per-example score.
 
 Every model (targets and shadows alike) goes through the same ``bank.Recipe``: the attacker
 mimics the target's pipeline, condensation included.
@@ -35,8 +38,9 @@ reported separately. For the ``condense`` recipe the released synthetic sets are
 Keys, all from ``jax.random.key(seed)`` (``attack_data.KEY_STREAMS``, stream i is
 fold_in(root, i)): pools, LiRA keep, Shokri halves, models (model i = fold_in(stream, i) split
 into (recipe, training) keys), Shokri classifier, bootstrap, balanced Shokri evaluation,
-canaries, population, audits. Model i's key does not depend on chunking, so a resumed run (or
-one with another chunk size) trains the same models.
+canaries, population, audits, crossfit, null, Shokri-from-the-bank subsample. Model i's key
+does not depend on chunking, so a resumed run (or one with another chunk size) trains the same
+models.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from dcjax import progress
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
-from dcjax.privacy import assess, attack_data, attacks, bank, nearest, pools, queries, shokri
+from dcjax.privacy import assess, attack_data, attacks, bank, nearest, pools, queries, shokri, shokri_bank
 from dcjax.privacy import rmia as rmia_lib
 from dcjax.privacy import study_report
 
@@ -89,7 +93,9 @@ class AttackRunConfig:
     recipe: bank.Recipe = bank.Recipe()
     num_models: int = 16  # M: LiRA bank on the target pool (even, >= 6).
     target_pool: int = 2000  # N.
-    num_shadow: int = 8  # k: Shokri shadows on the attacker pool.
+    # k: Shokri shadows on the attacker pool. 0 (with attacker_pool 0): Shokri from the bank, its classifiers for
+    # target m trained on the other M - 1 pipelines (``dcjax.privacy.shokri_bank``).
+    num_shadow: int = 8
     attacker_pool: int = 2000  # Na.
     num_queries: int = 2  # LiRA queries: the image and shifted copies (queries.SHIFTS).
     num_canaries: int = 0  # Target-pool examples given a wrong label (IN for half the models).
@@ -100,6 +106,8 @@ class AttackRunConfig:
     models_per_chunk: int = 0  # 0: one model per device on CPU, all at once elsewhere.
     strategy: str = "auto"  # Model-axis strategy (engine.STRATEGIES).
     num_resamples: int = 200  # Bootstrap resamples for confidence intervals.
+    # S: pool examples Shokri from the bank sees (num_shadow 0 only; cross-fitted over two halves of them).
+    shokri_sample: int = 2000
 
     def __post_init__(self):
         if self.num_models < 6 or self.num_models % 2:
@@ -110,9 +118,10 @@ class AttackRunConfig:
             )
         if not 0 <= self.seed < 2**32:  # jax.random.key(seed) wraps outside: two seeds, one key.
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
-        for name in ("num_shadow", "target_pool", "attacker_pool", "num_resamples"):
+        for name in ("target_pool", "num_resamples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._check_shokri()
         if self.num_population < 0:
             raise ValueError(f"num_population must be >= 0, got {self.num_population}")
         if not 0 <= self.num_canaries <= self.target_pool:
@@ -121,6 +130,30 @@ class AttackRunConfig:
             raise ValueError(f"models_per_chunk must be >= 0, got {self.models_per_chunk}")
         queries.query_shifts(self.num_queries)  # Validates num_queries.
         engine.resolve_strategy(self.strategy)
+
+    @property
+    def shokri_from_bank(self) -> bool:
+        """Whether Shokri's classifiers train on the bank's other pipelines (no attacker pool, no shadows)."""
+        return self.num_shadow == 0
+
+    def _check_shokri(self) -> None:
+        """Shadows on an attacker pool (both >= 1), or Shokri from the bank (both 0, shokri_sample in [2, N])."""
+        for name in ("num_shadow", "attacker_pool"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if (self.num_shadow == 0) != (self.attacker_pool == 0):
+            # Named first: the one set to 0, which is what the other must follow.
+            zero, other = ("num_shadow", "attacker_pool") if self.num_shadow == 0 else ("attacker_pool", "num_shadow")
+            raise ValueError(
+                f"{zero}=0 needs {other}=0 (Shokri from the bank, no shadows), got {other}={getattr(self, other)}; "
+                "or both >= 1 (Shokri's shadows on an attacker pool)"
+            )
+        # Two cross-fit halves need an example each; only bank mode reads shokri_sample.
+        if self.shokri_from_bank and not 2 <= self.shokri_sample <= self.target_pool:
+            raise ValueError(
+                f"shokri_sample must be in [2, target_pool={self.target_pool}] with num_shadow=0, "
+                f"got {self.shokri_sample}"
+            )
 
 
 def _model_path(workdir: str, i: int) -> str:
@@ -371,6 +404,14 @@ def _release(ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
     return -nearest.nearest_distance_scores(synthetic, pool_images), synthetic[0]
 
 
+def _shadow_logits(ctx: _Context) -> np.ndarray:
+    """The Shokri shadows' logits [k, Q, Na, K]; [0, Q, 0, K] without shadows (Shokri from the bank)."""
+    cfg, m = ctx.config, ctx.config.num_models
+    if not cfg.num_shadow:
+        return np.zeros((0, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
+    return _stack(ctx, range(m, m + cfg.num_shadow), "logits")
+
+
 def build_export(ctx: _Context) -> attack_data.AttackData:
     """Gathers the trained bank's files into the attack stage's one input (``attack_data``)."""
     cfg, m, split = ctx.config, ctx.config.num_models, ctx.split
@@ -392,7 +433,8 @@ def build_export(ctx: _Context) -> attack_data.AttackData:
             if has_population
             else np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
         ),
-        shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
+        shadow_logits=_shadow_logits(ctx),
+        shokri_examples=pools.shokri_examples(cfg),
         keep=split["keep"],
         halves=split["halves"],
         target_labels=split["target_labels"],
@@ -421,11 +463,15 @@ def _null_scorer(
     return rescore
 
 
-def _shokri_summary(accuracy: np.ndarray) -> dict | None:
-    """Shokri's balanced accuracy over the targets, or None for an export without Shokri's inputs."""
+def _shokri_summary(accuracy: np.ndarray, mode: str | None = None) -> dict | None:
+    """Shokri's balanced accuracy over the targets, or None for an export without Shokri's inputs.
+
+    mode: how it was measured, recorded when it is not the shadows' (``shokri_bank.mode``).
+    """
     if not accuracy.size:
         return None
-    return {"mean": float(accuracy.mean()), "std": float(accuracy.std()), "per_target": accuracy.tolist()}
+    summary = {"mean": float(accuracy.mean()), "std": float(accuracy.std()), "per_target": accuracy.tolist()}
+    return summary if mode is None else {**summary, "mode": mode}
 
 
 def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
@@ -436,11 +482,14 @@ def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
     scores, shokri_acc = attacks.compute_scores(d, *configs, keys)
     shokri_result = (scores["shokri"], shokri_acc) if "shokri" in scores else None
     null_scores = _null_scorer(d, configs, keys, shokri_result)
+    mode = None
+    if d.shokri_from_bank:  # An accuracy only (no score: it would cover S of N examples), so not in ``scores``.
+        shokri_acc, mode = shokri_bank.shokri_accuracy(d, configs[0], keys), shokri_bank.mode(d)
     results = {
         "schema": RESULTS_SCHEMA,
         "config": cfg,
         "utility": assess.utility(d),
-        "shokri_accuracy": _shokri_summary(shokri_acc),
+        "shokri_accuracy": _shokri_summary(shokri_acc, mode),
         **assess.assess(scores, d, keys, cfg["num_resamples"], null_scores),
         "bank_seconds": float(d.seconds.sum()),
     }

@@ -21,7 +21,8 @@ from scratch, to the same synthetic sets as a straight run.
 
 Workdir: ``config.json``; one sub-directory per row or ladder point (a complete ``attack_run`` workdir, so a
 killed study resumes inside the row it was in); ``results.json`` (schema: ``dcjax.privacy.study_report``);
-``RESULTS.md`` generated from it; figures ``privacy_accuracy.png``, ``roc_targets.png`` and
+``RESULTS.md`` generated from it (where the original row learns Shokri from the bank, with the poster's
+protocol: ``dcjax.privacy.poster``); figures ``privacy_accuracy.png``, ``roc_targets.png`` and
 ``synthetic_<row>.png``.
 """
 
@@ -47,7 +48,7 @@ from dcjax.privacy import study_report
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelFns
-from dcjax.privacy import accounting, attack_data, attack_run, bank, pools
+from dcjax.privacy import accounting, attack_data, attack_run, bank, pools, poster
 
 DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
@@ -436,7 +437,7 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
 def _check_dp_capacity(row: attack_run.AttackRunConfig, train: data_lib.ArrayDataset) -> None:
     """ValueError unless the row's B_max covers the largest private set of this split (+1)."""
     split = pools.make_split(row, train.labels, train.num_classes)
-    largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max()))
+    largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max(initial=0)))
     train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
 
 
@@ -478,9 +479,22 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
         "wall_seconds": float(sum(r["wall_seconds"] for r in rows)),
         "this_invocation_seconds": time.perf_counter() - tic,
     }
+    results = _with_poster_protocol(workdir, results)
     write_report(workdir, results, conclusion)
     checkpoint.write_json(workdir_lib.path(workdir, workdir_lib.RESULTS), results)  # Last: finished.
     return results
+
+
+def _with_poster_protocol(workdir: str, results: dict) -> dict:
+    """``results`` with "poster_protocol" ({row: ``poster.summary``}: the original row's Shokri classifiers
+    against every other row's targets) where an original row learns Shokri from the bank; without it otherwise,
+    so a study with Shokri's shadows keeps its results as they were (and reads no export for it)."""
+    names = [row["name"] for row in results["rows"]]
+    original = next((row for row in results["rows"] if row["name"] == poster.TRAINED_ON), None)
+    from_bank = original is not None and "mode" in (original.get("shokri_accuracy") or {})
+    protocol = poster.study_protocol(workdir, names) if from_bank else None
+    results = {k: v for k, v in results.items() if k != "poster_protocol"}
+    return results if protocol is None else {**results, "poster_protocol": protocol}
 
 
 def write_report(workdir: str, results: dict, conclusion: str = "") -> None:
@@ -506,7 +520,7 @@ def rewrite_report(workdir: str, conclusion: str, report_command: str) -> dict:
         row_results["wall_seconds"] = old["wall_seconds"]  # The bank's cost, not the re-attack's.
         summary = _row_summary(old["name"], old["description"], old.get("dp"), row_results)
         rows.append({**summary, **_point_fields(old.get("row", ""), old.get("iteration"))})
-    results = {**results, "rows": rows, "report_command": report_command}
+    results = _with_poster_protocol(workdir, {**results, "rows": rows, "report_command": report_command})
     write_report(workdir, results, conclusion)
     checkpoint.write_json(done, results)
     return results

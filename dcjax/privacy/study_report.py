@@ -14,7 +14,9 @@ Schema of the study results dict (what ``dcjax.privacy.study.run_study`` writes)
         "null_test": NULL (optional),
         "canary_detection": {attack: {"detected", "members", "false_positives", "nonmembers", ...}},
         "empirical_epsilon": {attack: {"natural": AUDIT, "canaries": AUDIT}},
-        "dp": {...} (DP-SGD rows only)}, ...]}
+        "dp": {...} (DP-SGD rows only)}, ...],
+     "poster_protocol": {row: {"mean", "std", "per_target", "trained_on", "mode"}} (optional: only where the
+        original row learns Shokri from the bank; ``dcjax.privacy.poster``)}
 
 ``SUMMARY`` is ``metrics.summarize_examples``'s dict (``auc``, ``tpr_at_0.01``, ``tpr_at_0.001``,
 ``tpr_at_0.0001`` with ``_ci_low`` / ``_ci_high``; a TPR at an FPR below the floor is None).
@@ -326,6 +328,51 @@ def contrasts_table(results: dict) -> str:
     return _table(header, lines)
 
 
+# The poster's balanced Shokri accuracies (docs/protocol.md section 6): against original and condensed targets.
+POSTER_ACCURACY = {"original": 0.62, "condensed": 0.41}
+_CONDENSED = ("dc_", "dsa_", "dm_")
+
+_POSTER_INTRO = """\
+## The poster's protocol
+
+The poster trained Shokri's attack on shadow models trained on original data and applied it to
+condensed targets: ~{original:.0f} % balanced accuracy against original targets, ~{condensed:.0f} % against
+condensed ones (chance 50 %). Here target m's attack classifiers are the original row's, trained on
+its other pipelines (leave one out), and each row's target m (same pool, keep masks and Shokri
+subsample) is attacked with them ({mode}: classifiers trained on one half of the subsample score the
+other). An accuracy below 50 % still carries membership signal (the flipped decision scores above 50 %):
+this measures how an attack calibrated on original models transfers, not a row's privacy (the
+headline table does). The results table's Shokri column is each row's own classifiers (leave one out
+within the row); for the original row the two are the same.
+
+"""
+
+
+def _poster_reference(name: str) -> str:
+    if name == "original":
+        return f"~{100 * POSTER_ACCURACY['original']:.0f}"
+    return f"~{100 * POSTER_ACCURACY['condensed']:.0f}" if name.startswith(_CONDENSED) else DASH
+
+
+def poster_section(results: dict) -> str:
+    """ "The poster's protocol": each row's Shokri accuracy under the original row's classifiers beside the
+    poster's; empty without ``results["poster_protocol"]``."""
+    protocol = results.get("poster_protocol")
+    if not protocol:
+        return ""
+    header = ("target", "attack trained on", "Shokri accuracy (%)", "the poster (%)")
+    lines = []
+    for row in results.get("rows") or []:
+        name = str(row.get("name", DASH))
+        summary = _get(row, "shokri_accuracy") if name == "original" else protocol.get(name)
+        trained_on = "its own row (leave one out)" if name == "original" else "the original row"
+        accuracy = _pct_mean_std(_get(summary, "mean"), _get(summary, "std"))
+        lines.append([_target(row), trained_on, accuracy, _poster_reference(name)])
+    mode = next((_get(v, "mode") for v in protocol.values() if _get(v, "mode")), DASH)
+    intro = _POSTER_INTRO.format(**{k: 100 * v for k, v in POSTER_ACCURACY.items()}, mode=mode)
+    return intro + _table(header, lines)
+
+
 def _wall_time(seconds) -> str:
     value = _number(seconds)
     if value is None:
@@ -425,6 +472,7 @@ def results_document(results: dict, figures: dict[str, str]) -> str:
         "## Results (natural examples; canaries separately)\n\n" + markdown_table(results),
         "Rows:\n\n" + "".join(f"- **{_target(r)}**: {r.get('description', DASH)}\n" for r in results.get("rows") or []),
         _LEGEND + (f"\n{floors}\n" if floors else ""),
+        *([poster] if (poster := poster_section(results)) else []),
         _bootstraps_table(results),
         _CONTRASTS_INTRO + contrasts_table(results),
         "## Every attack, natural examples\n\n" + attacks_table(results),
