@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from dcjax import checkpoint  # noqa: E402
 from dcjax.plots import _save  # noqa: E402
-from dcjax.privacy import multiplicity, null  # noqa: E402
+from dcjax.privacy import multiplicity, null, power  # noqa: E402
 
 DASH = "–"  # En dash: a missing or skipped entry.
 HEADLINE = "tpr_at_0.001"
@@ -418,9 +418,9 @@ _LEGEND = """\
   **natural** examples (every pool example except the injected canaries). The attack is chosen as an
   attacker could choose it, without the labels of the trials it is reported on: the targets are cut
   into two groups and the natural examples into two halves (by key), and the attack for one group on
-  one half is the one with the highest TPR at 0.1% FPR (ties: AUC) on the OTHER group's trials on the
-  OTHER half. The TPRs and AUC are the means over the four (group, half) cells of the chosen attack's
-  values there; "below floor" means the FPR cannot be resolved with a cell's non-member trials.
+  one half is the one with the highest TPR at 0.1% FPR (ties: TPR at 1% FPR, then AUC) on the OTHER
+  group's trials on the OTHER half. The TPRs and AUC are the means over the four (group, half) cells
+  of the chosen attack's values there; "below floor" means the FPR cannot be resolved with a cell's non-member trials.
   Where the cells chose differently, every choice is named. Chance TPR at x% FPR is x%. Every
   attack's own numbers are in the last table (those are not selection-free: do not pick the best).
 - **Intervals of the headline**: the choice is redone in every bootstrap draw. Two bootstraps: over
@@ -447,6 +447,30 @@ _LEGEND = """\
   (minus the distance to the nearest synthetic image, raw or calibrated against the shadows' sets);
   applies only when the synthetic set is published.
 """
+
+
+def resolution_section(results: dict) -> str:
+    """ "What this tier can resolve": per contrast of the family, the paired draws' standard error and the
+    smallest true difference detected at 80 % power at family level 5 % (``power``; Bonferroni over the
+    family); empty without contrasts."""
+    pairs = [(a, b) for a, b in contrasts(results) if _contrast_draws(a, b) is not None]
+    if not pairs:
+        return ""
+    lines = []
+    for a, b in pairs:
+        pa, pb = (_get(r, "headline", "model") for r in (a, b))
+        se = power.contrast_se(pa["samples"], pb["samples"])
+        mdd = power.detectable_difference(se, len(pairs))
+        lines.append([f"{_target(a)} - {_target(b)}", f"{100 * se:.3f}", f"{100 * mdd:.3f}"])
+    return (
+        "## What this tier can resolve\n\n"
+        f"For each contrast of the family ({len(pairs)}): the standard error of the paired difference in headline "
+        "TPR at 0.1% FPR (its two-way bootstrap draws) and the smallest true difference this tier detects with 80% "
+        f"power at family level 5% (two-sided, Bonferroni over the {len(pairs)} contrasts, so conservative next to "
+        "the max-T adjustment; dcjax/privacy/power.py). A smaller difference may exist and go undetected.\n\n"
+        + _table(["contrast", "se (points)", "detectable at 80% power (points)"], lines)
+    )
+
 
 _CONTRASTS_INTRO = """\
 ## Paired differences between rows
@@ -475,6 +499,7 @@ def results_document(results: dict, figures: dict[str, str]) -> str:
         *([poster] if (poster := poster_section(results)) else []),
         _bootstraps_table(results),
         _CONTRASTS_INTRO + contrasts_table(results),
+        *([resolution] if (resolution := resolution_section(results)) else []),
         "## Every attack, natural examples\n\n" + attacks_table(results),
     ]
     if figures:
@@ -492,8 +517,9 @@ def write_results_document(path: str, results: dict, figures: dict[str, str], co
     checkpoint.atomic_write_bytes(path, text.encode())
 
 
-def _figure_points(results: dict) -> list[tuple[str, float, float, float, float, float]]:
-    """(label, accuracy %, accuracy std %, tpr %, ci_low %, ci_high %) of rows that have both."""
+def _figure_points(results: dict) -> list[tuple[str, str, float, float, float, float, float]]:
+    """(label, series, accuracy %, accuracy std %, tpr %, ci_low %, ci_high %) of rows that have both; a ladder
+    point's or checkpoint's series is its row (``"row"``), joined by a line in the figure; else its own name."""
     points = []
     for row in results.get("rows") or []:
         acc = _number(_get(row, "utility", "test_accuracy_mean"))
@@ -502,20 +528,26 @@ def _figure_points(results: dict) -> list[tuple[str, float, float, float, float,
         if acc is None or tpr is None or low is None or high is None:
             continue
         std = _number(_get(row, "utility", "test_accuracy_std")) or 0.0
-        points.append((str(row.get("name", "?")), 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
+        name = str(row.get("name", "?"))
+        points.append((name, str(row.get("row") or name), 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
     return points
 
 
 def privacy_accuracy_figure(path: str, results: dict) -> None:
     """Utility vs privacy risk (PNG, atomic): x = test accuracy (%), y = the headline model attack's TPR
-    at 0.1 % FPR on natural examples (%, log scale), with the accuracy std and the TPR's 95 % CI.
-    The dashed line is chance (TPR = FPR = 0.1 %)."""
+    at 0.1 % FPR on natural examples (%, log scale), with the accuracy std and the TPR's 95 % CI; a row's
+    ladder points or checkpoints are joined by a line (the frontier). The dashed line is chance (0.1 %)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    for name, acc, acc_std, tpr, low, high in _figure_points(results):
+    series: dict[str, list[tuple[float, float]]] = {}
+    for name, group, acc, acc_std, tpr, low, high in _figure_points(results):
         # A log axis cannot show 0: clamp the point and its interval at 0.01 %.
         y, lo, hi = (max(v, 0.01) for v in (tpr, low, high))
         ax.errorbar([acc], [y], xerr=[[acc_std], [acc_std]], yerr=[[y - lo], [hi - y]], fmt="o", capsize=3)
         ax.annotate(name, (acc, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        series.setdefault(group, []).append((acc, y))
+    for group, xy in series.items():  # A row's ladder points (or checkpoints), in the order they ran.
+        if len(xy) > 1:
+            ax.plot(*zip(*xy), "-", lw=0.8, alpha=0.6, label=group)
     ax.axhline(0.1, color="k", ls="--", lw=0.8, label="chance (0.1%)")
     ax.set_yscale("log")
     ax.set_xlabel("test accuracy (%)")
