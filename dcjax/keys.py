@@ -15,7 +15,9 @@ The layouts:
     classifiers; bootstrap: confidence intervals; balance: balanced member / non-member draws;
     canaries: which pool examples become canaries; population: RMIA's population draw; audit: the
     empirical epsilon's one-run audit draws; crossfit: the headline's model / example split and its
-    bootstrap draws; null: the null test's random membership labels.
+    bootstrap draws; null: the null test's random membership labels; movement: model i's sample of its private
+    images for the natural nearest-neighbour distance (item(movement, i)); shokri_sample: Shokri from the bank
+    (no shadows): item 0 draws the pool examples its classifiers see, item 1 cuts them into cross-fit halves.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ ATTACK = (
     "audit",
     "crossfit",
     "null",
+    "movement",
+    "shokri_sample",
 )
 
 

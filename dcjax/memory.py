@@ -388,7 +388,9 @@ def check_attack_run(config, fns: ModelFns, train, test, what: str = "the attack
     chunks = pools.model_chunks(config)  # The run's own chunking, so the estimate cannot drift from it.
     for pool, size, name in (
         (config.target_pool, max(len(c) for c in chunks if c[0] < m), "target"),
-        (config.attacker_pool, max(len(c) for c in chunks if c[0] >= m), "attacker"),
+        (config.attacker_pool, max((len(c) for c in chunks if c[0] >= m), default=0), "attacker"),
     ):
+        if not size:  # No shadows (Shokri from the bank): nothing trains on the attacker pool.
+            continue
         estimate = bank_chunk_estimate(config, fns, image_shape, train.num_classes, pool, (size, len(test.labels)))
         check_fits(estimate, f"{what} (a chunk of {size} models on the {name} pool)")

@@ -36,9 +36,9 @@ PREVIOUS_RESULTS = "results.previous.json"
 # Settings added after results were first recorded, with the value that reproduces the earlier behaviour exactly
 # (condensation method and DSA ops, DP-SGD in training, the privacy study's DP and DM rows' settings, the attack's
 # population and RMIA settings, the DP rows' own batch size and epochs, the matmul precision, a DP-SGD training's stop
-# at a checkpoint, the study's fixed-noise DP rows and their checkpoints). A recorded config that lacks one of them
-# still matches a new config holding exactly that value, so adding a setting does not orphan finished runs; any other
-# value differs.
+# at a checkpoint, the study's fixed-noise DP rows and their checkpoints, the study's ladder, Shokri-from-the-bank's
+# sample). A recorded config that lacks one of them still matches a new config holding exactly that value, so adding
+# a setting does not orphan finished runs; any other value differs.
 ADDED_SETTINGS: dict[str, Any] = {
     "method": "dc",
     "dsa_strategy": "color_crop_cutout_scale_rotate",
@@ -58,6 +58,8 @@ ADDED_SETTINGS: dict[str, Any] = {
     "stop_epochs": None,
     "dp_noise": [],
     "dp_checkpoints": [],
+    "ladder": [],  # The privacy study's ladder (as JSON): none, one point per row.
+    "shokri_sample": 2000,
 }
 
 

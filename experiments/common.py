@@ -138,7 +138,12 @@ def define_condense_flags():
     flags.DEFINE_integer(
         "iterations", None, "Iterations (fresh network each); default: 1000 for dc and dsa, 20000 for dm."
     )
-    flags.DEFINE_string("init", None, "Synthetic init: 'noise' or 'real'; default: noise for dc, real for dsa and dm.")
+    flags.DEFINE_string(
+        "init",
+        None,
+        "Synthetic init: 'noise', 'real' or 'means' (each image the mean of a disjoint random group of its class's "
+        "images); default: noise for dc, real for dsa and dm.",
+    )
     flags.DEFINE_string("distance", default("distance"), "Gradient distance: ours, mse or cos.")
     flags.DEFINE_integer("batch_real", default("batch_real"), "Real images per class per matching step.")
     flags.DEFINE_integer("batch_train", default("batch_train"), "Inner-loop batch on the synthetic set.")
@@ -205,8 +210,18 @@ def define_attack_flags():
         "num_models", default("num_models"), "LiRA bank size M (even, >= 6): each is a target in turn."
     )
     flags.DEFINE_integer("target_pool", default("target_pool"), "Examples in the target pool (N).")
-    flags.DEFINE_integer("num_shadow", default("num_shadow"), "Shokri shadow models on the attacker pool.")
+    flags.DEFINE_integer(
+        "num_shadow",
+        default("num_shadow"),
+        "Shokri shadow models on the attacker pool; 0 (with --attacker_pool=0): Shokri's shadows are the bank's "
+        "other pipelines (leave one out).",
+    )
     flags.DEFINE_integer("attacker_pool", default("attacker_pool"), "Examples in the attacker pool (disjoint).")
+    flags.DEFINE_integer(
+        "shokri_sample",
+        default("shokri_sample"),
+        "With --num_shadow=0: target-pool examples Shokri's classifiers see (cross-fitted over two halves).",
+    )
     flags.DEFINE_integer(
         "num_queries", default("num_queries"), "LiRA queries per example: the image and shifted copies."
     )
@@ -255,6 +270,7 @@ def attack_config(recipe, train):
             target_pool=FLAGS.target_pool,
             num_shadow=FLAGS.num_shadow,
             attacker_pool=FLAGS.attacker_pool,
+            shokri_sample=FLAGS.shokri_sample,
             num_queries=FLAGS.num_queries,
             num_canaries=FLAGS.num_canaries,
             num_population=FLAGS.num_population,

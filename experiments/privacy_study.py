@@ -70,7 +70,15 @@ flags.DEFINE_list(
 flags.DEFINE_integer(
     "dm_iterations",
     study_default("dm_iterations"),
-    "Iterations of the dm_real row (DM's paper value by default; --iterations sets the DC and DSA rows').",
+    "Iterations of the DM rows (dm_real, dm_noise, dm_means; DM's paper value by default; --iterations sets the DC "
+    "and DSA rows').",
+)
+flags.DEFINE_list(
+    "ladder",
+    [str(t) for t in study_default("ladder")],
+    "Condensation iterations (comma list, strictly increasing) at which every condensed row is also attacked: "
+    "each becomes one frontier point <row>_it<t> per iteration up to its own count, and that count; the points "
+    "resume from each other's snapshots (<workdir>/<row>_snapshots). Empty: one point per row.",
 )
 flags.DEFINE_integer("per_class", study_default("per_class"), "Images per class of the 'subset' row.")
 flags.DEFINE_integer(
@@ -117,8 +125,7 @@ def study_config():
         )
         train_lib.make_schedule(small, 1)  # Validates the batch size.
     attack, condense = common.attack_config(bank.Recipe(), original), common.condense_config()
-    dp_noise, dp_checkpoints = _numbers("dp_noise", float), _numbers("dp_checkpoints", int)
-    with common.naming_flags():  # StudyConfig checks rows, per_class, dp_*, dm_iterations.
+    with common.naming_flags():  # StudyConfig checks rows, per_class, dp_*, dm_iterations, ladder.
         return study.StudyConfig(
             attack=attack,
             rows=tuple(FLAGS.rows),
@@ -132,20 +139,20 @@ def study_config():
             dp_batch_size=FLAGS.dp_batch_size,
             dp_epochs=FLAGS.dp_epochs,
             dm_iterations=FLAGS.dm_iterations,
-            dp_noise=dp_noise,
-            dp_checkpoints=dp_checkpoints,
+            ladder=_numbers("ladder", int),
+            dp_noise=_numbers("dp_noise", float),
+            dp_checkpoints=_numbers("dp_checkpoints", int),
         )
 
 
 def _numbers(name: str, kind) -> tuple:
-    """The list flag ``name`` as numbers of ``kind`` (float or int); ValueError naming the flag otherwise."""
+    """The list flag ``name`` as numbers of ``kind`` (float or int); ValueError naming the flag otherwise (StudyConfig
+    checks their values and order)."""
     try:
         return tuple(kind(value) for value in FLAGS[name].value)
     except ValueError:
         what = "numbers" if kind is float else "integers"
-        raise ValueError(
-            f"--{name} must be a comma-separated list of {what}, got {','.join(FLAGS[name].value)}"
-        ) from None
+        raise ValueError(f"--{name} must be a comma list of {what}, got {','.join(FLAGS[name].value)!r}") from None
 
 
 def check_fits(config, train, test):

@@ -250,3 +250,132 @@ def test_a_corrupt_member_names_the_field(tmp_path):
             z.writestr(name, data[:20] if name == "keep_bits.npy" else data)
     with pytest.raises(ValueError, match="keep_bits"):
         attack_data.load(path)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMITTED = sorted(
+    os.path.join(dirpath, attack_data.EXPORT)
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "docs"))
+    if attack_data.EXPORT in files
+)
+
+
+def test_the_committed_exports_with_shadows_encode_to_their_own_fields():
+    """Shokri from the bank added an optional field: an export with shadows decodes and re-encodes to exactly
+    the arrays it holds (no new field, same bytes), so its scores are computed from the same inputs."""
+    assert COMMITTED, "no committed exports under docs/"
+    for path in COMMITTED:
+        d = attack_data.load(path)
+        assert not d.shokri_from_bank and d.has_shokri and "shokri" in attacks.attack_names(d), path
+        encoded = attack_data._encode(d)
+        with np.load(path) as z:
+            assert sorted(encoded) == sorted(z.files), path
+            for name in z.files:
+                a = encoded[name]
+                assert a.dtype == z[name].dtype and np.array_equal(a, z[name]), (path, name)
+
+
+def _bank_fields(s: int = 20) -> dict:
+    """``_format1_fields`` without shadows: Shokri from the bank on ``s`` pool examples."""
+    fields = _format1_fields()
+    fields.update(
+        shadow_logits=np.zeros((0, Q, 0, K), np.float32),
+        halves=np.zeros((0, 0), bool),
+        attacker_labels=np.zeros(0, np.int32),
+        test_accuracy=fields["test_accuracy"][:M],
+        seconds=fields["seconds"][:M],
+        shokri_examples=np.sort(np.random.default_rng(5).permutation(N)[:s]),
+    )
+    fields["pool_indices"]["attacker"] = []
+    return fields
+
+
+def test_a_bank_export_keeps_shokri_logits_of_its_subsample_only(tmp_path):
+    fields = _bank_fields()
+    d = attack_data.from_logits(**fields)
+    assert d.shokri_from_bank and d.shokri_examples.dtype == np.int32
+    np.testing.assert_array_equal(d.shokri_target_logits, fields["target_logits"][:, 0, fields["shokri_examples"]])
+    path = tmp_path / attack_data.EXPORT
+    attack_data.save(str(path), d)
+    _assert_same(attack_data.load(str(path)), d)
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["shokri_examples"], fields["shokri_examples"])
+    # An export with shadows writes no such field (its file is what it was before the field existed).
+    attack_data.save(str(path), attack_data.from_logits(**_format1_fields()))
+    with np.load(path) as z:
+        assert "shokri_examples" not in z.files
+
+
+def test_a_bank_export_is_validated():
+    d = attack_data.from_logits(**_bank_fields())
+    e = d.shokri_examples
+    bad = {
+        "increasing": {"shokri_examples": e[::-1].copy()},
+        "in \\[0, 40\\)": {"shokri_examples": np.r_[e[:-1], N].astype(np.int32)},
+        "shokri_target_logits": {"shokri_target_logits": d.shokri_target_logits[:, 1:]},
+        "beside Shokri shadows": {
+            "halves": np.zeros((1, 0), bool),
+            "shokri_shadow_logits": np.zeros((1, 0, K), np.float32),
+            "test_accuracy": np.ones(M + 1),
+            "seconds": np.ones(M + 1),
+        },
+        "shokri_target_logits is empty": {"shokri_target_logits": np.zeros((0, e.size, K), np.float32)},
+    }
+    for match, changes in bad.items():
+        with pytest.raises(ValueError, match=match):
+            attack_data.validate(dataclasses.replace(d, **changes))
+
+
+def test_poster_scale_with_shokri_from_the_bank_adds_its_subsample_only(tmp_path):
+    """8 pipelines' query-0 logits on S = 2,000 of the 60,000 examples: 0.64 MB, not 19 MB."""
+    m, n, s, k = 8, 60_000, 2000, 10
+    rng = np.random.default_rng(0)
+    keep = rng.random((m, n)) < 0.5
+    d = attack_data.AttackData(
+        config={"recipe": {"kind": "original"}},
+        preprocessing={},
+        pool_indices={
+            "target": rng.permutation(n).astype(np.int32),
+            "population_test": np.arange(1000, dtype=np.int32),
+        },
+        num_classes=k,
+        target_phi=rng.normal(0, 4, (m, 2, n)).astype(np.float32),
+        population_phi=rng.normal(0, 4, (m, 2, 1000)).astype(np.float32),
+        correct=rng.random((m, n)) < 0.9,
+        keep=keep,
+        used=keep,
+        target_labels=rng.integers(0, k, n).astype(np.int32),
+        population_labels=rng.integers(0, k, 1000).astype(np.int32),
+        canaries=np.zeros(0, np.int64),
+        shokri_target_logits=rng.normal(0, 4, (m, s, k)).astype(np.float32),
+        shokri_shadow_logits=np.zeros((0, 0, k), np.float32),
+        halves=np.zeros((0, 0), bool),
+        attacker_labels=np.zeros(0, np.int32),
+        nearest_distances=np.zeros((0, n), np.float32),
+        synthetic_example=np.zeros(0, np.float32),
+        test_accuracy=np.full(m, 0.99),
+        seconds=np.ones(m),
+        shokri_examples=np.sort(rng.permutation(n)[:s]).astype(np.int32),
+    )
+    path = tmp_path / attack_data.EXPORT
+    attack_data.save(str(path), d)
+    # The 4 MB of the scores (test_poster_scale_scores_fit_in_4_mb_and_round_trip) and the raw float32 logits.
+    assert os.path.getsize(path) <= 4_000_000 + m * s * k * 4, os.path.getsize(path)
+    _assert_same(attack_data.load(str(path)), d)
+
+
+@pytest.mark.slow  # Trains the committed run's Shokri classifiers (16 x 1,000 rows, 2,000 steps: ~15 s).
+def test_a_committed_export_with_an_attacker_pool_scores_shokri_as_recorded():
+    """The attack_sanity run (8 shadows on an attacker pool): its Shokri accuracies as its results.json recorded
+    them, bitwise on a platform tests/golden.py has a record for (where the committed runs were made)."""
+    import golden
+
+    directory = os.path.join(ROOT, "docs", "results", "attack_sanity_cpu")
+    d = attack_data.load(os.path.join(directory, attack_data.EXPORT))
+    recorded = checkpoint.read_json(os.path.join(directory, "results.json"))["shokri_accuracy"]
+    config = shokri.AttackConfig(**d.config["attack"])
+    keys = attack_data.run_keys(d.config["seed"])
+    scores, accuracy = attacks.compute_scores(d, config, rmia.RMIAConfig(**d.config["rmia"]), keys)
+    assert "shokri" in scores and "mode" not in recorded
+    tolerance = 0.0 if golden.platform_id() in golden.read_records() else 0.01  # Another CPU rounds otherwise.
+    np.testing.assert_allclose(accuracy, recorded["per_target"], rtol=0, atol=tolerance)

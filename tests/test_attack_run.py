@@ -164,7 +164,14 @@ def test_finished_attack_run_is_not_overwritten(fns, finished):
     [
         ({"num_models": 3}, "num_models"),
         ({"num_models": 4}, "num_models"),
-        ({"num_shadow": 0}, "num_shadow"),
+        ({"num_shadow": 0}, "num_shadow=0 needs attacker_pool=0 .*, got attacker_pool=60; or both >= 1"),
+        ({"attacker_pool": 0}, "attacker_pool=0 needs num_shadow=0 .*, got num_shadow=2"),
+        ({"num_shadow": -1}, "num_shadow must be >= 0"),
+        (
+            {"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 61},
+            "shokri_sample must be in \\[2, target_pool=60\\]",
+        ),
+        ({"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 1}, "shokri_sample"),
         ({"num_queries": 0}, "num_queries"),
         ({"strategy": "pmap"}, "strategy"),
     ],
@@ -172,6 +179,12 @@ def test_finished_attack_run_is_not_overwritten(fns, finished):
 def test_bad_attack_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _config(**kwargs)
+
+
+def test_shokri_sample_is_read_only_without_shadows():
+    assert _config(shokri_sample=10**6).shokri_sample == 10**6  # With shadows it is unused, so not checked.
+    config = _config(num_shadow=0, attacker_pool=0, shokri_sample=60)
+    assert config.shokri_from_bank and not _config().shokri_from_bank
 
 
 def test_pools_larger_than_the_dataset_are_rejected(fns, tmp_path):
@@ -237,9 +250,10 @@ def test_checkpoint_points_train_one_dp_run_whose_last_point_is_the_straight_run
     )
     train, test = _dataset(200, 5), _dataset(50, 6)
     snaps = str(tmp_path / "snapshots")
+    shared = snapshots.Snapshots(snaps)
     for e in (1, 3):
         point = dataclasses.replace(run, train=dataclasses.replace(run.train, stop_epochs=e))
-        attack_run.run_checkpoint_point(point, fns, (train, test), str(tmp_path / f"ep{e}"), snaps)
+        attack_run.run_attack(point, fns, train, test, str(tmp_path / f"ep{e}"), snapshots=shared)
     assert starts == [0, 0, 0, 1, 1, 1]  # Three chunks per point; the second point continues the first's.
     assert sorted(os.listdir(snaps)) == ["config.json", "ep1", "ep3"]
     attack_run.run_attack(run, fns, train, test, str(tmp_path / "straight"))
@@ -253,8 +267,90 @@ def test_checkpoint_points_train_one_dp_run_whose_last_point_is_the_straight_run
         os.remove(tmp_path / "ep1" / name)
     monkeypatch.setattr(engine, "resume_models", None)  # Calling it would fail.
     point = dataclasses.replace(run, train=dataclasses.replace(run.train, stop_epochs=1))
-    attack_run.run_checkpoint_point(point, fns, (train, test), str(tmp_path / "ep1"), snaps)
+    attack_run.run_attack(point, fns, train, test, str(tmp_path / "ep1"), snapshots=shared)
     np.testing.assert_array_equal(attack_run.load_model(str(tmp_path / "ep1"), 5)["logits"], first["logits"])
     other = dataclasses.replace(point, seed=1)  # Another run's snapshots are never continued.
     with pytest.raises(snapshots.SnapshotError, match="another run"):
-        attack_run.run_checkpoint_point(other, fns, (train, test), str(tmp_path / "other"), snaps)
+        attack_run.run_attack(other, fns, train, test, str(tmp_path / "other"), snapshots=shared)
+
+
+@pytest.mark.slow  # Three tiny DM attack runs (~30 s).
+def test_ladder_points_resume_from_snapshots_to_the_straight_runs_models(fns, tmp_path):
+    """A run at 2 iterations after one at 1, sharing snapshots, condenses what a straight run at 2 does."""
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="real", method="dm", lr_img=1.0)
+    point = lambda t: _config(  # noqa: E731
+        recipe=bank.Recipe(kind="condense", condense=dataclasses.replace(cfg, iterations=t)),
+        models_per_chunk=8,
+        target_pool=100,
+    )
+    shared = snapshots.Snapshots(str(tmp_path / "snapshots"), save_at=(1, 2))
+    train, test = _dataset(200, 5), _dataset(50, 6)
+    for t in (1, 2):
+        attack_run.run_attack(point(t), fns, train, test, str(tmp_path / f"it{t}"), snapshots=shared)
+    assert sorted(os.listdir(tmp_path / "snapshots")) == [
+        f"model_{i:03d}_it_{t:05d}.npz" for i in range(8) for t in (1, 2)
+    ]
+    with np.load(tmp_path / "snapshots" / "model_005_it_00001.npz") as z:
+        assert str(z["identity"]) == attack_run.snapshot_identity(point(1)) == attack_run.snapshot_identity(point(2))
+    assert attack_run.snapshot_identity(point(1)) != attack_run.snapshot_identity(dataclasses.replace(point(1), seed=1))
+    _run(fns, tmp_path / "straight", point(2))
+    for i in range(8):
+        resumed = attack_run.load_model(str(tmp_path / "it2"), i)
+        straight = attack_run.load_model(str(tmp_path / "straight"), i)
+        np.testing.assert_array_equal(resumed["synthetic"], straight["synthetic"])
+        np.testing.assert_array_equal(resumed["logits"], straight["logits"])
+    assert not np.array_equal(
+        attack_run.load_model(str(tmp_path / "it1"), 0)["synthetic"],
+        attack_run.load_model(str(tmp_path / "it2"), 0)["synthetic"],
+    )
+
+
+@pytest.mark.slow  # A tiny DM attack run (~20 s).
+def test_a_condensed_run_records_how_far_its_synthetic_images_sit_from_its_private_ones(fns, tmp_path):
+    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="means", method="dm", lr_img=1.0)
+    config = _config(recipe=bank.Recipe(kind="condense", condense=cfg), models_per_chunk=8, target_pool=100)
+    results = _run(fns, tmp_path / "run", config)
+    train = _dataset(200, 5)
+    with np.load(tmp_path / "run" / "split.npz") as split:
+        pool, keep = train.images[split["target"]], split["keep"]
+    synthetic, real = [], []
+    for i in range(6):
+        model = attack_run.load_model(str(tmp_path / "run"), i)
+        assert not model["used"].any()  # The means init copies no private image.
+        private = pool[keep[i]].reshape(int(keep[i].sum()), -1).astype(np.float64)
+        flat = model["synthetic"].reshape(NUM_CLASSES, -1)
+        brute = np.sqrt(((flat[:, None] - private[None]) ** 2).sum(-1)).min(1)
+        np.testing.assert_allclose(model["movement_synthetic"], brute, rtol=1e-4, atol=1e-4)
+        # The real sample: all private images here (fewer than 500), each at its nearest OTHER private image.
+        others = np.sqrt(((private[:, None] - private[None]) ** 2).sum(-1))
+        np.fill_diagonal(others, np.inf)
+        np.testing.assert_allclose(np.sort(model["movement_real"]), np.sort(others.min(1)), rtol=1e-4, atol=1e-4)
+        synthetic.append(brute)
+        real.append(others.min(1))
+    movement = results["movement"]
+    np.testing.assert_allclose(movement["synthetic_to_nearest_real"]["per_target_mean"], [s.mean() for s in synthetic])
+    np.testing.assert_allclose(movement["real_to_nearest_real"]["median"], np.median(np.concatenate(real)), rtol=1e-5)
+    assert movement["median_ratio"] == pytest.approx(
+        movement["synthetic_to_nearest_real"]["median"] / movement["real_to_nearest_real"]["median"]
+    )
+    assert attack_run.report_only(str(tmp_path / "run"))["movement"] == movement  # Not in the export: carried over.
+
+
+@pytest.mark.slow  # Trains a bank of 6 tiny models (~15 s).
+def test_a_run_without_shadows_learns_shokri_from_the_bank(fns, tmp_path):
+    config = _config(num_shadow=0, attacker_pool=0, shokri_sample=60)
+    results = _run(fns, tmp_path / "bank", config)
+    assert sorted(os.listdir(tmp_path / "bank" / "models")) == [f"model_{i:03d}.npz" for i in range(6)]
+    export = attack_data.load(str(tmp_path / "bank" / "attack_data.npz"))
+    assert export.shokri_from_bank and export.shokri_examples.shape == (60,)
+    model = attack_run.load_model(str(tmp_path / "bank"), 2)
+    np.testing.assert_array_equal(export.shokri_target_logits[2], model["logits"][0][export.shokri_examples])
+    assert "shokri" not in results["attacks"] and "shokri" in attacks.THRESHOLD_ATTACKS
+    with np.load(tmp_path / "bank" / "trials.npz") as trials:
+        assert "score_shokri" not in trials.files and "score_loss" in trials.files
+    summary = results["shokri_accuracy"]
+    assert summary["mode"] == "bank, leave-one-out, 60 examples, cross-fitted" and len(summary["per_target"]) == 6
+    assert results["utility"]["shadow_test_accuracy_mean"] is None
+    assert "| original | " in (tmp_path / "bank" / "RESULTS.md").read_text()
+    again = attack_run.report_only(str(tmp_path / "bank"))
+    assert again["shokri_accuracy"] == summary

@@ -97,6 +97,7 @@ CONFIG_ROWS = [
     (attack_run.AttackRunConfig, {"num_shadow": 0}, "num_shadow"),
     (attack_run.AttackRunConfig, {"target_pool": 0}, "target_pool"),
     (attack_run.AttackRunConfig, {"attacker_pool": 0}, "attacker_pool"),
+    (attack_run.AttackRunConfig, {"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 1}, "shokri_sample"),
     (attack_run.AttackRunConfig, {"num_queries": 0}, "num_queries"),
     (attack_run.AttackRunConfig, {"num_canaries": -1}, "num_canaries"),
     (attack_run.AttackRunConfig, {"num_population": -1}, "num_population"),
@@ -110,6 +111,8 @@ CONFIG_ROWS = [
     (study.StudyConfig, {"dp_batch_size": 0}, "dp_batch_size"),
     (study.StudyConfig, {"dp_epochs": 0}, "dp_epochs"),
     (study.StudyConfig, {"dm_iterations": 0}, "dm_iterations"),
+    (study.StudyConfig, {"ladder": (0, 5)}, "ladder"),
+    (study.StudyConfig, {"ladder": (5, 5)}, "ladder"),
     (condense_run.RunConfig, {"seed": -1}, "seed"),
     (condense_run.RunConfig, {"eval_every": -1}, "eval_every"),
     (condense_run.RunConfig, {"checkpoint_every": 0}, "checkpoint_every"),
@@ -179,6 +182,7 @@ def test_train_flags_are_named_in_the_message(overrides, flag):
         ({"attack_steps": 0}, "--attack_steps must be >= 1"),  # ... and AttackConfig.steps.
         ({"num_models": 7}, "--num_models must be even"),
         ({"num_shadow": 0}, "--num_shadow"),
+        ({"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 10**6}, "--shokri_sample"),
         ({"num_canaries": 5000}, "--num_canaries"),
         ({"num_population": -1}, "--num_population"),
         ({"num_queries": 99}, "--num_queries"),
@@ -434,6 +438,7 @@ FLAG_CHECKS = {
             "target_pool",
             "num_shadow",
             "attacker_pool",
+            "shokri_sample",
             "num_queries",
             "num_canaries",
             "num_population",
@@ -460,6 +465,7 @@ FLAG_CHECKS = {
     "workdir": "workdir.prepare",
     "synthetic": "data.load_synthetic_npz",
     "conclusion": "privacy_study._about",
+    "ladder": "privacy_study._numbers, then StudyConfig",
     "tier": "free text",
 }
 
@@ -502,6 +508,8 @@ def _assert_one_line_error(proc, *expected):
         ("train.py", ["--lr=nan"], "--lr must be > 0"),
         ("attack.py", ["--attack_hidden=-1"], "--attack_hidden"),
         ("privacy_study.py", ["--small_batch_size=0"], "--small_batch_size"),
+        ("privacy_study.py", ["--ladder=50,20"], "--ladder must be positive, strictly increasing"),
+        ("privacy_study.py", ["--ladder=5,x"], "--ladder must be a comma list of integers"),
         ("dp_tune.py", ["--lrs=0.1,-1"], "--lrs"),
     ],
 )

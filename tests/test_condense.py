@@ -209,3 +209,26 @@ def test_auto_class_strategy_is_per_backend():
     assert condense.resolve_class_strategy("auto", "cpu") == "map"
     assert condense.resolve_class_strategy("auto", "gpu") == "vmap"
     assert condense.resolve_class_strategy("loop", "gpu") == "loop"
+
+
+def test_means_init_averages_disjoint_random_groups_of_each_class_and_copies_no_image():
+    labels = np.array([0] * 7 + [1] * 9 + [2] * 8, np.int32)[np.random.default_rng(0).permutation(24)]
+    images = jax.random.normal(jax.random.key(4), (24,) + SHAPE)
+    index = data.build_class_index(labels, K)
+    config = dataclasses.replace(SMALL, init="means", ipc=3)
+    state, init_idx = condense.init_synthetic(config, jax.random.key(1), images, index)
+    groups = condense.mean_groups(jax.random.key(1), index, 3)
+    np.testing.assert_array_equal(init_idx, -1)  # No real image used as pixels.
+    for c, group in enumerate(groups):
+        count = int((labels == c).sum())
+        assert group.shape == (3, count // 3)
+        assert (labels[group] == c).all() and len(set(group.ravel().tolist())) == group.size  # Disjoint, own class.
+        for i in range(3):  # Image c*ipc + i is the mean of group i, recomputed here in float64.
+            mean = np.asarray(images, np.float64)[group[i]].mean(axis=0)
+            np.testing.assert_allclose(state.images[c * 3 + i], mean, rtol=1e-5, atol=1e-6)
+    other = condense.mean_groups(jax.random.key(2), index, 3)
+    assert any(not np.array_equal(a, b) for a, b in zip(groups, other))  # Key-drawn groups.
+    # Class 0 has 7 images: groups of 2, one image left out; every other image of the class is in exactly one group.
+    assert np.setdiff1d(np.flatnonzero(labels == 0), groups[0]).size == 1
+    with pytest.raises(ValueError, match="ipc=8 with init=means exceeds"):
+        condense.check_batch_real(dataclasses.replace(config, ipc=8, batch_real=1), index)

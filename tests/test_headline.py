@@ -41,14 +41,26 @@ def test_draws_stay_within_their_half_and_group_and_start_with_the_identity():
 
 
 def _samples(values: dict[str, list[float]]) -> dict:
-    """{attack: {metric: [4, 1]}} with the given TPRs at 0.1 % per cell and a flat AUC."""
-    return {a: {"tpr_at_0.001": np.array(v)[:, None], "auc": np.full((4, 1), 0.5)} for a, v in values.items()}
+    """{attack: {metric: [4, 1]}} with the given TPRs at 0.1 % per cell, and flat TPRs at 1 % and AUCs."""
+    flat = np.full((4, 1), 0.5)
+    return {a: {"tpr_at_0.001": np.array(v)[:, None], "tpr_at_0.01": flat, "auc": flat} for a, v in values.items()}
 
 
 def test_each_cell_takes_the_attack_that_won_on_the_opposite_cell():
     # a wins only on cell 0, b only on cell 3; c on cells 1 and 2.
     chosen = headline.choose(_samples({"a": [0.9, 0, 0, 0], "b": [0, 0, 0, 0.9], "c": [0, 0.5, 0.5, 0]}))
     assert chosen[:, 0].tolist() == [1, 2, 2, 0]  # Cell 0 <- cell 3's winner (b); cell 3 <- cell 0's (a).
+
+
+def test_ties_go_to_the_higher_tpr_at_1_percent_then_auc_then_the_earlier_attack():
+    samples = _samples({"a": [0.5] * 4, "b": [0.5] * 4, "c": [0.5] * 4, "d": [0.1] * 4})
+    samples["b"]["tpr_at_0.01"] = np.full((4, 1), 0.7)  # b beats a and c at 1 % FPR ...
+    samples["c"]["tpr_at_0.01"] = np.full((4, 1), 0.7)
+    samples["a"]["auc"] = np.full((4, 1), 0.9)  # ... though a has the higher AUC.
+    samples["d"]["tpr_at_0.01"] = samples["d"]["auc"] = np.full((4, 1), 1.0)  # d loses at 0.1 %: never chosen.
+    assert headline.choose(samples)[:, 0].tolist() == [1, 1, 1, 1]  # b: tied with c on both TPRs, earlier.
+    samples["c"]["auc"] = np.full((4, 1), 0.6)
+    assert headline.choose(samples)[:, 0].tolist() == [2, 2, 2, 2]  # c: the higher AUC breaks the b-c tie.
 
 
 def test_the_choice_for_a_cell_never_reads_that_cells_labels():
@@ -79,3 +91,28 @@ def test_the_headline_reports_both_bootstraps_and_their_union():
     assert h["tpr_at_0.01_ci_low"] == min(ex[0], tw[0]) and h["tpr_at_0.01_ci_high"] == max(ex[1], tw[1])
     assert len(h["samples"]) == 40 and h["tpr_at_0.001"] is None  # ~380 non-members a cell: below the floor.
     assert headline.excludes(h, 0.0, "tpr_at_0.01") and not headline.excludes(h, h["tpr_at_0.01"], "tpr_at_0.01")
+
+
+def _full_headline_choice(scores: dict, keep: np.ndarray, split, res, two_way: bool):
+    """The reference: every attack's every metric from the full weighted ROC of every draw, then ``choose``."""
+    samples = {n: headline.cell_samples(s, keep, split, res, two_way) for n, s in scores.items()}
+    return samples, headline.choose(samples)
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_lazy_samples_choose_and_report_as_the_full_weighted_rocs_do(two_way):
+    # Ties everywhere: rounded scores, an exact copy (identical attacks) and a rescaled copy (same order, so the
+    # same TPRs, but a distinct attack whose tie is broken by AUC then order).
+    rng = np.random.default_rng(3)
+    keep = masks.lira_keep_masks(jax.random.key(2), M, N)
+    base = np.round(rng.normal(size=(M, N)) + 0.4 * keep, 1)
+    scores = {"a": base, "copy": base.copy(), "scaled": 2 * base, "noise": np.round(rng.normal(size=(M, N)), 0)}
+    split = headline.draw_split(jax.random.key(0), M, _natural())
+    res = headline.draw_resamples(jax.random.key(1), split, 40)
+    full, chosen_full = _full_headline_choice(scores, keep, split, res, two_way)
+    lazy, chosen = headline._samples(scores, headline._Cells(keep, split, res, two_way), with_auc=True)
+    np.testing.assert_array_equal(chosen, chosen_full)
+    names, cells, draws = list(scores), np.arange(4)[:, None], np.arange(chosen.shape[1])[None]
+    for metric in ("tpr_at_0.01", "tpr_at_0.001", "tpr_at_0.0001", "auc"):
+        pick = [np.stack([s[n][metric] for n in names])[chosen, cells, draws] for s in (lazy, full)]
+        np.testing.assert_array_equal(*pick)

@@ -158,3 +158,19 @@ def test_evaluation_counts_every_model_under_vmap_and_one_under_map(fns):
     mapped = dataclasses.replace(vmapped, strategy="map")
     a, b = (memory.evaluation_estimate(fns, c, SHAPE, 30, 100) for c in (vmapped, mapped))
     assert a.parts["training step"] == 20 * b.parts["training step"]
+
+
+def test_a_run_without_shadows_is_estimated_on_its_target_pool_alone(fns):
+    train, test = _dataset(60), _dataset(20)
+    attack = attack_run.AttackRunConfig(
+        model=TINY,
+        train=train_lib.TrainConfig(epochs=2, batch_size=8),
+        num_models=6,
+        target_pool=40,
+        num_shadow=0,
+        attacker_pool=0,
+        shokri_sample=20,
+        num_population=10,
+        attack=shokri.AttackConfig(hidden=4, steps=3),
+    )
+    memory.check_attack_run(attack, fns, train, test)

@@ -401,3 +401,26 @@ def test_canary_detection_hand_computed():
         metrics.canary_detection(scores, keep, np.ones_like(keep), canaries)
     with pytest.raises(ValueError, match="canary_cols"):
         metrics.canary_detection(scores, keep, natural, np.array([4, 4]))
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_bootstrap_tprs_equal_bootstrap_samples_bitwise(two_way):
+    # Rounded scores make tie runs; a slice mask and a large FPR (the prefix must grow) are covered too.
+    rng = np.random.default_rng(5)
+    m, n, r = 6, 400, 30
+    keep = rng.random((m, n)) < 0.5
+    scores = np.round(rng.normal(size=(m, n)) + 0.5 * keep, 1)
+    include = rng.random((m, n)) < 0.7
+    res = rng.integers(0, n, (r, n))
+    model_res = rng.integers(0, m, (r, m)) if two_way else None
+    fprs = (0.3, 0.01, 0.001, 0.0)
+    full = metrics.bootstrap_samples(scores, keep, include, res, fprs, model_res)
+    weights = metrics.resample_weights(res, n, model_res, m)
+    fast = metrics.bootstrap_tprs(scores, keep, include, weights, fprs)
+    assert sorted(fast) == sorted(k for k in full if k.startswith("tpr_at_"))
+    for name, values in fast.items():
+        np.testing.assert_array_equal(values, full[name])
+    totals = metrics.weight_totals(weights, keep, include)
+    assert np.array_equal(
+        fast["tpr_at_0.01"], metrics.bootstrap_tprs(scores, keep, include, weights, fprs, totals)["tpr_at_0.01"]
+    )

@@ -49,3 +49,21 @@ def test_nearest_distance_scores_shape_and_sign():
     assert np.all(scores <= 0)
     np.testing.assert_allclose(scores[0], -nearest.nearest_distances(sets[0], pool))
     assert scores[1, 0] == 0.0 and scores[1, 0] > scores[0, 0]  # the released copy is the "member" guess
+
+
+def test_nearest_other_distances_skip_only_the_image_itself():
+    pool = _images(3, 9)
+    pool[7] = pool[2]  # An identical other image: distance 0 for both.
+    flat = pool.reshape(9, -1).astype(np.float64)
+    brute = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
+    np.fill_diagonal(brute, np.inf)
+    rows = np.array([5, 2, 0, 7, 8])
+    for batch_size in (2, 5, 256):  # 2 pads the last batch.
+        got = nearest.nearest_other_distances(pool, rows, batch_size=batch_size)
+        assert got.dtype == np.float64 and got.shape == (5,)
+        np.testing.assert_allclose(got, brute[rows].min(1), rtol=1e-5, atol=1e-5)
+        assert got[1] == got[3] == 0.0 and (got[[0, 2, 4]] > 0).all()
+    with pytest.raises(ValueError, match="at least 2"):
+        nearest.nearest_other_distances(pool[:1], [0])
+    with pytest.raises(ValueError, match="rows"):
+        nearest.nearest_other_distances(pool, [9])

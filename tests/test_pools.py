@@ -1,5 +1,7 @@
 """dcjax.privacy.pools: the target and attacker pools, keep masks, canaries and population, cut from the seed."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,29 @@ def test_a_subset_recipe_larger_than_a_private_half_is_refused_by_name():
     small = data.ArrayDataset(train.images[:60], labels[:60], K, "mnist")
     with pytest.raises(ValueError, match="target_pool \\+ attacker_pool = 70 exceeds the 60 training examples"):
         pools.check_recipe_fits(_config(), small)
+
+
+def test_without_shadows_shokri_learns_from_a_seeded_subsample_of_the_target_pool():
+    labels = np.arange(100, dtype=np.int32) % K
+    config = _config(num_shadow=0, attacker_pool=0, target_pool=60, shokri_sample=50, num_canaries=0)
+    split = pools.make_split(config, labels, K)
+    assert split["attacker"].shape == (0,) and split["halves"].shape == (0, 0)
+    np.testing.assert_array_equal(split["keep"], pools.make_split(_config(target_pool=60), labels, K)["keep"])
+    examples = pools.shokri_examples(config)
+    assert examples.dtype == np.int32 and examples.shape == (50,) and (np.diff(examples) > 0).all()
+    assert examples.max() < 60
+    np.testing.assert_array_equal(examples, pools.shokri_examples(config))
+    assert not np.array_equal(examples, pools.shokri_examples(dataclasses.replace(config, seed=1)))
+    assert pools.shokri_examples(_config()).shape == (0,)  # With shadows: no subsample.
+    assert pools.model_chunks(dataclasses.replace(config, models_per_chunk=4)) == [[0, 1, 2, 3], [4, 5]]
+    labels = np.arange(1000, dtype=np.int32) % K
+    train = data.ArrayDataset(np.zeros((1000, 2, 2, 1), np.float32), labels, K, "mnist")
+    subset = bank.Recipe("subset", per_class=5)  # Fed by the target pool alone: there is no attacker pool.
+    pools.check_recipe_fits(dataclasses.replace(config, target_pool=400, shokri_sample=200, recipe=subset), train)
+
+
+def test_a_shokri_subsample_missing_a_class_pair_is_refused_by_name():
+    labels = np.arange(100, dtype=np.int32) % K
+    train = data.ArrayDataset(np.zeros((100, 2, 2, 1), np.float32), labels, K, "mnist")
+    with pytest.raises(ValueError, match="shokri_sample=4 draws . examples of class .*enlarge shokri_sample"):
+        pools.check_recipe_fits(_config(num_shadow=0, attacker_pool=0, shokri_sample=4), train)

@@ -1,6 +1,7 @@
 """dcjax.snapshots: the per-model states that let the checkpoints of one DP-SGD run train it once."""
 
 import dataclasses
+import re
 
 import chex
 import jax
@@ -70,3 +71,24 @@ def test_a_snapshot_directory_serves_one_run_only(tmp_path):
     snapshots.prepare(directory, run)  # The same run's next point.
     with pytest.raises(snapshots.SnapshotError, match="another run \\(differs at train.lr\\).*--overwrite"):
         snapshots.prepare(directory, {"seed": 0, "train": {"epochs": 4, "lr": 0.2}})
+
+
+def test_the_shared_file_helpers_check_what_each_file_records_and_find_complete_progress(tmp_path):
+    """write_models/read_models/complete, as the condensation layout uses them: fields beside the leaves, checked."""
+    states = {"images": np.arange(12, dtype=np.float32).reshape(2, 3, 2), "step": np.array([4, 5], np.int32)}
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), states)
+    path = lambda model, t: str(tmp_path / f"m{model}_t{t}.npz")  # noqa: E731
+    snapshots.write_models([path(3, 2), path(7, 2)], states, "s_{}", identity="row", iteration=2)
+    back = snapshots.read_models([path(7, 2), path(3, 2)], template, "s_{}", {"identity": "row", "iteration": 2})
+    chex.assert_trees_all_equal(back, jax.tree.map(lambda x: x[::-1], states))
+    with pytest.raises(snapshots.SnapshotError, match="m3_t2.npz: a snapshot saved by other settings"):
+        snapshots.read_models([path(3, 2)], template, "s_{}", {"identity": "other", "iteration": 2})
+    wider = jax.tree.map(lambda x: jax.ShapeDtypeStruct((*x.shape, 1), x.dtype), template)
+    with pytest.raises(snapshots.SnapshotError, match="m3_t2.npz: a snapshot of another network or training"):
+        snapshots.read_models([path(3, 2)], wider, "s_{}")
+    snapshots.write_models([path(3, 5)], jax.tree.map(lambda x: x[:1], states), "s_{}")  # Model 7 lacks t=5.
+    pattern = re.compile(r"m(\d+)_t(\d+)\.npz")
+    assert snapshots.complete(str(tmp_path), pattern, path, [3, 7], 10) == [2]
+    assert snapshots.complete(str(tmp_path), pattern, path, [3], 10) == [5, 2]
+    assert snapshots.complete(str(tmp_path), pattern, path, [3], 4) == [2]
+    assert snapshots.complete(str(tmp_path / "absent"), pattern, path, [3], 10) == []

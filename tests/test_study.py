@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from dcjax import checkpoint, dpsgd, workdir
+from dcjax import checkpoint, dpsgd, snapshots, workdir
 from dcjax.privacy import accounting, study
 
 
@@ -60,6 +60,9 @@ def test_default_rows_stay_the_four_and_the_dp_rows_are_optional():
     assert set(study.ROWS) == set(study.DEFAULT_ROWS) | {
         "dsa_real",
         "dm_real",
+        "dm_noise",
+        "dc_means",
+        "dm_means",
         "dpsgd_eps1",
         "dpsgd_eps4",
         "dpsgd_eps8",
@@ -81,6 +84,27 @@ def test_method_rows_condense_with_their_method_from_real_images_and_train_with_
     # The DC rows stay DC whatever method the shared condensation settings carry.
     other = dataclasses.replace(config, condense=dataclasses.replace(config.condense, method="dm"))
     assert study.row_config(other, "dc_noise").recipe.condense.method == "dc"
+
+
+def test_init_rows_condense_from_noise_or_group_means_and_dm_rows_train_with_dsa():
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=7)
+    dm_real = study.row_config(config, "dm_real")
+    for name, init in (("dm_noise", "noise"), ("dm_means", "means")):
+        row = study.row_config(config, name)
+        assert row.recipe.condense == dataclasses.replace(dm_real.recipe.condense, init=init)
+        assert row.train == dm_real.train and row.train.augment == "dsa_digits"
+        assert "7 iterations" in study.describe(config, name) and "DM synthetic set" in study.describe(config, name)
+    dc_means = study.row_config(config, "dc_means")
+    assert dc_means.recipe.condense == dataclasses.replace(
+        study.row_config(config, "dc_real").recipe.condense, init="means"
+    )
+    assert dc_means.train == config.train_small
+    assert "privacy-first init" in study.describe(config, "dc_means") and "means" not in study.describe(
+        config, "dm_noise"
+    )
+    assert dc_means.recipe.per_class_need() == ("batch_real", config.condense.batch_real)
+    small_batch = dataclasses.replace(config, condense=dataclasses.replace(config.condense, batch_real=4))
+    assert study.row_config(small_batch, "dm_means").recipe.per_class_need() == ("ipc", 10)
 
 
 def test_dp_rows_take_their_own_learning_rate():
@@ -152,7 +176,7 @@ def test_bad_dp_study_settings_name_the_field(kwargs, field):
 def _fake_run_attack(calls):
     """attack_run.run_attack without training: the workdir rules and a minimal results dict."""
 
-    def run(row, fns, train, test, row_dir):
+    def run(row, fns, train, test, row_dir, snapshots=None):
         calls.append(os.path.basename(row_dir))
         workdir.prepare(row_dir, dataclasses.asdict(row), False)
         results = {
@@ -211,14 +235,8 @@ def test_a_row_plan_calls_the_accountant_once(monkeypatch):
 
 def _fixed_noise(**overrides) -> study.StudyConfig:
     """The CPU tier's DP settings (halves of ~500, expected batch 64) with a fixed-noise row at sigma 1.5."""
-    return dataclasses.replace(
-        _cpu_like(),
-        rows=("original", "dpsgd_sigma1.5"),
-        dp_noise=(1.5,),
-        dp_checkpoints=(10, 20, 40),
-        dp_lr=0.1,
-        **overrides,
-    )
+    settings = {"rows": ("original", "dpsgd_sigma1.5"), "dp_noise": (1.5,), "dp_checkpoints": (10, 20, 40)}
+    return dataclasses.replace(_cpu_like(), dp_lr=0.1, **{**settings, **overrides})
 
 
 def test_a_fixed_noise_row_is_valid_only_for_a_noise_of_dp_noise():
@@ -252,8 +270,9 @@ def test_a_fixed_noise_row_is_one_run_attacked_at_each_checkpoint_with_the_epsil
     config = _fixed_noise(dp_epochs=7)  # dp_epochs: replaced by the last checkpoint.
     plans = study.plan_points(config, "dpsgd_sigma1.5")
     assert [p.name for p in plans] == ["dpsgd_sigma1.5_ep10", "dpsgd_sigma1.5_ep20", "dpsgd_sigma1.5_ep40"]
-    assert [p.point for p in plans] == [{"row": "dpsgd_sigma1.5", "epochs": e} for e in (10, 20, 40)]
-    assert {p.snapshots for p in plans} == {"dpsgd_sigma1.5_snapshots"}
+    assert [(p.row, p.epochs, p.iteration, p.points) for p in plans] == [
+        ("dpsgd_sigma1.5", e, None, (10, 20, 40)) for e in (10, 20, 40)
+    ]
     # One run: the same training (40 epochs, one DPConfig) stopped at each checkpoint.
     assert len({dataclasses.replace(p.run.train, stop_epochs=None) for p in plans}) == 1
     assert [p.run.train.stop_epochs for p in plans] == [10, 20, 40]
@@ -271,7 +290,7 @@ def test_a_fixed_noise_row_is_one_run_attacked_at_each_checkpoint_with_the_epsil
             steps,
             313,
             0.128,
-            plan.point["epochs"],
+            plan.epochs,
         )
         assert dp["epsilon"] == dp["epsilon_pld"] == accounting.epsilon_pld(1.5, 0.128, steps, 1e-5)
         assert dp["epsilon_rdp"] == accounting.epsilon_rdp(1.5, 0.128, steps, 1e-5)
@@ -283,9 +302,7 @@ def test_a_fixed_noise_row_is_one_run_attacked_at_each_checkpoint_with_the_epsil
         overflow = dpsgd.overflow_probability(largest + 1, 0.128, steps, capacity)
         assert dp["overflow_probability"] == overflow <= budget
         assert dp["delta_total"] == accounting.overflow_delta(1e-5, dp["epsilon_pld"], overflow)
-        assert (
-            f"after {plan.point['epochs']} of its run's 40 expected epochs ({steps} of 313 steps)" in plan.description
-        )
+        assert f"after {plan.epochs} of its run's 40 expected epochs ({steps} of 313 steps)" in plan.description
     assert plans[0].dp["epsilon"] < plans[1].dp["epsilon"] < plans[2].dp["epsilon"] == run_eps
     assert study.plan_points(config, "original") == [study.plan_row(config, "original")]
     # No checkpoints: one point, at the end of a dp_epochs run.
@@ -293,34 +310,161 @@ def test_a_fixed_noise_row_is_one_run_attacked_at_each_checkpoint_with_the_epsil
     assert (only.name, only.run.train.epochs, only.run.train.stop_epochs) == ("dpsgd_sigma1.5_ep7", 7, 7)
 
 
-def test_a_study_runs_a_fixed_noise_rows_points_in_order_on_one_snapshot_directory(tmp_path, monkeypatch):
-    calls, snapshot_dirs = [], []
+def test_a_study_runs_ladder_and_checkpoint_points_in_order_each_on_its_rows_snapshots(tmp_path, monkeypatch):
+    """One expansion for both kinds of point: a condensed row's ladder points and a fixed-noise row's checkpoints,
+    each handed its row's snapshots, each entry its row and its progress (iteration or epochs, not both)."""
+    calls, handed = [], {}
     fake = _fake_run_attack(calls)
-    monkeypatch.setattr(study.attack_run, "run_attack", fake)
 
-    def point(row, fns, data, row_dir, snapshots):
-        snapshot_dirs.append(snapshots)
-        return fake(row, fns, *data, row_dir)
+    def run(row, fns, train, test, row_dir, snapshots=None):
+        handed[os.path.basename(row_dir)] = snapshots
+        return fake(row, fns, train, test, row_dir)
 
-    monkeypatch.setattr(study.attack_run, "run_checkpoint_point", point)
+    monkeypatch.setattr(study.attack_run, "run_attack", run)
     monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
     monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
     data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
-    config = _fixed_noise()
+    condensation = dataclasses.replace(study.StudyConfig().condense, iterations=30, batch_real=32)
+    names = ("original", "dc_real", "dpsgd_sigma1.5")
+    config = _fixed_noise(rows=names, condense=condensation, ladder=(10, 20))
     results = study.run_study(config, types.SimpleNamespace(has_batch_stats=False), data, str(tmp_path), {})
-    assert calls == ["original", "dpsgd_sigma1.5_ep10", "dpsgd_sigma1.5_ep20", "dpsgd_sigma1.5_ep40"]
-    assert snapshot_dirs == [str(tmp_path / "dpsgd_sigma1.5_snapshots")] * 3
+    ladder = ["dc_real_it10", "dc_real_it20", "dc_real_it30"]
+    checkpoints = ["dpsgd_sigma1.5_ep10", "dpsgd_sigma1.5_ep20", "dpsgd_sigma1.5_ep40"]
+    assert calls == ["original", *ladder, *checkpoints]
+    assert calls == [p.name for name in names for p in study.plan_points(config, name)]
+    assert handed["original"] is None
+    for names, row, points in ((ladder, "dc_real", (10, 20, 30)), (checkpoints, "dpsgd_sigma1.5", (10, 20, 40))):
+        for name in names:
+            assert handed[name] == snapshots.Snapshots(str(tmp_path / f"{row}_snapshots"), save_at=points)
     rows = results["rows"]
-    assert "row" not in rows[0] and "epochs" not in rows[0] and "dp" not in rows[0]
-    assert [(r["name"], r["row"], r["epochs"]) for r in rows[1:]] == [
+    assert not {"row", "iteration", "epochs", "dp"} & set(rows[0])
+    assert [(r["name"], r["row"], r["iteration"]) for r in rows[1:4]] == [
+        (f"dc_real_it{t}", "dc_real", t) for t in (10, 20, 30)
+    ]
+    assert [(r["name"], r["row"], r["epochs"]) for r in rows[4:]] == [
         (f"dpsgd_sigma1.5_ep{e}", "dpsgd_sigma1.5", e) for e in (10, 20, 40)
     ]
-    assert [r["dp"]["steps"] for r in rows[1:]] == [78, 156, 313]
+    assert not any("epochs" in r for r in rows[1:4]) and not any("iteration" in r for r in rows[4:])
+    assert [r["dp"]["steps"] for r in rows[4:]] == [78, 156, 313]
     # A report rewritten from the exports keeps the points' fields.
     monkeypatch.setattr(
         study.attack_run, "report_only", lambda row_dir: checkpoint.read_json(f"{row_dir}/results.json")
     )
     rewritten = study.rewrite_report(str(tmp_path), "", "report")
-    assert [{k: r.get(k) for k in ("name", "row", "epochs")} for r in rewritten["rows"]] == [
-        {k: r.get(k) for k in ("name", "row", "epochs")} for r in rows
+    assert [{k: r.get(k) for k in ("name", "row", "iteration", "epochs")} for r in rewritten["rows"]] == [
+        {k: r.get(k) for k in ("name", "row", "iteration", "epochs")} for r in rows
     ]
+
+
+def test_a_ladder_expands_each_condensed_row_into_points_that_stop_early():
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=200, ladder=(5, 50, 500))
+    assert config.condense.iterations == 1000
+    for name, own, points in (("dc_real", 1000, (5, 50, 500, 1000)), ("dm_real", 200, (5, 50, 200))):
+        plan = study.plan_row(config, name)
+        expanded = study.ladder_points(plan, config.ladder)
+        assert [p.name for p in expanded] == [f"{name}_it{t}" for t in points]
+        for point, t in zip(expanded, points):
+            assert (point.row, point.iteration, point.epochs, point.points) == (name, t, None, points)
+            condensation = point.run.recipe.condense
+            assert condensation == dataclasses.replace(plan.run.recipe.condense, iterations=t)
+            assert dataclasses.replace(point.run, recipe=plan.run.recipe) == plan.run  # Only the iterations change.
+            assert point.description.startswith(plan.description) and f"{t} of {own} iterations" in point.description
+    for name in ("original", "subset"):  # Rows that do not condense stay one point, unchanged.
+        assert study.ladder_points(study.plan_row(config, name), config.ladder) == [study.plan_row(config, name)]
+    assert study.ladder_points(study.plan_row(config, "dc_real"), ()) == [study.plan_row(config, "dc_real")]
+
+
+@pytest.mark.parametrize("ladder", [(0, 5), (5, 5), (50, 5), (-1,)])
+def test_a_ladder_must_be_positive_and_strictly_increasing(ladder):
+    with pytest.raises(ValueError, match="^ladder must be positive, strictly increasing"):
+        study.StudyConfig(ladder=ladder)
+
+
+def test_a_study_recorded_before_ladders_matches_the_same_study_without_one(tmp_path):
+    recorded = dataclasses.asdict(study.StudyConfig())
+    del recorded["ladder"]
+    checkpoint.write_json(str(tmp_path / workdir.CONFIG), recorded)
+    assert workdir.config_matches(str(tmp_path), dataclasses.asdict(study.StudyConfig()))
+    assert not workdir.config_matches(str(tmp_path), dataclasses.asdict(study.StudyConfig(ladder=(5,))))
+
+
+def test_ladder_points_run_in_order_with_their_rows_shared_snapshots(tmp_path, monkeypatch):
+    calls, cached = [], {}
+    fake = _fake_run_attack(calls)
+
+    def run(row, fns, train, test, row_dir, snapshots=None):
+        cached[os.path.basename(row_dir)] = snapshots
+        return fake(row, fns, train, test, row_dir)
+
+    monkeypatch.setattr(study.attack_run, "run_attack", run)
+    monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
+    data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
+    fns = types.SimpleNamespace(has_batch_stats=False)
+    attack = dataclasses.replace(_cpu_like().attack, target_pool=1000)
+    condensation = dataclasses.replace(study.StudyConfig().condense, iterations=30, batch_real=32)
+    config = study.StudyConfig(attack=attack, rows=("original", "dc_real"), condense=condensation, ladder=(10, 20))
+    results = study.run_study(config, fns, data, str(tmp_path), {})
+    assert calls == ["original", "dc_real_it10", "dc_real_it20", "dc_real_it30"]
+    assert [(r["name"], r.get("row"), r.get("iteration")) for r in results["rows"]] == [
+        ("original", None, None),
+        ("dc_real_it10", "dc_real", 10),
+        ("dc_real_it20", "dc_real", 20),
+        ("dc_real_it30", "dc_real", 30),
+    ]
+    assert cached["original"] is None
+    for name in calls[1:]:
+        assert cached[name] == snapshots.Snapshots(str(tmp_path / "dc_real_snapshots"), save_at=(10, 20, 30))
+        recorded = workdir.read_config(str(tmp_path / name))["recipe"]["condense"]
+        assert recorded["iterations"] == int(name.rsplit("_it", 1)[1])
+
+
+def test_a_rows_summary_carries_its_image_movement_when_it_has_one():
+    results = {
+        "attacks": {},
+        "utility": {},
+        "shokri_accuracy": None,
+        "wall_seconds": 1.0,
+        "roc": {},
+        "headline": {"model": None, "release": None},
+        "canary_detection": {},
+        "empirical_epsilon": {},
+    }
+    assert "movement" not in study._row_summary("original", "", None, results)  # Other rows' entries as before.
+    movement = {"median_ratio": 2.5, "synthetic_to_nearest_real": {"median": 5.0}}
+    assert study._row_summary("dc_real", "", None, {**results, "movement": movement})["movement"] == movement
+
+
+@pytest.mark.slow  # Scores two synthetic exports, twice (~40 s).
+def test_a_study_learning_shokri_from_the_bank_reports_the_posters_protocol(tmp_path, monkeypatch):
+    """Every row but original gets the original row's classifiers' accuracy (run and report_only alike)."""
+    from test_shokri_bank import _export
+
+    from dcjax.privacy import attack_data, attack_run
+
+    original = _export("members_confident", num_resamples=5)
+    exports = {"original": original, "subset": _export("members_unsure", seed=1, examples=original.shokri_examples)}
+    exports["subset"] = dataclasses.replace(exports["subset"], config=original.config)
+
+    def run(row, fns, train, test, row_dir, snapshots=None):  # The row's export instead of a trained bank.
+        workdir.prepare(row_dir, dataclasses.asdict(row), False)
+        attack_data.save(os.path.join(row_dir, attack_data.EXPORT), exports[os.path.basename(row_dir)])
+        results = attack_run.report_only(row_dir)
+        checkpoint.write_json(os.path.join(row_dir, workdir.RESULTS), results)
+        return results
+
+    monkeypatch.setattr(study.attack_run, "run_attack", run)
+    monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study.memory, "check_attack_run", lambda *args, **kwargs: None)
+    data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
+    bank = dict(num_shadow=0, attacker_pool=0, shokri_sample=500)
+    config = dataclasses.replace(
+        _cpu_like(), rows=("original", "subset"), attack=dataclasses.replace(_cpu_like().attack, **bank)
+    )
+    results = study.run_study(config, types.SimpleNamespace(has_batch_stats=False), data, str(tmp_path), {})
+    protocol = results["poster_protocol"]
+    assert list(protocol) == ["subset"] and protocol["subset"]["trained_on"] == "original"
+    assert protocol["subset"]["mean"] < 0.5 < results["rows"][0]["shokri_accuracy"]["mean"]
+    again = study.rewrite_report(str(tmp_path), "", "report")
+    assert again["poster_protocol"] == protocol
+    assert checkpoint.read_json(str(tmp_path / workdir.RESULTS))["poster_protocol"] == protocol

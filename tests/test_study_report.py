@@ -205,3 +205,52 @@ def test_the_document_sums_the_null_test_over_rows():
     doc = study_report.results_document(RESULTS, {})
     # Rows: 1 and 6 of 20 exclusions; 7 of 40 is above Binomial(40, 5%)'s 99th percentile (6).
     assert "Null test over all 2 rows: 7 of 40 headline intervals excluded chance" in doc and "FAILED." in doc
+
+
+def test_the_posters_protocol_is_a_section_beside_the_posters_numbers_only_when_measured():
+    assert study_report.poster_section(RESULTS) == "" and "poster's protocol" not in study_report.results_document(
+        RESULTS, {}
+    )
+    mode = "bank, leave-one-out, 2000 examples, cross-fitted"
+    measured = {
+        **RESULTS,
+        "poster_protocol": {
+            "subset": {"mean": 0.49, "std": 0.01, "per_target": [0.48, 0.5], "trained_on": "original", "mode": mode},
+            "dc_real": {"mean": 0.43, "std": 0.02, "per_target": [0.41, 0.45], "trained_on": "original", "mode": mode},
+        },
+    }
+    section = study_report.poster_section(measured)
+    assert section.startswith("## The poster's protocol") and mode in section and "~62 %" in section
+    table = section[section.index("| target") :]
+    rows = [_cells(table, i) for i in (2, 3, 4)]
+    assert rows[0] == ["original", "its own row (leave one out)", "51.00 +- 1.00", "~62"]
+    assert rows[1] == ["subset", "the original row", "49.00 +- 1.00", "–"]  # The poster had no subset row.
+    assert rows[2] == ["dc_real", "the original row", "43.00 +- 2.00", "~41"]
+    doc = study_report.results_document(measured, {})
+    assert section in doc and doc.replace(section + "\n", "") == study_report.results_document(RESULTS, {})
+
+
+def test_what_the_tier_can_resolve_is_the_paired_se_times_the_power_factor():
+    from dcjax.privacy import power
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0.01, 0.002, 50)
+    a, b = shared + rng.normal(0, 0.001, 50), shared + rng.normal(0.002, 0.001, 50)
+    rows = [
+        {**RESULTS["rows"][0], "headline": {"model": _pick("loss", 0.01, a)}},
+        {**RESULTS["rows"][1], "headline": {"model": _pick("loss", 0.012, b)}},
+    ]
+    text = study_report.resolution_section({"rows": rows})
+    se = np.std(a - b, ddof=1)  # Every row is contrasted with the subset baseline: original - subset.
+    assert f"| original - subset | {100 * se:.3f} | {100 * power.detectable_difference(se, 1):.3f} |" in text
+    assert 0.1 < 100 * se < 0.2  # The shared part cancels: sqrt(2) x 0.1 points, not the rows' own spread.
+    assert "## What this tier can resolve" in study_report.results_document(RESULTS, {})
+    assert study_report.resolution_section({"rows": rows[:1]}) == ""
+
+
+def test_a_rows_ladder_points_form_one_series_in_the_frontier_figure():
+    rows = [{**RESULTS["rows"][1], "name": f"dm_real_it{t}", "row": "dm_real", "iteration": t} for t in (10, 20)] + [
+        RESULTS["rows"][0]
+    ]
+    groups = [(p[0], p[1]) for p in study_report._figure_points({"rows": rows})]
+    assert groups == [("dm_real_it10", "dm_real"), ("dm_real_it20", "dm_real"), ("original", "original")]

@@ -36,6 +36,7 @@ from dcjax.condense.config import (
     image_optimizer,
     init_synthetic,
     iteration_units,
+    mean_groups,
     resolve_class_strategy,
     synthetic_labels,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "iteration_units",
     "make_iteration_fn",
     "matching_loss",
+    "mean_groups",
     "resolve_class_strategy",
     "synthetic_labels",
 ]

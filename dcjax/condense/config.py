@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dcjax import data as data_lib
@@ -24,7 +25,7 @@ from dcjax.models import ModelFns
 
 # (outer_loop, inner_loop) by images per class, from the reference implementation.
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
-INITS = ("noise", "real")
+INITS = ("noise", "real", "means")  # means: the privacy-first init (``mean_groups``).
 CLASS_STRATEGIES = strategy_lib.STRATEGIES
 METHODS = ("dc", "dsa", "dm")
 
@@ -148,12 +149,30 @@ def image_optimizer(config: CondenseConfig) -> optax.GradientTransformation:
 
 
 def check_batch_real(config: CondenseConfig, index: data_lib.ClassIndex):
-    """batch_real (and ipc for real init) must fit in the smallest class."""
+    """batch_real (and ipc for real and means init) must fit in the smallest class."""
     smallest = int(jnp.min(index.counts))
     if config.batch_real > smallest:
         raise ValueError(f"batch_real={config.batch_real} exceeds the smallest class ({smallest} examples)")
-    if config.init == "real" and config.ipc > smallest:
-        raise ValueError(f"ipc={config.ipc} with init=real exceeds the smallest class ({smallest})")
+    if config.init in ("real", "means") and config.ipc > smallest:
+        raise ValueError(f"ipc={config.ipc} with init={config.init} exceeds the smallest class ({smallest})")
+
+
+def mean_groups(key: jax.Array, index: data_lib.ClassIndex, ipc: int) -> list[np.ndarray]:
+    """The privacy-first init's groups: per class c, [ipc, counts[c] // ipc] int indices into the pool.
+
+    Class c's examples (key ``jax.random.split(key, K)[c]``) are shuffled and cut into ipc disjoint groups of
+    equal size; the remainder (counts[c] % ipc examples) is in no group. Needs concrete counts (host side).
+    """
+    counts, table = np.asarray(index.counts), np.asarray(index.table)
+    keys = jax.random.split(key, len(counts))
+    groups = []
+    for c, count in enumerate(counts):
+        if count < ipc:
+            raise ValueError(f"ipc={ipc} with init=means exceeds class {c} ({count} examples)")
+        order = np.asarray(jax.random.permutation(keys[c], int(count)))
+        size = int(count) // ipc
+        groups.append(table[c, order[: ipc * size]].reshape(ipc, size))
+    return groups
 
 
 def init_synthetic(config: CondenseConfig, key: jax.Array, images: jax.Array, index: data_lib.ClassIndex):
@@ -161,20 +180,24 @@ def init_synthetic(config: CondenseConfig, key: jax.Array, images: jax.Array, in
 
     Args:
       config: ipc and init ('noise': N(0, 1) in normalised space; 'real': random real
-        images of each class, without replacement).
+        images of each class, without replacement; 'means': each image the mean of one of ipc
+        disjoint random groups of its class, ``mean_groups``, so that no single image is copied).
       key: initialisation key.
       images: [N, H, W, C] the real pool the index refers to.
       index: per-class index of that pool.
 
     Returns:
       (SynState with images [K*ipc, H, W, C], init indices [K*ipc] int32 into the pool,
-      or -1 everywhere for noise init).
+      or -1 everywhere for noise and means init: no real image is used as pixels).
     """
     num_classes = index.counts.shape[0]
     shape = (num_classes * config.ipc,) + images.shape[1:]
     if config.init == "real":
         init_indices = data_lib.sample_per_class(key, index, config.ipc).reshape(-1)
         syn = images[init_indices]
+    elif config.init == "means":
+        init_indices = jnp.full((shape[0],), -1, jnp.int32)
+        syn = jnp.concatenate([jnp.mean(images[group], axis=1) for group in mean_groups(key, index, config.ipc)])
     else:
         init_indices = jnp.full((shape[0],), -1, jnp.int32)
         syn = jax.random.normal(key, shape, images.dtype)

@@ -126,7 +126,8 @@ def utility(d: AttackData) -> dict:
         # The generalisation gap that membership inference feeds on.
         "member_accuracy": float(correct[d.keep].mean()),
         "nonmember_accuracy": float(correct[~d.keep].mean()),
-        "shadow_test_accuracy_mean": float(d.test_accuracy[m:].mean()),
+        # None without shadows (Shokri from the bank: its "shadows" are the targets themselves).
+        "shadow_test_accuracy_mean": float(d.test_accuracy[m:].mean()) if d.test_accuracy.size > m else None,
     }
 
 

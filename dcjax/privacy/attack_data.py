@@ -31,8 +31,11 @@ examples, P population samples, Q queries, K classes, S synthetic images, C cana
   population_labels      int32 [P]
   canaries               int [C]      canary positions in the target pool
   shokri_target_logits_planes  uint8 [4, M, N, K]   Shokri's input: the targets' query-0 logits
+                                      ([4, M, S, K] from the bank: on shokri_examples only)
   shokri_shadow_logits_planes  uint8 [4, k, Na, K]  Shokri's input: the shadows' query-0 logits on
                                       the attacker pool; both [4, 0, ...] when Shokri is not reported
+  shokri_examples        int32 [S]    only when Shokri learns from the bank (no shadows, k = Na = 0):
+                                      the sorted target-pool positions of its subsample; absent otherwise
   halves_bits            uint8 [k, ceil(Na/8)]  Shokri shadows' IN halves
   attacker_labels        int32 [Na]
   nearest_distances      float32 [M, N]  distance of each pool image to the nearest image of model
@@ -54,6 +57,11 @@ sign / exponent plane); ``*_bits``: a bool [R, n] mask as ``np.packbits(mask, ax
   phi = f32(z["target_phi_planes"])                      # [M, Q, N] float32
   keep = bits(z["keep_bits"], z["target_labels"].size)   # [M, N] bool; halves: attacker_labels.size
   log_p, p = -np.logaddexp(0, -phi.astype(float)), 1 / (1 + np.exp(-phi.astype(float)))
+
+Shokri from the bank (``dcjax.privacy.shokri_bank``) stores the M pipelines' query-0 logits on S key-drawn pool
+examples, not on all N: 8 x 2,000 x 10 float32 add 0.64 MB where all 60,000 would add 19 MB. Its membership
+labels are keep's columns ``shokri_examples``. An export with shadows has no ``shokri_examples`` field, so
+its file is byte for byte what it was before the field existed.
 
 Format 1 (no ``version`` field: every model's float32 logits [M, Q, N, K], [M, Q, P, K],
 [k, Q, Na, K] and pool indices as JSON) is still read, converted in memory exactly as a run
@@ -120,6 +128,8 @@ class AttackData:
     synthetic_example: np.ndarray
     test_accuracy: np.ndarray
     seconds: np.ndarray
+    # int32 [S]: Shokri from the bank's pool positions; [0] with shadows (or without Shokri).
+    shokri_examples: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
     @property
     def num_models(self) -> int:
@@ -138,6 +148,11 @@ class AttackData:
     def has_shokri(self) -> bool:
         """Whether the export carries Shokri's inputs (the Shokri attack is reported)."""
         return self.shokri_target_logits.shape[0] > 0
+
+    @property
+    def shokri_from_bank(self) -> bool:
+        """Whether Shokri learns from the bank's other pipelines (no shadows; accuracy only, no per-example score)."""
+        return self.shokri_examples.size > 0
 
     def natural(self) -> np.ndarray:
         """bool [N]: True for every pool example that is not a canary."""
@@ -172,13 +187,16 @@ def from_logits(target_logits, population_logits, shadow_logits, **fields) -> At
       population_logits: [M, Q, P, K] float32, the same models on the population.
       shadow_logits: [k, Q, Na, K] float32, the Shokri shadows on the attacker pool.
       **fields: every other ``AttackData`` field except those computed here (num_classes, the
-        phis, correct, Shokri's logits); pool_indices values may be lists.
+        phis, correct, Shokri's logits); pool_indices values may be lists. shokri_examples [S] (optional):
+        Shokri from the bank's pool positions, whose query-0 logits are kept (shadow_logits [0, Q, 0, K]).
 
     Returns:
       The validated ``AttackData``; nearest_distances become float32 (computed in float32).
     """
     target_logits = np.asarray(target_logits, np.float32)
     labels = np.asarray(fields["target_labels"])
+    examples = np.asarray(fields.pop("shokri_examples", np.zeros(0)), np.int32)
+    shokri_logits = target_logits[:, 0, examples] if examples.size else target_logits[:, 0]
     pool_indices = {name: np.asarray(v, np.int32) for name, v in fields.pop("pool_indices").items()}
     return validate(
         AttackData(
@@ -186,8 +204,9 @@ def from_logits(target_logits, population_logits, shadow_logits, **fields) -> At
             target_phi=true_class_phi(target_logits, labels),
             population_phi=true_class_phi(population_logits, np.asarray(fields["population_labels"])),
             correct=np.argmax(target_logits[:, 0], -1) == labels,
-            shokri_target_logits=np.ascontiguousarray(target_logits[:, 0]),
+            shokri_target_logits=np.ascontiguousarray(shokri_logits),
             shokri_shadow_logits=np.asarray(shadow_logits, np.float32)[:, 0],
+            shokri_examples=examples,
             pool_indices=pool_indices,
             **{**fields, "nearest_distances": np.asarray(fields["nearest_distances"], np.float32)},
         )
@@ -199,6 +218,7 @@ def _check_shapes(d: AttackData) -> None:
     (m, n), (k, na) = d.keep.shape, d.halves.shape
     q, p = d.target_phi.shape[1] if d.target_phi.ndim == 3 else None, d.population_labels.shape[0]
     shokri = (m, k) if d.has_shokri else (0, 0)
+    s = d.shokri_examples.size if d.shokri_from_bank else n
     expect = {
         "target_phi": (m, None, n),
         "population_phi": (m, q, p),
@@ -206,7 +226,8 @@ def _check_shapes(d: AttackData) -> None:
         "used": (m, n),
         "target_labels": (n,),
         "attacker_labels": (na,),
-        "shokri_target_logits": (shokri[0], n, d.num_classes),
+        "shokri_target_logits": (shokri[0], s, d.num_classes),
+        "shokri_examples": (s if d.shokri_from_bank else 0,),
         "shokri_shadow_logits": (shokri[1], na, d.num_classes),
         "test_accuracy": (m + k,),
         "seconds": (m + k,),
@@ -232,11 +253,24 @@ def validate(d: AttackData) -> AttackData:
     for name in _BITS:
         if getattr(d, name).dtype != bool:
             raise ValueError(f"attack data field {name} must be bool, got {getattr(d, name).dtype}")
-    if d.has_shokri and d.halves.shape[0] == 0:
+    if d.shokri_from_bank:
+        _check_shokri_examples(d)
+    elif d.has_shokri and d.halves.shape[0] == 0:
         raise ValueError("attack data field shokri_target_logits is given but there are no Shokri shadows")
     if d.used.any() and (d.used & ~d.keep).any():
         raise ValueError("used marks a non-member as used: used must imply keep")
     return d
+
+
+def _check_shokri_examples(d: AttackData) -> None:
+    """Shokri from the bank: sorted distinct pool positions, its logits present, and no shadows beside it."""
+    e, n = d.shokri_examples, d.keep.shape[1]
+    if not np.issubdtype(e.dtype, np.integer) or (e < 0).any() or (e >= n).any() or (np.diff(e) <= 0).any():
+        raise ValueError(f"attack data field shokri_examples must be increasing integers in [0, {n})")
+    if not d.has_shokri:
+        raise ValueError("attack data field shokri_examples is given but shokri_target_logits is empty")
+    if d.halves.shape[0]:
+        raise ValueError("attack data field shokri_examples is given beside Shokri shadows (bank mode has none)")
 
 
 def float32_planes(a) -> np.ndarray:
@@ -278,6 +312,8 @@ def _encode(d: AttackData) -> dict[str, np.ndarray]:
             arrays[f"{f.name}_planes"] = float32_planes(value)
         elif f.name in _BITS:
             arrays[f"{f.name}_bits"] = np.packbits(value, axis=-1)
+        elif f.name == "shokri_examples" and not value.size:
+            continue  # Written only from the bank: an export with shadows keeps its fields.
         elif f.name != "num_classes":
             arrays[f.name] = value
     return arrays
@@ -303,6 +339,8 @@ def _stored_name(name: str) -> str:
 
 def _decode_field(path: str, fields: dict, name: str):
     """One ``AttackData`` field from format-2 npz fields (``_stored_name`` says which)."""
+    if name == "shokri_examples" and name not in fields:  # Optional: only Shokri from the bank writes it.
+        return np.zeros(0, np.int32)
     value = _field(path, fields, _stored_name(name))
     if name in _JSON_FIELDS:
         return json.loads(str(value))

@@ -6,7 +6,10 @@ Setting (docs/protocol.md section 7). The dataset's train split is cut into two 
   exactly M/2 of them. Each model in turn is the target, the other M-1 its shadows
   (leave-one-out), giving M*N membership trials for LiRA, LOSS, confidence and Shokri;
 * the *attacker pool* (Na examples, disjoint from every target's data) for the k Shokri
-  shadow models, each trained on a random half and labelled IN/OUT on all of it.
+  shadow models, each trained on a random half and labelled IN/OUT on all of it. Without one
+  (num_shadow = attacker_pool = 0, the poster's scale) Shokri learns from the other M-1
+  pipelines on a subsample of the target pool (``dcjax.privacy.shokri_bank``): an accuracy, no
+  per-example score.
 
 Every model (targets and shadows alike) goes through the same ``bank.Recipe``: the attacker
 mimics the target's pipeline, condensation included.
@@ -35,18 +38,23 @@ reported separately. For the ``condense`` recipe the released synthetic sets are
 Keys, all from ``jax.random.key(seed)`` (``attack_data.KEY_STREAMS``, stream i is
 fold_in(root, i)): pools, LiRA keep, Shokri halves, models (model i = fold_in(stream, i) split
 into (recipe, training) keys), Shokri classifier, bootstrap, balanced Shokri evaluation,
-canaries, population, audits. Model i's key does not depend on chunking, so a resumed run (or
-one with another chunk size) trains the same models.
+canaries, population, audits, crossfit, null, Shokri-from-the-bank subsample. Model i's key
+does not depend on chunking, so a resumed run (or one with another chunk size) trains the same
+models.
 
-Checkpoint points (``run_checkpoint_point``): a run whose models are a checkpoint of longer DP-SGD
-runs (``TrainConfig.stop_epochs``) continues them from the snapshots an earlier checkpoint saved
-(``dcjax.snapshots``) and saves its own.
+Snapshots (``run_attack``'s ``snapshots``, ``dcjax.snapshots.Snapshots``): runs that are points of one longer run
+(the privacy study's frontier points of a row) share one directory of per-model states and never change an
+output. A 'condense' recipe's condensation resumes from the latest state saved at or below its iteration count
+and saves at ``save_at`` (``bank.condense_models``); a run whose models are a checkpoint of longer DP-SGD runs
+(``TrainConfig.stop_epochs``) continues them from the latest state an earlier checkpoint saved and saves its own
+(``_continue_run``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import time
 import zipfile
@@ -63,6 +71,7 @@ from dcjax import checkpoint
 from dcjax import engine
 from dcjax import errors
 from dcjax import interrupt
+from dcjax import keys as keys_lib
 from dcjax import memory
 from dcjax import plots
 from dcjax import progress
@@ -70,12 +79,13 @@ from dcjax import snapshots as snapshots_lib
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelConfig, ModelFns
-from dcjax.privacy import assess, attack_data, attacks, bank, nearest, pools, queries, shokri
+from dcjax.privacy import assess, attack_data, attacks, bank, nearest, pools, queries, shokri, shokri_bank
 from dcjax.privacy import rmia as rmia_lib
 from dcjax.privacy import study_report
 
 SPLIT = "split.npz"
 MODELS_DIR = "models"
+MOVEMENT_SAMPLE = 500  # Private images per model whose nearest other private image sets the natural distance.
 # 2: example-level bootstrap, natural headline slice, strongest attack, RMIA, audits.
 # 3: the cross-fitted headline (selection-free), two-way intervals, the null test.
 RESULTS_SCHEMA = 3
@@ -92,7 +102,9 @@ class AttackRunConfig:
     recipe: bank.Recipe = bank.Recipe()
     num_models: int = 16  # M: LiRA bank on the target pool (even, >= 6).
     target_pool: int = 2000  # N.
-    num_shadow: int = 8  # k: Shokri shadows on the attacker pool.
+    # k: Shokri shadows on the attacker pool. 0 (with attacker_pool 0): Shokri from the bank, its classifiers for
+    # target m trained on the other M - 1 pipelines (``dcjax.privacy.shokri_bank``).
+    num_shadow: int = 8
     attacker_pool: int = 2000  # Na.
     num_queries: int = 2  # LiRA queries: the image and shifted copies (queries.SHIFTS).
     num_canaries: int = 0  # Target-pool examples given a wrong label (IN for half the models).
@@ -103,6 +115,8 @@ class AttackRunConfig:
     models_per_chunk: int = 0  # 0: one model per device on CPU, all at once elsewhere.
     strategy: str = "auto"  # Model-axis strategy (engine.STRATEGIES).
     num_resamples: int = 200  # Bootstrap resamples for confidence intervals.
+    # S: pool examples Shokri from the bank sees (num_shadow 0 only; cross-fitted over two halves of them).
+    shokri_sample: int = 2000
 
     def __post_init__(self):
         if self.num_models < 6 or self.num_models % 2:
@@ -113,9 +127,10 @@ class AttackRunConfig:
             )
         if not 0 <= self.seed < 2**32:  # jax.random.key(seed) wraps outside: two seeds, one key.
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
-        for name in ("num_shadow", "target_pool", "attacker_pool", "num_resamples"):
+        for name in ("target_pool", "num_resamples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._check_shokri()
         if self.num_population < 0:
             raise ValueError(f"num_population must be >= 0, got {self.num_population}")
         if not 0 <= self.num_canaries <= self.target_pool:
@@ -125,17 +140,55 @@ class AttackRunConfig:
         queries.query_shifts(self.num_queries)  # Validates num_queries.
         engine.resolve_strategy(self.strategy)
 
+    @property
+    def shokri_from_bank(self) -> bool:
+        """Whether Shokri's classifiers train on the bank's other pipelines (no attacker pool, no shadows)."""
+        return self.num_shadow == 0
+
+    def _check_shokri(self) -> None:
+        """Shadows on an attacker pool (both >= 1), or Shokri from the bank (both 0, shokri_sample in [2, N])."""
+        for name in ("num_shadow", "attacker_pool"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if (self.num_shadow == 0) != (self.attacker_pool == 0):
+            # Named first: the one set to 0, which is what the other must follow.
+            zero, other = ("num_shadow", "attacker_pool") if self.num_shadow == 0 else ("attacker_pool", "num_shadow")
+            raise ValueError(
+                f"{zero}=0 needs {other}=0 (Shokri from the bank, no shadows), got {other}={getattr(self, other)}; "
+                "or both >= 1 (Shokri's shadows on an attacker pool)"
+            )
+        # Two cross-fit halves need an example each; only bank mode reads shokri_sample.
+        if self.shokri_from_bank and not 2 <= self.shokri_sample <= self.target_pool:
+            raise ValueError(
+                f"shokri_sample must be in [2, target_pool={self.target_pool}] with num_shadow=0, "
+                f"got {self.shokri_sample}"
+            )
+
 
 def _model_path(workdir: str, i: int) -> str:
     return os.path.join(workdir, MODELS_DIR, f"model_{i:03d}.npz")
 
 
-class _Context:
-    """The static pieces of a run: network, data on host, split, queries."""
+def snapshot_identity(config: AttackRunConfig) -> str:
+    """What a condensation snapshot of this run must record to be resumed from: a digest of the run's settings but
+    its condensation iteration count (``bank.condense_models``); runs that differ only in that count share them."""
+    recipe = config.recipe
+    if recipe.condense is not None:
+        recipe = dataclasses.replace(recipe, condense=dataclasses.replace(recipe.condense, iterations=0))
+    settings = dataclasses.asdict(dataclasses.replace(config, recipe=recipe))
+    if settings["train"]["stop_epochs"] is None:  # Added after ladders, at its default: older caches still resume.
+        del settings["train"]["stop_epochs"]
+    return hashlib.sha256(checkpoint.to_json(settings).encode()).hexdigest()
 
-    def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, snapshots: str | None = None):
+
+class _Context:
+    """The static pieces of a run: network, data on host, split, queries, and its snapshots if any."""
+
+    def __init__(self, config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, snapshots=None) -> None:
         self.config, self.fns, self.workdir = config, fns, workdir
-        self.snapshots = snapshots  # A checkpoint point's snapshot directory (``run_checkpoint_point``); None: none.
+        # The condensation snapshots' identity; snapshots a run cannot use (no condensation, no checkpoint) dropped.
+        used = snapshots is not None and (config.recipe.kind == "condense" or config.train.stop_epochs is not None)
+        self.snapshots = dataclasses.replace(snapshots, identity=snapshot_identity(config)) if used else None
         self.keys = attack_data.run_keys(config.seed)
         self.split = pools.make_split(config, train.labels, train.num_classes)
         self.split["population"] = pools.population_indices(config, len(test.labels))
@@ -208,13 +261,16 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     images, labels, _ = ctx.pool(chunk[0])
     keep = np.stack([ctx.keep_row(i) for i in chunk])
     model_keys = jnp.stack([jax.random.split(jax.random.fold_in(ctx.keys["models"], i)) for i in chunk])
-    data = bank.recipe_data(cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy)
+    snapshots = dataclasses.replace(ctx.snapshots, models=tuple(chunk)) if ctx.snapshots else None
+    data = bank.recipe_data(
+        cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy, snapshots=snapshots
+    )
     mesh = _mesh_for(chunk, cfg.strategy)
     pool = (jnp.asarray(data.images), jnp.asarray(data.labels), data.masks)
-    if ctx.snapshots is None:
+    if snapshots is None or cfg.train.stop_epochs is None:
         variables, losses = engine.train_models(ctx.fns, cfg.train, model_keys[:, 1], pool, cfg.strategy, mesh)
     else:
-        variables, losses = _continue_run(ctx, chunk, model_keys[:, 1], pool, mesh)
+        variables, losses = _continue_run(ctx, snapshots, model_keys[:, 1], pool, mesh)
     logits = _query_logits(ctx, variables, jnp.asarray(images), mesh)
     population_logits = _query_logits(ctx, variables, jnp.asarray(ctx.test.images[ctx.split["population"]]), mesh)
     test_acc = engine.evaluate_many(
@@ -222,17 +278,74 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     )
     # To host before indexing: a model-sharded array cannot be sliced per model in place.
     host = [_to_host(x) for x in (logits, population_logits, test_acc, losses)]
-    return _records(data, *host)
+    records = _records(data, *host)
+    for record, movement in zip(records, _movement(ctx, chunk, images, keep, data)):
+        record.update(movement)
+    return records
 
 
-def _continue_run(ctx: _Context, chunk: list[int], keys: jax.Array, pool, mesh):
-    """A checkpoint point's training of the chunk: each model's DP-SGD run continued from its latest snapshot at or
-    before ``stop_epochs`` (from initialisation if none) to ``stop_epochs``, where its snapshot is saved.
+def _movement(ctx: _Context, chunk: list[int], images: np.ndarray, keep: np.ndarray, data: bank.BankData) -> list:
+    """Per model of the chunk ({} each without a synthetic set), L2 distances in normalised pixel space:
+    movement_synthetic [K*ipc]: each synthetic image to the nearest image (any class) of the model's private set;
+    movement_real [<= MOVEMENT_SAMPLE]: a key-drawn sample of those private images, each to its nearest OTHER one
+    (any class), the natural spacing of real digits that the first is compared with."""
+    if data.synthetic is None:
+        return [{} for _ in chunk]
+    records = []
+    for j, i in enumerate(chunk):
+        private = images[keep[j]]
+        count = min(MOVEMENT_SAMPLE, len(private)) if len(private) > 1 else 0
+        real = np.zeros((0,), np.float32)
+        if count:
+            key = keys_lib.item(ctx.keys["movement"], i)
+            real = nearest.nearest_other_distances(private, jax.random.choice(key, len(private), (count,), False))
+        # nearest_distances(a, b): from each image of b to its nearest image of a.
+        synthetic = nearest.nearest_distances(private, data.synthetic[j])
+        records.append({"movement_synthetic": synthetic.astype(np.float32), "movement_real": real.astype(np.float32)})
+    return records
+
+
+def _distances(values: list[np.ndarray]) -> dict:
+    """Summary of per-target distance arrays: pooled mean and median, and each target's."""
+    pooled = np.concatenate(values)
+    return {
+        "mean": float(pooled.mean()),
+        "median": float(np.median(pooled)),
+        "per_target_mean": [float(v.mean()) for v in values],
+        "per_target_median": [float(np.median(v)) for v in values],
+        "count": int(pooled.size),
+    }
+
+
+def movement_summary(workdir: str, num_models: int) -> dict | None:
+    """How far the targets' synthetic images sit from their private images, beside the private images' own spacing
+    (``_movement``, read from models 0..num_models-1); None unless every target's record holds both."""
+    records = []
+    for i in range(num_models):
+        with np.load(_model_path(workdir, i)) as z:
+            if "movement_synthetic" not in z.files or not z["movement_real"].size:
+                return None
+            records.append({name: z[name] for name in ("movement_synthetic", "movement_real")})
+    synthetic = _distances([r["movement_synthetic"] for r in records])
+    real = _distances([r["movement_real"] for r in records])
+    return {
+        "synthetic_to_nearest_real": synthetic,
+        "real_to_nearest_real": real,
+        "median_ratio": synthetic["median"] / real["median"] if real["median"] > 0 else None,
+        "about": "L2 distance in normalised pixel space to the nearest image of any class of the target's private "
+        f"set; real: a key-drawn sample of up to {MOVEMENT_SAMPLE} of those images, each to its nearest other one",
+    }
+
+
+def _continue_run(ctx: _Context, snapshots: snapshots_lib.Snapshots, keys: jax.Array, pool, mesh):
+    """A checkpoint point's training of the chunk ``snapshots.models``: each model's DP-SGD run continued from its
+    latest snapshot at or before ``stop_epochs`` (from initialisation if none) to ``stop_epochs``, where its
+    snapshot is saved.
 
     Returns (variables, losses [c, stop_epochs]) as ``engine.train_models``'s.
     """
-    cfg, directory = ctx.config, ctx.snapshots
-    assert directory is not None and cfg.train.stop_epochs is not None, "only a checkpoint point continues a run"
+    cfg, directory, chunk = ctx.config, snapshots.directory, list(snapshots.models)
+    assert cfg.train.stop_epochs is not None, "only a checkpoint point continues a run"
     stop = cfg.train.stop_epochs
     start = snapshots_lib.latest(directory, chunk, stop)
     states = snapshots_lib.load(directory, start, chunk, snapshots_lib.like(ctx.fns, cfg.train)) if start else None
@@ -320,6 +433,14 @@ def _release(ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
     return -nearest.nearest_distance_scores(synthetic, pool_images), synthetic[0]
 
 
+def _shadow_logits(ctx: _Context) -> np.ndarray:
+    """The Shokri shadows' logits [k, Q, Na, K]; [0, Q, 0, K] without shadows (Shokri from the bank)."""
+    cfg, m = ctx.config, ctx.config.num_models
+    if not cfg.num_shadow:
+        return np.zeros((0, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
+    return _stack(ctx, range(m, m + cfg.num_shadow), "logits")
+
+
 def build_export(ctx: _Context) -> attack_data.AttackData:
     """Gathers the trained bank's files into the attack stage's one input (``attack_data``)."""
     cfg, m, split = ctx.config, ctx.config.num_models, ctx.split
@@ -341,7 +462,8 @@ def build_export(ctx: _Context) -> attack_data.AttackData:
             if has_population
             else np.zeros((m, cfg.num_queries, 0, ctx.train.num_classes), np.float32)
         ),
-        shadow_logits=_stack(ctx, range(m, m + cfg.num_shadow), "logits"),
+        shadow_logits=_shadow_logits(ctx),
+        shokri_examples=pools.shokri_examples(cfg),
         keep=split["keep"],
         halves=split["halves"],
         target_labels=split["target_labels"],
@@ -370,11 +492,15 @@ def _null_scorer(
     return rescore
 
 
-def _shokri_summary(accuracy: np.ndarray) -> dict | None:
-    """Shokri's balanced accuracy over the targets, or None for an export without Shokri's inputs."""
+def _shokri_summary(accuracy: np.ndarray, mode: str | None = None) -> dict | None:
+    """Shokri's balanced accuracy over the targets, or None for an export without Shokri's inputs.
+
+    mode: how it was measured, recorded when it is not the shadows' (``shokri_bank.mode``).
+    """
     if not accuracy.size:
         return None
-    return {"mean": float(accuracy.mean()), "std": float(accuracy.std()), "per_target": accuracy.tolist()}
+    summary = {"mean": float(accuracy.mean()), "std": float(accuracy.std()), "per_target": accuracy.tolist()}
+    return summary if mode is None else {**summary, "mode": mode}
 
 
 def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
@@ -385,11 +511,14 @@ def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
     scores, shokri_acc = attacks.compute_scores(d, *configs, keys)
     shokri_result = (scores["shokri"], shokri_acc) if "shokri" in scores else None
     null_scores = _null_scorer(d, configs, keys, shokri_result)
+    mode = None
+    if d.shokri_from_bank:  # An accuracy only (no score: it would cover S of N examples), so not in ``scores``.
+        shokri_acc, mode = shokri_bank.shokri_accuracy(d, configs[0], keys), shokri_bank.mode(d)
     results = {
         "schema": RESULTS_SCHEMA,
         "config": cfg,
         "utility": assess.utility(d),
-        "shokri_accuracy": _shokri_summary(shokri_acc),
+        "shokri_accuracy": _shokri_summary(shokri_acc, mode),
         **assess.assess(scores, d, keys, cfg["num_resamples"], null_scores),
         "bank_seconds": float(d.seconds.sum()),
     }
@@ -427,11 +556,25 @@ def read_export(path: str) -> attack_data.AttackData:
         raise ExportError(f"{path}: damaged attack export ({type(e).__name__}: {detail}); rerun the attack") from None
 
 
+def _previous_movement(workdir: str) -> dict | None:
+    """The image movement of the results.json in ``workdir`` (None: none, or no readable results)."""
+    try:
+        return checkpoint.read_json(workdir_lib.path(workdir, workdir_lib.RESULTS)).get("movement")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def report_only(workdir: str) -> dict:
-    """Re-attacks the export in ``workdir`` and rewrites its results, trials and ROC; trains nothing."""
+    """Re-attacks the export in ``workdir`` and rewrites its results, trials and ROC; trains nothing.
+
+    The image movement (``movement_summary``; not in the export) is carried over from the results it replaces.
+    """
     tic = time.perf_counter()
     d = read_export(workdir_lib.path(workdir, attack_data.EXPORT))
+    movement = _previous_movement(workdir)
     scores, results = evaluate_export(d)
+    if movement is not None:
+        results["movement"] = movement
     results.update(attack_seconds=time.perf_counter() - tic, platform=jax.default_backend())
     results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]
     _write_outputs(workdir, d, scores, results)
@@ -450,7 +593,16 @@ def export_trained_bank(config: AttackRunConfig, fns: ModelFns, train, test, wor
     return path
 
 
-def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str, overwrite: bool = False) -> dict:
+def run_attack(
+    config: AttackRunConfig,
+    fns: ModelFns,
+    train,
+    test,
+    workdir: str,
+    overwrite: bool = False,
+    *,
+    snapshots: snapshots_lib.Snapshots | None = None,
+) -> dict:
     """Trains the bank (resuming per model), attacks every target, writes the workdir.
 
     Args:
@@ -460,36 +612,22 @@ def run_attack(config: AttackRunConfig, fns: ModelFns, train, test, workdir: str
       test: held-out data for the utility column.
       workdir: output directory (``dcjax.workdir`` rules).
       overwrite: discard whatever the workdir holds.
+      snapshots: per-model states shared with the other points of one longer run (``Snapshots``' directory and
+        save_at; identity and model ids are set here): a 'condense' recipe's condensation cache, shared with runs
+        that differ only in iterations, and a DP-SGD checkpoint's (``train.stop_epochs``) training snapshots,
+        shared with the runs that differ only in stop_epochs. It changes no output; ignored by other runs.
 
     Returns:
       The results dict also written to results.json.
     """
-    return _run_attack(config, fns, (train, test), workdir, overwrite, None)
-
-
-def run_checkpoint_point(config: AttackRunConfig, fns: ModelFns, data, workdir: str, snapshots: str) -> dict:
-    """``run_attack`` on a checkpoint of DP-SGD runs (``config.train.stop_epochs``; data: (train, test)).
-
-    Its models' runs continue from their latest snapshots in ``snapshots`` (``dcjax.snapshots``: shared by the
-    run's points, which record one run config) and save theirs at the checkpoint, so the points of one run train
-    it once and each attacks the state after its epochs of that same run.
-    """
-    if config.train.stop_epochs is None:
-        raise ValueError("a checkpoint point needs train.stop_epochs")
-    return _run_attack(config, fns, data, workdir, False, snapshots)
-
-
-def _run_attack(config: AttackRunConfig, fns: ModelFns, data, workdir: str, overwrite: bool, snapshots: str | None):
-    """``run_attack``'s body; ``snapshots``: a checkpoint point's snapshot directory (None: none)."""
-    train, test = data
     workdir_lib.check_inputs(config, fns, train, test)  # config.json must describe this very run.
     pools.check_recipe_fits(config, train)
     pools.population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
     memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
-    if snapshots is not None:  # The whole run's settings: what every point of the run shares.
+    if snapshots is not None and config.train.stop_epochs is not None:  # Checks whose training snapshots they are.
         run = dataclasses.replace(config, train=dataclasses.replace(config.train, stop_epochs=None))
-        snapshots_lib.prepare(snapshots, workdir_lib.as_json(dataclasses.asdict(run)))
+        snapshots_lib.prepare(snapshots.directory, workdir_lib.as_json(dataclasses.asdict(run)))
     tic = time.perf_counter()
     ctx = _Context(config, fns, train, test, workdir, snapshots)
     split_path = workdir_lib.path(workdir, SPLIT)
@@ -501,6 +639,8 @@ def _run_attack(config: AttackRunConfig, fns: ModelFns, data, workdir: str, over
     attack_data.save(export, build_export(ctx))
     d = attack_data.load(export)  # The attack stage reads exactly what was exported.
     scores, results = evaluate_export(d)
+    if (movement := movement_summary(workdir, config.num_models)) is not None:  # Condensed sets only.
+        results["movement"] = movement
     results.update(
         attack_seconds=time.perf_counter() - attack_tic,
         platform=jax.default_backend(),

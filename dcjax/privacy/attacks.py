@@ -42,10 +42,12 @@ def uses_some_pixels(d: AttackData) -> bool:
 
 
 def attack_names(d: AttackData) -> tuple[str, ...]:
-    """The attacks that apply to this export, model attacks first (Shokri only if it carries Shokri's inputs)."""
+    """The attacks that apply to this export, model attacks first (Shokri only if it carries its shadows' inputs:
+    Shokri from the bank gives an accuracy on a subsample, no per-example score, ``dcjax.privacy.shokri_bank``)."""
     names = LIRA_ATTACKS + (RMIA_ATTACKS if d.population_phi.shape[2] else ())
     names += RECIPE_ATTACKS if uses_some_pixels(d) else ()
-    names += tuple(n for n in THRESHOLD_ATTACKS if n != "shokri" or d.has_shokri)
+    shokri_scored = d.has_shokri and not d.shokri_from_bank
+    names += tuple(n for n in THRESHOLD_ATTACKS if n != "shokri" or shokri_scored)
     return names + (RELEASE_ATTACKS if d.has_release else ())
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import re
 from typing import NamedTuple
 
 import jax
@@ -28,6 +30,7 @@ from dcjax import data as data_lib
 from dcjax import engine
 from dcjax import keys as keys_lib
 from dcjax import progress
+from dcjax import snapshots as snapshots_lib
 from dcjax.models import ModelFns
 
 RECIPES = ("original", "subset", "condense")
@@ -57,14 +60,14 @@ class Recipe:
         """(the setting, examples of each class a private subset must hold) for the recipe; ("", 0): none.
 
         subset: ``per_class`` images of each class; condense: ``batch_real`` real images per class per
-        matching step, and (real init) ``ipc`` of them for the initial set.
+        matching step, and (real and means init) ``ipc`` of them for the initial set.
         """
         if self.kind == "subset":
             return "per_class", self.per_class
         if self.kind == "condense":
             dc = self.condense
             assert dc is not None, "__post_init__ checks that a condense recipe has its CondenseConfig"
-            if dc.init == "real" and dc.ipc > dc.batch_real:
+            if dc.init in ("real", "means") and dc.ipc > dc.batch_real:
                 return "ipc", dc.ipc
             return "batch_real", dc.batch_real
         return "", 0
@@ -139,25 +142,26 @@ def _condense_step(fns, config, class_strategy, model_strategy, states, pool, in
     return engine.map_models(one, model_strategy, (states, indexes, keys))
 
 
-def _iterate(statics: tuple, states, data, keys: jax.Array):
-    """config.iterations condensation steps of all c models, as one ``progress.task``.
+def _iterate(statics: tuple, states, data, keys: jax.Array, span: tuple[int, int]):
+    """Condensation iterations span = [start, stop) of all c models, as one ``progress.task``.
 
     statics: (fns, config, class strategy, model strategy) of ``_condense_step``; data: (pool
     images [N, H, W, C], stacked ClassIndex [c, ...]); keys: [c] model keys. Returns the states.
+    Iteration t always draws item t of the iterations stream, so a run cut into spans is a straight run.
     """
     fns, config, _, model_strategy = statics
-    c, (images, indexes) = keys.shape[0], data
+    (start, stop), c, (images, indexes) = span, keys.shape[0], data
     iteration_keys = jax.vmap(lambda k: keys_lib.streams(k, keys_lib.CONDENSE)["iterations"])(keys)
-    label = f"condensing {c} models: {config.iterations} x {condense.describe(fns, config)}"
+    label = f"condensing {c} models: {stop - start} x {condense.describe(fns, config)}"
     # A vmapped tick fires once for all c models, a mapped one once per model.
     weight = c if model_strategy == "vmap" else 1
     compiling = progress.first_call((statics, jnp.shape(images), jax.tree.map(jnp.shape, indexes)))
     unit = "model-iterations" if config.method == "dm" else "model outer steps"
-    with progress.task(label, config.iterations * condense.iteration_units(config) * c, unit, weight, compiling):
-        for t in range(config.iterations):
+    with progress.task(label, (stop - start) * condense.iteration_units(config) * c, unit, weight, compiling):
+        for t in range(start, stop):
             step_keys = jax.vmap(lambda k, t=t: keys_lib.item(k, t))(iteration_keys)
             states, metrics = _condense_step(*statics, states, images, indexes, step_keys)
-            if (t + 1) % 10 == 0 or t + 1 == config.iterations:
+            if (t + 1) % 10 == 0 or t + 1 == stop:
                 logging.info(
                     "condensing %d models: iteration %d/%d, mean loss %.4f",
                     c,
@@ -168,22 +172,90 @@ def _iterate(statics: tuple, states, data, keys: jax.Array):
         return jax.block_until_ready(states)
 
 
-def _run_models(statics: tuple, states, data, keys: jax.Array):
+def _run_models(statics: tuple, states, data, keys: jax.Array, span: tuple[int, int]):
     """``_iterate`` over all c models at once ('vmap', 'map'), or ('loop') one model's run after another."""
     fns, config, class_strategy, model_strategy = statics
     if model_strategy != "loop":
-        return _iterate(statics, states, data, keys)
+        return _iterate(statics, states, data, keys, span)
     images, indexes = data
     one = lambda x, m: jax.tree.map(lambda leaf: leaf[m : m + 1], x)  # noqa: E731
     runs = [
-        _iterate((fns, config, class_strategy, "map"), one(states, m), (images, one(indexes, m)), keys[m : m + 1])
+        _iterate((fns, config, class_strategy, "map"), one(states, m), (images, one(indexes, m)), keys[m : m + 1], span)
         for m in range(keys.shape[0])
     ]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *runs)
 
 
+# The condensation layout of ``dcjax.snapshots``: model XXX's state after T iterations, leaf k as state_k.
+_SNAPSHOT = re.compile(r"model_(\d+)_it_(\d+)\.npz")
+_STATE = "state_{}"
+
+
+def _snapshot_path(snapshots: snapshots_lib.Snapshots, model: int, iteration: int) -> str:
+    return os.path.join(snapshots.directory, f"model_{model:03d}_it_{iteration:05d}.npz")
+
+
+def _snapshot_iterations(snapshots: snapshots_lib.Snapshots, stop: int) -> list[int]:
+    """Iterations in 1..stop at which every model of the chunk has a snapshot file, newest first."""
+    path = functools.partial(_snapshot_path, snapshots)
+    return snapshots_lib.complete(snapshots.directory, _SNAPSHOT, path, snapshots.models, stop)
+
+
+def _load_snapshots(snapshots: snapshots_lib.Snapshots, iteration: int, like):
+    """The chunk's stacked states at ``iteration`` shaped as ``like`` (stacked [c] states), or None when a file
+    does not read back or was saved by other settings (a stale or damaged cache: that iteration is not used)."""
+    template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), like)
+    paths = [_snapshot_path(snapshots, model, iteration) for model in snapshots.models]
+    try:
+        fields = {"iteration": iteration, "identity": snapshots.identity}
+        return snapshots_lib.read_models(paths, template, _STATE, fields)
+    except snapshots_lib.SnapshotError as e:
+        logging.warning("%s; not resuming from it", e)
+        return None
+
+
+def _save_snapshots(snapshots: snapshots_lib.Snapshots, iteration: int, states) -> None:
+    """Each model's state (``SynState`` leaves) after ``iteration``, one file per model."""
+    paths = [_snapshot_path(snapshots, model, iteration) for model in snapshots.models]
+    snapshots_lib.write_models(paths, states, _STATE, iteration=iteration, identity=snapshots.identity)
+
+
+def _resume(snapshots: snapshots_lib.Snapshots | None, states, stop: int):
+    """(states, iteration) to start from: the newest complete snapshot at or below ``stop``, else (states, 0)."""
+    if snapshots is None:
+        return states, 0
+    for iteration in _snapshot_iterations(snapshots, stop):
+        loaded = _load_snapshots(snapshots, iteration, states)
+        if loaded is not None:
+            logging.info("condensation resumes from the snapshots after iteration %d", iteration)
+            return loaded, iteration
+    return states, 0
+
+
+def _condense_spans(statics: tuple, states, data, keys: jax.Array, snapshots: snapshots_lib.Snapshots | None):
+    """All of config.iterations, resumed from and saved to ``snapshots`` (if any) at its ``save_at`` iterations."""
+    total = statics[1].iterations
+    if snapshots is not None and len(snapshots.models) != keys.shape[0]:
+        raise ValueError(f"snapshots name {len(snapshots.models)} models for a chunk of {keys.shape[0]}")
+    states, start = _resume(snapshots, states, total)
+    saves = {t for t in (snapshots.save_at if snapshots else ()) if start < t <= total}
+    for stop in sorted(saves | {total} if start < total else saves):
+        states = _run_models(statics, states, data, keys, (start, stop))
+        if snapshots is not None and stop in saves:
+            _save_snapshots(snapshots, stop, states)
+        start = stop
+    return states
+
+
 def condense_models(
-    fns: ModelFns, config: condense.CondenseConfig, keys: jax.Array, pool, keep: np.ndarray, strategy: str = "auto"
+    fns: ModelFns,
+    config: condense.CondenseConfig,
+    keys: jax.Array,
+    pool,
+    keep: np.ndarray,
+    strategy: str = "auto",
+    *,
+    snapshots: snapshots_lib.Snapshots | None = None,
 ):
     """Condenses each model's IN subset of the pool, all c models at once.
 
@@ -193,6 +265,7 @@ def condense_models(
       pool: (images [N, H, W, C], labels [N] int32) — the whole pool, kept on device once.
       keep: [c, N] bool IN masks.
       strategy: model-axis strategy ('loop': one model's condensation after another).
+      snapshots: where to save the states at ladder iterations and resume from (None: a straight run).
 
     Returns:
       (synthetic images [c, K*ipc, H, W, C], init indices [c, K*ipc] into the pool, -1 for noise).
@@ -214,13 +287,21 @@ def condense_models(
     indexes = jax.tree.map(lambda *xs: jnp.stack(xs), *indexes)
     model_strategy = engine.resolve_strategy(strategy)
     class_strategy = condense.resolve_class_strategy(config.class_strategy)
-    states = _run_models((fns, config, class_strategy, model_strategy), states, (images, indexes), keys)
+    statics = (fns, config, class_strategy, model_strategy)
+    states = _condense_spans(statics, states, (images, indexes), keys, snapshots)
     init_indices = np.stack([np.asarray(i) for _, i in inits])
     return np.asarray(states.images), init_indices
 
 
 def recipe_data(
-    recipe: Recipe, fns: ModelFns, keys: jax.Array, pool, keep: np.ndarray, strategy: str = "auto"
+    recipe: Recipe,
+    fns: ModelFns,
+    keys: jax.Array,
+    pool,
+    keep: np.ndarray,
+    strategy: str = "auto",
+    *,
+    snapshots: snapshots_lib.Snapshots | None = None,
 ) -> BankData:
     """The training data a chunk of c models gets from ``recipe``.
 
@@ -231,6 +312,7 @@ def recipe_data(
       pool: (images [N, H, W, C], labels [N] int32).
       keep: [c, N] bool: each model's private (IN) subset of the pool.
       strategy: model-axis strategy for condensation.
+      snapshots: the 'condense' recipe's snapshot cache (``condense_models``); ignored by the others.
     """
     images, labels = np.asarray(pool[0]), np.asarray(pool[1], np.int32)
     keep = _check_keep(labels, keep)
@@ -241,7 +323,9 @@ def recipe_data(
         masks = subset_masks(keys, labels, keep, recipe.per_class, num_classes)
         return BankData(images, labels, masks, masks.copy())
     assert recipe.condense is not None, "Recipe checks that a condense recipe has its CondenseConfig"
-    syn, init_indices = condense_models(fns, recipe.condense, keys, (images, labels), keep, strategy)
+    syn, init_indices = condense_models(
+        fns, recipe.condense, keys, (images, labels), keep, strategy, snapshots=snapshots
+    )
     c, n_syn = syn.shape[:2]
     used = np.zeros_like(keep)
     for m in range(c):

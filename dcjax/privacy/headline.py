@@ -8,10 +8,10 @@ choose: only on data whose labels it may use.
 
 Cross-fitting (``Split``): the M models (each in turn the target) are cut into two groups and the
 natural (non-canary) examples into two halves, by key. That gives four cells (group g, half h). For the
-trials of cell (g, h), the attack is the one with the highest TPR at 0.1 % FPR (ties: higher AUC, then
-the earlier attack) on the OPPOSITE cell (1 - g, 1 - h): other models, other examples, so neither the
-reported trials' labels nor their examples enter the choice. The headline TPR at each FPR is the mean
-over the four cells of the chosen attack's TPR on that cell (each cell's threshold set on its own
+trials of cell (g, h), the attack is the one with the highest TPR at 0.1 % FPR (ties: higher TPR at 1 %
+FPR, then higher AUC, then the earlier attack) on the OPPOSITE cell (1 - g, 1 - h): other models, other
+examples, so neither the reported trials' labels nor their examples enter the choice. The headline TPR at
+each FPR is the mean over the four cells of the chosen attack's TPR on that cell (each cell's threshold set on its own
 non-members, so its FPR floor is 1 / that cell's non-members).
 
 Intervals: the choice is redone inside every bootstrap resample, so the interval carries the choice's
@@ -35,6 +35,9 @@ from dcjax.privacy import metrics
 FPRS = (0.01, 0.001, 0.0001)
 CHOICE_FPR = 0.001
 CHOICE = "tpr_at_0.001"
+# The choice's order before AUC: both TPRs come cheap from the top of the score order (``metrics.bootstrap_tprs``),
+# an AUC needs the whole weighted ROC of a draw, so it is built only where both TPRs tie (rare on large banks).
+TIE_BREAKS = (CHOICE, "tpr_at_0.01")
 CELLS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (model group, example half); cell c's opposite is 3 - c.
 BOOTSTRAPS = ("examples", "two_way")
 
@@ -113,24 +116,109 @@ def cell_samples(scores: np.ndarray, keep: np.ndarray, split: Split, res: Resamp
     return {name: np.stack(v) for name, v in out.items()}
 
 
+class _Cells:
+    """One bootstrap's (examples only or two-way) draw weights and per-cell weight totals, computed once and
+    shared by every attack; TPRs come from ``metrics.bootstrap_tprs`` (the top of the score order only), AUCs
+    from the full weighted ROC, only for the attacks that need them."""
+
+    def __init__(self, keep: np.ndarray, split: Split, res: Resamples, two_way: bool):
+        self.keep, self.split, self.res, self.two_way = keep, split, res, two_way
+        num_models, num_examples = keep.shape
+        models = res.models if two_way else None
+        self.weights = metrics.resample_weights(res.examples, num_examples, models, num_models)
+        self.masks = split.cell_masks()
+        self.totals = [metrics.weight_totals(self.weights, keep, mask) for mask in self.masks]
+
+    def tprs(self, scores: np.ndarray) -> dict:
+        """{tpr metric: float64 [4, 1 + R]} of one attack."""
+        cells = [
+            metrics.bootstrap_tprs(scores, self.keep, mask, self.weights, FPRS, totals)
+            for mask, totals in zip(self.masks, self.totals)
+        ]
+        return {name: np.stack([c[name] for c in cells]) for name in cells[0]}
+
+    def auc(self, scores: np.ndarray, where: np.ndarray) -> np.ndarray:
+        """float64 [4, 1 + R]: one attack's AUC at the (cell, draw) positions ``where`` (bool [4, 1 + R]), 0 elsewhere.
+
+        Only those draws' weighted ROCs are built: a full ROC per resample is what made the headline slow.
+        """
+        out = np.zeros(where.shape)
+        for c, mask in enumerate(self.masks):
+            draws = np.flatnonzero(where[c])
+            if draws.size:
+                models = self.res.models[draws] if self.two_way else None
+                rocs = metrics.bootstrap_samples(scores, self.keep, mask, self.res.examples[draws], (), models)
+                out[c, draws] = rocs["auc"]
+        return out
+
+
+def _alive(samples: Mapping[str, dict], metrics_in_order: Sequence[str]) -> np.ndarray:
+    """bool [A, 4, D]: the attacks still tied at the top of each (cell, draw) after the metrics in order
+    (NaN, a degenerate draw, ranks lowest)."""
+    alive = None
+    for metric in metrics_in_order:
+        values = np.nan_to_num(np.stack([s[metric] for s in samples.values()]), nan=-1.0)
+        masked = values if alive is None else np.where(alive, values, -np.inf)
+        top = masked == masked.max(axis=0, keepdims=True)
+        alive = top if alive is None else alive & top
+    assert alive is not None, "at least one metric"
+    return alive
+
+
 def choose(samples: Mapping[str, dict]) -> np.ndarray:
     """int [4, 1 + R]: per cell and draw, the index (in ``samples`` order) of the attack chosen on the
-    opposite cell: highest TPR at 0.1 % FPR, ties by higher AUC, then the earlier attack. A degenerate draw
-    (NaN) chooses attack 0; its headline is NaN anyway."""
-    tpr = np.stack([s[CHOICE] for s in samples.values()])[:, ::-1]  # [A, 4, D], cells reversed: the opposite.
-    auc = np.stack([s["auc"] for s in samples.values()])[:, ::-1]
-    tpr, auc = np.nan_to_num(tpr, nan=-1.0), np.nan_to_num(auc, nan=-1.0)
-    best = tpr == tpr.max(axis=0, keepdims=True)
-    return np.argmax(np.where(best, auc, -np.inf), axis=0)
+    opposite cell: highest TPR at 0.1 % FPR, ties by higher TPR at 1 % FPR, then higher AUC, then the earlier
+    attack. A degenerate draw (NaN) chooses attack 0; its headline is NaN anyway."""
+    alive = _alive(samples, TIE_BREAKS + ("auc",))[:, ::-1]  # Cells reversed: each cell takes the opposite's.
+    return np.argmax(alive, axis=0)
 
 
-def _headline_draws(samples: Mapping[str, dict], chosen: np.ndarray) -> dict[str, np.ndarray]:
+def _identical_groups(scores: Mapping[str, np.ndarray]) -> list[int]:
+    """For each attack (in order), the index of the first attack with bitwise-identical scores (e.g. a
+    recipe-aware LiRA on a recipe that uses every member): identical attacks share every statistic."""
+    arrays = list(scores.values())
+    return [next(j for j in range(i + 1) if np.array_equal(arrays[j], arrays[i])) for i in range(len(arrays))]
+
+
+def _ties(samples: Mapping[str, dict], group: list[int]) -> dict[int, np.ndarray]:
+    """{group: bool [4, D]}: the (cell, draw) positions where that group's AUC breaks a tie at the top (it shares
+    both TPRs of ``TIE_BREAKS`` with another group); groups in no such tie are left out."""
+    alive = _alive(samples, TIE_BREAKS)  # [A, 4, D]
+    firsts = sorted(set(group))
+    alive_group = np.stack([alive[np.asarray(group) == g].any(axis=0) for g in firsts])  # [G, 4, D]
+    tied = alive_group.sum(axis=0) > 1
+    return {g: b & tied for g, b in zip(firsts, alive_group) if (b & tied).any()}
+
+
+def _samples(scores: Mapping[str, np.ndarray], cells: _Cells, with_auc: bool) -> tuple[dict, np.ndarray]:
+    """({attack: {metric: [4, D]}}, chosen [4, D]): every attack's TPRs; its AUC only at the (cell, draw)
+    positions where a tie-break or the headline's AUC reads it (0 elsewhere, never read); and the choice."""
+    names, group = list(scores), _identical_groups(scores)
+    tprs = {g: cells.tprs(scores[names[g]]) for g in sorted(set(group))}
+    samples = {n: dict(tprs[group[i]]) for i, n in enumerate(names)}
+    aucs = {g: cells.auc(scores[names[g]], where) for g, where in _ties(samples, group).items()}
+    placeholder = np.zeros_like(samples[names[0]][CHOICE])
+    for i, n in enumerate(names):
+        samples[n]["auc"] = aucs.get(group[i], placeholder)
+    chosen = choose(samples)
+    if with_auc:  # The headline's AUC at (cell, draw) is the chosen attack's there.
+        chosen_group = np.asarray(group)[chosen]
+        for g in np.unique(chosen_group):
+            where = chosen_group == g
+            auc = cells.auc(scores[names[g]], where)
+            aucs[g] = np.where(where, auc, aucs.get(g, placeholder))
+        for i, n in enumerate(names):
+            samples[n]["auc"] = aucs.get(group[i], placeholder)
+    return samples, chosen
+
+
+def _headline_draws(samples: Mapping[str, dict], chosen: np.ndarray, with_auc: bool) -> dict[str, np.ndarray]:
     """{metric: float64 [1 + R]}: the mean over cells of the chosen attack's metric, per draw."""
     names = list(samples)
     cells = np.arange(len(CELLS))[:, None]
     draws = np.arange(chosen.shape[1])[None, :]
     out = {}
-    for metric in [f"tpr_at_{f:g}" for f in FPRS] + ["auc"]:
+    for metric in [f"tpr_at_{f:g}" for f in FPRS] + (["auc"] if with_auc else []):
         stacked = np.stack([samples[n][metric] for n in names])  # [A, 4, D]
         out[metric] = stacked[chosen, cells, draws].mean(axis=0)
     return out
@@ -145,12 +233,16 @@ def _chosen_names(names: Sequence[str], chosen: np.ndarray) -> dict[str, str]:
     return {f"group{g}_half{h}": names[int(chosen[c, 0])] for c, (g, h) in enumerate(CELLS)}
 
 
-def headline(scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split, res: Resamples) -> dict | None:
+def headline(
+    scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split, res: Resamples, with_auc: bool = True
+) -> dict | None:
     """The cross-fitted headline of one row (see the module docstring).
 
     Args:
       scores: {attack: float [M, N]} the candidate (model) attacks, in a fixed order (the last tie-break).
       keep: bool [M, N] membership; split, res: ``draw_split`` / ``draw_resamples`` (shared by a study's rows).
+      with_auc: also the headline's AUC and its intervals (the null test, which reads only the TPR at 0.1 %
+        FPR, skips them: an AUC needs the whole weighted ROC of every resample).
 
     Returns:
       {"attack_by_cell": {cell: attack}, "attack": the attack of most cells, "fpr_floor", and per metric m
@@ -166,9 +258,8 @@ def headline(scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split, r
     floor = _floor(keep, split)
     out: dict = {"fpr_floor": floor}
     for boot in BOOTSTRAPS:
-        samples = {n: cell_samples(scores[n], keep, split, res, two_way=boot == "two_way") for n in names}
-        chosen = choose(samples)
-        draws = _headline_draws(samples, chosen)
+        samples, chosen = _samples(scores, _Cells(keep, split, res, two_way=boot == "two_way"), with_auc)
+        draws = _headline_draws(samples, chosen, with_auc)
         if boot == "examples":
             out["attack_by_cell"] = _chosen_names(names, chosen)
             out["attack"] = collections.Counter(out["attack_by_cell"].values()).most_common(1)[0][0]

@@ -33,6 +33,48 @@ def _nearest_batch(synthetic: jnp.ndarray, synthetic_sq: jnp.ndarray, batch: jnp
     return jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=1), 0.0))
 
 
+@jax.jit
+def _nearest_other_batch(pool: jnp.ndarray, pool_sq: jnp.ndarray, rows: jnp.ndarray) -> jnp.ndarray:
+    """pool [N, D], pool_sq [N] = ||pool||^2, rows [B] indices into pool -> [B] distance from pool[rows[b]] to the
+    nearest pool image other than itself (as ``_nearest_batch``: the expansion picks, the difference measures)."""
+    batch = pool[rows]
+    cross = jnp.matmul(batch, pool.T, precision=jax.lax.Precision.HIGHEST)
+    sq = jnp.sum(batch * batch, axis=1, keepdims=True) + pool_sq[None, :] - 2.0 * cross
+    sq = sq.at[jnp.arange(rows.shape[0]), rows].set(jnp.inf)  # Not itself (an identical other image still counts).
+    diff = batch - pool[jnp.argmin(sq, axis=1)]
+    return jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=1), 0.0))
+
+
+def nearest_other_distances(pool, rows, batch_size: int = 256) -> np.ndarray:
+    """Euclidean distance from each of the pool images ``rows`` to the nearest OTHER pool image (any class).
+
+    The natural spacing of real images, the yardstick for how far a synthetic image sits from its nearest real one.
+
+    Args:
+      pool: [N, H, W, C] real images, N >= 2.
+      rows: [n] distinct indices into pool.
+      batch_size: rows per jitted call (the last batch is padded with row 0, every call one shape).
+
+    Returns:
+      float64 [n].
+    """
+    real = _check_images("pool", pool, "NHWC")
+    rows = np.asarray(rows, np.int32).reshape(-1)
+    if real.shape[0] < 2:
+        raise ValueError(f"pool must hold at least 2 images, got {real.shape[0]}")
+    if rows.size and not (0 <= rows.min() and rows.max() < real.shape[0]):
+        raise ValueError(f"rows must index the pool's {real.shape[0]} images")
+    flat = jnp.asarray(real.reshape(real.shape[0], -1))
+    flat_sq = jnp.sum(flat * flat, axis=1)
+    batch = max(1, min(batch_size, rows.size))
+    out = [np.zeros((0,), np.float32)]
+    for start in range(0, rows.size, batch):
+        chunk = rows[start : start + batch]
+        padded = np.pad(chunk, (0, batch - chunk.size))
+        out.append(np.asarray(_nearest_other_batch(flat, flat_sq, jnp.asarray(padded)))[: chunk.size])
+    return np.concatenate(out).astype(np.float64)
+
+
 def _check_images(name: str, x, layout: str) -> np.ndarray:
     """x -> float32 array with len(layout) dims, e.g. layout "NHWC"; raises ValueError naming ``name``."""
     a = np.asarray(x, dtype=np.float32)

@@ -76,7 +76,7 @@ def null_test(
     tprs, intervals, excluded = [], [], 0
     for i in range(num_draws):
         keep0, used0 = null_masks(jax.random.fold_in(key, i), keep, used)
-        h = headline_lib.headline(score_fn(keep0, used0), keep0, split, res) or {}
+        h = headline_lib.headline(score_fn(keep0, used0), keep0, split, res, with_auc=False) or {}
         excluded += headline_lib.excludes(h, CHANCE)
         tprs.append(h.get(headline_lib.CHOICE))
         intervals.append([h.get(f"{headline_lib.CHOICE}_ci_low"), h.get(f"{headline_lib.CHOICE}_ci_high")])

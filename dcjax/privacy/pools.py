@@ -2,7 +2,9 @@
 
 A run's train split holds a *target pool* (N examples; LiRA keep masks over M models) and a disjoint *attacker
 pool* (Na examples; a random half per Shokri shadow), plus canaries relabelled inside the target pool; RMIA's
-population is a key-drawn subset of the test split (docs/protocol.md section 7). Every function here is a pure
+population is a key-drawn subset of the test split (docs/protocol.md section 7). Without shadows (num_shadow =
+attacker_pool = 0) Shokri learns from the bank itself, on a key-drawn subsample of the target pool
+(``shokri_examples``). Every function here is a pure
 function of the run's config (an ``attack_run.AttackRunConfig``) and the labels: the run, the study, the memory
 estimate and the launchers' up-front checks all cut the same pools from the same seed.
 """
@@ -26,7 +28,7 @@ def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) ->
 
     Returns {"target" [N], "attacker" [Na]: dataset indices; "target_labels" [N] (with canaries
     relabelled); "canaries" [C]: their positions in the target pool; "keep" [M, N] LiRA masks;
-    "halves" [k, Na] Shokri IN halves}.
+    "halves" [k, Na] Shokri IN halves ([0, 0] without shadows)}.
     """
     keys = attack_data.run_keys(config.seed)
     parts = data_lib.split_indices(
@@ -36,12 +38,14 @@ def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) ->
         keys["canaries"], labels[parts["target"]], config.num_canaries, num_classes
     )
     keep = masks.lira_keep_masks(keys["keep"], config.num_models, config.target_pool)
-    halves = np.stack(
-        [
-            masks.half_split_mask(jax.random.fold_in(keys["halves"], i), config.attacker_pool)
-            for i in range(config.num_shadow)
-        ]
-    )
+    halves = np.zeros((0, config.attacker_pool), bool)
+    if config.num_shadow:
+        halves = np.stack(
+            [
+                masks.half_split_mask(jax.random.fold_in(keys["halves"], i), config.attacker_pool)
+                for i in range(config.num_shadow)
+            ]
+        )
     return {**parts, "target_labels": target_labels, "canaries": canary_idx, "keep": keep, "halves": halves}
 
 
@@ -55,6 +59,7 @@ def check_recipe_fits(config: AttackRunConfig, train) -> None:
         )
     split = make_split(config, train.labels, train.num_classes)
     check_attack_classes(config, train.labels[split["attacker"]], split["halves"], train.num_classes)
+    check_shokri_sample(config, split["target_labels"], train.num_classes)
     setting, need = config.recipe.per_class_need()
     if not need:
         return
@@ -63,6 +68,8 @@ def check_recipe_fits(config: AttackRunConfig, train) -> None:
         ("attacker_pool", train.labels[split["attacker"]], split["halves"]),
     )
     for pool, labels, keep in pools:
+        if not len(keep):  # No shadows, so no attacker pool to feed.
+            continue
         smallest = min(np.bincount(labels[k], minlength=train.num_classes).min() for k in keep)
         if smallest < need:
             raise ValueError(
@@ -75,9 +82,12 @@ def check_attack_classes(config: AttackRunConfig, labels: np.ndarray, halves: np
     """Shokri's per-class attack needs, for every class, IN and OUT rows over the shadows' halves of the attacker
     pool; checked from the split, before any model trains (otherwise the whole bank trains and then fails).
 
-    labels: [Na] attacker-pool labels; halves: [k, Na] the shadows' IN masks.
+    labels: [Na] attacker-pool labels; halves: [k, Na] the shadows' IN masks. Without shadows (k = 0) there is
+    nothing to check here: Shokri from the bank is ``check_shokri_sample``'s.
     """
     member = np.asarray(halves, bool)
+    if not len(member):
+        return
     num_in = np.array([(member & (labels == c)).sum() for c in range(num_classes)])
     num_out = np.array([(~member & (labels == c)).sum() for c in range(num_classes)])
     bad = np.flatnonzero((num_in == 0) | (num_out == 0))
@@ -86,6 +96,35 @@ def check_attack_classes(config: AttackRunConfig, labels: np.ndarray, halves: np
         raise ValueError(
             f"attacker_pool={config.attacker_pool} leaves class {c} with {num_in[c]} IN and {num_out[c]} OUT rows "
             f"over the {len(member)} Shokri shadows (its attack needs both for every class); enlarge attacker_pool"
+        )
+
+
+def shokri_examples(config: AttackRunConfig) -> np.ndarray:
+    """Target-pool positions [S] (sorted int32) that Shokri from the bank sees; [0] when the run has shadows.
+
+    A key-drawn subsample (S = shokri_sample): the classifiers' rows are every other pipeline's outputs on it.
+    """
+    if not config.shokri_from_bank:
+        return np.zeros(0, np.int32)
+    key = jax.random.fold_in(attack_data.run_keys(config.seed)["shokri_sample"], 0)
+    perm = np.asarray(jax.random.permutation(key, config.target_pool))
+    return np.sort(perm[: config.shokri_sample]).astype(np.int32)
+
+
+def check_shokri_sample(config: AttackRunConfig, target_labels: np.ndarray, num_classes: int) -> None:
+    """Shokri from the bank trains a classifier per class on each cross-fit half of its subsample: every class
+    needs 2 examples in it (one per half; each is IN and OUT for >= 2 of the other M - 1 >= 5 pipelines).
+
+    target_labels: [N] the pool's labels as trained on. Nothing to check for a run with shadows.
+    """
+    if not config.shokri_from_bank:
+        return
+    counts = np.bincount(target_labels[shokri_examples(config)], minlength=num_classes)
+    if counts.min() < 2:
+        c = int(counts.argmin())
+        raise ValueError(
+            f"shokri_sample={config.shokri_sample} draws {counts[c]} examples of class {c} (Shokri from the bank "
+            "needs 2 of every class, one per cross-fit half); enlarge shokri_sample"
         )
 
 

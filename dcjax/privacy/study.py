@@ -3,7 +3,9 @@
 Rows (``ROWS``): the target's whole private data (``original``), a random ``per_class`` subset
 of it (``subset``, the naive baseline), and DC synthetic sets condensed from it with noise and
 with real init (``dc_noise``, ``dc_real``); ``DEFAULT_ROWS`` are these four. Optional rows:
-``dsa_real`` and ``dm_real`` (the other condensation methods, ``METHOD_ROWS``), and
+``dsa_real`` and ``dm_real`` (the other condensation methods, ``METHOD_ROWS``), ``dm_noise``, and
+``dc_means`` / ``dm_means`` (the privacy-first init: each synthetic image the mean of a disjoint random group of
+its class's private images, ``INIT_ROWS``), and
 ``dpsgd_eps{1,4,8}`` train on the whole private data (``original``'s recipe) with DP-SGD on
 Poisson-sampled batches (``dcjax.dpsgd``; their own batch size, epochs and lr), the noise
 calibrated to that epsilon at ``dp_delta`` by the PLD accountant (``dcjax.privacy.accounting``:
@@ -12,17 +14,24 @@ a formal guarantee, ``dp_setting`` records it). Every row is an
 only the recipe (and the training protocol that suits its set size) changes. The attacker
 runs the target's whole pipeline for its shadows, condensation included.
 
-Fixed-noise DP-SGD rows, ``dpsgd_sigma<S>`` for each S of ``dp_noise``, are frontier points
-(``plan_points``): one DP-SGD run at noise multiplier S for the last of ``dp_checkpoints``
-expected epochs, attacked at each checkpoint e as point ``<row>_ep<e>`` with the guarantee the
-accountant gives for the steps taken (``noise_guarantee``). The points share the run's training
-snapshots (``<row>_snapshots/``, ``dcjax.snapshots``), so the run is trained once and each
-point is the state of that same run after its e epochs. In results.json a point's entry adds
-its ``row`` and ``epochs``.
+Frontier points (``plan_points``, the one place a row becomes the attack runs of the study): a row may be
+attacked at several points of its own progress, each point its own attack run and results entry, named
+``<row>_it<t>`` or ``<row>_ep<e>``; a row's points share ``<row>_snapshots/`` (``dcjax.snapshots.Snapshots``,
+passed to ``attack_run.run_attack``), so the row's work is done once and each point is a state of that one run.
+In results.json a point's entry adds ``row`` and its progress, ``iteration`` or ``epochs`` (``_point_fields``).
+
+* Ladder (``StudyConfig.ladder``): each condensed row is attacked after each ladder iteration t up to its own
+  count, and that count (``ladder_points``); the point at t resumes from the previous point's condensation
+  snapshot, to the same synthetic sets as a straight run.
+* Fixed-noise DP-SGD rows, ``dpsgd_sigma<S>`` for each S of ``dp_noise``: one DP-SGD run at noise multiplier S
+  for the last of ``dp_checkpoints`` expected epochs, attacked after each checkpoint e with the guarantee the
+  accountant gives for the steps taken (``noise_guarantee``); each point continues the run from the previous
+  point's training snapshot, bitwise the straight run.
 
 Workdir: ``config.json``; one sub-directory per row or point (a complete ``attack_run`` workdir, so a
 killed study resumes inside the row it was in); ``results.json`` (schema: ``dcjax.privacy.study_report``);
-``RESULTS.md`` generated from it; figures ``privacy_accuracy.png``, ``roc_targets.png`` and
+``RESULTS.md`` generated from it (where the original row learns Shokri from the bank, with the poster's
+protocol: ``dcjax.privacy.poster``); figures ``privacy_accuracy.png``, ``roc_targets.png`` and
 ``synthetic_<row>.png``.
 """
 
@@ -44,19 +53,23 @@ from dcjax import data as data_lib
 from dcjax import dpsgd
 from dcjax import memory
 from dcjax import plots
+from dcjax import snapshots as snapshots_lib
 from dcjax.privacy import study_report
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelFns
-from dcjax.privacy import accounting, attack_data, attack_run, bank, pools
+from dcjax.privacy import accounting, attack_data, attack_run, bank, pools, poster
 
 DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
+# DM from noise, and the privacy-first init (each synthetic image the mean of a disjoint random group of its
+# class's private images, ``condense.mean_groups``: no single image is copied) before DC and DM.
+INIT_ROWS = ("dm_noise", "dc_means", "dm_means")
 # The DM paper's iteration count (the study's default for dm_real unless --dm_iterations says otherwise). Read
 # here, at import, because the config field `condense` shadows the module inside functions.
 _DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"].iterations
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
-ROWS = DEFAULT_ROWS + METHOD_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
+ROWS = DEFAULT_ROWS + METHOD_ROWS + INIT_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
 _DP = (
     "trained with DP-SGD on all of its private data, Poisson-sampled batches (q = {sample_rate:.4g}, "
     "expected batch {expected_batch_size}, {steps} steps of at most {capacity}, lr {lr:g}): "
@@ -73,7 +86,6 @@ _DP_NOISE = (
     "(epsilon = {epsilon_pld:.3f}, delta = {delta_total:.4g})-DP by the PLD accountant at delta = {delta:g} "
     "for the steps taken (RDP: epsilon {epsilon_rdp:.3f}; delta includes the batch overflow term)"
 )
-POINT_FIELDS = ("row", "epochs")  # What a row's point adds to its results.json entry (``RowPlan.point``).
 DP_OVERFLOW_FRACTION = 1e-3  # eta = this * delta / (1 + e^epsilon): the overflow term adds <= 0.1% to delta.
 DESCRIPTIONS = {
     "original": "trained on all of its private data (half the target pool)",
@@ -84,6 +96,13 @@ DESCRIPTIONS = {
     "data, real init",
     "dm_real": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
     "in {dm_iterations} iterations, real init",
+    "dm_noise": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
+    "in {dm_iterations} iterations, noise init",
+    "dc_means": "trained on a DC synthetic set ({ipc}/class) condensed from its private data, privacy-first init (each "
+    "image the mean of a disjoint random group of its class's private images)",
+    "dm_means": "trained (with DSA augmentation) on a DM synthetic set ({ipc}/class) condensed from its private data "
+    "in {dm_iterations} iterations, privacy-first init (each image the mean of a disjoint random group of its "
+    "class's private images)",
     **{name: _DP for name in DP_EPSILONS},
 }
 
@@ -101,8 +120,10 @@ class StudyConfig:
     dp_lr, dp_batch_size, dp_epochs: the DP-SGD rows' learning rate, EXPECTED batch size and
       expected epochs (None: ``train_original``'s); they otherwise train as ``train_original``.
       Noisy gradients want other settings than clean ones (experiments/dp_tune.py).
-    dm_iterations: iterations of the ``dm_real`` row (a DM iteration is far cheaper than a DC
-      one; its lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
+    dm_iterations: iterations of the DM rows (dm_real, dm_noise, dm_means: a DM iteration is far cheaper than a DC
+      one; their lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
+    ladder: condensation iterations at which each condensed row is also attacked (``ladder_points``):
+      positive, strictly increasing; empty (the default): one point per row.
     dp_noise: noise multipliers of the fixed-noise DP-SGD rows, row ``dpsgd_sigma<value>`` each
       (``noise_rows``; a row is valid only when its value is here).
     dp_checkpoints: expected epochs at which a fixed-noise row's one run is attacked, strictly
@@ -122,11 +143,12 @@ class StudyConfig:
     dp_batch_size: int | None = None
     dp_epochs: int | None = None
     dm_iterations: int = _DM_PAPER_ITERATIONS
+    ladder: tuple[int, ...] = ()
     dp_noise: tuple[float, ...] = ()
     dp_checkpoints: tuple[int, ...] = ()
 
     def __post_init__(self):
-        _check_dp_points(self)
+        _check_points(self)
         valid = ROWS + tuple(noise_rows(self))
         unknown = [r for r in self.rows if r not in valid]
         if unknown or not self.rows or len(set(self.rows)) != len(self.rows):
@@ -151,9 +173,12 @@ def noise_rows(config: StudyConfig) -> dict[str, float]:
     return {f"{NOISE_ROW_PREFIX}{noise:g}": noise for noise in config.dp_noise}
 
 
-def _check_dp_points(config: StudyConfig) -> None:
-    """ValueError (naming the setting) unless dp_noise holds distinct positive finite values with distinct row
-    names and dp_checkpoints strictly increasing positive epochs."""
+def _check_points(config: StudyConfig) -> None:
+    """ValueError (naming the setting) unless the frontier points' settings hold: ladder and dp_checkpoints strictly
+    increasing values >= 1, dp_noise distinct positive finite values with distinct row names."""
+    ladder = list(config.ladder)
+    if any(t < 1 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise ValueError(f"ladder must be positive, strictly increasing iterations, got {ladder}")
     if any(not 0 < noise < math.inf for noise in config.dp_noise):  # Also rejects NaN.
         raise ValueError(f"dp_noise must hold noise multipliers > 0 and finite, got {list(config.dp_noise)}")
     if len(noise_rows(config)) != len(config.dp_noise):
@@ -298,17 +323,19 @@ def _subset(config: StudyConfig, name: str, dp: dict | None):
 
 
 def _dc(config: StudyConfig, name: str, dp: dict | None):
-    dc = dataclasses.replace(config.condense, method="dc", init="noise" if name == "dc_noise" else "real")
+    """dc_<init>: the study's condensation settings as DC from that init."""
+    dc = dataclasses.replace(config.condense, method="dc", init=name.split("_")[1])
     return bank.Recipe("condense", condense=dc), config.train_small
 
 
 def _other_method(config: StudyConfig, name: str, dp: dict | None):
-    """dsa_real / dm_real: the study's condensation settings with that method, real init; trained with DSA.
+    """<method>_<init> (dsa_real, dm_real, dm_noise, dm_means): the study's condensation settings with that method
+    and init (DM: ``dm_iterations`` and DM's lr_img); trained with DSA.
 
     The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so these rows do too.
     """
-    method = name.split("_")[0]
-    changes: dict[str, Any] = {"method": method, "init": "real"}
+    method, init = name.split("_")
+    changes: dict[str, Any] = {"method": method, "init": init}
     if method == "dm":
         changes.update(iterations=config.dm_iterations, lr_img=condense.METHOD_DEFAULTS["dm"].lr_img)
     recipe = bank.Recipe("condense", condense=dataclasses.replace(config.condense, **changes))
@@ -338,22 +365,27 @@ _ROW_RECIPES = {
     "subset": _subset,
     "dc_noise": _dc,
     "dc_real": _dc,
-    **{name: _other_method for name in METHOD_ROWS},
+    "dc_means": _dc,
+    **{name: _other_method for name in METHOD_ROWS + ("dm_noise", "dm_means")},
     **{name: _dpsgd for name in DP_EPSILONS},
 }
 
 
 class RowPlan(NamedTuple):
-    """One row's settings, computed once (its DP setting calls the accountant): what every stage reads."""
+    """One row's (or ladder point's) settings, computed once (its DP setting calls the accountant): what every
+    stage reads."""
 
-    name: str
+    name: str  # The row's name; a ladder point's is f"{row}_it{iteration}". Its workdir is <study workdir>/<name>.
     run: attack_run.AttackRunConfig  # The row's attack run: the study's settings with the row's recipe.
     description: str  # One line on what the row's targets are trained on.
     dp: dict | None  # ``dp_setting`` (DP-SGD rows), else None.
-    # A point of a row (``plan_points``): what its results.json entry adds to the name ({"row", "epochs"}).
-    point: dict | None = None
-    # A checkpoint point's snapshot directory under the study workdir, shared by its row's points; None: none.
-    snapshots: str | None = None
+    # A frontier point (``plan_points``): its row's name ("": the plan is a whole row) and its progress in that row's
+    # one run, condensation iterations (a ladder point) or DP-SGD expected epochs (a checkpoint point), whichever
+    # the row advances; points: the progress of all the row's points, in order (condensation snapshots' save_at).
+    row: str = ""
+    iteration: int | None = None
+    epochs: int | None = None
+    points: tuple[int, ...] = ()
 
 
 def plan_row(config: StudyConfig, name: str) -> RowPlan:
@@ -369,16 +401,17 @@ def plan_row(config: StudyConfig, name: str) -> RowPlan:
 
 
 def plan_points(config: StudyConfig, name: str) -> list[RowPlan]:
-    """The attack runs of one row: its ``plan_row``, or a fixed-noise DP-SGD row's checkpoint points."""
+    """The attack runs of one row, in order: a fixed-noise DP-SGD row's checkpoint points, a condensed row's
+    ladder points (``ladder_points``), or else the row itself (``plan_row``). ``run_study`` runs exactly these."""
     if name in noise_rows(config):
-        return _plan_noise_points(config, name)
-    return [plan_row(config, name)]
+        return _checkpoint_points(config, name)
+    return ladder_points(plan_row(config, name), config.ladder)
 
 
-def _plan_noise_points(config: StudyConfig, name: str) -> list[RowPlan]:
+def _checkpoint_points(config: StudyConfig, name: str) -> list[RowPlan]:
     """A fixed-noise DP-SGD row's points, ``<row>_ep<e>`` in increasing e (``dp_points``): one run of
     ``_dp_training`` for the last e's expected epochs, attacked after e of them with ``noise_guarantee``'s
-    guarantee; the points share the run's snapshots (``<row>_snapshots``), so it is trained once."""
+    guarantee; the points share the run's snapshots (``_snapshots``), so it is trained once."""
     epochs = dp_points(config)
     run = dataclasses.replace(_dp_training(config), epochs=epochs[-1])
     sizes = (config.attack.target_pool // 2, _largest_private_set(config))
@@ -387,9 +420,46 @@ def _plan_noise_points(config: StudyConfig, name: str) -> list[RowPlan]:
         dp = noise_guarantee(noise_rows(config)[name], config.dp_delta, sizes, run, config.dp_clip, e)
         train = dataclasses.replace(run, dp=_dp_config(dp), stop_epochs=e)
         row = dataclasses.replace(config.attack, recipe=bank.Recipe("original"), train=train)
-        point = {"row": name, "epochs": e}
-        plans.append(RowPlan(f"{name}_ep{e}", row, _DP_NOISE.format(**dp), dp, point, f"{name}_snapshots"))
+        plans.append(RowPlan(f"{name}_ep{e}", row, _DP_NOISE.format(**dp), dp, row=name, epochs=e, points=epochs))
     return plans
+
+
+def ladder_points(plan: RowPlan, ladder: tuple[int, ...]) -> list[RowPlan]:
+    """A condensed row's frontier points in increasing iterations: one per ``ladder`` iteration up to the row's own
+    count, and that count; each condenses as the row does but stops there. [plan] itself for an empty ladder or a
+    row that does not condense."""
+    condensation = plan.run.recipe.condense
+    if not ladder or plan.run.recipe.kind != "condense" or condensation is None:
+        return [plan]
+    own = condensation.iterations
+    points = tuple(sorted({t for t in ladder if t <= own} | {own}))
+
+    def point(t: int) -> RowPlan:
+        recipe = dataclasses.replace(plan.run.recipe, condense=dataclasses.replace(condensation, iterations=t))
+        return plan._replace(
+            name=f"{plan.name}_it{t}",
+            run=dataclasses.replace(plan.run, recipe=recipe),
+            description=f"{plan.description}; ladder point: condensation stopped after {t} of {own} iterations",
+            row=plan.name,
+            iteration=t,
+            points=points,
+        )
+
+    return [point(t) for t in points]
+
+
+def _snapshots(plan: RowPlan, workdir: str) -> snapshots_lib.Snapshots | None:
+    """A point's snapshots, shared by its row's points: <workdir>/<row>_snapshots (None: a whole row)."""
+    if not plan.row:
+        return None
+    return snapshots_lib.Snapshots(workdir_lib.path(workdir, f"{plan.row}_snapshots"), save_at=plan.points)
+
+
+def _point_fields(row: str, iteration: int | None = None, epochs: int | None = None) -> dict:
+    """A point's extra fields in the study's results: its row and its progress, "iteration" (a ladder point) or
+    "epochs" (a checkpoint point); {} for a whole row, whose entry is as before points existed."""
+    progress = {key: value for key, value in (("iteration", iteration), ("epochs", epochs)) if value is not None}
+    return {"row": row, **progress} if row else {}
 
 
 def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
@@ -402,13 +472,11 @@ def describe(config: StudyConfig, name: str) -> str:
     return plan_row(config, name).description
 
 
-def _row_summary(name: str, description: str, dp: dict | None, results: dict, point: dict | None = None) -> dict:
-    """The row as ``study_report`` reads it (full per-run results stay in the row's workdir); ``point``: the
-    fields a row's point adds (``RowPlan.point``)."""
+def _row_summary(name: str, description: str, dp: dict | None, results: dict) -> dict:
+    """The row as ``study_report`` reads it (full per-run results stay in the row's workdir)."""
     natural = {a: by_slice.get("natural") for a, by_slice in results["attacks"].items()}
     return {
         "name": name,
-        **(point or {}),
         "description": description,
         **({"dp": dp} if dp else {}),
         "utility": results["utility"],
@@ -426,6 +494,7 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict, po
             results["roc"][results["headline"]["model"]["attack"]] if results["headline"]["model"] else None
         ),
         "wall_seconds": results["wall_seconds"],
+        **({"movement": results["movement"]} if results.get("movement") else {}),
     }
 
 
@@ -453,10 +522,8 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
             attack_run.export_trained_bank(row, fns, train, test, row_dir)
         return attack_run.report_only(row_dir)
     logging.info("row %s: %s", name, plan.description)
-    if plan.snapshots is not None:
-        return attack_run.run_checkpoint_point(row, fns, data, row_dir, workdir_lib.path(workdir, plan.snapshots))
     train, test = data
-    return attack_run.run_attack(row, fns, train, test, row_dir)
+    return attack_run.run_attack(row, fns, train, test, row_dir, snapshots=_snapshots(plan, workdir))
 
 
 def _figures(workdir: str, results: dict) -> dict[str, str]:
@@ -496,7 +563,7 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
 def _check_dp_capacity(row: attack_run.AttackRunConfig, train: data_lib.ArrayDataset) -> None:
     """ValueError unless the row's B_max covers the largest private set of this split (+1)."""
     split = pools.make_split(row, train.labels, train.num_classes)
-    largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max()))
+    largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max(initial=0)))
     train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
 
 
@@ -526,8 +593,8 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
     tic = time.perf_counter()
     rows = []
     for plan in plans:
-        results = _run_row(plan, fns, data, workdir)
-        rows.append(_row_summary(plan.name, plan.description, plan.dp, results, plan.point))
+        summary = _row_summary(plan.name, plan.description, plan.dp, _run_row(plan, fns, data, workdir))
+        rows.append({**summary, **_point_fields(plan.row, plan.iteration, plan.epochs)})
     about = dict(about)
     conclusion = about.pop("conclusion", "")
     results = {
@@ -538,9 +605,22 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
         "wall_seconds": float(sum(r["wall_seconds"] for r in rows)),
         "this_invocation_seconds": time.perf_counter() - tic,
     }
+    results = _with_poster_protocol(workdir, results)
     write_report(workdir, results, conclusion)
     checkpoint.write_json(workdir_lib.path(workdir, workdir_lib.RESULTS), results)  # Last: finished.
     return results
+
+
+def _with_poster_protocol(workdir: str, results: dict) -> dict:
+    """``results`` with "poster_protocol" ({row: ``poster.summary``}: the original row's Shokri classifiers
+    against every other row's targets) where an original row learns Shokri from the bank; without it otherwise,
+    so a study with Shokri's shadows keeps its results as they were (and reads no export for it)."""
+    names = [row["name"] for row in results["rows"]]
+    original = next((row for row in results["rows"] if row["name"] == poster.TRAINED_ON), None)
+    from_bank = original is not None and "mode" in (original.get("shokri_accuracy") or {})
+    protocol = poster.study_protocol(workdir, names) if from_bank else None
+    results = {k: v for k, v in results.items() if k != "poster_protocol"}
+    return results if protocol is None else {**results, "poster_protocol": protocol}
 
 
 def write_report(workdir: str, results: dict, conclusion: str = "") -> None:
@@ -564,9 +644,9 @@ def rewrite_report(workdir: str, conclusion: str, report_command: str) -> dict:
         logging.info("row %s: re-attacking its export", old["name"])
         row_results = attack_run.report_only(workdir_lib.path(workdir, old["name"]))
         row_results["wall_seconds"] = old["wall_seconds"]  # The bank's cost, not the re-attack's.
-        point = {key: old[key] for key in POINT_FIELDS if key in old}
-        rows.append(_row_summary(old["name"], old["description"], old.get("dp"), row_results, point or None))
-    results = {**results, "rows": rows, "report_command": report_command}
+        summary = _row_summary(old["name"], old["description"], old.get("dp"), row_results)
+        rows.append({**summary, **_point_fields(old.get("row", ""), old.get("iteration"), old.get("epochs"))})
+    results = _with_poster_protocol(workdir, {**results, "rows": rows, "report_command": report_command})
     write_report(workdir, results, conclusion)
     checkpoint.write_json(done, results)
     return results

@@ -14,7 +14,12 @@ Schema of the study results dict (what ``dcjax.privacy.study.run_study`` writes)
         "null_test": NULL (optional),
         "canary_detection": {attack: {"detected", "members", "false_positives", "nonmembers", ...}},
         "empirical_epsilon": {attack: {"natural": AUDIT, "canaries": AUDIT}},
-        "dp": {...} (DP-SGD rows only)}, ...]}
+        "dp": {...} (DP-SGD rows only),
+        "movement": {...} (condensed rows only: ``attack_run.movement_summary``),
+        "row": "dc_real", "iteration": 100 | "epochs": 10 (frontier points only: the point's row and its
+           progress, condensation iterations or DP-SGD expected epochs; ``study.plan_points``)}, ...],
+     "poster_protocol": {row: {"mean", "std", "per_target", "trained_on", "mode"}} (optional: only where the
+        original row learns Shokri from the bank; ``dcjax.privacy.poster``)}
 
 ``SUMMARY`` is ``metrics.summarize_examples``'s dict (``auc``, ``tpr_at_0.01``, ``tpr_at_0.001``,
 ``tpr_at_0.0001`` with ``_ci_low`` / ``_ci_high``; a TPR at an FPR below the floor is None).
@@ -37,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from dcjax import checkpoint  # noqa: E402
 from dcjax.plots import _save  # noqa: E402
-from dcjax.privacy import multiplicity, null  # noqa: E402
+from dcjax.privacy import multiplicity, null, power  # noqa: E402
 
 DASH = "–"  # En dash: a missing or skipped entry.
 HEADLINE = "tpr_at_0.001"
@@ -326,6 +331,51 @@ def contrasts_table(results: dict) -> str:
     return _table(header, lines)
 
 
+# The poster's balanced Shokri accuracies (docs/protocol.md section 6): against original and condensed targets.
+POSTER_ACCURACY = {"original": 0.62, "condensed": 0.41}
+_CONDENSED = ("dc_", "dsa_", "dm_")
+
+_POSTER_INTRO = """\
+## The poster's protocol
+
+The poster trained Shokri's attack on shadow models trained on original data and applied it to
+condensed targets: ~{original:.0f} % balanced accuracy against original targets, ~{condensed:.0f} % against
+condensed ones (chance 50 %). Here target m's attack classifiers are the original row's, trained on
+its other pipelines (leave one out), and each row's target m (same pool, keep masks and Shokri
+subsample) is attacked with them ({mode}: classifiers trained on one half of the subsample score the
+other). An accuracy below 50 % still carries membership signal (the flipped decision scores above 50 %):
+this measures how an attack calibrated on original models transfers, not a row's privacy (the
+headline table does). The results table's Shokri column is each row's own classifiers (leave one out
+within the row); for the original row the two are the same.
+
+"""
+
+
+def _poster_reference(name: str) -> str:
+    if name == "original":
+        return f"~{100 * POSTER_ACCURACY['original']:.0f}"
+    return f"~{100 * POSTER_ACCURACY['condensed']:.0f}" if name.startswith(_CONDENSED) else DASH
+
+
+def poster_section(results: dict) -> str:
+    """ "The poster's protocol": each row's Shokri accuracy under the original row's classifiers beside the
+    poster's; empty without ``results["poster_protocol"]``."""
+    protocol = results.get("poster_protocol")
+    if not protocol:
+        return ""
+    header = ("target", "attack trained on", "Shokri accuracy (%)", "the poster (%)")
+    lines = []
+    for row in results.get("rows") or []:
+        name = str(row.get("name", DASH))
+        summary = _get(row, "shokri_accuracy") if name == "original" else protocol.get(name)
+        trained_on = "its own row (leave one out)" if name == "original" else "the original row"
+        accuracy = _pct_mean_std(_get(summary, "mean"), _get(summary, "std"))
+        lines.append([_target(row), trained_on, accuracy, _poster_reference(name)])
+    mode = next((_get(v, "mode") for v in protocol.values() if _get(v, "mode")), DASH)
+    intro = _POSTER_INTRO.format(**{k: 100 * v for k, v in POSTER_ACCURACY.items()}, mode=mode)
+    return intro + _table(header, lines)
+
+
 def _wall_time(seconds) -> str:
     value = _number(seconds)
     if value is None:
@@ -371,9 +421,9 @@ _LEGEND = """\
   **natural** examples (every pool example except the injected canaries). The attack is chosen as an
   attacker could choose it, without the labels of the trials it is reported on: the targets are cut
   into two groups and the natural examples into two halves (by key), and the attack for one group on
-  one half is the one with the highest TPR at 0.1% FPR (ties: AUC) on the OTHER group's trials on the
-  OTHER half. The TPRs and AUC are the means over the four (group, half) cells of the chosen attack's
-  values there; "below floor" means the FPR cannot be resolved with a cell's non-member trials.
+  one half is the one with the highest TPR at 0.1% FPR (ties: TPR at 1% FPR, then AUC) on the OTHER
+  group's trials on the OTHER half. The TPRs and AUC are the means over the four (group, half) cells
+  of the chosen attack's values there; "below floor" means the FPR cannot be resolved with a cell's non-member trials.
   Where the cells chose differently, every choice is named. Chance TPR at x% FPR is x%. Every
   attack's own numbers are in the last table (those are not selection-free: do not pick the best).
 - **Intervals of the headline**: the choice is redone in every bootstrap draw. Two bootstraps: over
@@ -401,6 +451,30 @@ _LEGEND = """\
   applies only when the synthetic set is published.
 """
 
+
+def resolution_section(results: dict) -> str:
+    """ "What this tier can resolve": per contrast of the family, the paired draws' standard error and the
+    smallest true difference detected at 80 % power at family level 5 % (``power``; Bonferroni over the
+    family); empty without contrasts."""
+    pairs = [(a, b) for a, b in contrasts(results) if _contrast_draws(a, b) is not None]
+    if not pairs:
+        return ""
+    lines = []
+    for a, b in pairs:
+        pa, pb = (_get(r, "headline", "model") for r in (a, b))
+        se = power.contrast_se(pa["samples"], pb["samples"])
+        mdd = power.detectable_difference(se, len(pairs))
+        lines.append([f"{_target(a)} - {_target(b)}", f"{100 * se:.3f}", f"{100 * mdd:.3f}"])
+    return (
+        "## What this tier can resolve\n\n"
+        f"For each contrast of the family ({len(pairs)}): the standard error of the paired difference in headline "
+        "TPR at 0.1% FPR (its two-way bootstrap draws) and the smallest true difference this tier detects with 80% "
+        f"power at family level 5% (two-sided, Bonferroni over the {len(pairs)} contrasts, so conservative next to "
+        "the max-T adjustment; dcjax/privacy/power.py). A smaller difference may exist and go undetected.\n\n"
+        + _table(["contrast", "se (points)", "detectable at 80% power (points)"], lines)
+    )
+
+
 _CONTRASTS_INTRO = """\
 ## Paired differences between rows
 
@@ -425,8 +499,10 @@ def results_document(results: dict, figures: dict[str, str]) -> str:
         "## Results (natural examples; canaries separately)\n\n" + markdown_table(results),
         "Rows:\n\n" + "".join(f"- **{_target(r)}**: {r.get('description', DASH)}\n" for r in results.get("rows") or []),
         _LEGEND + (f"\n{floors}\n" if floors else ""),
+        *([poster] if (poster := poster_section(results)) else []),
         _bootstraps_table(results),
         _CONTRASTS_INTRO + contrasts_table(results),
+        *([resolution] if (resolution := resolution_section(results)) else []),
         "## Every attack, natural examples\n\n" + attacks_table(results),
     ]
     if figures:
@@ -444,8 +520,9 @@ def write_results_document(path: str, results: dict, figures: dict[str, str], co
     checkpoint.atomic_write_bytes(path, text.encode())
 
 
-def _figure_points(results: dict) -> list[tuple[str, float, float, float, float, float]]:
-    """(label, accuracy %, accuracy std %, tpr %, ci_low %, ci_high %) of rows that have both."""
+def _figure_points(results: dict) -> list[tuple[str, str, float, float, float, float, float]]:
+    """(label, series, accuracy %, accuracy std %, tpr %, ci_low %, ci_high %) of rows that have both; a ladder
+    point's or checkpoint's series is its row (``"row"``), joined by a line in the figure; else its own name."""
     points = []
     for row in results.get("rows") or []:
         acc = _number(_get(row, "utility", "test_accuracy_mean"))
@@ -454,20 +531,26 @@ def _figure_points(results: dict) -> list[tuple[str, float, float, float, float,
         if acc is None or tpr is None or low is None or high is None:
             continue
         std = _number(_get(row, "utility", "test_accuracy_std")) or 0.0
-        points.append((str(row.get("name", "?")), 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
+        name = str(row.get("name", "?"))
+        points.append((name, str(row.get("row") or name), 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
     return points
 
 
 def privacy_accuracy_figure(path: str, results: dict) -> None:
     """Utility vs privacy risk (PNG, atomic): x = test accuracy (%), y = the headline model attack's TPR
-    at 0.1 % FPR on natural examples (%, log scale), with the accuracy std and the TPR's 95 % CI.
-    The dashed line is chance (TPR = FPR = 0.1 %)."""
+    at 0.1 % FPR on natural examples (%, log scale), with the accuracy std and the TPR's 95 % CI; a row's
+    ladder points or checkpoints are joined by a line (the frontier). The dashed line is chance (0.1 %)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    for name, acc, acc_std, tpr, low, high in _figure_points(results):
+    series: dict[str, list[tuple[float, float]]] = {}
+    for name, group, acc, acc_std, tpr, low, high in _figure_points(results):
         # A log axis cannot show 0: clamp the point and its interval at 0.01 %.
         y, lo, hi = (max(v, 0.01) for v in (tpr, low, high))
         ax.errorbar([acc], [y], xerr=[[acc_std], [acc_std]], yerr=[[y - lo], [hi - y]], fmt="o", capsize=3)
         ax.annotate(name, (acc, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        series.setdefault(group, []).append((acc, y))
+    for group, xy in series.items():  # A row's ladder points (or checkpoints), in the order they ran.
+        if len(xy) > 1:
+            ax.plot(*zip(*xy), "-", lw=0.8, alpha=0.6, label=group)
     ax.axhline(0.1, color="k", ls="--", lw=0.8, label="chance (0.1%)")
     ax.set_yscale("log")
     ax.set_xlabel("test accuracy (%)")
