@@ -254,3 +254,22 @@ def test_a_rows_ladder_points_form_one_series_in_the_frontier_figure():
     ]
     groups = [(p[0], p[1]) for p in study_report._figure_points({"rows": rows})]
     assert groups == [("dm_real_it10", "dm_real"), ("dm_real_it20", "dm_real"), ("original", "original")]
+
+
+def test_condensed_rows_show_their_ladder_movement_and_whether_the_last_doubling_gained():
+    def point(t: int, accuracy: float) -> dict:
+        movement = {
+            "synthetic_to_nearest_real": {"median": 4.0},
+            "real_to_nearest_real": {"median": 8.0},
+            "median_ratio": 0.5,
+        }
+        utility = {"test_accuracy_mean": accuracy, "test_accuracy_std": 0.001}
+        return {"name": f"dm_real_it{t}", "row": "dm_real", "iteration": t, "utility": utility, "movement": movement}
+
+    converged = study_report.condensation_section({"rows": [RESULTS["rows"][0], point(50, 0.9), point(100, 0.902)]})
+    assert "### dm_real" in converged and "| 100 | 90.20 +- 0.10 |" in converged
+    assert "4.00 / 8.00 (0.50)" in converged and "iterations 50 -> 100: +0.20 accuracy points (converged" in converged
+    gaining = study_report.condensation_section({"rows": [point(50, 0.9), point(100, 0.91)]})
+    assert "+1.00 accuracy points (still gaining" in gaining
+    assert "not assessed" in study_report.condensation_section({"rows": [point(30, 0.9), point(100, 0.91)]})
+    assert study_report.condensation_section({"rows": RESULTS["rows"][:2]}) == ""

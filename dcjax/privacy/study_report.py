@@ -376,6 +376,69 @@ def poster_section(results: dict) -> str:
     return intro + _table(header, lines)
 
 
+def _condensed_series(results: dict) -> dict[str, list[dict]]:
+    """{base row: its points in order} for every condensed row (a ladder's points, or the row itself)."""
+    series: dict[str, list[dict]] = {}
+    for row in results.get("rows") or []:
+        base = str(row.get("row") or row.get("name", ""))
+        if base.startswith(_CONDENSED):
+            series.setdefault(base, []).append(row)
+    return series
+
+
+def _movement_cell(row: dict) -> str:
+    """ "synthetic median / real median (ratio)" of a point's image movement, or a dash."""
+    synthetic = _number(_get(row, "movement", "synthetic_to_nearest_real", "median"))
+    real = _number(_get(row, "movement", "real_to_nearest_real", "median"))
+    ratio = _number(_get(row, "movement", "median_ratio"))
+    if synthetic is None or real is None or ratio is None:
+        return DASH
+    return f"{synthetic:.2f} / {real:.2f} ({ratio:.2f})"
+
+
+def _doubling_note(points: list[dict]) -> str:
+    """Whether the last doubling of iterations gained < 0.3 accuracy points (needs points at T and T / 2)."""
+    by_iteration = {p.get("iteration"): _number(_get(p, "utility", "test_accuracy_mean")) for p in points}
+    last = points[-1].get("iteration")
+    if not isinstance(last, int) or last % 2:
+        return "no point at half the last iteration: convergence not assessed"
+    end, half = by_iteration.get(last), by_iteration.get(last // 2)
+    if end is None or half is None:
+        return "no point at half the last iteration: convergence not assessed"
+    gain = 100 * (end - half)
+    verdict = "converged by this test" if gain < 0.3 else "still gaining"
+    return f"iterations {last // 2} -> {last}: {gain:+.2f} accuracy points ({verdict}: < 0.3 points)"
+
+
+def condensation_section(results: dict) -> str:
+    """ "Condensed rows: ladders and image movement": per condensed row, each point's accuracy, headline TPR at
+    0.1 % FPR and how far its images sit from private ones; empty without condensed rows."""
+    series = _condensed_series(results)
+    if not series:
+        return ""
+    parts = [
+        "## Condensed rows: ladders and image movement\n\n"
+        "Per point: test accuracy, the headline TPR at 0.1% FPR, and the median L2 distance (normalised pixels) "
+        "of a synthetic image to its nearest private image beside the median distance of a private image to its "
+        "nearest other private image (their ratio: 0 is a copy; about 1 or more, as far as real digits are "
+        "from each other). The subset row (10 random private images per class) is the real-init rows' "
+        "initial set in distribution.\n"
+    ]
+    for base, points in series.items():
+        lines = [
+            [
+                str(p.get("iteration", DASH)),
+                _pct_mean_std(_get(p, "utility", "test_accuracy_mean"), _get(p, "utility", "test_accuracy_std")),
+                _metric(_get(p, "headline", "model"), HEADLINE),
+                _movement_cell(p),
+            ]
+            for p in points
+        ]
+        header = ("iteration", "test accuracy (%)", "TPR at 0.1% FPR (%)", "nearest-real: synthetic / real (ratio)")
+        parts.append(f"### {base}\n\n" + _table(header, lines) + f"\nLadder: {_doubling_note(points)}.\n")
+    return "\n".join(parts)
+
+
 def _wall_time(seconds) -> str:
     value = _number(seconds)
     if value is None:
@@ -500,6 +563,7 @@ def results_document(results: dict, figures: dict[str, str]) -> str:
         "Rows:\n\n" + "".join(f"- **{_target(r)}**: {r.get('description', DASH)}\n" for r in results.get("rows") or []),
         _LEGEND + (f"\n{floors}\n" if floors else ""),
         *([poster] if (poster := poster_section(results)) else []),
+        *([condensed] if (condensed := condensation_section(results)) else []),
         _bootstraps_table(results),
         _CONTRASTS_INTRO + contrasts_table(results),
         *([resolution] if (resolution := resolution_section(results)) else []),
