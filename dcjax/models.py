@@ -263,7 +263,7 @@ def _matmul_inputs(precision: str, x: jax.Array, kernel: jax.Array) -> tuple[jax
 
     Why bf16: a CPU with AVX512-BF16 runs a bf16 GEMM with fp32 accumulation ~1.8x faster than an fp32 one, and
     writing im2col patches in bf16 halves their memory traffic. Without those instructions (AVX2 only) bf16 is
-    slower than fp32 (README, speed section). The products accumulate in fp32
+    slower than fp32 (docs/SPEED.md). The products accumulate in fp32
     (``preferred_element_type``), so only the inputs are rounded (relative error ~4e-3 per element).
     """
     if precision == "bf16":

@@ -124,6 +124,17 @@ def test_headline_table_names_the_cross_fitted_attack_and_its_null_test():
     assert dc[-1] == "50.00 [25.00, 75.00] (nearest_synthetic)"  # The release headline, separately.
 
 
+def test_the_short_table_keeps_only_target_accuracy_headline_and_null_test():
+    table = study_report.short_table(RESULTS)
+    assert table.count("\n") == 2 + len(RESULTS["rows"])
+    original, subset = _cells(table, 2), _cells(table, 3)
+    # The same cells as the full table's, so the README's short answer cannot disagree with RESULTS.md.
+    full = _cells(study_report.markdown_table(RESULTS), 3)
+    assert original == ["original", "98.00 +- 0.20", "1.20 [0.60, 1.80]", "1/20 (allowed ≤ 4)"]
+    assert subset == [full[0], full[1], full[3], full[7]]
+    assert study_report.short_table({"rows": [{"name": "bare"}]}).count("–") == 3
+
+
 def test_tables_survive_bare_rows():
     table = study_report.markdown_table({"rows": [{"name": "bare"}, {"name": "x", "headline": None}]})
     assert table.count("–") == 2 * (len(study_report.COLUMNS) - 1)

@@ -1,4 +1,4 @@
-"""Membership inference (docs: README, "Privacy").
+"""Membership inference (docs: docs/RESULTS.md, docs/protocol.md).
 
 Pure math on arrays: ``masks`` draws IN/OUT splits, ``queries`` makes shifted query copies, ``lira`` turns
 logits into LiRA / LOSS / confidence scores (and the recipe-aware LiRA variants), ``rmia`` the RMIA scores

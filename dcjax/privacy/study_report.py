@@ -194,6 +194,23 @@ def markdown_table(results: dict) -> str:
     return _table(COLUMNS, [_row_cells(row) for row in results.get("rows") or []])
 
 
+SHORT_COLUMNS = ("target", "test accuracy (%)", "headline TPR@0.1% FPR (%) [95% CI]", "null test: CIs excluding chance")
+
+
+def short_table(results: dict) -> str:
+    """The short answer (README's): per row its target, accuracy, cross-fitted headline and null test only."""
+    lines = [
+        [
+            _target(row),
+            _pct_mean_std(_get(row, "utility", "test_accuracy_mean"), _get(row, "utility", "test_accuracy_std")),
+            _metric(_get(row, "headline", "model"), HEADLINE),
+            _null(row),
+        ]
+        for row in results.get("rows") or []
+    ]
+    return _table(SHORT_COLUMNS, lines)
+
+
 def attacks_table(results: dict) -> str:
     """Every attack of every row on the natural slice: AUC and TPR at 1 / 0.1 / 0.01 % FPR, with CIs."""
     header = ("target", "attack", "AUC [95% CI]", "TPR@1% FPR (%)", "TPR@0.1% FPR (%)", "TPR@0.01% FPR (%)")
