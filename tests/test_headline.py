@@ -116,3 +116,11 @@ def test_lazy_samples_choose_and_report_as_the_full_weighted_rocs_do(two_way):
     for metric in ("tpr_at_0.01", "tpr_at_0.001", "tpr_at_0.0001", "auc"):
         pick = [np.stack([s[n][metric] for n in names])[chosen, cells, draws] for s in (lazy, full)]
         np.testing.assert_array_equal(*pick)
+
+
+def test_attacks_that_rank_the_trials_alike_form_one_group():
+    # LOSS and confidence order trials identically (a monotone transform): one group, one set of statistics.
+    rng = np.random.default_rng(4)
+    x = np.round(rng.normal(size=(M, N)), 2)
+    scores = {"a": x, "monotone": 2 * np.exp(x) + 1, "reversed": -x, "coarser": np.round(x, 0), "same": x.copy()}
+    assert headline._identical_groups(scores) == [0, 0, 2, 3, 0]

@@ -173,11 +173,22 @@ def choose(samples: Mapping[str, dict]) -> np.ndarray:
     return np.argmax(alive, axis=0)
 
 
+def _ranking(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stable descending order, tie-run boundaries) of float [M, N] scores: all a ROC reads of them."""
+    flat = np.asarray(scores, np.float64).ravel()
+    order = np.argsort(-flat, kind="stable")
+    ranked = flat[order]
+    return order, ranked[1:] != ranked[:-1]
+
+
 def _identical_groups(scores: Mapping[str, np.ndarray]) -> list[int]:
-    """For each attack (in order), the index of the first attack with bitwise-identical scores (e.g. a
-    recipe-aware LiRA on a recipe that uses every member): identical attacks share every statistic."""
-    arrays = list(scores.values())
-    return [next(j for j in range(i + 1) if np.array_equal(arrays[j], arrays[i])) for i in range(len(arrays))]
+    """For each attack (in order), the index of the first attack that ranks the trials identically (same order,
+    same ties; e.g. LOSS and confidence, or a recipe-aware LiRA on a recipe that uses every member). Every
+    statistic here is a function of that ranking on some subset of trials, so such attacks share them all (and
+    their AUC ties would otherwise be broken at every draw, each a full weighted ROC)."""
+    rankings = [_ranking(a) for a in scores.values()]
+    same = lambda i, j: all(np.array_equal(x, y) for x, y in zip(rankings[i], rankings[j]))  # noqa: E731
+    return [next(j for j in range(i + 1) if same(i, j)) for i in range(len(rankings))]
 
 
 def _ties(samples: Mapping[str, dict], group: list[int]) -> dict[int, np.ndarray]:
