@@ -260,13 +260,15 @@ COMMITTED = sorted(
 )
 
 
-def test_the_committed_exports_with_shadows_encode_to_their_own_fields():
-    """Shokri from the bank added an optional field: an export with shadows decodes and re-encodes to exactly
-    the arrays it holds (no new field, same bytes), so its scores are computed from the same inputs."""
+def test_the_committed_exports_encode_to_their_own_fields():
+    """Shokri from the bank added an optional field: every committed export decodes and re-encodes to exactly the
+    arrays it holds (an export with shadows: no new field, same bytes), so its scores come from the same inputs."""
     assert COMMITTED, "no committed exports under docs/"
     for path in COMMITTED:
         d = attack_data.load(path)
-        assert not d.shokri_from_bank and d.has_shokri and "shokri" in attacks.attack_names(d), path
+        assert d.has_shokri, path
+        # With shadows Shokri scores every trial; from the bank (the poster tier) it reports accuracy only.
+        assert ("shokri" in attacks.attack_names(d)) != d.shokri_from_bank, path
         encoded = attack_data._encode(d)
         with np.load(path) as z:
             assert sorted(encoded) == sorted(z.files), path
