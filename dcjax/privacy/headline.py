@@ -201,10 +201,14 @@ def _ties(samples: Mapping[str, dict], group: list[int]) -> dict[int, np.ndarray
     return {g: b & tied for g, b in zip(firsts, alive_group) if (b & tied).any()}
 
 
-def _samples(scores: Mapping[str, np.ndarray], cells: _Cells, with_auc: bool) -> tuple[dict, np.ndarray]:
+def _samples(
+    scores: Mapping[str, np.ndarray], cells: _Cells, with_auc: bool, group: list[int] | None = None
+) -> tuple[dict, np.ndarray]:
     """({attack: {metric: [4, D]}}, chosen [4, D]): every attack's TPRs; its AUC only at the (cell, draw)
-    positions where a tie-break or the headline's AUC reads it (0 elsewhere, never read); and the choice."""
-    names, group = list(scores), _identical_groups(scores)
+    positions where a tie-break or the headline's AUC reads it (0 elsewhere, never read); and the choice.
+    ``group``: ``_identical_groups(scores)`` when the caller has it (None: computed here)."""
+    names = list(scores)
+    group = _identical_groups(scores) if group is None else group
     tprs = {g: cells.tprs(scores[names[g]]) for g in sorted(set(group))}
     samples = {n: dict(tprs[group[i]]) for i, n in enumerate(names)}
     aucs = {g: cells.auc(scores[names[g]], where) for g, where in _ties(samples, group).items()}
@@ -267,9 +271,11 @@ def headline(
     if any(not (keep & m).any() or (keep | ~m).all() for m in split.cell_masks()):
         return None  # A cell without members or without non-members (a tiny pool): no cross-fitted headline.
     floor = _floor(keep, split)
+    group = _identical_groups(scores)  # Once for both bootstraps: an argsort of every attack's trials.
     out: dict = {"fpr_floor": floor}
     for boot in BOOTSTRAPS:
-        samples, chosen = _samples(scores, _Cells(keep, split, res, two_way=boot == "two_way"), with_auc)
+        cells = _Cells(keep, split, res, two_way=boot == "two_way")
+        samples, chosen = _samples(scores, cells, with_auc, group)
         draws = _headline_draws(samples, chosen, with_auc)
         if boot == "examples":
             out["attack_by_cell"] = _chosen_names(names, chosen)
