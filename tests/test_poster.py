@@ -19,6 +19,7 @@ def informative():
     return d, shokri_bank.train_classifiers(d, FAST, KEYS)
 
 
+@pytest.mark.slow  # Its fixture trains the original row's classifiers (~6 s).
 def test_the_poster_protocol_applies_the_original_rows_classifiers(informative):
     """Against itself the protocol is the original row's own accuracy; against targets whose members look
     like the original's non-members it falls below chance (the poster's 41 %), which classifiers trained on

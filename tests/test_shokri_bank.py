@@ -118,6 +118,7 @@ def test_target_m_never_trains_its_own_classifiers_and_each_half_trains_on_itsel
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # Trains two sets of attack classifiers (~4 s).
 def test_cross_fitting_keeps_an_example_s_other_memberships_out_of_its_own_score():
     """Each example IN for exactly M/2 pipelines: when target m has it IN, the others have it IN M/2 - 1 times
     and OUT M/2 times. A classifier that trained on that example's rows (its outputs the same for every
