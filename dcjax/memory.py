@@ -15,6 +15,9 @@ the larger the shapes (the absurd ones included). What it counts, in float32 byt
   how many of them run at once (a ``vmap`` over classes or models runs them all; ``map`` one at a time).
 
 Sequential phases share memory (XLA reuses buffers), so a phase's temporaries are a max, not a sum.
+This module holds the primitives and the estimates of what it owns (training, evaluation); each run kind's estimate
+lives with the package that owns its shapes: condensation in ``dcjax.condense.memory``, an attack run's chunks in
+``dcjax.privacy.memory``.
 ``tests/test_memory.py`` compares the estimates with XLA's ``memory_analysis`` of the real jitted steps.
 Set ``DCJAX_SKIP_MEMORY_CHECK=1`` to log the estimate without refusing (the estimate is wrong somewhere).
 """
@@ -37,11 +40,6 @@ from dcjax.models import ModelFns
 FLOAT = 4  # Bytes of a float32: images, parameters and activations are all float32.
 MARGIN = 0.9  # Refuse above this share of the available memory: XLA needs room beyond its buffers.
 SKIP_ENV = "DCJAX_SKIP_MEMORY_CHECK"
-# Of a first-order backward's activations per synthetic image, what each class keeps for the gradient w.r.t. the
-# images (calibrated against XLA, tests/test_memory.py). DC (second order: the synthetic gradient w.r.t. the
-# images) keeps the forward residuals and the first backward's cotangents; DM, a first-order backward through
-# the embedding only, keeps about half of them.
-KEPT_FOR_IMAGE_GRADIENT = {"dc": 2.0, "dsa": 2.0, "dm": 0.5}
 OPTIMIZER_COPIES = 4  # Parameters, momentum, gradient and the updated parameters of one SGD step.
 
 
@@ -167,7 +165,7 @@ def check_fits(estimate: Estimate, what: str, device=None) -> None:
     raise ValueError(f"{message} (or set {SKIP_ENV}=1 to run anyway)")
 
 
-def _model_concurrency(strategy: str, count: int) -> int:
+def model_concurrency(strategy: str, count: int) -> int:
     """Models (or classes) whose temporaries are live at once: all of them under vmap, one under map or loop."""
     return count if strategy == "vmap" else 1
 
@@ -187,73 +185,6 @@ def train_step_bytes(cost: NetworkCost, batch: int, microbatch: int, private: bo
         + chunk * cost.backward_per_image
         + per_example_grads
     )
-
-
-def _matching_parts(cost: NetworkCost, config, class_strategy: str, num_classes: int, microbatch: int):
-    """(synthetic-gradient bytes, real-gradient bytes) of one model's matching step.
-
-    The gradient w.r.t. the images runs back through the loop over classes, so every class keeps its residuals
-    until the backward pass, whatever the class strategy ('map' is a scan, which saves them per class): per image
-    the network's forward activations and, for DC/DSA (second order: the synthetic gradient w.r.t. the images),
-    its backward's cotangents too. On top, the live classes' (all under vmap, one under map) temporaries: one more
-    backward over ipc images, the real gradient over batch_real images in chunks (DM: a forward-only real
-    embedding) and the DSA copies of both batches. The real batches of every class [K, batch_real, H, W, C] are
-    gathered at once.
-    """
-    classes = _model_concurrency(class_strategy, num_classes)
-    chunk = min(microbatch or config.batch_real, config.batch_real)
-    augmented = 2 * (config.ipc + config.batch_real) * cost.image if config.method in ("dsa", "dm") else 0
-    kept = KEPT_FOR_IMAGE_GRADIENT[config.method]
-    syn = int((num_classes * kept + classes) * config.ipc * cost.backward_per_image)
-    if config.method == "dm":
-        real = chunk * cost.forward_per_image
-    else:
-        real = chunk * cost.backward_per_image + cost.params
-    gathered = 2 * num_classes * config.batch_real * cost.image
-    return syn + classes * augmented // 2, classes * (real + augmented // 2) + gathered
-
-
-def condensation_estimate(
-    fns: ModelFns, config, image_shape, num_classes: int, pool_size: int, models: tuple[int, int] = (1, 1)
-) -> Estimate:
-    """Memory of condensation iterations (``condense.make_iteration_fn``, or ``bank.condense_models`` for c models).
-
-    Args:
-      config: a ``condense.CondenseConfig``.
-      image_shape: (H, W, C); num_classes: K; pool_size: N real images on the device [N, H, W, C].
-      models: (c models condensed at once, how many of them run at once: c under vmap, 1 under map); the
-        default is one run.
-    """
-    from dcjax import condense  # dcjax.condense imports much of dcjax; only this estimator needs it.
-
-    count, live = models
-    cost = network_cost(fns, tuple(image_shape))
-    class_strategy = condense.resolve_class_strategy(config.class_strategy)
-    microbatch = train_lib.resolve_microbatch(config.microbatch, fns)
-    syn, real = _matching_parts(cost, config, class_strategy, num_classes, microbatch)
-    set_size = num_classes * config.ipc
-    inner = 0 if config.method == "dm" else train_step_bytes(cost, min(config.batch_train, set_size), microbatch)
-    set_name = f"synthetic set {config.ipc} x {num_classes} images"  # x3: images, momentum, gradient.
-    parts = {
-        "real pool": pool_size * cost.image,
-        set_name: 3 * count * set_size * cost.image,
-        "synthetic gradient": live * syn,
-        "real gradient": live * real,
-        "inner loop": live * inner,
-        "network": live * (2 * cost.params + cost.fixed),
-    }
-    temporaries = max(live * (syn + real), live * inner)
-    total = sum(parts.values()) - parts["synthetic gradient"] - parts["real gradient"] - parts["inner loop"]
-    vmapped = " --class_strategy=map" if class_strategy == "vmap" and num_classes > 1 else ""
-    many = " --models_per_chunk --strategy=map" if live > 1 else ""
-    flags = {
-        set_name: "--ipc" + many,
-        "synthetic gradient": "--ipc" + vmapped + many,
-        "real gradient": "--batch_real" + vmapped + many,
-        "inner loop": "--batch_train" + many,
-        "network": "--width" + many,
-    }
-    return Estimate(total + temporaries, parts, flags)
 
 
 class Bank(NamedTuple):
@@ -301,17 +232,17 @@ def training_estimate(
     return Estimate(total + max(parts["training step"], parts["prediction"]), parts, flags)
 
 
-def _larger(*estimates: Estimate) -> Estimate:
+def larger(*estimates: Estimate) -> Estimate:
     """The phase that needs most: sequential phases share the memory."""
     return max(estimates, key=lambda e: e.total)
 
 
-def _plus(estimate: Estimate, name: str, size: int, flag: str = "") -> Estimate:
+def plus(estimate: Estimate, name: str, size: int, flag: str = "") -> Estimate:
     """``estimate`` with one more array that stays allocated throughout."""
     return Estimate(estimate.total + size, {**estimate.parts, name: size}, {**estimate.flags, name: flag})
 
 
-def _model_axis(strategy: str) -> str:
+def model_axis(strategy: str) -> str:
     """The resolved model-axis strategy; 'loop' holds one model's temporaries at a time, as 'map' does."""
     strategy = engine.resolve_strategy(strategy)
     return "map" if strategy == "loop" else strategy
@@ -320,77 +251,7 @@ def _model_axis(strategy: str) -> str:
 def evaluation_estimate(fns: ModelFns, config, image_shape, set_size: int, test_size: int) -> Estimate:
     """Memory of ``evaluation.evaluate_training_set``: ``config.num_models`` models on a [set_size] set, tested on
     [test_size] images (``config``: an ``evaluation.EvalConfig``)."""
-    live = _model_concurrency(_model_axis(config.strategy), config.num_models)
+    live = model_concurrency(model_axis(config.strategy), config.num_models)
     bank = Bank(config.num_models, live, "--num_eval", config.test_batch)
     estimate = training_estimate(fns, config.train, image_shape, set_size, bank, test_size)
-    return _plus(estimate, "test set", test_size * network_cost(fns, tuple(image_shape)).image)
-
-
-def check_condensation(config, fns: ModelFns, train, test) -> None:
-    """Refuses (ValueError) a ``dcjax.condense.run.RunConfig`` whose iteration or evaluation cannot fit; logs both.
-
-    train, test: the ``ArrayDataset``s of the run (images [N, H, W, C]); the real pool stays on the device while
-    the synthetic set [K*ipc, H, W, C] is evaluated.
-    """
-    image_shape, num_classes = tuple(train.images.shape[1:]), train.num_classes
-    pool = len(train.labels) * network_cost(fns, image_shape).image
-    check_fits(condensation_estimate(fns, config.condense, image_shape, num_classes, len(train.labels)), "condensation")
-    evaluation = evaluation_estimate(fns, config.eval, image_shape, num_classes * config.condense.ipc, len(test.labels))
-    check_fits(_plus(evaluation, "real pool", pool), "evaluating the synthetic set")
-
-
-def _live_models(strategy: str, count: int) -> int:
-    """Models of an attack chunk whose training temporaries are live at once in the memory checked.
-
-    A chunk that splits evenly over several devices is sharded (``attack_run._mesh_for``): on CPU the devices
-    share the host's memory, so all shards count; on accelerators each device holds its share only.
-    """
-    devices = jax.device_count()
-    if devices > 1 and count % devices == 0 and engine.resolve_strategy(strategy) != "loop":
-        per_device = _model_concurrency(strategy, count // devices)
-        return per_device * devices if jax.default_backend() == "cpu" else per_device
-    return _model_concurrency(strategy, count)
-
-
-def bank_chunk_estimate(
-    config, fns: ModelFns, image_shape, num_classes: int, pool_size: int, sizes: tuple[int, int]
-) -> Estimate:
-    """Memory of one chunk of an attack run (``attack_run._train_chunk``): its recipe, training and queries.
-
-    Args:
-      config: an ``attack_run.AttackRunConfig``.
-      image_shape: (H, W, C); num_classes: K; pool_size: n images of the chunk's pool.
-      sizes: (c models in the chunk, T test images).
-    """
-    count, test_size = sizes
-    strategy = _model_axis(config.strategy)
-    recipe = config.recipe
-    queried = config.num_queries * (pool_size + config.num_population) + test_size
-    live = _live_models(strategy, count)
-    training_pool = count * num_classes * recipe.condense.ipc if recipe.kind == "condense" else pool_size
-    training = training_estimate(
-        fns, config.train, image_shape, training_pool, Bank(count, live, "--models_per_chunk"), queried
-    )
-    if recipe.kind != "condense":
-        return training
-    models = (count, _model_concurrency(strategy, count))
-    return _larger(training, condensation_estimate(fns, recipe.condense, image_shape, num_classes, pool_size, models))
-
-
-def check_attack_run(config, fns: ModelFns, train, test, what: str = "the attack run") -> None:
-    """Refuses (ValueError) an ``attack_run.AttackRunConfig`` whose largest chunk of either pool cannot fit.
-
-    train, test: the dataset's ``ArrayDataset``s (both pools are cut from train; every model is tested on test).
-    """
-    from dcjax.privacy import pools  # Lazily: memory stays importable without the privacy package.
-
-    image_shape, m = tuple(train.images.shape[1:]), config.num_models
-    chunks = pools.model_chunks(config)  # The run's own chunking, so the estimate cannot drift from it.
-    for pool, size, name in (
-        (config.target_pool, max(len(c) for c in chunks if c[0] < m), "target"),
-        (config.attacker_pool, max((len(c) for c in chunks if c[0] >= m), default=0), "attacker"),
-    ):
-        if not size:  # No shadows (Shokri from the bank): nothing trains on the attacker pool.
-            continue
-        estimate = bank_chunk_estimate(config, fns, image_shape, train.num_classes, pool, (size, len(test.labels)))
-        check_fits(estimate, f"{what} (a chunk of {size} models on the {name} pool)")
+    return plus(estimate, "test set", test_size * network_cost(fns, tuple(image_shape)).image)

@@ -30,11 +30,12 @@ from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 from dcjax.privacy import attack_data, attack_run, bank, pools  # noqa: E402
+from dcjax.privacy.config import AttackRunConfig  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
 common.define_run_flags()
-common.define_train_flags(common.field_default(attack_run.AttackRunConfig, "train"))
+common.define_train_flags(common.field_default(AttackRunConfig, "train"))
 common.define_condense_flags()
 flags.DEFINE_enum(
     "target",

@@ -36,11 +36,11 @@ def field_default(cls, name: str):
 
 
 def define_data_flags():
-    from dcjax.privacy import attack_run
+    from dcjax.privacy.config import AttackRunConfig
 
     flags.DEFINE_string(
         "dataset",
-        field_default(attack_run.AttackRunConfig, "dataset"),
+        field_default(AttackRunConfig, "dataset"),
         "TFDS dataset name (mnist, fashion_mnist, svhn_cropped, cifar10).",
     )
     flags.DEFINE_string(
@@ -202,9 +202,10 @@ def condense_config():
 def define_attack_flags():
     """The membership-inference setting (docs/protocol.md section 7): pools, bank, shadows, attacks; defaults
     ``AttackRunConfig``'s (``shokri.AttackConfig``'s for --attack_*)."""
-    from dcjax.privacy import attack_run, shokri
+    from dcjax.privacy import shokri
+    from dcjax.privacy.config import AttackRunConfig
 
-    default = functools.partial(field_default, attack_run.AttackRunConfig)
+    default = functools.partial(field_default, AttackRunConfig)
     attack = functools.partial(field_default, shokri.AttackConfig)
     flags.DEFINE_integer(
         "num_models", default("num_models"), "LiRA bank size M (even, >= 6): each is a target in turn."
@@ -253,14 +254,15 @@ def define_attack_flags():
 
 def attack_config(recipe, train):
     """AttackRunConfig from the attack flags with the given recipe and training."""
-    from dcjax.privacy import attack_run, shokri
+    from dcjax.privacy import shokri
+    from dcjax.privacy.config import AttackRunConfig
 
     with naming_flags(hidden="attack_hidden", features="attack_features", steps="attack_steps"):
         attack = shokri.AttackConfig(
             hidden=FLAGS.attack_hidden, features=FLAGS.attack_features, steps=FLAGS.attack_steps
         )
     with naming_flags():  # AttackRunConfig checks the pools, bank, queries, chunks, resamples.
-        return attack_run.AttackRunConfig(
+        return AttackRunConfig(
             dataset=FLAGS.dataset,
             seed=FLAGS.seed,
             model=model_config(),
@@ -282,11 +284,11 @@ def attack_config(recipe, train):
 
 
 def define_run_flags():
-    from dcjax.privacy import attack_run
+    from dcjax.privacy.config import AttackRunConfig
 
     flags.DEFINE_integer(
         "seed",
-        field_default(attack_run.AttackRunConfig, "seed"),
+        field_default(AttackRunConfig, "seed"),
         "Root PRNG seed; every random choice derives from it.",
         lower_bound=0,
         upper_bound=2**32 - 1,

@@ -35,7 +35,8 @@ from absl import logging  # noqa: E402
 
 import common  # noqa: E402
 from dcjax import strategy as strategy_lib  # noqa: E402
-from dcjax.privacy import attack_run, pools, study  # noqa: E402
+from dcjax.privacy import pools, study  # noqa: E402
+from dcjax.privacy.config import AttackRunConfig  # noqa: E402
 
 common.define_data_flags()
 common.define_model_flags()
@@ -61,7 +62,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_enum(
     "strategy",
-    common.field_default(attack_run.AttackRunConfig, "strategy"),
+    common.field_default(AttackRunConfig, "strategy"),
     strategy_lib.STRATEGIES,
     "Model-axis strategy.",
 )
@@ -118,7 +119,7 @@ def tuning_split(train, key) -> tuple:
     import jax
     import numpy as np
 
-    study = attack_run.AttackRunConfig(
+    study = AttackRunConfig(
         dataset=FLAGS.dataset, seed=FLAGS.seed, target_pool=FLAGS.target_pool, attacker_pool=FLAGS.attacker_pool
     )
     if FLAGS.target_pool + FLAGS.attacker_pool + FLAGS.private_size + FLAGS.val_size > len(train.labels):

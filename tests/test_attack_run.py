@@ -10,6 +10,7 @@ import pytest
 from dcjax import condense, data, dpsgd, engine, models, snapshots
 from dcjax import train as train_lib
 from dcjax.privacy import attack_data, attack_run, attacks, bank, lira, shokri
+from dcjax.privacy.config import AttackRunConfig
 
 NUM_CLASSES = 10
 
@@ -28,7 +29,7 @@ def fns():
 
 
 def _config(**overrides):
-    base = attack_run.AttackRunConfig(
+    base = AttackRunConfig(
         model=models.ModelConfig(width=4, depth=1),
         train=train_lib.TrainConfig(epochs=3, batch_size=16),
         num_models=6,

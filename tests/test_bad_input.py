@@ -25,6 +25,7 @@ from dcjax import checkpoint, condense, data, dpsgd, errors, evaluation, models,
 from dcjax.condense import run as condense_run
 from dcjax import train as train_lib
 from dcjax.privacy import attack_run, bank, pools, rmia, shokri, study
+from dcjax.privacy.config import AttackRunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -40,7 +41,7 @@ if "lr_img" not in FLAGS:  # The flag groups the launchers share (what attack.py
         common.define_attack_flags,
     ):
         define()
-    common.define_train_flags(common.field_default(attack_run.AttackRunConfig, "train"))  # As attack.py.
+    common.define_train_flags(common.field_default(AttackRunConfig, "train"))  # As attack.py.
     flags.DEFINE_integer("per_class", 10, "attack.py's and privacy_study.py's flag.")
     FLAGS.mark_as_parsed()
 
@@ -91,18 +92,18 @@ CONFIG_ROWS = [
     (rmia.RMIAConfig, {"a": 1.5}, "a"),
     (rmia.RMIAConfig, {"gamma": 0.0}, "gamma"),
     (bank.Recipe, {"kind": "subset", "per_class": 0}, "per_class"),
-    (attack_run.AttackRunConfig, {"seed": -1}, "seed"),
-    (attack_run.AttackRunConfig, {"seed": 2**32}, "seed"),
-    (attack_run.AttackRunConfig, {"num_models": 5}, "num_models"),
-    (attack_run.AttackRunConfig, {"num_shadow": 0}, "num_shadow"),
-    (attack_run.AttackRunConfig, {"target_pool": 0}, "target_pool"),
-    (attack_run.AttackRunConfig, {"attacker_pool": 0}, "attacker_pool"),
-    (attack_run.AttackRunConfig, {"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 1}, "shokri_sample"),
-    (attack_run.AttackRunConfig, {"num_queries": 0}, "num_queries"),
-    (attack_run.AttackRunConfig, {"num_canaries": -1}, "num_canaries"),
-    (attack_run.AttackRunConfig, {"num_population": -1}, "num_population"),
-    (attack_run.AttackRunConfig, {"models_per_chunk": -1}, "models_per_chunk"),
-    (attack_run.AttackRunConfig, {"num_resamples": 0}, "num_resamples"),
+    (AttackRunConfig, {"seed": -1}, "seed"),
+    (AttackRunConfig, {"seed": 2**32}, "seed"),
+    (AttackRunConfig, {"num_models": 5}, "num_models"),
+    (AttackRunConfig, {"num_shadow": 0}, "num_shadow"),
+    (AttackRunConfig, {"target_pool": 0}, "target_pool"),
+    (AttackRunConfig, {"attacker_pool": 0}, "attacker_pool"),
+    (AttackRunConfig, {"num_shadow": 0, "attacker_pool": 0, "shokri_sample": 1}, "shokri_sample"),
+    (AttackRunConfig, {"num_queries": 0}, "num_queries"),
+    (AttackRunConfig, {"num_canaries": -1}, "num_canaries"),
+    (AttackRunConfig, {"num_population": -1}, "num_population"),
+    (AttackRunConfig, {"models_per_chunk": -1}, "models_per_chunk"),
+    (AttackRunConfig, {"num_resamples": 0}, "num_resamples"),
     (study.StudyConfig, {"rows": ("original", "bogus")}, "rows"),
     (study.StudyConfig, {"per_class": 0}, "per_class"),
     (study.StudyConfig, {"dp_delta": 1.0}, "dp_delta"),
@@ -133,7 +134,7 @@ def test_config_rejects_out_of_range_fields_naming_them(cls, kwargs, field):
 def test_defaults_and_edge_values_are_still_accepted():
     condense.CondenseConfig(iterations=0, momentum_img=0.0, microbatch=0)
     train_lib.TrainConfig(momentum=0.0, weight_decay=0.0, microbatch=0)
-    attack_run.AttackRunConfig(seed=2**32 - 1, num_canaries=0, num_population=0)
+    AttackRunConfig(seed=2**32 - 1, num_canaries=0, num_population=0)
     condense_run.RunConfig(eval_every=0)
     study.StudyConfig(dp_lr=None)
 
@@ -261,7 +262,7 @@ def test_run_condensation_checks_the_data_before_writing_the_workdir(tmp_path):
 )
 def test_a_recipe_larger_than_a_private_half_names_its_flag(recipe, flag):
     train = _labels_dataset(np.arange(200) % 2, 2)
-    config = attack_run.AttackRunConfig(recipe=recipe, num_models=6, target_pool=100, num_shadow=2, attacker_pool=100)
+    config = AttackRunConfig(recipe=recipe, num_models=6, target_pool=100, num_shadow=2, attacker_pool=100)
     with pytest.raises(ValueError) as info:
         with common.naming_flags():
             pools.check_recipe_fits(config, train)
@@ -601,7 +602,7 @@ def test_runs_refuse_a_network_or_dataset_their_config_does_not_record(tmp_path,
         train = dataclasses.replace(train, name="fashion_mnist")
     fns = models.make_model(built, train.image_shape, train.num_classes)
     condense_config = condense_run.RunConfig(model=model, condense=condense.CondenseConfig(ipc=1, batch_real=1))
-    attack_config = attack_run.AttackRunConfig(model=model, num_models=6, target_pool=2, num_shadow=2, attacker_pool=2)
+    attack_config = AttackRunConfig(model=model, num_models=6, target_pool=2, num_shadow=2, attacker_pool=2)
     with pytest.raises(ValueError, match=match):
         condense_run.run_condensation(condense_config, fns, train, train, str(tmp_path / "c"))
     with pytest.raises(ValueError, match=match):
@@ -755,7 +756,7 @@ def test_a_failed_download_removes_what_it_wrote(tmp_path, monkeypatch):
 
 def test_an_attacker_pool_with_a_class_lacking_in_or_out_rows_is_refused_before_training():
     train = _labels_dataset(np.arange(400) % 9, 10)  # Class 9 never occurs: no IN and no OUT rows.
-    config = attack_run.AttackRunConfig(num_models=6, target_pool=100, num_shadow=2, attacker_pool=40)
+    config = AttackRunConfig(num_models=6, target_pool=100, num_shadow=2, attacker_pool=40)
     with pytest.raises(ValueError) as info:
         with common.naming_flags():
             pools.check_recipe_fits(config, train)

@@ -22,7 +22,8 @@ from absl import app  # noqa: F401
 from dcjax import augment, condense, dpsgd, evaluation, models, strategy
 from dcjax import train as train_lib
 from dcjax.condense import run as condense_run
-from dcjax.privacy import attack_run, bank, shokri, study
+from dcjax.privacy import bank, shokri, study
+from dcjax.privacy.config import AttackRunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHERS = ("condense", "train", "attack", "privacy_study", "dp_tune")
@@ -32,7 +33,7 @@ _DEFINES = ("DEFINE_bool", "DEFINE_enum", "DEFINE_float", "DEFINE_integer", "DEF
 # None: the same-named flag sets something else}). Fields holding a dataclass (model, train, ...) are no flags.
 _MODEL = (models.ModelConfig, {"name": "model", "init": "net_init"})
 _CONDENSE = (condense.CondenseConfig, {})
-_RUN = (attack_run.AttackRunConfig, {})
+_RUN = (AttackRunConfig, {})
 _SHOKRI = (
     shokri.AttackConfig,
     {"hidden": "attack_hidden", "features": "attack_features", "steps": "attack_steps", "lr": None},  # --lr: models'.
@@ -52,7 +53,7 @@ CONFIGS = {
         _CONDENSE,
         _RUN,
         _SHOKRI,
-        (attack_run.AttackRunConfig().train, {}),
+        (AttackRunConfig().train, {}),
         (bank.Recipe, {"kind": "target"}),
     ],
     "privacy_study": [

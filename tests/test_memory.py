@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from dcjax import condense, data, engine, evaluation, memory, models
+from dcjax.condense import memory as condense_memory
 from dcjax.condense import run as condense_run
 from dcjax import train as train_lib
-from dcjax.privacy import attack_run, bank, shokri, study
+from dcjax.privacy import bank, shokri, study
+from dcjax.privacy import memory as privacy_memory
+from dcjax.privacy.config import AttackRunConfig
 
 K, SHAPE = 3, (8, 8, 1)
 TINY = models.ModelConfig(width=8, depth=2)
@@ -61,13 +64,13 @@ def test_an_absurd_condensation_is_refused_at_once_before_anything_is_written(tm
 
 def test_vmapped_classes_and_many_models_name_the_flags_that_lower_them(fns):
     big = dataclasses.replace(SMALL, ipc=10**7, class_strategy="vmap")
-    estimate = memory.condensation_estimate(fns, big, SHAPE, K, 30, models=(4, 4))
+    estimate = condense_memory.condensation_estimate(fns, big, SHAPE, K, 30, models=(4, 4))
     with pytest.raises(ValueError, match="lower --ipc or --class_strategy=map or --models_per_chunk"):
         memory.check_fits(estimate, "condensation")
 
 
 def test_the_skip_variable_logs_instead_of_refusing(fns, monkeypatch):
-    estimate = memory.condensation_estimate(fns, dataclasses.replace(SMALL, ipc=10**7), SHAPE, K, 30)
+    estimate = condense_memory.condensation_estimate(fns, dataclasses.replace(SMALL, ipc=10**7), SHAPE, K, 30)
     monkeypatch.setenv(memory.SKIP_ENV, "1")
     memory.check_fits(estimate, "condensation")
 
@@ -87,8 +90,8 @@ def test_bytes_are_formatted_in_binary_units():
 
 def test_small_runs_pass_every_check(fns):
     train, test = _dataset(60), _dataset(20)
-    memory.check_condensation(condense_run.RunConfig(condense=SMALL), fns, train, test)
-    attack = attack_run.AttackRunConfig(
+    condense_memory.check_condensation(condense_run.RunConfig(condense=SMALL), fns, train, test)
+    attack = AttackRunConfig(
         model=TINY,
         train=train_lib.TrainConfig(epochs=2, batch_size=8),
         num_models=6,
@@ -99,7 +102,7 @@ def test_small_runs_pass_every_check(fns):
         attack=shokri.AttackConfig(hidden=4, steps=3),
         recipe=bank.Recipe("condense", condense=SMALL),
     )
-    memory.check_attack_run(attack, fns, train, test)
+    privacy_memory.check_attack_run(attack, fns, train, test)
 
 
 def test_a_study_row_that_cannot_fit_is_refused_before_the_workdir_is_written(fns, tmp_path):
@@ -129,7 +132,7 @@ def test_the_condensation_estimate_is_near_xla_s_buffers(fns, method):
     state, _ = condense.init_synthetic(config, jax.random.key(0), images, index)
     step = condense.make_iteration_fn(fns, config)
     xla = _xla_bytes(step.lower(*_specs((state, (images, index), jax.random.key(0)))).compile())
-    estimate = memory.condensation_estimate(fns, config, SHAPE, K, images.shape[0]).total
+    estimate = condense_memory.condensation_estimate(fns, config, SHAPE, K, images.shape[0]).total
     assert LOW <= estimate / xla <= HIGH, (estimate, xla)
 
 
@@ -162,7 +165,7 @@ def test_evaluation_counts_every_model_under_vmap_and_one_under_map(fns):
 
 def test_a_run_without_shadows_is_estimated_on_its_target_pool_alone(fns):
     train, test = _dataset(60), _dataset(20)
-    attack = attack_run.AttackRunConfig(
+    attack = AttackRunConfig(
         model=TINY,
         train=train_lib.TrainConfig(epochs=2, batch_size=8),
         num_models=6,
@@ -173,4 +176,4 @@ def test_a_run_without_shadows_is_estimated_on_its_target_pool_alone(fns):
         num_population=10,
         attack=shokri.AttackConfig(hidden=4, steps=3),
     )
-    memory.check_attack_run(attack, fns, train, test)
+    privacy_memory.check_attack_run(attack, fns, train, test)

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from dcjax import data
-from dcjax.privacy import attack_run, bank, pools
+from dcjax.privacy import bank, pools
+from dcjax.privacy.config import AttackRunConfig
 
 K = 10
 
 
-def _config(**changes) -> attack_run.AttackRunConfig:
+def _config(**changes) -> AttackRunConfig:
     settings = dict(num_models=6, target_pool=40, num_shadow=2, attacker_pool=30, num_canaries=4, num_population=7)
-    return attack_run.AttackRunConfig(**{**settings, **changes})
+    return AttackRunConfig(**{**settings, **changes})
 
 
 def test_the_pools_are_disjoint_and_their_masks_fit_them():

@@ -25,10 +25,10 @@ from dcjax import data as data_lib
 from dcjax import evaluation
 from dcjax import interrupt
 from dcjax import keys as keys_lib
-from dcjax import memory
 from dcjax import plots
 from dcjax import progress
 from dcjax import workdir as workdir_lib
+from dcjax.condense import memory
 from dcjax.models import ModelConfig, ModelFns
 from dcjax.progress import format_eta as _format_eta
 

@@ -5,22 +5,18 @@ pool* (Na examples; a random half per Shokri shadow), plus canaries relabelled i
 population is a key-drawn subset of the test split (docs/protocol.md section 7). Without shadows (num_shadow =
 attacker_pool = 0) Shokri learns from the bank itself, on a key-drawn subsample of the target pool
 (``shokri_examples``). Every function here is a pure
-function of the run's config (an ``attack_run.AttackRunConfig``) and the labels: the run, the study, the memory
+function of the run's config (a ``config.AttackRunConfig``) and the labels: the run, the study, the memory
 estimate and the launchers' up-front checks all cut the same pools from the same seed.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from dcjax import data as data_lib
 from dcjax.privacy import attack_data, canaries, masks
-
-if TYPE_CHECKING:
-    from dcjax.privacy.attack_run import AttackRunConfig
+from dcjax.privacy.config import AttackRunConfig
 
 
 def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) -> dict:

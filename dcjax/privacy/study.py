@@ -51,7 +51,6 @@ from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import dpsgd
-from dcjax import memory
 from dcjax import plots
 from dcjax import snapshots as snapshots_lib
 from dcjax.privacy import study_report
@@ -59,6 +58,8 @@ from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelFns
 from dcjax.privacy import accounting, attack_data, attack_run, bank, pools, poster
+from dcjax.privacy import memory
+from dcjax.privacy.config import AttackRunConfig
 
 DEFAULT_ROWS = ("original", "subset", "dc_noise", "dc_real")
 METHOD_ROWS = ("dsa_real", "dm_real")
@@ -131,7 +132,7 @@ class StudyConfig:
       end of a dp_epochs run (``dp_points``).
     """
 
-    attack: attack_run.AttackRunConfig = attack_run.AttackRunConfig()
+    attack: AttackRunConfig = AttackRunConfig()
     rows: tuple[str, ...] = DEFAULT_ROWS
     train_original: train_lib.TrainConfig = train_lib.TrainConfig(epochs=100, augment="none")
     train_small: train_lib.TrainConfig = train_lib.TrainConfig(epochs=1000, augment="dc")
@@ -376,7 +377,7 @@ class RowPlan(NamedTuple):
     stage reads."""
 
     name: str  # The row's name; a ladder point's is f"{row}_it{iteration}". Its workdir is <study workdir>/<name>.
-    run: attack_run.AttackRunConfig  # The row's attack run: the study's settings with the row's recipe.
+    run: AttackRunConfig  # The row's attack run: the study's settings with the row's recipe.
     description: str  # One line on what the row's targets are trained on.
     dp: dict | None  # ``dp_setting`` (DP-SGD rows), else None.
     # A frontier point (``plan_points``): its row's name ("": the plan is a whole row) and its progress in that row's
@@ -462,7 +463,7 @@ def _point_fields(row: str, iteration: int | None = None, epochs: int | None = N
     return {"row": row, **progress} if row else {}
 
 
-def row_config(config: StudyConfig, name: str) -> attack_run.AttackRunConfig:
+def row_config(config: StudyConfig, name: str) -> AttackRunConfig:
     """The attack-run settings of one row (``plan_row``'s ``run``)."""
     return plan_row(config, name).run
 
@@ -560,7 +561,7 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
     return figures
 
 
-def _check_dp_capacity(row: attack_run.AttackRunConfig, train: data_lib.ArrayDataset) -> None:
+def _check_dp_capacity(row: AttackRunConfig, train: data_lib.ArrayDataset) -> None:
     """ValueError unless the row's B_max covers the largest private set of this split (+1)."""
     split = pools.make_split(row, train.labels, train.num_classes)
     largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max(initial=0)))
