@@ -189,7 +189,7 @@ def _about() -> dict:
 
 def run():
     from dcjax import data, models
-    from dcjax.privacy import study_report
+    from dcjax.privacy import tables
 
     config = study_config()
     workdir = FLAGS.workdir or os.path.join("runs", f"privacy_study_{FLAGS.tier}_seed{FLAGS.seed}")
@@ -203,7 +203,7 @@ def run():
         check_fits(config, train, test)
         fns = models.make_model(config.attack.model, train.image_shape, train.num_classes)
         results = study.run_study(config, fns, (train, test), workdir, about, FLAGS.overwrite)
-    print(study_report.markdown_table(results))
+    print(tables.markdown_table(results))
     print(f"outputs in {workdir} (RESULTS.md, results.json, figures)")
 
 

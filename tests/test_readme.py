@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from dcjax import checkpoint
-from dcjax.privacy import study_report
+from dcjax.privacy import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -31,7 +31,7 @@ def _expected_block(text: str) -> tuple[re.Match, str]:
     if match is None:
         raise ValueError("README.md: no <!-- short-answer:begin FILE --> ... <!-- short-answer:end --> block")
     with open(ROOT / match.group(2), encoding="utf-8") as f:
-        return match, study_report.short_table(json.load(f))
+        return match, tables.short_table(json.load(f))
 
 
 def write_short_answer(path: Path = README) -> bool:

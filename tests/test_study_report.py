@@ -1,4 +1,4 @@
-"""The study's generated tables, document and figure (dcjax.privacy.study_report)."""
+"""The study's generated tables, document and figure (dcjax.privacy.tables, dcjax.privacy.study_report)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from dcjax.privacy import study_report
+from dcjax.privacy import study_report, tables
 
 
 def _summary(auc: float, tpr: float, low_fpr_resolvable: bool = True) -> dict:
@@ -100,9 +100,9 @@ def _cells(table: str, line: int) -> list[str]:
 
 
 def test_headline_table_names_the_cross_fitted_attack_and_its_null_test():
-    table = study_report.markdown_table(RESULTS)
+    table = tables.markdown_table(RESULTS)
     original, subset, dc = (_cells(table, i) for i in (2, 3, 4))
-    assert len(original) == len(study_report.COLUMNS)
+    assert len(original) == len(tables.COLUMNS)
     assert original == [
         "original",
         "98.00 +- 0.20",
@@ -125,20 +125,20 @@ def test_headline_table_names_the_cross_fitted_attack_and_its_null_test():
 
 
 def test_the_short_table_keeps_only_target_accuracy_headline_and_null_test():
-    table = study_report.short_table(RESULTS)
+    table = tables.short_table(RESULTS)
     assert table.count("\n") == 2 + len(RESULTS["rows"])
     original, subset = _cells(table, 2), _cells(table, 3)
     # The same cells as the full table's, so the README's short answer cannot disagree with RESULTS.md.
-    full = _cells(study_report.markdown_table(RESULTS), 3)
+    full = _cells(tables.markdown_table(RESULTS), 3)
     assert original == ["original", "98.00 +- 0.20", "1.20 [0.60, 1.80]", "1/20 (allowed ≤ 4)"]
     assert subset == [full[0], full[1], full[3], full[7]]
-    assert study_report.short_table({"rows": [{"name": "bare"}]}).count("–") == 3
+    assert tables.short_table({"rows": [{"name": "bare"}]}).count("–") == 3
 
 
 def test_tables_survive_bare_rows():
-    table = study_report.markdown_table({"rows": [{"name": "bare"}, {"name": "x", "headline": None}]})
-    assert table.count("–") == 2 * (len(study_report.COLUMNS) - 1)
-    assert study_report.attacks_table({"rows": [{"name": "bare"}]}).count("\n") == 2
+    table = tables.markdown_table({"rows": [{"name": "bare"}, {"name": "x", "headline": None}]})
+    assert table.count("–") == 2 * (len(tables.COLUMNS) - 1)
+    assert tables.attacks_table({"rows": [{"name": "bare"}]}).count("\n") == 2
     assert study_report.contrasts_table({"rows": [{"name": "bare"}]}).count("\n") == 2
 
 
@@ -160,7 +160,7 @@ def test_the_two_bootstraps_are_shown_side_by_side():
 
 
 def test_every_attack_table_lists_each_rows_attacks():
-    table = study_report.attacks_table(RESULTS)
+    table = tables.attacks_table(RESULTS)
     lines = table.strip().split("\n")[2:]
     assert len(lines) == 4  # 2 + 1 + 1 attacks.
     assert _cells(table, 2)[:3] == ["original", "loss", "0.512 [0.256, 0.768]"]
@@ -174,7 +174,7 @@ def test_results_document_has_commands_tables_rows_and_figures():
         RESULTS["report_command"],
         RESULTS["machine"],
         "1h 02m 05s",
-        study_report.markdown_table(RESULTS),
+        tables.markdown_table(RESULTS),
         study_report.contrasts_table(RESULTS),
         "- **subset**: a random 10 per class",
         "![privacy vs accuracy](privacy_accuracy.png)",
@@ -199,7 +199,7 @@ def test_a_dp_sgd_row_shows_its_formal_epsilons():
         "dp": {"epsilon": 4.0, "noise_multiplier": 2.8234, "epsilon_pld": 3.99, "epsilon_rdp": 4.61},
     }
     results = {**RESULTS, "rows": RESULTS["rows"] + [dp_row]}
-    cells = _cells(study_report.markdown_table(results), 5)
+    cells = _cells(tables.markdown_table(results), 5)
     assert cells[0] == "dpsgd_eps4 (ε=4, σ=2.82)" and cells[11] == "3.99 / 4.61"
 
 

@@ -12,8 +12,10 @@ the null test of ``null``, canaries, audits); ``multiplicity`` adjusts a study's
 
 Training: ``bank`` turns each model's private subset into its training set by the target's recipe (original,
 random subset, DC / DSA / DM condensation) for the engine's model axis; ``attack_run`` is the resumable run behind
-``experiments/attack.py``; ``study`` runs one attack per target recipe (DP-SGD targets included, with the privacy
-accountant in ``accounting``) and ``study_report`` writes its tables and figures.
+``experiments/attack.py``, its settings ``config.AttackRunConfig`` and its chunks' memory estimate ``memory``;
+``study`` runs one attack per target recipe (DP-SGD targets included, with the privacy accountant in
+``accounting``) and ``study_report`` writes its document and figures. ``tables`` formats results rows as markdown,
+for one run's RESULTS.md and the study's.
 """
 
 from dcjax.privacy import lira, masks, metrics, queries, rmia, shokri

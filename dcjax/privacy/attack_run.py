@@ -82,7 +82,7 @@ from dcjax.privacy import assess, attack_data, attacks, bank, nearest, pools, qu
 from dcjax.privacy import memory
 from dcjax.privacy import rmia as rmia_lib
 from dcjax.privacy.config import AttackRunConfig
-from dcjax.privacy import study_report
+from dcjax.privacy import tables
 
 SPLIT = "split.npz"
 MODELS_DIR = "models"
@@ -459,7 +459,7 @@ def _write_outputs(workdir: str, d: attack_data.AttackData, scores: dict, result
     title = f"{d.recipe_kind} recipe: {d.num_models} targets x {d.keep.shape[1]} examples (natural examples)"
     plots.roc_figure(path("roc.png"), curves, title)
     command = f"python experiments/attack.py --report_only --workdir={workdir}"
-    checkpoint.atomic_write_bytes(path("RESULTS.md"), study_report.run_document(results, command).encode())
+    checkpoint.atomic_write_bytes(path("RESULTS.md"), tables.run_document(results, command).encode())
     checkpoint.write_json(path(workdir_lib.RESULTS), results)  # Last: marks the run finished.
 
 

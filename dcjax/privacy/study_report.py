@@ -32,8 +32,6 @@ Missing entries render as an en dash.
 
 from __future__ import annotations
 
-import math
-
 import matplotlib
 
 matplotlib.use("Agg")  # Headless: no display on servers or CI.
@@ -43,243 +41,21 @@ import numpy as np  # noqa: E402
 from dcjax import checkpoint  # noqa: E402
 from dcjax.plots import _save  # noqa: E402
 from dcjax.privacy import multiplicity, null, power  # noqa: E402
-
-DASH = "–"  # En dash: a missing or skipped entry.
-HEADLINE = "tpr_at_0.001"
-
-COLUMNS = (
-    "target",
-    "test accuracy (%)",
-    "headline model attack (cross-fitted)",
-    "TPR@0.1% FPR (%) [95% CI]",
-    "AUC [95% CI]",
-    "TPR@1% FPR (%)",
-    "TPR@0.01% FPR (%)",
-    "null test: CIs excluding chance",
-    "Shokri accuracy (%)",
-    "canaries flagged at the natural 0.1%-FPR threshold",
-    "ε lower bound, natural / canaries",
-    "DP-SGD ε (PLD / RDP)",
-    "released set: headline TPR@0.1% (%)",
+from dcjax.privacy.tables import (  # noqa: E402
+    DASH,
+    HEADLINE,
+    LEGEND,
+    attacks_table,
+    bootstraps_table,
+    get,
+    markdown_table,
+    metric,
+    number,
+    pct_mean_std,
+    row_label,
+    table,
+    with_ci,
 )
-
-
-def _get(tree, *path):
-    """tree[path[0]][path[1]]... or None if any step is missing, null, or a skipped slice."""
-    for step in path:
-        if not isinstance(tree, dict) or tree.get(step) is None:
-            return None
-        tree = tree[step]
-    if isinstance(tree, dict) and "skipped" in tree:
-        return None
-    return tree
-
-
-def _number(value) -> float | None:
-    """A finite float, or None for anything else (missing, null, NaN, a string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _pct_mean_std(mean, std) -> str:
-    m, s = _number(mean), _number(std)
-    if m is None:
-        return DASH
-    return f"{100 * m:.2f}" if s is None else f"{100 * m:.2f} +- {100 * s:.2f}"
-
-
-def _with_ci(value, low, high, scale: float, digits: int) -> str:
-    v, lo, hi = _number(value), _number(low), _number(high)
-    if v is None:
-        return DASH
-    text = f"{scale * v:.{digits}f}"
-    return text if lo is None or hi is None else f"{text} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
-
-
-def _metric(summary, name: str, scale: float = 100, digits: int = 2) -> str:
-    """A summary's metric with its CI; "below floor" when the FPR cannot be resolved."""
-    if summary is None:
-        return DASH
-    if name.startswith("tpr_at_") and name in summary and summary[name] is None:
-        return "below floor"
-    return _with_ci(
-        _get(summary, name), _get(summary, f"{name}_ci_low"), _get(summary, f"{name}_ci_high"), scale, digits
-    )
-
-
-def _target(row: dict) -> str:
-    """The row's name; a DP-SGD row adds its epsilon and noise multiplier."""
-    name = str(row.get("name", DASH))
-    eps, noise = _number(_get(row, "dp", "epsilon")), _number(_get(row, "dp", "noise_multiplier"))
-    if eps is not None and noise is not None:
-        name += f" (ε={eps:g}, σ={noise:.2f})"
-    return name.replace("|", "\\|")
-
-
-def _canaries(row: dict, attack: str | None) -> str:
-    c = _get(row, "canary_detection", attack) if attack else None
-    if c is None:
-        return DASH
-    return f"{c['detected']}/{c['members']} (non-members: {c['false_positives']}/{c['nonmembers']})"
-
-
-def _epsilons(row: dict, attack: str | None) -> str:
-    audits = _get(row, "empirical_epsilon", attack) if attack else None
-    if audits is None:
-        return DASH
-    parts = [_number(_get(audits, part, "epsilon_lower_bound")) for part in ("natural", "canaries")]
-    return " / ".join(DASH if p is None else f"{p:.2f}" for p in parts)
-
-
-def _dp_epsilon(row: dict) -> str:
-    pld, rdp = _number(_get(row, "dp", "epsilon_pld")), _number(_get(row, "dp", "epsilon_rdp"))
-    if pld is None and rdp is None:
-        return DASH
-    return f"{DASH if pld is None else f'{pld:.2f}'} / {DASH if rdp is None else f'{rdp:.2f}'}"
-
-
-def _release(row: dict) -> str:
-    pick = _get(row, "headline", "release")
-    if pick is None:
-        return DASH
-    return f"{_metric(pick, HEADLINE)} ({_attack_name(pick)})"
-
-
-def _attack_name(pick: dict) -> str:
-    """The headline's attack; "a (3/4 cells), b (1/4)" when the cells chose differently."""
-    by_cell = list((pick.get("attack_by_cell") or {}).values())
-    if len(set(by_cell)) <= 1:
-        return str(pick.get("attack", DASH))
-    counts = {a: by_cell.count(a) for a in dict.fromkeys(by_cell)}
-    return ", ".join(f"{a} ({c}/{len(by_cell)} cells)" for a, c in counts.items())
-
-
-def _null(row: dict) -> str:
-    test = _get(row, "null_test")
-    if test is None:
-        return DASH
-    verdict = "" if test["passed"] else " FAILED"
-    return f"{test['excluded']}/{test['draws']} (allowed ≤ {test['allowed']}){verdict}"
-
-
-def _row_cells(row: dict) -> list[str]:
-    pick = _get(row, "headline", "model")
-    attack = pick["attack"] if pick else None
-    return [
-        _target(row),
-        _pct_mean_std(_get(row, "utility", "test_accuracy_mean"), _get(row, "utility", "test_accuracy_std")),
-        _attack_name(pick) if pick else DASH,
-        _metric(pick, HEADLINE),
-        _metric(pick, "auc", scale=1, digits=3),
-        _metric(pick, "tpr_at_0.01"),
-        _metric(pick, "tpr_at_0.0001"),
-        _null(row),
-        _pct_mean_std(_get(row, "shokri_accuracy", "mean"), _get(row, "shokri_accuracy", "std")),
-        _canaries(row, attack),
-        _epsilons(row, attack),
-        _dp_epsilon(row),
-        _release(row),
-    ]
-
-
-def _table(header, lines) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(cells) + " |" for cells in lines]
-    return "\n".join(out) + "\n"
-
-
-def markdown_table(results: dict) -> str:
-    """The study's headline table: one line per target row (see ``COLUMNS``)."""
-    return _table(COLUMNS, [_row_cells(row) for row in results.get("rows") or []])
-
-
-SHORT_COLUMNS = ("target", "test accuracy (%)", "headline TPR@0.1% FPR (%) [95% CI]", "null test: CIs excluding chance")
-
-
-def short_table(results: dict) -> str:
-    """The short answer (README's): per row its target, accuracy, cross-fitted headline and null test only."""
-    lines = [
-        [
-            _target(row),
-            _pct_mean_std(_get(row, "utility", "test_accuracy_mean"), _get(row, "utility", "test_accuracy_std")),
-            _metric(_get(row, "headline", "model"), HEADLINE),
-            _null(row),
-        ]
-        for row in results.get("rows") or []
-    ]
-    return _table(SHORT_COLUMNS, lines)
-
-
-def attacks_table(results: dict) -> str:
-    """Every attack of every row on the natural slice: AUC and TPR at 1 / 0.1 / 0.01 % FPR, with CIs."""
-    header = ("target", "attack", "AUC [95% CI]", "TPR@1% FPR (%)", "TPR@0.1% FPR (%)", "TPR@0.01% FPR (%)")
-    lines = []
-    for row in results.get("rows") or []:
-        for attack, summary in (row.get("natural") or {}).items():
-            lines.append(
-                [
-                    _target(row),
-                    attack,
-                    _metric(summary, "auc", 1, 3),
-                    _metric(summary, "tpr_at_0.01"),
-                    _metric(summary, HEADLINE),
-                    _metric(summary, "tpr_at_0.0001"),
-                ]
-            )
-    return _table(header, lines)
-
-
-def run_document(results: dict, command: str) -> str:
-    """RESULTS.md of one attack run: utility, the headline attacks and every attack's natural-slice numbers."""
-    row = {
-        "name": results["config"]["recipe"]["kind"],
-        "utility": results["utility"],
-        "shokri_accuracy": results["shokri_accuracy"],
-        "headline": results["headline"],
-        "null_test": results.get("null_test"),
-        "natural": {a: s.get("natural") for a, s in results["attacks"].items()},
-        "canary_detection": results["canary_detection"],
-        "empirical_epsilon": results["empirical_epsilon"],
-    }
-    u = results["utility"]
-    return "\n".join(
-        [
-            f"# Attack run: {row['name']} recipe\n",
-            "Regenerate from the export in this directory:\n\n```\n" + command + "\n```\n",
-            f"Targets: test accuracy {_pct_mean_std(u['test_accuracy_mean'], u['test_accuracy_std'])} %, "
-            f"accuracy on members / non-members {100 * u['member_accuracy']:.1f} / "
-            f"{100 * u['nonmember_accuracy']:.1f} %.\n",
-            "## Headline (natural examples)\n\n" + markdown_table({"rows": [row]}),
-            _bootstraps_table({"rows": [row]}),
-            "## Every attack, natural examples\n\n" + attacks_table({"rows": [row]}),
-            _LEGEND,
-        ]
-    )
-
-
-def _bootstraps_table(results: dict) -> str:
-    """The headline's TPR@0.1% intervals from each bootstrap (examples only; examples and models)."""
-    header = (
-        "target",
-        "TPR@0.1% FPR (%) [union, as reported]",
-        "examples only [95% CI]",
-        "examples and models [95% CI]",
-    )
-    lines = []
-    for row in results.get("rows") or []:
-        pick = _get(row, "headline", "model")
-        if pick is None:
-            continue
-        cis = [pick.get(f"{HEADLINE}_ci_{b}") or [None, None] for b in ("examples", "two_way")]
-        lines.append(
-            [_target(row), _metric(pick, HEADLINE)] + [_with_ci(pick[HEADLINE], lo, hi, 100, 2) for lo, hi in cis]
-        )
-    intro = (
-        "## The headline's intervals, by bootstrap\n\nThe table above reports the union of the two (the "
-        "wider where they differ).\n\n"
-    )
-    return intro + _table(header, lines)
 
 
 def contrasts(results: dict, baselines=("subset", "original")) -> list[tuple[dict, dict]]:
@@ -303,7 +79,7 @@ def contrasts(results: dict, baselines=("subset", "original")) -> list[tuple[dic
 
 def _contrast_draws(a: dict, b: dict) -> tuple[np.ndarray, float] | None:
     """(paired draws [R], point difference) of two rows' headline TPR@0.1%, or None if either lacks one."""
-    pa, pb = _get(a, "headline", "model"), _get(b, "headline", "model")
+    pa, pb = get(a, "headline", "model"), get(b, "headline", "model")
     if pa is None or pb is None or pa.get(HEADLINE) is None or pb.get(HEADLINE) is None:
         return None
     sa, sb = (np.asarray(p["samples"], np.float64) for p in (pa, pb))  # null -> NaN
@@ -319,7 +95,7 @@ def contrast_family(results: dict) -> list[dict]:
     if not pairs:
         return []
     tests = multiplicity.max_t(np.stack([d for _, _, (d, _) in pairs]), np.asarray([p for _, _, (_, p) in pairs]))
-    return [{"a": _target(a), "b": _target(b), **t} for (a, b, _), t in zip(pairs, tests)]
+    return [{"a": row_label(a), "b": row_label(b), **t} for (a, b, _), t in zip(pairs, tests)]
 
 
 def _p(value: float) -> str:
@@ -338,14 +114,14 @@ def contrasts_table(results: dict) -> str:
     lines = [
         [
             f"{t['a']} − {t['b']}",
-            _with_ci(t["difference"], t["ci_low"], t["ci_high"], 100, 2),
+            with_ci(t["difference"], t["ci_low"], t["ci_high"], 100, 2),
             f"[{100 * t['simultaneous_low']:.2f}, {100 * t['simultaneous_high']:.2f}]",
             _p(t["p_raw"]),
             _p(t["p_adjusted"]),
         ]
         for t in contrast_family(results)
     ]
-    return _table(header, lines)
+    return table(header, lines)
 
 
 # The poster's balanced Shokri accuracies (docs/protocol.md section 6): against original and condensed targets.
@@ -384,13 +160,13 @@ def poster_section(results: dict) -> str:
     lines = []
     for row in results.get("rows") or []:
         name = str(row.get("name", DASH))
-        summary = _get(row, "shokri_accuracy") if name == "original" else protocol.get(name)
+        summary = get(row, "shokri_accuracy") if name == "original" else protocol.get(name)
         trained_on = "its own row (leave one out)" if name == "original" else "the original row"
-        accuracy = _pct_mean_std(_get(summary, "mean"), _get(summary, "std"))
-        lines.append([_target(row), trained_on, accuracy, _poster_reference(name)])
-    mode = next((_get(v, "mode") for v in protocol.values() if _get(v, "mode")), DASH)
+        accuracy = pct_mean_std(get(summary, "mean"), get(summary, "std"))
+        lines.append([row_label(row), trained_on, accuracy, _poster_reference(name)])
+    mode = next((get(v, "mode") for v in protocol.values() if get(v, "mode")), DASH)
     intro = _POSTER_INTRO.format(**{k: 100 * v for k, v in POSTER_ACCURACY.items()}, mode=mode)
-    return intro + _table(header, lines)
+    return intro + table(header, lines)
 
 
 def _condensed_series(results: dict) -> dict[str, list[dict]]:
@@ -405,9 +181,9 @@ def _condensed_series(results: dict) -> dict[str, list[dict]]:
 
 def _movement_cell(row: dict) -> str:
     """ "synthetic median / real median (ratio)" of a point's image movement, or a dash."""
-    synthetic = _number(_get(row, "movement", "synthetic_to_nearest_real", "median"))
-    real = _number(_get(row, "movement", "real_to_nearest_real", "median"))
-    ratio = _number(_get(row, "movement", "median_ratio"))
+    synthetic = number(get(row, "movement", "synthetic_to_nearest_real", "median"))
+    real = number(get(row, "movement", "real_to_nearest_real", "median"))
+    ratio = number(get(row, "movement", "median_ratio"))
     if synthetic is None or real is None or ratio is None:
         return DASH
     return f"{synthetic:.2f} / {real:.2f} ({ratio:.2f})"
@@ -415,7 +191,7 @@ def _movement_cell(row: dict) -> str:
 
 def _doubling_note(points: list[dict]) -> str:
     """Whether the last doubling of iterations gained < 0.3 accuracy points (needs points at T and T / 2)."""
-    by_iteration = {p.get("iteration"): _number(_get(p, "utility", "test_accuracy_mean")) for p in points}
+    by_iteration = {p.get("iteration"): number(get(p, "utility", "test_accuracy_mean")) for p in points}
     last = points[-1].get("iteration")
     if not isinstance(last, int) or last % 2:
         return "no point at half the last iteration: convergence not assessed"
@@ -445,19 +221,19 @@ def condensation_section(results: dict) -> str:
         lines = [
             [
                 str(p.get("iteration", DASH)),
-                _pct_mean_std(_get(p, "utility", "test_accuracy_mean"), _get(p, "utility", "test_accuracy_std")),
-                _metric(_get(p, "headline", "model"), HEADLINE),
+                pct_mean_std(get(p, "utility", "test_accuracy_mean"), get(p, "utility", "test_accuracy_std")),
+                metric(get(p, "headline", "model"), HEADLINE),
                 _movement_cell(p),
             ]
             for p in points
         ]
         header = ("iteration", "test accuracy (%)", "TPR at 0.1% FPR (%)", "nearest-real: synthetic / real (ratio)")
-        parts.append(f"### {base}\n\n" + _table(header, lines) + f"\nLadder: {_doubling_note(points)}.\n")
+        parts.append(f"### {base}\n\n" + table(header, lines) + f"\nLadder: {_doubling_note(points)}.\n")
     return "\n".join(parts)
 
 
 def _wall_time(seconds) -> str:
-    value = _number(seconds)
+    value = number(seconds)
     if value is None:
         return DASH
     total = int(round(value))
@@ -466,7 +242,7 @@ def _wall_time(seconds) -> str:
 
 def _null_note(results: dict) -> str:
     """The null test over every row, e.g. "3 of 180 intervals excluded chance (allowed <= 16)"; empty if none ran."""
-    tests = [t for row in results.get("rows") or [] if (t := _get(row, "null_test")) is not None]
+    tests = [t for row in results.get("rows") or [] if (t := get(row, "null_test")) is not None]
     if not tests:
         return ""
     draws, excluded = sum(t["draws"] for t in tests), sum(t["excluded"] for t in tests)
@@ -482,54 +258,12 @@ def _floor_note(results: dict) -> str:
     """The headline's FPR floors, e.g. "original: 0.051%"; empty if none are known."""
     notes = []
     for row in results.get("rows") or []:
-        floor = _number(_get(row, "headline", "model", "fpr_floor"))
+        floor = number(get(row, "headline", "model", "fpr_floor"))
         if floor:
             notes.append(f"{row.get('name', DASH)}: {100 * floor:.3f}%")
     if not notes:
         return ""
     return "FPR floors of the headline (1 / the non-member trials of its smallest cell): " + "; ".join(notes) + "."
-
-
-_LEGEND = """\
-## How to read this
-
-- **target**: the training-set recipe of the target models (one row each).
-- **test accuracy**: utility on the held-out test set, mean +- std over the targets, in %.
-- **headline model attack (cross-fitted)**: the candidates are every attack that sees only the target
-  model's outputs (LiRA online/offline with per-example or fixed variance, RMIA online/offline,
-  recipe-aware LiRA where the recipe copies some members' pixels, LOSS, confidence, Shokri), on the
-  **natural** examples (every pool example except the injected canaries). The attack is chosen as an
-  attacker could choose it, without the labels of the trials it is reported on: the targets are cut
-  into two groups and the natural examples into two halves (by key), and the attack for one group on
-  one half is the one with the highest TPR at 0.1% FPR (ties: TPR at 1% FPR, then AUC) on the OTHER
-  group's trials on the OTHER half. The TPRs and AUC are the means over the four (group, half) cells
-  of the chosen attack's values there; "below floor" means the FPR cannot be resolved with a cell's non-member trials.
-  Where the cells chose differently, every choice is named. Chance TPR at x% FPR is x%. Every
-  attack's own numbers are in the last table (those are not selection-free: do not pick the best).
-- **Intervals of the headline**: the choice is redone in every bootstrap draw. Two bootstraps: over
-  examples (the trials of an example are resampled together, because one image is easy or hard for
-  every model; models fixed) and over examples and models (targets) independently; the table gives
-  the union of the two 95% intervals (both are in "The headline's intervals, by bootstrap").
-- **null test**: the headline rerun on 20 random balanced membership labellings independent of
-  training (every attack rescored): how many of their 95% intervals exclude chance (0.1%). A correct
-  interval does so in ~5% of draws; "allowed" is the 99th percentile of Binomial(20, 5%).
-- **Shokri accuracy**: balanced accuracy of the Shokri et al. shadow-model attack on all trials
-  (the poster's measure; chance 50%).
-- **canaries flagged**: of the canary trials (mislabelled pool examples, planted outliers), how many
-  member trials (and how many non-member trials) score above the threshold that flags 0.1% of the
-  natural non-members, for the headline attack. This is TPR at a threshold set on natural data,
-  not a TPR at 0.1% FPR among canaries.
-- **ε lower bound**: an empirical lower bound on the (ε, δ = 1e-5) of the training pipeline implied
-  by the headline attack, from Clopper-Pearson intervals (95%) on one trial per example (so that
-  pooled trials of one example do not inflate it), threshold chosen on data disjoint from the
-  evaluated trials (natural: a held-out half; canaries: the natural threshold). The models are shared
-  between examples' trials, which this does not correct for.
-- **DP-SGD ε**: the formal ε at δ of the DP-SGD rows (Poisson-sampled batches), from the PLD and RDP
-  accountants.
-- **released set**: the cross-fitted headline over the attacks on the released synthetic set itself
-  (minus the distance to the nearest synthetic image, raw or calibrated against the shadows' sets);
-  applies only when the synthetic set is published.
-"""
 
 
 def resolution_section(results: dict) -> str:
@@ -541,17 +275,17 @@ def resolution_section(results: dict) -> str:
         return ""
     lines = []
     for a, b in pairs:
-        pa, pb = (_get(r, "headline", "model") for r in (a, b))
+        pa, pb = (get(r, "headline", "model") for r in (a, b))
         se = power.contrast_se(pa["samples"], pb["samples"])
         mdd = power.detectable_difference(se, len(pairs))
-        lines.append([f"{_target(a)} - {_target(b)}", f"{100 * se:.3f}", f"{100 * mdd:.3f}"])
+        lines.append([f"{row_label(a)} - {row_label(b)}", f"{100 * se:.3f}", f"{100 * mdd:.3f}"])
     return (
         "## What this tier can resolve\n\n"
         f"For each contrast of the family ({len(pairs)}): the standard error of the paired difference in headline "
         "TPR at 0.1% FPR (its two-way bootstrap draws) and the smallest true difference this tier detects with 80% "
         f"power at family level 5% (two-sided, Bonferroni over the {len(pairs)} contrasts, so conservative next to "
         "the max-T adjustment; dcjax/privacy/power.py). A smaller difference may exist and go undetected.\n\n"
-        + _table(["contrast", "se (points)", "detectable at 80% power (points)"], lines)
+        + table(["contrast", "se (points)", "detectable at 80% power (points)"], lines)
     )
 
 
@@ -577,11 +311,12 @@ def results_document(results: dict, figures: dict[str, str]) -> str:
         *(["Tables regenerated from the exported scores by:\n\n```\n" + regenerate + "\n```\n"] if regenerate else []),
         f"Machine: {results.get('machine', DASH)}\n\nWall time: {_wall_time(results.get('wall_seconds'))}\n",
         "## Results (natural examples; canaries separately)\n\n" + markdown_table(results),
-        "Rows:\n\n" + "".join(f"- **{_target(r)}**: {r.get('description', DASH)}\n" for r in results.get("rows") or []),
-        _LEGEND + (f"\n{floors}\n" if floors else ""),
+        "Rows:\n\n"
+        + "".join(f"- **{row_label(r)}**: {r.get('description', DASH)}\n" for r in results.get("rows") or []),
+        LEGEND + (f"\n{floors}\n" if floors else ""),
         *([poster] if (poster := poster_section(results)) else []),
         *([condensed] if (condensed := condensation_section(results)) else []),
-        _bootstraps_table(results),
+        bootstraps_table(results),
         _CONTRASTS_INTRO + contrasts_table(results),
         *([resolution] if (resolution := resolution_section(results)) else []),
         "## Every attack, natural examples\n\n" + attacks_table(results),
@@ -606,12 +341,12 @@ def _figure_points(results: dict) -> list[tuple[str, str, float, float, float, f
     point's or checkpoint's series is its row (``"row"``), joined by a line in the figure; else its own name."""
     points = []
     for row in results.get("rows") or []:
-        acc = _number(_get(row, "utility", "test_accuracy_mean"))
-        pick = _get(row, "headline", "model") or {}
-        tpr, low, high = (_number(pick.get(k)) for k in (HEADLINE, f"{HEADLINE}_ci_low", f"{HEADLINE}_ci_high"))
+        acc = number(get(row, "utility", "test_accuracy_mean"))
+        pick = get(row, "headline", "model") or {}
+        tpr, low, high = (number(pick.get(k)) for k in (HEADLINE, f"{HEADLINE}_ci_low", f"{HEADLINE}_ci_high"))
         if acc is None or tpr is None or low is None or high is None:
             continue
-        std = _number(_get(row, "utility", "test_accuracy_std")) or 0.0
+        std = number(get(row, "utility", "test_accuracy_std")) or 0.0
         name = str(row.get("name", "?"))
         points.append((name, str(row.get("row") or name), 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
     return points
