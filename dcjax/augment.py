@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from dcjax import dsa
+from dcjax import errors
 from dcjax import sampling
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -211,4 +212,4 @@ def get_augment(name: str) -> Augment:
     try:
         return AUGMENTATIONS[name]
     except KeyError:
-        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}") from None
+        raise errors.ConfigError(None, f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}") from None

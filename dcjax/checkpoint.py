@@ -106,7 +106,7 @@ def write_npz(path: str, compressed: bool = False, **arrays) -> None:
 UNREADABLE_SUFFIX = ".unreadable"  # Not a step name, so Orbax no longer sees the directory.
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError, ValueError):
     """A checkpoint that cannot be read back; the one-line message says what to do."""
 
 

@@ -46,6 +46,7 @@ import optax
 from scipy.stats import binom
 
 from dcjax import chunks
+from dcjax import errors
 from dcjax.models import ModelFns
 
 NORM_EPS = 1e-6  # Keeps the clip factor finite for a zero gradient.
@@ -70,15 +71,15 @@ class DPConfig:
 
     def __post_init__(self):
         if not 0 < self.l2_clip < np.inf:  # Also rejects NaN.
-            raise ValueError(f"l2_clip must be > 0 and finite, got {self.l2_clip}")
+            raise errors.ConfigError("l2_clip", f"must be > 0 and finite, got {self.l2_clip}")
         if not 0 <= self.noise_multiplier < np.inf:
-            raise ValueError(f"noise_multiplier must be >= 0 and finite, got {self.noise_multiplier}")
+            raise errors.ConfigError("noise_multiplier", f"must be >= 0 and finite, got {self.noise_multiplier}")
         for name in ("num_examples", "capacity"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise errors.ConfigError(name, f"must be an integer >= 1, got {value!r}")
         if not 0 < self.overflow_budget < 1:
-            raise ValueError(f"overflow_budget must be in (0, 1), got {self.overflow_budget}")
+            raise errors.ConfigError("overflow_budget", f"must be in (0, 1), got {self.overflow_budget}")
 
 
 def poisson_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int, int]:
@@ -117,7 +118,7 @@ def poisson_capacity(num_examples: int, sample_rate: float, steps: int, budget: 
 
 
 def check_capacity(config: DPConfig, batch_size: int, epochs: int, max_examples: int) -> float:
-    """ValueError unless B_max keeps overflow within budget for ``max_examples`` + 1 examples.
+    """ConfigError unless B_max keeps overflow within budget for ``max_examples`` + 1 examples.
 
     Returns the overflow probability bound eta at max_examples + 1.
     """
@@ -125,10 +126,11 @@ def check_capacity(config: DPConfig, batch_size: int, epochs: int, max_examples:
     eta = overflow_probability(max_examples + 1, q, steps, config.capacity)
     if eta > config.overflow_budget:
         need = poisson_capacity(max_examples + 1, q, steps, config.overflow_budget)
-        raise ValueError(
+        raise errors.ConfigError(
+            None,
             f"capacity {config.capacity} is too small for private sets of up to {max_examples} "
             f"examples: overflow probability {eta:.3g} > overflow_budget "
-            f"{config.overflow_budget:.3g}; need capacity >= {need}"
+            f"{config.overflow_budget:.3g}; need capacity >= {need}",
         )
     return eta
 
@@ -157,9 +159,11 @@ def poisson_batch(key: jax.Array, mask: jax.Array, sample_rate: float, capacity:
 
 
 def check_network(fns: ModelFns) -> None:
-    """ValueError for networks whose examples are not independent (BatchNorm)."""
+    """ConfigError for networks whose examples are not independent (BatchNorm)."""
     if fns.has_batch_stats:
-        raise ValueError("DP-SGD needs per-example gradients; BatchNorm mixes examples (use instancenorm)")
+        raise errors.ConfigError(
+            None, "DP-SGD needs per-example gradients; BatchNorm mixes examples (use instancenorm)"
+        )
 
 
 def example_loss(fns: ModelFns, variables: dict[str, Any]) -> Callable:

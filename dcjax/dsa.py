@@ -40,6 +40,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from dcjax import errors
 from dcjax import sampling
 
 STRATEGY_DIGITS = "color_crop_cutout_scale_rotate"  # no flip for digits: a mirrored digit is a different glyph
@@ -104,13 +105,15 @@ SIAMESE = DSAParams(param_mode="batch")
 
 
 def parse_strategy(strategy: str) -> tuple[str, ...]:
-    """'color_crop' -> ('color', 'crop'); 'none' or '' -> (). Unknown op names raise ValueError."""
+    """'color_crop' -> ('color', 'crop'); 'none' or '' -> (). Unknown op names raise ConfigError (dsa_strategy)."""
     if strategy in ("", "none"):
         return ()
     names = tuple(strategy.split("_"))
     for name in names:
         if name not in OPS:
-            raise ValueError(f"unknown DSA op {name!r} in strategy {strategy!r}; valid: {', '.join(OPS)}")
+            raise errors.ConfigError(
+                "dsa_strategy", f": unknown DSA op {name!r} in strategy {strategy!r}; valid: {', '.join(OPS)}"
+            )
     return names
 
 

@@ -15,6 +15,29 @@ class UserError(Exception):
     """A problem the user can fix (the message, one line, says how); not a bug."""
 
 
+class ConfigError(UserError, ValueError):
+    """A setting out of range, at odds with another, or too large for the data or the machine.
+
+    ``setting`` names the config field to blame (None when no one field is), and the message starts with it:
+    ``ConfigError("lr_img", "must be > 0, got -1")`` reads "lr_img must be > 0, got -1" (a ``detail`` that starts
+    with '=', ':' or ',' follows the name directly: "ipc=9 exceeds ..."). A launcher names the flag instead
+    (``named``), from the field rather than by parsing the message. A ValueError too, so callers that catch
+    ValueError from config checks still do.
+    """
+
+    def __init__(self, setting: str | None, detail: str, flag: str | None = None):
+        self.setting, self.detail, self.flag = setting, detail, flag
+        name = f"--{flag}" if flag else setting
+        super().__init__(detail if name is None else name + ("" if detail[:1] in "=:," else " ") + detail)
+
+    def named(self, flag: str) -> ConfigError:
+        """The same error naming flag ``--flag`` in place of the setting (once: a named error keeps its flag)."""
+        return self if self.flag or self.setting is None else ConfigError(self.setting, self.detail, flag)
+
+    def __reduce__(self):  # Picklable (multiprocessing, pytest-xdist) despite the extra arguments.
+        return ConfigError, (self.setting, self.detail, self.flag)
+
+
 class WriteError(UserError, OSError):
     """A file or directory that cannot be written: read-only, full disk, no permission.
 

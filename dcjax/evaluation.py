@@ -14,6 +14,7 @@ import numpy as np
 
 from dcjax import data
 from dcjax import engine
+from dcjax import errors
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
 
@@ -29,11 +30,11 @@ class EvalConfig:
 
     def __post_init__(self):
         if self.num_models < 1:
-            raise ValueError(f"num_models must be >= 1, got {self.num_models}")
+            raise errors.ConfigError("num_models", f"must be >= 1, got {self.num_models}")
         if self.test_batch < 1:
-            raise ValueError(f"test_batch must be >= 1, got {self.test_batch}")
+            raise errors.ConfigError("test_batch", f"must be >= 1, got {self.test_batch}")
         if not isinstance(self.train, train_lib.TrainConfig):
-            raise ValueError(f"train must be a train.TrainConfig, got {self.train!r}")
+            raise errors.ConfigError("train", f"must be a train.TrainConfig, got {self.train!r}")
         engine.resolve_strategy(self.strategy)
 
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from dcjax import engine
+from dcjax import errors
 from dcjax import train as train_lib
 from dcjax.models import ModelFns
 
@@ -143,7 +144,7 @@ def _flags_for(estimate: Estimate) -> str:
 
 
 def check_fits(estimate: Estimate, what: str, device=None) -> None:
-    """Logs the estimate; ValueError (one line) when it exceeds MARGIN of ``available_bytes(device)``.
+    """Logs the estimate; ConfigError (one line) when it exceeds MARGIN of ``available_bytes(device)``.
 
     what: the run, e.g. 'condensation' (the message reads 'condensation needs ~X (...), this host has Y
     available; lower --ipc or --batch_train').
@@ -162,7 +163,7 @@ def check_fits(estimate: Estimate, what: str, device=None) -> None:
     if os.environ.get(SKIP_ENV, "") not in ("", "0"):
         logging.warning("memory: %s (%s set: going on)", message, SKIP_ENV)
         return
-    raise ValueError(f"{message} (or set {SKIP_ENV}=1 to run anyway)")
+    raise errors.ConfigError(None, f"{message} (or set {SKIP_ENV}=1 to run anyway)")
 
 
 def model_concurrency(strategy: str, count: int) -> int:

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dcjax import errors
+
 MODEL_NAMES: tuple[str, ...] = (
     "convnet",
     "mlp",
@@ -342,8 +344,8 @@ def _classify(m: nn.Module, feats: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Flatten [B, ...] -> [B, D] and apply the final Dense: returns (features, logits)."""
     feats = _flatten(feats)
     if feats.shape[-1] == 0:  # raised while make_model traces the network
-        raise ValueError(
-            f"{type(m).__name__} reduces the image to zero features; use fewer pooling layers or a larger image"
+        raise errors.ConfigError(
+            None, f"{type(m).__name__} reduces the image to zero features; use fewer pooling layers or a larger image"
         )
     return feats, Dense(m.num_classes, m.weight_init, m.precision, name="classifier")(feats)
 
@@ -517,9 +519,9 @@ class ResNet18(nn.Module):
 
 
 def _check(value: Any, valid: tuple, what: str) -> None:
-    """Raise a one-line ValueError naming the bad value and the valid choices."""
+    """Raise a one-line ConfigError naming the bad value and the valid choices."""
     if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+        raise errors.ConfigError(None, f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
 def _validate(config: ModelConfig, image_shape: tuple, num_classes: int) -> None:
@@ -534,7 +536,7 @@ def _validate(config: ModelConfig, image_shape: tuple, num_classes: int) -> None
     for field in ("width", "depth"):
         value = getattr(config, field)
         if not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"bad {field} {value!r}; must be a positive int")
+            raise errors.ConfigError(None, f"bad {field} {value!r}; must be a positive int")
     if len(tuple(image_shape)) != 3:
         raise ValueError(f"bad image_shape {image_shape!r}; expected (H, W, C)")
     if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
@@ -569,7 +571,7 @@ def _build_module(config: ModelConfig, num_classes: int) -> nn.Module:
 def make_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> ModelFns:
     """Build the pure functions of ``config`` for images ``image_shape`` = (H, W, C).
 
-    Raises ValueError eagerly on any bad config value or on a network that shrinks the
+    Raises ConfigError eagerly on any bad config value or on a network that shrinks the
     image to nothing (e.g. too many pools for the image size). ``init`` is jitted (its
     dummy forward pass is then dead code); the other functions are left for callers to
     jit / vmap / grad as they need.

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import jax
 
+from dcjax import errors
+
 STRATEGIES = ("auto", "vmap", "map", "loop")
 
 
 def resolve(strategy: str, what: str, backend: str | None = None, supported: tuple[str, ...] = STRATEGIES[1:]) -> str:
-    """The concrete strategy for ``strategy`` on ``backend`` (default: JAX's); ValueError naming ``what``.
+    """The concrete strategy for ``strategy`` on ``backend`` (default: JAX's); ConfigError naming ``what``.
 
     what: the setting, for the message ('model-axis strategy', 'class strategy').
     supported: the concrete strategies the caller can run.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown {what} {strategy!r}; expected one of {STRATEGIES}")
+        raise errors.ConfigError(None, f"unknown {what} {strategy!r}; expected one of {STRATEGIES}")
     if strategy == "auto":
         strategy = "map" if (backend or jax.default_backend()) == "cpu" else "vmap"
     if strategy not in supported:
-        raise ValueError(f"{what} {strategy!r} is not supported here; use one of {supported}")
+        raise errors.ConfigError(None, f"{what} {strategy!r} is not supported here; use one of {supported}")
     return strategy

@@ -39,6 +39,7 @@ import optax
 from dcjax import augment as augment_lib
 from dcjax import chunks
 from dcjax import dpsgd
+from dcjax import errors
 from dcjax import progress
 from dcjax.models import ModelFns
 
@@ -63,22 +64,24 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise errors.ConfigError("epochs", f"must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise errors.ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
         if not 0 < self.lr < math.inf:  # Also rejects NaN.
-            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
+            raise errors.ConfigError("lr", f"must be > 0 and finite, got {self.lr}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise errors.ConfigError("momentum", f"must be in [0, 1), got {self.momentum}")
         if not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+            raise errors.ConfigError("weight_decay", f"must be >= 0 and finite, got {self.weight_decay}")
         augment_lib.get_augment(self.augment)  # Fails early on an unknown name.
         if self.microbatch is not None and self.microbatch < 0:
-            raise ValueError(f"microbatch must be >= 0 or None, got {self.microbatch}")
+            raise errors.ConfigError("microbatch", f"must be >= 0 or None, got {self.microbatch}")
         if self.dp is not None and not isinstance(self.dp, dpsgd.DPConfig):
-            raise ValueError(f"dp must be a dpsgd.DPConfig or None, got {self.dp!r}")
+            raise errors.ConfigError("dp", f"must be a dpsgd.DPConfig or None, got {self.dp!r}")
         if self.stop_epochs is not None and (self.dp is None or not 1 <= self.stop_epochs <= self.epochs):
-            raise ValueError(f"stop_epochs must be in [1, epochs={self.epochs}] and needs dp, got {self.stop_epochs}")
+            raise errors.ConfigError(
+                "stop_epochs", f"must be in [1, epochs={self.epochs}] and needs dp, got {self.stop_epochs}"
+            )
 
 
 class TrainState(NamedTuple):

@@ -66,7 +66,7 @@ FLAGS = flags.FLAGS
 
 
 def run_config():
-    """Frozen configs from flags; ValueError (naming the setting) on bad values."""
+    """Frozen configs from flags; ConfigError (naming the flag) on bad values."""
     condense = common.condense_config() if FLAGS.target == "condense" else None
     with common.naming_flags():
         recipe = bank.Recipe(kind=FLAGS.target, per_class=FLAGS.per_class, condense=condense)

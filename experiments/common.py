@@ -8,13 +8,13 @@ import contextlib
 import dataclasses
 import functools
 import os
-import re
 import sys
 
 from absl import flags
 from absl import logging
 
 from dcjax import augment as augment_lib
+from dcjax import errors
 from dcjax import models
 from dcjax import strategy as strategy_lib
 
@@ -175,12 +175,8 @@ def condense_config():
     chosen = {
         name: default if getattr(FLAGS, name) is None else getattr(FLAGS, name) for name, default in defaults.items()
     }
-    try:
-        strategy = FLAGS.dsa_strategy or dsa.strategy_for(FLAGS.dataset)
-        dsa.parse_strategy(strategy)
-    except ValueError as e:
-        raise ValueError(f"--dsa_strategy: {e}") from None
-    with naming_flags():  # CondenseConfig checks every field it takes, each named like its flag.
+    strategy = FLAGS.dsa_strategy or dsa.strategy_for(FLAGS.dataset)
+    with naming_flags():  # CondenseConfig checks every field it takes (dsa_strategy too), each named like its flag.
         return condense.CondenseConfig(
             ipc=FLAGS.ipc,
             iterations=chosen["iterations"],
@@ -310,17 +306,27 @@ def init_runtime():
         jax.distributed.initialize()
 
 
+def config_from_flags(cls, renames: dict | None = None, **given):
+    """``cls(**given)``, every other field set by its flag: the flag of the field's name, or ``renames[field]``
+    (None: no flag sets it, e.g. a same-named flag that means something else; it keeps its default). Its
+    ConfigErrors name the flag (`naming_flags`). The copy from flags into a config, written once: a new field
+    with a flag of its name is set by it, and tests/test_flags.py checks the two defaults agree."""
+    renames = renames or {}
+    values = {}
+    for field in dataclasses.fields(cls):
+        flag = renames.get(field.name, field.name)
+        if field.init and field.name not in given and flag is not None and flag in FLAGS:
+            values[field.name] = FLAGS[flag].value
+    with naming_flags(**{name: flag for name, flag in renames.items() if flag}):
+        return cls(**values, **given)
+
+
+# ModelConfig's fields whose flags are named otherwise; --precision is condensation's (CondenseConfig.precision).
+MODEL_FLAGS = {"name": "model", "init": "net_init", "precision": None}
+
+
 def model_config():
-    return models.ModelConfig(
-        name=FLAGS.model,
-        width=FLAGS.width,
-        depth=FLAGS.depth,
-        norm=FLAGS.norm,
-        activation=FLAGS.activation,
-        pooling=FLAGS.pooling,
-        init=FLAGS.net_init,
-        conv_impl=FLAGS.conv_impl,
-    )
+    return config_from_flags(models.ModelConfig, MODEL_FLAGS)
 
 
 class _DropLibraryInfo:
@@ -345,23 +351,29 @@ def fail(message: str):
     sys.exit(2)
 
 
-def flag_message(message: str, renames: dict | None = None) -> str:
-    """A library message that starts with a setting's name, as the flag's: 'lr_img must be > 0' ->
-    '--lr_img must be > 0'; ``renames`` maps setting names to flags (hidden -> attack_hidden)."""
-    match = re.match(r"([a-z][a-z0-9_]*)(?=[ =])", message)
-    if not match:
-        return message
-    name = (renames or {}).get(match[1], match[1])
-    return f"--{name}{message[match.end() :]}" if name in FLAGS else message
+def flag_error(flag: str, detail: str) -> errors.ConfigError:
+    """A launcher's own check of its flag ``--flag``: the ConfigError reading '--flag <detail>'."""
+    return errors.ConfigError(flag, detail, flag=flag)
+
+
+def flag_for(setting: str | None, renames: dict | None = None) -> str | None:
+    """The flag of a config field: ``renames[setting]`` (hidden -> attack_hidden), else the flag of the same name;
+    None when there is no such flag (a setting no launcher flag sets, such as TrainConfig.momentum)."""
+    flag = (renames or {}).get(setting, setting)
+    return flag if flag is not None and flag in FLAGS else None
 
 
 @contextlib.contextmanager
 def naming_flags(**renames):
-    """ValueErrors raised inside (config checks, data-fit checks) name the flag (`flag_message`)."""
+    """ConfigErrors raised inside (config checks, data-fit checks) name their setting's flag (`flag_for`) in place
+    of the field: the error carries the field, so nothing parses its message."""
     try:
         yield
-    except ValueError as e:
-        raise ValueError(flag_message(str(e), renames)) from None
+    except errors.ConfigError as e:
+        flag = flag_for(e.setting, renames)
+        if flag is None:
+            raise
+        raise e.named(flag) from None
 
 
 def parse_flags(argv):
@@ -373,26 +385,25 @@ def parse_flags(argv):
         fail(f"--flagfile: {message}" if isinstance(e, flags.CantOpenFlagFileError) else message)
 
 
-def run_guarded(fn, *errors):
+def run_guarded(fn, *user_errors):
     """Calls fn(); user-facing errors become `fail`, Ctrl-C becomes `interrupted`, anything else is a real crash.
 
-    User-facing: ``dcjax.errors.UserError`` (data, workdir, export, a full disk), ValueError (config checks) and
-    ``errors``; an OSError whose errno blames the disk or its permissions becomes the same one line.
+    User-facing: ``dcjax.errors.UserError`` (config, data, workdir, export, a full disk) and ``user_errors``; an
+    OSError whose errno blames the disk or its permissions becomes the same one line. Everything else, a plain
+    ValueError included, is a bug and keeps its traceback.
     """
-    from dcjax import errors as errors_lib
     from dcjax import interrupt
 
-    known = (ValueError, errors_lib.UserError) + errors
     try:
         return fn()
-    except known as e:
+    except (errors.UserError, *user_errors) as e:
         logging.debug("user error", exc_info=True)
         fail(str(e))
     except OSError as e:
-        if not errors_lib.is_environment(e):
+        if not errors.is_environment(e):
             raise
         logging.debug("environment error", exc_info=True)
-        fail(str(errors_lib.write_error(e.filename or "a file", e)))
+        fail(str(errors.write_error(e.filename or "a file", e)))
     except interrupt.Interrupted:
         _exit_now()  # Not sys.exit: interpreter shutdown waits on (and can crash in) XLA's threads.
 

@@ -74,14 +74,14 @@ def default_eval_augment(cond) -> str:
 
 
 def run_config():
-    """Frozen configs from flags; ValueError (naming the flag) on bad values."""
+    """Frozen configs from flags; ConfigError (naming the flag) on bad values."""
     from dcjax import train as train_lib
 
     for name in ("num_eval", "eval_epochs", "checkpoint_every"):
         if getattr(FLAGS, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+            raise common.flag_error(name, f"must be >= 1, got {getattr(FLAGS, name)}")
     if FLAGS.eval_every < 0:
-        raise ValueError(f"--eval_every must be >= 0, got {FLAGS.eval_every}")
+        raise common.flag_error("eval_every", f"must be >= 0, got {FLAGS.eval_every}")
     cond = common.condense_config()
     augment = FLAGS.eval_augment or default_eval_augment(cond)
     with common.naming_flags(num_models="num_eval", epochs="eval_epochs"):

@@ -72,14 +72,14 @@ TUNE_TAG = 0x7475  # fold_in tag of the tuning keys: apart from every key the st
 
 
 def _numbers(name: str, kind, low: float) -> list:
-    """Flag ``name``'s list as numbers of ``kind``, each > low (ValueError naming the flag otherwise)."""
+    """Flag ``name``'s list as numbers of ``kind``, each > low (ConfigError naming the flag otherwise)."""
     values = getattr(FLAGS, name)
     try:
         numbers = [kind(v) for v in values]
     except ValueError:
-        raise ValueError(f"--{name} must be a list of {kind.__name__}s, got {values}") from None
+        raise common.flag_error(name, f"must be a list of {kind.__name__}s, got {values}") from None
     if not numbers or not all(low < v < float("inf") for v in numbers) or len(set(numbers)) != len(numbers):
-        raise ValueError(f"--{name} must be a non-empty list of distinct finite values > {low:g}, got {values}")
+        raise common.flag_error(name, f"must be a non-empty list of distinct finite values > {low:g}, got {values}")
     return numbers
 
 
@@ -87,13 +87,13 @@ def check_flags() -> dict:
     """Every flag's range, before anything is loaded or written; returns the grid's lists."""
     for name in ("target_pool", "attacker_pool", "private_size", "val_size"):
         if getattr(FLAGS, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+            raise common.flag_error(name, f"must be >= 1, got {getattr(FLAGS, name)}")
     if not 0 < FLAGS.dp_delta < 1:
-        raise ValueError(f"--dp_delta must be in (0, 1), got {FLAGS.dp_delta}")
+        raise common.flag_error("dp_delta", f"must be in (0, 1), got {FLAGS.dp_delta}")
     if not FLAGS.dp_clip > 0:
-        raise ValueError(f"--dp_clip must be > 0, got {FLAGS.dp_clip}")
+        raise common.flag_error("dp_clip", f"must be > 0, got {FLAGS.dp_clip}")
     if not FLAGS.workdir:
-        raise ValueError("--workdir must be set")
+        raise common.flag_error("workdir", "must be set")
     return {
         "batch_size": _numbers("batch_sizes", int, 0),
         "epochs": _numbers("dp_epochs", int, 0),
@@ -123,9 +123,9 @@ def tuning_split(train, key) -> tuple:
         dataset=FLAGS.dataset, seed=FLAGS.seed, target_pool=FLAGS.target_pool, attacker_pool=FLAGS.attacker_pool
     )
     if FLAGS.target_pool + FLAGS.attacker_pool + FLAGS.private_size + FLAGS.val_size > len(train.labels):
-        raise ValueError(
-            f"--target_pool + --attacker_pool + --private_size + --val_size exceed the "
-            f"{len(train.labels)} training examples"
+        raise common.flag_error(
+            "target_pool",
+            f"+ --attacker_pool + --private_size + --val_size exceed the {len(train.labels)} training examples",
         )
     split = pools.make_split(study, train.labels, train.num_classes)
     rest = np.setdiff1d(np.arange(len(train.labels)), np.concatenate([split["target"], split["attacker"]]))

@@ -112,7 +112,7 @@ FLAGS = flags.FLAGS
 
 
 def study_config():
-    """Frozen StudyConfig from flags; ValueError (naming the setting) on bad values."""
+    """Frozen StudyConfig from flags; ConfigError (naming the flag) on bad values."""
     import dataclasses
     from dcjax import train as train_lib
     from dcjax.privacy import bank
@@ -146,13 +146,13 @@ def study_config():
 
 
 def _numbers(name: str, kind) -> tuple:
-    """The list flag ``name`` as numbers of ``kind`` (float or int); ValueError naming the flag otherwise (StudyConfig
+    """The list flag ``name`` as numbers of ``kind`` (float or int); ConfigError naming the flag otherwise (StudyConfig
     checks their values and order)."""
     try:
         return tuple(kind(value) for value in FLAGS[name].value)
     except ValueError:
         what = "numbers" if kind is float else "integers"
-        raise ValueError(f"--{name} must be a comma list of {what}, got {','.join(FLAGS[name].value)!r}") from None
+        raise common.flag_error(name, f"must be a comma list of {what}, got {','.join(FLAGS[name].value)!r}") from None
 
 
 def check_fits(config, train, test):
@@ -174,7 +174,7 @@ def _about() -> dict:
     about = {}
     if FLAGS.conclusion:
         if not os.path.isfile(FLAGS.conclusion):
-            raise ValueError(f"--conclusion must name an existing file, got {FLAGS.conclusion!r}")
+            raise common.flag_error("conclusion", f"must name an existing file, got {FLAGS.conclusion!r}")
         with open(FLAGS.conclusion) as f:
             about["conclusion"] = f.read()
     return {

@@ -45,18 +45,18 @@ def _synthetic_set():
     from dcjax import data
 
     if not FLAGS.synthetic:
-        raise ValueError("--synthetic must name a .npz file (from condense.py) for --source=synthetic")
+        raise common.flag_error("synthetic", "must name a .npz file (from condense.py) for --source=synthetic")
     try:
         images, labels = data.load_synthetic_npz(FLAGS.synthetic)  # Shapes, dtypes, finite pixels.
     except data.DataError as e:
-        raise ValueError(f"--synthetic {e}") from None
+        raise data.DataError(f"--synthetic {e}") from None
     shape, num_classes = data.IMAGE_SHAPES.get(FLAGS.dataset), data.NUM_CLASSES.get(FLAGS.dataset)
     if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
+        raise data.DataError(
             f"--synthetic {FLAGS.synthetic}: labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
         )
     if shape is not None and images.shape[1:] != shape:
-        raise ValueError(f"--synthetic images have shape {images.shape[1:]}, {FLAGS.dataset} has {shape}")
+        raise data.DataError(f"--synthetic images have shape {images.shape[1:]}, {FLAGS.dataset} has {shape}")
     return images, labels
 
 
@@ -73,11 +73,11 @@ def _training_set(train, synthetic):
         try:
             idx = data.stratified_subset(key, train.labels, FLAGS.subset_ipc, train.num_classes)
         except data.DataError as e:
-            raise ValueError(f"--subset_ipc={FLAGS.subset_ipc} is too large: {e}") from None
+            raise common.flag_error("subset_ipc", f"={FLAGS.subset_ipc} is too large: {e}") from None
         return train.images[idx], train.labels[idx], {"source": "subset", "indices": np.asarray(idx).tolist()}
     images, labels = synthetic
     if labels.max() >= train.num_classes:
-        raise ValueError(f"--synthetic {FLAGS.synthetic}: labels must be in [0, {train.num_classes})")
+        raise data.DataError(f"--synthetic {FLAGS.synthetic}: labels must be in [0, {train.num_classes})")
     return images, labels, {"source": "synthetic", "path": FLAGS.synthetic}
 
 
@@ -96,7 +96,9 @@ def run():
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
     images, labels, source = _training_set(train, synthetic)
     if images.shape[1:] != train.image_shape:
-        raise ValueError(f"--synthetic images have shape {images.shape[1:]}, {FLAGS.dataset} has {train.image_shape}")
+        raise data.DataError(
+            f"--synthetic images have shape {images.shape[1:]}, {FLAGS.dataset} has {train.image_shape}"
+        )
     fns = models.make_model(model_cfg, train.image_shape, train.num_classes)
     settings = {
         "dataset": FLAGS.dataset,

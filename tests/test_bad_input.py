@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -124,11 +125,13 @@ CONFIG_ROWS = [
     "cls,kwargs,field", CONFIG_ROWS, ids=[f"{c.__name__}-{f}-{list(k.values())[0]}" for c, k, f in CONFIG_ROWS]
 )
 def test_config_rejects_out_of_range_fields_naming_them(cls, kwargs, field):
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         cls(**kwargs)
     message = str(info.value)
-    # Starting with the field's name is what lets a launcher turn it into the flag's name.
+    # The field it carries is what lets a launcher name the flag; the message starts with it.
+    assert info.value.setting == field and info.value.flag is None, (info.value.setting, message)
     assert re.match(rf"{field}\b", message) and "\n" not in message, message
+    assert isinstance(info.value, ValueError)  # Callers that catch ValueError from config checks still do.
 
 
 def test_defaults_and_edge_values_are_still_accepted():
@@ -197,13 +200,42 @@ def test_attack_flags_are_named_in_the_message(overrides, flag):
     assert str(info.value).startswith(flag), str(info.value)
 
 
-def test_flag_message_names_only_real_flags():
-    assert common.flag_message("lr_img must be > 0, got -1") == "--lr_img must be > 0, got -1"
-    assert common.flag_message("ipc=9 exceeds the smallest class (5)") == "--ipc=9 exceeds the smallest class (5)"
-    assert common.flag_message("hidden must be >= 0", {"hidden": "attack_hidden"}) == "--attack_hidden must be >= 0"
-    assert common.flag_message("no_such_setting must be >= 0") == "no_such_setting must be >= 0"
-    assert common.flag_message("--lr must be > 0") == "--lr must be > 0"
-    assert common.flag_message("class 3 has 2 examples") == "class 3 has 2 examples"
+def _named(error: Exception, **renames) -> str:
+    """The message ``error`` leaves `common.naming_flags` with."""
+    with pytest.raises(type(error)) as info:
+        with common.naming_flags(**renames):
+            raise error
+    return str(info.value)
+
+
+def test_config_errors_name_only_real_flags_from_their_field():
+    config_error = errors.ConfigError
+    assert str(config_error("lr_img", "must be > 0, got -1")) == "lr_img must be > 0, got -1"
+    assert _named(config_error("lr_img", "must be > 0, got -1")) == "--lr_img must be > 0, got -1"
+    assert _named(config_error("ipc", "=9 exceeds the smallest class (5)")) == "--ipc=9 exceeds the smallest class (5)"
+    assert _named(config_error("hidden", "must be >= 0"), hidden="attack_hidden") == "--attack_hidden must be >= 0"
+    assert _named(config_error("no_such_setting", "must be >= 0")) == "no_such_setting must be >= 0"
+    assert _named(config_error(None, "class 3 has 2 examples")) == "class 3 has 2 examples"
+    # Named once: an outer context does not rename what an inner one named (or a launcher's own check).
+    assert _named(common.flag_error("lr", "must be > 0"), lr="eval_lr") == "--lr must be > 0"
+    # The field, not the words: a message that starts like a flag but blames no field stays as it is.
+    assert _named(config_error(None, "lr is not used with dp")) == "lr is not used with dp"
+    # Only ConfigErrors: a plain ValueError (a bug) passes through untouched, traceback and all.
+    assert _named(ValueError("lr must be > 0")) == "lr must be > 0"
+    named = pickle.loads(pickle.dumps(errors.ConfigError("ipc", "=9 exceeds", flag="ipc")))  # Crosses processes.
+    assert (named.setting, named.flag, str(named)) == ("ipc", "ipc", "--ipc=9 exceeds")
+
+
+def test_config_from_flags_takes_each_field_from_its_flag():
+    with flagsaver.flagsaver(width=7, net_init="flax", precision="bf16"):
+        config = common.model_config()
+    assert config == models.ModelConfig(width=7, init="flax")  # --precision is condensation's, not the model's.
+    with flagsaver.flagsaver(attack_hidden=-1), pytest.raises(errors.ConfigError) as info:
+        common.config_from_flags(shokri.AttackConfig, {"hidden": "attack_hidden", "lr": None}, steps=3)
+    assert str(info.value).startswith("--attack_hidden must be >= 0"), str(info.value)
+    with flagsaver.flagsaver(lr=-1.0):  # lr=None: the same-named --lr (the models') is not the attack's.
+        built = common.config_from_flags(shokri.AttackConfig, {"lr": None, "hidden": "attack_hidden"}, steps=3)
+    assert built.steps == 3 and built.lr == shokri.AttackConfig().lr and built.hidden == FLAGS.attack_hidden
 
 
 def test_a_missing_flagfile_is_one_error_line(capsys):
@@ -635,8 +667,39 @@ def test_non_finite_pixels_are_refused_by_every_reader_naming_the_image(tmp_path
 
 
 def test_errors_share_one_user_facing_base():
-    for cls in (data.DataError, workdir.WorkdirError, attack_run.ExportError, errors.WriteError):
+    for cls in (
+        data.DataError,
+        workdir.WorkdirError,
+        attack_run.ExportError,
+        errors.WriteError,
+        errors.ConfigError,
+        checkpoint.CheckpointError,
+        condense_run.DivergedError,
+    ):
         assert issubclass(cls, errors.UserError), cls
+
+
+def test_run_guarded_ends_a_user_error_in_one_line_and_status_2(capsys):
+    def bad_setting():
+        study.StudyConfig(dp_delta=2.0)
+
+    with pytest.raises(SystemExit) as info:
+        common.run_guarded(bad_setting)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err == "error: dp_delta must be in (0, 1), got 2.0\n", err
+
+
+def test_run_guarded_lets_a_plain_valueerror_keep_its_traceback(capsys):
+    """A ValueError that is no UserError is a bug: it propagates, with the frame that raised it, and no `error:`."""
+
+    def buggy():
+        np.zeros(3).reshape(2, 2)  # numpy's ValueError: a programming error, not the user's.
+
+    with pytest.raises(ValueError, match="cannot reshape") as info:
+        common.run_guarded(buggy)
+    assert not isinstance(info.value, errors.UserError)
+    assert any(entry.name == "buggy" for entry in info.traceback), info.traceback
+    assert "error:" not in capsys.readouterr().err
 
 
 def _stored_export(tmp_path):

@@ -26,6 +26,7 @@ from dcjax import checkpoint
 from dcjax import condense
 from dcjax.condense import run as condense_run
 from dcjax import data
+from dcjax import errors
 from dcjax import evaluation
 from dcjax import models
 from dcjax import train
@@ -229,7 +230,7 @@ def test_checkpointer_with_no_readable_step_names_it_in_one_line(tmp_path):
     with pytest.raises(checkpoint.CheckpointError) as error:
         ckpt.restore_latest(_tree(0.0))
     message = str(error.value)
-    assert isinstance(error.value, ValueError)  # The launchers turn it into `error: ...`.
+    assert isinstance(error.value, errors.UserError)  # The launchers turn it into `error: ...`.
     assert "\n" not in message and str(tmp_path / "3") in message and "--overwrite" in message
     assert ckpt.latest_step() == 3 and (tmp_path / "3").is_dir()  # Nothing moved.
     ckpt.close()

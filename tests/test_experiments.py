@@ -21,8 +21,11 @@ def _run(args, mock_examples=None, timeout=600):
 
 
 def _error_line(proc):
-    lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    return lines[-1] if lines else proc.stderr
+    """The one `error:` line a rejected run ends with (status 2); a traceback would be a bug, not the user's mistake."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-3000:]
+    return last
 
 
 @pytest.mark.parametrize(

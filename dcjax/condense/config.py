@@ -18,6 +18,7 @@ import optax
 
 from dcjax import data as data_lib
 from dcjax import dsa
+from dcjax import errors
 from dcjax import strategy as strategy_lib
 from dcjax.condense import distances
 from dcjax import models
@@ -56,7 +57,7 @@ def default_loops(ipc: int) -> tuple[int, int]:
     the better of (50, 10) and (20, 25). We pick the nearest tabulated row at or below ipc.
     """
     if ipc < 1:
-        raise ValueError(f"ipc must be >= 1, got {ipc}")
+        raise errors.ConfigError("ipc", f"must be >= 1, got {ipc}")
     return LOOPS_BY_IPC[max(k for k in LOOPS_BY_IPC if k <= ipc)]
 
 
@@ -99,30 +100,30 @@ class CondenseConfig:
             ("precision", models.PRECISIONS),
         ):
             if getattr(self, name) not in options:
-                raise ValueError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
+                raise errors.ConfigError(name, f"must be one of {', '.join(options)}, got {getattr(self, name)!r}")
         dsa.parse_strategy(self.dsa_strategy)  # Fails early on an unknown op.
         if self.ipc < 1:
-            raise ValueError(f"ipc must be >= 1, got {self.ipc}")
+            raise errors.ConfigError("ipc", f"must be >= 1, got {self.ipc}")
         if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+            raise errors.ConfigError("iterations", f"must be >= 0, got {self.iterations}")
         for name, low in (("outer_loop", 1), ("inner_loop", 1), ("microbatch", 0)):  # microbatch 0: off.
             value = getattr(self, name)
             if value is not None and value < low:
-                raise ValueError(f"{name} must be >= {low} or None, got {value}")
+                raise errors.ConfigError(name, f"must be >= {low} or None, got {value}")
         for name in ("batch_real", "batch_train"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise errors.ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("lr_img", "lr_net"):  # Not (0 < lr < inf) also rejects NaN.
             if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
+                raise errors.ConfigError(name, f"must be > 0 and finite, got {getattr(self, name)}")
         if not 0 <= self.momentum_img < 1:
-            raise ValueError(f"momentum_img must be in [0, 1), got {self.momentum_img}")
+            raise errors.ConfigError("momentum_img", f"must be in [0, 1), got {self.momentum_img}")
 
     @classmethod
     def paper(cls, method: str, **changes: Any) -> CondenseConfig:
         """``method``'s paper settings (its ``METHOD_DEFAULTS`` over DC's defaults), then ``changes`` (fields)."""
         if method not in METHOD_DEFAULTS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+            raise errors.ConfigError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
         return cls(method=method, **{**dataclasses.asdict(METHOD_DEFAULTS[method]), **changes})
 
     @property
@@ -152,9 +153,11 @@ def check_batch_real(config: CondenseConfig, index: data_lib.ClassIndex):
     """batch_real (and ipc for real and means init) must fit in the smallest class."""
     smallest = int(jnp.min(index.counts))
     if config.batch_real > smallest:
-        raise ValueError(f"batch_real={config.batch_real} exceeds the smallest class ({smallest} examples)")
+        raise errors.ConfigError("batch_real", f"={config.batch_real} exceeds the smallest class ({smallest} examples)")
     if config.init in ("real", "means") and config.ipc > smallest:
-        raise ValueError(f"ipc={config.ipc} with init={config.init} exceeds the smallest class ({smallest})")
+        raise errors.ConfigError(
+            "ipc", f"={config.ipc} with init={config.init} exceeds the smallest class ({smallest})"
+        )
 
 
 def mean_groups(key: jax.Array, index: data_lib.ClassIndex, ipc: int) -> list[np.ndarray]:
@@ -168,7 +171,7 @@ def mean_groups(key: jax.Array, index: data_lib.ClassIndex, ipc: int) -> list[np
     groups = []
     for c, count in enumerate(counts):
         if count < ipc:
-            raise ValueError(f"ipc={ipc} with init=means exceeds class {c} ({count} examples)")
+            raise errors.ConfigError("ipc", f"={ipc} with init=means exceeds class {c} ({count} examples)")
         order = np.asarray(jax.random.permutation(keys[c], int(count)))
         size = int(count) // ipc
         groups.append(table[c, order[: ipc * size]].reshape(ipc, size))
@@ -217,13 +220,14 @@ def resolve_class_strategy(strategy: str, backend: str | None = None) -> str:
 
 
 def check_network(fns: ModelFns) -> None:
-    """Refuses networks DC cannot match faithfully here (ValueError)."""
+    """Refuses networks DC cannot match faithfully here (ConfigError)."""
     if fns.has_batch_stats:
         # The reference warms BatchNorm statistics on real data then freezes them for
         # matching; we have not implemented that, so refuse rather than silently differ.
-        raise ValueError(
+        raise errors.ConfigError(
+            None,
             "condensation with BatchNorm networks is not supported; use a "
-            "network without batchnorm (e.g. the default instancenorm ConvNet)"
+            "network without batchnorm (e.g. the default instancenorm ConvNet)",
         )
 
 

@@ -22,6 +22,7 @@ from absl import logging
 from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
+from dcjax import errors
 from dcjax import evaluation
 from dcjax import interrupt
 from dcjax import keys as keys_lib
@@ -52,11 +53,11 @@ class RunConfig:
 
     def __post_init__(self):
         if not 0 <= self.seed < 2**32:  # jax.random.key(seed) wraps outside: two seeds, one key.
-            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+            raise errors.ConfigError("seed", f"must be in [0, 2**32), got {self.seed}")
         if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+            raise errors.ConfigError("eval_every", f"must be >= 0, got {self.eval_every}")
         if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+            raise errors.ConfigError("checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
 
     def eval_points(self) -> list[int]:
         """Iterations after which the synthetic set is evaluated (always includes the end)."""
@@ -155,7 +156,7 @@ def _restore(run: _Run, state, resuming: bool):
     return state, step, metrics, evals
 
 
-class DivergedError(ValueError):
+class DivergedError(errors.UserError, ValueError):
     """Condensation reached a non-finite loss or synthetic set; the message says what to do."""
 
 

@@ -81,6 +81,7 @@ import numpy as np
 
 from dcjax import checkpoint
 from dcjax import data as data_lib
+from dcjax import errors
 from dcjax import keys as keys_lib
 from dcjax.privacy import lira, queries
 
@@ -382,8 +383,12 @@ def _from_format1(path: str, fields: dict) -> AttackData:
     return from_logits(**kwargs)
 
 
+class ExportError(errors.UserError, ValueError):
+    """An attack export that is missing a field, truncated or damaged; the one-line message names the file."""
+
+
 def _read_fields(path: str) -> dict[str, np.ndarray]:
-    """Every array of the npz at ``path``; ValueError naming the file (and the field) when unreadable."""
+    """Every array of the npz at ``path``; ExportError naming the file (and the field) when unreadable."""
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"no attack export at {path} (run the attack first, or pass the workdir that holds {EXPORT})"
@@ -391,19 +396,20 @@ def _read_fields(path: str) -> dict[str, np.ndarray]:
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable .npz attack export: {e}") from None
+        raise ExportError(f"{path} is not a readable .npz attack export: {e}") from None
     with z:
         fields = {}
         for name in z.files:
             try:
                 fields[name] = z[name]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-                raise ValueError(f"{path}: field {name!r} is damaged: {e}") from None
+                raise ExportError(f"{path}: field {name!r} is damaged: {e}") from None
     return fields
 
 
 def load(path: str) -> AttackData:
-    """Reads an export (format 2, or format 1 converted in memory); ValueError naming the file."""
+    """Reads an export (format 2, or format 1 converted in memory); ExportError naming the file (and what is
+    wrong: a missing or undecodable field, arrays that disagree), FileNotFoundError if there is none."""
     fields = _read_fields(path)
     try:
         if "version" not in fields and "target_logits" in fields:
@@ -412,9 +418,9 @@ def load(path: str) -> AttackData:
         if version.shape != () or int(version) != VERSION or kind != FORMAT:
             raise ValueError(f"format {kind!r} version {version} is not {FORMAT!r} {VERSION} (a newer dcjax?)")
         return _decode(path, fields)
-    except ValueError as e:
+    except ValueError as e:  # The checks' own ValueErrors: here they blame the file, not the program.
         message = str(e)
-        raise ValueError(message if message.startswith(path) else f"{path}: {message}") from None
+        raise ExportError(message if message.startswith(path) else f"{path}: {message}") from None
 
 
 def reencode(path: str) -> tuple[int, int]:

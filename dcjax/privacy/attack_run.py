@@ -69,7 +69,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from dcjax import checkpoint
 from dcjax import engine
-from dcjax import errors
 from dcjax import interrupt
 from dcjax import keys as keys_lib
 from dcjax import plots
@@ -463,8 +462,7 @@ def _write_outputs(workdir: str, d: attack_data.AttackData, scores: dict, result
     checkpoint.write_json(path(workdir_lib.RESULTS), results)  # Last: marks the run finished.
 
 
-class ExportError(errors.UserError, ValueError):
-    """An attack export that is missing, truncated or damaged; the one-line message names the file."""
+ExportError = attack_data.ExportError  # Defined beside the format it guards; also raised here (read_export).
 
 
 def read_export(path: str) -> attack_data.AttackData:

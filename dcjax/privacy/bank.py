@@ -28,6 +28,7 @@ from absl import logging
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import engine
+from dcjax import errors
 from dcjax import keys as keys_lib
 from dcjax import progress
 from dcjax import snapshots as snapshots_lib
@@ -50,11 +51,11 @@ class Recipe:
 
     def __post_init__(self):
         if self.kind not in RECIPES:
-            raise ValueError(f"unknown recipe {self.kind!r}; expected one of {RECIPES}")
+            raise errors.ConfigError(None, f"unknown recipe {self.kind!r}; expected one of {RECIPES}")
         if self.per_class < 1:
-            raise ValueError(f"per_class must be >= 1, got {self.per_class}")
+            raise errors.ConfigError("per_class", f"must be >= 1, got {self.per_class}")
         if self.kind == "condense" and self.condense is None:
-            raise ValueError("the 'condense' recipe needs a CondenseConfig")
+            raise errors.ConfigError(None, "the 'condense' recipe needs a CondenseConfig")
 
     def per_class_need(self) -> tuple[str, int]:
         """(the setting, examples of each class a private subset must hold) for the recipe; ("", 0): none.
@@ -100,7 +101,7 @@ def _check_keep(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
 def subset_masks(keys: jax.Array, labels: np.ndarray, keep: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:
     """[c, N] bool: for model m, ``per_class`` random IN examples of every class (key keys[m]).
 
-    Raises ValueError when some model has fewer than ``per_class`` IN examples of a class.
+    Raises ConfigError when some model has fewer than ``per_class`` IN examples of a class.
     """
     labels, keep = np.asarray(labels), _check_keep(labels, keep)
     out = np.zeros_like(keep)
@@ -108,9 +109,10 @@ def subset_masks(keys: jax.Array, labels: np.ndarray, keep: np.ndarray, per_clas
         members = np.flatnonzero(keep[m])
         counts = np.bincount(labels[members], minlength=num_classes)
         if counts.min() < per_class:
-            raise ValueError(
+            raise errors.ConfigError(
+                None,
                 f"model {m} has {counts.min()} IN examples of class {counts.argmin()}, "
-                f"fewer than per_class={per_class}; use a larger pool"
+                f"fewer than per_class={per_class}; use a larger pool",
             )
         chosen = data_lib.stratified_subset(keys[m], labels[members], per_class, num_classes)
         out[m, members[chosen]] = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from dcjax import engine
+from dcjax import errors
 from dcjax import train as train_lib
 from dcjax.models import ModelConfig
 from dcjax.privacy import bank, queries, shokri
@@ -45,22 +46,22 @@ class AttackRunConfig:
     def __post_init__(self):
         if self.num_models < 6 or self.num_models % 2:
             # Leave-one-out keeps M/2 - 1 IN and OUT shadows per example; a std needs 2 of each.
-            raise ValueError(
-                f"num_models must be even and >= 6 (LiRA fits per-example Gaussians "
-                f"to the other models), got {self.num_models}"
+            raise errors.ConfigError(
+                "num_models",
+                f"must be even and >= 6 (LiRA fits per-example Gaussians to the other models), got {self.num_models}",
             )
         if not 0 <= self.seed < 2**32:  # jax.random.key(seed) wraps outside: two seeds, one key.
-            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+            raise errors.ConfigError("seed", f"must be in [0, 2**32), got {self.seed}")
         for name in ("target_pool", "num_resamples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise errors.ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         self._check_shokri()
         if self.num_population < 0:
-            raise ValueError(f"num_population must be >= 0, got {self.num_population}")
+            raise errors.ConfigError("num_population", f"must be >= 0, got {self.num_population}")
         if not 0 <= self.num_canaries <= self.target_pool:
-            raise ValueError(f"num_canaries must be in [0, target_pool], got {self.num_canaries}")
+            raise errors.ConfigError("num_canaries", f"must be in [0, target_pool], got {self.num_canaries}")
         if self.models_per_chunk < 0:
-            raise ValueError(f"models_per_chunk must be >= 0, got {self.models_per_chunk}")
+            raise errors.ConfigError("models_per_chunk", f"must be >= 0, got {self.models_per_chunk}")
         queries.query_shifts(self.num_queries)  # Validates num_queries.
         engine.resolve_strategy(self.strategy)
 
@@ -73,17 +74,18 @@ class AttackRunConfig:
         """Shadows on an attacker pool (both >= 1), or Shokri from the bank (both 0, shokri_sample in [2, N])."""
         for name in ("num_shadow", "attacker_pool"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise errors.ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
         if (self.num_shadow == 0) != (self.attacker_pool == 0):
             # Named first: the one set to 0, which is what the other must follow.
             zero, other = ("num_shadow", "attacker_pool") if self.num_shadow == 0 else ("attacker_pool", "num_shadow")
-            raise ValueError(
-                f"{zero}=0 needs {other}=0 (Shokri from the bank, no shadows), got {other}={getattr(self, other)}; "
-                "or both >= 1 (Shokri's shadows on an attacker pool)"
+            raise errors.ConfigError(
+                zero,
+                f"=0 needs {other}=0 (Shokri from the bank, no shadows), got {other}={getattr(self, other)}; "
+                "or both >= 1 (Shokri's shadows on an attacker pool)",
             )
         # Two cross-fit halves need an example each; only bank mode reads shokri_sample.
         if self.shokri_from_bank and not 2 <= self.shokri_sample <= self.target_pool:
-            raise ValueError(
-                f"shokri_sample must be in [2, target_pool={self.target_pool}] with num_shadow=0, "
-                f"got {self.shokri_sample}"
+            raise errors.ConfigError(
+                "shokri_sample",
+                f"must be in [2, target_pool={self.target_pool}] with num_shadow=0, got {self.shokri_sample}",
             )

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from dcjax import data as data_lib
+from dcjax import errors
 from dcjax.privacy import attack_data, canaries, masks
 from dcjax.privacy.config import AttackRunConfig
 
@@ -46,12 +47,13 @@ def make_split(config: AttackRunConfig, labels: np.ndarray, num_classes: int) ->
 
 
 def check_recipe_fits(config: AttackRunConfig, train) -> None:
-    """Fails fast, before anything runs or is written, if some model's private half has too
+    """Fails fast (ConfigError), before anything runs or is written, if some model's private half has too
     few examples of a class for the recipe (subset size, DC real batch or real init)."""
     if config.target_pool + config.attacker_pool > len(train.labels):
-        raise ValueError(
-            f"target_pool + attacker_pool = {config.target_pool + config.attacker_pool} "
-            f"exceeds the {len(train.labels)} training examples"
+        raise errors.ConfigError(
+            "target_pool",
+            f"+ attacker_pool = {config.target_pool + config.attacker_pool} "
+            f"exceeds the {len(train.labels)} training examples",
         )
     split = make_split(config, train.labels, train.num_classes)
     check_attack_classes(config, train.labels[split["attacker"]], split["halves"], train.num_classes)
@@ -68,9 +70,10 @@ def check_recipe_fits(config: AttackRunConfig, train) -> None:
             continue
         smallest = min(np.bincount(labels[k], minlength=train.num_classes).min() for k in keep)
         if smallest < need:
-            raise ValueError(
-                f"{setting}={need} exceeds the smallest class of a model's private half "
-                f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}"
+            raise errors.ConfigError(
+                setting,
+                f"={need} exceeds the smallest class of a model's private half "
+                f"in the {pool} ({smallest} examples); lower {setting} or enlarge {pool}",
             )
 
 
@@ -89,9 +92,10 @@ def check_attack_classes(config: AttackRunConfig, labels: np.ndarray, halves: np
     bad = np.flatnonzero((num_in == 0) | (num_out == 0))
     if bad.size:
         c = int(bad[0])
-        raise ValueError(
-            f"attacker_pool={config.attacker_pool} leaves class {c} with {num_in[c]} IN and {num_out[c]} OUT rows "
-            f"over the {len(member)} Shokri shadows (its attack needs both for every class); enlarge attacker_pool"
+        raise errors.ConfigError(
+            "attacker_pool",
+            f"={config.attacker_pool} leaves class {c} with {num_in[c]} IN and {num_out[c]} OUT rows "
+            f"over the {len(member)} Shokri shadows (its attack needs both for every class); enlarge attacker_pool",
         )
 
 
@@ -118,9 +122,10 @@ def check_shokri_sample(config: AttackRunConfig, target_labels: np.ndarray, num_
     counts = np.bincount(target_labels[shokri_examples(config)], minlength=num_classes)
     if counts.min() < 2:
         c = int(counts.argmin())
-        raise ValueError(
-            f"shokri_sample={config.shokri_sample} draws {counts[c]} examples of class {c} (Shokri from the bank "
-            "needs 2 of every class, one per cross-fit half); enlarge shokri_sample"
+        raise errors.ConfigError(
+            "shokri_sample",
+            f"={config.shokri_sample} draws {counts[c]} examples of class {c} (Shokri from the bank "
+            "needs 2 of every class, one per cross-fit half); enlarge shokri_sample",
         )
 
 
@@ -137,6 +142,6 @@ def model_chunks(config: AttackRunConfig) -> list[list[int]]:
 def population_indices(config: AttackRunConfig, num_test: int) -> np.ndarray:
     """Test-set indices [P] of RMIA's population samples: a key-drawn subset, sorted."""
     if config.num_population > num_test:
-        raise ValueError(f"num_population={config.num_population} exceeds the {num_test} test examples")
+        raise errors.ConfigError("num_population", f"={config.num_population} exceeds the {num_test} test examples")
     perm = np.asarray(jax.random.permutation(attack_data.run_keys(config.seed)["population"], num_test))
     return np.sort(perm[: config.num_population]).astype(np.int64)

@@ -24,10 +24,12 @@ TRAINED_ON = "original"
 
 
 def check_same_split(original: AttackData, other: AttackData) -> None:
-    """ValueError naming what differs, unless both exports learn Shokri from the bank on one seed's split."""
+    """ExportError naming what differs, unless both exports learn Shokri from the bank on one seed's split."""
     for name, d in (("original", original), ("other", other)):
         if not d.shokri_from_bank:
-            raise ValueError(f"the {name} export has no Shokri-from-the-bank inputs (run with num_shadow=0)")
+            raise attack_data.ExportError(
+                f"the {name} export has no Shokri-from-the-bank inputs (run with num_shadow=0)"
+            )
     same = {
         "seed": original.config.get("seed") == other.config.get("seed"),
         "target pool": np.array_equal(original.pool_indices["target"], other.pool_indices["target"]),
@@ -37,7 +39,9 @@ def check_same_split(original: AttackData, other: AttackData) -> None:
     }
     differ = [name for name, equal in same.items() if not equal]
     if differ:
-        raise ValueError(f"the poster's protocol needs rows of one split; the exports differ in: {', '.join(differ)}")
+        raise attack_data.ExportError(
+            f"the poster's protocol needs rows of one split; the exports differ in: {', '.join(differ)}"
+        )
 
 
 def summary(accuracy: np.ndarray, d: AttackData) -> dict:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from dcjax import errors
+
 # (dy, dx) in pixels; the identity comes first so ``make_queries(x, 1)`` is the plain image.
 SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))
 
 
 def query_shifts(num_queries: int) -> tuple[tuple[int, int], ...]:
-    """The first ``num_queries`` (dy, dx) shifts of ``SHIFTS``; raises ValueError outside [1, len(SHIFTS)]."""
+    """The first ``num_queries`` (dy, dx) shifts of ``SHIFTS``; raises ConfigError outside [1, len(SHIFTS)]."""
     if not 1 <= num_queries <= len(SHIFTS):
-        raise ValueError(f"num_queries must be in [1, {len(SHIFTS)}], got {num_queries}")
+        raise errors.ConfigError("num_queries", f"must be in [1, {len(SHIFTS)}], got {num_queries}")
     return SHIFTS[:num_queries]
 
 

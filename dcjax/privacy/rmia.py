@@ -49,6 +49,7 @@ import dataclasses
 
 import numpy as np
 
+from dcjax import errors
 from dcjax.privacy import lira
 
 _TINY = float(np.finfo(np.float64).tiny)
@@ -74,11 +75,11 @@ class RMIAConfig:
 
     def __post_init__(self):
         if not 0.0 <= self.a <= 1.0:
-            raise ValueError(f"a must be in [0, 1], got {self.a}")
+            raise errors.ConfigError("a", f"must be in [0, 1], got {self.a}")
         if not (np.isfinite(self.gamma) and self.gamma > 0):
-            raise ValueError(f"gamma must be finite and > 0, got {self.gamma}")
+            raise errors.ConfigError("gamma", f"must be finite and > 0, got {self.gamma}")
         if not isinstance(self.tie_break, (bool, np.bool_)):  # a JSON string such as "false" would read as True
-            raise ValueError(f"tie_break must be a bool, got {self.tie_break!r}")
+            raise errors.ConfigError("tie_break", f"must be a bool, got {self.tie_break!r}")
 
 
 def true_class_probability(logits, labels, example_axis: int = -2) -> np.ndarray:

@@ -27,6 +27,8 @@ import numpy as np
 import optax
 import scipy.special
 
+from dcjax import errors
+
 FEATURES = ("prob", "logprob")
 # log_softmax is clipped here: below exp(-50) ~ 2e-22 the exact value carries no membership signal, and an
 # unbounded feature (-1e4 for logits of 1e4) would dominate the standardisation statistics.
@@ -53,15 +55,15 @@ class AttackConfig:
 
     def __post_init__(self):
         if self.hidden < 0:
-            raise ValueError(f"hidden must be >= 0, got {self.hidden}")
+            raise errors.ConfigError("hidden", f"must be >= 0, got {self.hidden}")
         if self.features not in FEATURES:
-            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
+            raise errors.ConfigError("features", f"must be one of {FEATURES}, got {self.features!r}")
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise errors.ConfigError("steps", f"must be >= 1, got {self.steps}")
         if not 0 < self.lr < np.inf:  # Also rejects NaN.
-            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
+            raise errors.ConfigError("lr", f"must be > 0 and finite, got {self.lr}")
         if not 0 <= self.weight_decay < np.inf:
-            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+            raise errors.ConfigError("weight_decay", f"must be >= 0 and finite, got {self.weight_decay}")
 
 
 def attack_features(logits, config: AttackConfig) -> jnp.ndarray:

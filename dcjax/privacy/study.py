@@ -51,6 +51,7 @@ from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import dpsgd
+from dcjax import errors
 from dcjax import plots
 from dcjax import snapshots as snapshots_lib
 from dcjax.privacy import study_report
@@ -153,20 +154,20 @@ class StudyConfig:
         valid = ROWS + tuple(noise_rows(self))
         unknown = [r for r in self.rows if r not in valid]
         if unknown or not self.rows or len(set(self.rows)) != len(self.rows):
-            raise ValueError(f"rows must be distinct names from {valid}, got {list(self.rows)}")
+            raise errors.ConfigError("rows", f"must be distinct names from {valid}, got {list(self.rows)}")
         if not 0 < self.dp_delta < 1:
-            raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
+            raise errors.ConfigError("dp_delta", f"must be in (0, 1), got {self.dp_delta}")
         if not 0 < self.dp_clip < math.inf:  # Also rejects NaN.
-            raise ValueError(f"dp_clip must be > 0 and finite, got {self.dp_clip}")
+            raise errors.ConfigError("dp_clip", f"must be > 0 and finite, got {self.dp_clip}")
         if self.dp_lr is not None and not 0 < self.dp_lr < math.inf:
-            raise ValueError(f"dp_lr must be > 0 and finite, got {self.dp_lr}")
+            raise errors.ConfigError("dp_lr", f"must be > 0 and finite, got {self.dp_lr}")
         if self.per_class < 1:
-            raise ValueError(f"per_class must be >= 1, got {self.per_class}")
+            raise errors.ConfigError("per_class", f"must be >= 1, got {self.per_class}")
         for name in ("dp_batch_size", "dp_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise errors.ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.dm_iterations < 1:
-            raise ValueError(f"dm_iterations must be >= 1, got {self.dm_iterations}")
+            raise errors.ConfigError("dm_iterations", f"must be >= 1, got {self.dm_iterations}")
 
 
 def noise_rows(config: StudyConfig) -> dict[str, float]:
@@ -175,18 +176,20 @@ def noise_rows(config: StudyConfig) -> dict[str, float]:
 
 
 def _check_points(config: StudyConfig) -> None:
-    """ValueError (naming the setting) unless the frontier points' settings hold: ladder and dp_checkpoints strictly
+    """ConfigError (naming the setting) unless the frontier points' settings hold: ladder and dp_checkpoints strictly
     increasing values >= 1, dp_noise distinct positive finite values with distinct row names."""
     ladder = list(config.ladder)
     if any(t < 1 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
-        raise ValueError(f"ladder must be positive, strictly increasing iterations, got {ladder}")
+        raise errors.ConfigError("ladder", f"must be positive, strictly increasing iterations, got {ladder}")
     if any(not 0 < noise < math.inf for noise in config.dp_noise):  # Also rejects NaN.
-        raise ValueError(f"dp_noise must hold noise multipliers > 0 and finite, got {list(config.dp_noise)}")
+        raise errors.ConfigError("dp_noise", f"must hold noise multipliers > 0 and finite, got {list(config.dp_noise)}")
     if len(noise_rows(config)) != len(config.dp_noise):
-        raise ValueError(f"dp_noise must hold distinct values (distinct row names), got {list(config.dp_noise)}")
+        raise errors.ConfigError(
+            "dp_noise", f"must hold distinct values (distinct row names), got {list(config.dp_noise)}"
+        )
     checkpoints = config.dp_checkpoints
     if any(e < 1 for e in checkpoints) or any(a >= b for a, b in zip(checkpoints, checkpoints[1:])):
-        raise ValueError(f"dp_checkpoints must be strictly increasing epochs >= 1, got {list(checkpoints)}")
+        raise errors.ConfigError("dp_checkpoints", f"must be strictly increasing epochs >= 1, got {list(checkpoints)}")
 
 
 def dp_points(config: StudyConfig) -> tuple[int, ...]:
@@ -562,7 +565,7 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
 
 
 def _check_dp_capacity(row: AttackRunConfig, train: data_lib.ArrayDataset) -> None:
-    """ValueError unless the row's B_max covers the largest private set of this split (+1)."""
+    """ConfigError unless the row's B_max covers the largest private set of this split (+1)."""
     split = pools.make_split(row, train.labels, train.num_classes)
     largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max(initial=0)))
     train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
