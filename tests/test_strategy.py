@@ -67,6 +67,18 @@ def test_loop_prediction_is_one_model_after_another(fns):
     chex.assert_trees_all_close(looped[2], single, rtol=1e-6)
 
 
+def test_prediction_runs_forward_only_in_chunks_and_keeps_every_image(fns, monkeypatch):
+    """engine.predict: the network's logits (to float rounding) from the forward-only lowering, in chunks of at most
+    models.forward_chunk images, the last chunk's padding dropped."""
+    monkeypatch.setattr(models, "CPU_FORWARD_CHUNK", 3)  # 10 images: chunks of 3, the last one padded.
+    variables, (images, _) = fns.init(jax.random.key(1)), _pool(10)
+    logits = engine.predict(fns, variables, images, batch_size=1000)
+    chex.assert_shape(logits, (10, K))
+    chex.assert_trees_all_close(logits, fns.apply(variables, images), rtol=1e-5, atol=1e-6)
+    per_image = jnp.concatenate([fns.apply(variables, images[i : i + 1]) for i in range(10)])
+    chex.assert_trees_all_close(logits, per_image, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow  # Three condensations of two models (~15 s).
 def test_a_looped_bank_condenses_the_same_sets_as_a_mapped_one(fns):
     images, labels = _pool()
