@@ -702,3 +702,13 @@ def forward_only(fns: ModelFns, backend: str | None = None) -> ModelFns:
 @functools.lru_cache(maxsize=64)
 def _forward_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> ModelFns:
     return make_model(config, image_shape, num_classes)
+
+
+def lowering(config: ModelConfig, backend: str | None = None) -> dict:
+    """The per-backend lowering choices a run made for ``config`` (recorded in its results): the conv lowering of
+    passes that are differentiated, of forward-only passes, and the forward-only chunk (0: whole batches)."""
+    return {
+        "conv_impl": config.conv_impl,
+        "forward_impl": forward_impl(config, backend),
+        "forward_chunk": forward_chunk(config, backend),
+    }

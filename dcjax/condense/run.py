@@ -24,10 +24,13 @@ from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import errors
 from dcjax import evaluation
+from dcjax import host
+from dcjax import models
 from dcjax import interrupt
 from dcjax import keys as keys_lib
 from dcjax import plots
 from dcjax import progress
+from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.condense import memory
 from dcjax.models import ModelConfig, ModelFns
@@ -255,6 +258,18 @@ def _baseline(run: _Run) -> dict:
     return {"indices": np.asarray(indices).tolist(), **result}
 
 
+def _platform(run: _Run) -> dict:
+    """Where the results' floats come from: backend, devices, commit and CPU (``host.provenance``), and the
+    per-backend lowering choices (``models.lowering`` and the gradient microbatch)."""
+    microbatch = train_lib.resolve_microbatch(run.config.condense.microbatch, run.fns)
+    return {
+        "platform": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "provenance": host.provenance(),
+        "lowering": {**models.lowering(run.config.model), "microbatch": microbatch},
+    }
+
+
 def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> dict:
     """synthetic.npz, figures and results.json (written last: it marks the run finished)."""
     cfg, name = run.config, run.train.name
@@ -292,8 +307,7 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
         "initial_set": evals[0] if cfg.condense.init == "real" else None,
         "random_real_baseline": baseline,
         "median_seconds_per_iteration": float(np.median(seconds)) if seconds else None,
-        "platform": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
+        **_platform(run),
     }
     checkpoint.write_json(run.path(workdir_lib.RESULTS), results)
     return results
