@@ -73,10 +73,11 @@ def _costs(config: RunConfig, num_classes: int) -> tuple[float, float]:
     plan's shares and an ETA before a kind of phase is timed rest on these estimates."""
     c, (outer, inner) = config.condense, config.condense.loops
     synthetic = num_classes * c.ipc
-    if c.method == "dm":  # Real images forward only (~1/3 of a pass), synthetic ones forward and backward.
+    if condense.METHODS[c.method].gradient_matching:
+        # Per outer step: real gradients, second-order synthetic gradients (~3x), the inner loop's training.
+        iteration = float(outer * (num_classes * c.batch_real + 3 * synthetic + inner * min(synthetic, c.batch_train)))
+    else:  # DM: real images forward only (~1/3 of a pass), synthetic ones forward and backward.
         iteration = num_classes * (c.batch_real / 3 + c.ipc)
-    else:  # Per outer step: real gradients, second-order synthetic gradients (~3x), the inner loop's training.
-        iteration = outer * (num_classes * c.batch_real + 3 * synthetic + inner * min(synthetic, c.batch_train))
     evaluation = config.eval.num_models * config.eval.train.epochs * synthetic
     return float(iteration), float(evaluation)
 

@@ -158,8 +158,8 @@ def _iterate(statics: tuple, states, data, keys: jax.Array, span: tuple[int, int
     # A vmapped tick fires once for all c models, a mapped one once per model.
     weight = c if model_strategy == "vmap" else 1
     compiling = progress.first_call((statics, jnp.shape(images), jax.tree.map(jnp.shape, indexes)))
-    unit = "model-iterations" if config.method == "dm" else "model outer steps"
-    with progress.task(label, (stop - start) * condense.iteration_units(config) * c, unit, weight, compiling):
+    method = condense.METHODS[config.method]
+    with progress.task(label, (stop - start) * method.units(config) * c, f"model {method.unit}", weight, compiling):
         for t in range(start, stop):
             step_keys = jax.vmap(lambda k, t=t: keys_lib.item(k, t))(iteration_keys)
             states, metrics = _condense_step(*statics, states, images, indexes, step_keys)
