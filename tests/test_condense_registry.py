@@ -1,7 +1,7 @@
-"""The method registry (``condense.METHODS``).
+"""The method registry (``condense.METHODS``) and the condensation driver (``condense.drive``) shared by runs and banks.
 
-A toy method registered for one test shows that a method is its iteration and its record: configs, the keys, a bank,
-a run, progress and memory estimates all take it without naming it anywhere else.
+A toy method registered for one test shows that a method is its iteration and its record: configs, the driver's
+keys, a bank, a run, progress and memory estimates all take it without naming it anywhere else.
 """
 
 import dataclasses
@@ -14,7 +14,7 @@ import pytest
 
 from dcjax import augment, condense, data, evaluation, models, train
 from dcjax.condense import config as condense_config
-from dcjax.condense import memory
+from dcjax.condense import drive, memory
 from dcjax.condense import run as condense_run
 from dcjax.privacy import bank
 
@@ -75,6 +75,22 @@ def test_evaluation_augmentation_is_dsa_s_for_methods_with_dsa_else_the_small_se
     assert condense.evaluation_augment(digits, "dc") == "dsa_digits"
     assert condense.evaluation_augment(flipping, "none") == "dsa"
     assert condense.evaluation_augment(condense.CondenseConfig.paper("dc"), "none") == "none"
+
+
+def test_segments_cut_a_span_at_the_points_strictly_inside_it():
+    assert drive.segments(0, 10, [0, 3, 3, 10, 12]) == [(0, 3), (3, 10)]
+    assert drive.segments(4, 10, [2, 7]) == [(4, 7), (7, 10)]
+    assert drive.segments(5, 5, [5]) == [] and drive.segments(0, 4, []) == [(0, 4)]
+
+
+def test_a_bank_draws_each_run_s_own_keys():
+    keys = jax.random.split(jax.random.key(3), 3)
+    streams = drive.key_streams(keys)["iterations"]
+    for m in range(3):
+        alone = drive.iteration_key(drive.key_streams(keys[m])["iterations"], 5)
+        expected = jax.random.fold_in(jax.random.fold_in(keys[m], 1), 5)
+        assert jax.random.key_data(drive.iteration_key(streams, 5)[m]).tolist() == jax.random.key_data(alone).tolist()
+        assert jax.random.key_data(alone).tolist() == jax.random.key_data(expected).tolist()
 
 
 @pytest.mark.slow  # Compiles a bank's iteration (~6 s on a shared CPU).

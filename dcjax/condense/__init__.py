@@ -9,18 +9,14 @@ Every method is one jitted iteration ``(SynState, (pool, ClassIndex), key) -> (S
 (``make_iteration_fn``), so runs, checkpoints, outputs and the privacy bank treat them alike.
 
 The package: ``config`` (settings, state, the initial set, the ``Method`` record), ``distances`` (between gradient
-pytrees), ``gradient_matching``, ``distribution_matching``, ``methods`` (the records) and ``run`` (a resumable
+pytrees), ``gradient_matching``, ``distribution_matching``, ``methods`` (the records), ``drive`` (the condensation
+driver: iteration functions, keys and the loop, of one run and of a bank of runs) and ``run`` (a resumable
 condensation in a workdir; imported as ``dcjax.condense.run``, not re-exported, since it builds on evaluation and
 memory, which build on this).
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
-
-from dcjax import models, progress
 from dcjax.condense import distances, methods
 from dcjax.condense.config import (
     CLASS_STRATEGIES,
@@ -44,8 +40,8 @@ from dcjax.condense.config import (
     synthetic_labels,
 )
 from dcjax.condense.distribution_matching import dm_iteration
+from dcjax.condense.drive import condense_iteration, make_iteration_fn
 from dcjax.condense.gradient_matching import dc_iteration, matching_loss
-from dcjax.models import ModelFns
 
 __all__ = [
     "CLASS_STRATEGIES",
@@ -75,29 +71,3 @@ __all__ = [
     "resolve_class_strategy",
     "synthetic_labels",
 ]
-
-
-def condense_iteration(
-    fns: ModelFns, config: CondenseConfig, strategy: str, state: SynState, real_data, key: jax.Array
-):
-    """One iteration of ``config.method``: (state, (pool, ClassIndex), key) -> (state, metrics).
-
-    The method's ``Method.iteration``. Pure; strategy is a resolved class strategy.
-    """
-    fns = models.with_precision(fns, config.precision)  # The same parameters, its matmuls at config.precision.
-    return METHODS[config.method].iteration(fns, config, strategy, state, real_data, key)
-
-
-def make_iteration_fn(fns: ModelFns, config: CondenseConfig, strategy: str = "auto"):
-    """jit(condense_iteration) with static settings closed over and the state donated.
-
-    Returns f(state, (pool, index), key) -> (state, metrics), ready when it returns: each call
-    is a ``progress.task`` (the first logs that it compiles; a long iteration logs its outer
-    steps and an ETA). ``f.lower`` is the jitted function's. The pool is an argument, not a
-    closed-over constant, so XLA does not embed 60k images in the executable.
-    """
-    check_network(fns)
-    strategy = resolve_class_strategy(strategy if strategy != "auto" else config.class_strategy)
-    step = functools.partial(condense_iteration, fns, config, strategy)
-    unit = METHODS[config.method].unit
-    return progress.Reporting(jax.jit(step, donate_argnums=(0,)), describe(fns, config), iteration_units(config), unit)
