@@ -114,11 +114,12 @@ FLAGS = flags.FLAGS
 def study_config():
     """Frozen StudyConfig from flags; ConfigError (naming the flag) on bad values."""
     import dataclasses
+    from dcjax import augment as augment_lib
     from dcjax import train as train_lib
     from dcjax.privacy import bank
 
     original = common.train_config(small_set=False)
-    small_augment = FLAGS.small_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
+    small_augment = FLAGS.small_augment or augment_lib.small_set_augment(FLAGS.dataset)
     with common.naming_flags(epochs="small_epochs", batch_size="small_batch_size"):
         small = dataclasses.replace(
             original, epochs=FLAGS.small_epochs, batch_size=FLAGS.small_batch_size, augment=small_augment

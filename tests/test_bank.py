@@ -9,6 +9,7 @@ import pytest
 
 from dcjax import condense, models, snapshots
 from dcjax import keys as keys_lib
+from dcjax.condense import drive
 from dcjax.privacy import bank
 
 
@@ -59,8 +60,8 @@ def test_ladder_snapshots_resume_to_the_straight_run_bitwise(tmp_path, monkeypat
     fns, pool, keep, keys = _condense_inputs()
     config = condense.CondenseConfig(ipc=1, iterations=4, batch_real=2, outer_loop=2, inner_loop=1, init="noise")
     steps = []
-    real_step = bank._condense_step
-    monkeypatch.setattr(bank, "_condense_step", lambda *a: steps.append(1) or real_step(*a))
+    real_step = drive.models_iteration
+    monkeypatch.setattr(drive, "models_iteration", lambda *a: steps.append(1) or real_step(*a))
     shared = snapshots.Snapshots(str(tmp_path / "snap"), save_at=(2, 4), identity="row", models=(3, 7))
 
     def run(iterations, cache=None):

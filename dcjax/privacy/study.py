@@ -46,7 +46,6 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-from dcjax import augment as augment_lib
 from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
@@ -69,7 +68,7 @@ METHOD_ROWS = ("dsa_real", "dm_real")
 INIT_ROWS = ("dm_noise", "dc_means", "dm_means")
 # The DM paper's iteration count (the study's default for dm_real unless --dm_iterations says otherwise). Read
 # here, at import, because the config field `condense` shadows the module inside functions.
-_DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"].iterations
+_DM_PAPER_ITERATIONS = condense.METHODS["dm"].defaults.iterations
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
 ROWS = DEFAULT_ROWS + METHOD_ROWS + INIT_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
 _DP = (
@@ -326,25 +325,21 @@ def _subset(config: StudyConfig, name: str, dp: dict | None):
     return bank.Recipe("subset", per_class=config.per_class), config.train_small
 
 
-def _dc(config: StudyConfig, name: str, dp: dict | None):
-    """dc_<init>: the study's condensation settings as DC from that init."""
-    dc = dataclasses.replace(config.condense, method="dc", init=name.split("_")[1])
-    return bank.Recipe("condense", condense=dc), config.train_small
+def _condensed(config: StudyConfig, name: str, dp: dict | None):
+    """<method>_<init> (dc_noise, dsa_real, dm_means, ...): the study's condensation settings with that method and
+    init (a method with its ``own_schedule``, DM: ``dm_iterations`` at its paper lr_img), trained on the small-set
+    recipe with the method's evaluation augmentation (``condense.evaluation_augment``).
 
-
-def _other_method(config: StudyConfig, name: str, dp: dict | None):
-    """<method>_<init> (dsa_real, dm_real, dm_noise, dm_means): the study's condensation settings with that method
-    and init (DM: ``dm_iterations`` and DM's lr_img); trained with DSA.
-
-    The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so these rows do too.
+    The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so their rows train
+    with it; DC's train with ``train_small``'s.
     """
     method, init = name.split("_")
     changes: dict[str, Any] = {"method": method, "init": init}
-    if method == "dm":
-        changes.update(iterations=config.dm_iterations, lr_img=condense.METHOD_DEFAULTS["dm"].lr_img)
-    recipe = bank.Recipe("condense", condense=dataclasses.replace(config.condense, **changes))
-    augment = augment_lib.dsa_augment_name(config.condense.dsa_strategy)
-    return recipe, dataclasses.replace(config.train_small, augment=augment)
+    if condense.METHODS[method].own_schedule:
+        changes.update(iterations=config.dm_iterations, lr_img=condense.METHODS[method].defaults.lr_img)
+    settings = dataclasses.replace(config.condense, **changes)
+    augment = condense.evaluation_augment(settings, config.train_small.augment)
+    return bank.Recipe("condense", condense=settings), dataclasses.replace(config.train_small, augment=augment)
 
 
 def _dp_config(dp: dict) -> dpsgd.DPConfig:
@@ -367,10 +362,7 @@ def _dpsgd(config: StudyConfig, name: str, dp: dict | None):
 _ROW_RECIPES = {
     "original": _original,
     "subset": _subset,
-    "dc_noise": _dc,
-    "dc_real": _dc,
-    "dc_means": _dc,
-    **{name: _other_method for name in METHOD_ROWS + ("dm_noise", "dm_means")},
+    **{name: _condensed for name in ("dc_noise", "dc_real", "dc_means") + METHOD_ROWS + ("dm_noise", "dm_means")},
     **{name: _dpsgd for name in DP_EPSILONS},
 }
 
