@@ -81,14 +81,12 @@ from dcjax.privacy import assess, attack_data, attacks, bank, nearest, pools, qu
 from dcjax.privacy import memory
 from dcjax.privacy import rmia as rmia_lib
 from dcjax.privacy.config import AttackRunConfig
-from dcjax.privacy import tables
+from dcjax.privacy import results_schema, tables
 
 SPLIT = "split.npz"
 MODELS_DIR = "models"
 MOVEMENT_SAMPLE = 500  # Private images per model whose nearest other private image sets the natural distance.
-# 2: example-level bootstrap, natural headline slice, strongest attack, RMIA, audits.
-# 3: the cross-fitted headline (selection-free), two-way intervals, the null test.
-RESULTS_SCHEMA = 3
+RESULTS_SCHEMA = results_schema.RUN_SCHEMA  # The version of results.json (its history: results_schema).
 
 
 def _model_path(workdir: str, i: int) -> str:
@@ -453,13 +451,18 @@ def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
 
 def _write_outputs(workdir: str, d: attack_data.AttackData, scores: dict, results: dict) -> None:
     path = functools.partial(workdir_lib.path, workdir)
+    results_schema.check_run(results, path(workdir_lib.RESULTS))  # Before any output: errors name the file.
     attack_data.save_trials(path(attack_data.TRIALS), scores, d)
     curves = {name: (np.asarray(r["fpr"]), np.asarray(r["tpr"])) for name, r in results["roc"].items()}
     title = f"{d.recipe_kind} recipe: {d.num_models} targets x {d.keep.shape[1]} examples (natural examples)"
     plots.roc_figure(path("roc.png"), curves, title)
-    command = f"python experiments/attack.py --report_only --workdir={workdir}"
-    checkpoint.atomic_write_bytes(path("RESULTS.md"), tables.run_document(results, command).encode())
+    checkpoint.atomic_write_bytes(path("RESULTS.md"), tables.run_document(results, report_command(workdir)).encode())
     checkpoint.write_json(path(workdir_lib.RESULTS), results)  # Last: marks the run finished.
+
+
+def report_command(workdir: str) -> str:
+    """The command that regenerates a run's results and RESULTS.md from its export (``report_only``)."""
+    return f"python experiments/attack.py --report_only --workdir={workdir}"
 
 
 ExportError = attack_data.ExportError  # Defined beside the format it guards; also raised here (read_export).

@@ -41,6 +41,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -57,7 +58,7 @@ from dcjax.privacy import study_report
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelFns
-from dcjax.privacy import accounting, attack_data, attack_run, bank, pools, poster
+from dcjax.privacy import accounting, attack_data, attack_run, bank, pools, poster, results_schema
 from dcjax.privacy import memory
 from dcjax.privacy.config import AttackRunConfig
 
@@ -522,12 +523,42 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
     return attack_run.run_attack(row, fns, train, test, row_dir, snapshots=_snapshots(plan, workdir))
 
 
-def _figures(workdir: str, results: dict) -> dict[str, str]:
-    """Writes the study figures; returns {caption: file name relative to the workdir}."""
+class ReleasedSet(NamedTuple):
+    """A row's released synthetic set (target 0's), for its figure."""
+
+    images: np.ndarray  # [S, H, W, C] normalised, as the export holds it
+    dataset: str
+    num_classes: int
+
+
+def released_sets(workdir: str, results: dict) -> dict[str, ReleasedSet]:
+    """{row name: its released synthetic set} of the rows whose export holds one (condensed rows)."""
+    out = {}
+    for row in results["rows"]:
+        export = attack_data.load(workdir_lib.path(workdir_lib.path(workdir, row["name"]), attack_data.EXPORT))
+        if export.synthetic_example.size:
+            out[row["name"]] = ReleasedSet(
+                export.synthetic_example, export.preprocessing["dataset"], export.num_classes
+            )
+    return out
+
+
+def figure_captions(results: dict, released: Iterable[str]) -> dict[str, str]:
+    """{caption: file name relative to the workdir} of the study's figures (``_figures`` writes them), in the
+    document's order; ``released``: the names of the rows with a released synthetic set (``released_sets``)."""
     figures = {
         "Privacy vs accuracy (cross-fitted headline attack, TPR at 0.1% FPR, natural examples)": "privacy_accuracy.png",
         "ROC of each row's headline model attack (natural examples, all targets pooled)": "roc_targets.png",
     }
+    for row in results["rows"]:
+        figures[f"Every attack against the {row['name']} targets"] = f"{row['name']}/roc.png"
+    for name in released:
+        figures[f"Synthetic set released by target 0 ({name})"] = f"synthetic_{name}.png"
+    return figures
+
+
+def _figures(workdir: str, results: dict) -> dict[str, str]:
+    """Writes the study figures; returns {caption: file name relative to the workdir} (``figure_captions``)."""
     study_report.privacy_accuracy_figure(workdir_lib.path(workdir, "privacy_accuracy.png"), results)
     curves = {
         f"{row['name']} ({row['headline']['model']['attack']})": (
@@ -538,22 +569,15 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
         if row.get("roc_headline")
     }
     plots.roc_figure(workdir_lib.path(workdir, "roc_targets.png"), curves, "Headline model attack per row")
-    for row in results["rows"]:
-        figures[f"Every attack against the {row['name']} targets"] = f"{row['name']}/roc.png"
-    for row in results["rows"]:
-        export = attack_data.load(workdir_lib.path(workdir_lib.path(workdir, row["name"]), attack_data.EXPORT))
-        if not export.synthetic_example.size:
-            continue
-        name = f"synthetic_{row['name']}.png"
-        dataset = export.preprocessing["dataset"]
+    released = released_sets(workdir, results)
+    for name, synthetic in released.items():
         plots.image_grid(
-            workdir_lib.path(workdir, name),
-            data_lib.denormalize(export.synthetic_example, dataset),
-            export.num_classes,
-            f"{row['name']}: target 0's synthetic set",
+            workdir_lib.path(workdir, f"synthetic_{name}.png"),
+            data_lib.denormalize(synthetic.images, synthetic.dataset),
+            synthetic.num_classes,
+            f"{name}: target 0's synthetic set",
         )
-        figures[f"Synthetic set released by target 0 ({row['name']})"] = name
-    return figures
+    return figure_captions(results, released)
 
 
 def _check_dp_capacity(row: AttackRunConfig, train: data_lib.ArrayDataset) -> None:
@@ -561,6 +585,18 @@ def _check_dp_capacity(row: AttackRunConfig, train: data_lib.ArrayDataset) -> No
     split = pools.make_split(row, train.labels, train.num_classes)
     largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max(initial=0)))
     train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
+
+
+def _check_feasible(plans: list[RowPlan], fns: ModelFns, data, about: dict) -> None:
+    """Every row's feasibility and the report's header (``results_schema.check_about``): fail before hours of work."""
+    train, test = data
+    for plan in plans:
+        pools.check_recipe_fits(plan.run, train)
+        memory.check_attack_run(plan.run, fns, train, test, what=f"row {plan.name}")
+        if plan.run.train.dp is not None:
+            dpsgd.check_network(fns)
+            _check_dp_capacity(plan.run, train)
+    results_schema.check_about(about)
 
 
 def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dict, overwrite: bool = False) -> dict:
@@ -576,13 +612,7 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
       overwrite: discard whatever the workdir holds.
     """
     plans = [plan for name in config.rows for plan in plan_points(config, name)]
-    train, test = data
-    for plan in plans:  # Every row's feasibility first: fail before hours of work.
-        pools.check_recipe_fits(plan.run, train)
-        memory.check_attack_run(plan.run, fns, train, test, what=f"row {plan.name}")
-        if plan.run.train.dp is not None:
-            dpsgd.check_network(fns)
-            _check_dp_capacity(plan.run, train)
+    _check_feasible(plans, fns, data, about)
     # Each row checks its own settings, so finished rows survive a change to another row's,
     # and rows can be added to a finished study (its finished rows are read back).
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite, parts_checked=True)
@@ -621,6 +651,7 @@ def _with_poster_protocol(workdir: str, results: dict) -> dict:
 
 def write_report(workdir: str, results: dict, conclusion: str = "") -> None:
     """Figures and RESULTS.md (generated tables + the hand-written ``conclusion``) from the results."""
+    results_schema.check_study(results, workdir_lib.path(workdir, workdir_lib.RESULTS))  # Errors name the file.
     figures = _figures(workdir, results)
     study_report.write_results_document(workdir_lib.path(workdir, "RESULTS.md"), results, figures, conclusion)
 
