@@ -76,9 +76,10 @@ flags.DEFINE_integer(
 flags.DEFINE_list(
     "ladder",
     [str(t) for t in study_default("ladder")],
-    "Condensation iterations (comma list, strictly increasing) at which every condensed row is also attacked: "
-    "each becomes one frontier point <row>_it<t> per iteration up to its own count, and that count; the points "
-    "resume from each other's snapshots (<workdir>/<row>_snapshots). Empty: one point per row.",
+    "Condensation iterations (comma list, non-negative, strictly increasing; 0: the initial set) at which every "
+    "condensed row is also attacked: each becomes one frontier point <row>_it<t> per iteration up to its own count, "
+    "and that count; the points resume from each other's snapshots (<workdir>/<row>_snapshots). Empty: one point "
+    "per row.",
 )
 flags.DEFINE_integer("per_class", study_default("per_class"), "Images per class of the 'subset' row.")
 flags.DEFINE_integer(

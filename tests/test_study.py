@@ -360,9 +360,9 @@ def test_a_study_runs_ladder_and_checkpoint_points_in_order_each_on_its_rows_sna
 
 
 def test_a_ladder_expands_each_condensed_row_into_points_that_stop_early():
-    config = dataclasses.replace(study.StudyConfig(), dm_iterations=200, ladder=(5, 50, 500))
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=200, ladder=(0, 5, 50, 500))
     assert config.condense.iterations == 1000
-    for name, own, points in (("dc_real", 1000, (5, 50, 500, 1000)), ("dm_real", 200, (5, 50, 200))):
+    for name, own, points in (("dc_real", 1000, (0, 5, 50, 500, 1000)), ("dm_real", 200, (0, 5, 50, 200))):
         plan = study.plan_row(config, name)
         expanded = study.ladder_points(plan, config.ladder)
         assert [p.name for p in expanded] == [f"{name}_it{t}" for t in points]
@@ -377,9 +377,9 @@ def test_a_ladder_expands_each_condensed_row_into_points_that_stop_early():
     assert study.ladder_points(study.plan_row(config, "dc_real"), ()) == [study.plan_row(config, "dc_real")]
 
 
-@pytest.mark.parametrize("ladder", [(0, 5), (5, 5), (50, 5), (-1,)])
-def test_a_ladder_must_be_positive_and_strictly_increasing(ladder):
-    with pytest.raises(ValueError, match="^ladder must be positive, strictly increasing"):
+@pytest.mark.parametrize("ladder", [(5, 5), (50, 5), (-1,), (0, 0)])
+def test_a_ladder_must_be_non_negative_and_strictly_increasing(ladder):
+    with pytest.raises(ValueError, match="^ladder must be non-negative, strictly increasing"):
         study.StudyConfig(ladder=ladder)
 
 

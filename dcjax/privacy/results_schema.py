@@ -257,6 +257,9 @@ MOVEMENT = Record(
     }
 )
 ROC = Record({"fpr": ListOf(NUM), "tpr": ListOf(NUM)})
+# Where an attack run's export (its floats) was made (``host.provenance``): commit None outside a git checkout.
+PROVENANCE = Record({"commit": Nullable(STR, "not run from a git checkout"), "cpu": STR, "backend": STR})
+_NO_PROVENANCE = "runs made before stop 27 (2026-12-06) did not record it"
 
 # A results row as the tables read it (``tables``; one attack run's results make one, ``tables.run_document``).
 ROW = Record(
@@ -275,6 +278,7 @@ ROW = Record(
         ),
         "row": Optional(STR, "frontier points only (study.plan_points): the row the point is a point of"),
         "iteration": Optional(INT, "ladder points only: the point's condensation iterations"),
+        "provenance": Optional(PROVENANCE, _NO_PROVENANCE),
     }
 )
 # A study's row (``study._row_summary``): the table row plus what the document and figures add.
@@ -311,6 +315,7 @@ RUN = Record(
         "canary_detection": CANARIES,
         "empirical_epsilon": EPSILONS,
         "roc": MapOf(ROC),
+        "provenance": Optional(PROVENANCE, _NO_PROVENANCE),
     }
 )
 TABLE_ROWS = Record({"rows": Rows(ROW)})  # What a table reads: rows only.

@@ -125,7 +125,8 @@ class StudyConfig:
     dm_iterations: iterations of the DM rows (dm_real, dm_noise, dm_means: a DM iteration is far cheaper than a DC
       one; their lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
     ladder: condensation iterations at which each condensed row is also attacked (``ladder_points``):
-      positive, strictly increasing; empty (the default): one point per row.
+      non-negative, strictly increasing (0: the row's initial set, attacked as its own point, so a row's gain over
+      its init is measured on the same keys); empty (the default): one point per row.
     dp_noise: noise multipliers of the fixed-noise DP-SGD rows, row ``dpsgd_sigma<value>`` each
       (``noise_rows``; a row is valid only when its value is here).
     dp_checkpoints: expected epochs at which a fixed-noise row's one run is attacked, strictly
@@ -177,10 +178,11 @@ def noise_rows(config: StudyConfig) -> dict[str, float]:
 
 def _check_points(config: StudyConfig) -> None:
     """ConfigError (naming the setting) unless the frontier points' settings hold: ladder and dp_checkpoints strictly
-    increasing values >= 1, dp_noise distinct positive finite values with distinct row names."""
+    increasing (ladder >= 0, its 0 the row's initial set; dp_checkpoints >= 1), dp_noise distinct positive finite
+    values with distinct row names."""
     ladder = list(config.ladder)
-    if any(t < 1 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
-        raise errors.ConfigError("ladder", f"must be positive, strictly increasing iterations, got {ladder}")
+    if any(t < 0 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise errors.ConfigError("ladder", f"must be non-negative, strictly increasing iterations, got {ladder}")
     if any(not 0 < noise < math.inf for noise in config.dp_noise):  # Also rejects NaN.
         raise errors.ConfigError("dp_noise", f"must hold noise multipliers > 0 and finite, got {list(config.dp_noise)}")
     if len(noise_rows(config)) != len(config.dp_noise):
@@ -492,6 +494,7 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict) ->
         ),
         "wall_seconds": results["wall_seconds"],
         **({"movement": results["movement"]} if results.get("movement") else {}),
+        **({"provenance": results["provenance"]} if results.get("provenance") else {}),
     }
 
 
