@@ -90,7 +90,7 @@ EXCEPTIONS = {
         for launcher in ("condense", "attack", "privacy_study")
     },
     **{
-        (launcher, "augment"): "None: 'dc' for small MNIST training sets, else 'none' (common.train_config)"
+        (launcher, "augment"): "None: 'dc' for small MNIST training sets, else 'none' (configs.train_config)"
         for launcher in ("train", "attack", "privacy_study")
     },
     ("condense", "eval_augment"): "None: per --method and --dataset (condense.default_eval_augment)",
@@ -169,7 +169,7 @@ def test_every_flag_that_sets_a_field_has_its_default(launcher):
             assert value != default, f"{launcher} --{flag} now equals {cls}.{field}: drop its EXCEPTIONS entry"
         elif value != default:
             wrong.append(f"{launcher} --{flag}={value!r}, {cls}.{field}={default!r}")
-    assert not wrong, "defaults stated twice and now apart (take them with common.field_default): " + "; ".join(wrong)
+    assert not wrong, "defaults stated twice and now apart (take them with configs.field_default): " + "; ".join(wrong)
     listed = {flag for name, flag in EXCEPTIONS if name == launcher}
     assert listed == excepted, f"EXCEPTIONS entries that map to no field of {launcher}: {sorted(listed - excepted)}"
 
@@ -183,24 +183,24 @@ def test_every_enum_flag_has_its_settings_choices(launcher):
 
 
 def test_each_launcher_loads_its_flags_alone():
-    """A launcher's FlagValues holds its flags and common.py's only, and none of them leaks onto the global FLAGS."""
+    """A launcher's FlagValues holds its flags and configs.py's only, and none of them leaks onto the global FLAGS."""
     for launcher in LAUNCHERS:
-        assert set(launcher_flags(launcher).flags_by_module_dict()) == {f"_flags_{launcher}", "common"}
+        assert set(launcher_flags(launcher).flags_by_module_dict()) == {f"_flags_{launcher}", "configs"}
     assert not [module for module in flags.FLAGS.flags_by_module_dict() if module.startswith("_flags_")]
 
 
 def test_field_default_reads_defaults_and_factories_and_refuses_unknown_fields(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "experiments"))
-    import common
+    import configs
 
     @dataclasses.dataclass
     class Config:
         size: int = 3
         names: list = dataclasses.field(default_factory=lambda: ["a"])
 
-    assert common.field_default(Config, "size") == 3 and common.field_default(Config, "names") == ["a"]
-    assert common.field_default(models.ModelConfig, "width") == models.ModelConfig().width
+    assert configs.field_default(Config, "size") == 3 and configs.field_default(Config, "names") == ["a"]
+    assert configs.field_default(models.ModelConfig, "width") == models.ModelConfig().width
     with pytest.raises(AttributeError, match="no field 'sizes'"):
-        common.field_default(Config, "sizes")
+        configs.field_default(Config, "sizes")
     with pytest.raises(AttributeError, match="no default"):
-        common.field_default(dpsgd.DPConfig, "capacity")
+        configs.field_default(dpsgd.DPConfig, "capacity")
