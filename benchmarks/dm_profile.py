@@ -69,7 +69,7 @@ def _setup():
 def _parts(fns, cfg, strategy: str, variables, batches):
     """{part name: (function, its arguments)}: the real and synthetic halves of the iteration, jittable alone."""
     import jax
-    from dcjax import dsa
+    from dcjax import dsa, models
     from dcjax.condense import distances
     from dcjax.condense import distribution_matching as dm
 
@@ -82,8 +82,8 @@ def _parts(fns, cfg, strategy: str, variables, batches):
     def real_dsa(r, k):
         return dsa.dsa_augment(k, r, cfg.dsa_strategy, dsa.SIAMESE)
 
-    def real_part(r, k):
-        return jax.numpy.sum(dm.mean_embedding(fns, variables, real_dsa(r, k), chunk))
+    def real_part(r, k):  # As the iteration embeds the real images: the forward-only lowering.
+        return jax.numpy.sum(dm.mean_embedding(models.forward_only(fns), variables, real_dsa(r, k), chunk))
 
     def syn_loss(s, k):
         return jax.numpy.sum(dm.mean_embedding(fns, variables, dsa.dsa_augment(k, s, cfg.dsa_strategy, dsa.SIAMESE)))

@@ -46,7 +46,8 @@ def _condense_config(recipe: str, precision: str):
 
     method = ITERATIONS[recipe]
     extra = {"precision": precision} if precision != "fp32" else {}  # Older checkouts have no such field.
-    defaults = condense.METHOD_DEFAULTS[method["method"]]
+    older = getattr(condense, "METHOD_DEFAULTS", None)  # Older checkouts: a table of defaults, not the records.
+    defaults = older[method["method"]] if older is not None else condense.METHODS[method["method"]].defaults
     lr_img = defaults["lr_img"] if isinstance(defaults, dict) else defaults.lr_img  # A dict in older checkouts.
     return condense.CondenseConfig(
         ipc=TIER["ipc"], batch_real=TIER["batch_real"], init="real", lr_img=lr_img, **method, **extra

@@ -1,7 +1,8 @@
 r"""The poster tier's parts, each timed in fresh processes, before and after, and the tier's whole cost predicted.
 
 Parts (MNIST shapes [28, 28, 1], K = 10 classes, ConvNet width 32, depth 3, instancenorm, avgpool, im2col, fp32:
-the CPU tier's network, experiments/flags/privacy_study_cpu.cfg), each on real-shaped N(0, 1) data:
+the CPU tier's network, experiments/flags/privacy_study_cpu.cfg; since issue 26 its forward-only passes, scoring and
+DM's real embeddings, run in ``models.forward_only``'s lowering), each on real-shaped N(0, 1) data:
   dc           one DC iteration (``condense.make_iteration_fn``): ipc 10, outer 10, inner 10, batch_real 128 per
                class, real init, from a pool of 30,000 images (a pipeline's private half, 3,000 per class);
   dsa          the same with DSA (DC's loops plus the Siamese augmentation);

@@ -207,6 +207,15 @@ def dsa_augment_name(strategy: str) -> str:
     return "dsa" if "flip" in dsa.parse_strategy(strategy) else "dsa_digits"
 
 
+def small_set_augment(dataset: str) -> str:
+    """The default augmentation of a small training set (a per-class subset, a synthetic set) on ``dataset``.
+
+    'dc' on MNIST, as the reference trains and evaluates DC's MNIST sets; 'none' elsewhere. Methods that match
+    through DSA evaluate with DSA's instead (``condense.evaluation_augment``).
+    """
+    return "dc" if dataset == "mnist" else "none"
+
+
 def get_augment(name: str) -> Augment:
     """The augmentation called ``name``: one of `AUGMENTATIONS` ("none", "dc", "dsa", "dsa_digits")."""
     try:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dcjax import chunks
+from dcjax import models
 from dcjax import progress
 from dcjax import strategy as strategy_lib
 from dcjax import train as train_lib
@@ -223,9 +224,16 @@ def _training_task(plan: _Plan, num_models: int, mesh: Mesh | None, shapes):
 
 
 def predict(fns: ModelFns, variables, images: jax.Array, batch_size: int = 1000) -> jax.Array:
-    """Eval-mode logits of one model, in batches. images: [N,H,W,C] -> logits [N, K]."""
-    batches, _ = chunks.pad_to_chunks(images, min(batch_size, images.shape[0]))
-    logits = jax.lax.map(lambda x: fns.apply(variables, x), batches)
+    """Eval-mode logits of one model, in batches. images: [N,H,W,C] -> logits [N, K].
+
+    No gradient flows through a prediction, so it runs in the network's forward-only lowering
+    (``models.forward_only``) and, on CPU, in chunks of at most ``models.forward_chunk`` images.
+    """
+    chunk = models.forward_chunk(fns.config)
+    batch = min(batch_size, images.shape[0], chunk or batch_size)
+    forward = models.forward_only(fns)
+    batches, _ = chunks.pad_to_chunks(images, batch)
+    logits = jax.lax.map(lambda x: forward.apply(variables, x), batches)
     return logits.reshape((-1, logits.shape[-1]))[: images.shape[0]]
 
 

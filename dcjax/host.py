@@ -32,3 +32,39 @@ def cpu(cpuinfo: str = "/proc/cpuinfo") -> Cpu:
         first = f.read().split("\n\n")[0].splitlines()
     info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first if ":" in line)}
     return Cpu(info.get("model name", fallback), frozenset(info.get("flags", "").split()))
+
+
+def commit(path: str | None = None) -> str | None:
+    """The git commit of the checkout holding ``path`` (default: this package), with "+changes" when dcjax/ differs
+    from it; None outside a git checkout (an installed wheel) or without git."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path or __file__)))
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return None
+    return head + ("+changes" if git("status", "--porcelain", "--", "dcjax") else "")
+
+
+def provenance() -> dict:
+    """Where a result came from: {"commit", "cpu" (model and vector extensions), "cores", "jax", "backend"}: the
+    code and the platform its floats belong to (bitwise reproducibility is promised per platform)."""
+    import jax
+
+    info = cpu()
+    extensions = "+".join(info.extensions(("avx512f", "avx512_bf16", "amx", "avx2", "fma")))
+    return {
+        "commit": commit(),
+        "cpu": f"{info.model} ({extensions or 'no AVX2'})",
+        "cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+    }

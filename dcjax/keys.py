@@ -6,7 +6,8 @@ keeps every earlier stream, and so every earlier result, bitwise. Within a strea
 model i, evaluation at iteration i) is ``fold_in(stream, i)`` (``item``).
 
 The layouts:
-  CONDENSE: one condensation (``dcjax.condense.run``; ``privacy.bank`` runs it per model from the model's key).
+  CONDENSE: one condensation (``dcjax.condense.run``; ``privacy.bank`` runs it per model from the model's key; both
+    through ``condense.drive.key_streams``).
     init: the initial synthetic set; iterations: iteration t gets item(iterations, t); eval: the
     evaluation at iteration t gets item(eval, t); baseline: the random-real baseline's evaluation.
   ATTACK: one attack run (``privacy.attack_run``).

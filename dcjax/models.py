@@ -58,6 +58,9 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "leakyrelu", "swish")
 POOLINGS: tuple[str, ...] = ("avgpool", "maxpool", "none")
 INITS: tuple[str, ...] = ("reference", "flax")
 CONV_IMPLS: tuple[str, ...] = ("im2col", "lax")
+# The lowering of passes no gradient flows through (``forward_only``): never a user setting, because its own
+# gradient is slow.
+FORWARD_IMPL = "forward"
 # Matmul input precision (conv and dense layers): bf16 inputs with fp32 accumulation, or fp32 throughout.
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
@@ -219,7 +222,39 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> j
     return y.reshape(*lead, ho, wo, cout)
 
 
-_CONV_FNS: dict[str, Callable] = {"lax": conv_lax, "im2col": conv_im2col}
+def conv_direct(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """A single-channel convolution as kh*kw shifted multiply-adds. x [..., H, W, 1], kernel (kh, kw, 1, Cout).
+
+    Why: with one input channel the im2col GEMM has a contraction of only kh*kw = 9, so it is bound by writing its
+    patches and output, and lax.conv is no better; this is one elementwise fusion that reads the small input and
+    writes the output once (ConvNet-32's first MNIST layer forward: ~20 ms vs ~60 ms for 2,560 images, see
+    ``forward_only``). Its gradient is slower than im2col's, so only forward-only passes use it.
+    """
+    kh, kw, cin, _ = kernel.shape
+    if cin != 1:
+        raise ValueError(f"conv_direct takes single-channel inputs, got {cin} channels")
+    pad = [(0, 0)] * (x.ndim - 3) + [(padding, padding), (padding, padding), (0, 0)]
+    xp = jnp.pad(x, pad) if padding else x
+    *lead, h, w, _ = xp.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    n = len(lead)
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            end = (*lead, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, 1)
+            shifted = lax.slice(xp, (0,) * n + (i, j, 0), end, (1,) * n + (stride, stride, 1))
+            term = shifted.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)  # [..., H', W', Cout]
+            y = term if y is None else y + term
+    assert y is not None
+    return y
+
+
+def conv_forward(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The forward-only lowering (``FORWARD_IMPL``): ``conv_direct`` for single-channel inputs, else lax.conv."""
+    return (conv_direct if kernel.shape[2] == 1 else conv_lax)(x, kernel, stride, padding)
+
+
+_CONV_FNS: dict[str, Callable] = {"lax": conv_lax, "im2col": conv_im2col, FORWARD_IMPL: conv_forward}
 
 
 class Conv(nn.Module):
@@ -531,7 +566,7 @@ def _validate(config: ModelConfig, image_shape: tuple, num_classes: int) -> None
     _check(config.activation, ACTIVATIONS, "activation")
     _check(config.pooling, POOLINGS, "pooling")
     _check(config.init, INITS, "init")
-    _check(config.conv_impl, CONV_IMPLS, "conv_impl")
+    _check(config.conv_impl, CONV_IMPLS + (FORWARD_IMPL,), "conv_impl")
     _check(config.precision, PRECISIONS, "precision")
     for field in ("width", "depth"):
         value = getattr(config, field)
@@ -624,3 +659,56 @@ def with_precision(fns: ModelFns, precision: str) -> ModelFns:
     if fns.config.precision == precision:
         return fns
     return make_model(dataclasses.replace(fns.config, precision=precision), fns.image_shape, fns.num_classes)
+
+
+def forward_impl(config: ModelConfig, backend: str | None = None) -> str:
+    """The conv lowering of passes no gradient flows through (scoring, evaluation, DM's real embeddings): the one
+    place this per-backend choice is made.
+
+    On XLA:CPU an im2col network's forward runs faster in ``FORWARD_IMPL`` (lax.conv, whose patches stay in cache,
+    fused by XLA with the norm before it; a direct first layer): ConvNet forward on 2,560 MNIST images in chunks of
+    8, 2-core Xeon: width 32 1.8x, width 64 1.9x, width 128 1.2x (docs/SPEED.md). Its gradient is ~9x slower than
+    im2col's, so training keeps ``config.conv_impl``. Elsewhere (GPU/TPU: not measured) nothing changes.
+    """
+    on_cpu = (backend or jax.default_backend()) == "cpu"
+    return FORWARD_IMPL if on_cpu and config.conv_impl == "im2col" else config.conv_impl
+
+
+# Images per forward-only chunk on XLA:CPU: small enough that a chunk's activations stay in cache (a whole batch of
+# 1,000 runs ~4x slower at width 32); 8-40 measured alike (docs/SPEED.md).
+CPU_FORWARD_CHUNK = 32
+
+
+def forward_chunk(config: ModelConfig | None, backend: str | None = None) -> int:
+    """Images per chunk of a forward-only pass (``forward_impl``'s lowering); 0: the whole batch at once."""
+    on_cpu = (backend or jax.default_backend()) == "cpu"
+    return CPU_FORWARD_CHUNK if on_cpu and config is not None and config.conv_impl == "im2col" else 0
+
+
+def forward_only(fns: ModelFns, backend: str | None = None) -> ModelFns:
+    """The same network (same parameter tree and init) in ``forward_impl``'s lowering; never differentiate it.
+
+    Returns ``fns`` itself when the lowering does not change or ``fns`` was not built by ``make_model``; otherwise
+    one cached ModelFns per network, so jitted callers that take it as a static argument compile once.
+    """
+    if fns.config is None or fns.image_shape is None or fns.num_classes is None:
+        return fns
+    impl = forward_impl(fns.config, backend)
+    if impl == fns.config.conv_impl:
+        return fns
+    return _forward_model(dataclasses.replace(fns.config, conv_impl=impl), fns.image_shape, fns.num_classes)
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> ModelFns:
+    return make_model(config, image_shape, num_classes)
+
+
+def lowering(config: ModelConfig, backend: str | None = None) -> dict:
+    """The per-backend lowering choices a run made for ``config`` (recorded in its results): the conv lowering of
+    passes that are differentiated, of forward-only passes, and the forward-only chunk (0: whole batches)."""
+    return {
+        "conv_impl": config.conv_impl,
+        "forward_impl": forward_impl(config, backend),
+        "forward_chunk": forward_chunk(config, backend),
+    }

@@ -106,9 +106,10 @@ def define_train_flags(defaults):
 
 def train_config(small_set: bool):
     """TrainConfig from the training flags; ``small_set`` picks the default augmentation."""
+    from dcjax import augment as augment_lib
     from dcjax import train as train_lib
 
-    augment = FLAGS.augment or ("dc" if small_set and FLAGS.dataset == "mnist" else "none")
+    augment = FLAGS.augment or (augment_lib.small_set_augment(FLAGS.dataset) if small_set else "none")
     with naming_flags():  # TrainConfig checks epochs, batch_size, lr (finite, > 0).
         return train_lib.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr, augment=augment)
 
@@ -123,7 +124,7 @@ def define_condense_flags():
     flags.DEFINE_enum(
         "method",
         default("method"),
-        condense.METHODS,
+        list(condense.METHODS),
         "Condensation: gradient matching (dc), with "
         "Differentiable Siamese Augmentation (dsa), or distribution matching (dm).",
     )
@@ -134,7 +135,7 @@ def define_condense_flags():
         "color_crop_cutout_scale_rotate for digits (mnist, svhn_cropped), else with flip.",
     )
     flags.DEFINE_integer("ipc", default("ipc"), "Synthetic images per class.")
-    # iterations, init, lr_img: None, not CondenseConfig's (DC's): --method's (condense.METHOD_DEFAULTS).
+    # iterations, init, lr_img: None, not CondenseConfig's (DC's): --method's (condense.METHODS[method].defaults).
     flags.DEFINE_integer(
         "iterations", None, "Iterations (fresh network each); default: 1000 for dc and dsa, 20000 for dm."
     )
@@ -171,7 +172,7 @@ def condense_config():
     """CondenseConfig from the condensation flags; unset flags take --method's paper defaults."""
     from dcjax import condense, dsa
 
-    defaults = dataclasses.asdict(condense.METHOD_DEFAULTS[FLAGS.method])
+    defaults = dataclasses.asdict(condense.METHODS[FLAGS.method].defaults)
     chosen = {
         name: default if getattr(FLAGS, name) is None else getattr(FLAGS, name) for name, default in defaults.items()
     }

@@ -66,11 +66,9 @@ FLAGS = flags.FLAGS
 
 def default_eval_augment(cond) -> str:
     """The reference's evaluation augmentation for the method (docs/protocol.md sections 4-5)."""
-    if cond.method in ("dsa", "dm"):
-        from dcjax import augment
+    from dcjax import augment, condense
 
-        return augment.dsa_augment_name(cond.dsa_strategy)
-    return "dc" if FLAGS.dataset == "mnist" else "none"
+    return condense.evaluation_augment(cond, augment.small_set_augment(FLAGS.dataset))
 
 
 def run_config():

@@ -76,9 +76,10 @@ flags.DEFINE_integer(
 flags.DEFINE_list(
     "ladder",
     [str(t) for t in study_default("ladder")],
-    "Condensation iterations (comma list, strictly increasing) at which every condensed row is also attacked: "
-    "each becomes one frontier point <row>_it<t> per iteration up to its own count, and that count; the points "
-    "resume from each other's snapshots (<workdir>/<row>_snapshots). Empty: one point per row.",
+    "Condensation iterations (comma list, non-negative, strictly increasing; 0: the initial set) at which every "
+    "condensed row is also attacked: each becomes one frontier point <row>_it<t> per iteration up to its own count, "
+    "and that count; the points resume from each other's snapshots (<workdir>/<row>_snapshots). Empty: one point "
+    "per row.",
 )
 flags.DEFINE_integer("per_class", study_default("per_class"), "Images per class of the 'subset' row.")
 flags.DEFINE_integer(
@@ -114,11 +115,12 @@ FLAGS = flags.FLAGS
 def study_config():
     """Frozen StudyConfig from flags; ConfigError (naming the flag) on bad values."""
     import dataclasses
+    from dcjax import augment as augment_lib
     from dcjax import train as train_lib
     from dcjax.privacy import bank
 
     original = common.train_config(small_set=False)
-    small_augment = FLAGS.small_augment or ("dc" if FLAGS.dataset == "mnist" else "none")
+    small_augment = FLAGS.small_augment or augment_lib.small_set_augment(FLAGS.dataset)
     with common.naming_flags(epochs="small_epochs", batch_size="small_batch_size"):
         small = dataclasses.replace(
             original, epochs=FLAGS.small_epochs, batch_size=FLAGS.small_batch_size, augment=small_augment

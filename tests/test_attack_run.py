@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from dcjax import condense, data, dpsgd, engine, models, snapshots
+from dcjax import checkpoint, condense, data, dpsgd, engine, host, models, snapshots
 from dcjax import train as train_lib
 from dcjax.privacy import attack_data, attack_run, attacks, bank, lira, shokri
 from dcjax.privacy.config import AttackRunConfig
@@ -339,7 +339,13 @@ def test_a_condensed_run_records_how_far_its_synthetic_images_sit_from_its_priva
     assert movement["median_ratio"] == pytest.approx(
         movement["synthetic_to_nearest_real"]["median"] / movement["real_to_nearest_real"]["median"]
     )
-    assert attack_run.report_only(str(tmp_path / "run"))["movement"] == movement  # Not in the export: carried over.
+    assert results["provenance"] == host.provenance()  # The commit and CPU of the invocation that exported it.
+    # Neither is in the export: both are carried over from the results report_only replaces, not remeasured.
+    recorded = checkpoint.read_json(str(tmp_path / "run" / "results.json"))
+    elsewhere = {**recorded["provenance"], "commit": "0" * 40, "cpu": "another CPU"}
+    checkpoint.write_json(str(tmp_path / "run" / "results.json"), {**recorded, "provenance": elsewhere})
+    rewritten = attack_run.report_only(str(tmp_path / "run"))
+    assert (rewritten["movement"], rewritten["provenance"]) == (movement, elsewhere)
 
 
 @pytest.mark.slow  # Trains a bank of 6 tiny models (~15 s).

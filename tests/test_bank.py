@@ -9,6 +9,7 @@ import pytest
 
 from dcjax import condense, models, snapshots
 from dcjax import keys as keys_lib
+from dcjax.condense import drive
 from dcjax.privacy import bank
 
 
@@ -59,8 +60,8 @@ def test_ladder_snapshots_resume_to_the_straight_run_bitwise(tmp_path, monkeypat
     fns, pool, keep, keys = _condense_inputs()
     config = condense.CondenseConfig(ipc=1, iterations=4, batch_real=2, outer_loop=2, inner_loop=1, init="noise")
     steps = []
-    real_step = bank._condense_step
-    monkeypatch.setattr(bank, "_condense_step", lambda *a: steps.append(1) or real_step(*a))
+    real_step = drive.models_iteration
+    monkeypatch.setattr(drive, "models_iteration", lambda *a: steps.append(1) or real_step(*a))
     shared = snapshots.Snapshots(str(tmp_path / "snap"), save_at=(2, 4), identity="row", models=(3, 7))
 
     def run(iterations, cache=None):
@@ -69,6 +70,9 @@ def test_ladder_snapshots_resume_to_the_straight_run_bitwise(tmp_path, monkeypat
         images, init = bank.condense_models(fns, cfg, keys, pool, keep, snapshots=cache)
         return images, init, len(steps)
 
+    zero = run(0, shared)  # A ladder's iteration 0: the initial sets, nothing run, nothing saved.
+    assert zero[2] == 0 and not os.path.exists(tmp_path / "snap")
+    np.testing.assert_array_equal(zero[0], run(0)[0])
     first, second = run(2, shared), run(4, shared)
     assert (first[2], second[2]) == (2, 2)  # The second point ran only iterations 3 and 4.
     assert sorted(os.listdir(tmp_path / "snap")) == [f"model_{m:03d}_it_{t:05d}.npz" for m in (3, 7) for t in (2, 4)]

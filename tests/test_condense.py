@@ -15,6 +15,7 @@ from dcjax import condense
 from dcjax.condense import run as condense_run
 from dcjax import data
 from dcjax import evaluation
+from dcjax import models
 from dcjax import train
 
 IPC = 2
@@ -177,6 +178,10 @@ def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeyp
     ):
         assert (tmp_path / "b" / name).exists(), name
     assert [e["iteration"] for e in resumed["evals"]] == [0, 2, 4]
+    # Where its floats come from: the commit and CPU, and the per-backend lowering choices it made.
+    assert resumed["provenance"]["cpu"] and resumed["provenance"]["backend"] == jax.default_backend()
+    microbatch = train.resolve_microbatch(config.condense.microbatch, fns)
+    assert resumed["lowering"] == {**models.lowering(config.model), "microbatch": microbatch}
 
 
 @pytest.mark.slow

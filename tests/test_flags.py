@@ -76,7 +76,7 @@ CONFIGS = {
     ],
 }
 
-_BY_METHOD = "None: --method's paper default (condense.METHOD_DEFAULTS), where CondenseConfig has DC's"
+_BY_METHOD = "None: --method's paper default (condense.METHODS[method].defaults), where CondenseConfig has DC's"
 _POOLS = "1000, not 2000: the CPU study tier's pools (privacy_study_cpu.cfg), whose DP rows dp_tune tunes"
 # (launcher, flag) -> why its default is not its field's.
 EXCEPTIONS = {

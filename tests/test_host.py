@@ -1,5 +1,7 @@
 """dcjax.host: the CPU model and vector extensions that benchmark tables and recorded digests name."""
 
+import jax
+
 from dcjax import host
 
 _CPUINFO = """processor\t: 0
@@ -26,3 +28,15 @@ def test_cpu_without_cpuinfo_names_the_platform_and_has_no_flags(tmp_path):
     cpu = host.cpu(str(tmp_path / "missing"))
     assert cpu.model and cpu.flags == frozenset()
     assert cpu.extensions(("avx2",)) == []
+
+
+def test_provenance_names_the_commit_cpu_and_backend():
+    record = host.provenance()
+    assert set(record) == {"commit", "cpu", "cores", "jax", "backend"}
+    # The tests run from a git checkout: the full hash, marked when dcjax/ has uncommitted changes.
+    assert record["commit"] is not None and len(record["commit"].removesuffix("+changes")) == 40
+    assert record["cpu"].startswith(host.cpu().model) and record["backend"] == jax.default_backend()
+
+
+def test_commit_is_none_outside_a_git_checkout(tmp_path):
+    assert host.commit(str(tmp_path / "pkg" / "module.py")) is None

@@ -394,3 +394,38 @@ def test_with_precision_keeps_the_parameters_and_rounds_only_matmul_inputs():
     np.testing.assert_allclose(low, logits, rtol=0.05, atol=0.02)
     with pytest.raises(ValueError, match="precision"):
         make_model(ModelConfig(precision="fp16"), (12, 12, 1), 4)
+
+
+# ------------------------------------------------------------------ forward-only lowering
+
+
+@pytest.mark.parametrize("k,stride,padding,size", [(3, 1, 3, 7), (3, 2, 1, 9), (5, 1, 0, 8)])
+def test_conv_direct_matches_im2col_on_single_channel_inputs(k, stride, padding, size):
+    x, kernel = _images(2, (size, size, 1)), _normal(k, k, 1, 4, seed=1)
+    direct = models.conv_direct(x, kernel, stride, padding)
+    chex.assert_shape(direct, models.conv_im2col(x, kernel, stride, padding).shape)
+    _assert_close_rel(direct, models.conv_im2col(x, kernel, stride, padding), tol=1e-5)
+    with pytest.raises(ValueError, match="single-channel"):
+        models.conv_direct(_images(1, (size, size, 3)), _normal(k, k, 3, 4), stride, padding)
+
+
+def test_forward_lowering_is_chosen_per_backend_and_conv_impl():
+    im2col, lax_net = ModelConfig(), ModelConfig(conv_impl="lax")
+    assert models.forward_impl(im2col, "cpu") == models.FORWARD_IMPL
+    assert models.forward_impl(im2col, "gpu") == "im2col" and models.forward_impl(lax_net, "cpu") == "lax"
+    assert models.forward_chunk(im2col, "cpu") == models.CPU_FORWARD_CHUNK
+    assert models.forward_chunk(im2col, "tpu") == 0 and models.forward_chunk(lax_net, "cpu") == 0
+
+
+def test_forward_only_is_the_same_network_in_another_lowering():
+    """Same parameters, logits and embeddings to float rounding (first layer direct, the rest lax.conv); one
+    cached ModelFns per network so jitted callers compile once; unchanged where the lowering does not change."""
+    fns = _model(width=8, depth=2)
+    fwd = models.forward_only(fns, "cpu")
+    assert fwd.config.conv_impl == models.FORWARD_IMPL and models.forward_only(fns, "cpu") is fwd
+    assert models.forward_only(fns, "gpu") is fns
+    variables, x = fns.init(jax.random.key(0)), _images(5)
+    chex.assert_trees_all_equal_shapes(fwd.init(jax.random.key(0)), variables)
+    _assert_close_rel(fwd.apply(variables, x), fns.apply(variables, x), tol=1e-5)
+    _assert_close_rel(fwd.embed(variables, x), fns.embed(variables, x), tol=1e-5)
+    assert not np.array_equal(fwd.embed(variables, x), fns.embed(variables, x + 1))

@@ -6,7 +6,6 @@ names (run it after regenerating a study); the tests below fail until it has bee
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -14,7 +13,7 @@ import sys
 from pathlib import Path
 
 from dcjax import checkpoint
-from dcjax.privacy import tables
+from dcjax.privacy import results_schema, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -30,8 +29,7 @@ def _expected_block(text: str) -> tuple[re.Match, str]:
     match = BLOCK.search(text)
     if match is None:
         raise ValueError("README.md: no <!-- short-answer:begin FILE --> ... <!-- short-answer:end --> block")
-    with open(ROOT / match.group(2), encoding="utf-8") as f:
-        return match, tables.short_table(json.load(f))
+    return match, tables.short_table(results_schema.read_study(str(ROOT / match.group(2))))  # Errors name the file.
 
 
 def write_short_answer(path: Path = README) -> bool:

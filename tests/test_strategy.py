@@ -11,6 +11,7 @@ from helpers import K
 
 from dcjax import condense
 from dcjax import engine
+from dcjax import models
 from dcjax import strategy
 from dcjax import train
 from dcjax.privacy import bank
@@ -56,6 +57,18 @@ def test_loop_prediction_is_one_model_after_another(fns_d1):
     chex.assert_trees_all_close(looped, mapped, rtol=1e-6)
     single = engine.predict(fns_d1, jax.tree.map(lambda x: x[2], variables), images, 4)
     chex.assert_trees_all_close(looped[2], single, rtol=1e-6)
+
+
+def test_prediction_runs_forward_only_in_chunks_and_keeps_every_image(fns_d1, monkeypatch):
+    """engine.predict: the network's logits (to float rounding) from the forward-only lowering, in chunks of at most
+    models.forward_chunk images, the last chunk's padding dropped."""
+    monkeypatch.setattr(models, "CPU_FORWARD_CHUNK", 3)  # 10 images: chunks of 3, the last one padded.
+    variables, (images, _) = fns_d1.init(jax.random.key(1)), helpers.pool(10)
+    logits = engine.predict(fns_d1, variables, images, batch_size=1000)
+    chex.assert_shape(logits, (10, K))
+    chex.assert_trees_all_close(logits, fns_d1.apply(variables, images), rtol=1e-5, atol=1e-6)
+    per_image = jnp.concatenate([fns_d1.apply(variables, images[i : i + 1]) for i in range(10)])
+    chex.assert_trees_all_close(logits, per_image, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow  # Three condensations of two models (~15 s).

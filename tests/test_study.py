@@ -46,6 +46,9 @@ def test_a_row_finished_with_other_settings_is_not_reused(tmp_path):
     assert study._run_row(study.plan_row(config, "subset"), None, (None, None), str(tmp_path)) == finished
 
 
+ABOUT = {"tier": "test", "command": "pytest", "machine": "this one"}  # The report's header (results_schema.ABOUT).
+
+
 def _cpu_like() -> study.StudyConfig:
     """The CPU tier's DP-relevant settings: pool 1000 (halves of ~500), 40 epochs of batch 64."""
     train = dataclasses.replace(study.StudyConfig().train_original, epochs=40, batch_size=64)
@@ -205,17 +208,17 @@ def test_rows_can_be_added_to_a_finished_study(tmp_path, monkeypatch):
     data = (types.SimpleNamespace(labels=np.arange(3000, dtype=np.int32) % 10, num_classes=10), None)
     fns = types.SimpleNamespace(has_batch_stats=False)
     first = dataclasses.replace(_cpu_like(), rows=("original",))
-    study.run_study(first, fns, data, str(tmp_path), {})
+    study.run_study(first, fns, data, str(tmp_path), ABOUT)
     with pytest.raises(workdir.WorkdirError, match="overwrite"):  # Same study: finished.
-        study.run_study(first, fns, data, str(tmp_path), {})
-    results = study.run_study(_cpu_like(), fns, data, str(tmp_path), {})
+        study.run_study(first, fns, data, str(tmp_path), ABOUT)
+    results = study.run_study(_cpu_like(), fns, data, str(tmp_path), ABOUT)
     assert calls == ["original", "dpsgd_eps1", "dpsgd_eps4", "dpsgd_eps8"]  # original read back.
     assert [r["name"] for r in results["rows"]] == list(_cpu_like().rows)
     assert "dp" not in results["rows"][0] and results["rows"][2]["dp"]["epsilon"] == 4.0
     assert (tmp_path / workdir.PREVIOUS_RESULTS).exists() and (tmp_path / workdir.RESULTS).exists()
     bn = types.SimpleNamespace(has_batch_stats=True)
     with pytest.raises(ValueError, match="BatchNorm"):  # Refused before anything runs.
-        study.run_study(dataclasses.replace(_cpu_like(), dp_clip=2.0), bn, data, str(tmp_path / "bn"), {})
+        study.run_study(dataclasses.replace(_cpu_like(), dp_clip=2.0), bn, data, str(tmp_path / "bn"), ABOUT)
     assert not (tmp_path / "bn").exists()
 
 
@@ -327,7 +330,7 @@ def test_a_study_runs_ladder_and_checkpoint_points_in_order_each_on_its_rows_sna
     condensation = dataclasses.replace(study.StudyConfig().condense, iterations=30, batch_real=32)
     names = ("original", "dc_real", "dpsgd_sigma1.5")
     config = _fixed_noise(rows=names, condense=condensation, ladder=(10, 20))
-    results = study.run_study(config, types.SimpleNamespace(has_batch_stats=False), data, str(tmp_path), {})
+    results = study.run_study(config, types.SimpleNamespace(has_batch_stats=False), data, str(tmp_path), ABOUT)
     ladder = ["dc_real_it10", "dc_real_it20", "dc_real_it30"]
     checkpoints = ["dpsgd_sigma1.5_ep10", "dpsgd_sigma1.5_ep20", "dpsgd_sigma1.5_ep40"]
     assert calls == ["original", *ladder, *checkpoints]
@@ -357,9 +360,9 @@ def test_a_study_runs_ladder_and_checkpoint_points_in_order_each_on_its_rows_sna
 
 
 def test_a_ladder_expands_each_condensed_row_into_points_that_stop_early():
-    config = dataclasses.replace(study.StudyConfig(), dm_iterations=200, ladder=(5, 50, 500))
+    config = dataclasses.replace(study.StudyConfig(), dm_iterations=200, ladder=(0, 5, 50, 500))
     assert config.condense.iterations == 1000
-    for name, own, points in (("dc_real", 1000, (5, 50, 500, 1000)), ("dm_real", 200, (5, 50, 200))):
+    for name, own, points in (("dc_real", 1000, (0, 5, 50, 500, 1000)), ("dm_real", 200, (0, 5, 50, 200))):
         plan = study.plan_row(config, name)
         expanded = study.ladder_points(plan, config.ladder)
         assert [p.name for p in expanded] == [f"{name}_it{t}" for t in points]
@@ -374,9 +377,9 @@ def test_a_ladder_expands_each_condensed_row_into_points_that_stop_early():
     assert study.ladder_points(study.plan_row(config, "dc_real"), ()) == [study.plan_row(config, "dc_real")]
 
 
-@pytest.mark.parametrize("ladder", [(0, 5), (5, 5), (50, 5), (-1,)])
-def test_a_ladder_must_be_positive_and_strictly_increasing(ladder):
-    with pytest.raises(ValueError, match="^ladder must be positive, strictly increasing"):
+@pytest.mark.parametrize("ladder", [(5, 5), (50, 5), (-1,), (0, 0)])
+def test_a_ladder_must_be_non_negative_and_strictly_increasing(ladder):
+    with pytest.raises(ValueError, match="^ladder must be non-negative, strictly increasing"):
         study.StudyConfig(ladder=ladder)
 
 
@@ -404,7 +407,7 @@ def test_ladder_points_run_in_order_with_their_rows_shared_snapshots(tmp_path, m
     attack = dataclasses.replace(_cpu_like().attack, target_pool=1000)
     condensation = dataclasses.replace(study.StudyConfig().condense, iterations=30, batch_real=32)
     config = study.StudyConfig(attack=attack, rows=("original", "dc_real"), condense=condensation, ladder=(10, 20))
-    results = study.run_study(config, fns, data, str(tmp_path), {})
+    results = study.run_study(config, fns, data, str(tmp_path), ABOUT)
     assert calls == ["original", "dc_real_it10", "dc_real_it20", "dc_real_it30"]
     assert [(r["name"], r.get("row"), r.get("iteration")) for r in results["rows"]] == [
         ("original", None, None),
@@ -461,7 +464,7 @@ def test_a_study_learning_shokri_from_the_bank_reports_the_posters_protocol(tmp_
     config = dataclasses.replace(
         _cpu_like(), rows=("original", "subset"), attack=dataclasses.replace(_cpu_like().attack, **bank)
     )
-    results = study.run_study(config, types.SimpleNamespace(has_batch_stats=False), data, str(tmp_path), {})
+    results = study.run_study(config, types.SimpleNamespace(has_batch_stats=False), data, str(tmp_path), ABOUT)
     protocol = results["poster_protocol"]
     assert list(protocol) == ["subset"] and protocol["subset"]["trained_on"] == "original"
     assert protocol["subset"]["mean"] < 0.5 < results["rows"][0]["shokri_accuracy"]["mean"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
+import pytest
 
-from dcjax.privacy import study_report, tables
+from dcjax.privacy import results_schema, study_report, tables
 
 
 def _summary(auc: float, tpr: float, low_fpr_resolvable: bool = True) -> dict:
@@ -41,6 +43,25 @@ def _null(excluded: int) -> dict:
     return {"draws": 20, "excluded": excluded, "allowed": 4, "passed": excluded <= 4}
 
 
+def _row(name: str, description: str, headline: dict, **fields) -> dict:
+    """A complete results row (``results_schema.STUDY_ROW``); unless ``fields`` say otherwise: 90 +- 1 % accurate,
+    no Shokri inputs, no canaries, the headline attacks' own natural summaries and audits, null test 0/20."""
+    picks = [p for p in headline.values() if p]
+    row = {
+        "name": name,
+        "description": description,
+        "utility": {"test_accuracy_mean": 0.9, "test_accuracy_std": 0.01},
+        "shokri_accuracy": None,
+        "natural": {p["attack"]: _summary(0.55, 0.004) for p in picks},
+        "headline": headline,
+        "null_test": _null(0),
+        "canary_detection": {},
+        "empirical_epsilon": {p["attack"]: {"natural": {"epsilon_lower_bound": 0.0}} for p in picks},
+        "roc_headline": {"fpr": [0.001, 1.0], "tpr": [0.002, 1.0]} if headline["model"] else None,
+    }
+    return {**row, **fields}
+
+
 RESULTS = {
     "tier": "cpu",
     "command": "python experiments/privacy_study.py --flagfile=cpu.flags",
@@ -48,15 +69,15 @@ RESULTS = {
     "machine": "2 cores, no accelerator",
     "wall_seconds": 3725.4,
     "rows": [
-        {
-            "name": "original",
-            "description": "all of the target's private data",
-            "utility": {"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002},
-            "shokri_accuracy": {"mean": 0.51, "std": 0.01},
-            "natural": {"loss": _summary(0.512, 0.002), "rmia_online": _summary(0.6, 0.012)},
-            "headline": {"model": _pick("rmia_online", 0.012, np.linspace(0.010, 0.014, 11)), "release": None},
-            "null_test": _null(1),
-            "canary_detection": {
+        _row(
+            "original",
+            "all of the target's private data",
+            {"model": _pick("rmia_online", 0.012, np.linspace(0.010, 0.014, 11)), "release": None},
+            utility={"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002},
+            shokri_accuracy={"mean": 0.51, "std": 0.01},
+            natural={"loss": _summary(0.512, 0.002), "rmia_online": _summary(0.6, 0.012)},
+            null_test=_null(1),
+            canary_detection={
                 "rmia_online": {
                     "detected": 7,
                     "members": 80,
@@ -66,31 +87,28 @@ RESULTS = {
                     "fpr": 0.001,
                 }
             },
-            "empirical_epsilon": {
+            empirical_epsilon={
                 "rmia_online": {"natural": {"epsilon_lower_bound": 0.25}, "canaries": {"epsilon_lower_bound": 0.0}}
             },
-        },
-        {
-            "name": "subset",
-            "description": "a random 10 per class",
-            "utility": {"test_accuracy_mean": 0.9, "test_accuracy_std": 0.01},
-            "natural": {"lira_recipe_online": _summary(0.55, 0.004, low_fpr_resolvable=False)},
-            "headline": {
-                "model": _pick("lira_recipe_online", 0.004, np.linspace(0.002, 0.006, 11), other="loss"),
-                "release": None,
-            },
-            "null_test": _null(6),
-        },
-        {
-            "name": "dc_real",
-            "description": "DC, real init",
-            "utility": {"test_accuracy_mean": 0.93, "test_accuracy_std": 0.01},
-            "natural": {"lira_offline": _summary(0.53, 0.003)},
-            "headline": {
+        ),
+        _row(
+            "subset",
+            "a random 10 per class",
+            {"model": _pick("lira_recipe_online", 0.004, np.linspace(0.002, 0.006, 11), other="loss"), "release": None},
+            natural={"lira_recipe_online": _summary(0.55, 0.004, low_fpr_resolvable=False)},
+            null_test=_null(6),
+        ),
+        _row(
+            "dc_real",
+            "DC, real init",
+            {
                 "model": _pick("lira_offline", 0.003, np.linspace(0.001, 0.005, 11)),
                 "release": _pick("nearest_synthetic", 0.5, np.full(11, 0.5)),
             },
-        },
+            utility={"test_accuracy_mean": 0.93, "test_accuracy_std": 0.01},
+            natural={"lira_offline": _summary(0.53, 0.003)},
+            null_test=_null(1),
+        ),
     ],
 }
 
@@ -132,14 +150,27 @@ def test_the_short_table_keeps_only_target_accuracy_headline_and_null_test():
     full = _cells(tables.markdown_table(RESULTS), 3)
     assert original == ["original", "98.00 +- 0.20", "1.20 [0.60, 1.80]", "1/20 (allowed ≤ 4)"]
     assert subset == [full[0], full[1], full[3], full[7]]
-    assert tables.short_table({"rows": [{"name": "bare"}]}).count("–") == 3
+    bare = _row("bare", "tiny pool", {"model": None, "release": None})  # No headline: its cell alone is a dash.
+    assert _cells(tables.short_table({"rows": [bare]}), 2) == ["bare", "90.00 +- 1.00", "–", "0/20 (allowed ≤ 4)"]
 
 
-def test_tables_survive_bare_rows():
-    table = tables.markdown_table({"rows": [{"name": "bare"}, {"name": "x", "headline": None}]})
-    assert table.count("–") == 2 * (len(tables.COLUMNS) - 1)
-    assert tables.attacks_table({"rows": [{"name": "bare"}]}).count("\n") == 2
-    assert study_report.contrasts_table({"rows": [{"name": "bare"}]}).count("\n") == 2
+def test_a_row_without_headlines_shokri_canaries_or_dp_renders_those_cells_as_dashes():
+    bare = _row("bare", "tiny pool", {"model": None, "release": None}, natural={"loss": {"skipped": "no members"}})
+    cells = _cells(tables.markdown_table({"rows": [bare]}), 2)
+    assert cells == ["bare", "90.00 +- 1.00"] + ["–"] * 5 + ["0/20 (allowed ≤ 4)"] + ["–"] * 5
+    assert _cells(tables.attacks_table({"rows": [bare]}), 2) == ["bare", "loss"] + ["–"] * 4  # A skipped slice.
+    assert study_report.contrasts_table({"rows": [bare, {**bare, "name": "subset"}]}).count("\n") == 2
+
+
+def test_a_row_missing_a_required_field_is_refused_naming_it():
+    for name in ("utility", "null_test", "canary_detection", "headline"):
+        row = {k: v for k, v in RESULTS["rows"][1].items() if k != name}
+        with pytest.raises(results_schema.SchemaError, match=re.escape(f"rows[0] (subset).{name}: missing")):
+            tables.markdown_table({"rows": [row]})
+    with pytest.raises(results_schema.SchemaError, match="rows: missing"):
+        tables.short_table({})
+    with pytest.raises(results_schema.SchemaError, match=re.escape("study results: machine: missing")):
+        study_report.results_document({k: v for k, v in RESULTS.items() if k != "machine"}, {})
 
 
 def test_contrasts_are_paired_differences_adjusted_as_a_family():
@@ -163,7 +194,15 @@ def test_every_attack_table_lists_each_rows_attacks():
     table = tables.attacks_table(RESULTS)
     lines = table.strip().split("\n")[2:]
     assert len(lines) == 4  # 2 + 1 + 1 attacks.
-    assert _cells(table, 2)[:3] == ["original", "loss", "0.512 [0.256, 0.768]"]
+    # In the order a run computes them (RMIA before LOSS), not the row's dict order (results.json sorts its keys).
+    assert _cells(table, 2)[:2] == ["original", "rmia_online"]
+    assert _cells(table, 3)[:3] == ["original", "loss", "0.512 [0.256, 0.768]"]
+    assert tables.in_order({"zeta": 1, "loss": 2, "alpha": 3, "lira_online": 4}) == [
+        ("lira_online", 4),
+        ("loss", 2),
+        ("zeta", 1),  # Names no run computes: last, as given.
+        ("alpha", 3),
+    ]
 
 
 def test_results_document_has_commands_tables_rows_and_figures():
@@ -214,8 +253,8 @@ def test_privacy_accuracy_figure_writes_png(tmp_path):
 
 def test_the_document_sums_the_null_test_over_rows():
     doc = study_report.results_document(RESULTS, {})
-    # Rows: 1 and 6 of 20 exclusions; 7 of 40 is above Binomial(40, 5%)'s 99th percentile (6).
-    assert "Null test over all 2 rows: 7 of 40 headline intervals excluded chance" in doc and "FAILED." in doc
+    # Rows: 1, 6 and 1 of 20 exclusions; 8 of 60 is above Binomial(60, 5%)'s 99th percentile (7).
+    assert "Null test over all 3 rows: 8 of 60 headline intervals excluded chance" in doc and "FAILED." in doc
 
 
 def test_the_posters_protocol_is_a_section_beside_the_posters_numbers_only_when_measured():
@@ -248,8 +287,11 @@ def test_what_the_tier_can_resolve_is_the_paired_se_times_the_power_factor():
     shared = rng.normal(0.01, 0.002, 50)
     a, b = shared + rng.normal(0, 0.001, 50), shared + rng.normal(0.002, 0.001, 50)
     rows = [
-        {**RESULTS["rows"][0], "headline": {"model": _pick("loss", 0.01, a)}},
-        {**RESULTS["rows"][1], "headline": {"model": _pick("loss", 0.012, b)}},
+        _row(name, "", {"model": _pick("loss", tpr, s), "release": None})
+        for name, tpr, s in [
+            ("original", 0.01, a),
+            ("subset", 0.012, b),
+        ]
     ]
     text = study_report.resolution_section({"rows": rows})
     se = np.std(a - b, ddof=1)  # Every row is contrasted with the subset baseline: original - subset.
@@ -275,7 +317,8 @@ def test_condensed_rows_show_their_ladder_movement_and_whether_the_last_doubling
             "median_ratio": 0.5,
         }
         utility = {"test_accuracy_mean": accuracy, "test_accuracy_std": 0.001}
-        return {"name": f"dm_real_it{t}", "row": "dm_real", "iteration": t, "utility": utility, "movement": movement}
+        headline = {"model": None, "release": None}
+        return _row(f"dm_real_it{t}", "", headline, row="dm_real", iteration=t, utility=utility, movement=movement)
 
     converged = study_report.condensation_section({"rows": [RESULTS["rows"][0], point(50, 0.9), point(100, 0.902)]})
     assert "### dm_real" in converged and "| 100 | 90.20 +- 0.10 |" in converged

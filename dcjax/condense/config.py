@@ -1,14 +1,16 @@
 """Settings and state of a condensation, shared by every method: ``CondenseConfig``, ``SynState``, the initial set.
 
-``CondenseConfig.method`` picks the method (``dcjax.condense.METHODS``); its defaults are DC's paper settings and
-``METHOD_DEFAULTS`` holds what differs by method (``MethodDefaults``; ``CondenseConfig.paper`` applies them). Every
-method updates a ``SynState`` with the image optimizer defined here (SGD with momentum on the pixels, as every
-reference does).
+``CondenseConfig.method`` picks the method: its record (``Method``) in the registry ``METHODS``, which
+``dcjax.condense.methods`` fills (the package imports it first, so the registry is full before any config is made).
+``CondenseConfig``'s defaults are DC's paper settings; a record's ``MethodDefaults`` hold what differs by method
+(``CondenseConfig.paper`` applies them). Every method updates a ``SynState`` with the image optimizer defined here
+(SGD with momentum on the pixels, as every reference does).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dcjax import augment as augment_lib
 from dcjax import data as data_lib
 from dcjax import dsa
 from dcjax import errors
@@ -28,7 +31,6 @@ from dcjax.models import ModelFns
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 INITS = ("noise", "real", "means")  # means: the privacy-first init (``mean_groups``).
 CLASS_STRATEGIES = strategy_lib.STRATEGIES
-METHODS = ("dc", "dsa", "dm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +45,54 @@ class MethodDefaults:
     init: str
 
 
-METHOD_DEFAULTS: dict[str, MethodDefaults] = {
-    "dc": MethodDefaults(iterations=1000, lr_img=0.1, init="noise"),
-    "dsa": MethodDefaults(iterations=1000, lr_img=0.1, init="real"),
-    "dm": MethodDefaults(iterations=20000, lr_img=1.0, init="real"),
-}
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """Everything that differs by condensation method, in one record; ``METHODS[name]`` is the method ``name``.
+
+    name: ``CondenseConfig.method``'s value.
+    iteration: the method's pure iteration, (ModelFns, CondenseConfig, resolved class strategy, SynState,
+      (pool [N, H, W, C], ClassIndex), key) -> (SynState, metrics with "loss" []).
+    defaults: its paper settings (``MethodDefaults``).
+    gradient_matching: True: an iteration is ``config.loops[0]`` outer (matching) steps of second-order gradients
+      (a backward pass over each real batch too), with ``config.loops[1]`` inner-loop epochs training the network
+      between them (progress counts outer steps); False: one matching step of a fresh, untrained network's
+      embeddings (the real batch forward only) per iteration, no network training (progress counts iterations).
+    dsa: the real and the synthetic batches go through DSA (Siamese) in every matching step, and the set is
+      evaluated with DSA augmentation, as the reference does (``evaluation_augment``).
+    kept_for_image_gradient: of a first-order backward's activations per synthetic image, what each class keeps for
+      the gradient w.r.t. the images (``condense.memory``; calibrated against XLA, tests/test_memory.py).
+    own_schedule: the privacy study runs the method's rows at its paper lr_img for ``StudyConfig.dm_iterations``
+      iterations, not at the study's condensation lr_img and iterations (``study``'s DM rows).
+    """
+
+    name: str
+    iteration: Callable[..., tuple[Any, dict]]
+    defaults: MethodDefaults
+    gradient_matching: bool
+    dsa: bool
+    kept_for_image_gradient: float
+    own_schedule: bool = False
+
+    @property
+    def unit(self) -> str:
+        """What a progress tick of one run's iteration counts."""
+        return "outer steps" if self.gradient_matching else "iterations"
+
+    def units(self, config: CondenseConfig) -> int:
+        """Progress ticks of one iteration: its outer (matching) steps, or 1."""
+        return config.loops[0] if self.gradient_matching else 1
+
+
+# The registry: method name -> its record, in the order the methods are offered (dc, dsa, dm); filled once by
+# ``dcjax.condense.methods`` (``register``), where a new method adds its record.
+METHODS: dict[str, Method] = {}
+
+
+def register(*methods: Method) -> None:
+    """Adds records to ``METHODS``; a name registered twice is a bug."""
+    for method in methods:
+        assert method.name not in METHODS, f"method {method.name!r} registered twice"
+        METHODS[method.name] = method
 
 
 def default_loops(ipc: int) -> tuple[int, int]:
@@ -121,10 +166,10 @@ class CondenseConfig:
 
     @classmethod
     def paper(cls, method: str, **changes: Any) -> CondenseConfig:
-        """``method``'s paper settings (its ``METHOD_DEFAULTS`` over DC's defaults), then ``changes`` (fields)."""
-        if method not in METHOD_DEFAULTS:
+        """``method``'s paper settings (its record's ``defaults`` over DC's defaults), then ``changes`` (fields)."""
+        if method not in METHODS:
             raise errors.ConfigError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
-        return cls(method=method, **{**dataclasses.asdict(METHOD_DEFAULTS[method]), **changes})
+        return cls(method=method, **{**dataclasses.asdict(METHODS[method].defaults), **changes})
 
     @property
     def loops(self) -> tuple[int, int]:
@@ -232,12 +277,21 @@ def check_network(fns: ModelFns) -> None:
 
 
 def iteration_units(config: CondenseConfig) -> int:
-    """Progress ticks of one iteration: its outer (matching) steps for dc / dsa, 1 for dm."""
-    return 1 if config.method == "dm" else config.loops[0]
+    """Progress ticks of one iteration (``Method.units``): its outer (matching) steps for dc / dsa, 1 for dm."""
+    return METHODS[config.method].units(config)
 
 
 def describe(fns: ModelFns, config: CondenseConfig) -> str:
     """'DC iteration (width 128, ipc 10, outer 10 x inner 50)': what a progress line is about."""
     width = f"width {fns.config.width}, " if fns.config is not None else ""
-    loops = "" if config.method == "dm" else ", outer {} x inner {}".format(*config.loops)
+    loops = ", outer {} x inner {}".format(*config.loops) if METHODS[config.method].gradient_matching else ""
     return f"{config.method.upper()} iteration ({width}ipc {config.ipc}{loops})"
+
+
+def evaluation_augment(config: CondenseConfig, small_set: str) -> str:
+    """The augmentation ``config``'s synthetic set trains with when evaluated (docs/protocol.md sections 4-5).
+
+    As the reference: DSA's (``augment.dsa_augment_name`` of ``config.dsa_strategy``) for a method that matches
+    through DSA (dsa, dm); else ``small_set``, what any small training set gets (``augment.small_set_augment``).
+    """
+    return augment_lib.dsa_augment_name(config.dsa_strategy) if METHODS[config.method].dsa else small_set

@@ -8,10 +8,10 @@ One DC iteration (docs/protocol.md section 3) is ONE jitted function, ``dc_itera
     summed over classes -> ONE SGD-momentum step on the synthetic images
     unless this is the last outer step: inner_loop epochs of plain SGD on the synthetic set
 
-DSA (``method='dsa'``, docs/protocol.md section 5) changes two things: before each class's gradients, the real and the
-synthetic batch go through the SAME random DSA transform (one key per class and matching step, parameters shared by
-the whole batch: the Siamese rule), differentiably w.r.t. the synthetic images; and the inner loop trains on
-DSA-augmented synthetic images (per-image draws), as the reference does.
+DSA (``method='dsa'``: its record's ``dsa``; docs/protocol.md section 5) changes two things: before each class's
+gradients, the real and the synthetic batch go through the SAME random DSA transform (one key per class and matching
+step, parameters shared by the whole batch: the Siamese rule), differentiably w.r.t. the synthetic images; and the
+inner loop trains on DSA-augmented synthetic images (per-image draws), as the reference does.
 
 The per-class matching is vectorised over classes with a per-backend strategy
 (``class_strategy``, ``dcjax.strategy``): ``vmap`` on GPU/TPU; on CPU a sequential ``lax.map`` over classes
@@ -34,7 +34,7 @@ from dcjax import dsa
 from dcjax import progress
 from dcjax import train as train_lib
 from dcjax.condense import distances
-from dcjax.condense.config import CondenseConfig, SynState, image_optimizer, synthetic_labels
+from dcjax.condense.config import METHODS, CondenseConfig, SynState, image_optimizer, synthetic_labels
 from dcjax.models import ModelFns
 
 
@@ -59,7 +59,7 @@ def _class_distance(fns, config, variables, syn_c, real_c, label, key):
 
     With DSA both batches first go through the transform drawn from ``key`` (this class's key for this step).
     """
-    if config.method == "dsa":
+    if METHODS[config.method].dsa:
         real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, dsa.SIAMESE)
         syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, dsa.SIAMESE)
     microbatch = train_lib.resolve_microbatch(config.microbatch, fns)
@@ -96,7 +96,8 @@ def _train_network(fns, config, variables, syn, labels, key):
     chunked CPU gradients and padding rules as every other training in dcjax.
     """
     schedule = train_lib.make_schedule(train_lib.TrainConfig(batch_size=config.batch_train), syn.shape[0])
-    augment = dsa.training_augment(config.dsa_strategy) if config.method == "dsa" else augment_lib.identity_augment
+    dsa_on = METHODS[config.method].dsa
+    augment = dsa.training_augment(config.dsa_strategy) if dsa_on else augment_lib.identity_augment
     trainer = train_lib.Trainer(
         fns, optax.sgd(config.lr_net), augment, microbatch=train_lib.resolve_microbatch(config.microbatch, fns)
     )

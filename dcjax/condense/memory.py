@@ -10,14 +10,8 @@ from __future__ import annotations
 
 from dcjax import memory
 from dcjax import train as train_lib
-from dcjax.condense.config import CondenseConfig, resolve_class_strategy
+from dcjax.condense.config import METHODS, CondenseConfig, resolve_class_strategy
 from dcjax.models import ModelFns
-
-# Of a first-order backward's activations per synthetic image, what each class keeps for the gradient w.r.t. the
-# images (calibrated against XLA, tests/test_memory.py). DC (second order: the synthetic gradient w.r.t. the
-# images) keeps the forward residuals and the first backward's cotangents; DM, a first-order backward through
-# the embedding only, keeps about half of them.
-KEPT_FOR_IMAGE_GRADIENT = {"dc": 2.0, "dsa": 2.0, "dm": 0.5}
 
 
 def _matching_parts(
@@ -27,21 +21,21 @@ def _matching_parts(
 
     The gradient w.r.t. the images runs back through the loop over classes, so every class keeps its residuals
     until the backward pass, whatever the class strategy ('map' is a scan, which saves them per class): per image
-    the network's forward activations and, for DC/DSA (second order: the synthetic gradient w.r.t. the images),
-    its backward's cotangents too. On top, the live classes' (all under vmap, one under map) temporaries: one more
-    backward over ipc images, the real gradient over batch_real images in chunks (DM: a forward-only real
-    embedding) and the DSA copies of both batches. The real batches of every class [K, batch_real, H, W, C] are
-    gathered at once.
+    the network's forward activations and, for gradient matching (second order: the synthetic gradient w.r.t. the
+    images), its backward's cotangents too (``Method.kept_for_image_gradient``). On top, the live classes' (all
+    under vmap, one under map) temporaries: one more backward over ipc images, the real gradient over batch_real
+    images in chunks (DM: a forward-only real embedding) and the DSA copies of both batches (methods with DSA). The
+    real batches of every class [K, batch_real, H, W, C] are gathered at once.
     """
+    method = METHODS[config.method]
     classes = memory.model_concurrency(class_strategy, num_classes)
     chunk = min(microbatch or config.batch_real, config.batch_real)
-    augmented = 2 * (config.ipc + config.batch_real) * cost.image if config.method in ("dsa", "dm") else 0
-    kept = KEPT_FOR_IMAGE_GRADIENT[config.method]
-    syn = int((num_classes * kept + classes) * config.ipc * cost.backward_per_image)
-    if config.method == "dm":
-        real = chunk * cost.forward_per_image
-    else:
+    augmented = 2 * (config.ipc + config.batch_real) * cost.image if method.dsa else 0
+    syn = int((num_classes * method.kept_for_image_gradient + classes) * config.ipc * cost.backward_per_image)
+    if method.gradient_matching:
         real = chunk * cost.backward_per_image + cost.params
+    else:
+        real = chunk * cost.forward_per_image
     gathered = 2 * num_classes * config.batch_real * cost.image
     return syn + classes * augmented // 2, classes * (real + augmented // 2) + gathered
 
@@ -68,7 +62,11 @@ def condensation_estimate(
     microbatch = train_lib.resolve_microbatch(config.microbatch, fns)
     syn, real = _matching_parts(cost, config, class_strategy, num_classes, microbatch)
     set_size = num_classes * config.ipc
-    inner = 0 if config.method == "dm" else memory.train_step_bytes(cost, min(config.batch_train, set_size), microbatch)
+    inner = (
+        memory.train_step_bytes(cost, min(config.batch_train, set_size), microbatch)
+        if METHODS[config.method].gradient_matching
+        else 0
+    )
     set_name = f"synthetic set {config.ipc} x {num_classes} images"  # x3: images, momentum, gradient.
     parts = {
         "real pool": pool_size * cost.image,

@@ -24,12 +24,15 @@ from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import errors
 from dcjax import evaluation
+from dcjax import host
+from dcjax import models
 from dcjax import interrupt
 from dcjax import keys as keys_lib
 from dcjax import plots
 from dcjax import progress
+from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
-from dcjax.condense import memory
+from dcjax.condense import drive, memory
 from dcjax.models import ModelConfig, ModelFns
 from dcjax.progress import format_eta as _format_eta
 
@@ -73,10 +76,11 @@ def _costs(config: RunConfig, num_classes: int) -> tuple[float, float]:
     plan's shares and an ETA before a kind of phase is timed rest on these estimates."""
     c, (outer, inner) = config.condense, config.condense.loops
     synthetic = num_classes * c.ipc
-    if c.method == "dm":  # Real images forward only (~1/3 of a pass), synthetic ones forward and backward.
+    if condense.METHODS[c.method].gradient_matching:
+        # Per outer step: real gradients, second-order synthetic gradients (~3x), the inner loop's training.
+        iteration = float(outer * (num_classes * c.batch_real + 3 * synthetic + inner * min(synthetic, c.batch_train)))
+    else:  # DM: real images forward only (~1/3 of a pass), synthetic ones forward and backward.
         iteration = num_classes * (c.batch_real / 3 + c.ipc)
-    else:  # Per outer step: real gradients, second-order synthetic gradients (~3x), the inner loop's training.
-        iteration = outer * (num_classes * c.batch_real + 3 * synthetic + inner * min(synthetic, c.batch_train))
     evaluation = config.eval.num_models * config.eval.train.epochs * synthetic
     return float(iteration), float(evaluation)
 
@@ -100,7 +104,7 @@ def job_plan(config: RunConfig, num_classes: int, start: int = 0, done_evals=())
 
 
 def _keys(seed: int):
-    return keys_lib.streams(jax.random.key(seed), keys_lib.CONDENSE)
+    return drive.key_streams(jax.random.key(seed))
 
 
 class _Run:
@@ -118,7 +122,7 @@ class _Run:
         self.checkpointer = checkpoint.Checkpointer(workdir_lib.path(workdir, "checkpoints"))
 
     def initial_state(self):
-        return condense.init_synthetic(self.config.condense, self.keys["init"], self.pool, self.index)
+        return drive.initial_state(self.config.condense, jax.random.key(self.config.seed), self.pool, self.index)
 
     def evaluate(self, images, iteration: int) -> dict:
         key = keys_lib.item(self.keys["eval"], iteration)
@@ -180,38 +184,63 @@ def _diverged(run: _Run, what: str, t: int, metrics: list, evals: list) -> Diver
 
 
 def _iterate(run: _Run, state, start: int, metrics: list, evals: list, plan: progress.JobPlan):
-    """Runs iterations start..end, evaluating and checkpointing on schedule (``plan``: the job's phases)."""
+    """Runs iterations start..end, evaluating and checkpointing on schedule (``plan``: the job's phases).
+
+    The iterations between evaluation points are one segment each (one phase of the plan); an evaluation at a
+    point runs before the segment that starts there.
+    """
     cfg = run.config
     total = cfg.condense.iterations
-    step_fn = condense.make_iteration_fn(run.fns, cfg.condense)
-    points = set(cfg.eval_points())
+    loop = drive.Loop(condense.make_iteration_fn(run.fns, cfg.condense), (run.pool, run.index), run.keys["iterations"])
+    points = cfg.eval_points()
     done_evals = {e["iteration"] for e in evals}
-    segment = start
-    for t in range(start, total + 1):
-        if t in points and t not in done_evals:
-            plan.next()
-            evals.append(run.evaluate(state.images, t))
-            checkpoint.write_jsonl(run.path(EVALS), evals)
-        if t == total:
-            break
-        if t == start or t in points:
-            plan.next()
-            segment = t
-        tic = time.perf_counter()
-        state, out = step_fn(state, (run.pool, run.index), keys_lib.item(run.keys["iterations"], t))
+    for segment in drive.segments(start, total, points):
+        if segment[0] in points and segment[0] not in done_evals:
+            _evaluate(run, plan, state, segment[0], evals)
+        plan.next()
+        after = _AfterIteration(run, plan, metrics, evals, start, segment[0])
+        state = drive.iterate(dataclasses.replace(loop, after=after), state, segment)
+    if total not in done_evals:  # The end is always an evaluation point.
+        _evaluate(run, plan, state, total, evals)
+    return state, metrics, evals
+
+
+def _evaluate(run: _Run, plan: progress.JobPlan, state, t: int, evals: list) -> None:
+    """The evaluation at iteration t, its phase of the plan, appended to ``evals`` and written."""
+    plan.next()
+    evals.append(run.evaluate(state.images, t))
+    checkpoint.write_jsonl(run.path(EVALS), evals)
+
+
+@dataclasses.dataclass(frozen=True)
+class _AfterIteration:
+    """The ``drive.Loop.after`` of a segment: the iteration's metrics and line, divergence checks, checkpoints.
+
+    metrics, evals: the run's records, appended to (and cut back on divergence); start: this process's first
+    iteration; segment: the segment's first.
+    """
+
+    run: _Run
+    plan: progress.JobPlan
+    metrics: list
+    evals: list
+    start: int
+    segment: int
+
+    def __call__(self, t: int, state, out: dict, started: float) -> None:
+        run, metrics, total = self.run, self.metrics, self.run.config.condense.iterations
         loss = float(out["loss"])  # Blocks until the iteration is done: honest timing.
         if not np.isfinite(loss):  # Free: the loss is on the host already.
-            raise _diverged(run, f"loss {loss}", t, metrics, evals)
-        metrics.append({"iteration": t, "loss": loss, "seconds": time.perf_counter() - tic})
-        _log_iteration(run, plan, metrics, metrics[len(metrics) - (t - start) :], t - segment + 1)
-        if (t + 1) % cfg.checkpoint_every == 0 or t + 1 == total:
+            raise _diverged(run, f"loss {loss}", t, metrics, self.evals)
+        metrics.append({"iteration": t, "loss": loss, "seconds": time.perf_counter() - started})
+        _log_iteration(run, self.plan, metrics, metrics[len(metrics) - (t - self.start) :], t - self.segment + 1)
+        if (t + 1) % run.config.checkpoint_every == 0 or t + 1 == total:
             # A finite loss can still come with an overflowing update; never checkpoint that.
             if not bool(jnp.isfinite(state.images).all()):
-                raise _diverged(run, "non-finite synthetic images", t, metrics, evals)
+                raise _diverged(run, "non-finite synthetic images", t, metrics, self.evals)
             checkpoint.write_jsonl(run.path(METRICS), metrics)
             run.checkpointer.save(t + 1, {"images": state.images, "opt_state": state.opt_state})
             interrupt.note_saved(f"the checkpoint after iteration {t + 1} (in {run.path('checkpoints')})")
-    return state, metrics, evals
 
 
 def _log_iteration(run: _Run, plan: progress.JobPlan, metrics: list, timed: list, in_segment: int) -> None:
@@ -255,6 +284,18 @@ def _baseline(run: _Run) -> dict:
     return {"indices": np.asarray(indices).tolist(), **result}
 
 
+def _platform(run: _Run) -> dict:
+    """Where the results' floats come from: backend, devices, commit and CPU (``host.provenance``), and the
+    per-backend lowering choices (``models.lowering`` and the gradient microbatch)."""
+    microbatch = train_lib.resolve_microbatch(run.config.condense.microbatch, run.fns)
+    return {
+        "platform": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "provenance": host.provenance(),
+        "lowering": {**models.lowering(run.config.model), "microbatch": microbatch},
+    }
+
+
 def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> dict:
     """synthetic.npz, figures and results.json (written last: it marks the run finished)."""
     cfg, name = run.config, run.train.name
@@ -292,8 +333,7 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
         "initial_set": evals[0] if cfg.condense.init == "real" else None,
         "random_real_baseline": baseline,
         "median_seconds_per_iteration": float(np.median(seconds)) if seconds else None,
-        "platform": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
+        **_platform(run),
     }
     checkpoint.write_json(run.path(workdir_lib.RESULTS), results)
     return results

@@ -69,6 +69,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from dcjax import checkpoint
 from dcjax import engine
+from dcjax import host
 from dcjax import interrupt
 from dcjax import keys as keys_lib
 from dcjax import plots
@@ -81,14 +82,12 @@ from dcjax.privacy import assess, attack_data, attacks, bank, nearest, pools, qu
 from dcjax.privacy import memory
 from dcjax.privacy import rmia as rmia_lib
 from dcjax.privacy.config import AttackRunConfig
-from dcjax.privacy import tables
+from dcjax.privacy import results_schema, tables
 
 SPLIT = "split.npz"
 MODELS_DIR = "models"
 MOVEMENT_SAMPLE = 500  # Private images per model whose nearest other private image sets the natural distance.
-# 2: example-level bootstrap, natural headline slice, strongest attack, RMIA, audits.
-# 3: the cross-fitted headline (selection-free), two-way intervals, the null test.
-RESULTS_SCHEMA = 3
+RESULTS_SCHEMA = results_schema.RUN_SCHEMA  # The version of results.json (its history: results_schema).
 
 
 def _model_path(workdir: str, i: int) -> str:
@@ -453,13 +452,18 @@ def evaluate_export(d: attack_data.AttackData) -> tuple[dict, dict]:
 
 def _write_outputs(workdir: str, d: attack_data.AttackData, scores: dict, results: dict) -> None:
     path = functools.partial(workdir_lib.path, workdir)
+    results_schema.check_run(results, path(workdir_lib.RESULTS))  # Before any output: errors name the file.
     attack_data.save_trials(path(attack_data.TRIALS), scores, d)
     curves = {name: (np.asarray(r["fpr"]), np.asarray(r["tpr"])) for name, r in results["roc"].items()}
     title = f"{d.recipe_kind} recipe: {d.num_models} targets x {d.keep.shape[1]} examples (natural examples)"
     plots.roc_figure(path("roc.png"), curves, title)
-    command = f"python experiments/attack.py --report_only --workdir={workdir}"
-    checkpoint.atomic_write_bytes(path("RESULTS.md"), tables.run_document(results, command).encode())
+    checkpoint.atomic_write_bytes(path("RESULTS.md"), tables.run_document(results, report_command(workdir)).encode())
     checkpoint.write_json(path(workdir_lib.RESULTS), results)  # Last: marks the run finished.
+
+
+def report_command(workdir: str) -> str:
+    """The command that regenerates a run's results and RESULTS.md from its export (``report_only``)."""
+    return f"python experiments/attack.py --report_only --workdir={workdir}"
 
 
 ExportError = attack_data.ExportError  # Defined beside the format it guards; also raised here (read_export).
@@ -481,25 +485,30 @@ def read_export(path: str) -> attack_data.AttackData:
         raise ExportError(f"{path}: damaged attack export ({type(e).__name__}: {detail}); rerun the attack") from None
 
 
-def _previous_movement(workdir: str) -> dict | None:
-    """The image movement of the results.json in ``workdir`` (None: none, or no readable results)."""
+# What report_only carries over from the results it replaces: not in the export, so not recomputable from it.
+_CARRIED = ("movement", "provenance")
+
+
+def _carried_over(workdir: str) -> dict:
+    """The ``_CARRIED`` fields of the results.json in ``workdir`` that it holds ({}: none, or no readable results)."""
     try:
-        return checkpoint.read_json(workdir_lib.path(workdir, workdir_lib.RESULTS)).get("movement")
+        previous = checkpoint.read_json(workdir_lib.path(workdir, workdir_lib.RESULTS))
+        return {key: previous[key] for key in _CARRIED if previous.get(key) is not None}
     except (OSError, ValueError, AttributeError):
-        return None
+        return {}
 
 
 def report_only(workdir: str) -> dict:
     """Re-attacks the export in ``workdir`` and rewrites its results, trials and ROC; trains nothing.
 
-    The image movement (``movement_summary``; not in the export) is carried over from the results it replaces.
+    The image movement (``movement_summary``) and the provenance of the bank (where its floats were made), neither
+    in the export, are carried over from the results it replaces.
     """
     tic = time.perf_counter()
     d = read_export(workdir_lib.path(workdir, attack_data.EXPORT))
-    movement = _previous_movement(workdir)
+    carried = _carried_over(workdir)
     scores, results = evaluate_export(d)
-    if movement is not None:
-        results["movement"] = movement
+    results.update(carried)
     results.update(attack_seconds=time.perf_counter() - tic, platform=jax.default_backend())
     results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]
     _write_outputs(workdir, d, scores, results)
@@ -570,6 +579,7 @@ def run_attack(
         attack_seconds=time.perf_counter() - attack_tic,
         platform=jax.default_backend(),
         devices=[str(x) for x in jax.devices()],
+        provenance=host.provenance(),  # The commit and CPU of the invocation that wrote the export.
     )
     # The run's whole cost (bank summed over every invocation that trained part of it).
     results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]

@@ -34,6 +34,8 @@ RMIA_ATTACKS = ("rmia_online", "rmia_offline")
 RECIPE_ATTACKS = ("lira_recipe_online", "lira_recipe_offline")
 THRESHOLD_ATTACKS = ("loss", "confidence", "shokri")
 RELEASE_ATTACKS = ("nearest_synthetic", "nearest_synthetic_lira", "nearest_synthetic_offline")
+# Every attack, in ``attack_names``' order: the order a run computes and reports them (results.json sorts its keys).
+ORDER = LIRA_ATTACKS + RMIA_ATTACKS + RECIPE_ATTACKS + THRESHOLD_ATTACKS + RELEASE_ATTACKS
 
 
 def uses_some_pixels(d: AttackData) -> bool:

@@ -9,7 +9,8 @@ PIPELINES").
 Every recipe produces a ``BankData``: one training pool and a [c, P] mask per model, which is
 exactly what ``engine.train_models`` trains in one jitted computation over the model axis.
 Condensation itself runs for all c models of a chunk at once too (vmap on GPU/TPU, a
-sequential ``lax.map`` on CPU, as everywhere in the engine).
+sequential ``lax.map`` on CPU, as everywhere in the engine), driven by ``condense.drive`` as a single run
+(``condense.run``) is: the same iteration, keys and loop.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from dcjax import condense
 from dcjax import data as data_lib
 from dcjax import engine
 from dcjax import errors
-from dcjax import keys as keys_lib
 from dcjax import progress
 from dcjax import snapshots as snapshots_lib
+from dcjax.condense import drive
 from dcjax.models import ModelFns
 
 RECIPES = ("original", "subset", "condense")
@@ -133,45 +134,38 @@ def member_class_index(labels: np.ndarray, member: np.ndarray, num_classes: int,
     return data_lib.ClassIndex(table=jnp.asarray(members[table], jnp.int32), counts=jnp.asarray(counts, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4,))
-def _condense_step(fns, config, class_strategy, model_strategy, states, pool, indexes, keys):
-    """One condensation iteration (DC, DSA or DM) for each of c models (leading [c] axis on states/indexes/keys)."""
-
-    def one(args):
-        state, index, key = args
-        return condense.condense_iteration(fns, config, class_strategy, state, (pool, index), key)
-
-    return engine.map_models(one, model_strategy, (states, indexes, keys))
-
-
 def _iterate(statics: tuple, states, data, keys: jax.Array, span: tuple[int, int]):
     """Condensation iterations span = [start, stop) of all c models, as one ``progress.task``.
 
-    statics: (fns, config, class strategy, model strategy) of ``_condense_step``; data: (pool
+    statics: (fns, config, class strategy, model strategy) of ``drive.models_iteration``; data: (pool
     images [N, H, W, C], stacked ClassIndex [c, ...]); keys: [c] model keys. Returns the states.
     Iteration t always draws item t of the iterations stream, so a run cut into spans is a straight run.
     """
     fns, config, _, model_strategy = statics
     (start, stop), c, (images, indexes) = span, keys.shape[0], data
-    iteration_keys = jax.vmap(lambda k: keys_lib.streams(k, keys_lib.CONDENSE)["iterations"])(keys)
     label = f"condensing {c} models: {stop - start} x {condense.describe(fns, config)}"
     # A vmapped tick fires once for all c models, a mapped one once per model.
     weight = c if model_strategy == "vmap" else 1
     compiling = progress.first_call((statics, jnp.shape(images), jax.tree.map(jnp.shape, indexes)))
-    unit = "model-iterations" if config.method == "dm" else "model outer steps"
-    with progress.task(label, (stop - start) * condense.iteration_units(config) * c, unit, weight, compiling):
-        for t in range(start, stop):
-            step_keys = jax.vmap(lambda k, t=t: keys_lib.item(k, t))(iteration_keys)
-            states, metrics = _condense_step(*statics, states, images, indexes, step_keys)
-            if (t + 1) % 10 == 0 or t + 1 == stop:
-                logging.info(
-                    "condensing %d models: iteration %d/%d, mean loss %.4f",
-                    c,
-                    t + 1,
-                    config.iterations,
-                    float(jnp.mean(metrics["loss"])),
-                )
-        return jax.block_until_ready(states)
+    method = condense.METHODS[config.method]
+    step = functools.partial(drive.models_iteration, statics)
+    after = functools.partial(_log_iteration, c, (stop, config.iterations))
+    loop = drive.Loop(step, data, drive.key_streams(keys)["iterations"], after)
+    with progress.task(label, (stop - start) * method.units(config) * c, f"model {method.unit}", weight, compiling):
+        return jax.block_until_ready(drive.iterate(loop, states, span))
+
+
+def _log_iteration(c: int, ends: tuple[int, int], t: int, states, metrics: dict, started: float) -> None:
+    """The line of every 10th iteration and of the span's last (``drive.Loop.after``): the c models' mean loss.
+
+    ends: (the span's stop, the run's iterations). Reading the loss waits for the iteration, as it always did.
+    """
+    del states, started
+    (stop, total) = ends
+    if (t + 1) % 10 == 0 or t + 1 == stop:
+        logging.info(
+            "condensing %d models: iteration %d/%d, mean loss %.4f", c, t + 1, total, float(jnp.mean(metrics["loss"]))
+        )
 
 
 def _run_models(statics: tuple, states, data, keys: jax.Array, span: tuple[int, int]):
@@ -240,12 +234,11 @@ def _condense_spans(statics: tuple, states, data, keys: jax.Array, snapshots: sn
     if snapshots is not None and len(snapshots.models) != keys.shape[0]:
         raise ValueError(f"snapshots name {len(snapshots.models)} models for a chunk of {keys.shape[0]}")
     states, start = _resume(snapshots, states, total)
-    saves = {t for t in (snapshots.save_at if snapshots else ()) if start < t <= total}
-    for stop in sorted(saves | {total} if start < total else saves):
-        states = _run_models(statics, states, data, keys, (start, stop))
-        if snapshots is not None and stop in saves:
-            _save_snapshots(snapshots, stop, states)
-        start = stop
+    saves = set(snapshots.save_at) if snapshots is not None else set()
+    for span in drive.segments(start, total, saves):
+        states = _run_models(statics, states, data, keys, span)
+        if snapshots is not None and span[1] in saves:
+            _save_snapshots(snapshots, span[1], states)
     return states
 
 
@@ -281,10 +274,7 @@ def condense_models(
     for index in indexes:
         condense.check_batch_real(config, index)
     images = jnp.asarray(images)
-    inits = [
-        condense.init_synthetic(config, keys_lib.streams(k, keys_lib.CONDENSE)["init"], images, index)
-        for k, index in zip(keys, indexes)
-    ]
+    inits = [drive.initial_state(config, k, images, index) for k, index in zip(keys, indexes)]
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for s, _ in inits])
     indexes = jax.tree.map(lambda *xs: jnp.stack(xs), *indexes)
     model_strategy = engine.resolve_strategy(strategy)

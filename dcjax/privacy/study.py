@@ -41,12 +41,12 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
 
-from dcjax import augment as augment_lib
 from dcjax import checkpoint
 from dcjax import condense
 from dcjax import data as data_lib
@@ -58,7 +58,7 @@ from dcjax.privacy import study_report
 from dcjax import train as train_lib
 from dcjax import workdir as workdir_lib
 from dcjax.models import ModelFns
-from dcjax.privacy import accounting, attack_data, attack_run, bank, pools, poster
+from dcjax.privacy import accounting, attack_data, attack_run, bank, pools, poster, results_schema
 from dcjax.privacy import memory
 from dcjax.privacy.config import AttackRunConfig
 
@@ -69,7 +69,7 @@ METHOD_ROWS = ("dsa_real", "dm_real")
 INIT_ROWS = ("dm_noise", "dc_means", "dm_means")
 # The DM paper's iteration count (the study's default for dm_real unless --dm_iterations says otherwise). Read
 # here, at import, because the config field `condense` shadows the module inside functions.
-_DM_PAPER_ITERATIONS = condense.METHOD_DEFAULTS["dm"].iterations
+_DM_PAPER_ITERATIONS = condense.METHODS["dm"].defaults.iterations
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
 ROWS = DEFAULT_ROWS + METHOD_ROWS + INIT_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
 _DP = (
@@ -125,7 +125,8 @@ class StudyConfig:
     dm_iterations: iterations of the DM rows (dm_real, dm_noise, dm_means: a DM iteration is far cheaper than a DC
       one; their lr_img is DM's 1.0). ``dsa_real`` uses ``condense`` as the DC rows do.
     ladder: condensation iterations at which each condensed row is also attacked (``ladder_points``):
-      positive, strictly increasing; empty (the default): one point per row.
+      non-negative, strictly increasing (0: the row's initial set, attacked as its own point, so a row's gain over
+      its init is measured on the same keys); empty (the default): one point per row.
     dp_noise: noise multipliers of the fixed-noise DP-SGD rows, row ``dpsgd_sigma<value>`` each
       (``noise_rows``; a row is valid only when its value is here).
     dp_checkpoints: expected epochs at which a fixed-noise row's one run is attacked, strictly
@@ -177,10 +178,11 @@ def noise_rows(config: StudyConfig) -> dict[str, float]:
 
 def _check_points(config: StudyConfig) -> None:
     """ConfigError (naming the setting) unless the frontier points' settings hold: ladder and dp_checkpoints strictly
-    increasing values >= 1, dp_noise distinct positive finite values with distinct row names."""
+    increasing (ladder >= 0, its 0 the row's initial set; dp_checkpoints >= 1), dp_noise distinct positive finite
+    values with distinct row names."""
     ladder = list(config.ladder)
-    if any(t < 1 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
-        raise errors.ConfigError("ladder", f"must be positive, strictly increasing iterations, got {ladder}")
+    if any(t < 0 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise errors.ConfigError("ladder", f"must be non-negative, strictly increasing iterations, got {ladder}")
     if any(not 0 < noise < math.inf for noise in config.dp_noise):  # Also rejects NaN.
         raise errors.ConfigError("dp_noise", f"must hold noise multipliers > 0 and finite, got {list(config.dp_noise)}")
     if len(noise_rows(config)) != len(config.dp_noise):
@@ -326,25 +328,21 @@ def _subset(config: StudyConfig, name: str, dp: dict | None):
     return bank.Recipe("subset", per_class=config.per_class), config.train_small
 
 
-def _dc(config: StudyConfig, name: str, dp: dict | None):
-    """dc_<init>: the study's condensation settings as DC from that init."""
-    dc = dataclasses.replace(config.condense, method="dc", init=name.split("_")[1])
-    return bank.Recipe("condense", condense=dc), config.train_small
+def _condensed(config: StudyConfig, name: str, dp: dict | None):
+    """<method>_<init> (dc_noise, dsa_real, dm_means, ...): the study's condensation settings with that method and
+    init (a method with its ``own_schedule``, DM: ``dm_iterations`` at its paper lr_img), trained on the small-set
+    recipe with the method's evaluation augmentation (``condense.evaluation_augment``).
 
-
-def _other_method(config: StudyConfig, name: str, dp: dict | None):
-    """<method>_<init> (dsa_real, dm_real, dm_noise, dm_means): the study's condensation settings with that method
-    and init (DM: ``dm_iterations`` and DM's lr_img); trained with DSA.
-
-    The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so these rows do too.
+    The reference evaluates DSA and DM sets with DSA augmentation (docs/protocol.md sections 4-5), so their rows train
+    with it; DC's train with ``train_small``'s.
     """
     method, init = name.split("_")
     changes: dict[str, Any] = {"method": method, "init": init}
-    if method == "dm":
-        changes.update(iterations=config.dm_iterations, lr_img=condense.METHOD_DEFAULTS["dm"].lr_img)
-    recipe = bank.Recipe("condense", condense=dataclasses.replace(config.condense, **changes))
-    augment = augment_lib.dsa_augment_name(config.condense.dsa_strategy)
-    return recipe, dataclasses.replace(config.train_small, augment=augment)
+    if condense.METHODS[method].own_schedule:
+        changes.update(iterations=config.dm_iterations, lr_img=condense.METHODS[method].defaults.lr_img)
+    settings = dataclasses.replace(config.condense, **changes)
+    augment = condense.evaluation_augment(settings, config.train_small.augment)
+    return bank.Recipe("condense", condense=settings), dataclasses.replace(config.train_small, augment=augment)
 
 
 def _dp_config(dp: dict) -> dpsgd.DPConfig:
@@ -367,10 +365,7 @@ def _dpsgd(config: StudyConfig, name: str, dp: dict | None):
 _ROW_RECIPES = {
     "original": _original,
     "subset": _subset,
-    "dc_noise": _dc,
-    "dc_real": _dc,
-    "dc_means": _dc,
-    **{name: _other_method for name in METHOD_ROWS + ("dm_noise", "dm_means")},
+    **{name: _condensed for name in ("dc_noise", "dc_real", "dc_means") + METHOD_ROWS + ("dm_noise", "dm_means")},
     **{name: _dpsgd for name in DP_EPSILONS},
 }
 
@@ -499,6 +494,7 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict) ->
         ),
         "wall_seconds": results["wall_seconds"],
         **({"movement": results["movement"]} if results.get("movement") else {}),
+        **({"provenance": results["provenance"]} if results.get("provenance") else {}),
     }
 
 
@@ -530,12 +526,42 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
     return attack_run.run_attack(row, fns, train, test, row_dir, snapshots=_snapshots(plan, workdir))
 
 
-def _figures(workdir: str, results: dict) -> dict[str, str]:
-    """Writes the study figures; returns {caption: file name relative to the workdir}."""
+class ReleasedSet(NamedTuple):
+    """A row's released synthetic set (target 0's), for its figure."""
+
+    images: np.ndarray  # [S, H, W, C] normalised, as the export holds it
+    dataset: str
+    num_classes: int
+
+
+def released_sets(workdir: str, results: dict) -> dict[str, ReleasedSet]:
+    """{row name: its released synthetic set} of the rows whose export holds one (condensed rows)."""
+    out = {}
+    for row in results["rows"]:
+        export = attack_data.load(workdir_lib.path(workdir_lib.path(workdir, row["name"]), attack_data.EXPORT))
+        if export.synthetic_example.size:
+            out[row["name"]] = ReleasedSet(
+                export.synthetic_example, export.preprocessing["dataset"], export.num_classes
+            )
+    return out
+
+
+def figure_captions(results: dict, released: Iterable[str]) -> dict[str, str]:
+    """{caption: file name relative to the workdir} of the study's figures (``_figures`` writes them), in the
+    document's order; ``released``: the names of the rows with a released synthetic set (``released_sets``)."""
     figures = {
         "Privacy vs accuracy (cross-fitted headline attack, TPR at 0.1% FPR, natural examples)": "privacy_accuracy.png",
         "ROC of each row's headline model attack (natural examples, all targets pooled)": "roc_targets.png",
     }
+    for row in results["rows"]:
+        figures[f"Every attack against the {row['name']} targets"] = f"{row['name']}/roc.png"
+    for name in released:
+        figures[f"Synthetic set released by target 0 ({name})"] = f"synthetic_{name}.png"
+    return figures
+
+
+def _figures(workdir: str, results: dict) -> dict[str, str]:
+    """Writes the study figures; returns {caption: file name relative to the workdir} (``figure_captions``)."""
     study_report.privacy_accuracy_figure(workdir_lib.path(workdir, "privacy_accuracy.png"), results)
     curves = {
         f"{row['name']} ({row['headline']['model']['attack']})": (
@@ -546,22 +572,15 @@ def _figures(workdir: str, results: dict) -> dict[str, str]:
         if row.get("roc_headline")
     }
     plots.roc_figure(workdir_lib.path(workdir, "roc_targets.png"), curves, "Headline model attack per row")
-    for row in results["rows"]:
-        figures[f"Every attack against the {row['name']} targets"] = f"{row['name']}/roc.png"
-    for row in results["rows"]:
-        export = attack_data.load(workdir_lib.path(workdir_lib.path(workdir, row["name"]), attack_data.EXPORT))
-        if not export.synthetic_example.size:
-            continue
-        name = f"synthetic_{row['name']}.png"
-        dataset = export.preprocessing["dataset"]
+    released = released_sets(workdir, results)
+    for name, synthetic in released.items():
         plots.image_grid(
-            workdir_lib.path(workdir, name),
-            data_lib.denormalize(export.synthetic_example, dataset),
-            export.num_classes,
-            f"{row['name']}: target 0's synthetic set",
+            workdir_lib.path(workdir, f"synthetic_{name}.png"),
+            data_lib.denormalize(synthetic.images, synthetic.dataset),
+            synthetic.num_classes,
+            f"{name}: target 0's synthetic set",
         )
-        figures[f"Synthetic set released by target 0 ({row['name']})"] = name
-    return figures
+    return figure_captions(results, released)
 
 
 def _check_dp_capacity(row: AttackRunConfig, train: data_lib.ArrayDataset) -> None:
@@ -569,6 +588,18 @@ def _check_dp_capacity(row: AttackRunConfig, train: data_lib.ArrayDataset) -> No
     split = pools.make_split(row, train.labels, train.num_classes)
     largest = int(max(split["keep"].sum(1).max(), split["halves"].sum(1).max(initial=0)))
     train_lib.make_schedule(row.train, largest)  # Runs dpsgd.check_capacity.
+
+
+def _check_feasible(plans: list[RowPlan], fns: ModelFns, data, about: dict) -> None:
+    """Every row's feasibility and the report's header (``results_schema.check_about``): fail before hours of work."""
+    train, test = data
+    for plan in plans:
+        pools.check_recipe_fits(plan.run, train)
+        memory.check_attack_run(plan.run, fns, train, test, what=f"row {plan.name}")
+        if plan.run.train.dp is not None:
+            dpsgd.check_network(fns)
+            _check_dp_capacity(plan.run, train)
+    results_schema.check_about(about)
 
 
 def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dict, overwrite: bool = False) -> dict:
@@ -584,13 +615,7 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
       overwrite: discard whatever the workdir holds.
     """
     plans = [plan for name in config.rows for plan in plan_points(config, name)]
-    train, test = data
-    for plan in plans:  # Every row's feasibility first: fail before hours of work.
-        pools.check_recipe_fits(plan.run, train)
-        memory.check_attack_run(plan.run, fns, train, test, what=f"row {plan.name}")
-        if plan.run.train.dp is not None:
-            dpsgd.check_network(fns)
-            _check_dp_capacity(plan.run, train)
+    _check_feasible(plans, fns, data, about)
     # Each row checks its own settings, so finished rows survive a change to another row's,
     # and rows can be added to a finished study (its finished rows are read back).
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite, parts_checked=True)
@@ -629,6 +654,7 @@ def _with_poster_protocol(workdir: str, results: dict) -> dict:
 
 def write_report(workdir: str, results: dict, conclusion: str = "") -> None:
     """Figures and RESULTS.md (generated tables + the hand-written ``conclusion``) from the results."""
+    results_schema.check_study(results, workdir_lib.path(workdir, workdir_lib.RESULTS))  # Errors name the file.
     figures = _figures(workdir, results)
     study_report.write_results_document(workdir_lib.path(workdir, "RESULTS.md"), results, figures, conclusion)
 

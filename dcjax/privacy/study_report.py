@@ -1,19 +1,20 @@
 """Tables, results document and privacy-vs-accuracy figure of the privacy study, from its results JSON.
 
-Schema of the study results dict (what ``dcjax.privacy.study.run_study`` writes)::
+The study results dict (what ``dcjax.privacy.study.run_study`` writes; what this module reads is declared, and
+checked on read, in ``results_schema.STUDY``)::
 
     {"tier": "cpu", "command": "python experiments/privacy_study.py ...", "machine": "...",
      "wall_seconds": 1234.5,
      "rows": [                                   # one per target recipe
        {"name": "original", "description": "...",
         "utility": {"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002, ...},   # fractions
-        "shokri_accuracy": {"mean": 0.51, "std": 0.01},                              # balanced
+        "shokri_accuracy": {"mean": 0.51, "std": 0.01} or null,                      # balanced
         "natural": {attack: SUMMARY},             # every attack on the natural (non-canary) slice
         "attacks": {attack: {slice: SUMMARY or {"skipped": why}}},
         "headline": {"model": HEADLINE or null, "release": HEADLINE or null},
-        "null_test": NULL (optional),
-        "canary_detection": {attack: {"detected", "members", "false_positives", "nonmembers", ...}},
-        "empirical_epsilon": {attack: {"natural": AUDIT, "canaries": AUDIT}},
+        "null_test": NULL,
+        "canary_detection": {attack: {"detected", "members", "false_positives", "nonmembers", ...}} ({}: no canaries),
+        "empirical_epsilon": {attack: {"natural": AUDIT, "canaries": AUDIT (with canaries)}},
         "dp": {...} (DP-SGD rows only),
         "movement": {...} (condensed rows only: ``attack_run.movement_summary``),
         "row": "dc_real", "iteration": 100 | "epochs": 10 (frontier points only: the point's row and its
@@ -27,7 +28,8 @@ Schema of the study results dict (what ``dcjax.privacy.study.run_study`` writes)
 ``_ci_low`` / ``_ci_high`` and per bootstrap, "samples": two-way draws of TPR@0.1%); ``NULL`` is
 ``null.null_test``'s. Every row of a study shares the split and the bootstrap draws (same seed and
 pool), so the per-resample samples of two rows pair up, which is what the contrasts table uses.
-Missing entries render as an en dash.
+Every public function here checks its input first (``results_schema.check_study``, or ``check_rows`` where it
+reads rows only): a missing field raises, naming it; an en dash renders only an optional, null or undefined entry.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from dcjax import checkpoint  # noqa: E402
 from dcjax.plots import _save  # noqa: E402
-from dcjax.privacy import multiplicity, null, power  # noqa: E402
+from dcjax.privacy import multiplicity, null, power, results_schema  # noqa: E402
 from dcjax.privacy.tables import (  # noqa: E402
     DASH,
     HEADLINE,
@@ -61,7 +63,8 @@ from dcjax.privacy.tables import (  # noqa: E402
 def contrasts(results: dict, baselines=("subset", "original")) -> list[tuple[dict, dict]]:
     """(row, baseline) pairs: every row against each baseline row present, and condensed rows vs DP rows; each
     unordered pair once."""
-    rows = results.get("rows") or []
+    results_schema.check_rows(results)
+    rows = results["rows"]
     by_name = {r["name"]: r for r in rows}
     pairs = [(r, by_name[b]) for b in baselines if b in by_name for r in rows if r["name"] != b]
     condensed = [r for r in rows if r["name"].startswith(("dc_", "dsa_", "dm_"))]
@@ -79,8 +82,8 @@ def contrasts(results: dict, baselines=("subset", "original")) -> list[tuple[dic
 
 def _contrast_draws(a: dict, b: dict) -> tuple[np.ndarray, float] | None:
     """(paired draws [R], point difference) of two rows' headline TPR@0.1%, or None if either lacks one."""
-    pa, pb = get(a, "headline", "model"), get(b, "headline", "model")
-    if pa is None or pb is None or pa.get(HEADLINE) is None or pb.get(HEADLINE) is None:
+    pa, pb = a["headline"]["model"], b["headline"]["model"]
+    if pa is None or pb is None or pa[HEADLINE] is None or pb[HEADLINE] is None:
         return None
     sa, sb = (np.asarray(p["samples"], np.float64) for p in (pa, pb))  # null -> NaN
     if sa.shape != sb.shape:
@@ -153,18 +156,19 @@ def _poster_reference(name: str) -> str:
 def poster_section(results: dict) -> str:
     """ "The poster's protocol": each row's Shokri accuracy under the original row's classifiers beside the
     poster's; empty without ``results["poster_protocol"]``."""
+    results_schema.check_study(results)
     protocol = results.get("poster_protocol")
     if not protocol:
         return ""
     header = ("target", "attack trained on", "Shokri accuracy (%)", "the poster (%)")
     lines = []
-    for row in results.get("rows") or []:
-        name = str(row.get("name", DASH))
-        summary = get(row, "shokri_accuracy") if name == "original" else protocol.get(name)
+    for row in results["rows"]:
+        name = row["name"]
+        summary = row["shokri_accuracy"] if name == "original" else protocol[name]
         trained_on = "its own row (leave one out)" if name == "original" else "the original row"
         accuracy = pct_mean_std(get(summary, "mean"), get(summary, "std"))
         lines.append([row_label(row), trained_on, accuracy, _poster_reference(name)])
-    mode = next((get(v, "mode") for v in protocol.values() if get(v, "mode")), DASH)
+    mode = next((v["mode"] for v in protocol.values() if v["mode"]), DASH)
     intro = _POSTER_INTRO.format(**{k: 100 * v for k, v in POSTER_ACCURACY.items()}, mode=mode)
     return intro + table(header, lines)
 
@@ -172,8 +176,8 @@ def poster_section(results: dict) -> str:
 def _condensed_series(results: dict) -> dict[str, list[dict]]:
     """{base row: its points in order} for every condensed row (a ladder's points, or the row itself)."""
     series: dict[str, list[dict]] = {}
-    for row in results.get("rows") or []:
-        base = str(row.get("row") or row.get("name", ""))
+    for row in results["rows"]:
+        base = row.get("row") or row["name"]
         if base.startswith(_CONDENSED):
             series.setdefault(base, []).append(row)
     return series
@@ -191,7 +195,7 @@ def _movement_cell(row: dict) -> str:
 
 def _doubling_note(points: list[dict]) -> str:
     """Whether the last doubling of iterations gained < 0.3 accuracy points (needs points at T and T / 2)."""
-    by_iteration = {p.get("iteration"): number(get(p, "utility", "test_accuracy_mean")) for p in points}
+    by_iteration = {p.get("iteration"): number(p["utility"]["test_accuracy_mean"]) for p in points}
     last = points[-1].get("iteration")
     if not isinstance(last, int) or last % 2:
         return "no point at half the last iteration: convergence not assessed"
@@ -206,6 +210,7 @@ def _doubling_note(points: list[dict]) -> str:
 def condensation_section(results: dict) -> str:
     """ "Condensed rows: ladders and image movement": per condensed row, each point's accuracy, headline TPR at
     0.1 % FPR and how far its images sit from private ones; empty without condensed rows."""
+    results_schema.check_rows(results)
     series = _condensed_series(results)
     if not series:
         return ""
@@ -221,8 +226,8 @@ def condensation_section(results: dict) -> str:
         lines = [
             [
                 str(p.get("iteration", DASH)),
-                pct_mean_std(get(p, "utility", "test_accuracy_mean"), get(p, "utility", "test_accuracy_std")),
-                metric(get(p, "headline", "model"), HEADLINE),
+                pct_mean_std(p["utility"]["test_accuracy_mean"], p["utility"]["test_accuracy_std"]),
+                metric(p["headline"]["model"], HEADLINE),
                 _movement_cell(p),
             ]
             for p in points
@@ -242,7 +247,7 @@ def _wall_time(seconds) -> str:
 
 def _null_note(results: dict) -> str:
     """The null test over every row, e.g. "3 of 180 intervals excluded chance (allowed <= 16)"; empty if none ran."""
-    tests = [t for row in results.get("rows") or [] if (t := get(row, "null_test")) is not None]
+    tests = [row["null_test"] for row in results["rows"]]
     if not tests:
         return ""
     draws, excluded = sum(t["draws"] for t in tests), sum(t["excluded"] for t in tests)
@@ -257,10 +262,10 @@ def _null_note(results: dict) -> str:
 def _floor_note(results: dict) -> str:
     """The headline's FPR floors, e.g. "original: 0.051%"; empty if none are known."""
     notes = []
-    for row in results.get("rows") or []:
+    for row in results["rows"]:
         floor = number(get(row, "headline", "model", "fpr_floor"))
         if floor:
-            notes.append(f"{row.get('name', DASH)}: {100 * floor:.3f}%")
+            notes.append(f"{row['name']}: {100 * floor:.3f}%")
     if not notes:
         return ""
     return "FPR floors of the headline (1 / the non-member trials of its smallest cell): " + "; ".join(notes) + "."
@@ -275,7 +280,7 @@ def resolution_section(results: dict) -> str:
         return ""
     lines = []
     for a, b in pairs:
-        pa, pb = (get(r, "headline", "model") for r in (a, b))
+        pa, pb = (r["headline"]["model"] for r in (a, b))
         se = power.contrast_se(pa["samples"], pb["samples"])
         mdd = power.detectable_difference(se, len(pairs))
         lines.append([f"{row_label(a)} - {row_label(b)}", f"{100 * se:.3f}", f"{100 * mdd:.3f}"])
@@ -303,16 +308,16 @@ contrast as a finding only by its adjusted p-value.
 
 def results_document(results: dict, figures: dict[str, str]) -> str:
     """The generated part of the results document (markdown), without a conclusion."""
+    results_schema.check_study(results)
     floors = "\n\n".join(n for n in (_null_note(results), _floor_note(results)) if n)
     regenerate = results.get("report_command")
     parts = [
-        f"# Privacy study results (tier: {results.get('tier', DASH)})\n",
-        "Command:\n\n```\n" + str(results.get("command", DASH)) + "\n```\n",
+        f"# Privacy study results (tier: {results['tier']})\n",
+        "Command:\n\n```\n" + results["command"] + "\n```\n",
         *(["Tables regenerated from the exported scores by:\n\n```\n" + regenerate + "\n```\n"] if regenerate else []),
-        f"Machine: {results.get('machine', DASH)}\n\nWall time: {_wall_time(results.get('wall_seconds'))}\n",
+        f"Machine: {results['machine']}\n\nWall time: {_wall_time(results['wall_seconds'])}\n",
         "## Results (natural examples; canaries separately)\n\n" + markdown_table(results),
-        "Rows:\n\n"
-        + "".join(f"- **{row_label(r)}**: {r.get('description', DASH)}\n" for r in results.get("rows") or []),
+        "Rows:\n\n" + "".join(f"- **{row_label(r)}**: {r['description']}\n" for r in results["rows"]),
         LEGEND + (f"\n{floors}\n" if floors else ""),
         *([poster] if (poster := poster_section(results)) else []),
         *([condensed] if (condensed := condensation_section(results)) else []),
@@ -326,29 +331,33 @@ def results_document(results: dict, figures: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
-def write_results_document(path: str, results: dict, figures: dict[str, str], conclusion: str = "") -> None:
-    """Atomically writes ``results_document`` plus, if given, a hand-written "## Conclusion" section."""
+def document(results: dict, figures: dict[str, str], conclusion: str = "") -> str:
+    """RESULTS.md: ``results_document`` plus, if given, a hand-written "## Conclusion" section."""
     text = results_document(results, figures)
     if conclusion:
         text += "\n## Conclusion\n\n" + conclusion
-    if not text.endswith("\n"):
-        text += "\n"
-    checkpoint.atomic_write_bytes(path, text.encode())
+    return text if text.endswith("\n") else text + "\n"
+
+
+def write_results_document(path: str, results: dict, figures: dict[str, str], conclusion: str = "") -> None:
+    """Atomically writes ``document``."""
+    checkpoint.atomic_write_bytes(path, document(results, figures, conclusion).encode())
 
 
 def _figure_points(results: dict) -> list[tuple[str, str, float, float, float, float, float]]:
     """(label, series, accuracy %, accuracy std %, tpr %, ci_low %, ci_high %) of rows that have both; a ladder
     point's or checkpoint's series is its row (``"row"``), joined by a line in the figure; else its own name."""
+    results_schema.check_rows(results)
     points = []
-    for row in results.get("rows") or []:
-        acc = number(get(row, "utility", "test_accuracy_mean"))
-        pick = get(row, "headline", "model") or {}
+    for row in results["rows"]:
+        acc = number(row["utility"]["test_accuracy_mean"])
+        pick = row["headline"]["model"] or {}
         tpr, low, high = (number(pick.get(k)) for k in (HEADLINE, f"{HEADLINE}_ci_low", f"{HEADLINE}_ci_high"))
         if acc is None or tpr is None or low is None or high is None:
             continue
-        std = number(get(row, "utility", "test_accuracy_std")) or 0.0
-        name = str(row.get("name", "?"))
-        points.append((name, str(row.get("row") or name), 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
+        std = number(row["utility"]["test_accuracy_std"]) or 0.0
+        name = row["name"]
+        points.append((name, row.get("row") or name, 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
     return points
 
 

@@ -1,16 +1,20 @@
 """Markdown tables of attack results, shared by one attack run's RESULTS.md (``run_document``) and the study's.
 
-A table's rows are results rows of the study's schema (``study_report``'s docstring); one attack run's results
-become one such row. Missing entries render as an en dash (``DASH``). Here, below both reports, so that the
-attack run (``attack_run``) does not import the study's report.
+A table's rows are results rows (``results_schema.ROW``); one attack run's results become one such row. Every
+table checks its rows first (``results_schema.check_rows``: a missing field raises, naming it); an entry renders
+as an en dash (``DASH``) only where the schema declares it optional or nullable (not applicable: a row without
+DP-SGD has no formal epsilon), or where a number is undefined (NaN). Here, below both reports, so that the attack
+run (``attack_run``) does not import the study's report.
 """
 
 from __future__ import annotations
 
 import math
 
-DASH = "–"  # En dash: a missing or skipped entry.
-HEADLINE = "tpr_at_0.001"
+from dcjax.privacy import attacks, results_schema
+
+DASH = "–"  # En dash: a not applicable (optional, null or skipped) entry.
+HEADLINE = results_schema.HEADLINE
 
 COLUMNS = (
     "target",
@@ -30,7 +34,8 @@ COLUMNS = (
 
 
 def get(tree, *path):
-    """tree[path[0]][path[1]]... or None if any step is missing, null, or a skipped slice."""
+    """tree[path[0]][path[1]]... or None if any step is missing, null, or a skipped slice: for the fields that
+    ``results_schema`` declares optional or nullable (the required ones are indexed)."""
     for step in path:
         if not isinstance(tree, dict) or tree.get(step) is None:
             return None
@@ -63,17 +68,18 @@ def with_ci(value, low, high, scale: float, digits: int) -> str:
 
 
 def metric(summary, name: str, scale: float = 100, digits: int = 2) -> str:
-    """A summary's metric with its CI; "below floor" when the FPR cannot be resolved."""
-    if summary is None:
+    """A summary's metric with its CI (``results_schema.SLICE`` or ``HEADLINE_PICK``); "below floor" when the FPR
+    cannot be resolved; a dash for no summary (null headline) or a skipped slice."""
+    if summary is None or "skipped" in summary:
         return DASH
-    if name.startswith("tpr_at_") and name in summary and summary[name] is None:
+    if name.startswith("tpr_at_") and summary[name] is None:
         return "below floor"
-    return with_ci(get(summary, name), get(summary, f"{name}_ci_low"), get(summary, f"{name}_ci_high"), scale, digits)
+    return with_ci(summary[name], summary[f"{name}_ci_low"], summary[f"{name}_ci_high"], scale, digits)
 
 
 def row_label(row: dict) -> str:
     """The row's name; a DP-SGD row adds its epsilon and noise multiplier."""
-    name = str(row.get("name", DASH))
+    name = row["name"]
     eps, noise = number(get(row, "dp", "epsilon")), number(get(row, "dp", "noise_multiplier"))
     if eps is not None and noise is not None:
         name += f" (ε={eps:g}, σ={noise:.2f})"
@@ -81,16 +87,18 @@ def row_label(row: dict) -> str:
 
 
 def _canaries(row: dict, attack: str | None) -> str:
-    c = get(row, "canary_detection", attack) if attack else None
+    """The headline attack's canaries flagged; a dash without a headline or without canaries."""
+    c = row["canary_detection"].get(attack) if attack else None
     if c is None:
         return DASH
     return f"{c['detected']}/{c['members']} (non-members: {c['false_positives']}/{c['nonmembers']})"
 
 
 def _epsilons(row: dict, attack: str | None) -> str:
-    audits = get(row, "empirical_epsilon", attack) if attack else None
-    if audits is None:
+    """The headline attack's epsilon lower bounds, natural / canaries (a dash without canaries)."""
+    if attack is None:
         return DASH
+    audits = row["empirical_epsilon"][attack]
     parts = [number(get(audits, part, "epsilon_lower_bound")) for part in ("natural", "canaries")]
     return " / ".join(DASH if p is None else f"{p:.2f}" for p in parts)
 
@@ -103,7 +111,7 @@ def _dp_epsilon(row: dict) -> str:
 
 
 def _release(row: dict) -> str:
-    pick = get(row, "headline", "release")
+    pick = row["headline"]["release"]
     if pick is None:
         return DASH
     return f"{metric(pick, HEADLINE)} ({_attack_name(pick)})"
@@ -111,27 +119,29 @@ def _release(row: dict) -> str:
 
 def _attack_name(pick: dict) -> str:
     """The headline's attack; "a (3/4 cells), b (1/4)" when the cells chose differently."""
-    by_cell = list((pick.get("attack_by_cell") or {}).values())
+    by_cell = list(pick["attack_by_cell"].values())
     if len(set(by_cell)) <= 1:
-        return str(pick.get("attack", DASH))
+        return pick["attack"]
     counts = {a: by_cell.count(a) for a in dict.fromkeys(by_cell)}
     return ", ".join(f"{a} ({c}/{len(by_cell)} cells)" for a, c in counts.items())
 
 
 def _null(row: dict) -> str:
-    test = get(row, "null_test")
-    if test is None:
-        return DASH
+    test = row["null_test"]
     verdict = "" if test["passed"] else " FAILED"
     return f"{test['excluded']}/{test['draws']} (allowed ≤ {test['allowed']}){verdict}"
 
 
+def _accuracy(row: dict) -> str:
+    return pct_mean_std(row["utility"]["test_accuracy_mean"], row["utility"]["test_accuracy_std"])
+
+
 def _row_cells(row: dict) -> list[str]:
-    pick = get(row, "headline", "model")
+    pick = row["headline"]["model"]
     attack = pick["attack"] if pick else None
     return [
         row_label(row),
-        pct_mean_std(get(row, "utility", "test_accuracy_mean"), get(row, "utility", "test_accuracy_std")),
+        _accuracy(row),
         _attack_name(pick) if pick else DASH,
         metric(pick, HEADLINE),
         metric(pick, "auc", scale=1, digits=3),
@@ -154,7 +164,8 @@ def table(header, lines) -> str:
 
 def markdown_table(results: dict) -> str:
     """The study's headline table: one line per target row (see ``COLUMNS``)."""
-    return table(COLUMNS, [_row_cells(row) for row in results.get("rows") or []])
+    results_schema.check_rows(results)
+    return table(COLUMNS, [_row_cells(row) for row in results["rows"]])
 
 
 SHORT_COLUMNS = ("target", "test accuracy (%)", "headline TPR@0.1% FPR (%) [95% CI]", "null test: CIs excluding chance")
@@ -162,24 +173,28 @@ SHORT_COLUMNS = ("target", "test accuracy (%)", "headline TPR@0.1% FPR (%) [95% 
 
 def short_table(results: dict) -> str:
     """The short answer (README's): per row its target, accuracy, cross-fitted headline and null test only."""
+    results_schema.check_rows(results)
     lines = [
-        [
-            row_label(row),
-            pct_mean_std(get(row, "utility", "test_accuracy_mean"), get(row, "utility", "test_accuracy_std")),
-            metric(get(row, "headline", "model"), HEADLINE),
-            _null(row),
-        ]
-        for row in results.get("rows") or []
+        [row_label(row), _accuracy(row), metric(row["headline"]["model"], HEADLINE), _null(row)]
+        for row in results["rows"]
     ]
     return table(SHORT_COLUMNS, lines)
+
+
+def in_order(by_attack: dict) -> list[tuple[str, dict]]:
+    """The (attack, value) items in the order a run computes the attacks (``attacks.ORDER``), other names last in
+    their own order: a run's results read back from results.json (keys sorted) render as the run wrote them."""
+    rank = {name: i for i, name in enumerate(attacks.ORDER)}
+    return sorted(by_attack.items(), key=lambda item: rank.get(item[0], len(rank)))
 
 
 def attacks_table(results: dict) -> str:
     """Every attack of every row on the natural slice: AUC and TPR at 1 / 0.1 / 0.01 % FPR, with CIs."""
     header = ("target", "attack", "AUC [95% CI]", "TPR@1% FPR (%)", "TPR@0.1% FPR (%)", "TPR@0.01% FPR (%)")
+    results_schema.check_rows(results)
     lines = []
-    for row in results.get("rows") or []:
-        for attack, summary in (row.get("natural") or {}).items():
+    for row in results["rows"]:
+        for attack, summary in in_order(row["natural"]):
             lines.append(
                 [
                     row_label(row),
@@ -195,13 +210,14 @@ def attacks_table(results: dict) -> str:
 
 def run_document(results: dict, command: str) -> str:
     """RESULTS.md of one attack run: utility, the headline attacks and every attack's natural-slice numbers."""
+    results_schema.check_run(results)
     row = {
         "name": results["config"]["recipe"]["kind"],
         "utility": results["utility"],
         "shokri_accuracy": results["shokri_accuracy"],
         "headline": results["headline"],
-        "null_test": results.get("null_test"),
-        "natural": {a: s.get("natural") for a, s in results["attacks"].items()},
+        "null_test": results["null_test"],
+        "natural": {a: s["natural"] for a, s in results["attacks"].items()},
         "canary_detection": results["canary_detection"],
         "empirical_epsilon": results["empirical_epsilon"],
     }
@@ -229,12 +245,13 @@ def bootstraps_table(results: dict) -> str:
         "examples only [95% CI]",
         "examples and models [95% CI]",
     )
+    results_schema.check_rows(results)
     lines = []
-    for row in results.get("rows") or []:
-        pick = get(row, "headline", "model")
+    for row in results["rows"]:
+        pick = row["headline"]["model"]
         if pick is None:
             continue
-        cis = [pick.get(f"{HEADLINE}_ci_{b}") or [None, None] for b in ("examples", "two_way")]
+        cis = [pick[f"{HEADLINE}_ci_{b}"] for b in ("examples", "two_way")]
         lines.append(
             [row_label(row), metric(pick, HEADLINE)] + [with_ci(pick[HEADLINE], lo, hi, 100, 2) for lo, hi in cis]
         )
