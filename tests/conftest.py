@@ -1,6 +1,9 @@
-"""Test setup: CPU only, 4 fake CPU devices (for sharding tests), before jax is imported."""
+"""Test setup: CPU only, 4 fake CPU devices (for sharding tests), a compilation cache shared by the session, all
+before jax is imported; the session's shared networks (fixtures)."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flag = "--xla_force_host_platform_device_count=4"
@@ -9,3 +12,50 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 # TensorFlow (used by TFDS to read files) must not try to use a GPU or spam the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# XLA compiles dominate the suite: a persistent compilation cache lets a program compiled once (the same tiny network
+# in another module, or a launcher run as a subprocess, which inherits this environment) be read back instead of
+# compiled again. Keyed on the program, the compile options and jax's version, so a hit is the same executable.
+# A fresh directory per session (xdist's workers inherit the controller's), removed at its end; set
+# JAX_COMPILATION_CACHE_DIR yourself to keep one across sessions.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dcjax-test-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # Every program: most compile in < 1 s.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+import pytest  # noqa: E402  (after the environment above: nothing here may import jax first)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fns():
+    """The condensation tests' network (helpers.TINY) on helpers.K classes of helpers.SHAPE, built once."""
+    from dcjax import models
+
+    import helpers
+
+    return models.make_model(helpers.TINY, helpers.SHAPE, helpers.K)
+
+
+@pytest.fixture(scope="session")
+def fns_d1():
+    """helpers.TINY_D1 (one block) on helpers.K classes, built once."""
+    from dcjax import models
+
+    import helpers
+
+    return models.make_model(helpers.TINY_D1, helpers.SHAPE, helpers.K)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """helpers.TINY_D1 on 4 classes (training, DP-SGD and progress tests), built once."""
+    from dcjax import models
+
+    import helpers
+
+    return models.make_model(helpers.TINY_D1, helpers.SHAPE, 4)
