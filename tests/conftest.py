@@ -1,5 +1,5 @@
-"""Test setup: CPU only, 4 fake CPU devices (for sharding tests), a compilation cache shared by the session, all
-before jax is imported; the session's shared networks (fixtures)."""
+"""Test setup: CPU only, 4 fake CPU devices (for sharding tests), XLA without LLVM's optimisations, a compilation
+cache shared by the session, all before jax is imported; the session's shared networks (fixtures)."""
 
 import os
 import shutil
@@ -9,6 +9,12 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 _flag = "--xla_force_host_platform_device_count=4"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# XLA:CPU compilation is most of the suite's time (tiny networks compile for seconds, run for milliseconds); LLVM's
+# optimisation of the generated code is ~a third of it. The tests check what the programs compute, not how fast, so
+# they compile without it (launchers run as subprocesses inherit it); tests/golden.py's tiers, which compare results
+# bitwise with a user's run, clear XLA_FLAGS and compile as users do. A level set in XLA_FLAGS is kept.
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 # TensorFlow (used by TFDS to read files) must not try to use a GPU or spam the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

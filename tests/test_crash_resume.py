@@ -334,7 +334,7 @@ def _condense_args(workdir):
         "experiments/condense.py",
         f"--workdir={workdir}",
         "--ipc=1",
-        "--iterations=40",
+        "--iterations=16",
         "--width=8",
         "--depth=1",
         "--batch_real=2",
@@ -343,26 +343,9 @@ def _condense_args(workdir):
         "--init=noise",
         "--num_eval=1",
         "--eval_epochs=1",
-        "--eval_every=20",
+        "--eval_every=8",
         "--checkpoint_every=1",
     ]
-
-
-@pytest.mark.slow
-def test_condense_launcher_killed_mid_run_resumes_bitwise(tmp_path):
-    def ready(workdir):  # Two checkpoints on disk: the kill lands in the iterations after them.
-        ckpts = workdir / "checkpoints"
-        return ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
-
-    straight, crashed = _crash_and_resume(
-        tmp_path, _condense_args, 60, ready, "resuming from the checkpoint after iteration"
-    )
-    _assert_same_synthetic(straight, crashed)
-    _assert_same_results(straight, crashed, "results.json")
-    assert [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(crashed / "metrics.jsonl"))] == [
-        (m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(straight / "metrics.jsonl"))
-    ]
-    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
 
 
 def _attack_args(workdir):
@@ -404,7 +387,8 @@ def test_privacy_study_killed_after_a_row_resumes_bitwise(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Slow: Ctrl-C (issue 27). It lands within seconds even inside a long jitted call, exits 130 with one line
-# saying what is saved, a second run into the same workdir is refused meanwhile, and the resume is bitwise.
+# saying what is saved, a second run into the same workdir is refused meanwhile, and the resume is bitwise (the
+# condense launcher's, in one test with its SIGKILL resume: both against one uninterrupted run).
 
 
 def _long_eval_args(workdir):
@@ -476,31 +460,44 @@ def workdir_lock():
     return workdir.LOCK  # Imported late: the module's other tests need none of it.
 
 
-def _short_condense_args(workdir):
-    return _condense_args(workdir) + ["--iterations=16", "--eval_every=8"]
+def _assert_same_condense_run(straight, crashed, log_path):
+    assert "resuming from the checkpoint after iteration" in _tail(log_path, 10**7)
+    assert _files(crashed) == _files(straight)
+    _assert_same_synthetic(straight, crashed)
+    _assert_same_results(straight, crashed, "results.json")
+    assert [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(crashed / "metrics.jsonl"))] == [
+        (m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(straight / "metrics.jsonl"))
+    ]
+    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
 
 
 @pytest.mark.slow
-def test_condense_launcher_interrupted_by_ctrl_c_resumes_bitwise(tmp_path):
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    reference = _start(_short_condense_args(straight), 60, tmp_path / "straight.log")
+def test_condense_launcher_killed_or_interrupted_by_ctrl_c_mid_run_resumes_bitwise(tmp_path):
+    """SIGKILLed, or Ctrl-C'd (exit 130, one line), once two checkpoints are on disk: the same command resumes to the
+    uninterrupted run's outputs bit for bit. Both against one straight run, which goes alongside (the interruption
+    points are polled, not timed)."""
+    straight = tmp_path / "straight"
+    killed, interrupted = tmp_path / "killed", tmp_path / "interrupted"
+
+    def two_checkpoints(workdir):  # The interruption lands in the iterations after them.
+        ckpts = workdir / "checkpoints"
+        return lambda: ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
+
+    reference = _start(_condense_args(straight), 60, tmp_path / "straight.log")
     try:
-        proc = _start(_short_condense_args(crashed), 60, tmp_path / "killed.log")
-        ckpts = crashed / "checkpoints"
-        _wait_for(
-            proc, tmp_path / "killed.log", lambda: ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
-        )
-        _interrupt(proc, tmp_path / "killed.log")
-        _assert_interrupted(proc, tmp_path / "killed.log", "the checkpoint after iteration")
-        resumed = _start(_short_condense_args(crashed), 60, tmp_path / "resumed.log")
-        _finish(resumed, tmp_path / "resumed.log")
+        _kill_when(_condense_args(killed), 60, two_checkpoints(killed), tmp_path / "killed.log")
+        assert not (killed / "results.json").exists(), "the kill came too late"
+        _finish(_start(_condense_args(killed), 60, tmp_path / "killed_resumed.log"), tmp_path / "killed_resumed.log")
+        proc = _start(_condense_args(interrupted), 60, tmp_path / "interrupted.log")
+        _wait_for(proc, tmp_path / "interrupted.log", two_checkpoints(interrupted))
+        _interrupt(proc, tmp_path / "interrupted.log")
+        _assert_interrupted(proc, tmp_path / "interrupted.log", "the checkpoint after iteration")
+        resumed = _start(_condense_args(interrupted), 60, tmp_path / "interrupted_resumed.log")
+        _finish(resumed, tmp_path / "interrupted_resumed.log")
         _finish(reference, tmp_path / "straight.log")
     finally:
         if reference.poll() is None:
             reference.kill()
             reference.wait()
-    assert "resuming from the checkpoint after iteration" in _tail(tmp_path / "resumed.log", 10**7)
-    assert _files(crashed) == _files(straight)
-    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
-    _assert_same_synthetic(straight, crashed)
-    _assert_same_results(straight, crashed, "results.json")
+    _assert_same_condense_run(straight, killed, tmp_path / "killed_resumed.log")
+    _assert_same_condense_run(straight, interrupted, tmp_path / "interrupted_resumed.log")

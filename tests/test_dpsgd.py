@@ -64,7 +64,9 @@ def test_clipping_bounds_every_example_and_leaves_small_ones_alone(tiny):
         assert _norm(mine) <= clip + 1e-5
         np.testing.assert_allclose(float(norms[i]), _norm(g), rtol=1e-5)
         if _norm(g) + dpsgd.NORM_EPS <= clip:
-            chex.assert_trees_all_close(mine, g, rtol=1e-5, atol=1e-7)
+            # atol: leaves whose gradient is zero up to float32 rounding (a conv bias before instance norm) differ
+            # by that rounding, ~1e-7, between the vmapped and the one-by-one programs.
+            chex.assert_trees_all_close(mine, g, rtol=1e-5, atol=1e-6)
     assert 0 < int(jnp.sum(norms > clip)) < len(raw)
 
 
