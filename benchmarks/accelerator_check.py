@@ -114,6 +114,7 @@ class Scale:
 
 TINY = Scale(
     width=8,
+    depth=1,
     ipc=1,
     batch_real=8,
     pool_per_class=16,
@@ -140,7 +141,9 @@ class Context:
 def define_flags() -> None:
     """Defines the launcher's flags; called from __main__ only, so tests can import this module freely."""
     flags.DEFINE_string("out", None, "Directory for accelerator_check.json / .md (None: print only).")
-    flags.DEFINE_bool("tiny", False, "Shrink every shape (width 8, ipc 1, 4 models, 1 timed call): CPU smoke run.")
+    flags.DEFINE_bool(
+        "tiny", False, "Shrink every shape (width 8, depth 1, ipc 1, 4 models, 1 timed call): CPU smoke run."
+    )
     flags.DEFINE_enum(
         "precision",
         "float32",

@@ -27,6 +27,7 @@ from absl import flags  # noqa: E402
 import timing  # noqa: E402
 
 flags.DEFINE_integer("width", 128, "ConvNet width.")
+flags.DEFINE_integer("depth", 3, "ConvNet blocks (the paper's 3; the tests run 1).")
 flags.DEFINE_integer("ipc", 10, "Synthetic images per class (its paper loops: LOOPS_BY_IPC).")
 flags.DEFINE_integer("batch_real", 256, "Real images per class per matching step.")
 flags.DEFINE_enum("method", "dc", ["dc", "dsa"], "Gradient-matching method.")
@@ -54,7 +55,7 @@ def _setup():
         class_strategy=FLAGS.class_strategy,
         precision=FLAGS.precision,
     )
-    base = models.make_model(models.ModelConfig(width=FLAGS.width), SHAPE, K)
+    base = models.make_model(models.ModelConfig(width=FLAGS.width, depth=FLAGS.depth), SHAPE, K)
     fns = models.with_precision(base, cfg.precision)  # The network the iteration matches with.
     pool, index = timing.random_pool(K, SHAPE, POOL_PER_CLASS)
     state, _ = condense.init_synthetic(cfg, jax.random.key(1), pool, index)
@@ -181,7 +182,8 @@ def main(_):
     print(
         f"{timing.library()}; {timing.cpu()}; backend {jax.default_backend()}; "
         f"class strategy {condense.resolve_class_strategy(cfg.class_strategy)}; "
-        f"{cfg.method.upper()} ConvNet-{FLAGS.width} ({FLAGS.precision}), ipc {cfg.ipc}, loops {outer} x {inner}, "
+        f"{cfg.method.upper()} ConvNet-{FLAGS.width} d{FLAGS.depth} ({FLAGS.precision}), ipc {cfg.ipc}, "
+        f"loops {outer} x {inner}, "
         f"batch_real {cfg.batch_real}, forward {f / 1e6:.1f} MFLOP/image; jitted fp32 matmul {matmul:.1f} GFLOP/s"
     )
     print(json.dumps(rows))

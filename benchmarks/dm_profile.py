@@ -28,6 +28,7 @@ from absl import flags  # noqa: E402
 import timing  # noqa: E402
 
 flags.DEFINE_integer("width", 128, "ConvNet width.")
+flags.DEFINE_integer("depth", 3, "ConvNet blocks (the paper's 3; the tests run 1).")
 flags.DEFINE_integer("ipc", 10, "Synthetic images per class.")
 flags.DEFINE_integer("batch_real", 256, "Real images per class per iteration.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per row (median reported), after one warm-up call.")
@@ -53,7 +54,9 @@ def _setup():
         precision=FLAGS.precision,
     )
     strategy = condense.resolve_class_strategy(cfg.class_strategy)
-    model = models.ModelConfig(width=FLAGS.width, conv_impl=FLAGS.conv_impl, precision=FLAGS.precision)
+    model = models.ModelConfig(
+        width=FLAGS.width, depth=FLAGS.depth, conv_impl=FLAGS.conv_impl, precision=FLAGS.precision
+    )
     fns = models.make_model(model, SHAPE, K)  # The parts see the network the iteration matches with.
     pool, index = timing.random_pool(K, SHAPE, POOL_PER_CLASS)
     state, _ = condense.init_synthetic(cfg, jax.random.key(1), pool, index)
@@ -126,7 +129,7 @@ def main(_):
 
     print(
         f"{timing.library()}; {timing.cpu()}; backend {jax.default_backend()}; class strategy {strategy}; "
-        f"ConvNet-{FLAGS.width} ({FLAGS.conv_impl}, {FLAGS.precision}), "
+        f"ConvNet-{FLAGS.width} d{FLAGS.depth} ({FLAGS.conv_impl}, {FLAGS.precision}), "
         f"ipc {cfg.ipc}, batch_real {cfg.batch_real}, real-embedding chunk {dm._embed_chunk(cfg, fns)}, "
         f"DSA {cfg.dsa_strategy}; jitted fp32 matmul {matmul:.1f} GFLOP/s"
     )

@@ -8,24 +8,19 @@ points), their mean and its 95 % t-interval (as docs/RESULTS.md's bf16 and forwa
 """
 
 import json
-import math
 
 from absl import app
 from absl import flags
-from scipy import stats
+
+from dcjax import evaluation
 
 FLAGS = flags.FLAGS
 
 
 def paired(before: list[float], after: list[float]) -> tuple[list[float], float, tuple[float, float]]:
     """(per-pair differences in points, their mean, its 95 % t-interval); accuracies as fractions, pair i with i."""
-    if len(before) != len(after) or len(before) < 2:
-        raise ValueError(f"need two equal lists of >= 2 accuracies, got {len(before)} and {len(after)}")
-    diffs = [100 * (a - b) for b, a in zip(before, after)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    half = stats.t.ppf(0.975, n - 1) * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
-    return diffs, mean, (mean - half, mean + half)
+    gain = evaluation.paired_difference(before, after)
+    return gain.differences, gain.mean, (gain.low, gain.high)
 
 
 def main(_):

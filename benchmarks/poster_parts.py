@@ -82,7 +82,9 @@ flags.DEFINE_list("parts", list(PARTS), f"Parts to time: {', '.join(PARTS)}.")
 flags.DEFINE_integer("repeats", 1, "Timed units of each part per process (after one warm-up call).")
 flags.DEFINE_integer("processes", 3, "Fresh processes per side (before, after); the spread is over them.")
 flags.DEFINE_string("before", None, "Another checkout (its root, holding dcjax/): alternate processes with it.")
-flags.DEFINE_bool("tiny", False, "Tiny shapes (width 8, a few images): checks that the benchmark works, in seconds.")
+flags.DEFINE_bool(
+    "tiny", False, "Tiny shapes (width 8, depth 1, a few images): checks that the benchmark works, in seconds."
+)
 flags.DEFINE_string("out", None, "JSON file for every raw measurement and the summary (written atomically).")
 flags.DEFINE_bool("compile_cache", True, "Share compiled programs between the processes (a fresh persistent cache).")
 flags.DEFINE_integer("pipelines", 8, "Pipelines per row of the poster tier (prediction).")
@@ -106,8 +108,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # condensation pool and the training set (train_epoch, dpsgd_step); batch is the training batch and DP's expected one;
 # dp_steps: DP-SGD steps per timed call; matmul_n: the side of the matmul that measures the machine's rate.
 SHAPES = {
-    "poster": dict(width=32, ipc=10, outer=10, inner=10, dc_real=128, dm_real=256, per_class=3000, batch=256),
-    "tiny": dict(width=8, ipc=2, outer=2, inner=2, dc_real=4, dm_real=8, per_class=16, batch=32),
+    "poster": dict(width=32, depth=3, ipc=10, outer=10, inner=10, dc_real=128, dm_real=256, per_class=3000, batch=256),
+    "tiny": dict(width=8, depth=1, ipc=2, outer=2, inner=2, dc_real=4, dm_real=8, per_class=16, batch=32),
 }
 SHAPES["poster"].update(dp_steps=10, score_images=70000, queries=2, matmul_n=2048)
 SHAPES["tiny"].update(dp_steps=2, score_images=64, queries=2, matmul_n=256)
@@ -138,7 +140,7 @@ def _context(s: dict) -> dict:
     import numpy as np
     from dcjax import models
 
-    fns = models.make_model(models.ModelConfig(width=s["width"]), SHAPE, K)
+    fns = models.make_model(models.ModelConfig(width=s["width"], depth=s["depth"]), SHAPE, K)
     pool, index = timing.random_pool(K, SHAPE, s["per_class"])
     labels = jax.numpy.asarray(np.repeat(np.arange(K, dtype=np.int32), s["per_class"]))
     variables = fns.init(jax.random.key(2))

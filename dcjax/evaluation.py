@@ -7,10 +7,13 @@ and the full dataset: the same engine, the same protocol, so the rows are compar
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 from dcjax import data
 from dcjax import engine
@@ -70,3 +73,31 @@ def evaluate_training_set(fns: ModelFns, config: EvalConfig, key: jax.Array, tra
         "std": float(accs.std()),
         "final_train_loss": float(np.asarray(losses)[:, -1].mean()),
     }
+
+
+class PairedDifference(NamedTuple):
+    """after - before in accuracy points: per pair [M], their mean, its ``level`` t-interval (low, high)."""
+
+    differences: list[float]
+    mean: float
+    low: float
+    high: float
+
+
+def paired_difference(before, after, level: float = 0.95) -> PairedDifference:
+    """The accuracy gain of one training set over another, paired by evaluating model.
+
+    Pair i must share what the sets do not change (model i's key, so its initialisation and data order), so the
+    differences vary only with the sets; the t-interval then treats the M pairs as independent draws.
+
+    Args:
+      before, after: [M] test accuracies as fractions, model i of each paired (M >= 2).
+      level: the interval's coverage.
+    """
+    if len(before) != len(after) or len(before) < 2:
+        raise ValueError(f"need two equal lists of >= 2 accuracies, got {len(before)} and {len(after)}")
+    diffs = [100 * (float(a) - float(b)) for b, a in zip(before, after)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+    return PairedDifference(diffs, mean, mean - half, mean + half)

@@ -29,25 +29,27 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+import configs  # noqa: E402
 from dcjax.privacy import attack_data, attack_run, bank, pools  # noqa: E402
 from dcjax.privacy.config import AttackRunConfig  # noqa: E402
 
-common.define_data_flags()
-common.define_model_flags()
-common.define_run_flags()
-common.define_train_flags(common.field_default(AttackRunConfig, "train"))
-common.define_condense_flags()
+TRAIN = configs.field_default(AttackRunConfig, "train")  # The training the flags default to.
+configs.define_data_flags()
+configs.define_model_flags()
+configs.define_run_flags()
+configs.define_train_flags(TRAIN)
+configs.define_condense_flags()
 flags.DEFINE_enum(
     "target",
-    common.field_default(bank.Recipe, "kind"),
+    configs.field_default(bank.Recipe, "kind"),
     bank.RECIPES,
     "Target recipe: train on the private data itself, on a random --per_class "
     "subset of it, or on a synthetic set condensed from it (--method).",
 )
 flags.DEFINE_integer(
-    "per_class", common.field_default(bank.Recipe, "per_class"), "Images per class for --target=subset."
+    "per_class", configs.field_default(bank.Recipe, "per_class"), "Images per class for --target=subset."
 )
-common.define_attack_flags()
+configs.define_attack_flags()
 flags.DEFINE_bool(
     "report_only",
     False,
@@ -67,10 +69,9 @@ FLAGS = flags.FLAGS
 
 def run_config():
     """Frozen configs from flags; ConfigError (naming the flag) on bad values."""
-    condense = common.condense_config() if FLAGS.target == "condense" else None
-    with common.naming_flags():
-        recipe = bank.Recipe(kind=FLAGS.target, per_class=FLAGS.per_class, condense=condense)
-    return common.attack_config(recipe, common.train_config(small_set=FLAGS.target != "original"))
+    condense = configs.condense_config() if FLAGS.target == "condense" else None
+    recipe = configs.config_from_flags(bank.Recipe, {"kind": "target"}, condense=condense)
+    return configs.attack_config(recipe, configs.train_config(TRAIN, small_set=FLAGS.target != "original"))
 
 
 def _pct(value) -> str:

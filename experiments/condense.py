@@ -23,42 +23,42 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+import configs  # noqa: E402
 from dcjax import evaluation  # noqa: E402
 from dcjax.condense import run as condense_run  # noqa: E402
 
-common.define_data_flags()
-common.define_model_flags()
-common.define_run_flags()
-common.define_condense_flags()
+EVAL_TRAIN = configs.field_default(evaluation.EvalConfig, "train")  # How evaluation models train.
+configs.define_data_flags()
+configs.define_model_flags()
+configs.define_run_flags()
+configs.define_condense_flags()
 flags.DEFINE_integer(
     "num_eval",
-    common.field_default(evaluation.EvalConfig, "num_models"),
+    configs.field_default(evaluation.EvalConfig, "num_models"),
     "Models trained to evaluate the synthetic set.",
 )
 flags.DEFINE_integer(
     "eval_every",
-    common.field_default(condense_run.RunConfig, "eval_every"),
+    configs.field_default(condense_run.RunConfig, "eval_every"),
     "Evaluate every this many iterations (0: at the end).",
 )
-flags.DEFINE_integer(
-    "eval_epochs", common.field_default(evaluation.EvalConfig, "train").epochs, "Epochs per evaluation model."
-)
+flags.DEFINE_integer("eval_epochs", EVAL_TRAIN.epochs, "Epochs per evaluation model.")
 flags.DEFINE_enum(
     "eval_augment",
     None,  # Per --method and --dataset (default_eval_augment), not EvalConfig's 'dc'.
-    common.AUGMENTS,
+    configs.AUGMENTS,
     "Evaluation augmentation; default as "
     "the reference: DSA for dsa and dm (dsa_digits on digits), 'dc' for DC on MNIST, "
     "else 'none'.",
 )
 flags.DEFINE_bool(
     "eval_baseline",
-    common.field_default(condense_run.RunConfig, "eval_baseline"),
+    configs.field_default(condense_run.RunConfig, "eval_baseline"),
     "Also evaluate a random real subset of the same size.",
 )
 flags.DEFINE_integer(
     "checkpoint_every",
-    common.field_default(condense_run.RunConfig, "checkpoint_every"),
+    configs.field_default(condense_run.RunConfig, "checkpoint_every"),
     "Checkpoint every this many iterations.",
 )
 FLAGS = flags.FLAGS
@@ -71,32 +71,18 @@ def default_eval_augment(cond) -> str:
     return condense.evaluation_augment(cond, augment.small_set_augment(FLAGS.dataset))
 
 
+# The evaluation's settings have flags of their own names (--num_eval, --eval_*), apart from the condensation's.
+EVAL_FLAGS = {"num_models": "num_eval"}
+EVAL_TRAIN_FLAGS = {"epochs": "eval_epochs", "augment": "eval_augment"}
+
+
 def run_config():
     """Frozen configs from flags; ConfigError (naming the flag) on bad values."""
-    from dcjax import train as train_lib
-
-    for name in ("num_eval", "eval_epochs", "checkpoint_every"):
-        if getattr(FLAGS, name) < 1:
-            raise common.flag_error(name, f"must be >= 1, got {getattr(FLAGS, name)}")
-    if FLAGS.eval_every < 0:
-        raise common.flag_error("eval_every", f"must be >= 0, got {FLAGS.eval_every}")
-    cond = common.condense_config()
+    cond = configs.condense_config()
     augment = FLAGS.eval_augment or default_eval_augment(cond)
-    with common.naming_flags(num_models="num_eval", epochs="eval_epochs"):
-        eval_cfg = evaluation.EvalConfig(
-            num_models=FLAGS.num_eval, train=train_lib.TrainConfig(epochs=FLAGS.eval_epochs, augment=augment)
-        )
-    with common.naming_flags():
-        return condense_run.RunConfig(
-            dataset=FLAGS.dataset,
-            seed=FLAGS.seed,
-            model=common.model_config(),
-            condense=cond,
-            eval=eval_cfg,
-            eval_every=FLAGS.eval_every,
-            eval_baseline=FLAGS.eval_baseline,
-            checkpoint_every=FLAGS.checkpoint_every,
-        )
+    train = configs.config_from_flags(EVAL_TRAIN, EVAL_TRAIN_FLAGS, augment=augment)
+    eval_cfg = configs.config_from_flags(evaluation.EvalConfig, EVAL_FLAGS, train=train)
+    return configs.config_from_flags(condense_run.RunConfig, model=configs.model_config(), condense=cond, eval=eval_cfg)
 
 
 def run():

@@ -34,13 +34,16 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 import common  # noqa: E402
+import configs  # noqa: E402
+from dcjax import dpsgd  # noqa: E402
 from dcjax import strategy as strategy_lib  # noqa: E402
 from dcjax.privacy import pools, study  # noqa: E402
 from dcjax.privacy.config import AttackRunConfig  # noqa: E402
 
-common.define_data_flags()
-common.define_model_flags()
-common.define_run_flags()
+ORIGINAL = configs.field_default(study.StudyConfig, "train_original")  # The DP rows train like the 'original' row.
+configs.define_data_flags()
+configs.define_model_flags()
+configs.define_run_flags()
 # 1000, not AttackRunConfig's 2000: the pools of the CPU study tier (privacy_study_cpu.cfg) whose DP rows it tunes.
 flags.DEFINE_integer("target_pool", 1000, "The study's target pool (excluded from the tuning data).")
 flags.DEFINE_integer("attacker_pool", 1000, "The study's attacker pool (excluded from the tuning data).")
@@ -51,18 +54,13 @@ flags.DEFINE_list("dp_epochs", ["40"], "Expected epochs of the grid.")
 flags.DEFINE_list("lrs", ["0.05", "0.2"], "Learning rates of the grid.")
 flags.DEFINE_list("epsilons", ["1", "4", "8"], "Target epsilons (each grid point is trained at each).")
 flags.DEFINE_float(
-    "dp_delta", common.field_default(study.StudyConfig, "dp_delta"), "Delta of the (epsilon, delta) guarantee."
+    "dp_delta", configs.field_default(study.StudyConfig, "dp_delta"), "Delta of the (epsilon, delta) guarantee."
 )
-flags.DEFINE_float("dp_clip", common.field_default(study.StudyConfig, "dp_clip"), "Per-example gradient L2 clip norm.")
-flags.DEFINE_enum(
-    "augment",
-    common.field_default(study.StudyConfig, "train_original").augment,  # The DP rows train like the 'original' row.
-    common.AUGMENTS,
-    "Training augmentation (the study's DP rows: none).",
-)
+flags.DEFINE_float("dp_clip", configs.field_default(study.StudyConfig, "dp_clip"), "Per-example gradient L2 clip norm.")
+flags.DEFINE_enum("augment", ORIGINAL.augment, configs.AUGMENTS, "Training augmentation (the study's DP rows: none).")
 flags.DEFINE_enum(
     "strategy",
-    common.field_default(AttackRunConfig, "strategy"),
+    configs.field_default(AttackRunConfig, "strategy"),
     strategy_lib.STRATEGIES,
     "Model-axis strategy.",
 )
@@ -114,20 +112,33 @@ def grid(lists: dict) -> list[dict]:
     return sorted(points, key=lambda p: p["epochs"])
 
 
+def split_config() -> AttackRunConfig:
+    """The study's AttackRunConfig as far as its split goes (``pools.make_split`` reads the dataset, the seed and
+    the pools); --strategy runs the tuning models, not the study's."""
+    return configs.config_from_flags(AttackRunConfig, {"strategy": None})
+
+
+def setting_config(point: dict, n: int):
+    """(TrainConfig with its DPConfig, the guarantee ``study.dp_guarantee`` gives) of grid ``point`` on ``n``
+    private examples."""
+    train = configs.config_from_flags(ORIGINAL, epochs=point["epochs"], batch_size=point["batch_size"], lr=point["lr"])
+    dp = study.dp_guarantee(point["epsilon"], FLAGS.dp_delta, n, n, train, FLAGS.dp_clip)
+    given = {name: dp[name] for name in ("noise_multiplier", "capacity", "overflow_budget")}
+    private = configs.config_from_flags(dpsgd.DPConfig, {"l2_clip": "dp_clip"}, num_examples=n, **given)
+    return dataclasses.replace(train, dp=private), dp
+
+
 def tuning_split(train, key) -> tuple:
     """(private, validation) dataset indices: disjoint, drawn by ``key`` outside the study's pools."""
     import jax
     import numpy as np
 
-    study = AttackRunConfig(
-        dataset=FLAGS.dataset, seed=FLAGS.seed, target_pool=FLAGS.target_pool, attacker_pool=FLAGS.attacker_pool
-    )
     if FLAGS.target_pool + FLAGS.attacker_pool + FLAGS.private_size + FLAGS.val_size > len(train.labels):
         raise common.flag_error(
             "target_pool",
             f"+ --attacker_pool + --private_size + --val_size exceed the {len(train.labels)} training examples",
         )
-    split = pools.make_split(study, train.labels, train.num_classes)
+    split = pools.make_split(split_config(), train.labels, train.num_classes)
     rest = np.setdiff1d(np.arange(len(train.labels)), np.concatenate([split["target"], split["attacker"]]))
     order = rest[np.asarray(jax.random.permutation(key, len(rest)))]
     return order[: FLAGS.private_size], order[FLAGS.private_size : FLAGS.private_size + FLAGS.val_size]
@@ -136,23 +147,11 @@ def tuning_split(train, key) -> tuple:
 def train_setting(fns, point: dict, data, key) -> dict:
     """Trains one DP-SGD model at ``point`` on ``data`` = (private, validation) sets; its record."""
     import jax.numpy as jnp
-    from dcjax import dpsgd, engine
-    from dcjax import train as train_lib
+    from dcjax import engine
 
     (images, labels), (val_images, val_labels) = data
     n = len(labels)
-    train = train_lib.TrainConfig(
-        epochs=point["epochs"], batch_size=point["batch_size"], lr=point["lr"], augment=FLAGS.augment
-    )
-    dp = study.dp_guarantee(point["epsilon"], FLAGS.dp_delta, n, n, train, FLAGS.dp_clip)
-    private = dpsgd.DPConfig(
-        l2_clip=FLAGS.dp_clip,
-        noise_multiplier=dp["noise_multiplier"],
-        num_examples=n,
-        capacity=dp["capacity"],
-        overflow_budget=dp["overflow_budget"],
-    )
-    config = dataclasses.replace(train, dp=private)
+    config, dp = setting_config(point, n)
     tic = time.perf_counter()
     variables, losses = engine.train_models(
         fns, config, key[None], (jnp.asarray(images), jnp.asarray(labels), jnp.ones((1, n), bool)), FLAGS.strategy
@@ -248,14 +247,14 @@ def run():
     points = grid(check_flags())
     settings = {
         "flags": {f: getattr(FLAGS, f) for f in _RECORDED_FLAGS},
-        "model": dataclasses.asdict(common.model_config()),
+        "model": dataclasses.asdict(configs.model_config()),
         "grid": points,
     }
     common.hold_workdir(FLAGS.workdir, FLAGS.overwrite, settings)  # Before the data load.
     train = data.load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.download)  # Never the test split.
     root = jax.random.fold_in(jax.random.key(FLAGS.seed), TUNE_TAG)
     private, val = tuning_split(train, jax.random.fold_in(root, 0))
-    fns = models.make_model(common.model_config(), train.image_shape, train.num_classes)
+    fns = models.make_model(configs.model_config(), train.image_shape, train.num_classes)
     workdir_lib.prepare(FLAGS.workdir, settings, FLAGS.overwrite)
     split = ((train.images[private], train.labels[private]), (train.images[val], train.labels[val]))
     records = sweep(fns, points, split, jax.random.fold_in(root, 1), FLAGS.workdir)

@@ -27,15 +27,17 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+import configs  # noqa: E402
 from dcjax.privacy import study  # noqa: E402  (row names for --rows)
 
-common.define_data_flags()
-common.define_model_flags()
-common.define_run_flags()
-common.define_train_flags(common.field_default(study.StudyConfig, "train_original"))  # The 'original' row's.
-common.define_condense_flags()
-common.define_attack_flags()
-study_default = functools.partial(common.field_default, study.StudyConfig)
+study_default = functools.partial(configs.field_default, study.StudyConfig)
+ORIGINAL = study_default("train_original")  # The 'original' row's training, which the training flags set.
+configs.define_data_flags()
+configs.define_model_flags()
+configs.define_run_flags()
+configs.define_train_flags(ORIGINAL)
+configs.define_condense_flags()
+configs.define_attack_flags()
 flags.DEFINE_list(
     "rows",
     list(study_default("rows")),
@@ -91,7 +93,7 @@ flags.DEFINE_integer("small_batch_size", study_default("train_small").batch_size
 flags.DEFINE_enum(
     "small_augment",
     None,  # Per --dataset (study_config), not train_small's 'dc' (MNIST's).
-    common.AUGMENTS,
+    configs.AUGMENTS,
     "Augmentation for those models; "
     "default 'dc' on MNIST (the reference), else 'none'. (--augment is the "
     "'original' row's.)",
@@ -112,39 +114,27 @@ flags.DEFINE_bool(
 FLAGS = flags.FLAGS
 
 
+# The fields of the models trained on 10-per-class sets (``train_small``) whose flags are --small_*; its lr is --lr.
+SMALL_FLAGS = {"epochs": "small_epochs", "batch_size": "small_batch_size", "augment": "small_augment"}
+NUMBER_LISTS = {"ladder": int, "dp_noise": float, "dp_checkpoints": int}  # List flags of StudyConfig's number tuples.
+
+
 def study_config():
     """Frozen StudyConfig from flags; ConfigError (naming the flag) on bad values."""
-    import dataclasses
     from dcjax import augment as augment_lib
     from dcjax import train as train_lib
     from dcjax.privacy import bank
 
-    original = common.train_config(small_set=False)
+    original = configs.train_config(ORIGINAL, small_set=False)
     small_augment = FLAGS.small_augment or augment_lib.small_set_augment(FLAGS.dataset)
-    with common.naming_flags(epochs="small_epochs", batch_size="small_batch_size"):
-        small = dataclasses.replace(
-            original, epochs=FLAGS.small_epochs, batch_size=FLAGS.small_batch_size, augment=small_augment
-        )
+    small = configs.config_from_flags(study_default("train_small"), SMALL_FLAGS, augment=small_augment)
+    with common.naming_flags(**SMALL_FLAGS):
         train_lib.make_schedule(small, 1)  # Validates the batch size.
-    attack, condense = common.attack_config(bank.Recipe(), original), common.condense_config()
-    with common.naming_flags():  # StudyConfig checks rows, per_class, dp_*, dm_iterations, ladder.
-        return study.StudyConfig(
-            attack=attack,
-            rows=tuple(FLAGS.rows),
-            train_original=original,
-            train_small=small,
-            per_class=FLAGS.per_class,
-            condense=condense,
-            dp_delta=FLAGS.dp_delta,
-            dp_clip=FLAGS.dp_clip,
-            dp_lr=FLAGS.dp_lr,
-            dp_batch_size=FLAGS.dp_batch_size,
-            dp_epochs=FLAGS.dp_epochs,
-            dm_iterations=FLAGS.dm_iterations,
-            ladder=_numbers("ladder", int),
-            dp_noise=_numbers("dp_noise", float),
-            dp_checkpoints=_numbers("dp_checkpoints", int),
-        )
+    attack, condense = configs.attack_config(bank.Recipe(), original), configs.condense_config()
+    lists = {name: _numbers(name, kind) for name, kind in NUMBER_LISTS.items()}
+    return configs.config_from_flags(  # StudyConfig checks rows, per_class, dp_*, dm_iterations, ladder.
+        study.StudyConfig, attack=attack, train_original=original, train_small=small, condense=condense, **lists
+    )
 
 
 def _numbers(name: str, kind) -> tuple:

@@ -22,21 +22,23 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+import configs  # noqa: E402
 from dcjax import evaluation  # noqa: E402
 
-common.define_data_flags()
-common.define_model_flags()
-common.define_run_flags()
+EVAL_TRAIN = configs.field_default(evaluation.EvalConfig, "train")  # The evaluation protocol's training.
+configs.define_data_flags()
+configs.define_model_flags()
+configs.define_run_flags()
 flags.DEFINE_enum("source", "full", ["full", "subset", "synthetic"], "Training data.")
 flags.DEFINE_integer("subset_ipc", 10, "Images per class for --source=subset.", lower_bound=1)
 flags.DEFINE_string("synthetic", None, "Synthetic set (.npz from condense.py) for --source=synthetic.")
 flags.DEFINE_integer(
     "num_models",
-    common.field_default(evaluation.EvalConfig, "num_models"),
+    configs.field_default(evaluation.EvalConfig, "num_models"),
     "Models trained (different init/shuffle keys).",
     lower_bound=1,
 )
-common.define_train_flags(common.field_default(evaluation.EvalConfig, "train"))  # The evaluation protocol's.
+configs.define_train_flags(EVAL_TRAIN)
 FLAGS = flags.FLAGS
 
 
@@ -81,16 +83,17 @@ def _training_set(train, synthetic):
     return images, labels, {"source": "synthetic", "path": FLAGS.synthetic}
 
 
-def _eval_config():
-    train_cfg = common.train_config(small_set=FLAGS.source != "full")
-    return evaluation.EvalConfig(num_models=FLAGS.num_models, train=train_cfg, strategy=FLAGS.strategy)
+def eval_config():
+    """Frozen EvalConfig from flags; ConfigError (naming the flag) on bad values."""
+    train = configs.train_config(EVAL_TRAIN, small_set=FLAGS.source != "full")
+    return configs.config_from_flags(evaluation.EvalConfig, train=train)
 
 
 def run():
     import jax
     from dcjax import checkpoint, data, models, workdir
 
-    eval_cfg, model_cfg = _eval_config(), common.model_config()
+    eval_cfg, model_cfg = eval_config(), configs.model_config()
     synthetic = _synthetic_set() if FLAGS.source == "synthetic" else None  # Before the ~12 s data load.
     common.hold_workdir(FLAGS.workdir, FLAGS.overwrite)
     train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)

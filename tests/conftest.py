@@ -1,11 +1,67 @@
-"""Test setup: CPU only, 4 fake CPU devices (for sharding tests), before jax is imported."""
+"""Test setup: CPU only, 4 fake CPU devices (for sharding tests), XLA without LLVM's optimisations, a compilation
+cache shared by the session, all before jax is imported; the session's shared networks (fixtures)."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flag = "--xla_force_host_platform_device_count=4"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# XLA:CPU compilation is most of the suite's time (tiny networks compile for seconds, run for milliseconds); LLVM's
+# optimisation of the generated code is ~a third of it. The tests check what the programs compute, not how fast, so
+# they compile without it (launchers run as subprocesses inherit it); tests/golden.py's tiers, which compare results
+# bitwise with a user's run, clear XLA_FLAGS and compile as users do. A level set in XLA_FLAGS is kept.
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 # TensorFlow (used by TFDS to read files) must not try to use a GPU or spam the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# XLA compiles dominate the suite: a persistent compilation cache lets a program compiled once (the same tiny network
+# in another module, or a launcher run as a subprocess, which inherits this environment) be read back instead of
+# compiled again. Keyed on the program, the compile options and jax's version, so a hit is the same executable.
+# A fresh directory per session (xdist's workers inherit the controller's), removed at its end; set
+# JAX_COMPILATION_CACHE_DIR yourself to keep one across sessions.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dcjax-test-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # Every program: most compile in < 1 s.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+import pytest  # noqa: E402  (after the environment above: nothing here may import jax first)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fns():
+    """The condensation tests' network (helpers.TINY) on helpers.K classes of helpers.SHAPE, built once."""
+    from dcjax import models
+
+    import helpers
+
+    return models.make_model(helpers.TINY, helpers.SHAPE, helpers.K)
+
+
+@pytest.fixture(scope="session")
+def fns_d1():
+    """helpers.TINY_D1 (one block) on helpers.K classes, built once."""
+    from dcjax import models
+
+    import helpers
+
+    return models.make_model(helpers.TINY_D1, helpers.SHAPE, helpers.K)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """helpers.TINY_D1 on 4 classes (training, DP-SGD and progress tests), built once."""
+    from dcjax import models
+
+    import helpers
+
+    return models.make_model(helpers.TINY_D1, helpers.SHAPE, 4)

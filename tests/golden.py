@@ -94,15 +94,20 @@ def digest(workdir: str, npz_name: str, results_keys: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
+def user_env(root: str) -> dict[str, str]:
+    """The environment of a user's run of the checkout at ``root``: one CPU device and no inherited XLA flags (the
+    test session fakes 4 devices and compiles without LLVM's optimisations, tests/conftest.py), so its results are
+    bitwise those the records and the committed runs were made with."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS="", PYTHONPATH=root)
+
+
 def run_tier(name: str, root: str, scratch: str) -> str:
     """Runs tier ``name`` of the checkout at ``root`` in a fresh workdir under ``scratch``: its digest."""
     examples, launcher, (flagfile, *overrides) = TIERS[name][0], TIERS[name][1], TIERS[name][2]
     workdir = os.path.join(scratch, name)
     cmd = [sys.executable, os.path.join(HERE, "mock_launch.py"), str(examples), f"experiments/{launcher}.py"]
     cmd += [f"--flagfile=experiments/flags/{flagfile}", *overrides, f"--workdir={workdir}"]
-    # One CPU device and no inherited XLA flags (the test session fakes 4 devices): a user's run.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS="", PYTHONPATH=root)
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=root, env=user_env(root), capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"tier {name} failed in {root}:\n{proc.stderr[-3000:]}")
     if launcher == "condense":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 import zipfile
 
 import jax
@@ -366,18 +369,36 @@ def test_poster_scale_with_shokri_from_the_bank_adds_its_subsample_only(tmp_path
     _assert_same(attack_data.load(str(path)), d)
 
 
+# Scores a committed export's Shokri accuracies (argv[1]: its directory) and prints them as JSON.
+_SCORE_SHOKRI = """
+import json, os, sys
+from dcjax.privacy import attack_data, attacks, rmia, shokri
+d = attack_data.load(os.path.join(sys.argv[1], attack_data.EXPORT))
+keys = attack_data.run_keys(d.config["seed"])
+config, rmia_config = shokri.AttackConfig(**d.config["attack"]), rmia.RMIAConfig(**d.config["rmia"])
+scores, accuracy = attacks.compute_scores(d, config, rmia_config, keys)
+print(json.dumps({"shokri": "shokri" in scores, "per_target": [float(a) for a in accuracy]}))
+"""
+
+
 @pytest.mark.slow  # Trains the committed run's Shokri classifiers (16 x 1,000 rows, 2,000 steps: ~15 s).
 def test_a_committed_export_with_an_attacker_pool_scores_shokri_as_recorded():
     """The attack_sanity run (8 shadows on an attacker pool): its Shokri accuracies as its results.json recorded
-    them, bitwise on a platform tests/golden.py has a record for (where the committed runs were made)."""
+    them, bitwise on a platform tests/golden.py has a record for (where the committed runs were made). Scored in a
+    process compiled as a user's run is (golden.user_env), not with the test session's XLA flags (conftest.py)."""
     import golden
 
     directory = os.path.join(ROOT, "docs", "results", "attack_sanity_cpu")
-    d = attack_data.load(os.path.join(directory, attack_data.EXPORT))
     recorded = checkpoint.read_json(os.path.join(directory, "results.json"))["shokri_accuracy"]
-    config = shokri.AttackConfig(**d.config["attack"])
-    keys = attack_data.run_keys(d.config["seed"])
-    scores, accuracy = attacks.compute_scores(d, config, rmia.RMIAConfig(**d.config["rmia"]), keys)
-    assert "shokri" in scores and "mode" not in recorded
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCORE_SHOKRI, directory],
+        env=golden.user_env(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scored = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert scored["shokri"] and "mode" not in recorded
     tolerance = 0.0 if golden.platform_id() in golden.read_records() else 0.01  # Another CPU rounds otherwise.
-    np.testing.assert_allclose(accuracy, recorded["per_target"], rtol=0, atol=tolerance)
+    np.testing.assert_allclose(scored["per_target"], recorded["per_target"], rtol=0, atol=tolerance)

@@ -55,6 +55,7 @@ def finished(fns, tmp_path_factory):
     return workdir, _run(fns, workdir, _config())
 
 
+@pytest.mark.xdist_group("attack_run_finished")  # Shares the module's `finished` run (-n: one worker).
 @pytest.mark.slow
 def test_attack_run_writes_every_artifact(finished):
     workdir, results = finished
@@ -91,6 +92,7 @@ def test_attack_run_writes_every_artifact(finished):
     assert len(results["utility"]["test_accuracy"]) == 6
 
 
+@pytest.mark.xdist_group("attack_run_finished")  # Shares the module's `finished` run (-n: one worker).
 @pytest.mark.slow  # The module's finished attack run takes ~20 s to build.
 def test_killed_attack_run_resumes_per_model_to_identical_scores(fns, finished, tmp_path):
     workdir, _ = finished
@@ -115,6 +117,7 @@ def test_killed_attack_run_resumes_per_model_to_identical_scores(fns, finished, 
             np.testing.assert_array_equal(a[name], b[name])
 
 
+@pytest.mark.xdist_group("attack_run_finished")  # Shares the module's `finished` run (-n: one worker).
 @pytest.mark.slow  # The module's finished attack run takes ~20 s to build.
 def test_report_only_regenerates_the_results_from_the_export_alone(finished, tmp_path):
     workdir, results = finished
@@ -141,6 +144,7 @@ def test_a_file_that_is_not_an_export_is_refused_by_name(tmp_path):
         attack_data.load(str(tmp_path / "other.npz"))
 
 
+@pytest.mark.xdist_group("attack_run_finished")  # Shares the module's `finished` run (-n: one worker).
 @pytest.mark.slow
 def test_models_do_not_depend_on_the_chunking(fns, finished, tmp_path):
     workdir, _ = finished
@@ -151,6 +155,7 @@ def test_models_do_not_depend_on_the_chunking(fns, finished, tmp_path):
         np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.xdist_group("attack_run_finished")  # Shares the module's `finished` run (-n: one worker).
 @pytest.mark.slow  # The module's finished attack run takes ~20 s to build.
 def test_finished_attack_run_is_not_overwritten(fns, finished):
     from dcjax import workdir as workdir_lib

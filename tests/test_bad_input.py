@@ -1,7 +1,7 @@
 """Bad input as a new user meets it: one `error:` line naming the flag (or file), exit != 0, nothing written.
 
 Most rows run in-process: the config dataclasses (every range a launcher flag maps to), the launchers'
-config builders in experiments/common.py, the data loaders and the workdir checks. The slow tests run
+config builders in experiments/configs.py, the data loaders and the workdir checks. The slow tests run
 the launchers as a user does, one per kind of mistake, and check the whole contract end to end.
 """
 
@@ -31,18 +31,19 @@ from dcjax.privacy.config import AttackRunConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import common  # noqa: E402
+import configs  # noqa: E402
 
 FLAGS = flags.FLAGS
 if "lr_img" not in FLAGS:  # The flag groups the launchers share (what attack.py defines), once per process.
     for define in (
-        common.define_data_flags,
-        common.define_model_flags,
-        common.define_run_flags,
-        common.define_condense_flags,
-        common.define_attack_flags,
+        configs.define_data_flags,
+        configs.define_model_flags,
+        configs.define_run_flags,
+        configs.define_condense_flags,
+        configs.define_attack_flags,
     ):
         define()
-    common.define_train_flags(common.field_default(AttackRunConfig, "train"))  # As attack.py.
+    configs.define_train_flags(configs.field_default(AttackRunConfig, "train"))  # As attack.py.
     flags.DEFINE_integer("per_class", 10, "attack.py's and privacy_study.py's flag.")
     FLAGS.mark_as_parsed()
 
@@ -162,7 +163,7 @@ def test_defaults_and_edge_values_are_still_accepted():
 )
 def test_condense_flags_are_named_in_the_message(overrides, flag):
     with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
-        common.condense_config()
+        configs.condense_config()
     assert str(info.value).startswith(flag), str(info.value)
 
 
@@ -175,7 +176,7 @@ def test_condense_flags_are_named_in_the_message(overrides, flag):
 )
 def test_train_flags_are_named_in_the_message(overrides, flag):
     with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
-        common.train_config(small_set=False)
+        configs.train_config(configs.field_default(AttackRunConfig, "train"), small_set=False)
     assert str(info.value).startswith(flag), str(info.value)
 
 
@@ -196,7 +197,7 @@ def test_train_flags_are_named_in_the_message(overrides, flag):
 )
 def test_attack_flags_are_named_in_the_message(overrides, flag):
     with flagsaver.flagsaver(**overrides), pytest.raises(ValueError) as info:
-        common.attack_config(bank.Recipe(), train_lib.TrainConfig(epochs=1))
+        configs.attack_config(bank.Recipe(), train_lib.TrainConfig(epochs=1))
     assert str(info.value).startswith(flag), str(info.value)
 
 
@@ -228,14 +229,27 @@ def test_config_errors_name_only_real_flags_from_their_field():
 
 def test_config_from_flags_takes_each_field_from_its_flag():
     with flagsaver.flagsaver(width=7, net_init="flax", precision="bf16"):
-        config = common.model_config()
+        config = configs.model_config()
     assert config == models.ModelConfig(width=7, init="flax")  # --precision is condensation's, not the model's.
     with flagsaver.flagsaver(attack_hidden=-1), pytest.raises(errors.ConfigError) as info:
-        common.config_from_flags(shokri.AttackConfig, {"hidden": "attack_hidden", "lr": None}, steps=3)
+        configs.config_from_flags(shokri.AttackConfig, {"hidden": "attack_hidden", "lr": None}, steps=3)
     assert str(info.value).startswith("--attack_hidden must be >= 0"), str(info.value)
     with flagsaver.flagsaver(lr=-1.0):  # lr=None: the same-named --lr (the models') is not the attack's.
-        built = common.config_from_flags(shokri.AttackConfig, {"lr": None, "hidden": "attack_hidden"}, steps=3)
+        built = configs.config_from_flags(shokri.AttackConfig, {"lr": None, "hidden": "attack_hidden"}, steps=3)
     assert built.steps == 3 and built.lr == shokri.AttackConfig().lr and built.hidden == FLAGS.attack_hidden
+
+
+def test_config_from_flags_replaces_an_instance_and_never_sets_a_nested_config_from_a_flag():
+    base = train_lib.TrainConfig(epochs=7, momentum=0.5, augment="dc")  # The launcher's default training.
+    with flagsaver.flagsaver(epochs=3, lr=-1.0), pytest.raises(errors.ConfigError) as info:
+        configs.config_from_flags(base)
+    assert str(info.value).startswith("--lr must be > 0"), str(info.value)
+    with flagsaver.flagsaver(epochs=3):
+        built = configs.config_from_flags(base, augment="none")
+    # --epochs and --lr replace the instance's; momentum (no flag) stays the instance's, not TrainConfig's 0.9.
+    assert (built.epochs, built.lr, built.momentum, built.augment) == (3, FLAGS.lr, 0.5, "none")
+    # --model sets ModelConfig.name: AttackRunConfig.model, a config of its own, is the launcher's to give.
+    assert "model" in FLAGS and configs.config_from_flags(AttackRunConfig).model == AttackRunConfig().model
 
 
 def test_a_missing_flagfile_is_one_error_line(capsys):
@@ -464,7 +478,7 @@ FLAG_CHECKS = {
         ],
         "CondenseConfig (+ check_batch_real)",
     ),
-    "dsa_strategy": "dsa.parse_strategy via common.condense_config",
+    "dsa_strategy": "dsa.parse_strategy via configs.condense_config",
     **dict.fromkeys(
         [
             "num_models",
@@ -480,15 +494,15 @@ FLAG_CHECKS = {
         ],
         "AttackRunConfig (+ check_recipe_fits)",
     ),
-    **dict.fromkeys(["attack_hidden", "attack_steps"], "shokri.AttackConfig, renamed in common.attack_config"),
-    **dict.fromkeys(["num_eval", "eval_every", "eval_epochs", "checkpoint_every"], "condense.py run_config"),
+    **dict.fromkeys(["attack_hidden", "attack_steps"], "shokri.AttackConfig, renamed by configs.SHOKRI_FLAGS"),
+    **dict.fromkeys(["num_eval", "eval_every", "eval_epochs", "checkpoint_every"], "EvalConfig, RunConfig (condense)"),
     "per_class": "bank.Recipe / StudyConfig (+ check_recipe_fits)",
     **dict.fromkeys(
         ["rows", "dp_delta", "dp_clip", "dp_lr", "dp_batch_size", "dp_epochs", "dm_iterations"],
         "StudyConfig (dp_tune.py: check_flags)",
     ),
     **dict.fromkeys(["dp_noise", "dp_checkpoints"], "privacy_study._numbers, then StudyConfig"),
-    **dict.fromkeys(["small_epochs", "small_batch_size"], "TrainConfig, renamed in privacy_study.study_config"),
+    **dict.fromkeys(["small_epochs", "small_batch_size"], "TrainConfig, renamed by privacy_study.SMALL_FLAGS"),
     **dict.fromkeys(
         ["target_pool", "attacker_pool", "private_size", "val_size", "batch_sizes", "lrs", "epsilons"],
         "dp_tune.check_flags",

@@ -28,7 +28,10 @@ def _positive(value) -> bool:
 
 @pytest.mark.slow
 def test_dc_profile_measures_every_part_and_checks_its_prediction():
-    rows = {r["part"]: r for r in _rows("dc_profile.py", "--width=4", "--ipc=1", "--batch_real=4", "--check_outer=2")}
+    rows = {
+        r["part"]: r
+        for r in _rows("dc_profile.py", "--width=4", "--depth=1", "--ipc=1", "--batch_real=4", "--check_outer=2")
+    }
     assert len(rows) == 6, sorted(rows)
     measured = rows["measured iteration (2 outer)"]
     assert _positive(measured["s per iteration"]) and _positive(measured["predicted from the parts"])
@@ -39,7 +42,10 @@ def test_dc_profile_measures_every_part_and_checks_its_prediction():
 
 @pytest.mark.slow
 def test_dm_profile_measures_every_part_beside_the_whole_iteration():
-    rows = {r["part"]: r for r in _rows("dm_profile.py", "--width=4", "--ipc=1", "--batch_real=4", "--repeats=1")}
+    rows = {
+        r["part"]: r
+        for r in _rows("dm_profile.py", "--width=4", "--depth=1", "--ipc=1", "--batch_real=4", "--repeats=1")
+    }
     assert set(rows) >= {"real: DSA + embed (forward)", "synthetic: DSA + embed + backward", "whole iteration"}
     assert all(_positive(r["s"]) for r in rows.values())
     assert rows["whole iteration"]["share of iteration"] == 1.0

@@ -8,6 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
+from helpers import K, SHAPE, TINY
+
 from dcjax import condense
 from dcjax.condense import run as condense_run
 from dcjax import data
@@ -15,23 +18,10 @@ from dcjax import evaluation
 from dcjax import models
 from dcjax import train
 
-K, IPC, SHAPE = 3, 2, (8, 8, 1)
-TINY = models.ModelConfig(width=8, depth=2)
+IPC = 2
 SMALL = condense.CondenseConfig(
     ipc=IPC, iterations=3, outer_loop=3, inner_loop=2, batch_real=4, batch_train=4, init="real"
 )
-
-
-def _pool(n=30, seed=0):
-    key = jax.random.key(seed)
-    labels = jnp.arange(n, dtype=jnp.int32) % K
-    images = jax.random.normal(key, (n,) + SHAPE) + labels[:, None, None, None]
-    return images, labels
-
-
-@pytest.fixture(scope="module")
-def fns():
-    return models.make_model(TINY, SHAPE, K)
 
 
 def test_loops_follow_the_reference_table():
@@ -43,7 +33,7 @@ def test_loops_follow_the_reference_table():
 
 @pytest.mark.slow
 def test_class_strategies_and_microbatching_give_the_same_loss_and_gradients(fns):
-    images, labels = _pool()
+    images, labels = helpers.pool()
     variables = fns.init(jax.random.key(1))
     syn = jax.random.normal(jax.random.key(2), (K * IPC,) + SHAPE)
     real = jnp.stack([images[labels == c][:4] for c in range(K)])
@@ -59,7 +49,7 @@ def test_class_strategies_and_microbatching_give_the_same_loss_and_gradients(fns
 
 
 def _iterate(fns, config, steps, key=0):
-    images, labels = _pool()
+    images, labels = helpers.pool()
     index = data.build_class_index(np.asarray(labels), K)
     state, init_idx = condense.init_synthetic(config, jax.random.key(key), images, index)
     step = condense.make_iteration_fn(fns, config, "map")
@@ -77,7 +67,7 @@ def test_iteration_traces_once_and_changes_the_images(fns):
     assert step._cache_size() == 1  # Three calls, one compilation.
     assert not np.allclose(state.images, state0.images)
     assert np.all(np.isfinite(losses))
-    images, labels = _pool()
+    images, labels = helpers.pool()
     # Real init copies the recorded real examples of the right class.
     np.testing.assert_array_equal(state0.images, images[init_idx])
     np.testing.assert_array_equal(labels[init_idx], condense.synthetic_labels(K, IPC))
@@ -85,7 +75,7 @@ def test_iteration_traces_once_and_changes_the_images(fns):
 
 @pytest.mark.slow
 def test_pure_iteration_is_traced_once(fns):
-    images, labels = _pool()
+    images, labels = helpers.pool()
     index = data.build_class_index(np.asarray(labels), K)
     state, _ = condense.init_synthetic(SMALL, jax.random.key(0), images, index)
     pure = chex.assert_max_traces(lambda s, d, k: condense.dc_iteration(fns, SMALL, "map", s, d, k), n=1)
@@ -141,11 +131,6 @@ def test_batch_real_larger_than_smallest_class_is_rejected():
         condense.check_batch_real(condense.CondenseConfig(batch_real=3), index)
 
 
-def _dataset(n, seed):
-    images, labels = _pool(n, seed)
-    return data.ArrayDataset(np.asarray(images), np.asarray(labels), K, "mnist")
-
-
 def _run_config(iterations=4):
     return condense_run.RunConfig(
         seed=3,
@@ -163,7 +148,7 @@ class _Killed(Exception):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeypatch):
-    train_set, test_set = _dataset(30, 0), _dataset(12, 1)
+    train_set, test_set = helpers.dataset(30, 0), helpers.dataset(12, 1)
     config = _run_config()
     straight = condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path / "a"))
     real_save = condense_run.checkpoint.Checkpointer.save
@@ -201,7 +186,7 @@ def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_finished_workdir_is_not_overwritten(fns, tmp_path):
-    train_set, test_set = _dataset(30, 0), _dataset(12, 1)
+    train_set, test_set = helpers.dataset(30, 0), helpers.dataset(12, 1)
     config = dataclasses.replace(_run_config(1), eval_baseline=False)
     condense_run.run_condensation(config, fns, train_set, test_set, str(tmp_path))
     with pytest.raises(condense_run.workdir_lib.WorkdirError, match="overwrite"):

@@ -9,6 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
+from helpers import K, SHAPE, TINY
+
 from dcjax import condense
 from dcjax.condense import run as condense_run
 from dcjax import data
@@ -16,12 +19,10 @@ from dcjax.condense import distribution_matching as dm
 from dcjax.condense import gradient_matching
 from dcjax import dsa
 from dcjax import evaluation
-from dcjax import models
 from dcjax import train
 from dcjax.privacy import bank
 
-K, IPC, SHAPE = 3, 2, (8, 8, 1)
-TINY = models.ModelConfig(width=8, depth=2)
+IPC = 2
 # Most tests check the wiring with two cheap ops (the ops themselves are tested in test_dsa.py); the affine ops make
 # XLA:CPU compile ~5x longer. The full digits strategy runs in the one-iteration smoke tests.
 CHEAP = "crop_cutout"
@@ -45,19 +46,8 @@ FULL = {
 }
 
 
-def _pool(n=30, seed=0):
-    labels = jnp.arange(n, dtype=jnp.int32) % K
-    images = jax.random.normal(jax.random.key(seed), (n,) + SHAPE) + labels[:, None, None, None]
-    return images, labels
-
-
-@pytest.fixture(scope="module")
-def fns():
-    return models.make_model(TINY, SHAPE, K)
-
-
 def _inputs(fns):
-    images, labels = _pool()
+    images, labels = helpers.pool()
     variables = fns.init(jax.random.key(1))
     syn = jax.random.normal(jax.random.key(2), (K * IPC,) + SHAPE)
     real = jnp.stack([images[labels == c][:4] for c in range(K)])
@@ -130,7 +120,7 @@ def test_chunked_mean_embedding_equals_the_whole_batch(fns):
 
 
 def _iterate(fns, config, steps, step=None, seed=0):
-    images, labels = _pool()
+    images, labels = helpers.pool()
     index = data.build_class_index(np.asarray(labels), K)
     state, _ = condense.init_synthetic(config, jax.random.key(seed), images, index)
     step = step or condense.make_iteration_fn(fns, config, "map")
@@ -161,7 +151,7 @@ def test_bad_method_and_strategy_are_rejected():
 
 @pytest.mark.slow
 def test_dsa_training_augmentation_trains_a_model(fns):
-    images, labels = _pool()
+    images, labels = helpers.pool()
     config = train.TrainConfig(epochs=1, batch_size=8, augment="dsa_digits")
     schedule = train.make_schedule(config, images.shape[0])
     mask = jnp.ones(images.shape[0], bool)
@@ -175,10 +165,7 @@ def test_dsa_training_augmentation_trains_a_model(fns):
 @pytest.mark.parametrize("config", [DSA, DM], ids=["dsa", "dm"])
 @pytest.mark.slow
 def test_a_run_writes_the_same_outputs_as_dc(fns, config, tmp_path):
-    images, labels = _pool()
-    test_images, test_labels = _pool(12, 1)
-    train_set = data.ArrayDataset(np.asarray(images), np.asarray(labels), K, "mnist")
-    test_set = data.ArrayDataset(np.asarray(test_images), np.asarray(test_labels), K, "mnist")
+    train_set, test_set = helpers.dataset(30), helpers.dataset(12, 1)
     run = condense_run.RunConfig(
         seed=1,
         model=TINY,
@@ -196,7 +183,7 @@ def test_a_run_writes_the_same_outputs_as_dc(fns, config, tmp_path):
 
 @pytest.mark.slow
 def test_bank_condenses_every_model_with_dm(fns):
-    images, labels = _pool()
+    images, labels = helpers.pool()
     keep = np.zeros((2, images.shape[0]), bool)
     keep[0, ::2] = keep[1, 1::2] = True
     syn, init = bank.condense_models(
@@ -213,7 +200,7 @@ def test_bank_condenses_every_model_with_dm(fns):
 def test_bf16_precision_runs_bf16_matmuls_and_stays_close_to_fp32(fns, config):
     """precision='bf16' changes only the matching network's matmul inputs: same keys, images within bf16 rounding."""
     low = dataclasses.replace(config, precision="bf16")
-    images, labels = _pool()
+    images, labels = helpers.pool()
     index = data.build_class_index(np.asarray(labels), K)
     state, _ = condense.init_synthetic(config, jax.random.key(0), images, index)
     step = functools.partial(condense.condense_iteration, fns, low, "map")

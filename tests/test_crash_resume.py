@@ -20,31 +20,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import helpers
 import launch_flags
 
 from dcjax import checkpoint
 from dcjax import condense
 from dcjax.condense import run as condense_run
-from dcjax import data
 from dcjax import errors
 from dcjax import evaluation
-from dcjax import models
 from dcjax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---------------------------------------------------------------------------------------------
 # In-process: divergence and damaged checkpoints.
-
-K, SHAPE = 3, (8, 8, 1)
-TINY = models.ModelConfig(width=8, depth=1)
-
-
-def _dataset(n, seed):
-    key = jax.random.key(seed)
-    labels = jnp.arange(n, dtype=jnp.int32) % K
-    images = jax.random.normal(key, (n,) + SHAPE) + labels[:, None, None, None]
-    return data.ArrayDataset(np.asarray(images), np.asarray(labels), K, "mnist")
 
 
 def _config(**condense_changes):
@@ -54,7 +43,7 @@ def _config(**condense_changes):
     )
     return condense_run.RunConfig(
         seed=3,
-        model=TINY,
+        model=helpers.TINY_D1,
         condense=dataclasses.replace(cond, **condense_changes),
         eval=evaluation.EvalConfig(num_models=1, train=train.TrainConfig(epochs=1)),
         eval_every=0,
@@ -64,13 +53,8 @@ def _config(**condense_changes):
 
 
 @pytest.fixture(scope="module")
-def fns():
-    return models.make_model(TINY, SHAPE, K)
-
-
-@pytest.fixture(scope="module")
 def sets():
-    return _dataset(30, 0), _dataset(12, 1)
+    return helpers.dataset(30, 0), helpers.dataset(12, 1)
 
 
 def _condense(fns, sets, workdir, config=None):
@@ -78,10 +62,10 @@ def _condense(fns, sets, workdir, config=None):
 
 
 @pytest.fixture(scope="module")
-def straight(fns, sets, tmp_path_factory):
+def straight(fns_d1, sets, tmp_path_factory):
     """An uninterrupted run: what every interrupted one must reproduce."""
     workdir = tmp_path_factory.mktemp("straight")
-    results = _condense(fns, sets, workdir)
+    results = _condense(fns_d1, sets, workdir)
     return workdir, results
 
 
@@ -117,13 +101,14 @@ def _poison_iteration(monkeypatch, bad_call: int):
     monkeypatch.setattr(condense, "make_iteration_fn", make)
 
 
+@pytest.mark.xdist_group("crash_resume_straight")  # Shares the module's `straight` run (-n: one worker).
 @pytest.mark.slow
 def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_resumes_identically(
-    fns, sets, straight, tmp_path, monkeypatch
+    fns_d1, sets, straight, tmp_path, monkeypatch
 ):
     _poison_iteration(monkeypatch, bad_call=6)  # Checkpoints after 2 and 4; the 6th iteration fails.
     with pytest.raises(ValueError, match="condensation diverged") as error:
-        _condense(fns, sets, tmp_path)
+        _condense(fns_d1, sets, tmp_path)
     message = str(error.value)
     assert "\n" not in message and "loss nan at iteration 6 of 7" in message
     assert f"after iteration 4) is kept in {tmp_path / 'checkpoints'}" in message and "--lr_img" in message
@@ -133,16 +118,16 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_resumes_identically(
     for name in ("results.json", "synthetic.npz", "synthetic.png"):
         assert not (tmp_path / name).exists(), name
     monkeypatch.undo()  # A transient fault: the same command resumes from iteration 4.
-    resumed = _condense(fns, sets, tmp_path)
+    resumed = _condense(fns_d1, sets, tmp_path)
     _assert_same_synthetic(straight[0], tmp_path)
     assert resumed["final"] == straight[1]["final"]
     assert _iterations(tmp_path / "metrics.jsonl") == list(range(7))
 
 
-def test_a_huge_image_learning_rate_diverges_with_one_line_and_no_outputs(fns, sets, tmp_path):
+def test_a_huge_image_learning_rate_diverges_with_one_line_and_no_outputs(fns_d1, sets, tmp_path):
     config = dataclasses.replace(_config(lr_img=1e38), checkpoint_every=1)
     with pytest.raises(condense_run.DivergedError, match="condensation diverged") as error:
-        _condense(fns, sets, tmp_path, config)
+        _condense(fns_d1, sets, tmp_path, config)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "synthetic.npz").exists()
     with ocp.CheckpointManager(str(tmp_path / "checkpoints")) as manager:
@@ -150,7 +135,7 @@ def test_a_huge_image_learning_rate_diverges_with_one_line_and_no_outputs(fns, s
             saved = manager.restore(step, args=ocp.args.StandardRestore())
             assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved)), step
     with pytest.raises(condense_run.workdir_lib.WorkdirError, match="overwrite"):
-        _condense(fns, sets, tmp_path)  # Saner settings start over with --overwrite, as it says.
+        _condense(fns_d1, sets, tmp_path)  # Saner settings start over with --overwrite, as it says.
 
 
 class _Killed(Exception):
@@ -177,15 +162,16 @@ def _truncate_data_files(step_dir):
                     f.truncate(os.path.getsize(path) // 2)
 
 
+@pytest.mark.xdist_group("crash_resume_straight")  # Shares the module's `straight` run (-n: one worker).
 @pytest.mark.slow
-def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(fns, sets, straight, tmp_path, monkeypatch):
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(fns_d1, sets, straight, tmp_path, monkeypatch):
     _die_after_saving(monkeypatch, at_step=6)
     with pytest.raises(_Killed):
-        _condense(fns, sets, tmp_path)
+        _condense(fns_d1, sets, tmp_path)
     monkeypatch.undo()
     assert _steps(tmp_path) == [4, 6]
     _truncate_data_files(tmp_path / "checkpoints" / "6")
-    resumed = _condense(fns, sets, tmp_path)
+    resumed = _condense(fns_d1, sets, tmp_path)
     _assert_same_synthetic(straight[0], tmp_path)
     assert resumed["final"] == straight[1]["final"]
     assert (tmp_path / "checkpoints" / f"6{checkpoint.UNREADABLE_SUFFIX}").is_dir()  # Kept aside.
@@ -348,7 +334,7 @@ def _condense_args(workdir):
         "experiments/condense.py",
         f"--workdir={workdir}",
         "--ipc=1",
-        "--iterations=40",
+        "--iterations=16",
         "--width=8",
         "--depth=1",
         "--batch_real=2",
@@ -357,26 +343,9 @@ def _condense_args(workdir):
         "--init=noise",
         "--num_eval=1",
         "--eval_epochs=1",
-        "--eval_every=20",
+        "--eval_every=8",
         "--checkpoint_every=1",
     ]
-
-
-@pytest.mark.slow
-def test_condense_launcher_killed_mid_run_resumes_bitwise(tmp_path):
-    def ready(workdir):  # Two checkpoints on disk: the kill lands in the iterations after them.
-        ckpts = workdir / "checkpoints"
-        return ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
-
-    straight, crashed = _crash_and_resume(
-        tmp_path, _condense_args, 60, ready, "resuming from the checkpoint after iteration"
-    )
-    _assert_same_synthetic(straight, crashed)
-    _assert_same_results(straight, crashed, "results.json")
-    assert [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(crashed / "metrics.jsonl"))] == [
-        (m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(straight / "metrics.jsonl"))
-    ]
-    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
 
 
 def _attack_args(workdir):
@@ -418,7 +387,8 @@ def test_privacy_study_killed_after_a_row_resumes_bitwise(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Slow: Ctrl-C (issue 27). It lands within seconds even inside a long jitted call, exits 130 with one line
-# saying what is saved, a second run into the same workdir is refused meanwhile, and the resume is bitwise.
+# saying what is saved, a second run into the same workdir is refused meanwhile, and the resume is bitwise (the
+# condense launcher's, in one test with its SIGKILL resume: both against one uninterrupted run).
 
 
 def _long_eval_args(workdir):
@@ -490,31 +460,44 @@ def workdir_lock():
     return workdir.LOCK  # Imported late: the module's other tests need none of it.
 
 
-def _short_condense_args(workdir):
-    return _condense_args(workdir) + ["--iterations=16", "--eval_every=8"]
+def _assert_same_condense_run(straight, crashed, log_path):
+    assert "resuming from the checkpoint after iteration" in _tail(log_path, 10**7)
+    assert _files(crashed) == _files(straight)
+    _assert_same_synthetic(straight, crashed)
+    _assert_same_results(straight, crashed, "results.json")
+    assert [(m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(crashed / "metrics.jsonl"))] == [
+        (m["iteration"], m["loss"]) for m in checkpoint.read_jsonl(str(straight / "metrics.jsonl"))
+    ]
+    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
 
 
 @pytest.mark.slow
-def test_condense_launcher_interrupted_by_ctrl_c_resumes_bitwise(tmp_path):
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    reference = _start(_short_condense_args(straight), 60, tmp_path / "straight.log")
+def test_condense_launcher_killed_or_interrupted_by_ctrl_c_mid_run_resumes_bitwise(tmp_path):
+    """SIGKILLed, or Ctrl-C'd (exit 130, one line), once two checkpoints are on disk: the same command resumes to the
+    uninterrupted run's outputs bit for bit. Both against one straight run, which goes alongside (the interruption
+    points are polled, not timed)."""
+    straight = tmp_path / "straight"
+    killed, interrupted = tmp_path / "killed", tmp_path / "interrupted"
+
+    def two_checkpoints(workdir):  # The interruption lands in the iterations after them.
+        ckpts = workdir / "checkpoints"
+        return lambda: ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
+
+    reference = _start(_condense_args(straight), 60, tmp_path / "straight.log")
     try:
-        proc = _start(_short_condense_args(crashed), 60, tmp_path / "killed.log")
-        ckpts = crashed / "checkpoints"
-        _wait_for(
-            proc, tmp_path / "killed.log", lambda: ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
-        )
-        _interrupt(proc, tmp_path / "killed.log")
-        _assert_interrupted(proc, tmp_path / "killed.log", "the checkpoint after iteration")
-        resumed = _start(_short_condense_args(crashed), 60, tmp_path / "resumed.log")
-        _finish(resumed, tmp_path / "resumed.log")
+        _kill_when(_condense_args(killed), 60, two_checkpoints(killed), tmp_path / "killed.log")
+        assert not (killed / "results.json").exists(), "the kill came too late"
+        _finish(_start(_condense_args(killed), 60, tmp_path / "killed_resumed.log"), tmp_path / "killed_resumed.log")
+        proc = _start(_condense_args(interrupted), 60, tmp_path / "interrupted.log")
+        _wait_for(proc, tmp_path / "interrupted.log", two_checkpoints(interrupted))
+        _interrupt(proc, tmp_path / "interrupted.log")
+        _assert_interrupted(proc, tmp_path / "interrupted.log", "the checkpoint after iteration")
+        resumed = _start(_condense_args(interrupted), 60, tmp_path / "interrupted_resumed.log")
+        _finish(resumed, tmp_path / "interrupted_resumed.log")
         _finish(reference, tmp_path / "straight.log")
     finally:
         if reference.poll() is None:
             reference.kill()
             reference.wait()
-    assert "resuming from the checkpoint after iteration" in _tail(tmp_path / "resumed.log", 10**7)
-    assert _files(crashed) == _files(straight)
-    assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
-    _assert_same_synthetic(straight, crashed)
-    _assert_same_results(straight, crashed, "results.json")
+    _assert_same_condense_run(straight, killed, tmp_path / "killed_resumed.log")
+    _assert_same_condense_run(straight, interrupted, tmp_path / "interrupted_resumed.log")

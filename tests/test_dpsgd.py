@@ -15,6 +15,8 @@ import optax
 import pytest
 from dp_accounting.pld import pld_privacy_accountant
 
+import helpers
+
 from dcjax import augment
 from dcjax import dpsgd
 from dcjax import engine
@@ -22,7 +24,6 @@ from dcjax import models
 from dcjax import train
 from dcjax.privacy import accounting
 
-TINY = models.ModelConfig(name="convnet", width=8, depth=1)
 # The gradient tests' own DP settings; sampling fields matter only to training.
 SAMPLING = {"num_examples": 24, "capacity": 24, "overflow_budget": 1e-6}
 
@@ -31,15 +32,8 @@ def _dp(l2_clip=1.0, noise_multiplier=1.0, **sampling):
     return dpsgd.DPConfig(l2_clip=l2_clip, noise_multiplier=noise_multiplier, **{**SAMPLING, **sampling})
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return models.make_model(TINY, (8, 8, 1), 4)
-
-
 def _batch(num=10, seed=0):
-    images = jax.random.normal(jax.random.key(seed), (num, 8, 8, 1))
-    labels = jnp.arange(num, dtype=jnp.int32) % 4
-    return images, labels
+    return helpers.pool(num, seed, num_classes=4, offset=False)
 
 
 def _grads_one_by_one(fns, variables, images, labels):
@@ -70,7 +64,9 @@ def test_clipping_bounds_every_example_and_leaves_small_ones_alone(tiny):
         assert _norm(mine) <= clip + 1e-5
         np.testing.assert_allclose(float(norms[i]), _norm(g), rtol=1e-5)
         if _norm(g) + dpsgd.NORM_EPS <= clip:
-            chex.assert_trees_all_close(mine, g, rtol=1e-5, atol=1e-7)
+            # atol: leaves whose gradient is zero up to float32 rounding (a conv bias before instance norm) differ
+            # by that rounding, ~1e-7, between the vmapped and the one-by-one programs.
+            chex.assert_trees_all_close(mine, g, rtol=1e-5, atol=1e-6)
     assert 0 < int(jnp.sum(norms > clip)) < len(raw)
 
 

@@ -230,29 +230,24 @@ def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
 
 
 @pytest.mark.slow
-def test_privacy_study_attacks_a_fixed_noise_row_at_each_checkpoint_on_mock_data(tmp_path):
-    workdir = tmp_path / "study"
-    dp = ["--rows=dpsgd_sigma1", "--dp_noise=1", "--dp_checkpoints=1,2", "--dp_batch_size=16", "--dp_lr=0.1"]
-    proc = _run(launch_flags.TINY_STUDY + [f"--workdir={workdir}"] + dp, mock_examples=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((workdir / "results.json").read_text())
-    rows = [(r["name"], r["row"], r["epochs"], r["dp"]["epochs"], r["dp"]["run_epochs"]) for r in results["rows"]]
-    assert rows == [("dpsgd_sigma1_ep1", "dpsgd_sigma1", 1, 1, 2), ("dpsgd_sigma1_ep2", "dpsgd_sigma1", 2, 2, 2)]
-    first, last = (r["dp"] for r in results["rows"])
-    assert first["epsilon_pld"] < last["epsilon_pld"] and first["noise_multiplier"] == last["noise_multiplier"] == 1
-    assert sorted(os.listdir(workdir / "dpsgd_sigma1_snapshots")) == ["config.json", "ep1", "ep2"]
-    assert (workdir / "dpsgd_sigma1_ep2" / "roc.png").exists() and "| dpsgd_sigma1_ep2 " in proc.stdout
-
-
-@pytest.mark.slow
 def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     workdir = tmp_path / "study"
     condense_flags = ["--ipc=1", "--iterations=1", "--batch_real=1", "--outer_loop=2", "--inner_loop=1"]
-    args = launch_flags.TINY_STUDY + [f"--workdir={workdir}"] + condense_flags
+    # The default rows (--rows's default is StudyConfig's: test_flags.py) and a fixed-noise DP-SGD row, one run
+    # attacked at each of its checkpoints: one study for both.
+    dp = [
+        "--rows=original,subset,dc_noise,dc_real,dpsgd_sigma1",
+        "--dp_noise=1",
+        "--dp_checkpoints=1,2",
+        "--dp_batch_size=16",
+        "--dp_lr=0.1",
+    ]
+    args = launch_flags.TINY_STUDY + [f"--workdir={workdir}"] + condense_flags + dp
     proc = _run(args, mock_examples=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
-    assert [r["name"] for r in results["rows"]] == ["original", "subset", "dc_noise", "dc_real"]
+    names = ["original", "subset", "dc_noise", "dc_real", "dpsgd_sigma1_ep1", "dpsgd_sigma1_ep2"]
+    assert [r["name"] for r in results["rows"]] == names
     assert results["tier"] == "test" and "privacy_study.py" in results["command"]
     # Small sets train with the reference augmentation, the original data without.
     assert results["config"]["train_small"]["augment"] == "dc"
@@ -272,6 +267,15 @@ def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     assert dc_real["headline"]["release"]["attack"].startswith("nearest_synthetic")
     assert "canaries" in dc_real["attacks"]["loss"] and "natural" in dc_real["attacks"]["loss"]
     assert "| dc_real |" in proc.stdout and "| original |" in proc.stdout
+    dp_rows = [r for r in results["rows"] if r.get("row") == "dpsgd_sigma1"]
+    assert [(r["name"], r["epochs"], r["dp"]["epochs"], r["dp"]["run_epochs"]) for r in dp_rows] == [
+        ("dpsgd_sigma1_ep1", 1, 1, 2),
+        ("dpsgd_sigma1_ep2", 2, 2, 2),
+    ]
+    first, last = (r["dp"] for r in dp_rows)
+    assert first["epsilon_pld"] < last["epsilon_pld"] and first["noise_multiplier"] == last["noise_multiplier"] == 1
+    assert sorted(os.listdir(workdir / "dpsgd_sigma1_snapshots")) == ["config.json", "ep1", "ep2"]
+    assert (workdir / "dpsgd_sigma1_ep2" / "roc.png").exists() and "| dpsgd_sigma1_ep2 " in proc.stdout
     again = _run(args, mock_examples=400)  # A finished study is never silently replaced.
     assert again.returncode != 0 and "overwrite" in _error_line(again)
     report = _run(["experiments/privacy_study.py", f"--workdir={workdir}", "--report_only"])

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import K, SHAPE, TINY
+
 from dcjax import condense, data, engine, evaluation, memory, models
 from dcjax.condense import memory as condense_memory
 from dcjax.condense import run as condense_run
@@ -17,8 +19,6 @@ from dcjax.privacy import bank, shokri, study
 from dcjax.privacy import memory as privacy_memory
 from dcjax.privacy.config import AttackRunConfig
 
-K, SHAPE = 3, (8, 8, 1)
-TINY = models.ModelConfig(width=8, depth=2)
 SMALL = condense.CondenseConfig(
     ipc=2, iterations=3, outer_loop=3, inner_loop=2, batch_real=4, batch_train=4, init="real", class_strategy="map"
 )
@@ -29,11 +29,6 @@ LOW, HIGH = 0.5, 3.0
 def _dataset(n, shape=SHAPE, num_classes=K):
     labels = np.arange(n, dtype=np.int32) % num_classes
     return data.ArrayDataset(np.zeros((n, *shape), np.float32), labels, num_classes, "mnist")
-
-
-@pytest.fixture(scope="module")
-def fns():
-    return models.make_model(TINY, SHAPE, K)
 
 
 def _xla_bytes(compiled) -> int:

@@ -8,15 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
+
 from dcjax import condense
 from dcjax import data
 from dcjax import dpsgd
 from dcjax import engine
-from dcjax import models
 from dcjax import progress
 from dcjax import train
 
-TINY = models.ModelConfig(name="convnet", width=8, depth=1)
 K = 4
 
 
@@ -30,22 +30,12 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def fns():
-    return models.make_model(TINY, (8, 8, 1), K)
-
-
 @pytest.fixture
 def every_tick_logs(monkeypatch, caplog):
     """Interval 0 (every tick logs) and absl INFO records captured."""
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
     caplog.set_level(logging.INFO, logger="absl")
     return caplog
-
-
-def _pool(num=24):
-    labels = jnp.arange(num, dtype=jnp.int32) % K
-    return jax.random.normal(jax.random.key(0), (num, 8, 8, 1)), labels
 
 
 def _lines(caplog, label_part: str) -> list[str]:
@@ -124,7 +114,7 @@ def test_tick_reports_every_stride_and_the_remainder(every_tick_logs):
 
 
 def _train(fns, strategy, on: bool, config=None):
-    images, labels = _pool()
+    images, labels = helpers.pool(24, num_classes=K, offset=False)
     masks = jnp.ones((3, images.shape[0]), bool).at[1, :5].set(False)
     config = config or train.TrainConfig(epochs=3, batch_size=8)
     progress.set_enabled(on)
@@ -138,41 +128,41 @@ def _train(fns, strategy, on: bool, config=None):
 
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
 @pytest.mark.parametrize("strategy", ["map", "vmap"])
-def test_training_logs_progress_and_is_bitwise_unchanged(fns, strategy, every_tick_logs):
-    reported = _train(fns, strategy, on=True)
+def test_training_logs_progress_and_is_bitwise_unchanged(tiny, strategy, every_tick_logs):
+    reported = _train(tiny, strategy, on=True)
     label = f"training 3 models x 3 epochs, 8 per batch ({strategy})"
     lines = _lines(every_tick_logs, label)
     assert lines[0].startswith("compiling and running")
     # 3 models x 3 epochs x 3 steps (24 examples, batch 8): all of them reported, once.
     assert any("100% (27/27 model-steps)" in line for line in lines)
     assert "done in" in lines[-1]
-    silent = _train(fns, strategy, on=False)
+    silent = _train(tiny, strategy, on=False)
     chex.assert_trees_all_equal(reported, silent)
 
 
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
-def test_long_epochs_report_from_inside_the_step_scan(fns, every_tick_logs, monkeypatch):
+def test_long_epochs_report_from_inside_the_step_scan(tiny, every_tick_logs, monkeypatch):
     monkeypatch.setattr(progress, "MAX_TICK_STEPS", 2)  # 3 steps per epoch: ticks within epochs.
-    reported = _train(fns, "map", on=True, config=train.TrainConfig(epochs=2, batch_size=8))
+    reported = _train(tiny, "map", on=True, config=train.TrainConfig(epochs=2, batch_size=8))
     done = [int(line.split("(")[2].split("/")[0]) for line in _lines(every_tick_logs, "% (")]
     # Per model and epoch: after step 2 (2 units) and after step 3 (the remaining 1).
     assert done == [2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
-    silent = _train(fns, "map", on=False, config=train.TrainConfig(epochs=2, batch_size=8))
+    silent = _train(tiny, "map", on=False, config=train.TrainConfig(epochs=2, batch_size=8))
     chex.assert_trees_all_equal(reported, silent)
 
 
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
-def test_dp_training_reports_its_poisson_steps(fns, every_tick_logs):
+def test_dp_training_reports_its_poisson_steps(tiny, every_tick_logs):
     dp = dpsgd.DPConfig(num_examples=24, capacity=24, overflow_budget=1e-6)
     config = train.TrainConfig(epochs=2, batch_size=8, dp=dp)
-    reported = _train(fns, "map", on=True, config=config)
+    reported = _train(tiny, "map", on=True, config=config)
     # round(2 * 24 / 8) = 6 Poisson steps per model.
     assert any("100% (18/18 model-steps)" in line for line in _lines(every_tick_logs, "DP-SGD"))
-    chex.assert_trees_all_equal(reported, _train(fns, "map", on=False, config=config))
+    chex.assert_trees_all_equal(reported, _train(tiny, "map", on=False, config=config))
 
 
 def _condense(fns, config, on: bool):
-    images, labels = _pool()
+    images, labels = helpers.pool(24, num_classes=K, offset=False)
     index = data.build_class_index(np.asarray(labels), K)
     progress.set_enabled(on)
     try:
@@ -187,16 +177,16 @@ def _condense(fns, config, on: bool):
 
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
 @pytest.mark.parametrize("method", ["dc", "dm"])
-def test_condensation_iteration_logs_progress_and_is_bitwise_unchanged(fns, method, every_tick_logs):
+def test_condensation_iteration_logs_progress_and_is_bitwise_unchanged(tiny, method, every_tick_logs):
     config = condense.CondenseConfig(
         ipc=2, outer_loop=2, inner_loop=1, batch_real=4, batch_train=8, init="real", method=method
     )
-    reported = _condense(fns, config, on=True)
+    reported = _condense(tiny, config, on=True)
     lines = _lines(every_tick_logs, f"{method.upper()} iteration (width 8, ipc 2")
     assert lines[0].startswith("compiling and running") and len([x for x in lines if "compiling" in x]) == 1
     total = 1 if method == "dm" else 2
     assert sum(f"100% ({total}/{total}" in line for line in lines) == 2  # Each of the 2 iterations.
-    chex.assert_trees_all_equal(reported, _condense(fns, config, on=False))
+    chex.assert_trees_all_equal(reported, _condense(tiny, config, on=False))
 
 
 # ------------------------------------------------------------- the whole job's plan and ETA (issue 27, item 8)

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from dcjax import evaluation
 from dcjax.privacy import results_schema, study_report, tables
 
 
@@ -50,7 +51,7 @@ def _row(name: str, description: str, headline: dict, **fields) -> dict:
     row = {
         "name": name,
         "description": description,
-        "utility": {"test_accuracy_mean": 0.9, "test_accuracy_std": 0.01},
+        "utility": {"test_accuracy_mean": 0.9, "test_accuracy_std": 0.01, "test_accuracy": [0.89, 0.91]},
         "shokri_accuracy": None,
         "natural": {p["attack"]: _summary(0.55, 0.004) for p in picks},
         "headline": headline,
@@ -73,7 +74,7 @@ RESULTS = {
             "original",
             "all of the target's private data",
             {"model": _pick("rmia_online", 0.012, np.linspace(0.010, 0.014, 11)), "release": None},
-            utility={"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002},
+            utility={"test_accuracy_mean": 0.98, "test_accuracy_std": 0.002, "test_accuracy": [0.978, 0.982]},
             shokri_accuracy={"mean": 0.51, "std": 0.01},
             natural={"loss": _summary(0.512, 0.002), "rmia_online": _summary(0.6, 0.012)},
             null_test=_null(1),
@@ -105,7 +106,7 @@ RESULTS = {
                 "model": _pick("lira_offline", 0.003, np.linspace(0.001, 0.005, 11)),
                 "release": _pick("nearest_synthetic", 0.5, np.full(11, 0.5)),
             },
-            utility={"test_accuracy_mean": 0.93, "test_accuracy_std": 0.01},
+            utility={"test_accuracy_mean": 0.93, "test_accuracy_std": 0.01, "test_accuracy": [0.92, 0.94]},
             natural={"lira_offline": _summary(0.53, 0.003)},
             null_test=_null(1),
         ),
@@ -310,13 +311,14 @@ def test_a_rows_ladder_points_form_one_series_in_the_frontier_figure():
 
 
 def test_condensed_rows_show_their_ladder_movement_and_whether_the_last_doubling_gained():
-    def point(t: int, accuracy: float) -> dict:
+    def point(t: int, accuracy: float, per_target=None) -> dict:
         movement = {
             "synthetic_to_nearest_real": {"median": 4.0},
             "real_to_nearest_real": {"median": 8.0},
             "median_ratio": 0.5,
         }
-        utility = {"test_accuracy_mean": accuracy, "test_accuracy_std": 0.001}
+        per_target = per_target or [accuracy - 0.001, accuracy + 0.001]
+        utility = {"test_accuracy_mean": accuracy, "test_accuracy_std": 0.001, "test_accuracy": per_target}
         headline = {"model": None, "release": None}
         return _row(f"dm_real_it{t}", "", headline, row="dm_real", iteration=t, utility=utility, movement=movement)
 
@@ -327,3 +329,27 @@ def test_condensed_rows_show_their_ladder_movement_and_whether_the_last_doubling
     assert "+1.00 accuracy points (still gaining" in gaining
     assert "not assessed" in study_report.condensation_section({"rows": [point(30, 0.9), point(100, 0.91)]})
     assert study_report.condensation_section({"rows": RESULTS["rows"][:2]}) == ""
+    assert "Gain over the initial set" not in converged  # No iteration-0 point: nothing to pair with.
+
+
+def test_a_ladder_from_iteration_0_reports_its_gain_over_the_initial_set_paired_by_pipeline():
+    def point(t: int, per_target: list[float]) -> dict:
+        utility = {
+            "test_accuracy_mean": float(np.mean(per_target)),
+            "test_accuracy_std": 0.0,
+            "test_accuracy": per_target,
+        }
+        return _row(f"dm_real_it{t}", "", {"model": None, "release": None}, row="dm_real", iteration=t, utility=utility)
+
+    init = [0.90, 0.92, 0.94, 0.96]
+    cases = {  # Pairing removes the targets' spread: +1 point each is a sure gain though the spreads overlap.
+        "it beats its initial set": [a + 0.01 for a in init],
+        "it is worse than its initial set": [a - 0.01 for a in init],
+        "does not beat its own initial set (a subset in disguise)": [0.91, 0.91, 0.95, 0.95],
+    }
+    for verdict, final in cases.items():
+        text = study_report.condensation_section({"rows": [point(0, init), point(50, final), point(100, final)]})
+        gain = evaluation.paired_difference(init, final)
+        assert f"iterations 0 -> 100: {gain.mean:+.2f} test-accuracy points [{gain.low:+.2f}, {gain.high:+.2f}]" in text
+        assert verdict in text, text
+    assert evaluation.paired_difference(init, cases["it beats its initial set"]).low == pytest.approx(1.0)

@@ -10,8 +10,6 @@ from dcjax import engine
 from dcjax import models
 from dcjax import train
 
-TINY = models.ModelConfig(name="convnet", width=8, depth=1)
-
 
 def _separable(num=40, classes=4, seed=0):
     """Class c is noise plus a bright 4x4 square in quadrant c: trivially separable.
@@ -25,11 +23,6 @@ def _separable(num=40, classes=4, seed=0):
         r, q = 4 * (c // 2 % 2), 4 * (c % 2)
         quadrants = quadrants.at[c, r : r + 4, q : q + 4].set(2.0)
     return noise + quadrants[labels], labels
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return models.make_model(TINY, (8, 8, 1), 4)
 
 
 @pytest.mark.slow

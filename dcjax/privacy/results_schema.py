@@ -242,7 +242,7 @@ HEADLINES = Record(
         "release": Nullable(HEADLINE_PICK, f"no release attack (only condensed rows release a set), or {_TINY}"),
     }
 )
-UTILITY = Record({"test_accuracy_mean": NUM, "test_accuracy_std": NUM})
+UTILITY = Record({"test_accuracy_mean": NUM, "test_accuracy_std": NUM, "test_accuracy": ListOf(NUM)})  # [M] targets
 SHOKRI = Nullable(Record({"mean": NUM, "std": NUM}), "an export without Shokri's inputs (no shadows, no bank sample)")
 NULL_TEST = Record({"draws": INT, "excluded": INT, "allowed": INT, "passed": BOOL})  # null.null_test
 CANARIES = MapOf(Record({"detected": INT, "members": INT, "false_positives": INT, "nonmembers": INT}))  # {}: none.

@@ -41,6 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dcjax import checkpoint  # noqa: E402
+from dcjax import evaluation  # noqa: E402
 from dcjax.plots import _save  # noqa: E402
 from dcjax.privacy import multiplicity, null, power, results_schema  # noqa: E402
 from dcjax.privacy.tables import (  # noqa: E402
@@ -207,6 +208,28 @@ def _doubling_note(points: list[dict]) -> str:
     return f"iterations {last // 2} -> {last}: {gain:+.2f} accuracy points ({verdict}: < 0.3 points)"
 
 
+def _gain_note(points: list[dict]) -> str:
+    """ "Gain over the initial set: ..." line: the last point's test-accuracy gain over the row's iteration-0 point
+    (its initial set), paired by pipeline (target m of each point trains from the same key on the same private
+    half), with its 95 % t-interval; empty without an iteration-0 point."""
+    first, last = points[0], points[-1]
+    if first.get("iteration") != 0 or last is first:
+        return ""
+    before, after = (p["utility"]["test_accuracy"] for p in (first, last))
+    gain = evaluation.paired_difference(before, after)
+    if gain.low > 0:
+        verdict = "it beats its initial set"
+    elif gain.high < 0:
+        verdict = "it is worse than its initial set"
+    else:
+        verdict = "the interval holds 0: at this length it does not beat its own initial set (a subset in disguise)"
+    return (
+        f"Gain over the initial set: iterations 0 -> {last['iteration']}: {gain.mean:+.2f} test-accuracy points "
+        f"[{gain.low:+.2f}, {gain.high:+.2f}] (95 % t-interval over {len(gain.differences)} pipelines, paired): "
+        f"{verdict}.\n"
+    )
+
+
 def condensation_section(results: dict) -> str:
     """ "Condensed rows: ladders and image movement": per condensed row, each point's accuracy, headline TPR at
     0.1 % FPR and how far its images sit from private ones; empty without condensed rows."""
@@ -233,7 +256,8 @@ def condensation_section(results: dict) -> str:
             for p in points
         ]
         header = ("iteration", "test accuracy (%)", "TPR at 0.1% FPR (%)", "nearest-real: synthetic / real (ratio)")
-        parts.append(f"### {base}\n\n" + table(header, lines) + f"\nLadder: {_doubling_note(points)}.\n")
+        notes = f"\nLadder: {_doubling_note(points)}.\n" + _gain_note(points)
+        parts.append(f"### {base}\n\n" + table(header, lines) + notes)
     return "\n".join(parts)
 
 
