@@ -17,25 +17,19 @@ from dcjax import evaluation
 FLAGS = flags.FLAGS
 
 
-def paired(before: list[float], after: list[float]) -> tuple[list[float], float, tuple[float, float]]:
-    """(per-pair differences in points, their mean, its 95 % t-interval); accuracies as fractions, pair i with i."""
-    gain = evaluation.paired_difference(before, after)
-    return gain.differences, gain.mean, (gain.low, gain.high)
-
-
 def main(_):
     runs = {}
     for side, path in (("before", FLAGS.before), ("after", FLAGS.after)):
         with open(path) as f:
             runs[side] = json.load(f)["final"]["accuracies"]
-    diffs, mean, (low, high) = paired(runs["before"], runs["after"])
+    diffs, mean, low, high = evaluation.paired_difference(runs["before"], runs["after"])
     means = {side: 100 * sum(a) / len(a) for side, a in runs.items()}
     print(f"before {means['before']:.2f} %, after {means['after']:.2f} % (mean of {len(diffs)} evaluation models)")
     print(f"after - before: {mean:+.3f} points, 95 % t-interval [{low:+.3f}, {high:+.3f}]")
     print("per pair (points): " + ", ".join(f"{d:+.2f}" for d in diffs))
 
 
-if __name__ == "__main__":  # Flags only here: tests import paired() beside other benchmarks' flags.
+if __name__ == "__main__":  # Flags only here, as in the other benchmarks.
     flags.DEFINE_string("before", None, "results.json of the run before the change.", required=True)
     flags.DEFINE_string("after", None, "results.json of the run after it (same seed and settings).", required=True)
     app.run(main)

@@ -83,17 +83,3 @@ def test_poster_parts_measures_every_part_on_each_side_and_predicts_the_tier(tmp
         assert prediction["complete"] and _positive(prediction["total_hours"])
         assert set(prediction["kinds"]) == {"original", "dc", "dsa", "dm", "dpsgd"}
     assert "| total |" in run.stdout
-
-
-def test_paired_accuracy_pairs_by_evaluation_model_with_a_t_interval():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import paired_accuracy
-    finally:
-        sys.path.remove(os.path.join(ROOT, "benchmarks"))
-    diffs, mean, (low, high) = paired_accuracy.paired([0.90, 0.80, 0.70], [0.91, 0.82, 0.73])
-    assert diffs == pytest.approx([1.0, 2.0, 3.0]) and mean == pytest.approx(2.0)
-    # Standard deviation 1 over 3 pairs: half-width t(0.975, 2) / sqrt(3) = 4.303 / 1.732.
-    assert (low, high) == pytest.approx((2.0 - 2.4841, 2.0 + 2.4841), abs=1e-3)
-    with pytest.raises(ValueError, match="equal lists"):
-        paired_accuracy.paired([0.9, 0.8], [0.9])

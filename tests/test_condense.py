@@ -221,3 +221,13 @@ def test_means_init_averages_disjoint_random_groups_of_each_class_and_copies_no_
     assert np.setdiff1d(np.flatnonzero(labels == 0), groups[0]).size == 1
     with pytest.raises(ValueError, match="ipc=8 with init=means exceeds"):
         condense.check_batch_real(dataclasses.replace(config, ipc=8, batch_real=1), index)
+
+
+def test_paired_difference_pairs_by_evaluation_model_with_a_t_interval():
+    """evaluation.paired_difference (benchmarks/paired_accuracy.py, the ladder's gain over its initial set)."""
+    diffs, mean, low, high = evaluation.paired_difference([0.90, 0.80, 0.70], [0.91, 0.82, 0.73])
+    assert diffs == pytest.approx([1.0, 2.0, 3.0]) and mean == pytest.approx(2.0)
+    # Standard deviation 1 over 3 pairs: half-width t(0.975, 2) / sqrt(3) = 4.303 / 1.732.
+    assert (low, high) == pytest.approx((2.0 - 2.4841, 2.0 + 2.4841), abs=1e-3)
+    with pytest.raises(ValueError, match="equal lists"):
+        evaluation.paired_difference([0.9, 0.8], [0.9])
