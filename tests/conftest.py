@@ -1,10 +1,13 @@
 """Test setup: CPU only, 4 fake CPU devices (for sharding tests), XLA without LLVM's optimisations or its fusion
-emitters, a compilation cache shared by the session, all before jax is imported; the session's shared networks
-(fixtures)."""
+emitters, a compilation cache shared by the session, all before jax is imported; the session's shared networks and
+end-to-end launcher runs (fixtures)."""
 
 import os
+import pathlib
 import shutil
+import subprocess
 import tempfile
+from typing import NamedTuple
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flag = "--xla_force_host_platform_device_count=4"
@@ -36,6 +39,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # Ever
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest  # noqa: E402  (after the environment above: nothing here may import jax first)
+
+import launch_flags  # noqa: E402  (imports no jax)
 
 
 def pytest_unconfigure(config):
@@ -71,3 +76,29 @@ def tiny():
     import helpers
 
     return models.make_model(helpers.TINY_D1, helpers.SHAPE, 4)
+
+
+class LauncherRun(NamedTuple):
+    """A finished launcher run that several tests read: its workdir (copy it to change anything) and its process."""
+
+    workdir: pathlib.Path
+    proc: subprocess.CompletedProcess
+
+
+def _launcher_run(tmp_path_factory, name: str, args) -> LauncherRun:
+    workdir = tmp_path_factory.mktemp(name) / name
+    return LauncherRun(workdir, launch_flags.launch(args(workdir), launch_flags.MOCK_EXAMPLES))
+
+
+# The end-to-end runs, made once: test_experiments.py checks what they write, test_crash_resume.py kills the same
+# command and resumes it to the same files bit for bit. Their tests share an xdist_group, so one worker makes each.
+@pytest.fixture(scope="session")
+def mock_attack(tmp_path_factory):
+    """experiments/attack.py with launch_flags.attack on mock data, uninterrupted."""
+    return _launcher_run(tmp_path_factory, "mia", launch_flags.attack)
+
+
+@pytest.fixture(scope="session")
+def mock_study(tmp_path_factory):
+    """experiments/privacy_study.py with launch_flags.study on mock data, uninterrupted."""
+    return _launcher_run(tmp_path_factory, "study", launch_flags.study)

@@ -308,25 +308,15 @@ def _files(workdir):
     return found
 
 
-def _crash_and_resume(tmp_path, command, mock_examples, ready, resumed_line):
-    """Runs command(workdir) straight and killed-then-resumed (its log must show resumed_line);
-    returns both workdirs."""
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    # The uninterrupted run goes alongside the killed one: the kill point is polled, not timed.
-    reference = _start(command(straight), mock_examples, tmp_path / "straight.log")
-    try:
-        _kill_when(command(crashed), mock_examples, lambda: ready(crashed), tmp_path / "killed.log")
-        assert not (crashed / "results.json").exists(), "the kill came too late"
-        resumed = _start(command(crashed), mock_examples, tmp_path / "resumed.log")
-        _finish(resumed, tmp_path / "resumed.log")
-        _finish(reference, tmp_path / "straight.log")
-    finally:
-        if reference.poll() is None:
-            reference.kill()
-            reference.wait()
+def _kill_and_resume(tmp_path, command, ready, resumed_line):
+    """Runs command(workdir) on mock data, SIGKILLs it once ready(workdir) holds, and resumes it with the same
+    command (its log must show resumed_line); returns the workdir."""
+    crashed = tmp_path / "crashed"
+    _kill_when(command(crashed), launch_flags.MOCK_EXAMPLES, lambda: ready(crashed), tmp_path / "killed.log")
+    assert not (crashed / "results.json").exists(), "the kill came too late"
+    _finish(_start(command(crashed), launch_flags.MOCK_EXAMPLES, tmp_path / "resumed.log"), tmp_path / "resumed.log")
     assert resumed_line in _tail(tmp_path / "resumed.log", 10**7)
-    assert _files(crashed) == _files(straight)
-    return straight, crashed
+    return crashed
 
 
 def _condense_args(workdir):
@@ -348,10 +338,6 @@ def _condense_args(workdir):
     ]
 
 
-def _attack_args(workdir):
-    return launch_flags.TINY_ATTACK + [f"--workdir={workdir}", "--models_per_chunk=1"]
-
-
 def _assert_same_attack_run(straight, crashed):
     # `seconds`: each model's training time, the one wall-clock array of the export.
     _assert_same_npz(straight / "attack_data.npz", crashed / "attack_data.npz", skip=("seconds",))
@@ -360,29 +346,43 @@ def _assert_same_attack_run(straight, crashed):
     _assert_same_results(straight, crashed, "results.json")
 
 
+# The uninterrupted runs are the end-to-end tests' (conftest.py's session fixtures), made by the same command.
+@pytest.mark.xdist_group("mock_attack")  # Shares the session's `mock_attack` run with test_experiments.py.
 @pytest.mark.slow
-def test_attack_launcher_killed_after_a_chunk_resumes_bitwise(tmp_path):
+def test_attack_launcher_killed_after_a_chunk_resumes_bitwise(mock_attack, tmp_path):
+    assert mock_attack.proc.returncode == 0, mock_attack.proc.stderr[-3000:]
+
     def ready(workdir):  # One finished chunk (a model file) on disk; seven chunks remain.
         return (workdir / "models" / "model_000.npz").exists()
 
-    straight, crashed = _crash_and_resume(tmp_path, _attack_args, 400, ready, "chunks already trained")
-    _assert_same_attack_run(straight, crashed)
+    crashed = _kill_and_resume(tmp_path, launch_flags.attack, ready, "chunks already trained")
+    assert _files(crashed) == _files(mock_attack.workdir)
+    _assert_same_attack_run(mock_attack.workdir, crashed)
 
 
-def _study_args(workdir):
-    return launch_flags.TINY_STUDY + [f"--workdir={workdir}", "--rows=original,subset", "--models_per_chunk=1"]
-
-
+@pytest.mark.xdist_group("mock_study")  # Shares the session's `mock_study` run with test_experiments.py.
 @pytest.mark.slow
-def test_privacy_study_killed_after_a_row_resumes_bitwise(tmp_path):
+def test_privacy_study_killed_after_a_row_resumes_bitwise(mock_study, tmp_path):
+    """Its first two rows, killed after the first and resumed, are the whole study's two rows bit for bit: each row is
+    an attack run of its own on the study's keys, whatever rows follow it."""
+    assert mock_study.proc.returncode == 0, mock_study.proc.stderr[-3000:]
+    rows = ["original", "subset"]
+
     def ready(workdir):  # The first row finished; the second is still to run.
         return (workdir / "original" / "results.json").exists()
 
-    straight, crashed = _crash_and_resume(tmp_path, _study_args, 400, ready, "row original: already finished")
-    for row in ("original", "subset"):
+    command = lambda workdir: launch_flags.study(workdir) + ["--rows=" + ",".join(rows)]  # noqa: E731
+    crashed = _kill_and_resume(tmp_path, command, ready, "row original: already finished")
+    straight = mock_study.workdir
+    # The study's own files, less the synthetic sets' figures (neither row condenses), and the two rows'.
+    assert {f for f in _files(crashed) if os.sep not in f} == {
+        f for f in _files(straight) if os.sep not in f and not f.startswith("synthetic_")
+    }
+    for row in rows:
+        assert _files(crashed / row) == _files(straight / row), row
         _assert_same_attack_run(straight / row, crashed / row)
-    study = [checkpoint.read_json(str(w / "results.json")) for w in (straight, crashed)]
-    assert [_without_seconds(r) for r in study[0]["rows"]] == [_without_seconds(r) for r in study[1]["rows"]]
+    study = [checkpoint.read_json(str(w / "results.json"))["rows"] for w in (straight, crashed)]
+    assert [_without_seconds(r) for r in study[0][: len(rows)]] == [_without_seconds(r) for r in study[1]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,22 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 
 import pytest
 
 import launch_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _run(args, mock_examples=None, timeout=600):
-    cmd = [sys.executable]
-    if mock_examples is not None:
-        cmd += [os.path.join(ROOT, "tests", "mock_launch.py"), str(mock_examples)]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+_run = launch_flags.launch
 
 
 def _error_line(proc):
@@ -179,18 +171,19 @@ def test_attack_rejects_bad_flags(tmp_path, args, flag):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.xdist_group("mock_attack")  # Shares the session's `mock_attack` run with test_crash_resume.py.
 @pytest.mark.slow
-def test_attack_launcher_runs_end_to_end_on_mock_data(tmp_path):
-    workdir = tmp_path / "mia"
-    args = launch_flags.TINY_ATTACK + [f"--workdir={workdir}"]
-    proc = _run(args, mock_examples=400)
+def test_attack_launcher_runs_end_to_end_on_mock_data(mock_attack, tmp_path):
+    proc = mock_attack.proc
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Shokri attack accuracy" in proc.stdout and "lira_recipe_online" in proc.stdout
     assert "headline model attack (cross-fitted)" in proc.stdout
-    results = json.loads((workdir / "results.json").read_text())
+    results = json.loads((mock_attack.workdir / "results.json").read_text())
     assert results["config"]["recipe"]["kind"] == "subset"
     assert "used" in results["attacks"]["lira_online"]  # The subset's members as their own slice.
-    assert (workdir / "roc.png").stat().st_size > 0
+    assert (mock_attack.workdir / "roc.png").stat().st_size > 0
+    workdir = tmp_path / "mia"  # A copy: the crash-and-resume test compares its run with the original.
+    shutil.copytree(mock_attack.workdir, workdir)
     (workdir / "results.json").unlink()  # Regenerated from the export alone, identically.
     again = _run(["experiments/attack.py", f"--workdir={workdir}", "--report_only"])
     assert again.returncode == 0, again.stderr[-3000:]
@@ -229,21 +222,11 @@ def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.xdist_group("mock_study")  # Shares the session's `mock_study` run with test_crash_resume.py.
 @pytest.mark.slow
-def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
-    workdir = tmp_path / "study"
-    condense_flags = ["--ipc=1", "--iterations=1", "--batch_real=1", "--outer_loop=2", "--inner_loop=1"]
-    # The default rows (--rows's default is StudyConfig's: test_flags.py) and a fixed-noise DP-SGD row, one run
-    # attacked at each of its checkpoints: one study for both.
-    dp = [
-        "--rows=original,subset,dc_noise,dc_real,dpsgd_sigma1",
-        "--dp_noise=1",
-        "--dp_checkpoints=1,2",
-        "--dp_batch_size=16",
-        "--dp_lr=0.1",
-    ]
-    args = launch_flags.TINY_STUDY + [f"--workdir={workdir}"] + condense_flags + dp
-    proc = _run(args, mock_examples=400)
+def test_privacy_study_runs_every_row_end_to_end_on_mock_data(mock_study, tmp_path):
+    # launch_flags.study: the default rows and a fixed-noise DP-SGD row, one run attacked at each of its checkpoints.
+    proc, workdir = mock_study.proc, mock_study.workdir
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     names = ["original", "subset", "dc_noise", "dc_real", "dpsgd_sigma1_ep1", "dpsgd_sigma1_ep2"]
@@ -276,10 +259,12 @@ def test_privacy_study_runs_every_row_end_to_end_on_mock_data(tmp_path):
     assert first["epsilon_pld"] < last["epsilon_pld"] and first["noise_multiplier"] == last["noise_multiplier"] == 1
     assert sorted(os.listdir(workdir / "dpsgd_sigma1_snapshots")) == ["config.json", "ep1", "ep2"]
     assert (workdir / "dpsgd_sigma1_ep2" / "roc.png").exists() and "| dpsgd_sigma1_ep2 " in proc.stdout
-    again = _run(args, mock_examples=400)  # A finished study is never silently replaced.
+    copy = tmp_path / "study"  # The crash-and-resume test compares its run with the original.
+    shutil.copytree(workdir, copy)
+    again = _run(launch_flags.study(copy), mock_examples=400)  # A finished study is never silently replaced.
     assert again.returncode != 0 and "overwrite" in _error_line(again)
-    report = _run(["experiments/privacy_study.py", f"--workdir={workdir}", "--report_only"])
+    report = _run(["experiments/privacy_study.py", f"--workdir={copy}", "--report_only"])
     assert report.returncode == 0, report.stderr[-3000:]
-    regenerated = json.loads((workdir / "results.json").read_text())
+    regenerated = json.loads((copy / "results.json").read_text())
     assert [r["natural"] for r in regenerated["rows"]] == [r["natural"] for r in results["rows"]]
     assert "--report_only" in regenerated["report_command"]
