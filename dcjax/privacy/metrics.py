@@ -351,6 +351,19 @@ def _column_counts(res: np.ndarray, num_examples: int) -> np.ndarray:
     return counts.reshape(res.shape[0], num_examples).astype(np.int32)
 
 
+def _rates(counts: np.ndarray) -> np.ndarray:
+    """float64 [r, P + 1]: the (0, 0) start, then cumulative counts int [r, P] over each row's last count.
+
+    Written behind the start in place (no concatenated copy) in the counts' memory layout (a column-major gather
+    when r > 1), as np.concatenate laid them out: the AUC's row sums add in an order that depends on the layout,
+    and every number must stay bitwise what it was.
+    """
+    rates = np.empty_like(counts, np.float64, shape=(counts.shape[0], counts.shape[1] + 1))
+    rates[:, 0] = 0.0
+    np.divide(counts, np.maximum(counts[:, -1:], 1), out=rates[:, 1:])
+    return rates
+
+
 def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequence[float]) -> dict:
     """Metrics of r weighted copies of score-sorted trials, as ``_roc`` + ``_auc`` / ... would compute them.
 
@@ -365,21 +378,25 @@ def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequ
     """
     # Integer weights: exact, and the cumulative sums (the bootstrap's cost) move half the bytes of float64.
     # int32 holds them: a resample's total weight is at most T x (draws of a column) x (draws of a model).
+    # The non-member counts are the total counts minus the member counts (exact integers): one product fewer.
     tp = np.cumsum(w * y, axis=1, dtype=np.int32)[:, last]
-    fp = np.cumsum(w * ~y, axis=1, dtype=np.int32)[:, last]
+    fp = np.cumsum(w, axis=1, dtype=np.int32)[:, last]
+    fp -= tp
     bad = (tp[:, -1] == 0) | (fp[:, -1] == 0)
-    zero = np.zeros((w.shape[0], 1))
-    tpr = np.concatenate([zero, tp / np.maximum(tp[:, -1:], 1)], axis=1)
-    fpr = np.concatenate([zero, fp / np.maximum(fp[:, -1:], 1)], axis=1)
-    out = {
-        "auc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2,
-        "balanced_accuracy": np.max((1 + tpr - fpr) / 2, axis=1),
-    }
+    tpr, fpr = _rates(tp), _rates(fp)
+    trapezoids = np.diff(fpr, axis=1)
+    trapezoids *= np.add(tpr[:, 1:], tpr[:, :-1])
+    accuracy = np.add(1, tpr)
+    accuracy -= fpr
+    # max(x / 2) == max(x) / 2 exactly: halving a float64 in [2**-53, 2] (or 0) is exact and monotone.
+    out = {"auc": np.sum(trapezoids, axis=1) / 2, "balanced_accuracy": np.max(accuracy, axis=1) / 2}
+    # Both rates only grow along a row, so the best TPR with FPR <= f is at the last such point; a sorted row
+    # counts its FPRs <= f by bisection.
+    bounds = [f + _FPR_TOL for f in fprs]
+    last_ok = np.stack([np.searchsorted(row, bounds, side="right") for row in fpr], axis=1) - 1  # [F, r]
     rows = np.arange(w.shape[0])
-    for f in fprs:
-        # Both rates only grow along a row, so the best TPR with FPR <= f is at the last such point.
-        last_ok = np.sum(fpr <= f + _FPR_TOL, axis=1) - 1
-        out[_fpr_name(f)] = tpr[rows, last_ok]
+    for f, ok in zip(fprs, last_ok):
+        out[_fpr_name(f)] = tpr[rows, ok]
     for values in out.values():
         values[bad] = np.nan
     return out
