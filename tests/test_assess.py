@@ -121,3 +121,21 @@ def test_validate_refuses_inconsistent_exports():
         attack_data.validate(bad)
     with pytest.raises(ValueError, match="target_labels"):
         attack_data.validate(attack_data.AttackData(**{**d.__dict__, "target_labels": np.zeros(3)}))
+
+
+def test_summaries_shared_by_equal_slices_and_alike_attacks_equal_their_own():
+    # Without canaries "all" is "natural"; exp(x) ranks every trial as x does: both get copies, which must equal
+    # what each would have computed by itself.
+    d = _export(used_fraction=0.3)
+    d = attack_data.AttackData(**{**d.__dict__, "canaries": np.zeros(0, np.int64)})
+    x = np.round(_scores(d, 0.0, 1.0, key=9), 1)  # Ties too.
+    scores = {"x": x, "other": _scores(d, 0.0, 0.5, key=10), "exp": np.exp(x)}
+    slices = assess.trial_slices(d)
+    resamples = metrics.example_resamples(_keys()["bootstrap"], N, 30)
+    shared = assess.attack_summaries(scores, d, slices, resamples)
+    assert list(shared) == list(scores) and list(shared["exp"]) == ["natural", "all", "used"]
+    for name, s in scores.items():
+        for slice_name, include in slices.items():
+            alone = metrics.summarize_examples(s, d.keep, include, resamples, assess.FPRS)
+            assert shared[name][slice_name] == alone, (name, slice_name)
+    assert shared["exp"]["natural"] is not shared["x"]["natural"]  # Copies: editing one leaves the other alone.

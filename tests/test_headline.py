@@ -123,4 +123,4 @@ def test_attacks_that_rank_the_trials_alike_form_one_group():
     rng = np.random.default_rng(4)
     x = np.round(rng.normal(size=(M, N)), 2)
     scores = {"a": x, "monotone": 2 * np.exp(x) + 1, "reversed": -x, "coarser": np.round(x, 0), "same": x.copy()}
-    assert headline._identical_groups(scores) == [0, 0, 2, 3, 0]
+    assert headline.identical_groups(scores) == [0, 0, 2, 3, 0]

@@ -388,3 +388,26 @@ def test_recipe_aware_errors():
         lira.leave_one_out_recipe(scores[:1], keep[:1], used[:1], lira.lira_recipe_online)
     with pytest.raises(ValueError, match="IN shadow"):
         lira.lira_recipe_online(scores[0], scores[1:], np.zeros_like(keep[1:]), np.zeros_like(used[1:]))
+
+
+@pytest.mark.parametrize("equalize", [True, False])
+@pytest.mark.parametrize("queries", [1, 2])
+def test_the_four_variants_in_one_pass_equal_four_leave_one_out_runs_bitwise(equalize, queries):
+    # Uneven IN counts, examples never IN or never OUT (the shifted-mean and population fallbacks), one example
+    # whose scores are all equal (the std floor): every branch the shared statistics feed.
+    rng = np.random.default_rng(7)
+    m, n = 8, 300
+    keep = masks.lira_keep_masks(jax.random.key(3), m, n)
+    keep[:3, 8:10] = False  # Uneven IN counts: the equalised shadow counts are the smallest ones.
+    keep[:, :4], keep[:, 4:7] = False, True
+    scores = rng.normal(size=(m, n, queries)) + 1.5 * keep[..., None]
+    scores[:, 7] = 0.25
+    together = lira.leave_one_out_lira(scores, keep, equalize=equalize)
+    for name, fixed in (("online", False), ("online", True), ("offline", False), ("offline", True)):
+        fn = functools.partial(getattr(lira, f"lira_{name}"), fixed_variance=fixed)
+        alone = lira.leave_one_out(scores, keep, fn, equalize=equalize)[0]
+        key = f"lira_{name}" + ("_fixed_var" if fixed else "")
+        assert together[key].tobytes() == alone.tobytes(), key
+    assert list(together) == list(lira.LIRA_VARIANTS)
+    with pytest.raises(ValueError, match=">= 2 models"):
+        lira.leave_one_out_lira(scores[:1], keep[:1])

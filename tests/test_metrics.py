@@ -424,3 +424,82 @@ def test_bootstrap_tprs_equal_bootstrap_samples_bitwise(two_way):
     assert np.array_equal(
         fast["tpr_at_0.01"], metrics.bootstrap_tprs(scores, keep, include, weights, fprs, totals)["tpr_at_0.01"]
     )
+
+
+def _reference_weighted_metrics(w, y, last, fprs) -> dict:
+    """``metrics._weighted_metrics`` as first written (concatenated rates, one cumulative sum per label, a mask
+    sum per FPR): the restructured one must give the same bits."""
+    tp = np.cumsum(w * y, axis=1, dtype=np.int32)[:, last]
+    fp = np.cumsum(w * ~y, axis=1, dtype=np.int32)[:, last]
+    bad = (tp[:, -1] == 0) | (fp[:, -1] == 0)
+    zero = np.zeros((w.shape[0], 1))
+    tpr = np.concatenate([zero, tp / np.maximum(tp[:, -1:], 1)], axis=1)
+    fpr = np.concatenate([zero, fp / np.maximum(fp[:, -1:], 1)], axis=1)
+    out = {
+        "auc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2,
+        "balanced_accuracy": np.max((1 + tpr - fpr) / 2, axis=1),
+    }
+    for f in fprs:
+        out[f"tpr_at_{f:g}"] = tpr[np.arange(w.shape[0]), np.sum(fpr <= f + 1e-12, axis=1) - 1]
+    for values in out.values():
+        values[bad] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("decimals", [1, None])
+def test_weighted_metrics_equal_the_straightforward_reference_bitwise(rows, decimals):
+    # Weights gathered as bootstrap_samples gathers them (a column-major result) and row-major; with and without
+    # tie runs; a copy without non-members (NaN). The AUC's row sums depend on the layout: bits must not move.
+    rng = np.random.default_rng(rows)
+    t = 5000
+    s = -np.sort(-(rng.normal(size=t) if decimals is None else np.round(rng.normal(size=t), decimals)))
+    y, last = rng.random(t) < 0.4, np.r_[s[1:] != s[:-1], True]
+    counts = rng.poisson(1.0, size=(rows, 800)).astype(np.int32)
+    gathered = counts[:, rng.integers(0, 800, t)]
+    fprs = (0.3, 0.01, 0.001, 0.0)
+    for w in (gathered, np.ascontiguousarray(gathered), np.where(y, gathered, 0).astype(np.int32)):
+        got, want = metrics._weighted_metrics(w, y, last, fprs), _reference_weighted_metrics(w, y, last, fprs)
+        assert list(got) == list(want)
+        for name in want:
+            assert got[name].tobytes() == want[name].tobytes(), name
+    assert np.isnan(metrics._weighted_metrics(np.where(y, gathered, 0).astype(np.int32), y, last, fprs)["auc"]).all()
+
+
+def test_trials_sorted_from_one_full_order_equal_a_sort_per_mask():
+    rng = np.random.default_rng(6)
+    m, n = 5, 300
+    keep = rng.random((m, n)) < 0.5
+    scores = np.round(rng.normal(size=(m, n)), 1)  # Ties: their row-major order must survive.
+    scores[0, 0] = -0.0 if scores[0, 1] == 0 else scores[0, 0]
+    order = np.argsort(-scores.ravel(), kind="stable")
+    for include in (None, rng.random((m, n)) < 0.3, np.broadcast_to(rng.random(n) < 0.5, (m, n))):
+        inc = None if include is None else np.array(include)
+        a, b = metrics.sort_trials(scores, keep, inc), metrics.sort_trials(scores, keep, inc, order)
+        for field in ("y", "cols", "rows", "last"):
+            x, z = getattr(a, field), getattr(b, field)
+            assert x.dtype == z.dtype and np.array_equal(x, z), field
+    with pytest.raises(ValueError, match="needs both"):
+        metrics.sort_trials(scores, np.ones((m, n), bool), None, order)
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_sorted_samples_of_some_draws_equal_bootstrap_samples_of_those_draws_bitwise(two_way):
+    # The headline's AUC tie-breaks: a few rows of counts made once, trials sorted once, against the full path.
+    rng = np.random.default_rng(8)
+    m, n, r = 6, 400, 30
+    keep = rng.random((m, n)) < 0.5
+    scores = np.round(rng.normal(size=(m, n)) + 0.5 * keep, 1)
+    include = rng.random((m, n)) < 0.7
+    res = rng.integers(0, n, (r, n))
+    model_res = rng.integers(0, m, (r, m)) if two_way else None
+    weights = metrics.resample_weights(res, n, model_res, m)
+    trials = metrics.sort_trials(scores, keep, include, np.argsort(-scores.ravel(), kind="stable"))
+    for draws in (np.array([4]), np.array([0, 3, 17, 29]), np.arange(r)):
+        models = None if model_res is None else model_res[draws]
+        want = metrics.bootstrap_samples(scores, keep, include, res[draws], (0.01,), models)
+        rows = metrics.ResampleWeights(weights.examples[draws], None if models is None else weights.models[draws])
+        got = metrics.sorted_samples(trials, rows, (0.01,))
+        assert list(got) == list(want)
+        for name in want:
+            assert got[name].tobytes() == want[name].tobytes(), name

@@ -62,13 +62,35 @@ def _skip_reason(keep: np.ndarray, include: np.ndarray) -> str | None:
 
 
 def slice_summaries(scores: np.ndarray, d: AttackData, slices: dict, resamples: np.ndarray) -> dict:
-    """{slice: example-bootstrap summary (``metrics.summarize_examples``) or {"skipped": why}}."""
-    out = {}
+    """{slice: example-bootstrap summary (``metrics.summarize_examples``) or {"skipped": why}}.
+
+    A slice with the same trials as an earlier one (``all`` is ``natural`` without canaries) gets a copy of its
+    summary: the same numbers, without a second full bootstrap of every trial.
+    """
+    out: dict = {}
     for name, include in slices.items():
+        same = next((n for n in out if np.array_equal(slices[n], include)), None)
+        if same is not None:
+            out[name] = dict(out[same])
+            continue
         reason = _skip_reason(d.keep, include)
         out[name] = (
             {"skipped": reason} if reason else metrics.summarize_examples(scores, d.keep, include, resamples, FPRS)
         )
+    return out
+
+
+def attack_summaries(scores: dict, d: AttackData, slices: dict, resamples: np.ndarray) -> dict:
+    """{attack: ``slice_summaries``}. Attacks that rank every trial alike (``headline.identical_groups``: same
+    order, same ties, e.g. LOSS and confidence) share every summary statistic, so the later ones get copies."""
+    names = list(scores)
+    group = headline_lib.identical_groups(scores)
+    out: dict = {}
+    for i, name in enumerate(names):
+        if group[i] == i:
+            out[name] = slice_summaries(scores[name], d, slices, resamples)
+        else:
+            out[name] = {s: dict(summary) for s, summary in out[names[group[i]]].items()}
     return out
 
 
@@ -162,7 +184,7 @@ def assess(scores: dict, d: AttackData, keys: dict, num_resamples: int, null_sco
     """
     resamples = metrics.example_resamples(keys["bootstrap"], d.keep.shape[1], num_resamples)
     slices = trial_slices(d)
-    summaries = {name: slice_summaries(s, d, slices, resamples) for name, s in scores.items()}
+    summaries = attack_summaries(scores, d, slices, resamples)
     split, res = crossfit(d, keys, num_resamples)
     best = headlines(scores, d, split, res)
     detected = canaries_detected(scores, d)

@@ -92,6 +92,18 @@ class Resamples:
 
     examples: np.ndarray
     models: np.ndarray
+    # ``weights``' memo: the draws' counts do not depend on the labels, so the null test's 20 relabellings of a
+    # row reuse the headline's instead of recounting ~24 million draws per bootstrap each time.
+    _weights: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def weights(self, two_way: bool, num_examples: int, num_models: int) -> metrics.ResampleWeights:
+        """``metrics.resample_weights`` of these draws over N examples (and M models if ``two_way``), computed
+        once per (two_way, N, M)."""
+        memo = (two_way, num_examples, num_models)
+        if memo not in self._weights:
+            models = self.models if two_way else None
+            self._weights[memo] = metrics.resample_weights(self.examples, num_examples, models, num_models)
+        return self._weights[memo]
 
 
 def draw_resamples(key: jax.Array, split: Split, num_resamples: int) -> Resamples:
@@ -118,37 +130,34 @@ def cell_samples(scores: np.ndarray, keep: np.ndarray, split: Split, res: Resamp
 
 class _Cells:
     """One bootstrap's (examples only or two-way) draw weights and per-cell weight totals, computed once and
-    shared by every attack; TPRs come from ``metrics.bootstrap_tprs`` (the top of the score order only), AUCs
+    shared by every attack; TPRs come from ``metrics.sorted_tprs`` (the top of the score order only), AUCs
     from the full weighted ROC, only for the attacks that need them."""
 
     def __init__(self, keep: np.ndarray, split: Split, res: Resamples, two_way: bool):
         self.keep, self.split, self.res, self.two_way = keep, split, res, two_way
         num_models, num_examples = keep.shape
-        models = res.models if two_way else None
-        self.weights = metrics.resample_weights(res.examples, num_examples, models, num_models)
+        self.weights = res.weights(two_way, num_examples, num_models)
         self.masks = split.cell_masks()
         self.totals = [metrics.weight_totals(self.weights, keep, mask) for mask in self.masks]
 
-    def tprs(self, scores: np.ndarray) -> dict:
-        """{tpr metric: float64 [4, 1 + R]} of one attack."""
-        cells = [
-            metrics.bootstrap_tprs(scores, self.keep, mask, self.weights, FPRS, totals)
-            for mask, totals in zip(self.masks, self.totals)
-        ]
+    def tprs(self, trials: Sequence[metrics.SortedTrials]) -> dict:
+        """{tpr metric: float64 [4, 1 + R]} of one attack from its sorted trials of each cell (``_Ranked``)."""
+        cells = [metrics.sorted_tprs(cell, self.weights, FPRS, totals) for cell, totals in zip(trials, self.totals)]
         return {name: np.stack([c[name] for c in cells]) for name in cells[0]}
 
-    def auc(self, scores: np.ndarray, where: np.ndarray) -> np.ndarray:
-        """float64 [4, 1 + R]: one attack's AUC at the (cell, draw) positions ``where`` (bool [4, 1 + R]), 0 elsewhere.
+    def auc(self, trials: Sequence[metrics.SortedTrials], where: np.ndarray) -> np.ndarray:
+        """float64 [4, 1 + R]: one attack's AUC at the (cell, draw) positions ``where`` (bool [4, 1 + R]), 0 elsewhere,
+        from its sorted trials of each cell (``_Ranked``).
 
         Only those draws' weighted ROCs are built: a full ROC per resample is what made the headline slow.
         """
         out = np.zeros(where.shape)
-        for c, mask in enumerate(self.masks):
+        for c, cell in enumerate(trials):
             draws = np.flatnonzero(where[c])
             if draws.size:
-                models = self.res.models[draws] if self.two_way else None
-                rocs = metrics.bootstrap_samples(scores, self.keep, mask, self.res.examples[draws], (), models)
-                out[c, draws] = rocs["auc"]
+                models = self.weights.models[draws] if self.weights.models is not None else None
+                rows = metrics.ResampleWeights(self.weights.examples[draws], models)
+                out[c, draws] = metrics.sorted_samples(cell, rows, ())["auc"]
         return out
 
 
@@ -181,14 +190,40 @@ def _ranking(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, ranked[1:] != ranked[:-1]
 
 
-def _identical_groups(scores: Mapping[str, np.ndarray]) -> list[int]:
+def _groups(rankings: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[int]:
+    """``identical_groups`` of the attacks' ``_ranking``s."""
+    same = lambda i, j: all(np.array_equal(x, y) for x, y in zip(rankings[i], rankings[j]))  # noqa: E731
+    return [next(j for j in range(i + 1) if same(i, j)) for i in range(len(rankings))]
+
+
+def identical_groups(scores: Mapping[str, np.ndarray]) -> list[int]:
     """For each attack (in order), the index of the first attack that ranks the trials identically (same order,
     same ties; e.g. LOSS and confidence, or a recipe-aware LiRA on a recipe that uses every member). Every
     statistic here is a function of that ranking on some subset of trials, so such attacks share them all (and
     their AUC ties would otherwise be broken at every draw, each a full weighted ROC)."""
+    return _groups([_ranking(a) for a in scores.values()])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ranked:
+    """What both bootstraps of a headline share: the attacks' ``identical_groups`` and, per group, its trials of
+    each cell sorted by score (``metrics.SortedTrials``, in ``CELLS`` order)."""
+
+    group: list[int]
+    trials: dict[int, list[metrics.SortedTrials]]
+
+
+def _rank(scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split) -> _Ranked:
+    """``_Ranked`` of the attacks: one stable sort of each attack's trials, whose subsequences are the cells'
+    stable orders (instead of a sort per cell, attack and bootstrap)."""
+    names, masks = list(scores), split.cell_masks()
     rankings = [_ranking(a) for a in scores.values()]
-    same = lambda i, j: all(np.array_equal(x, y) for x, y in zip(rankings[i], rankings[j]))  # noqa: E731
-    return [next(j for j in range(i + 1) if same(i, j)) for i in range(len(rankings))]
+    group = _groups(rankings)
+    trials = {
+        g: [metrics.sort_trials(scores[names[g]], keep, mask, rankings[g][0]) for mask in masks]
+        for g in sorted(set(group))
+    }
+    return _Ranked(group=group, trials=trials)
 
 
 def _ties(samples: Mapping[str, dict], group: list[int]) -> dict[int, np.ndarray]:
@@ -202,16 +237,17 @@ def _ties(samples: Mapping[str, dict], group: list[int]) -> dict[int, np.ndarray
 
 
 def _samples(
-    scores: Mapping[str, np.ndarray], cells: _Cells, with_auc: bool, group: list[int] | None = None
+    scores: Mapping[str, np.ndarray], cells: _Cells, with_auc: bool, ranked: _Ranked | None = None
 ) -> tuple[dict, np.ndarray]:
     """({attack: {metric: [4, D]}}, chosen [4, D]): every attack's TPRs; its AUC only at the (cell, draw)
     positions where a tie-break or the headline's AUC reads it (0 elsewhere, never read); and the choice.
-    ``group``: ``_identical_groups(scores)`` when the caller has it (None: computed here)."""
+    ``ranked``: ``_rank(scores, ...)`` when the caller has it (None: computed here)."""
     names = list(scores)
-    group = _identical_groups(scores) if group is None else group
-    tprs = {g: cells.tprs(scores[names[g]]) for g in sorted(set(group))}
+    ranked = _rank(scores, cells.keep, cells.split) if ranked is None else ranked
+    group = ranked.group
+    tprs = {g: cells.tprs(trials) for g, trials in ranked.trials.items()}
     samples = {n: dict(tprs[group[i]]) for i, n in enumerate(names)}
-    aucs = {g: cells.auc(scores[names[g]], where) for g, where in _ties(samples, group).items()}
+    aucs = {g: cells.auc(ranked.trials[g], where) for g, where in _ties(samples, group).items()}
     placeholder = np.zeros_like(samples[names[0]][CHOICE])
     for i, n in enumerate(names):
         samples[n]["auc"] = aucs.get(group[i], placeholder)
@@ -220,7 +256,7 @@ def _samples(
         chosen_group = np.asarray(group)[chosen]
         for g in np.unique(chosen_group):
             where = chosen_group == g
-            auc = cells.auc(scores[names[g]], where)
+            auc = cells.auc(ranked.trials[g], where)
             aucs[g] = np.where(where, auc, aucs.get(g, placeholder))
         for i, n in enumerate(names):
             samples[n]["auc"] = aucs.get(group[i], placeholder)
@@ -271,11 +307,11 @@ def headline(
     if any(not (keep & m).any() or (keep | ~m).all() for m in split.cell_masks()):
         return None  # A cell without members or without non-members (a tiny pool): no cross-fitted headline.
     floor = _floor(keep, split)
-    group = _identical_groups(scores)  # Once for both bootstraps: an argsort of every attack's trials.
+    ranked = _rank(scores, keep, split)  # Once for both bootstraps: an argsort of every attack's trials.
     out: dict = {"fpr_floor": floor}
     for boot in BOOTSTRAPS:
         cells = _Cells(keep, split, res, two_way=boot == "two_way")
-        samples, chosen = _samples(scores, cells, with_auc, group)
+        samples, chosen = _samples(scores, cells, with_auc, ranked)
         draws = _headline_draws(samples, chosen, with_auc)
         if boot == "examples":
             out["attack_by_cell"] = _chosen_names(names, chosen)

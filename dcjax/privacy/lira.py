@@ -162,11 +162,40 @@ def _centred_squares(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
     return squares, count - 1
 
 
+def _pooled_from(squares: np.ndarray, dof: np.ndarray, num_queries: int) -> float:
+    """``_pooled_std`` from ``_centred_squares``' output."""
+    total_dof = np.sum(np.maximum(dof, 0)) * num_queries
+    return float(np.sqrt(squares.sum() / total_dof)) if total_dof > 0 else float("nan")
+
+
 def _pooled_std(scores: np.ndarray, mask: np.ndarray) -> float:
     """One within-example std over all examples and queries; NaN when no example has 2 selected scores."""
+    return _pooled_from(*_centred_squares(scores, mask), scores.shape[2])
+
+
+class _SetStats(NamedTuple):
+    """One set's (IN or OUT) statistics, shared by every fit of it: median ``mu`` [N, Q] (NaN where empty),
+    ``squares`` [N, Q] and ``dof`` [N] (``_centred_squares``), ``pooled`` (``_pooled_std``, NaN possible)."""
+
+    mu: np.ndarray
+    squares: np.ndarray
+    dof: np.ndarray
+    pooled: float
+
+
+def _set_stats(scores: np.ndarray, mask: np.ndarray) -> _SetStats:
     squares, dof = _centred_squares(scores, mask)
-    total_dof = np.sum(np.maximum(dof, 0)) * scores.shape[2]
-    return float(np.sqrt(squares.sum() / total_dof)) if total_dof > 0 else float("nan")
+    return _SetStats(_masked_median(scores, mask), squares, dof, _pooled_from(squares, dof, scores.shape[2]))
+
+
+def _set_std(squares: np.ndarray, dof: np.ndarray, fixed_variance: bool, pooled: float) -> np.ndarray:
+    """std [N, Q] of a set: per example (``pooled`` for examples with < 2 scores) or ``pooled`` everywhere."""
+    if fixed_variance:
+        std = np.full(squares.shape, pooled)
+    else:
+        std = np.sqrt(squares / np.maximum(dof, 1)[:, None])
+        std = np.where(dof[:, None] >= 1, std, pooled)
+    return np.maximum(std, MIN_STD)
 
 
 def _fit_set(
@@ -174,13 +203,9 @@ def _fit_set(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(median [N, Q] with NaN where empty, std [N, Q]); examples with < 2 scores fall back to ``pooled``."""
     mu = _masked_median(scores, mask)
-    if fixed_variance:
-        std = np.full(mu.shape, pooled)
-    else:
-        squares, dof = _centred_squares(scores, mask)
-        std = np.sqrt(squares / np.maximum(dof, 1)[:, None])
-        std = np.where(dof[:, None] >= 1, std, pooled)
-    return mu, np.maximum(std, MIN_STD)
+    if fixed_variance:  # No squared deviations needed.
+        return mu, np.maximum(np.full(mu.shape, pooled), MIN_STD)
+    return mu, _set_std(*_centred_squares(scores, mask), False, pooled)
 
 
 def fit_gaussians(scores, keep, fixed_variance: bool) -> GaussianFit:
@@ -204,17 +229,24 @@ def fit_gaussians(scores, keep, fixed_variance: bool) -> GaussianFit:
 
 def _fit(s: np.ndarray, k_in: np.ndarray, k_out: np.ndarray, fixed_variance: bool) -> GaussianFit:
     """``fit_gaussians`` on checked inputs: s [M, N, Q], IN / OUT masks [M, N] (see ``_check_shadows``)."""
-    pooled_in, pooled_out = _pooled_std(s, k_in), _pooled_std(s, k_out)
-    pooled_in, pooled_out = np.nan_to_num(pooled_in, nan=pooled_out), np.nan_to_num(pooled_out, nan=pooled_in)
+    return _fit_stats(_set_stats(s, k_in), _set_stats(s, k_out), k_in, k_out, fixed_variance)
+
+
+def _fit_stats(
+    stats_in: _SetStats, stats_out: _SetStats, k_in: np.ndarray, k_out: np.ndarray, fixed_variance: bool
+) -> GaussianFit:
+    """``_fit`` from both sets' ``_set_stats`` (k_in, k_out: the masks [M, N] they were computed on)."""
+    pooled_in = np.nan_to_num(stats_in.pooled, nan=stats_out.pooled)
+    pooled_out = np.nan_to_num(stats_out.pooled, nan=stats_in.pooled)
     has_in, has_out = np.any(k_in, axis=0)[:, None], np.any(k_out, axis=0)[:, None]
     both = (has_in & has_out)[:, 0]
     if not both.any() or np.isnan(pooled_in):
         raise ValueError(
             "need an example with both IN and OUT shadows and an example with >= 2 IN or >= 2 OUT "
-            f"shadows to estimate a std; got {s.shape[0]} shadow models"
+            f"shadows to estimate a std; got {k_in.shape[0]} shadow models"
         )
-    mu_in, std_in = _fit_set(s, k_in, fixed_variance, pooled_in)
-    mu_out, std_out = _fit_set(s, k_out, fixed_variance, pooled_out)
+    mu_in, std_in = stats_in.mu, _set_std(stats_in.squares, stats_in.dof, fixed_variance, pooled_in)
+    mu_out, std_out = stats_out.mu, _set_std(stats_out.squares, stats_out.dof, fixed_variance, pooled_out)
     shift = np.median(mu_in[both] - mu_out[both], axis=0)
     mu_in_filled = np.where(has_in, mu_in, mu_out + shift)
     mu_out_filled = np.where(has_out, mu_out, mu_in - shift)
@@ -269,10 +301,15 @@ def lira_offline(target_scores, shadow_scores, shadow_keep, fixed_variance: bool
     t = _check_target(target_scores, *s.shape[1:])
     if not out.any():
         raise ValueError("offline LiRA needs at least one OUT shadow score")
+    return _offline(t, s, out, _set_stats(s, out), fixed_variance)
+
+
+def _offline(t: np.ndarray, s: np.ndarray, out: np.ndarray, stats: _SetStats, fixed_variance: bool) -> np.ndarray:
+    """``lira_offline`` on checked inputs (target [N, Q], shadows [M, N, Q], a non-empty OUT mask [M, N]) and
+    the OUT set's ``_set_stats``."""
     population = s[out]  # [num OUT scores, Q]
-    pooled = _pooled_std(s, out)
-    pooled = pooled if np.isfinite(pooled) else float(np.std(population))
-    mu, std = _fit_set(s, out, fixed_variance, pooled)
+    pooled = stats.pooled if np.isfinite(stats.pooled) else float(np.std(population))
+    mu, std = stats.mu, _set_std(stats.squares, stats.dof, fixed_variance, pooled)
     has_out = np.any(out, axis=0)[:, None]
     mu = np.where(has_out, mu, np.median(population, axis=0))
     std = np.where(has_out, std, np.maximum(np.std(population, axis=0), MIN_STD))
@@ -307,22 +344,68 @@ def leave_one_out(scores, keep, attack_fn: Callable, equalize: bool = True) -> t
     Returns:
       (membership scores float64 [M, N], labels bool [M, N] = keep): M * N target trials for ``metrics``.
     """
+    s, k = _check_bank(scores, keep)
+    out = np.empty(k.shape, np.float64)
+    for m in range(s.shape[0]):
+        out[m] = attack_fn(s[m], *_shadows_of(s, k, m, equalize))
+    return out, k.copy()
+
+
+def _check_bank(scores, keep) -> tuple[np.ndarray, np.ndarray]:
+    """``leave_one_out``'s inputs checked: (float64 [M, N, Q], bool [M, N]), finite, M >= 2."""
     s, k, _ = _check_shadows(scores, keep)
     if np.isnan(s).any():
         raise ValueError("leave_one_out needs finite scores (found NaN)")
-    num_models = s.shape[0]
-    if num_models < 2:
-        raise ValueError(f"leave_one_out needs >= 2 models, got {num_models}")
-    out = np.empty(k.shape, np.float64)
-    for m in range(num_models):
-        # Excluding the target matters: its own IN score would pull mu_in toward it and inflate the attack.
-        others = np.arange(num_models) != m
-        shadows, shadow_keep = s[others], k[others]
-        if equalize:
-            used = _first_k(shadow_keep) | _first_k(~shadow_keep)
-            shadows = np.where(used[..., None], shadows, np.nan)
-        out[m] = attack_fn(s[m], shadows, shadow_keep)
-    return out, k.copy()
+    if s.shape[0] < 2:
+        raise ValueError(f"leave_one_out needs >= 2 models, got {s.shape[0]}")
+    return s, k
+
+
+def _shadows_of(s: np.ndarray, k: np.ndarray, m: int, equalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(shadow scores [M-1, N, Q], their keep [M-1, N]) of target m: every other model; with ``equalize``, the
+    IN / OUT shadows beyond the first c of each example passed as NaN (missing), see ``leave_one_out``."""
+    # Excluding the target matters: its own IN score would pull mu_in toward it and inflate the attack.
+    others = np.arange(s.shape[0]) != m
+    shadows, shadow_keep = s[others], k[others]
+    if equalize:
+        used = _first_k(shadow_keep) | _first_k(~shadow_keep)
+        shadows = np.where(used[..., None], shadows, np.nan)
+    return shadows, shadow_keep
+
+
+LIRA_VARIANTS = ("lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var")
+
+
+def leave_one_out_lira(scores, keep, equalize: bool = True) -> dict[str, np.ndarray]:
+    """``leave_one_out`` of ``lira_online`` and ``lira_offline``, each with and without ``fixed_variance``.
+
+    Why: the four fits of a target share its shadows, their IN / OUT medians and squared deviations; computing
+    those once per target instead of once per variant roughly halves LiRA's cost (the null test rescores every
+    attack 20 times). Bitwise what the four ``leave_one_out`` calls return (tests/test_lira.py).
+
+    Args:
+      scores: [M, N, Q] (or [M, N]) finite phi of every model on every example.
+      keep: [M, N] bool IN mask.
+      equalize: as for ``leave_one_out``.
+
+    Returns:
+      {name in ``LIRA_VARIANTS``: float64 [M, N] membership scores}.
+    """
+    s, k = _check_bank(scores, keep)
+    out = {name: np.empty(k.shape, np.float64) for name in LIRA_VARIANTS}
+    for m in range(s.shape[0]):
+        shadows, k_in, k_out = _check_shadows(*_shadows_of(s, k, m, equalize))
+        t = _check_target(s[m], *shadows.shape[1:])
+        stats_in, stats_out = _set_stats(shadows, k_in), _set_stats(shadows, k_out)
+        for fixed, suffix in ((False, ""), (True, "_fixed_var")):
+            fit = _fit_stats(stats_in, stats_out, k_in, k_out, fixed)
+            llr = _norm_logpdf(t, fit.mu_in, fit.std_in) - _norm_logpdf(t, fit.mu_out, fit.std_out)
+            out["lira_online" + suffix][m] = llr.mean(-1)
+        if not k_out.any():
+            raise ValueError("offline LiRA needs at least one OUT shadow score")
+        for fixed, suffix in ((False, ""), (True, "_fixed_var")):
+            out["lira_offline" + suffix][m] = _offline(t, shadows, k_out, stats_out, fixed)
+    return out
 
 
 # ---------------------------------------------------------------- recipe-aware LiRA

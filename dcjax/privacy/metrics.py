@@ -351,6 +351,19 @@ def _column_counts(res: np.ndarray, num_examples: int) -> np.ndarray:
     return counts.reshape(res.shape[0], num_examples).astype(np.int32)
 
 
+def _rates(counts: np.ndarray) -> np.ndarray:
+    """float64 [r, P + 1]: the (0, 0) start, then cumulative counts int [r, P] over each row's last count.
+
+    Written behind the start in place (no concatenated copy) in the counts' memory layout (a column-major gather
+    when r > 1), as np.concatenate laid them out: the AUC's row sums add in an order that depends on the layout,
+    and every number must stay bitwise what it was.
+    """
+    rates = np.empty_like(counts, np.float64, shape=(counts.shape[0], counts.shape[1] + 1))
+    rates[:, 0] = 0.0
+    np.divide(counts, np.maximum(counts[:, -1:], 1), out=rates[:, 1:])
+    return rates
+
+
 def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequence[float]) -> dict:
     """Metrics of r weighted copies of score-sorted trials, as ``_roc`` + ``_auc`` / ... would compute them.
 
@@ -365,21 +378,25 @@ def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequ
     """
     # Integer weights: exact, and the cumulative sums (the bootstrap's cost) move half the bytes of float64.
     # int32 holds them: a resample's total weight is at most T x (draws of a column) x (draws of a model).
+    # The non-member counts are the total counts minus the member counts (exact integers): one product fewer.
     tp = np.cumsum(w * y, axis=1, dtype=np.int32)[:, last]
-    fp = np.cumsum(w * ~y, axis=1, dtype=np.int32)[:, last]
+    fp = np.cumsum(w, axis=1, dtype=np.int32)[:, last]
+    fp -= tp
     bad = (tp[:, -1] == 0) | (fp[:, -1] == 0)
-    zero = np.zeros((w.shape[0], 1))
-    tpr = np.concatenate([zero, tp / np.maximum(tp[:, -1:], 1)], axis=1)
-    fpr = np.concatenate([zero, fp / np.maximum(fp[:, -1:], 1)], axis=1)
-    out = {
-        "auc": np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2,
-        "balanced_accuracy": np.max((1 + tpr - fpr) / 2, axis=1),
-    }
+    tpr, fpr = _rates(tp), _rates(fp)
+    trapezoids = np.diff(fpr, axis=1)
+    trapezoids *= np.add(tpr[:, 1:], tpr[:, :-1])
+    accuracy = np.add(1, tpr)
+    accuracy -= fpr
+    # max(x / 2) == max(x) / 2 exactly: halving a float64 in [2**-53, 2] (or 0) is exact and monotone.
+    out = {"auc": np.sum(trapezoids, axis=1) / 2, "balanced_accuracy": np.max(accuracy, axis=1) / 2}
+    # Both rates only grow along a row, so the best TPR with FPR <= f is at the last such point; a sorted row
+    # counts its FPRs <= f by bisection.
+    bounds = [f + _FPR_TOL for f in fprs]
+    last_ok = np.stack([np.searchsorted(row, bounds, side="right") for row in fpr], axis=1) - 1  # [F, r]
     rows = np.arange(w.shape[0])
-    for f in fprs:
-        # Both rates only grow along a row, so the best TPR with FPR <= f is at the last such point.
-        last_ok = np.sum(fpr <= f + _FPR_TOL, axis=1) - 1
-        out[_fpr_name(f)] = tpr[rows, last_ok]
+    for f, ok in zip(fprs, last_ok):
+        out[_fpr_name(f)] = tpr[rows, ok]
     for values in out.values():
         values[bad] = np.nan
     return out
@@ -416,15 +433,41 @@ def bootstrap_samples(
         raise ValueError(f"model_resamples has {model_res.shape[0]} resamples, resamples {res.shape[0]}")
     order = np.argsort(-s, kind="stable")
     s, y, cols, rows = s[order], y[order], cols[order], rows[order]
-    last = np.r_[s[1:] != s[:-1], True]
-    chunk = max(1, _CHUNK_WEIGHTS // s.size)
-    parts = []
-    for i in range(0, res.shape[0], chunk):
-        w = _column_counts(res[i : i + chunk], num_examples)[:, cols]
+    trials = SortedTrials(y=y, cols=cols, rows=rows, last=np.r_[s[1:] != s[:-1], True])
+
+    def weights(start: int, stop: int) -> np.ndarray:  # Counted per chunk: memory stays bounded.
+        w = _column_counts(res[start:stop], num_examples)[:, cols]
         if model_res is not None:
-            w *= _column_counts(model_res[i : i + chunk], num_models)[:, rows]
-        parts.append(_weighted_metrics(w, y, last, fprs))
+            w *= _column_counts(model_res[start:stop], num_models)[:, rows]
+        return w
+
+    return _chunked_metrics(trials, res.shape[0], weights, fprs)
+
+
+def _chunked_metrics(trials: SortedTrials, num_resamples: int, weights: Callable, fprs: Sequence[float]) -> dict:
+    """``_weighted_metrics`` of every resample, a chunk of rows at a time; weights(start, stop) -> int32
+    [stop - start, T] the chunk's trial weights. The chunking is part of the result: the AUC's row sums add in
+    an order that depends on a chunk's layout (one row or several), so every caller chunks alike."""
+    chunk = max(1, _CHUNK_WEIGHTS // trials.y.size)
+    parts = [
+        _weighted_metrics(weights(i, min(i + chunk, num_resamples)), trials.y, trials.last, fprs)
+        for i in range(0, num_resamples, chunk)
+    ]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def sorted_samples(trials: SortedTrials, weights: ResampleWeights, fprs: Sequence[float]) -> dict:
+    """``bootstrap_samples`` of trials already sorted (``sort_trials``) with the draws' counts already made
+    (``resample_weights``, or some of its rows): the same float64 [R] per metric, bitwise."""
+    _check_fprs(fprs)
+
+    def rows_of(start: int, stop: int) -> np.ndarray:
+        w = weights.examples[start:stop][:, trials.cols]
+        if weights.models is not None:
+            w *= weights.models[start:stop][:, trials.rows]
+        return w
+
+    return _chunked_metrics(trials, weights.examples.shape[0], rows_of, fprs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,6 +515,38 @@ def _prefix_end(last: np.ndarray, start: int) -> int:
     return int(ends[position])
 
 
+@dataclasses.dataclass(frozen=True)
+class SortedTrials:
+    """The included trials of an [M, N] trial matrix by decreasing score (stable: ties in row-major order):
+    labels ``y`` bool [T], ``cols`` / ``rows`` int64 [T], ``last`` bool [T] (True at the last trial of each run
+    of tied scores, the ROC points)."""
+
+    y: np.ndarray
+    cols: np.ndarray
+    rows: np.ndarray
+    last: np.ndarray
+
+
+def sort_trials(scores, keep, include, order: np.ndarray | None = None) -> SortedTrials:
+    """``SortedTrials`` of the included trials (validated as for ``trial_metrics``).
+
+    order: None, or int [M * N] a stable argsort of minus every score, flattened row-major (one sort serving
+      several ``include`` masks): the included trials' stable order is their subsequence of it.
+    """
+    s, k, inc = _trial_inputs(scores, keep, include)
+    if order is None:
+        s, y, cols, rows = _included_trials(s, k, inc)
+        perm = np.argsort(-s, kind="stable")
+        s, y, cols, rows = s[perm], y[perm], cols[perm], rows[perm]
+    else:
+        flat = order[inc.ravel()[order]].astype(np.int64)
+        rows, cols = np.divmod(flat, s.shape[1])
+        s, y = s.ravel()[flat], k.ravel()[flat]
+        if y.all() or not y.any():
+            raise ValueError(f"{int(y.sum())} members among the {y.size} included trials: needs both")
+    return SortedTrials(y=y, cols=cols, rows=rows, last=np.r_[s[1:] != s[:-1], True])
+
+
 def bootstrap_tprs(scores, keep, include, weights: ResampleWeights, fprs: Sequence[float], totals=None) -> dict:
     """``bootstrap_samples``' TPR entries alone, bitwise equal, reading only the top of the score order.
 
@@ -491,11 +566,19 @@ def bootstrap_tprs(scores, keep, include, weights: ResampleWeights, fprs: Sequen
     _check_fprs(fprs)
     if not fprs:
         raise ValueError("bootstrap_tprs needs at least one FPR")
-    s, y, cols, rows = _included_trials(scores, keep, include)
-    members, nonmembers = totals if totals is not None else weight_totals(weights, keep, include)
-    order = np.argsort(-s, kind="stable")
-    s, y, cols, rows = s[order], y[order], cols[order], rows[order]
-    last = np.r_[s[1:] != s[:-1], True]
+    trials = sort_trials(scores, keep, include)
+    return sorted_tprs(trials, weights, fprs, totals if totals is not None else weight_totals(weights, keep, include))
+
+
+def sorted_tprs(trials: SortedTrials, weights: ResampleWeights, fprs: Sequence[float], totals) -> dict:
+    """``bootstrap_tprs`` of trials already sorted (``sort_trials``): the same float64 [R] per FPR, bitwise.
+
+    totals: ``weight_totals(weights, keep, include)`` of the same trials.
+    """
+    if not fprs:
+        raise ValueError("bootstrap_tprs needs at least one FPR")
+    y, cols, rows, last = trials.y, trials.cols, trials.rows, trials.last
+    members, nonmembers = totals
     bound = max(fprs) + _FPR_TOL
     bad = (members == 0) | (nonmembers == 0)
     start = int(np.searchsorted(np.cumsum(~y), 4 * bound * np.sum(~y) + 64)) + 1
