@@ -7,6 +7,7 @@ follow the vector extensions, so benchmark tables and recorded digests (tests/go
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 
@@ -34,12 +35,10 @@ def cpu(cpuinfo: str = "/proc/cpuinfo") -> Cpu:
     return Cpu(info.get("model name", fallback), frozenset(info.get("flags", "").split()))
 
 
-def commit(path: str | None = None) -> str | None:
-    """The git commit of the checkout holding ``path`` (default: this package), with "+changes" when dcjax/ differs
-    from it; None outside a git checkout (an installed wheel) or without git."""
+@functools.cache
+def _commit_of(root: str) -> str | None:
+    """``commit`` for the checkout at ``root``, asked of git once per process (see ``commit``)."""
     import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path or __file__)))
 
     def git(*args: str) -> str:
         try:
@@ -52,6 +51,17 @@ def commit(path: str | None = None) -> str | None:
     if not head:
         return None
     return head + ("+changes" if git("status", "--porcelain", "--", "dcjax") else "")
+
+
+def commit(path: str | None = None) -> str | None:
+    """The git commit of the checkout holding ``path`` (default: this package), with "+changes" when dcjax/ differs
+    from it; None outside a git checkout (an installed wheel) or without git.
+
+    The first answer for a checkout is kept for the life of the process: the code a process runs is the code it
+    imported, so a commit made (or a file edited) while a long run goes on must not relabel that run's results.
+    Launchers ask once at start (``experiments/common.launcher_main``).
+    """
+    return _commit_of(os.path.dirname(os.path.dirname(os.path.abspath(path or __file__))))
 
 
 def provenance() -> dict:

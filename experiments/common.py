@@ -142,11 +142,13 @@ def launcher_main(run):
     errors in one line, workdir locks released."""
 
     def main(argv):
-        from dcjax import interrupt, workdir
+        from dcjax import host, interrupt, workdir
 
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
         interrupt.install(_exit_now)
+        # Pinned now: a run's results record the commit it started from, not one made while it ran.
+        host.commit()
         init_runtime()
         quiet_libraries()
         try:

@@ -1,5 +1,8 @@
 """dcjax.host: the CPU model and vector extensions that benchmark tables and recorded digests name."""
 
+import subprocess
+import sys
+
 import jax
 
 from dcjax import host
@@ -40,3 +43,27 @@ def test_provenance_names_the_commit_cpu_and_backend():
 
 def test_commit_is_none_outside_a_git_checkout(tmp_path):
     assert host.commit(str(tmp_path / "pkg" / "module.py")) is None
+
+
+def _git(repo, *args):
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True
+    )
+
+
+def test_commit_keeps_the_first_answer_while_the_process_runs(tmp_path):
+    # A long run must record the commit it started from, not one made in the checkout while it ran.
+    repo, module = tmp_path / "repo", tmp_path / "repo" / "pkg" / "module.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "first")
+    first = host.commit(str(module))
+    module.write_text("x = 2\n")
+    _git(repo, "commit", "-qam", "second")
+    assert first is not None and host.commit(str(module)) == first
+    # A new process reads the new commit.
+    code = f"from dcjax import host; print(host.commit({str(module)!r}))"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert len(fresh) == 40 and fresh != first
