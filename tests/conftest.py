@@ -1,6 +1,6 @@
-"""Test setup: CPU only, 4 fake CPU devices (for sharding tests), XLA without LLVM's optimisations or its fusion
-emitters, a compilation cache shared by the session, all before jax is imported; the session's shared networks and
-end-to-end launcher runs (fixtures)."""
+"""Test setup: CPU only, 4 fake CPU devices (for sharding tests), XLA without LLVM's optimisations, a compilation
+cache shared by the session, all before jax is imported; the session's shared networks and end-to-end launcher runs
+(fixtures)."""
 
 import os
 import pathlib
@@ -19,11 +19,6 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 # bitwise with a user's run, clear XLA_FLAGS and compile as users do. A level set in XLA_FLAGS is kept.
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
-# Likewise XLA:CPU's loop emitters instead of its MLIR fusion emitters: the same computations (up to rounding) in about
-# half the compile time on these tiny networks (an in-process DC attack run: 40 -> 23 s of CPU); golden.py's tiers
-# clear this too. A setting in XLA_FLAGS is kept.
-if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 # TensorFlow (used by TFDS to read files) must not try to use a GPU or spam the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
