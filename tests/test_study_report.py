@@ -155,6 +155,16 @@ def test_the_short_table_keeps_only_target_accuracy_headline_and_null_test():
     assert _cells(tables.short_table({"rows": [bare]}), 2) == ["bare", "90.00 +- 1.00", "–", "0/20 (allowed ≤ 4)"]
 
 
+def test_the_short_table_keeps_the_first_and_last_point_of_each_series():
+    point = lambda name, series: {**RESULTS["rows"][1], "name": name, "row": series}  # noqa: E731
+    rows = [RESULTS["rows"][0], point("a_it0", "a"), point("b_ep1", "b"), point("a_it5", "a"), point("a_it9", "a")]
+    rows += [point("b_ep2", "b"), point("b_ep3", "b"), point("c_it1", "c"), RESULTS["rows"][1]]
+    table = tables.short_table({"rows": rows})
+    assert table.count("\n") == 2 + 7
+    names = [_cells(table, 2 + i)[0] for i in range(7)]
+    assert names == ["original", "a_it0", "b_ep1", "a_it9", "b_ep3", "c_it1", "subset"]
+
+
 def test_a_row_without_headlines_shokri_canaries_or_dp_renders_those_cells_as_dashes():
     bare = _row("bare", "tiny pool", {"model": None, "release": None}, natural={"loss": {"skipped": "no members"}})
     cells = _cells(tables.markdown_table({"rows": [bare]}), 2)

@@ -171,12 +171,23 @@ def markdown_table(results: dict) -> str:
 SHORT_COLUMNS = ("target", "test accuracy (%)", "headline TPR@0.1% FPR (%) [95% CI]", "null test: CIs excluding chance")
 
 
+def series_ends(rows: list[dict]) -> list[dict]:
+    """``rows`` without the inner points of each frontier series (rows sharing a ``"row"``: a ladder, or DP-SGD's
+    checkpoints): its first and last point stay, in their places; rows outside a series all stay."""
+    last: dict = {}
+    for i, row in enumerate(rows):
+        if "row" in row:
+            last.setdefault(row["row"], [i, i])[1] = i
+    return [row for i, row in enumerate(rows) if "row" not in row or i in last[row["row"]]]
+
+
 def short_table(results: dict) -> str:
-    """The short answer (README's): per row its target, accuracy, cross-fitted headline and null test only."""
+    """The short answer (README's): per row its target, accuracy, cross-fitted headline and null test only; of a
+    frontier series its first and last point only (RESULTS.md has every point)."""
     results_schema.check_rows(results)
     lines = [
         [row_label(row), _accuracy(row), metric(row["headline"]["model"], HEADLINE), _null(row)]
-        for row in results["rows"]
+        for row in series_ends(results["rows"])
     ]
     return table(SHORT_COLUMNS, lines)
 
