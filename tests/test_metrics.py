@@ -403,16 +403,23 @@ def test_canary_detection_hand_computed():
         metrics.canary_detection(scores, keep, natural, np.array([4, 4]))
 
 
-@pytest.mark.parametrize("two_way", [False, True])
-def test_bootstrap_tprs_equal_bootstrap_samples_bitwise(two_way):
-    # Rounded scores make tie runs; a slice mask and a large FPR (the prefix must grow) are covered too.
-    rng = np.random.default_rng(5)
+def _tied_bank(seed: int, two_way: bool):
+    """A 6 x 400 bank with tie runs (rounded scores), a slice mask and 30 draws of examples (and models if
+    ``two_way``): (m, n, r, keep, scores, include, res, model_res)."""
+    rng = np.random.default_rng(seed)
     m, n, r = 6, 400, 30
     keep = rng.random((m, n)) < 0.5
     scores = np.round(rng.normal(size=(m, n)) + 0.5 * keep, 1)
     include = rng.random((m, n)) < 0.7
     res = rng.integers(0, n, (r, n))
     model_res = rng.integers(0, m, (r, m)) if two_way else None
+    return m, n, r, keep, scores, include, res, model_res
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_bootstrap_tprs_equal_bootstrap_samples_bitwise(two_way):
+    # Rounded scores make tie runs; a slice mask and a large FPR (the prefix must grow) are covered too.
+    m, n, r, keep, scores, include, res, model_res = _tied_bank(5, two_way)
     fprs = (0.3, 0.01, 0.001, 0.0)
     full = metrics.bootstrap_samples(scores, keep, include, res, fprs, model_res)
     weights = metrics.resample_weights(res, n, model_res, m)
@@ -486,13 +493,7 @@ def test_trials_sorted_from_one_full_order_equal_a_sort_per_mask():
 @pytest.mark.parametrize("two_way", [False, True])
 def test_sorted_samples_of_some_draws_equal_bootstrap_samples_of_those_draws_bitwise(two_way):
     # The headline's AUC tie-breaks: a few rows of counts made once, trials sorted once, against the full path.
-    rng = np.random.default_rng(8)
-    m, n, r = 6, 400, 30
-    keep = rng.random((m, n)) < 0.5
-    scores = np.round(rng.normal(size=(m, n)) + 0.5 * keep, 1)
-    include = rng.random((m, n)) < 0.7
-    res = rng.integers(0, n, (r, n))
-    model_res = rng.integers(0, m, (r, m)) if two_way else None
+    m, n, r, keep, scores, include, res, model_res = _tied_bank(8, two_way)
     weights = metrics.resample_weights(res, n, model_res, m)
     trials = metrics.sort_trials(scores, keep, include, np.argsort(-scores.ravel(), kind="stable"))
     for draws in (np.array([4]), np.array([0, 3, 17, 29]), np.arange(r)):
