@@ -163,19 +163,15 @@ def _centred_squares(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _pooled_from(squares: np.ndarray, dof: np.ndarray, num_queries: int) -> float:
-    """``_pooled_std`` from ``_centred_squares``' output."""
+    """One within-example std over all examples and queries, from ``_centred_squares``' output; NaN when no
+    example has 2 selected scores."""
     total_dof = np.sum(np.maximum(dof, 0)) * num_queries
     return float(np.sqrt(squares.sum() / total_dof)) if total_dof > 0 else float("nan")
 
 
-def _pooled_std(scores: np.ndarray, mask: np.ndarray) -> float:
-    """One within-example std over all examples and queries; NaN when no example has 2 selected scores."""
-    return _pooled_from(*_centred_squares(scores, mask), scores.shape[2])
-
-
 class _SetStats(NamedTuple):
     """One set's (IN or OUT) statistics, shared by every fit of it: median ``mu`` [N, Q] (NaN where empty),
-    ``squares`` [N, Q] and ``dof`` [N] (``_centred_squares``), ``pooled`` (``_pooled_std``, NaN possible)."""
+    ``squares`` [N, Q] and ``dof`` [N] (``_centred_squares``), ``pooled`` (``_pooled_from``, NaN possible)."""
 
     mu: np.ndarray
     squares: np.ndarray
@@ -196,16 +192,6 @@ def _set_std(squares: np.ndarray, dof: np.ndarray, fixed_variance: bool, pooled:
         std = np.sqrt(squares / np.maximum(dof, 1)[:, None])
         std = np.where(dof[:, None] >= 1, std, pooled)
     return np.maximum(std, MIN_STD)
-
-
-def _fit_set(
-    scores: np.ndarray, mask: np.ndarray, fixed_variance: bool, pooled: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(median [N, Q] with NaN where empty, std [N, Q]); examples with < 2 scores fall back to ``pooled``."""
-    mu = _masked_median(scores, mask)
-    if fixed_variance:  # No squared deviations needed.
-        return mu, np.maximum(np.full(mu.shape, pooled), MIN_STD)
-    return mu, _set_std(*_centred_squares(scores, mask), False, pooled)
 
 
 def fit_gaussians(scores, keep, fixed_variance: bool) -> GaussianFit:
