@@ -83,6 +83,12 @@ flags.DEFINE_list(
     "and that count; the points resume from each other's snapshots (<workdir>/<row>_snapshots). Empty: one point "
     "per row.",
 )
+flags.DEFINE_list(
+    "row_ladders",
+    list(study_default("row_ladders")),
+    "Per-row ladders in place of --ladder, each '<row>:<t>:<t>...' (comma list): --row_ladders=dc_real:0 attacks "
+    "dc_real at iteration 0 and its own count only; 'dm_noise:' at its own count only.",
+)
 flags.DEFINE_integer("per_class", study_default("per_class"), "Images per class of the 'subset' row.")
 flags.DEFINE_integer(
     "small_epochs",

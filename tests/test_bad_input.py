@@ -116,6 +116,8 @@ CONFIG_ROWS = [
     (study.StudyConfig, {"dm_iterations": 0}, "dm_iterations"),
     (study.StudyConfig, {"ladder": (-1, 5)}, "ladder"),
     (study.StudyConfig, {"ladder": (5, 5)}, "ladder"),
+    (study.StudyConfig, {"row_ladders": ("dc_real:5:5",)}, "row_ladders"),
+    (study.StudyConfig, {"row_ladders": ("original:0",)}, "row_ladders"),
     (condense_run.RunConfig, {"seed": -1}, "seed"),
     (condense_run.RunConfig, {"eval_every": -1}, "eval_every"),
     (condense_run.RunConfig, {"checkpoint_every": 0}, "checkpoint_every"),
@@ -513,6 +515,7 @@ FLAG_CHECKS = {
     "synthetic": "data.load_synthetic_npz",
     "conclusion": "privacy_study._about",
     "ladder": "privacy_study._numbers, then StudyConfig",
+    "row_ladders": "StudyConfig",
     "tier": "free text",
 }
 

@@ -377,6 +377,35 @@ def test_a_ladder_expands_each_condensed_row_into_points_that_stop_early():
     assert study.ladder_points(study.plan_row(config, "dc_real"), ()) == [study.plan_row(config, "dc_real")]
 
 
+def test_a_rows_own_ladder_replaces_the_study_ladder_for_that_row_only():
+    config = dataclasses.replace(
+        study.StudyConfig(), dm_iterations=200, ladder=(0, 5, 50), row_ladders=("dc_real:0", "dm_noise:")
+    )
+    names = {row: [p.name for p in study.plan_points(config, row)] for row in ("dc_real", "dm_noise", "dm_real")}
+    assert names == {
+        "dc_real": ["dc_real_it0", "dc_real_it1000"],
+        "dm_noise": ["dm_noise"],  # An empty ladder: the row itself, one point.
+        "dm_real": ["dm_real_it0", "dm_real_it5", "dm_real_it50", "dm_real_it200"],
+    }
+    assert [p.points for p in study.plan_points(config, "dc_real")] == [(0, 1000)] * 2  # Its snapshots' save_at.
+
+
+@pytest.mark.parametrize(
+    "entries,message",
+    [
+        (("dc_real:5:5",), "strictly increasing"),
+        (("dc_real:-1",), "strictly increasing"),
+        (("dc_real:x",), "integer iterations"),
+        (("original:0",), "condensed rows"),
+        (("dc_real",), "condensed rows"),  # No colon.
+        (("dc_real:0", "dc_real:5"), "distinct"),
+    ],
+)
+def test_row_ladders_must_name_distinct_condensed_rows_with_valid_ladders(entries, message):
+    with pytest.raises(ValueError, match=f"^row_ladders must .*{message}"):
+        study.StudyConfig(row_ladders=entries)
+
+
 @pytest.mark.parametrize("ladder", [(5, 5), (50, 5), (-1,), (0, 0)])
 def test_a_ladder_must_be_non_negative_and_strictly_increasing(ladder):
     with pytest.raises(ValueError, match="^ladder must be non-negative, strictly increasing"):

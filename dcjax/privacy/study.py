@@ -71,6 +71,7 @@ INIT_ROWS = ("dm_noise", "dc_means", "dm_means")
 # here, at import, because the config field `condense` shadows the module inside functions.
 _DM_PAPER_ITERATIONS = condense.METHODS["dm"].defaults.iterations
 DP_EPSILONS = {"dpsgd_eps1": 1.0, "dpsgd_eps4": 4.0, "dpsgd_eps8": 8.0}  # Row -> target epsilon.
+CONDENSED_ROWS = DEFAULT_ROWS[2:] + METHOD_ROWS + INIT_ROWS  # The rows that condense (a ladder applies to them).
 ROWS = DEFAULT_ROWS + METHOD_ROWS + INIT_ROWS + tuple(DP_EPSILONS)  # Every valid row name.
 _DP = (
     "trained with DP-SGD on all of its private data, Poisson-sampled batches (q = {sample_rate:.4g}, "
@@ -127,6 +128,9 @@ class StudyConfig:
     ladder: condensation iterations at which each condensed row is also attacked (``ladder_points``):
       non-negative, strictly increasing (0: the row's initial set, attacked as its own point, so a row's gain over
       its init is measured on the same keys); empty (the default): one point per row.
+    row_ladders: per-row ladders in place of ``ladder``, each ``"<row>:<t>:<t>..."`` (``row_ladder``): e.g.
+      ``"dc_real:0"`` attacks dc_real at its initial set and its own count only, ``"dm_noise:"`` at its own count
+      only (one point per row), so a costly row or a tight docs budget gets fewer points than the others.
     dp_noise: noise multipliers of the fixed-noise DP-SGD rows, row ``dpsgd_sigma<value>`` each
       (``noise_rows``; a row is valid only when its value is here).
     dp_checkpoints: expected epochs at which a fixed-noise row's one run is attacked, strictly
@@ -147,6 +151,7 @@ class StudyConfig:
     dp_epochs: int | None = None
     dm_iterations: int = _DM_PAPER_ITERATIONS
     ladder: tuple[int, ...] = ()
+    row_ladders: tuple[str, ...] = ()
     dp_noise: tuple[float, ...] = ()
     dp_checkpoints: tuple[int, ...] = ()
 
@@ -180,9 +185,8 @@ def _check_points(config: StudyConfig) -> None:
     """ConfigError (naming the setting) unless the frontier points' settings hold: ladder and dp_checkpoints strictly
     increasing (ladder >= 0, its 0 the row's initial set; dp_checkpoints >= 1), dp_noise distinct positive finite
     values with distinct row names."""
-    ladder = list(config.ladder)
-    if any(t < 0 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
-        raise errors.ConfigError("ladder", f"must be non-negative, strictly increasing iterations, got {ladder}")
+    _check_ladder("ladder", config.ladder)
+    _parse_row_ladders(config.row_ladders)
     if any(not 0 < noise < math.inf for noise in config.dp_noise):  # Also rejects NaN.
         raise errors.ConfigError("dp_noise", f"must hold noise multipliers > 0 and finite, got {list(config.dp_noise)}")
     if len(noise_rows(config)) != len(config.dp_noise):
@@ -192,6 +196,37 @@ def _check_points(config: StudyConfig) -> None:
     checkpoints = config.dp_checkpoints
     if any(e < 1 for e in checkpoints) or any(a >= b for a, b in zip(checkpoints, checkpoints[1:])):
         raise errors.ConfigError("dp_checkpoints", f"must be strictly increasing epochs >= 1, got {list(checkpoints)}")
+
+
+def _check_ladder(setting: str, ladder: Iterable[int]) -> None:
+    """ConfigError naming ``setting`` unless ``ladder`` is non-negative and strictly increasing."""
+    ladder = list(ladder)
+    if any(t < 0 for t in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise errors.ConfigError(setting, f"must be non-negative, strictly increasing iterations, got {ladder}")
+
+
+def _parse_row_ladders(entries: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """{row: ladder} of ``row_ladders`` entries ``"<row>:<t>:<t>..."``; ConfigError naming row_ladders unless each
+    names a distinct condensed row (``CONDENSED_ROWS``) and its ladder holds as ``ladder`` must."""
+    ladders: dict[str, tuple[int, ...]] = {}
+    for entry in entries:
+        row, colon, iterations = entry.partition(":")
+        if row not in CONDENSED_ROWS or row in ladders or not colon:
+            raise errors.ConfigError(
+                "row_ladders",
+                f"must hold distinct '<row>:<t>:<t>...' entries of condensed rows {CONDENSED_ROWS}, got {entry!r}",
+            )
+        try:
+            ladders[row] = tuple(int(t) for t in iterations.split(":") if t)
+        except ValueError:
+            raise errors.ConfigError("row_ladders", f"must hold integer iterations, got {entry!r}") from None
+        _check_ladder("row_ladders", ladders[row])
+    return ladders
+
+
+def row_ladder(config: StudyConfig, name: str) -> tuple[int, ...]:
+    """The ladder of row ``name``: its ``row_ladders`` entry, else ``ladder``."""
+    return _parse_row_ladders(config.row_ladders).get(name, config.ladder)
 
 
 def dp_points(config: StudyConfig) -> tuple[int, ...]:
@@ -404,7 +439,7 @@ def plan_points(config: StudyConfig, name: str) -> list[RowPlan]:
     ladder points (``ladder_points``), or else the row itself (``plan_row``). ``run_study`` runs exactly these."""
     if name in noise_rows(config):
         return _checkpoint_points(config, name)
-    return ladder_points(plan_row(config, name), config.ladder)
+    return ladder_points(plan_row(config, name), row_ladder(config, name))
 
 
 def _checkpoint_points(config: StudyConfig, name: str) -> list[RowPlan]:
