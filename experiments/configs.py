@@ -153,6 +153,14 @@ def define_condense_flags():
     from dcjax import condense
 
     default = functools.partial(field_default, condense.CondenseConfig)
+    _define_synthetic_set_flags(default)
+    _define_matching_loop_flags(default)
+
+
+def _define_synthetic_set_flags(default):
+    """What is condensed: the method, its DSA ops, the set's size, iterations and init (`define_condense_flags`)."""
+    from dcjax import condense
+
     flags.DEFINE_enum(
         "method",
         default("method"),
@@ -178,6 +186,10 @@ def define_condense_flags():
         "images); default: noise for dc, real for dsa and dm.",
     )
     flags.DEFINE_string("distance", default("distance"), "Gradient distance: ours, mse or cos.")
+
+
+def _define_matching_loop_flags(default):
+    """How each iteration matches: batches, learning rates, loops, class strategy and precision."""
     flags.DEFINE_integer("batch_real", default("batch_real"), "Real images per class per matching step.")
     flags.DEFINE_integer("batch_train", default("batch_train"), "Inner-loop batch on the synthetic set.")
     flags.DEFINE_float(
@@ -216,8 +228,14 @@ def define_attack_flags():
     from dcjax.privacy import shokri
     from dcjax.privacy.config import AttackRunConfig
 
-    default = functools.partial(field_default, AttackRunConfig)
-    attack = functools.partial(field_default, shokri.AttackConfig)
+    _define_pool_flags(functools.partial(field_default, AttackRunConfig))
+    _define_attacker_flags(
+        functools.partial(field_default, AttackRunConfig), functools.partial(field_default, shokri.AttackConfig)
+    )
+
+
+def _define_pool_flags(default):
+    """The bank and its pools: models, target and attacker pools, shadows, queries, canaries, population."""
     flags.DEFINE_integer(
         "num_models", default("num_models"), "LiRA bank size M (even, >= 6): each is a target in turn."
     )
@@ -247,6 +265,12 @@ def define_attack_flags():
         default("num_population"),
         "Test images every model is also queried on (RMIA's population samples z, never trained on).",
     )
+
+
+def _define_attacker_flags(default, attack):
+    """Shokri's attack classifier (``attack``: ``shokri.AttackConfig``'s defaults), chunking and the bootstrap."""
+    from dcjax.privacy import shokri
+
     flags.DEFINE_integer("attack_hidden", attack("hidden"), "Shokri attack MLP width (0: softmax regression).")
     flags.DEFINE_enum(
         "attack_features",
