@@ -128,17 +128,35 @@ def _select_threshold(s: np.ndarray, y: np.ndarray, config: AuditConfig) -> tupl
     return best[1], best[2]
 
 
+def _evaluation_trials(
+    s: np.ndarray, y: np.ndarray, key: jax.Array, threshold: float | None, config: AuditConfig
+) -> tuple[np.ndarray, float, float | None, str]:
+    """Which of the trials (float64 [C], bool [C]) the bound is computed on, and at what threshold.
+
+    If ``threshold`` is None, a key-drawn half of the examples (C // 2) picks, among the thresholds at
+    ``config.fprs`` on that half, the one with the largest bound there, and the bound is computed on the other half
+    (so the threshold is never chosen on the trials it is evaluated on); otherwise the given threshold (set on other
+    data, e.g. natural examples for the canaries) is evaluated on all C examples.
+
+    Returns (evaluated indices int [E], threshold, selected fpr or None for a given threshold, method text).
+    """
+    if threshold is None:
+        perm = np.asarray(jax.random.permutation(key, s.size))
+        select, evaluate = perm[: s.size // 2], perm[s.size // 2 :]
+        threshold, selected = _select_threshold(s[select], y[select], config)
+        method = f"one trial per example; threshold at FPR {selected:g} chosen on a disjoint half of the examples"
+        return evaluate, threshold, selected, method
+    return np.arange(s.size), threshold, None, "one trial per example; given threshold evaluated on every example"
+
+
 def audit_epsilon(
     scores, keep, columns, key: jax.Array, threshold: float | None = None, config: AuditConfig = AuditConfig()
 ) -> dict:
     """Empirical epsilon lower bound from [M, N] membership trials, without pooling correlated trials.
 
     Each example in ``columns`` contributes exactly ONE trial, against a target model drawn uniformly by the key
-    (so its membership is the training split's coin, not a choice). The threshold is chosen on trials
-    disjoint from those it is evaluated on: if ``threshold`` is None, a key-drawn half of the examples (C // 2)
-    picks, among the thresholds at ``config.fprs`` on that half, the one with the largest bound there, and the
-    bound is computed on the other half; otherwise the given threshold (set on other data, e.g. natural examples
-    for the canaries) is evaluated on all C examples.
+    (so its membership is the training split's coin, not a choice). The threshold is chosen on trials disjoint from
+    those it is evaluated on, or given (``_evaluation_trials``).
 
     Still assumed: ``epsilon_lower_bound`` treats the evaluated trials as independent Bernoulli trials, but the
     examples share target models (and a given threshold's models), so outcomes stay dependent through the models:
@@ -157,18 +175,10 @@ def audit_epsilon(
     """
     key_model, key_split = jax.random.split(key)
     s, y = _one_trial_per_example(scores, keep, columns, key_model)
-    if threshold is None:
-        perm = np.asarray(jax.random.permutation(key_split, s.size))
-        select, evaluate = perm[: s.size // 2], perm[s.size // 2 :]
-        threshold, selected = _select_threshold(s[select], y[select], config)
-        method = f"one trial per example; threshold at FPR {selected:g} chosen on a disjoint half of the examples"
-    else:
-        evaluate, selected = np.arange(s.size), None
-        method = "one trial per example; given threshold evaluated on every example"
+    evaluate, threshold, selected, method = _evaluation_trials(s, y, key_split, threshold, config)
     counts = _confusion(s[evaluate], y[evaluate], float(threshold))
-    bound = epsilon_lower_bound(**counts, delta=config.delta, alpha=config.alpha)
     return {
-        "epsilon_lower_bound": bound,
+        "epsilon_lower_bound": epsilon_lower_bound(**counts, delta=config.delta, alpha=config.alpha),
         **counts,
         "threshold": float(threshold),
         "num_trials": int(evaluate.size),
