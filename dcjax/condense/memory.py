@@ -40,6 +40,27 @@ def _matching_parts(
     return syn + classes * augmented // 2, classes * (real + augmented // 2) + gathered
 
 
+def _inner_loop_bytes(cost: memory.NetworkCost, config: CondenseConfig, set_size: int, microbatch: int) -> int:
+    """Bytes of one model's inner-loop training step on the synthetic set (set_size images); 0 for methods without
+    one (DM)."""
+    if not METHODS[config.method].gradient_matching:
+        return 0
+    return memory.train_step_bytes(cost, min(config.batch_train, set_size), microbatch)
+
+
+def _flags(set_name: str, class_strategy: str, num_classes: int, live: int) -> dict[str, str]:
+    """The flags that lower each part of ``condensation_estimate`` (live: models running at once)."""
+    vmapped = " --class_strategy=map" if class_strategy == "vmap" and num_classes > 1 else ""
+    many = " --models_per_chunk --strategy=map" if live > 1 else ""
+    return {
+        set_name: "--ipc" + many,
+        "synthetic gradient": "--ipc" + vmapped + many,
+        "real gradient": "--batch_real" + vmapped + many,
+        "inner loop": "--batch_train" + many,
+        "network": "--width" + many,
+    }
+
+
 def condensation_estimate(
     fns: ModelFns,
     config: CondenseConfig,
@@ -61,33 +82,20 @@ def condensation_estimate(
     class_strategy = resolve_class_strategy(config.class_strategy)
     microbatch = train_lib.resolve_microbatch(config.microbatch, fns)
     syn, real = _matching_parts(cost, config, class_strategy, num_classes, microbatch)
-    set_size = num_classes * config.ipc
-    inner = (
-        memory.train_step_bytes(cost, min(config.batch_train, set_size), microbatch)
-        if METHODS[config.method].gradient_matching
-        else 0
-    )
+    inner = _inner_loop_bytes(cost, config, num_classes * config.ipc, microbatch)
     set_name = f"synthetic set {config.ipc} x {num_classes} images"  # x3: images, momentum, gradient.
     parts = {
         "real pool": pool_size * cost.image,
-        set_name: 3 * count * set_size * cost.image,
+        set_name: 3 * count * num_classes * config.ipc * cost.image,
         "synthetic gradient": live * syn,
         "real gradient": live * real,
         "inner loop": live * inner,
         "network": live * (2 * cost.params + cost.fixed),
     }
+    # Sequential phases share memory: the matching step's gradients and the inner loop are never live together.
     temporaries = max(live * (syn + real), live * inner)
     total = sum(parts.values()) - parts["synthetic gradient"] - parts["real gradient"] - parts["inner loop"]
-    vmapped = " --class_strategy=map" if class_strategy == "vmap" and num_classes > 1 else ""
-    many = " --models_per_chunk --strategy=map" if live > 1 else ""
-    flags = {
-        set_name: "--ipc" + many,
-        "synthetic gradient": "--ipc" + vmapped + many,
-        "real gradient": "--batch_real" + vmapped + many,
-        "inner loop": "--batch_train" + many,
-        "network": "--width" + many,
-    }
-    return memory.Estimate(total + temporaries, parts, flags)
+    return memory.Estimate(total + temporaries, parts, _flags(set_name, class_strategy, num_classes, live))
 
 
 def check_condensation(config, fns: ModelFns, train, test) -> None:
