@@ -603,16 +603,8 @@ def _build_module(config: ModelConfig, num_classes: int) -> nn.Module:
     return cls(norm="batchnorm" if bn else "instancenorm", **common)
 
 
-def make_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> ModelFns:
-    """Build the pure functions of ``config`` for images ``image_shape`` = (H, W, C).
-
-    Raises ConfigError eagerly on any bad config value or on a network that shrinks the
-    image to nothing (e.g. too many pools for the image size). ``init`` is jitted (its
-    dummy forward pass is then dead code); the other functions are left for callers to
-    jit / vmap / grad as they need.
-    """
-    _validate(config, image_shape, num_classes)
-    module = _build_module(config, num_classes)
+def _init_fn(module: nn.Module, config: ModelConfig, image_shape: tuple[int, int, int]) -> Callable:
+    """key -> variables of ``module`` for images (H, W, C) = ``image_shape``, with ``config.init``'s layers."""
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
 
     # Jitted so XLA drops the dummy forward pass flax runs to infer shapes. module.init's
@@ -624,8 +616,11 @@ def make_model(config: ModelConfig, image_shape: tuple[int, int, int], num_class
         variables["params"] = _redraw_layers(key, variables["params"], config.init)
         return variables
 
-    shapes = jax.eval_shape(init, jax.random.key(0))  # traces the network: shape errors here
-    has_batch_stats = "batch_stats" in shapes
+    return init
+
+
+def _apply_fns(module: nn.Module, has_batch_stats: bool) -> tuple[Callable, Callable, Callable]:
+    """(apply, embed, apply_train) of ``module``: logits [B, K], features [B, D], and (logits, updated variables)."""
 
     def apply(variables, x):
         return module.apply(variables, x, train=False)[1]
@@ -639,6 +634,23 @@ def make_model(config: ModelConfig, image_shape: tuple[int, int, int], num_class
         (_, logits), updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
         return logits, {**variables, "batch_stats": updates["batch_stats"]}
 
+    return apply, embed, apply_train
+
+
+def make_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> ModelFns:
+    """Build the pure functions of ``config`` for images ``image_shape`` = (H, W, C).
+
+    Raises ConfigError eagerly on any bad config value or on a network that shrinks the
+    image to nothing (e.g. too many pools for the image size). ``init`` is jitted (its
+    dummy forward pass is then dead code); the other functions are left for callers to
+    jit / vmap / grad as they need.
+    """
+    _validate(config, image_shape, num_classes)
+    module = _build_module(config, num_classes)
+    init = _init_fn(module, config, image_shape)
+    shapes = jax.eval_shape(init, jax.random.key(0))  # traces the network: shape errors here
+    has_batch_stats = "batch_stats" in shapes
+    apply, embed, apply_train = _apply_fns(module, has_batch_stats)
     return ModelFns(
         init=init,
         apply=apply,
