@@ -320,12 +320,8 @@ def load_train_test(
     return load_split(name, "train", data_dir, download), load_split(name, "test", data_dir, download)
 
 
-def load_synthetic_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images [n, H, W, C], labels [n] integers) of a synthetic set saved as .npz (condense.py's synthetic.npz).
-
-    Read with ``allow_pickle=False``: a file from elsewhere never runs code. Raises DataError, one line starting
-    with ``path``, for a missing file, a file that is not a .npz archive, object arrays, missing keys or bad shapes.
-    """
+def _open_npz(path: str) -> np.lib.npyio.NpzFile:
+    """The .npz archive at ``path``, opened without pickle; DataError for a missing file or anything else."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     try:
@@ -336,22 +332,30 @@ def load_synthetic_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path}: not a .npz archive (a single .npy array); save with np.savez(path, images=..., labels=...)"
         )
-    with archive:
-        missing = [key for key in ("images", "labels") if key not in archive.files]
-        if missing:
-            raise DataError(
-                f"{path}: lacks {' and '.join(map(repr, missing))} (holds: "
-                f"{', '.join(archive.files) or 'nothing'}); expected arrays 'images' and 'labels'"
-            )
-        try:
-            images, labels = archive["images"], archive["labels"]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            if "Object arrays" not in str(err):  # A damaged member.
-                raise DataError(f"{path}: unreadable .npz archive ({_one_line(err)})") from err
-            raise DataError(
-                f"{path}: holds object arrays (they would need pickle, never allowed here); save "
-                "numeric arrays (float images, integer labels) with np.savez"
-            ) from err
+    return archive
+
+
+def _images_and_labels(path: str, archive: np.lib.npyio.NpzFile) -> tuple[np.ndarray, np.ndarray]:
+    """The archive's 'images' and 'labels' arrays, as stored; DataError if either is missing or unreadable."""
+    missing = [key for key in ("images", "labels") if key not in archive.files]
+    if missing:
+        raise DataError(
+            f"{path}: lacks {' and '.join(map(repr, missing))} (holds: "
+            f"{', '.join(archive.files) or 'nothing'}); expected arrays 'images' and 'labels'"
+        )
+    try:
+        return archive["images"], archive["labels"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        if "Object arrays" not in str(err):  # A damaged member.
+            raise DataError(f"{path}: unreadable .npz archive ({_one_line(err)})") from err
+        raise DataError(
+            f"{path}: holds object arrays (they would need pickle, never allowed here); save "
+            "numeric arrays (float images, integer labels) with np.savez"
+        ) from err
+
+
+def _check_synthetic_shapes(path: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """DataError unless images are numeric [n, H, W, C] and labels integer [n], n >= 1."""
     if (
         images.ndim != 4
         or not images.shape[0]
@@ -363,6 +367,17 @@ def load_synthetic_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: needs numeric images [n, H, W, C] and integer labels [n], n >= 1, got images "
             f"{images.shape} {images.dtype} and labels {labels.shape} {labels.dtype}"
         )
+
+
+def load_synthetic_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images [n, H, W, C], labels [n] integers) of a synthetic set saved as .npz (condense.py's synthetic.npz).
+
+    Read with ``allow_pickle=False``: a file from elsewhere never runs code. Raises DataError, one line starting
+    with ``path``, for a missing file, a file that is not a .npz archive, object arrays, missing keys or bad shapes.
+    """
+    with _open_npz(path) as archive:
+        images, labels = _images_and_labels(path, archive)
+    _check_synthetic_shapes(path, images, labels)
     check_finite(images, path)
     return images, labels
 
