@@ -284,6 +284,29 @@ def _chosen_names(names: Sequence[str], chosen: np.ndarray) -> dict[str, str]:
     return {f"group{g}_half{h}": names[int(chosen[c, 0])] for c, (g, h) in enumerate(CELLS)}
 
 
+def _point_estimate(names: Sequence[str], chosen: np.ndarray, draws: dict[str, np.ndarray]) -> dict:
+    """The headline itself, from draw 0 (the identity, ``Resamples``) of the examples bootstrap: the attack chosen
+    per cell ("attack_by_cell"), the attack of most cells ("attack") and each metric's value (draws: {metric:
+    [1 + R]})."""
+    by_cell = _chosen_names(names, chosen)
+    return {
+        "attack_by_cell": by_cell,
+        "attack": collections.Counter(by_cell.values()).most_common(1)[0][0],
+        **{m: float(v[0]) for m, v in draws.items()},
+    }
+
+
+def _add_union_intervals(out: dict, metric_names: Sequence[str], floor: float) -> None:
+    """Adds each metric's m_ci_low / m_ci_high to ``out`` (the union of both bootstraps' m_ci_<bootstrap>, None if
+    either is None), and blanks a TPR at an FPR below ``floor`` with its interval: not resolvable in a cell."""
+    for m in metric_names:
+        lows, highs = zip(*(out[f"{m}_ci_{b}"] for b in BOOTSTRAPS))
+        out[f"{m}_ci_low"] = None if None in lows else min(lows)
+        out[f"{m}_ci_high"] = None if None in highs else max(highs)
+        if m.startswith("tpr_at_") and float(m.removeprefix("tpr_at_")) + 1e-12 < floor:
+            out[m] = out[f"{m}_ci_low"] = out[f"{m}_ci_high"] = None  # Not resolvable in a cell.
+
+
 def headline(
     scores: Mapping[str, np.ndarray], keep: np.ndarray, split: Split, res: Resamples, with_auc: bool = True
 ) -> dict | None:
@@ -303,7 +326,6 @@ def headline(
       None when a cell has no member or no non-member trial.
     """
     keep = np.asarray(keep, bool)
-    names = list(scores)
     if any(not (keep & m).any() or (keep | ~m).all() for m in split.cell_masks()):
         return None  # A cell without members or without non-members (a tiny pool): no cross-fitted headline.
     floor = _floor(keep, split)
@@ -314,19 +336,12 @@ def headline(
         samples, chosen = _samples(scores, cells, with_auc, ranked)
         draws = _headline_draws(samples, chosen, with_auc)
         if boot == "examples":
-            out["attack_by_cell"] = _chosen_names(names, chosen)
-            out["attack"] = collections.Counter(out["attack_by_cell"].values()).most_common(1)[0][0]
-            out.update({m: float(v[0]) for m, v in draws.items()})
+            out.update(_point_estimate(list(scores), chosen, draws))
         for m, v in draws.items():
             out[f"{m}_ci_{boot}"] = list(metrics.percentile_interval(v[1:], 0.95))
         if boot == "two_way":
             out["samples"] = [None if np.isnan(v) else float(v) for v in draws[CHOICE][1:]]
-    for m in draws:
-        lows, highs = zip(*(out[f"{m}_ci_{b}"] for b in BOOTSTRAPS))
-        out[f"{m}_ci_low"] = None if None in lows else min(lows)
-        out[f"{m}_ci_high"] = None if None in highs else max(highs)
-        if m.startswith("tpr_at_") and float(m.removeprefix("tpr_at_")) + 1e-12 < floor:
-            out[m] = out[f"{m}_ci_low"] = out[f"{m}_ci_high"] = None  # Not resolvable in a cell.
+    _add_union_intervals(out, list(draws), floor)
     return out
 
 
