@@ -52,6 +52,23 @@ def null_masks(key: jax.Array, keep: np.ndarray, used: np.ndarray) -> tuple[np.n
     return keep0, keep0 & draw
 
 
+def _summary(num_draws: int, excluded: int, tprs: list, intervals: list) -> dict:
+    """``null_test``'s result from its draws: how many headline intervals excluded chance, against the number a
+    correct interval allows (``allowed_exclusions``), and each draw's headline TPR [K] and interval [K] [low, high]
+    (None where a draw had no headline)."""
+    allowed = allowed_exclusions(num_draws)
+    return {
+        "draws": num_draws,
+        "excluded": int(excluded),
+        "rate": excluded / num_draws,
+        "allowed": allowed,
+        "passed": bool(excluded <= allowed),
+        "chance": CHANCE,
+        "tpr": tprs,
+        "ci": intervals,
+    }
+
+
 def null_test(
     score_fn: Callable[[np.ndarray, np.ndarray], dict],
     keep: np.ndarray,
@@ -84,14 +101,4 @@ def null_test(
             tprs.append(h.get(headline_lib.CHOICE))
             intervals.append([h.get(f"{headline_lib.CHOICE}_ci_low"), h.get(f"{headline_lib.CHOICE}_ci_high")])
             tracker.advance(1)
-    allowed = allowed_exclusions(num_draws)
-    return {
-        "draws": num_draws,
-        "excluded": int(excluded),
-        "rate": excluded / num_draws,
-        "allowed": allowed,
-        "passed": bool(excluded <= allowed),
-        "chance": CHANCE,
-        "tpr": tprs,
-        "ci": intervals,
-    }
+    return _summary(num_draws, excluded, tprs, intervals)
