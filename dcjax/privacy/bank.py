@@ -242,6 +242,18 @@ def _condense_spans(statics: tuple, states, data, keys: jax.Array, snapshots: sn
     return states
 
 
+def _member_indexes(config: condense.CondenseConfig, labels, keep: np.ndarray) -> list[data_lib.ClassIndex]:
+    """Each model's ClassIndex over its IN examples (keep [c, N] bool; labels [N]), all padded to the pool's largest
+    class; ValueError for a badly shaped keep, and ``condense.check_batch_real``'s error for a class too small."""
+    labels, keep = np.asarray(labels), _check_keep(labels, keep)
+    num_classes = int(labels.max()) + 1
+    width = int(np.bincount(labels).max())
+    indexes = [member_class_index(labels, k, num_classes, width) for k in keep]
+    for index in indexes:
+        condense.check_batch_real(config, index)
+    return indexes
+
+
 def condense_models(
     fns: ModelFns,
     config: condense.CondenseConfig,
@@ -267,12 +279,7 @@ def condense_models(
     """
     condense.check_network(fns)
     images, labels = pool
-    labels, keep = np.asarray(labels), _check_keep(labels, keep)
-    num_classes = int(labels.max()) + 1
-    width = int(np.bincount(labels).max())
-    indexes = [member_class_index(labels, k, num_classes, width) for k in keep]
-    for index in indexes:
-        condense.check_batch_real(config, index)
+    indexes = _member_indexes(config, labels, keep)
     images = jnp.asarray(images)
     inits = [drive.initial_state(config, k, images, index) for k, index in zip(keys, indexes)]
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for s, _ in inits])
@@ -283,6 +290,21 @@ def condense_models(
     states = _condense_spans(statics, states, (images, indexes), keys, snapshots)
     init_indices = np.stack([np.asarray(i) for _, i in inits])
     return np.asarray(states.images), init_indices
+
+
+def _condensed_bank(
+    syn: np.ndarray, init_indices: np.ndarray, keep: np.ndarray, ipc: int, num_classes: int
+) -> BankData:
+    """The BankData of c condensed sets (``condense_models``' syn [c, K*ipc, H, W, C] and init_indices [c, K*ipc]
+    into the pool, -1 for noise; keep [c, N]): used[m] holds the real images that initialised model m's set."""
+    c, n_syn = syn.shape[:2]
+    used = np.zeros_like(keep)
+    for m in range(c):
+        used[m, init_indices[m][init_indices[m] >= 0]] = True
+    syn_labels = np.asarray(condense.synthetic_labels(num_classes, ipc))
+    # One pool of all c synthetic sets; model m's mask selects its own block.
+    masks = np.kron(np.eye(c, dtype=bool), np.ones((1, n_syn), bool))
+    return BankData(syn.reshape((c * n_syn,) + syn.shape[2:]), np.tile(syn_labels, c), masks, used, syn)
 
 
 def recipe_data(
@@ -318,11 +340,4 @@ def recipe_data(
     syn, init_indices = condense_models(
         fns, recipe.condense, keys, (images, labels), keep, strategy, snapshots=snapshots
     )
-    c, n_syn = syn.shape[:2]
-    used = np.zeros_like(keep)
-    for m in range(c):
-        used[m, init_indices[m][init_indices[m] >= 0]] = True
-    syn_labels = np.asarray(condense.synthetic_labels(num_classes, recipe.condense.ipc))
-    # One pool of all c synthetic sets; model m's mask selects its own block.
-    masks = np.kron(np.eye(c, dtype=bool), np.ones((1, n_syn), bool))
-    return BankData(syn.reshape((c * n_syn,) + syn.shape[2:]), np.tile(syn_labels, c), masks, used, syn)
+    return _condensed_bank(syn, init_indices, keep, recipe.condense.ipc, num_classes)
