@@ -296,9 +296,9 @@ def _platform(run: _Run) -> dict:
     }
 
 
-def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> dict:
-    """synthetic.npz, figures and results.json (written last: it marks the run finished)."""
-    cfg, name = run.config, run.train.name
+def _save_synthetic(run: _Run, state, init_indices) -> np.ndarray:
+    """Writes synthetic.npz (images, labels, init_indices, seed, config) and returns its images [K*ipc, H, W, C]."""
+    cfg = run.config
     images = np.asarray(state.images)
     checkpoint.write_npz(
         run.path(SYNTHETIC),
@@ -308,8 +308,17 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
         seed=cfg.seed,
         config=checkpoint.to_json(dataclasses.asdict(cfg)),
     )
+    return images
+
+
+def _plot_run(run: _Run, images: np.ndarray, metrics: list[dict], evals: list[dict]) -> None:
+    """synthetic.png (the set [K*ipc, H, W, C], one row per class), loss.png (when there are iteration metrics)
+    and accuracy.png (the synthetic set's test accuracy at each evaluation)."""
+    cfg = run.config
     title = f"{cfg.condense.method.upper()} synthetic set, {cfg.condense.ipc} per class"
-    plots.image_grid(run.path("synthetic.png"), data_lib.denormalize(images, name), run.train.num_classes, title)
+    plots.image_grid(
+        run.path("synthetic.png"), data_lib.denormalize(images, run.train.name), run.train.num_classes, title
+    )
     if metrics:
         plots.curve(
             run.path("loss.png"),
@@ -325,8 +334,13 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
         "iteration",
         "test accuracy (%)",
     )
+
+
+def _results(run: _Run, metrics: list[dict], evals: list[dict], baseline) -> dict:
+    """results.json's contents: the config, the evaluations (last one final), the baseline and the iteration time."""
+    cfg = run.config
     seconds = [m["seconds"] for m in metrics[1:]] or [m["seconds"] for m in metrics]
-    results = {
+    return {
         "config": dataclasses.asdict(cfg),
         "final": evals[-1],
         "evals": evals,
@@ -335,6 +349,13 @@ def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> 
         "median_seconds_per_iteration": float(np.median(seconds)) if seconds else None,
         **_platform(run),
     }
+
+
+def _write_outputs(run: _Run, state, init_indices, metrics, evals, baseline) -> dict:
+    """synthetic.npz, figures and results.json (written last: it marks the run finished)."""
+    images = _save_synthetic(run, state, init_indices)
+    _plot_run(run, images, metrics, evals)
+    results = _results(run, metrics, evals, baseline)
     checkpoint.write_json(run.path(workdir_lib.RESULTS), results)
     return results
 
