@@ -65,23 +65,28 @@ def iteration_flops(method: str, f: float, cfg, outer: int) -> float:
     return timing.condense_iteration_flops(method, f, cfg, outer, K)
 
 
-def measure(spec: str, method: str, precision: str = "fp32") -> dict:
-    import jax
-    import numpy as np
-    from dcjax import condense, models
+def _condense_config(spec: str, method: str, precision: str):
+    """(width, CondenseConfig, the full outer loop) of a width:ipc[:outer_loop] item; DM has no outer loop to cut."""
+    from dcjax import condense
 
     width, ipc, *rest = (int(v) for v in spec.split(":"))
     full_outer, inner = condense.default_loops(ipc)
-    outer = rest[0] if rest and method != "dm" else full_outer
     cfg = condense.CondenseConfig(
         ipc=ipc,
-        outer_loop=outer,
+        outer_loop=rest[0] if rest and method != "dm" else full_outer,
         inner_loop=inner,
         class_strategy=FLAGS.class_strategy,
         method=method,
         **({"precision": precision} if precision != "fp32" else {}),  # Older checkouts (PYTHONPATH) lack the field.
     )
-    fns = models.make_model(models.ModelConfig(width=width), SHAPE, K)
+    return width, cfg, full_outer
+
+
+def _time_iterations(fns, cfg) -> list[float]:
+    """Seconds of 1 + --repeats condensation iterations on a random pool, the first of them with its compilation."""
+    import jax
+    from dcjax import condense
+
     pool, index = timing.random_pool(K, SHAPE, POOL_PER_CLASS)
     state, _ = condense.init_synthetic(cfg, jax.random.key(1), pool, index)
     step = condense.make_iteration_fn(fns, cfg)
@@ -91,6 +96,18 @@ def measure(spec: str, method: str, precision: str = "fp32") -> dict:
         state, out = step(state, (pool, index), jax.random.key(t))
         jax.block_until_ready(out)
         seconds.append(time.perf_counter() - tic)
+    return seconds
+
+
+def measure(spec: str, method: str, precision: str = "fp32") -> dict:
+    """One table row: the seconds, GFLOP/s and peak memory of ``method``'s iteration at ``spec`` (width:ipc[:outer])."""
+    import numpy as np
+    from dcjax import models
+
+    width, cfg, full_outer = _condense_config(spec, method, precision)
+    ipc, outer = cfg.ipc, cfg.outer_loop
+    fns = models.make_model(models.ModelConfig(width=width), SHAPE, K)
+    seconds = _time_iterations(fns, cfg)
     per_iter = float(np.median(seconds[1:]))
     f = timing.forward_flops(fns, SHAPE)
     # A reduced outer loop is scaled to the full one by work done, at the measured rate.
