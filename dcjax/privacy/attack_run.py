@@ -285,29 +285,45 @@ def _continue_run(ctx: _Context, snapshots: snapshots_lib.Snapshots, keys: jax.A
     return states.variables, train_lib.dp_losses(states, stop)
 
 
-def train_bank(ctx: _Context) -> None:
-    """Trains every model not yet on disk, chunk by chunk, logging progress and ETA.
-
-    Within a chunk (which can take many minutes) the recipe's condensation and the training
-    report their own progress (``dcjax.progress``); a line before each chunk says which it is.
-    """
+def _pending_chunks(ctx: _Context) -> list[list[int]]:
+    """The chunks (``pools.model_chunks``) with a model not yet on disk; a resumed run says what it keeps."""
     all_chunks = pools.model_chunks(ctx.config)
     chunks = [c for c in all_chunks if not all(os.path.exists(_model_path(ctx.workdir, i)) for i in c)]
     total = ctx.config.num_models + ctx.config.num_shadow
     if len(chunks) < len(all_chunks):
         logging.info("resuming: %d of %d chunks already trained", len(all_chunks) - len(chunks), len(all_chunks))
         interrupt.note_saved(_saved_models(ctx, total - sum(map(len, chunks)), total))
+    return chunks
+
+
+def _log_trained(ctx: _Context, chunk: list[int], records: list[dict], seconds_per_chunk: float, left: int) -> None:
+    """The line after a chunk: its models, their mean test accuracy, the mean time per chunk and the ETA of the
+    ``left`` chunks still to train."""
+    logging.info(
+        "models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %s",
+        chunk[0],
+        chunk[-1],
+        ctx.config.num_models + ctx.config.num_shadow,
+        ctx.pool(chunk[0])[2],
+        100 * np.mean([r["test_accuracy"] for r in records]),
+        seconds_per_chunk,
+        progress.format_eta(seconds_per_chunk * left),
+    )
+
+
+def train_bank(ctx: _Context) -> None:
+    """Trains every model not yet on disk, chunk by chunk, logging progress and ETA.
+
+    Within a chunk (which can take many minutes) the recipe's condensation and the training
+    report their own progress (``dcjax.progress``); a line before each chunk says which it is.
+    """
+    chunks, total = _pending_chunks(ctx), ctx.config.num_models + ctx.config.num_shadow
     tic = time.perf_counter()
     for done, chunk in enumerate(chunks, start=1):
+        pool_name = ctx.pool(chunk[0])[2]
         chunk_tic = time.perf_counter()
         logging.info(
-            "chunk %d/%d: models %d-%d of %d (%s pool) ...",
-            done,
-            len(chunks),
-            chunk[0],
-            chunk[-1],
-            total,
-            ctx.pool(chunk[0])[2],
+            "chunk %d/%d: models %d-%d of %d (%s pool) ...", done, len(chunks), chunk[0], chunk[-1], total, pool_name
         )
         records = _train_chunk(ctx, chunk)
         seconds = (time.perf_counter() - chunk_tic) / len(chunk)
@@ -315,17 +331,7 @@ def train_bank(ctx: _Context) -> None:
             # Each model keeps its share of the chunk's time, so a resumed run still knows its cost.
             checkpoint.write_npz(_model_path(ctx.workdir, i), seconds=seconds, **record)
         interrupt.note_saved(_saved_models(ctx, total - sum(map(len, chunks[done:])), total))
-        elapsed = time.perf_counter() - tic
-        logging.info(
-            "models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %s",
-            chunk[0],
-            chunk[-1],
-            total,
-            ctx.pool(chunk[0])[2],
-            100 * np.mean([r["test_accuracy"] for r in records]),
-            elapsed / done,
-            progress.format_eta(elapsed / done * (len(chunks) - done)),
-        )
+        _log_trained(ctx, chunk, records, (time.perf_counter() - tic) / done, len(chunks) - done)
 
 
 def _saved_models(ctx: _Context, trained: int, total: int) -> str:
@@ -527,6 +533,49 @@ def export_trained_bank(config: AttackRunConfig, fns: ModelFns, train, test, wor
     return path
 
 
+def _check_run(config: AttackRunConfig, fns: ModelFns, train, test) -> None:
+    """Refuses a run that cannot go ahead, before the workdir is touched or any work is done."""
+    workdir_lib.check_inputs(config, fns, train, test)  # config.json must describe this very run.
+    pools.check_recipe_fits(config, train)
+    pools.population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
+    memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
+
+
+def _prepare_snapshots(config: AttackRunConfig, snapshots: snapshots_lib.Snapshots | None) -> None:
+    """Checks whose training snapshots a DP-SGD checkpoint's are: the run's settings but ``stop_epochs``."""
+    if snapshots is not None and config.train.stop_epochs is not None:
+        run = dataclasses.replace(config, train=dataclasses.replace(config.train, stop_epochs=None))
+        snapshots_lib.prepare(snapshots.directory, workdir_lib.as_json(dataclasses.asdict(run)))
+
+
+def _write_split(ctx: _Context) -> None:
+    """split.npz, unless a resumed run already wrote it (the same split: it is drawn from the seed)."""
+    split_path = workdir_lib.path(ctx.workdir, SPLIT)
+    if not os.path.exists(split_path):
+        checkpoint.write_npz(split_path, **ctx.split)
+
+
+def _attack_bank(ctx: _Context) -> tuple[attack_data.AttackData, dict, dict]:
+    """Exports the trained bank and attacks the export: (export, scores {attack: [M, N]}, results), the results
+    with the image movement (condensed sets only), the attack stage's time, where it ran and the run's whole cost."""
+    attack_tic = time.perf_counter()
+    export = workdir_lib.path(ctx.workdir, attack_data.EXPORT)
+    attack_data.save(export, build_export(ctx))
+    d = attack_data.load(export)  # The attack stage reads exactly what was exported.
+    scores, results = evaluate_export(d)
+    if (movement := movement_summary(ctx.workdir, ctx.config.num_models)) is not None:  # Condensed sets only.
+        results["movement"] = movement
+    results.update(
+        attack_seconds=time.perf_counter() - attack_tic,
+        platform=jax.default_backend(),
+        devices=[str(x) for x in jax.devices()],
+        provenance=host.provenance(),  # The commit and CPU of the invocation that wrote the export.
+    )
+    # The run's whole cost (bank summed over every invocation that trained part of it).
+    results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]
+    return d, scores, results
+
+
 def run_attack(
     config: AttackRunConfig,
     fns: ModelFns,
@@ -542,47 +591,24 @@ def run_attack(
     Args:
       config: the run's settings (recorded in config.json).
       fns: the network of targets and shadows.
-      train: the dataset's train split (both pools are cut from it).
-      test: held-out data for the utility column.
+      train, test: the dataset's train split (both pools are cut from it); held-out data for the utility column.
       workdir: output directory (``dcjax.workdir`` rules).
       overwrite: discard whatever the workdir holds.
-      snapshots: per-model states shared with the other points of one longer run (``Snapshots``' directory and
-        save_at; identity and model ids are set here): a 'condense' recipe's condensation cache, shared with runs
-        that differ only in iterations, and a DP-SGD checkpoint's (``train.stop_epochs``) training snapshots,
-        shared with the runs that differ only in stop_epochs. It changes no output; ignored by other runs.
+      snapshots: per-model states shared with the other points of one longer run (the module docstring's
+        Snapshots; ``Snapshots``' directory and save_at, identity and model ids are set here). It changes no output;
+        ignored by a run with neither a 'condense' recipe nor ``train.stop_epochs``.
 
     Returns:
       The results dict also written to results.json.
     """
-    workdir_lib.check_inputs(config, fns, train, test)  # config.json must describe this very run.
-    pools.check_recipe_fits(config, train)
-    pools.population_indices(config, len(test.labels))  # Fails fast on num_population > the test set.
-    memory.check_attack_run(config, fns, train, test)  # Refuses a chunk that cannot fit, before any work.
+    _check_run(config, fns, train, test)
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
-    if snapshots is not None and config.train.stop_epochs is not None:  # Checks whose training snapshots they are.
-        run = dataclasses.replace(config, train=dataclasses.replace(config.train, stop_epochs=None))
-        snapshots_lib.prepare(snapshots.directory, workdir_lib.as_json(dataclasses.asdict(run)))
+    _prepare_snapshots(config, snapshots)
     tic = time.perf_counter()
     ctx = _Context(config, fns, train, test, workdir, snapshots)
-    split_path = workdir_lib.path(workdir, SPLIT)
-    if not os.path.exists(split_path):
-        checkpoint.write_npz(split_path, **ctx.split)
+    _write_split(ctx)
     train_bank(ctx)
-    attack_tic = time.perf_counter()
-    export = workdir_lib.path(workdir, attack_data.EXPORT)
-    attack_data.save(export, build_export(ctx))
-    d = attack_data.load(export)  # The attack stage reads exactly what was exported.
-    scores, results = evaluate_export(d)
-    if (movement := movement_summary(workdir, config.num_models)) is not None:  # Condensed sets only.
-        results["movement"] = movement
-    results.update(
-        attack_seconds=time.perf_counter() - attack_tic,
-        platform=jax.default_backend(),
-        devices=[str(x) for x in jax.devices()],
-        provenance=host.provenance(),  # The commit and CPU of the invocation that wrote the export.
-    )
-    # The run's whole cost (bank summed over every invocation that trained part of it).
-    results["wall_seconds"] = results["bank_seconds"] + results["attack_seconds"]
+    d, scores, results = _attack_bank(ctx)
     results["this_invocation_seconds"] = time.perf_counter() - tic
     _write_outputs(workdir, d, scores, results)
     return results
