@@ -591,7 +591,8 @@ def run_attack(
     Args:
       config: the run's settings (recorded in config.json).
       fns: the network of targets and shadows.
-      train, test: the dataset's train split (both pools are cut from it); held-out data for the utility column.
+      train: the dataset's train split (both pools are cut from it).
+      test: held-out data for the utility column.
       workdir: output directory (``dcjax.workdir`` rules).
       overwrite: discard whatever the workdir holds.
       snapshots: per-model states shared with the other points of one longer run (the module docstring's
