@@ -73,3 +73,21 @@ def launch(args: list[str], mock_examples: int | None = None, timeout: float = 6
         cmd += [os.path.join(ROOT, "tests", "mock_launch.py"), str(mock_examples)]
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def launch_each(cases: list[list[str]], mock_examples: int | None = None) -> list[subprocess.CompletedProcess]:
+    """Runs each command in ``cases`` (launcher first, as for ``launch``) in its own process, forked from one that
+    imported the launchers once (tests/launch_cases.py): for commands that end early, such as rejections of bad
+    input, whose cost is otherwise the ~3 CPU-seconds of imports each. One CompletedProcess per case, in order."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        spec, results = os.path.join(scratch, "cases.json"), os.path.join(scratch, "results.json")
+        with open(spec, "w") as f:
+            json.dump({"mock_examples": mock_examples, "cases": cases}, f)
+        driver = launch([os.path.join(ROOT, "tests", "launch_cases.py"), spec, results])
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        with open(results) as f:
+            done = json.load(f)
+    return [subprocess.CompletedProcess(c, r["returncode"], r["stdout"], r["stderr"]) for c, r in zip(cases, done)]

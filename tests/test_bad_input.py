@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import common  # noqa: E402
 import configs  # noqa: E402
+import launch_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 if "lr_img" not in FLAGS:  # The flag groups the launchers share (what attack.py defines), once per process.
@@ -550,23 +551,48 @@ def _assert_one_line_error(proc, *expected):
     return last
 
 
+OUT_OF_RANGE = [
+    ("condense.py", ["--ipc=1", "--iterations=1", "--lr_img=-1"], "--lr_img must be > 0"),
+    ("train.py", ["--lr=nan"], "--lr must be > 0"),
+    ("attack.py", ["--attack_hidden=-1"], "--attack_hidden"),
+    ("privacy_study.py", ["--small_batch_size=0"], "--small_batch_size"),
+    ("privacy_study.py", ["--ladder=50,20"], "--ladder must be non-negative, strictly increasing"),
+    ("privacy_study.py", ["--ladder=5,x"], "--ladder must be a comma list of integers"),
+    ("dp_tune.py", ["--lrs=0.1,-1"], "--lrs"),
+]
+
+
+@pytest.fixture(scope="module")
+def early_exits(tmp_path_factory):
+    """The launcher runs below that must end before loading any data, run together (launch_flags.launch_each), each
+    with its own scratch directory: {name: (its process, its directory)}. The poisoned and finished cases' inputs
+    are made here; their tests check that they are left as they were."""
+    root = tmp_path_factory.mktemp("early")
+    cases = {f"range{i}": [f"experiments/{script}", *args] for i, (script, args, _) in enumerate(OUT_OF_RANGE)}
+    cases["flagfile"] = ["experiments/condense.py", "--flagfile=nope.cfg"]
+    no_data = root / "poisoned" / "no_data_here"
+    cases["poisoned"] = ["experiments/train.py", "--source=synthetic", f"--data_dir={no_data}"]
+    cases["finished"] = ["experiments/condense.py", "--ipc=1", "--iterations=1", f"--data_dir={root / 'none'}"]
+    dirs = {name: root / name for name in cases}
+    for d in dirs.values():
+        d.mkdir()
+    # All NaN: used to train to ~10 % and exit 0. The data directory above does not exist: the check must come first.
+    np.savez(dirs["poisoned"] / "nan.npz", images=np.full((10, 28, 28, 1), np.nan, np.float32), labels=np.arange(10))
+    cases["poisoned"].append(f"--synthetic={dirs['poisoned'] / 'nan.npz'}")
+    (dirs["finished"] / "w").mkdir()
+    (dirs["finished"] / "w" / "results.json").write_text("{}")
+    argvs = [argv[:1] + [f"--workdir={dirs[name] / 'w'}"] + argv[1:] for name, argv in cases.items()]
+    procs = launch_flags.launch_each(argvs)
+    return {name: (proc, dirs[name]) for name, proc in zip(cases, procs)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "script,args,flag",
-    [
-        ("condense.py", ["--ipc=1", "--iterations=1", "--lr_img=-1"], "--lr_img must be > 0"),
-        ("train.py", ["--lr=nan"], "--lr must be > 0"),
-        ("attack.py", ["--attack_hidden=-1"], "--attack_hidden"),
-        ("privacy_study.py", ["--small_batch_size=0"], "--small_batch_size"),
-        ("privacy_study.py", ["--ladder=50,20"], "--ladder must be non-negative, strictly increasing"),
-        ("privacy_study.py", ["--ladder=5,x"], "--ladder must be a comma list of integers"),
-        ("dp_tune.py", ["--lrs=0.1,-1"], "--lrs"),
-    ],
-)
-def test_launchers_reject_out_of_range_flags_before_writing(tmp_path, script, args, flag):
-    proc, _ = _launch([f"experiments/{script}", f"--workdir={tmp_path}/w"] + args)
-    _assert_one_line_error(proc, flag)
-    assert not (tmp_path / "w").exists()
+@pytest.mark.xdist_group("early_exits")  # One worker runs `early_exits`.
+@pytest.mark.parametrize("case", range(len(OUT_OF_RANGE)), ids=[f"{c[0]}-{c[2]}" for c in OUT_OF_RANGE])
+def test_launchers_reject_out_of_range_flags_before_writing(early_exits, case):
+    proc, scratch = early_exits[f"range{case}"]
+    _assert_one_line_error(proc, OUT_OF_RANGE[case][2])
+    assert not (scratch / "w").exists()
 
 
 @pytest.mark.slow
@@ -611,10 +637,11 @@ def test_a_synthetic_file_that_is_not_an_archive_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_missing_flagfile_is_one_line(tmp_path):
-    proc, _ = _launch(["experiments/condense.py", "--flagfile=nope.cfg", f"--workdir={tmp_path}/w"])
+@pytest.mark.xdist_group("early_exits")
+def test_a_missing_flagfile_is_one_line(early_exits):
+    proc, scratch = early_exits["flagfile"]
     _assert_one_line_error(proc, "--flagfile", "nope.cfg")
-    assert not (tmp_path / "w").exists()
+    assert not (scratch / "w").exists()
 
 
 @pytest.mark.slow
@@ -847,30 +874,16 @@ def test_an_attacker_pool_with_a_class_lacking_in_or_out_rows_is_refused_before_
 
 
 @pytest.mark.slow
-def test_train_refuses_a_poisoned_synthetic_set_before_loading_any_data(tmp_path):
-    images = np.full((10, 28, 28, 1), np.nan, np.float32)  # All NaN: used to train to ~10 % and exit 0.
-    np.savez(tmp_path / "nan.npz", images=images, labels=np.arange(10))
-    missing = tmp_path / "no_data_here"  # The check must come first: this directory would fail the load.
-    proc, seconds = _launch(
-        [
-            "experiments/train.py",
-            f"--workdir={tmp_path}/w",
-            "--source=synthetic",
-            f"--synthetic={tmp_path / 'nan.npz'}",
-            f"--data_dir={missing}",
-        ]
-    )
-    _assert_one_line_error(proc, f"--synthetic {tmp_path / 'nan.npz'}: image 0 (of 10) has a non-finite pixel (nan)")
-    assert not (tmp_path / "w").exists()
+@pytest.mark.xdist_group("early_exits")
+def test_train_refuses_a_poisoned_synthetic_set_before_loading_any_data(early_exits):
+    proc, scratch = early_exits["poisoned"]
+    _assert_one_line_error(proc, f"--synthetic {scratch / 'nan.npz'}: image 0 (of 10) has a non-finite pixel (nan)")
+    assert not (scratch / "w").exists()
 
 
 @pytest.mark.slow
-def test_a_finished_workdir_is_refused_before_loading_any_data(tmp_path):
-    run = tmp_path / "w"
-    run.mkdir()
-    (run / "results.json").write_text("{}")
-    proc, _ = _launch(
-        ["experiments/condense.py", f"--workdir={run}", "--ipc=1", "--iterations=1", f"--data_dir={tmp_path / 'none'}"]
-    )
-    _assert_one_line_error(proc, f"{run} already holds finished results")
-    assert sorted(os.listdir(run)) == ["results.json"]
+@pytest.mark.xdist_group("early_exits")
+def test_a_finished_workdir_is_refused_before_loading_any_data(early_exits):
+    proc, scratch = early_exits["finished"]
+    _assert_one_line_error(proc, f"{scratch / 'w'} already holds finished results")
+    assert sorted(os.listdir(scratch / "w")) == ["results.json"]

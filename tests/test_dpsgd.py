@@ -16,6 +16,7 @@ import pytest
 from dp_accounting.pld import pld_privacy_accountant
 
 import helpers
+import launch_flags
 
 from dcjax import augment
 from dcjax import dpsgd
@@ -510,22 +511,27 @@ def _launch(args, mock_examples):
     )
 
 
-@pytest.mark.parametrize(
-    "flag,value",
-    [
-        ("lrs", "0.1,-1"),
-        ("batch_sizes", "0"),
-        ("epsilons", "inf"),
-        ("dp_delta", "1"),
-        ("val_size", "0"),
-        ("private_size", "200"),
-    ],
-)
+TUNE_REJECTS = [("lrs", "0.1,-1"), ("batch_sizes", "0"), ("epsilons", "inf"), ("dp_delta", "1")]
+TUNE_REJECTS += [("val_size", "0"), ("private_size", "200")]
+
+
+@pytest.fixture(scope="module")
+def tune_rejected(tmp_path_factory):
+    """Each TUNE_REJECTS flag set on _TUNE, run on mock data (launch_flags.launch_each): {flag: (process, workdir)}."""
+    root = tmp_path_factory.mktemp("tune_rejected")
+    workdirs = [root / flag / "w" for flag, _ in TUNE_REJECTS]
+    cases = [_TUNE + [f"--workdir={w}", f"--{flag}={value}"] for (flag, value), w in zip(TUNE_REJECTS, workdirs)]
+    procs = launch_flags.launch_each(cases, mock_examples=120)
+    return {flag: (proc, w) for (flag, _), proc, w in zip(TUNE_REJECTS, procs, workdirs)}
+
+
+@pytest.mark.parametrize("flag,value", TUNE_REJECTS)
+@pytest.mark.xdist_group("tune_rejected")  # One worker runs `tune_rejected`.
 @pytest.mark.slow
-def test_dp_tune_rejects_bad_flags_before_writing(tmp_path, flag, value):
-    proc = _launch(_TUNE + [f"--workdir={tmp_path}/w", f"--{flag}={value}"], 120)
+def test_dp_tune_rejects_bad_flags_before_writing(tune_rejected, flag, value):
+    proc, workdir = tune_rejected[flag]
     assert proc.returncode != 0 and f"--{flag}" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
-    assert not os.path.exists(tmp_path / "w")
+    assert not os.path.exists(workdir)
 
 
 @pytest.mark.slow

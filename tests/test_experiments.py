@@ -20,37 +20,75 @@ def _error_line(proc):
     return last
 
 
-@pytest.mark.parametrize(
-    "args,flag",
-    [
-        (["--ipc=0"], "ipc"),
-        (["--distance=l1"], "distance"),
-        (["--init=zeros"], "init"),
-        (["--num_eval=0"], "num_eval"),
-        (["--method=kip"], "method"),
-        (["--method=dsa", "--dsa_strategy=color_warp"], "dsa_strategy"),
-    ],
-)
-@pytest.mark.slow
-def test_condense_rejects_bad_flags(tmp_path, args, flag):
-    proc = _run(["experiments/condense.py", f"--workdir={tmp_path}/w"] + args)
+# Rejections of bad flags, each a launcher run of its own that must end in one `error:` line naming the flag and
+# write nothing. They end before any data or XLA work, so the module runs them together (`rejected`).
+CONDENSE_REJECTS = [
+    (["--ipc=0"], "ipc"),
+    (["--distance=l1"], "distance"),
+    (["--init=zeros"], "init"),
+    (["--num_eval=0"], "num_eval"),
+    (["--method=kip"], "method"),
+    (["--method=dsa", "--dsa_strategy=color_warp"], "dsa_strategy"),
+]
+TRAIN_REJECTS = [(["--epochs=0"], "epochs"), (["--model=resnet99"], "model"), (["--dataset=imagenet9"], "imagenet9")]
+ATTACK_REJECTS = [
+    (["--num_models=5"], "num_models"),
+    (["--num_queries=20"], "num_queries"),
+    (["--target=condense", "--ipc=0"], "ipc"),
+]
+STUDY_REJECTS = [
+    (["--dp_delta=1.5"], "--dp_delta"),
+    (["--dp_clip=0"], "--dp_clip"),
+    (["--rows=original,dpsgd_eps3"], "--rows"),
+    (["--rows=dpsgd_sigma2"], "--rows"),  # Not a noise of --dp_noise.
+    (["--dp_noise=1,0"], "--dp_noise"),
+    (["--dp_noise=1,x"], "--dp_noise"),
+    (["--dp_checkpoints=4,2"], "--dp_checkpoints"),
+    (["--dp_checkpoints=1.5"], "--dp_checkpoints"),
+]
+REJECTS = {
+    "condense.py": CONDENSE_REJECTS,
+    "train.py": TRAIN_REJECTS,
+    "attack.py": ATTACK_REJECTS,
+    "privacy_study.py": STUDY_REJECTS,
+}
+
+
+@pytest.fixture(scope="module")
+def rejected(tmp_path_factory):
+    """Every REJECTS case run (launch_flags.launch_each): {(script, args): (its process, its --workdir)}."""
+    root = tmp_path_factory.mktemp("rejected")
+    keys = [(script, tuple(args)) for script, cases in REJECTS.items() for args, _ in cases]
+    workdirs = [root / str(i) / "w" for i in range(len(keys))]
+    procs = launch_flags.launch_each([[f"experiments/{s}", f"--workdir={w}", *a] for (s, a), w in zip(keys, workdirs)])
+    return dict(zip(keys, zip(procs, workdirs)))
+
+
+def _assert_rejected(rejected, script, args, flag):
+    proc, workdir = rejected[(script, tuple(args))]
     assert proc.returncode != 0
     assert flag in _error_line(proc), proc.stderr[-2000:]
-    assert not os.path.exists(tmp_path / "w")  # Nothing half-written.
+    assert not os.path.exists(workdir)  # Nothing half-written.
 
 
+@pytest.mark.parametrize("args,flag", CONDENSE_REJECTS)
+@pytest.mark.xdist_group("rejected_experiments")  # One worker runs `rejected`.
 @pytest.mark.slow
-def test_train_rejects_bad_flags(tmp_path):
-    proc = _run(["experiments/train.py", f"--workdir={tmp_path}/w", "--epochs=0"])
-    assert proc.returncode != 0 and "epochs" in _error_line(proc)
-    proc = _run(["experiments/train.py", f"--workdir={tmp_path}/w", "--model=resnet99"])
-    assert proc.returncode != 0 and "model" in _error_line(proc)
+def test_condense_rejects_bad_flags(rejected, args, flag):
+    _assert_rejected(rejected, "condense.py", args, flag)
 
 
+@pytest.mark.parametrize("args,flag", TRAIN_REJECTS[:2])
+@pytest.mark.xdist_group("rejected_experiments")
 @pytest.mark.slow
-def test_unknown_dataset_names_itself(tmp_path):
-    proc = _run(["experiments/train.py", f"--workdir={tmp_path}/w", "--dataset=imagenet9"])
-    assert proc.returncode != 0 and "imagenet9" in _error_line(proc)
+def test_train_rejects_bad_flags(rejected, args, flag):
+    _assert_rejected(rejected, "train.py", args, flag)
+
+
+@pytest.mark.xdist_group("rejected_experiments")
+@pytest.mark.slow
+def test_unknown_dataset_names_itself(rejected):
+    _assert_rejected(rejected, "train.py", ["--dataset=imagenet9"], "imagenet9")
 
 
 @pytest.mark.slow
@@ -155,20 +193,11 @@ def test_train_launcher_on_a_synthetic_set(tmp_path):
     assert bad.returncode != 0 and "synthetic" in _error_line(bad)
 
 
-@pytest.mark.parametrize(
-    "args,flag",
-    [
-        (["--num_models=5"], "num_models"),
-        (["--num_queries=20"], "num_queries"),
-        (["--target=condense", "--ipc=0"], "ipc"),
-    ],
-)
+@pytest.mark.parametrize("args,flag", ATTACK_REJECTS)
+@pytest.mark.xdist_group("rejected_experiments")
 @pytest.mark.slow
-def test_attack_rejects_bad_flags(tmp_path, args, flag):
-    proc = _run(["experiments/attack.py", f"--workdir={tmp_path}/w"] + args)
-    assert proc.returncode != 0
-    assert flag in _error_line(proc), proc.stderr[-2000:]
-    assert not os.path.exists(tmp_path / "w")
+def test_attack_rejects_bad_flags(rejected, args, flag):
+    _assert_rejected(rejected, "attack.py", args, flag)
 
 
 @pytest.mark.xdist_group("mock_attack")  # Shares the session's `mock_attack` run with test_crash_resume.py.
@@ -202,24 +231,11 @@ def test_attack_launcher_runs_end_to_end_on_mock_data(mock_attack, tmp_path):
     assert too_big.returncode != 0 and "target_pool" in _error_line(too_big)
 
 
-@pytest.mark.parametrize(
-    "args,flag",
-    [
-        (["--dp_delta=1.5"], "--dp_delta"),
-        (["--dp_clip=0"], "--dp_clip"),
-        (["--rows=original,dpsgd_eps3"], "--rows"),
-        (["--rows=dpsgd_sigma2"], "--rows"),  # Not a noise of --dp_noise.
-        (["--dp_noise=1,0"], "--dp_noise"),
-        (["--dp_noise=1,x"], "--dp_noise"),
-        (["--dp_checkpoints=4,2"], "--dp_checkpoints"),
-        (["--dp_checkpoints=1.5"], "--dp_checkpoints"),
-    ],
-)
+@pytest.mark.parametrize("args,flag", STUDY_REJECTS)
+@pytest.mark.xdist_group("rejected_experiments")
 @pytest.mark.slow
-def test_privacy_study_rejects_bad_dp_flags(tmp_path, args, flag):
-    proc = _run(["experiments/privacy_study.py", f"--workdir={tmp_path}/w"] + args)
-    assert proc.returncode != 0 and flag in _error_line(proc), proc.stderr[-2000:]
-    assert not os.path.exists(tmp_path / "w")
+def test_privacy_study_rejects_bad_dp_flags(rejected, args, flag):
+    _assert_rejected(rejected, "privacy_study.py", args, flag)
 
 
 @pytest.mark.xdist_group("mock_study")  # Shares the session's `mock_study` run with test_crash_resume.py.
