@@ -473,31 +473,29 @@ def _assert_same_condense_run(straight, crashed, log_path):
 
 @pytest.mark.slow
 def test_condense_launcher_killed_or_interrupted_by_ctrl_c_mid_run_resumes_bitwise(tmp_path):
-    """SIGKILLed, or Ctrl-C'd (exit 130, one line), once two checkpoints are on disk: the same command resumes to the
-    uninterrupted run's outputs bit for bit. Both against one straight run, which goes alongside (the interruption
-    points are polled, not timed)."""
-    straight = tmp_path / "straight"
-    killed, interrupted = tmp_path / "killed", tmp_path / "interrupted"
+    """Ctrl-C'd (exit 130, one line) once two checkpoints are on disk, then its resumed run SIGKILLed once it has saved
+    two checkpoints of its own: the same command, run a third time, ends with the uninterrupted run's outputs bit for
+    bit. One chain of runs in one workdir, against one straight run, which goes alongside (the interruption points are
+    polled, not timed)."""
+    straight, workdir = tmp_path / "straight", tmp_path / "run"
 
-    def two_checkpoints(workdir):  # The interruption lands in the iterations after them.
-        ckpts = workdir / "checkpoints"
-        return lambda: ckpts.is_dir() and sum(n.isdigit() for n in os.listdir(ckpts)) >= 2
+    def checkpoints_past(step):  # The interruption lands in the iterations after them.
+        return lambda: (workdir / "checkpoints").is_dir() and len([s for s in _steps(workdir) if s > step]) >= 2
 
     reference = _start(_condense_args(straight), 60, tmp_path / "straight.log")
     try:
-        _kill_when(_condense_args(killed), 60, two_checkpoints(killed), tmp_path / "killed.log")
-        assert not (killed / "results.json").exists(), "the kill came too late"
-        _finish(_start(_condense_args(killed), 60, tmp_path / "killed_resumed.log"), tmp_path / "killed_resumed.log")
-        proc = _start(_condense_args(interrupted), 60, tmp_path / "interrupted.log")
-        _wait_for(proc, tmp_path / "interrupted.log", two_checkpoints(interrupted))
+        proc = _start(_condense_args(workdir), 60, tmp_path / "interrupted.log")
+        _wait_for(proc, tmp_path / "interrupted.log", checkpoints_past(0))
         _interrupt(proc, tmp_path / "interrupted.log")
         _assert_interrupted(proc, tmp_path / "interrupted.log", "the checkpoint after iteration")
-        resumed = _start(_condense_args(interrupted), 60, tmp_path / "interrupted_resumed.log")
-        _finish(resumed, tmp_path / "interrupted_resumed.log")
+        saved = max(_steps(workdir))
+        _kill_when(_condense_args(workdir), 60, checkpoints_past(saved), tmp_path / "killed.log")
+        assert f"resuming from the checkpoint after iteration {saved}" in _tail(tmp_path / "killed.log", 10**7)
+        assert not (workdir / "results.json").exists(), "the kill came too late"
+        _finish(_start(_condense_args(workdir), 60, tmp_path / "resumed.log"), tmp_path / "resumed.log")
         _finish(reference, tmp_path / "straight.log")
     finally:
         if reference.poll() is None:
             reference.kill()
             reference.wait()
-    _assert_same_condense_run(straight, killed, tmp_path / "killed_resumed.log")
-    _assert_same_condense_run(straight, interrupted, tmp_path / "interrupted_resumed.log")
+    _assert_same_condense_run(straight, workdir, tmp_path / "resumed.log")
