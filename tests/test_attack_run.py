@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -280,42 +281,56 @@ def test_checkpoint_points_train_one_dp_run_whose_last_point_is_the_straight_run
         attack_run.run_attack(other, fns, train, test, str(tmp_path / "other"), snapshots=shared)
 
 
-@pytest.mark.slow  # Three tiny DM attack runs (~30 s).
-def test_ladder_points_resume_from_snapshots_to_the_straight_runs_models(fns, tmp_path):
-    """A run at 2 iterations after one at 1, sharing snapshots, condenses what a straight run at 2 does."""
-    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="real", method="dm", lr_img=1.0)
-    point = lambda t: _config(  # noqa: E731
-        recipe=bank.Recipe(kind="condense", condense=dataclasses.replace(cfg, iterations=t)),
-        models_per_chunk=8,
-        target_pool=100,
-    )
-    shared = snapshots.Snapshots(str(tmp_path / "snapshots"), save_at=(1, 2))
+def _dm_point(iterations):
+    """A DM attack run (means init) condensing for ``iterations``."""
+    cfg = condense.CondenseConfig(ipc=1, iterations=iterations, batch_real=1, init="means", method="dm", lr_img=1.0)
+    return _config(recipe=bank.Recipe(kind="condense", condense=cfg), models_per_chunk=8, target_pool=100)
+
+
+@pytest.fixture(scope="module")
+def dm_ladder(fns, tmp_path_factory):
+    """Three tiny DM attack runs (~30 s): points at 1 then 2 iterations sharing snapshots (it1, it2), and a straight
+    run at 2 (straight). Returns (their root, the it1 run's results)."""
+    root = tmp_path_factory.mktemp("dm_ladder")
+    shared = snapshots.Snapshots(str(root / "snapshots"), save_at=(1, 2))
     train, test = _dataset(200, 5), _dataset(50, 6)
-    for t in (1, 2):
-        attack_run.run_attack(point(t), fns, train, test, str(tmp_path / f"it{t}"), snapshots=shared)
-    assert sorted(os.listdir(tmp_path / "snapshots")) == [
-        f"model_{i:03d}_it_{t:05d}.npz" for i in range(8) for t in (1, 2)
-    ]
-    with np.load(tmp_path / "snapshots" / "model_005_it_00001.npz") as z:
-        assert str(z["identity"]) == attack_run.snapshot_identity(point(1)) == attack_run.snapshot_identity(point(2))
-    assert attack_run.snapshot_identity(point(1)) != attack_run.snapshot_identity(dataclasses.replace(point(1), seed=1))
-    _run(fns, tmp_path / "straight", point(2))
+    first = attack_run.run_attack(_dm_point(1), fns, train, test, str(root / "it1"), snapshots=shared)
+    attack_run.run_attack(_dm_point(2), fns, train, test, str(root / "it2"), snapshots=shared)
+    _run(fns, root / "straight", _dm_point(2))
+    return root, first
+
+
+@pytest.mark.xdist_group("attack_run_dm_ladder")  # Shares the module's `dm_ladder` runs (-n: one worker).
+@pytest.mark.slow
+def test_ladder_points_resume_from_snapshots_to_the_straight_runs_models(dm_ladder):
+    """A run at 2 iterations after one at 1, sharing snapshots, condenses what a straight run at 2 does."""
+    root, _ = dm_ladder
+    assert sorted(os.listdir(root / "snapshots")) == [f"model_{i:03d}_it_{t:05d}.npz" for i in range(8) for t in (1, 2)]
+    with np.load(root / "snapshots" / "model_005_it_00001.npz") as z:
+        assert (
+            str(z["identity"])
+            == attack_run.snapshot_identity(_dm_point(1))
+            == attack_run.snapshot_identity(_dm_point(2))
+        )
+    other = dataclasses.replace(_dm_point(1), seed=1)
+    assert attack_run.snapshot_identity(_dm_point(1)) != attack_run.snapshot_identity(other)
     for i in range(8):
-        resumed = attack_run.load_model(str(tmp_path / "it2"), i)
-        straight = attack_run.load_model(str(tmp_path / "straight"), i)
+        resumed = attack_run.load_model(str(root / "it2"), i)
+        straight = attack_run.load_model(str(root / "straight"), i)
         np.testing.assert_array_equal(resumed["synthetic"], straight["synthetic"])
         np.testing.assert_array_equal(resumed["logits"], straight["logits"])
     assert not np.array_equal(
-        attack_run.load_model(str(tmp_path / "it1"), 0)["synthetic"],
-        attack_run.load_model(str(tmp_path / "it2"), 0)["synthetic"],
+        attack_run.load_model(str(root / "it1"), 0)["synthetic"],
+        attack_run.load_model(str(root / "it2"), 0)["synthetic"],
     )
 
 
-@pytest.mark.slow  # A tiny DM attack run (~20 s).
-def test_a_condensed_run_records_how_far_its_synthetic_images_sit_from_its_private_ones(fns, tmp_path):
-    cfg = condense.CondenseConfig(ipc=1, iterations=1, batch_real=1, init="means", method="dm", lr_img=1.0)
-    config = _config(recipe=bank.Recipe(kind="condense", condense=cfg), models_per_chunk=8, target_pool=100)
-    results = _run(fns, tmp_path / "run", config)
+@pytest.mark.xdist_group("attack_run_dm_ladder")
+@pytest.mark.slow
+def test_a_condensed_run_records_how_far_its_synthetic_images_sit_from_its_private_ones(dm_ladder, tmp_path):
+    """The ladder's first point (1 iteration, means init), on a copy: report_only below rewrites its results."""
+    shutil.copytree(dm_ladder[0] / "it1", tmp_path / "run")
+    results = dm_ladder[1]
     train = _dataset(200, 5)
     with np.load(tmp_path / "run" / "split.npz") as split:
         pool, keep = train.images[split["target"]], split["keep"]
