@@ -6,8 +6,9 @@ CASES.json: {"mock_examples": null or N, "cases": [["experiments/X.py", "--flag=
 imports what the cases' launchers import (jax, dcjax, configs: ~3 CPU-seconds, most of a rejected run's cost) and then
 forks one child per case, which runs its launcher as ``python experiments/X.py ...`` would (``__main__``, its own absl
 flags, its exit status) with stdout and stderr captured apart. Under ``mock_examples`` the children run inside
-``tfds.testing.mock_data``, as tests/mock_launch.py runs a launcher. RESULTS.json: per case, its returncode (negative:
-killed by that signal, as subprocess reports it), stdout, stderr and wall seconds.
+``tfds.testing.mock_data``, as tests/mock_launch.py runs a launcher, and TensorFlow is imported before the forks.
+RESULTS.json: per case, its returncode (negative: killed by that signal, as subprocess reports it), stdout, stderr
+and wall seconds.
 
 Nothing runs on XLA in this process before the forks (checked): a child forked from a process with live XLA threads
 could hang.
@@ -67,6 +68,11 @@ def _preimport(scripts) -> None:
     assert not xla_bridge._backends, "XLA started before the forks: the children could hang"
 
 
+def _threads() -> int:
+    """This process's threads, Python's and native ones (Linux); 0 where /proc is absent."""
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0
+
+
 def _child(argv: list[str], out: str, err: str) -> None:
     """In the forked child: the launcher as its own __main__, then exit with its status (never returns)."""
     code = 1
@@ -109,7 +115,15 @@ def main(cases_path: str, results_path: str) -> None:
     _preimport({argv[0] for argv in spec["cases"]})
     mock = contextlib.nullcontext()
     if spec["mock_examples"] is not None:
+        # TensorFlow (~4 CPU-seconds) once here, for the children that load the mock data; as dcjax.data imports it
+        # (its settings made before the import). Importing it starts no thread (checked); the children configure it.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+        threads = _threads()
+        import tensorflow  # noqa: F401
         import tensorflow_datasets as tfds
+
+        assert _threads() == threads, "importing TensorFlow started a thread: the children could hang"
 
         mock = tfds.testing.mock_data(num_examples=int(spec["mock_examples"]))
     sys.stdout.flush()

@@ -595,25 +595,46 @@ def test_launchers_reject_out_of_range_flags_before_writing(early_exits, case):
     assert not (scratch / "w").exists()
 
 
+LARGER_THAN_DATA = [
+    ("condense.py", ["--ipc=100000", "--init=real", "--batch_real=1"], "--ipc=100000"),
+    ("train.py", ["--source=subset", "--subset_ipc=1000"], "--subset_ipc=1000"),
+    (
+        "privacy_study.py",
+        ["--per_class=1000", "--num_models=6", "--target_pool=100", "--attacker_pool=100"],
+        "--per_class=1000",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def mock_exits(tmp_path_factory):
+    """The launcher runs below that must fail on 300 mock MNIST examples, run together (launch_flags.launch_each),
+    each with its own scratch directory: {name: (its process, its directory)}. The broken inputs are made here."""
+    root = tmp_path_factory.mktemp("mock_exits")
+    cases = {
+        f"larger{i}": [f"experiments/{s}", "--width=4", "--depth=1", *a] for i, (s, a, _) in enumerate(LARGER_THAN_DATA)
+    }
+    cases["garbage"] = ["experiments/train.py", "--source=synthetic", f"--synthetic={root / 'garbage' / 'garbage.npz'}"]
+    tiny = ["--num_models=1", "--epochs=1", "--width=4", "--depth=1"]
+    cases["broken"] = ["experiments/train.py", "--source=subset", "--subset_ipc=1", *tiny]
+    dirs = {name: root / name for name in cases}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["garbage"] / "garbage.npz").write_text("not an archive\n")
+    (dirs["broken"] / "w").mkdir()
+    (dirs["broken"] / "w" / "config.json").write_text("{ edited by hand")
+    argvs = [argv[:1] + [f"--workdir={dirs[name] / 'w'}"] + argv[1:] for name, argv in cases.items()]
+    procs = launch_flags.launch_each(argvs, mock_examples=300)
+    return {name: (proc, dirs[name]) for name, proc in zip(cases, procs)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "script,args,flag",
-    [
-        ("condense.py", ["--ipc=100000", "--init=real", "--batch_real=1"], "--ipc=100000"),
-        ("train.py", ["--source=subset", "--subset_ipc=1000"], "--subset_ipc=1000"),
-        (
-            "privacy_study.py",
-            ["--per_class=1000", "--num_models=6", "--target_pool=100", "--attacker_pool=100"],
-            "--per_class=1000",
-        ),
-    ],
-)
-def test_launchers_reject_sets_larger_than_the_data_before_writing(tmp_path, script, args, flag):
-    proc, _ = _launch(
-        [f"experiments/{script}", f"--workdir={tmp_path}/w", "--width=4", "--depth=1"] + args, mock_examples=300
-    )
-    _assert_one_line_error(proc, flag)
-    assert not (tmp_path / "w").exists()
+@pytest.mark.xdist_group("mock_exits")  # One worker runs `mock_exits`.
+@pytest.mark.parametrize("case", range(len(LARGER_THAN_DATA)), ids=[f"{c[0]}-{c[2]}" for c in LARGER_THAN_DATA])
+def test_launchers_reject_sets_larger_than_the_data_before_writing(mock_exits, case):
+    proc, scratch = mock_exits[f"larger{case}"]
+    _assert_one_line_error(proc, LARGER_THAN_DATA[case][2])
+    assert not (scratch / "w").exists()
 
 
 @pytest.mark.slow
@@ -625,15 +646,11 @@ def test_a_missing_data_dir_fails_within_seconds_naming_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_synthetic_file_that_is_not_an_archive_is_named(tmp_path):
-    garbage = tmp_path / "garbage.npz"
-    garbage.write_text("not an archive\n")
-    proc, _ = _launch(
-        ["experiments/train.py", f"--workdir={tmp_path}/w", "--source=synthetic", f"--synthetic={garbage}"],
-        mock_examples=50,
-    )
-    _assert_one_line_error(proc, f"--synthetic {garbage}: not a .npz archive")
-    assert not (tmp_path / "w").exists()
+@pytest.mark.xdist_group("mock_exits")
+def test_a_synthetic_file_that_is_not_an_archive_is_named(mock_exits):
+    proc, scratch = mock_exits["garbage"]
+    _assert_one_line_error(proc, f"--synthetic {scratch / 'garbage.npz'}: not a .npz archive")
+    assert not (scratch / "w").exists()
 
 
 @pytest.mark.slow
@@ -645,23 +662,10 @@ def test_a_missing_flagfile_is_one_line(early_exits):
 
 
 @pytest.mark.slow
-def test_a_hand_broken_workdir_config_is_one_line_and_left_alone(tmp_path):
-    run = tmp_path / "w"
-    run.mkdir()
-    (run / "config.json").write_text("{ edited by hand")
-    proc, _ = _launch(
-        [
-            "experiments/train.py",
-            f"--workdir={run}",
-            "--source=subset",
-            "--subset_ipc=1",
-            "--num_models=1",
-            "--epochs=1",
-            "--width=4",
-            "--depth=1",
-        ],
-        mock_examples=50,
-    )
+@pytest.mark.xdist_group("mock_exits")
+def test_a_hand_broken_workdir_config_is_one_line_and_left_alone(mock_exits):
+    proc, scratch = mock_exits["broken"]
+    run = scratch / "w"
     _assert_one_line_error(proc, str(run / "config.json"))
     assert sorted(os.listdir(run)) == ["config.json"] and (run / "config.json").read_text() == "{ edited by hand"
 
