@@ -76,9 +76,8 @@ def null_test(
     split: headline_lib.Split,
     res: headline_lib.Resamples,
     key: jax.Array,
-    num_draws: int = NUM_DRAWS,
 ) -> dict:
-    """Runs the headline on ``num_draws`` null relabellings of one row.
+    """Runs the headline on ``NUM_DRAWS`` null relabellings of one row.
 
     Args:
       score_fn: (keep [M, N], used [M, N]) -> {attack: float [M, N]}, the row's candidate attacks scored as
@@ -93,12 +92,12 @@ def null_test(
     """
     tprs, intervals, excluded = [], [], 0
     # Each draw rescores every attack and reruns both bootstraps: minutes in all on a 60,000-example bank.
-    with progress.task(f"null test: {num_draws} random labellings", num_draws, "draws") as tracker:
-        for i in range(num_draws):
+    with progress.task(f"null test: {NUM_DRAWS} random labellings", NUM_DRAWS, "draws") as tracker:
+        for i in range(NUM_DRAWS):
             keep0, used0 = null_masks(jax.random.fold_in(key, i), keep, used)
             h = headline_lib.headline(score_fn(keep0, used0), keep0, split, res, with_auc=False) or {}
             excluded += headline_lib.excludes(h, CHANCE)
             tprs.append(h.get(headline_lib.CHOICE))
             intervals.append([h.get(f"{headline_lib.CHOICE}_ci_low"), h.get(f"{headline_lib.CHOICE}_ci_high")])
             tracker.advance(1)
-    return _summary(num_draws, excluded, tprs, intervals)
+    return _summary(NUM_DRAWS, excluded, tprs, intervals)
