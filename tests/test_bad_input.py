@@ -551,6 +551,14 @@ def _assert_one_line_error(proc, *expected):
     return last
 
 
+def _assert_refused(run, *expected):
+    """A forked launcher run ``(process, its scratch directory)`` ended in one error line naming ``expected`` and
+    wrote no workdir."""
+    proc, scratch = run
+    _assert_one_line_error(proc, *expected)
+    assert not (scratch / "w").exists()
+
+
 OUT_OF_RANGE = [
     ("condense.py", ["--ipc=1", "--iterations=1", "--lr_img=-1"], "--lr_img must be > 0"),
     ("train.py", ["--lr=nan"], "--lr must be > 0"),
@@ -590,9 +598,7 @@ def early_exits(tmp_path_factory):
 @pytest.mark.xdist_group("early_exits")  # One worker runs `early_exits`.
 @pytest.mark.parametrize("case", range(len(OUT_OF_RANGE)), ids=[f"{c[0]}-{c[2]}" for c in OUT_OF_RANGE])
 def test_launchers_reject_out_of_range_flags_before_writing(early_exits, case):
-    proc, scratch = early_exits[f"range{case}"]
-    _assert_one_line_error(proc, OUT_OF_RANGE[case][2])
-    assert not (scratch / "w").exists()
+    _assert_refused(early_exits[f"range{case}"], OUT_OF_RANGE[case][2])
 
 
 LARGER_THAN_DATA = [
@@ -632,9 +638,7 @@ def mock_exits(tmp_path_factory):
 @pytest.mark.xdist_group("mock_exits")  # One worker runs `mock_exits`.
 @pytest.mark.parametrize("case", range(len(LARGER_THAN_DATA)), ids=[f"{c[0]}-{c[2]}" for c in LARGER_THAN_DATA])
 def test_launchers_reject_sets_larger_than_the_data_before_writing(mock_exits, case):
-    proc, scratch = mock_exits[f"larger{case}"]
-    _assert_one_line_error(proc, LARGER_THAN_DATA[case][2])
-    assert not (scratch / "w").exists()
+    _assert_refused(mock_exits[f"larger{case}"], LARGER_THAN_DATA[case][2])
 
 
 @pytest.mark.slow
@@ -656,9 +660,7 @@ def test_a_synthetic_file_that_is_not_an_archive_is_named(mock_exits):
 @pytest.mark.slow
 @pytest.mark.xdist_group("early_exits")
 def test_a_missing_flagfile_is_one_line(early_exits):
-    proc, scratch = early_exits["flagfile"]
-    _assert_one_line_error(proc, "--flagfile", "nope.cfg")
-    assert not (scratch / "w").exists()
+    _assert_refused(early_exits["flagfile"], "--flagfile", "nope.cfg")
 
 
 @pytest.mark.slow
