@@ -183,8 +183,8 @@ def noise_rows(config: StudyConfig) -> dict[str, float]:
 
 def _check_points(config: StudyConfig) -> None:
     """ConfigError (naming the setting) unless the frontier points' settings hold: ladder and dp_checkpoints strictly
-    increasing (ladder >= 0, its 0 the row's initial set; dp_checkpoints >= 1), dp_noise distinct positive finite
-    values with distinct row names."""
+    increasing (ladder >= 0, its 0 the row's initial set; dp_checkpoints >= 1), row_ladders valid
+    (``_parse_row_ladders``), dp_noise distinct positive finite values with distinct row names."""
     _check_ladder("ladder", config.ladder)
     _parse_row_ladders(config.row_ladders)
     if any(not 0 < noise < math.inf for noise in config.dp_noise):  # Also rejects NaN.
