@@ -124,6 +124,11 @@ class _Context:
             "attacker": (train.images[self.split["attacker"]], train.labels[self.split["attacker"]]),
         }
 
+    @property
+    def bank_size(self) -> int:
+        """Models in the bank: the targets and Shokri's shadows."""
+        return self.config.num_models + self.config.num_shadow
+
     def pool(self, i: int):
         """(images, labels, keep rows' owner) of the pool model i trains on."""
         name = "target" if i < self.config.num_models else "attacker"
@@ -289,7 +294,7 @@ def _pending_chunks(ctx: _Context) -> list[list[int]]:
     """The chunks (``pools.model_chunks``) with a model not yet on disk; a resumed run says what it keeps."""
     all_chunks = pools.model_chunks(ctx.config)
     chunks = [c for c in all_chunks if not all(os.path.exists(_model_path(ctx.workdir, i)) for i in c)]
-    total = ctx.config.num_models + ctx.config.num_shadow
+    total = ctx.bank_size
     if len(chunks) < len(all_chunks):
         logging.info("resuming: %d of %d chunks already trained", len(all_chunks) - len(chunks), len(all_chunks))
         interrupt.note_saved(_saved_models(ctx, total - sum(map(len, chunks)), total))
@@ -303,7 +308,7 @@ def _log_trained(ctx: _Context, chunk: list[int], records: list[dict], seconds_p
         "models %d-%d of %d trained (%s pool); test accuracy %.2f%%; %.0f s/chunk, ETA %s",
         chunk[0],
         chunk[-1],
-        ctx.config.num_models + ctx.config.num_shadow,
+        ctx.bank_size,
         ctx.pool(chunk[0])[2],
         100 * np.mean([r["test_accuracy"] for r in records]),
         seconds_per_chunk,
@@ -317,7 +322,7 @@ def train_bank(ctx: _Context) -> None:
     Within a chunk (which can take many minutes) the recipe's condensation and the training
     report their own progress (``dcjax.progress``); a line before each chunk says which it is.
     """
-    chunks, total = _pending_chunks(ctx), ctx.config.num_models + ctx.config.num_shadow
+    chunks, total = _pending_chunks(ctx), ctx.bank_size
     tic = time.perf_counter()
     for done, chunk in enumerate(chunks, start=1):
         pool_name = ctx.pool(chunk[0])[2]
