@@ -11,6 +11,12 @@ calibrated by the PLD accountant, clip --dp_clip), scored by validation accuracy
 tuning data are disjoint from every study model's data, the choice costs the study's private
 data no privacy.
 
+Where the study's pools cover the whole training split (the poster tier: all 60,000 MNIST training
+images are its target pool), no data disjoint from them exist; ``--inside_pool`` then draws the
+tuning data from the whole training split. The test split still stays unseen (so the DP rows'
+test accuracy is unbiased), but the choice depends on pool images and its privacy cost is NOT
+counted in the rows' epsilon: results.json and RESULTS.md say so.
+
   nice -n 5 python experiments/dp_tune.py --flagfile=experiments/flags/dp_tune_cpu.cfg
 
 Workdir: config.json; settings.jsonl (one record per finished setting, so a killed sweep
@@ -47,6 +53,12 @@ configs.define_run_flags()
 # 1000, not AttackRunConfig's 2000: the pools of the CPU study tier (privacy_study_cpu.cfg) whose DP rows it tunes.
 flags.DEFINE_integer("target_pool", 1000, "The study's target pool (excluded from the tuning data).")
 flags.DEFINE_integer("attacker_pool", 1000, "The study's attacker pool (excluded from the tuning data).")
+flags.DEFINE_bool(
+    "inside_pool",
+    False,
+    "Draw the tuning data from the whole training split, the study's pools included (for a study whose pools cover "
+    "it; the choice's privacy cost is then not counted in the DP rows' epsilon).",
+)
 flags.DEFINE_integer("private_size", 500, "Private training images per tuning model (the study's half).")
 flags.DEFINE_integer("val_size", 2000, "Validation images (disjoint from the private set and the pools).")
 flags.DEFINE_list("batch_sizes", ["64", "256"], "Expected batch sizes of the grid.")
@@ -129,17 +141,23 @@ def setting_config(point: dict, n: int):
 
 
 def tuning_split(train, key) -> tuple:
-    """(private, validation) dataset indices: disjoint, drawn by ``key`` outside the study's pools."""
+    """(private, validation) dataset indices: disjoint, drawn by ``key`` outside the study's pools (from the whole
+    training split with --inside_pool)."""
     import jax
     import numpy as np
 
-    if FLAGS.target_pool + FLAGS.attacker_pool + FLAGS.private_size + FLAGS.val_size > len(train.labels):
-        raise common.flag_error(
-            "target_pool",
-            f"+ --attacker_pool + --private_size + --val_size exceed the {len(train.labels)} training examples",
-        )
-    split = pools.make_split(split_config(), train.labels, train.num_classes)
-    rest = np.setdiff1d(np.arange(len(train.labels)), np.concatenate([split["target"], split["attacker"]]))
+    if FLAGS.inside_pool:
+        if FLAGS.private_size + FLAGS.val_size > len(train.labels):
+            raise common.flag_error("private_size", f"+ --val_size exceed the {len(train.labels)} training examples")
+        rest = np.arange(len(train.labels))
+    else:
+        if FLAGS.target_pool + FLAGS.attacker_pool + FLAGS.private_size + FLAGS.val_size > len(train.labels):
+            raise common.flag_error(
+                "target_pool",
+                f"+ --attacker_pool + --private_size + --val_size exceed the {len(train.labels)} training examples",
+            )
+        split = pools.make_split(split_config(), train.labels, train.num_classes)
+        rest = np.setdiff1d(np.arange(len(train.labels)), np.concatenate([split["target"], split["attacker"]]))
     order = rest[np.asarray(jax.random.permutation(key, len(rest)))]
     return order[: FLAGS.private_size], order[FLAGS.private_size : FLAGS.private_size + FLAGS.val_size]
 
@@ -166,13 +184,28 @@ def train_setting(fns, point: dict, data, key) -> dict:
     }
 
 
-def markdown(records: list[dict]) -> str:
-    """The sweep as a markdown document: one table, best validation accuracy first within each epsilon."""
+def _drawn_from(inside_pool: bool) -> str:
+    """Where the tuning data came from, as a sentence fragment for RESULTS.md and results.json."""
+    if inside_pool:
+        return (
+            "both drawn from the whole training split, the privacy study's pools included (--inside_pool): the "
+            "choice depends on pool images and its privacy cost is not counted in the DP rows' epsilon"
+        )
+    return "both drawn outside the privacy study's pools, so the choice costs the study's private data no privacy"
+
+
+def markdown(records: list[dict], inside_pool: bool) -> str:
+    """The sweep as a markdown document: the best shared setting, then one table, best validation accuracy first
+    within each epsilon."""
+    shared = _best_shared(records)
     intro = (
         "# DP-SGD tuning on a validation split\n\nOne model per setting, trained on the private set and "
-        "scored on the validation set (both drawn outside the privacy study's pools; the test split is "
+        f"scored on the validation set ({_drawn_from(inside_pool)}; the test split is "
         "never loaded). ε PLD is the formal guarantee at δ total (δ plus the batch-overflow term); ε RDP "
         "is the looser RDP bound for the same noise. Generated by experiments/dp_tune.py.\n\n"
+        f"Best setting shared by every target ε (the study's DP rows share --dp_batch_size, --dp_epochs and "
+        f"--dp_lr): expected batch {shared['batch_size']}, {shared['epochs']} expected epochs, lr {shared['lr']:g} "
+        f"(mean validation accuracy {100 * shared['mean_val_accuracy']:.2f} % over the target ε).\n\n"
     )
     head = (
         "| target ε | expected batch | expected epochs | lr | validation accuracy (%) | ε PLD | ε RDP | "
@@ -196,6 +229,17 @@ def _best(records: list[dict]) -> dict:
         if r["epsilon"] not in best or r["val_accuracy"] > best[r["epsilon"]]["val_accuracy"]:
             best[r["epsilon"]] = r
     return {f"{eps:g}": best[eps] for eps in sorted(best)}
+
+
+def _best_shared(records: list[dict]) -> dict:
+    """The (batch_size, epochs, lr) with the highest mean validation accuracy over the target epsilons it was
+    trained at (ties: the first trained), with that mean: the study's DP rows share one setting."""
+    accuracies: dict = {}
+    for r in records:
+        accuracies.setdefault((r["batch_size"], r["epochs"], r["lr"]), []).append(r["val_accuracy"])
+    means = {setting: sum(a) / len(a) for setting, a in accuracies.items()}
+    (batch_size, epochs, lr), mean = max(means.items(), key=lambda item: item[1])
+    return {"batch_size": batch_size, "epochs": epochs, "lr": lr, "mean_val_accuracy": mean}
 
 
 def sweep(fns, points: list[dict], data, key, workdir: str) -> list[dict]:
@@ -225,12 +269,14 @@ def sweep(fns, points: list[dict], data, key, workdir: str) -> list[dict]:
     return records
 
 
+_POOLS = ("target_pool", "attacker_pool")
 # The flags that decide the sweep's outcome, recorded in config.json (a resumed sweep must match them).
 _RECORDED_FLAGS = (
     "dataset",
     "seed",
     "target_pool",
     "attacker_pool",
+    "inside_pool",  # Recorded always; the two pools only without it.
     "private_size",
     "val_size",
     "dp_delta",
@@ -246,7 +292,8 @@ def run():
 
     points = grid(check_flags())
     settings = {
-        "flags": {f: getattr(FLAGS, f) for f in _RECORDED_FLAGS},
+        # --inside_pool ignores the pools (the tuning data may come from them): they are not recorded.
+        "flags": {f: getattr(FLAGS, f) for f in _RECORDED_FLAGS if not (FLAGS.inside_pool and f in _POOLS)},
         "model": dataclasses.asdict(configs.model_config()),
         "grid": points,
     }
@@ -258,17 +305,20 @@ def run():
     workdir_lib.prepare(FLAGS.workdir, settings, FLAGS.overwrite)
     split = ((train.images[private], train.labels[private]), (train.images[val], train.labels[val]))
     records = sweep(fns, points, split, jax.random.fold_in(root, 1), FLAGS.workdir)
-    checkpoint.atomic_write_bytes(os.path.join(FLAGS.workdir, "RESULTS.md"), markdown(records).encode())
+    table = markdown(records, FLAGS.inside_pool)
+    checkpoint.atomic_write_bytes(os.path.join(FLAGS.workdir, "RESULTS.md"), table.encode())
     results = {
         **settings,
         "command": " ".join(["python"] + sys.argv),
         "settings": records,
+        "tuning_data": _drawn_from(FLAGS.inside_pool),
         "best": _best(records),
+        "best_shared": _best_shared(records),
         "private_indices": private.tolist(),
         "val_indices": val.tolist(),
     }
     checkpoint.write_json(os.path.join(FLAGS.workdir, workdir_lib.RESULTS), results)  # Last: finished.
-    print(markdown(records))
+    print(table)
     print(f"outputs in {FLAGS.workdir} (results.json, RESULTS.md)")
 
 

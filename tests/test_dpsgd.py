@@ -1,6 +1,7 @@
 """DP-SGD: Poisson-sampled batches, per-example clipping, noise, the training hook, the accountants."""
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -534,11 +535,18 @@ def test_dp_tune_rejects_bad_flags_before_writing(tune_rejected, flag, value):
     assert not os.path.exists(workdir)
 
 
+# --inside_pool: pools covering all 120 mock examples leave none outside them; the tuning data come from all of them.
+@pytest.mark.parametrize("more", [[], ["--inside_pool", "--target_pool=100"]], ids=["outside_pools", "inside_pool"])
 @pytest.mark.slow
-def test_dp_tune_sweeps_on_mock_data_and_records_every_setting(tmp_path):
-    proc = _launch(_TUNE + [f"--workdir={tmp_path}/w"], 120)
+def test_dp_tune_sweeps_on_mock_data_and_records_every_setting(tmp_path, more):
+    proc = _launch(_TUNE + [f"--workdir={tmp_path}/w"] + more, 120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert ("pools included" in results["tuning_data"]) == results["flags"]["inside_pool"] == bool(more)
+    assert ("target_pool" in results["flags"]) != bool(more)  # --inside_pool ignores the pools: not recorded.
+    shared = results["best_shared"]  # One setting in the grid: its mean over the two epsilons.
+    mean = sum(s["val_accuracy"] for s in results["settings"]) / 2
+    assert (shared["batch_size"], shared["lr"], shared["mean_val_accuracy"]) == (10, 0.1, pytest.approx(mean))
     assert [s["epsilon"] for s in results["settings"]] == [8.0, 2.0]
     for s in results["settings"]:
         assert 0.0 <= s["val_accuracy"] <= 1.0
@@ -549,3 +557,20 @@ def test_dp_tune_sweeps_on_mock_data_and_records_every_setting(tmp_path):
     assert set(results["best"]) == {"8", "2"}
     assert "validation accuracy" in (tmp_path / "w" / "RESULTS.md").read_text()
     assert not any(name.startswith(".tmp") for name in os.listdir(tmp_path / "w"))  # Atomic writes only.
+
+
+def test_dp_tune_refuses_pools_that_leave_no_tuning_data(tmp_path):
+    proc = _launch(_TUNE + [f"--workdir={tmp_path}/w", "--target_pool=100"], 120)
+    assert proc.returncode != 0 and "--target_pool" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+
+
+TUNINGS = sorted(glob.glob(os.path.join(ROOT, "docs", "dp_tuning_*", "results.json")))
+
+
+@pytest.mark.parametrize("path", TUNINGS, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_every_committed_tuning_table_regenerates_from_its_records(path):
+    dp_tune = helpers.launcher("dp_tune")[0]
+    results = json.loads(open(path).read())
+    inside_pool = results["flags"].get("inside_pool", False)  # Sweeps before the flag drew outside the pools.
+    expected = open(os.path.join(os.path.dirname(path), "RESULTS.md")).read()
+    assert dp_tune.markdown(results["settings"], inside_pool) == expected

@@ -11,12 +11,11 @@ checks read that mapping, the launchers' own, not a copy of it.
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import os
-import sys
 from typing import NamedTuple
 from unittest import mock
 
+import helpers
 import pytest
 from absl import flags
 
@@ -32,7 +31,6 @@ from dcjax.privacy.config import AttackRunConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = os.path.join(ROOT, "experiments", "flags")
 LAUNCHERS = ("condense", "train", "attack", "privacy_study", "dp_tune")
-_DEFINES = ("DEFINE_bool", "DEFINE_enum", "DEFINE_float", "DEFINE_integer", "DEFINE_list", "DEFINE_string")
 
 # What each launcher builds before it loads data: its config builders, called on its parsed flags.
 BUILDS = {
@@ -98,6 +96,7 @@ LAUNCHER_OWN = {
         "report_only": "re-attack a finished study's exports",
     },
     "dp_tune": {
+        "inside_pool": "where the tuning sets are drawn from (dp_tune.tuning_split)",
         "private_size": "the tuning sets (dp_tune.tuning_split)",
         "val_size": "the tuning sets (dp_tune.tuning_split)",
         "batch_sizes": "the grid (dp_tune.grid)",
@@ -158,20 +157,7 @@ class Call(NamedTuple):
     given: frozenset
 
 
-@functools.cache
-def launcher(name: str):
-    """(experiments/<name>.py loaded as a module, the FlagValues holding its flags, unparsed)."""
-    fresh = flags.FlagValues()
-    defines = {define: functools.partial(getattr(flags, define), flag_values=fresh) for define in _DEFINES}
-    spec = importlib.util.spec_from_file_location(f"_flags_{name}", os.path.join(ROOT, "experiments", f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    with mock.patch.multiple(flags, FLAGS=fresh, **defines), mock.patch.object(sys, "path", list(sys.path)):
-        with mock.patch.dict(sys.modules, {spec.name: module}):  # absl names a flag's module from sys.modules.
-            for shared in ("common", "configs"):  # Imported afresh: their FLAGS is this launcher's.
-                sys.modules.pop(shared, None)
-            spec.loader.exec_module(module)
-    return module, fresh
+launcher = helpers.launcher
 
 
 def launcher_flags(name: str) -> flags.FlagValues:
