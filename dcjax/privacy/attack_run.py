@@ -193,7 +193,7 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     model_keys = jnp.stack([jax.random.split(jax.random.fold_in(ctx.keys["models"], i)) for i in chunk])
     snapshots = dataclasses.replace(ctx.snapshots, models=tuple(chunk)) if ctx.snapshots else None
     data = bank.recipe_data(
-        cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy, snapshots=snapshots
+        cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels, keep), cfg.strategy, snapshots=snapshots
     )
     mesh = _mesh_for(chunk, cfg.strategy)
     pool = (jnp.asarray(data.images), jnp.asarray(data.labels), data.masks)
