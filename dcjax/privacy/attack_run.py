@@ -584,8 +584,7 @@ def _attack_bank(ctx: _Context) -> tuple[attack_data.AttackData, dict, dict]:
 def run_attack(
     config: AttackRunConfig,
     fns: ModelFns,
-    train,
-    test,
+    data,
     workdir: str,
     overwrite: bool = False,
     *,
@@ -596,8 +595,8 @@ def run_attack(
     Args:
       config: the run's settings (recorded in config.json).
       fns: the network of targets and shadows.
-      train: the dataset's train split (both pools are cut from it).
-      test: held-out data for the utility column.
+      data: (train, test) ``ArrayDataset``s (``dcjax.data.load_train_test``'s pair): both pools are cut from train
+        (images [N, H, W, C], labels [N]); test is held out for the utility column and the population.
       workdir: output directory (``dcjax.workdir`` rules).
       overwrite: discard whatever the workdir holds.
       snapshots: per-model states shared with the other points of one longer run (the module docstring's
@@ -607,6 +606,7 @@ def run_attack(
     Returns:
       The results dict also written to results.json.
     """
+    train, test = data
     _check_run(config, fns, train, test)
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     _prepare_snapshots(config, snapshots)
