@@ -204,7 +204,7 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     logits = _query_logits(ctx, variables, jnp.asarray(images), mesh)
     population_logits = _query_logits(ctx, variables, jnp.asarray(ctx.test.images[ctx.split["population"]]), mesh)
     test_acc = engine.evaluate_many(
-        ctx.fns, variables, jnp.asarray(ctx.test.images), jnp.asarray(ctx.test.labels), cfg.strategy, mesh=mesh
+        ctx.fns, variables, (jnp.asarray(ctx.test.images), jnp.asarray(ctx.test.labels)), cfg.strategy, mesh=mesh
     )
     # To host before indexing: a model-sharded array cannot be sliced per model in place.
     host = [_to_host(x) for x in (logits, population_logits, test_acc, losses)]
