@@ -351,7 +351,7 @@ def measure_pipelines(ctx: Context, count: int) -> dict:
     keep = half_per_class(jax.random.fold_in(key, 1), scale.models, labels)[:count]
     keys = jax.random.split(jax.random.fold_in(key, 2), scale.models)[:count]
     first, times = timed_calls(
-        lambda t: bank.condense_models(fns, cfg, keys, (images, labels), keep, scale.model_strategy), ctx
+        lambda t: bank.condense_models(fns, cfg, keys, (images, labels, keep), scale.model_strategy), ctx
     )
     return {
         "setting": _setting(

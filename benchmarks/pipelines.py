@@ -20,6 +20,7 @@ session, e.g.
 run fp32). The table names the library's path and commit.
 """
 
+import inspect
 import json
 import os
 import sys
@@ -54,15 +55,21 @@ def _condense_config(recipe: str, precision: str):
     )
 
 
-def _pipeline(recipe_obj, fns, train_config, key, keep, pool, queries) -> dict:
-    """One model's condense, train and score stages (a chunk of one model, as the study runs on CPU): seconds."""
+def _pipeline(recipe_obj, fns, train_config, key, pool, queries) -> dict:
+    """One model's condense, train and score stages (a chunk of one model, as the study runs on CPU): seconds.
+
+    pool: (images [N, H, W, C], labels [N], keep [1, N] bool: the model's IN half), ``bank.recipe_data``'s pool.
+    """
     import jax
     from dcjax import engine
     from dcjax.privacy import bank
 
     keys = key[None]
+    # Older checkouts take the IN masks as an argument of their own after the pool, not inside it.
+    older = "keep" in inspect.signature(bank.recipe_data).parameters
+    args = (pool[:2], pool[2]) if older else (pool,)
     tic = time.perf_counter()
-    data = bank.recipe_data(recipe_obj, fns, keys, pool, keep[None])
+    data = bank.recipe_data(recipe_obj, fns, keys, *args)
     condensed = time.perf_counter()
     variables, _ = engine.train_models(fns, train_config, keys, (data.images, data.labels, data.masks))
     trained = time.perf_counter()
@@ -88,7 +95,7 @@ def measure(recipe: str, precision: str) -> dict:
     queries = jax.random.normal(jax.random.key(3), (QUERIES * (POOL + POPULATION),) + SHAPE)
     recipe_obj = bank.Recipe(kind="condense", condense=_condense_config(recipe, precision))
     runs = [
-        _pipeline(recipe_obj, fns, train_config, keys[m], keep[m], (images, labels), queries)
+        _pipeline(recipe_obj, fns, train_config, keys[m], (images, labels, keep[m][None]), queries)
         for m in range(FLAGS.models + 1)
     ]
     stages = {name: float(np.median([r[name] for r in runs[1:]])) for name in runs[0]}

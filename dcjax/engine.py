@@ -284,9 +284,11 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def evaluate_many(
-    fns: ModelFns, variables, images, labels, strategy: str = "auto", batch_size: int = 1000, mesh: Mesh | None = None
+    fns: ModelFns, variables, data, strategy: str = "auto", batch_size: int = 1000, mesh: Mesh | None = None
 ) -> jax.Array:
-    """Test accuracy of each of M stacked models: [M] (``mesh`` as for ``predict_models``)."""
+    """Test accuracy of each of M stacked models: [M]; data: (images [N, H, W, C], labels [N] int32) (``strategy``,
+    ``batch_size`` and ``mesh`` as for ``predict_models``)."""
+    images, labels = data
     logits = predict_models(fns, variables, images, strategy, batch_size, mesh)
     if mesh is not None:
         labels = jax.device_put(labels, NamedSharding(mesh, P()))

@@ -65,7 +65,7 @@ def evaluate_training_set(fns: ModelFns, config: EvalConfig, key: jax.Array, tra
     variables, losses = engine.train_models(fns, config.train, keys, (images, labels, masks), config.strategy)
     test_images, test_labels = (jnp.asarray(x) for x in test_set)
     accs = np.asarray(
-        engine.evaluate_many(fns, variables, test_images, test_labels, config.strategy, config.test_batch)
+        engine.evaluate_many(fns, variables, (test_images, test_labels), config.strategy, config.test_batch)
     )
     return {
         "accuracies": accs.tolist(),

@@ -136,7 +136,7 @@ def run():
         pools.check_recipe_fits(config, train)
         pools.population_indices(config, len(test.labels))
     fns = models.make_model(config.model, train.image_shape, train.num_classes)
-    results = attack_run.run_attack(config, fns, train, test, workdir, FLAGS.overwrite)
+    results = attack_run.run_attack(config, fns, (train, test), workdir, FLAGS.overwrite)
     _print_summary(results, workdir)
 
 

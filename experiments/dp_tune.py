@@ -174,7 +174,7 @@ def train_setting(fns, point: dict, data, key) -> dict:
     variables, losses = engine.train_models(
         fns, config, key[None], (jnp.asarray(images), jnp.asarray(labels), jnp.ones((1, n), bool)), FLAGS.strategy
     )
-    accuracy = engine.evaluate_many(fns, variables, jnp.asarray(val_images), jnp.asarray(val_labels), FLAGS.strategy)
+    accuracy = engine.evaluate_many(fns, variables, (jnp.asarray(val_images), jnp.asarray(val_labels)), FLAGS.strategy)
     return {
         **point,
         "val_accuracy": float(accuracy[0]),

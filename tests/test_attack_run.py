@@ -47,7 +47,7 @@ def _config(**overrides):
 
 def _run(fns, workdir, config, overwrite=False):
     train, test = _dataset(200, 5), _dataset(50, 6)
-    return attack_run.run_attack(config, fns, train, test, str(workdir), overwrite)
+    return attack_run.run_attack(config, fns, (train, test), str(workdir), overwrite)
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +260,10 @@ def test_checkpoint_points_train_one_dp_run_whose_last_point_is_the_straight_run
     shared = snapshots.Snapshots(snaps)
     for e in (1, 3):
         point = dataclasses.replace(run, train=dataclasses.replace(run.train, stop_epochs=e))
-        attack_run.run_attack(point, fns, train, test, str(tmp_path / f"ep{e}"), snapshots=shared)
+        attack_run.run_attack(point, fns, (train, test), str(tmp_path / f"ep{e}"), snapshots=shared)
     assert starts == [0, 0, 0, 1, 1, 1]  # Three chunks per point; the second point continues the first's.
     assert sorted(os.listdir(snaps)) == ["config.json", "ep1", "ep3"]
-    attack_run.run_attack(run, fns, train, test, str(tmp_path / "straight"))
+    attack_run.run_attack(run, fns, (train, test), str(tmp_path / "straight"))
     for i in range(8):
         point, straight = (attack_run.load_model(str(tmp_path / d), i) for d in ("ep3", "straight"))
         np.testing.assert_array_equal(point["logits"], straight["logits"])
@@ -274,11 +274,11 @@ def test_checkpoint_points_train_one_dp_run_whose_last_point_is_the_straight_run
         os.remove(tmp_path / "ep1" / name)
     monkeypatch.setattr(engine, "resume_models", None)  # Calling it would fail.
     point = dataclasses.replace(run, train=dataclasses.replace(run.train, stop_epochs=1))
-    attack_run.run_attack(point, fns, train, test, str(tmp_path / "ep1"), snapshots=shared)
+    attack_run.run_attack(point, fns, (train, test), str(tmp_path / "ep1"), snapshots=shared)
     np.testing.assert_array_equal(attack_run.load_model(str(tmp_path / "ep1"), 5)["logits"], first["logits"])
     other = dataclasses.replace(point, seed=1)  # Another run's snapshots are never continued.
     with pytest.raises(snapshots.SnapshotError, match="another run"):
-        attack_run.run_attack(other, fns, train, test, str(tmp_path / "other"), snapshots=shared)
+        attack_run.run_attack(other, fns, (train, test), str(tmp_path / "other"), snapshots=shared)
 
 
 def _dm_point(iterations):
@@ -294,8 +294,8 @@ def dm_ladder(fns, tmp_path_factory):
     root = tmp_path_factory.mktemp("dm_ladder")
     shared = snapshots.Snapshots(str(root / "snapshots"), save_at=(1, 2))
     train, test = _dataset(200, 5), _dataset(50, 6)
-    first = attack_run.run_attack(_dm_point(1), fns, train, test, str(root / "it1"), snapshots=shared)
-    attack_run.run_attack(_dm_point(2), fns, train, test, str(root / "it2"), snapshots=shared)
+    first = attack_run.run_attack(_dm_point(1), fns, (train, test), str(root / "it1"), snapshots=shared)
+    attack_run.run_attack(_dm_point(2), fns, (train, test), str(root / "it2"), snapshots=shared)
     _run(fns, root / "straight", _dm_point(2))
     return root, first
 

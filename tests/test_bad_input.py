@@ -688,7 +688,7 @@ def test_runs_refuse_a_network_or_dataset_their_config_does_not_record(tmp_path,
     with pytest.raises(ValueError, match=match):
         condense_run.run_condensation(condense_config, fns, train, train, str(tmp_path / "c"))
     with pytest.raises(ValueError, match=match):
-        attack_run.run_attack(attack_config, fns, train, train, str(tmp_path / "a"))
+        attack_run.run_attack(attack_config, fns, (train, train), str(tmp_path / "a"))
     assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()
 
 

@@ -67,7 +67,7 @@ def test_ladder_snapshots_resume_to_the_straight_run_bitwise(tmp_path, monkeypat
     def run(iterations, cache=None):
         steps.clear()
         cfg = dataclasses.replace(config, iterations=iterations)
-        images, init = bank.condense_models(fns, cfg, keys, pool, keep, snapshots=cache)
+        images, init = bank.condense_models(fns, cfg, keys, (*pool, keep), snapshots=cache)
         return images, init, len(steps)
 
     zero = run(0, shared)  # A ladder's iteration 0: the initial sets, nothing run, nothing saved.
@@ -89,8 +89,8 @@ def test_ladder_snapshots_resume_to_the_straight_run_bitwise(tmp_path, monkeypat
 def test_means_init_in_a_bank_averages_each_models_own_members_and_uses_none():
     fns, (images, labels), keep, keys = _condense_inputs()
     config = condense.CondenseConfig(ipc=2, iterations=0, batch_real=2, init="means")
-    syn, init = bank.condense_models(fns, config, keys, (images, labels), keep)
-    data = bank.recipe_data(bank.Recipe("condense", condense=config), fns, keys, (images, labels), keep)
+    syn, init = bank.condense_models(fns, config, keys, (images, labels, keep))
+    data = bank.recipe_data(bank.Recipe("condense", condense=config), fns, keys, (images, labels, keep))
     assert (init == -1).all() and not data.used.any()  # No private image reaches a training set as pixels.
     for m in range(2):
         index = bank.member_class_index(labels, keep[m], 3, width=8)

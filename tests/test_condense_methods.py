@@ -187,7 +187,7 @@ def test_bank_condenses_every_model_with_dm(fns):
     keep = np.zeros((2, images.shape[0]), bool)
     keep[0, ::2] = keep[1, 1::2] = True
     syn, init = bank.condense_models(
-        fns, DM, jax.random.split(jax.random.key(0), 2), (np.asarray(images), np.asarray(labels)), keep
+        fns, DM, jax.random.split(jax.random.key(0), 2), (np.asarray(images), np.asarray(labels), keep)
     )
     assert syn.shape == (2, K * IPC) + SHAPE
     for m in range(2):  # Real init draws each model's images from its own IN half only.

@@ -100,7 +100,7 @@ def test_a_new_method_runs_in_a_bank_from_its_record_alone(toy):
     keep = np.zeros((2, len(labels)), bool)
     keep[0, ::2] = keep[1, 1::2] = True
     keys = jax.random.split(jax.random.key(1), 2)
-    syn, init = bank.condense_models(fns, toy, keys, (images, labels), keep, "map")
+    syn, init = bank.condense_models(fns, toy, keys, (images, labels, keep), "map")
     assert (init == -1).all()
     for m in range(2):
         np.testing.assert_allclose(syn[m], _expected(keys[m], toy, syn.shape[1:]), rtol=1e-6, atol=1e-6)

@@ -78,8 +78,8 @@ def test_a_looped_bank_condenses_the_same_sets_as_a_mapped_one(fns_d1):
     keep[0, ::2] = keep[1, 1::2] = True
     config = condense.CondenseConfig(ipc=1, iterations=2, batch_real=4, init="real", method="dm", lr_img=1.0)
     model_keys = jax.random.split(jax.random.key(2), 2)
-    pool = (np.asarray(images), np.asarray(labels))
-    looped = bank.condense_models(fns_d1, config, model_keys, pool, keep, "loop")
-    mapped = bank.condense_models(fns_d1, config, model_keys, pool, keep, "map")
+    pool = (np.asarray(images), np.asarray(labels), keep)
+    looped = bank.condense_models(fns_d1, config, model_keys, pool, "loop")
+    mapped = bank.condense_models(fns_d1, config, model_keys, pool, "map")
     np.testing.assert_array_equal(looped[1], mapped[1])
     chex.assert_trees_all_close(looped[0], mapped[0], rtol=1e-5, atol=1e-6)

@@ -179,7 +179,7 @@ def test_bad_dp_study_settings_name_the_field(kwargs, field):
 def _fake_run_attack(calls):
     """attack_run.run_attack without training: the workdir rules and a minimal results dict."""
 
-    def run(row, fns, train, test, row_dir, snapshots=None):
+    def run(row, fns, data, row_dir, snapshots=None):
         calls.append(os.path.basename(row_dir))
         workdir.prepare(row_dir, dataclasses.asdict(row), False)
         results = {
@@ -319,9 +319,9 @@ def test_a_study_runs_ladder_and_checkpoint_points_in_order_each_on_its_rows_sna
     calls, handed = [], {}
     fake = _fake_run_attack(calls)
 
-    def run(row, fns, train, test, row_dir, snapshots=None):
+    def run(row, fns, data, row_dir, snapshots=None):
         handed[os.path.basename(row_dir)] = snapshots
-        return fake(row, fns, train, test, row_dir)
+        return fake(row, fns, data, row_dir)
 
     monkeypatch.setattr(study.attack_run, "run_attack", run)
     monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
@@ -424,9 +424,9 @@ def test_ladder_points_run_in_order_with_their_rows_shared_snapshots(tmp_path, m
     calls, cached = [], {}
     fake = _fake_run_attack(calls)
 
-    def run(row, fns, train, test, row_dir, snapshots=None):
+    def run(row, fns, data, row_dir, snapshots=None):
         cached[os.path.basename(row_dir)] = snapshots
-        return fake(row, fns, train, test, row_dir)
+        return fake(row, fns, data, row_dir)
 
     monkeypatch.setattr(study.attack_run, "run_attack", run)
     monkeypatch.setattr(study, "write_report", lambda *args, **kwargs: None)
@@ -478,7 +478,7 @@ def test_a_study_learning_shokri_from_the_bank_reports_the_posters_protocol(tmp_
     exports = {"original": original, "subset": _export("members_unsure", seed=1, examples=original.shokri_examples)}
     exports["subset"] = dataclasses.replace(exports["subset"], config=original.config)
 
-    def run(row, fns, train, test, row_dir, snapshots=None):  # The row's export instead of a trained bank.
+    def run(row, fns, data, row_dir, snapshots=None):  # The row's export instead of a trained bank.
         workdir.prepare(row_dir, dataclasses.asdict(row), False)
         attack_data.save(os.path.join(row_dir, attack_data.EXPORT), exports[os.path.basename(row_dir)])
         results = attack_run.report_only(row_dir)

@@ -35,7 +35,7 @@ def test_training_fits_a_separable_problem(tiny):
     )
     chex.assert_shape(losses, (1, 30))
     assert losses[0, -1] < 0.2 * losses[0, 0]
-    assert float(engine.evaluate_many(tiny, variables, images, labels)[0]) == 1.0
+    assert float(engine.evaluate_many(tiny, variables, (images, labels))[0]) == 1.0
 
 
 @pytest.mark.slow

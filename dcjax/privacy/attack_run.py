@@ -193,7 +193,7 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     model_keys = jnp.stack([jax.random.split(jax.random.fold_in(ctx.keys["models"], i)) for i in chunk])
     snapshots = dataclasses.replace(ctx.snapshots, models=tuple(chunk)) if ctx.snapshots else None
     data = bank.recipe_data(
-        cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels), keep, cfg.strategy, snapshots=snapshots
+        cfg.recipe, ctx.fns, model_keys[:, 0], (images, labels, keep), cfg.strategy, snapshots=snapshots
     )
     mesh = _mesh_for(chunk, cfg.strategy)
     pool = (jnp.asarray(data.images), jnp.asarray(data.labels), data.masks)
@@ -204,7 +204,7 @@ def _train_chunk(ctx: _Context, chunk: list[int]) -> list[dict]:
     logits = _query_logits(ctx, variables, jnp.asarray(images), mesh)
     population_logits = _query_logits(ctx, variables, jnp.asarray(ctx.test.images[ctx.split["population"]]), mesh)
     test_acc = engine.evaluate_many(
-        ctx.fns, variables, jnp.asarray(ctx.test.images), jnp.asarray(ctx.test.labels), cfg.strategy, mesh=mesh
+        ctx.fns, variables, (jnp.asarray(ctx.test.images), jnp.asarray(ctx.test.labels)), cfg.strategy, mesh=mesh
     )
     # To host before indexing: a model-sharded array cannot be sliced per model in place.
     host = [_to_host(x) for x in (logits, population_logits, test_acc, losses)]
@@ -584,8 +584,7 @@ def _attack_bank(ctx: _Context) -> tuple[attack_data.AttackData, dict, dict]:
 def run_attack(
     config: AttackRunConfig,
     fns: ModelFns,
-    train,
-    test,
+    data,
     workdir: str,
     overwrite: bool = False,
     *,
@@ -596,8 +595,8 @@ def run_attack(
     Args:
       config: the run's settings (recorded in config.json).
       fns: the network of targets and shadows.
-      train: the dataset's train split (both pools are cut from it).
-      test: held-out data for the utility column.
+      data: (train, test) ``ArrayDataset``s (``dcjax.data.load_train_test``'s pair): both pools are cut from train
+        (images [N, H, W, C], labels [N]); test is held out for the utility column and the population.
       workdir: output directory (``dcjax.workdir`` rules).
       overwrite: discard whatever the workdir holds.
       snapshots: per-model states shared with the other points of one longer run (the module docstring's
@@ -607,6 +606,7 @@ def run_attack(
     Returns:
       The results dict also written to results.json.
     """
+    train, test = data
     _check_run(config, fns, train, test)
     workdir_lib.prepare(workdir, dataclasses.asdict(config), overwrite)
     _prepare_snapshots(config, snapshots)

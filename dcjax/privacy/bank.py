@@ -259,7 +259,6 @@ def condense_models(
     config: condense.CondenseConfig,
     keys: jax.Array,
     pool,
-    keep: np.ndarray,
     strategy: str = "auto",
     *,
     snapshots: snapshots_lib.Snapshots | None = None,
@@ -269,8 +268,8 @@ def condense_models(
     Args:
       keys: [c] keys; model m's condensation draws from ``keys.CONDENSE`` streams of keys[m], the layout
         of ``dcjax.condense.run`` (init: its initial set; item t of iterations: its iteration t).
-      pool: (images [N, H, W, C], labels [N] int32) — the whole pool, kept on device once.
-      keep: [c, N] bool IN masks.
+      pool: (images [N, H, W, C], labels [N] int32, keep [c, N] bool IN masks) — the whole pool, kept on device
+        once, and each model's subset of it (the triple ``engine.train_models`` takes).
       strategy: model-axis strategy ('loop': one model's condensation after another).
       snapshots: where to save the states at ladder iterations and resume from (None: a straight run).
 
@@ -278,7 +277,7 @@ def condense_models(
       (synthetic images [c, K*ipc, H, W, C], init indices [c, K*ipc] into the pool, -1 for noise).
     """
     condense.check_network(fns)
-    images, labels = pool
+    images, labels, keep = pool
     indexes = _member_indexes(config, labels, keep)
     images = jnp.asarray(images)
     inits = [drive.initial_state(config, k, images, index) for k, index in zip(keys, indexes)]
@@ -312,7 +311,6 @@ def recipe_data(
     fns: ModelFns,
     keys: jax.Array,
     pool,
-    keep: np.ndarray,
     strategy: str = "auto",
     *,
     snapshots: snapshots_lib.Snapshots | None = None,
@@ -323,12 +321,13 @@ def recipe_data(
       recipe: the pipeline shared by target and shadows.
       fns: the network (condensation matches its gradients).
       keys: [c] per-model recipe keys.
-      pool: (images [N, H, W, C], labels [N] int32).
-      keep: [c, N] bool: each model's private (IN) subset of the pool.
+      pool: (images [N, H, W, C], labels [N] int32, keep [c, N] bool): the pool and each model's private (IN)
+        subset of it (the triple ``engine.train_models`` takes).
       strategy: model-axis strategy for condensation.
       snapshots: the 'condense' recipe's snapshot cache (``condense_models``); ignored by the others.
     """
-    images, labels = np.asarray(pool[0]), np.asarray(pool[1], np.int32)
+    images, labels, keep = pool
+    images, labels = np.asarray(images), np.asarray(labels, np.int32)
     keep = _check_keep(labels, keep)
     num_classes = int(labels.max()) + 1
     if recipe.kind == "original":
@@ -338,6 +337,6 @@ def recipe_data(
         return BankData(images, labels, masks, masks.copy())
     assert recipe.condense is not None, "Recipe checks that a condense recipe has its CondenseConfig"
     syn, init_indices = condense_models(
-        fns, recipe.condense, keys, (images, labels), keep, strategy, snapshots=snapshots
+        fns, recipe.condense, keys, (images, labels, keep), strategy, snapshots=snapshots
     )
     return _condensed_bank(syn, init_indices, keep, recipe.condense.ipc, num_classes)

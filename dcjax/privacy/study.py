@@ -557,8 +557,7 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
             attack_run.export_trained_bank(row, fns, train, test, row_dir)
         return attack_run.report_only(row_dir)
     logging.info("row %s: %s", name, plan.description)
-    train, test = data
-    return attack_run.run_attack(row, fns, train, test, row_dir, snapshots=_snapshots(plan, workdir))
+    return attack_run.run_attack(row, fns, data, row_dir, snapshots=_snapshots(plan, workdir))
 
 
 class ReleasedSet(NamedTuple):
