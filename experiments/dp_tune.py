@@ -287,7 +287,7 @@ _RECORDED_FLAGS = (
 
 def run():
     import jax
-    from dcjax import checkpoint, data, models
+    from dcjax import checkpoint, data, host, models
     from dcjax import workdir as workdir_lib
 
     points = grid(check_flags())
@@ -312,6 +312,7 @@ def run():
         "command": " ".join(["python"] + sys.argv),
         "settings": records,
         "tuning_data": _drawn_from(FLAGS.inside_pool),
+        "provenance": host.provenance(),  # The commit and CPU the sweep ran on.
         "best": _best(records),
         "best_shared": _best_shared(records),
         "private_indices": private.tolist(),

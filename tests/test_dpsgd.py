@@ -544,6 +544,7 @@ def test_dp_tune_sweeps_on_mock_data_and_records_every_setting(tmp_path, more):
     results = json.loads((tmp_path / "w" / "results.json").read_text())
     assert ("pools included" in results["tuning_data"]) == results["flags"]["inside_pool"] == bool(more)
     assert ("target_pool" in results["flags"]) != bool(more)  # --inside_pool ignores the pools: not recorded.
+    assert set(results["provenance"]) >= {"commit", "cpu"}
     shared = results["best_shared"]  # One setting in the grid: its mean over the two epsilons.
     mean = sum(s["val_accuracy"] for s in results["settings"]) / 2
     assert (shared["batch_size"], shared["lr"], shared["mean_val_accuracy"]) == (10, 0.1, pytest.approx(mean))
