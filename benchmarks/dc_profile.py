@@ -84,7 +84,7 @@ def _parts(fns, cfg, batches) -> dict:
         return distances.sum_over_classes(per_class, strategy, (real, classes))
 
     def matching_step(variables, key):
-        loss_fn = lambda s: condense.matching_loss(fns, cfg, strategy, variables, s, real, key)  # noqa: E731
+        loss_fn = lambda s: condense.matching_loss(fns, cfg, strategy, s, (variables, real), key)  # noqa: E731
         return jax.value_and_grad(loss_fn)(syn)
 
     def inner_loop(variables, key):

@@ -41,7 +41,7 @@ def test_class_strategies_and_microbatching_give_the_same_loss_and_gradients(fns
     for strategy in ("vmap", "map", "loop"):
         for microbatch in (0, 3):
             cfg = dataclasses.replace(SMALL, microbatch=microbatch)
-            fn = lambda s: condense.matching_loss(fns, cfg, strategy, variables, s, real, jax.random.key(3))  # noqa
+            fn = lambda s: condense.matching_loss(fns, cfg, strategy, s, (variables, real), jax.random.key(3))  # noqa
             results[strategy, microbatch] = jax.jit(jax.value_and_grad(fn))(syn)
     for key, result in results.items():
         chex.assert_trees_all_close(result, results["vmap", 0], rtol=1e-4, atol=1e-6, custom_message=str(key))

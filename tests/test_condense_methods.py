@@ -68,12 +68,12 @@ def test_dsa_matching_uses_one_shared_transform_per_class(fns):
             k = jax.random.fold_in(key, c)
             aug = functools.partial(dsa.dsa_augment, k, strategy=DSA.dsa_strategy, params=dsa.SIAMESE)
             total += gradient_matching._class_distance(
-                fns, plain, variables, aug(syn[c * IPC : (c + 1) * IPC]), aug(real[c]), c, k
+                fns, plain, variables, (aug(syn[c * IPC : (c + 1) * IPC]), aug(real[c])), c, k
             )
         return total
 
     loss = jax.jit(
-        lambda config, k: condense.matching_loss(fns, config, "map", variables, syn, real, k), static_argnums=0
+        lambda config, k: condense.matching_loss(fns, config, "map", syn, (variables, real), k), static_argnums=0
     )
     got = loss(DSA, key)
     np.testing.assert_allclose(got, manual(key), rtol=1e-5)
@@ -87,9 +87,9 @@ def test_class_strategies_give_the_same_loss_and_gradients(fns, config):
     variables, syn, real = _inputs(fns)
     key = jax.random.key(3)
     if config.method == "dm":
-        loss = lambda s, strategy: dm.dm_loss(fns, config, strategy, variables, s, real, key)  # noqa: E731
+        loss = lambda s, strategy: dm.dm_loss(fns, config, strategy, s, (variables, real), key)  # noqa: E731
     else:
-        loss = lambda s, strategy: condense.matching_loss(fns, config, strategy, variables, s, real, key)  # noqa
+        loss = lambda s, strategy: condense.matching_loss(fns, config, strategy, s, (variables, real), key)  # noqa
     results = {
         s: jax.jit(jax.value_and_grad(functools.partial(loss, strategy=s)))(syn) for s in ("vmap", "map")
     }  # 'loop' is the same per-class code as 'map' (matching.sum_over_classes).
@@ -104,9 +104,9 @@ def test_dm_loss_is_zero_when_the_synthetic_batch_is_the_real_batch(fns):
     variables, _, real = _inputs(fns)
     config = dataclasses.replace(DM, ipc=4)
     syn = real.reshape((K * 4,) + SHAPE)
-    loss = dm.dm_loss(fns, config, "map", variables, syn, real, jax.random.key(4))
+    loss = dm.dm_loss(fns, config, "map", syn, (variables, real), jax.random.key(4))
     assert float(loss) < 1e-8
-    shifted = dm.dm_loss(fns, config, "map", variables, syn + 0.5, real, jax.random.key(4))
+    shifted = dm.dm_loss(fns, config, "map", syn + 0.5, (variables, real), jax.random.key(4))
     assert float(shifted) > 1e-4
 
 

@@ -8,6 +8,7 @@ axis, as in PyTorch's (out, in, kh, kw) layout, silently computes something else
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import jax
@@ -57,8 +58,9 @@ def gradient_distance(g_syn, g_real, distance: str = "ours") -> jax.Array:
 def sum_over_classes(per_class: Callable[..., jax.Array], strategy: str, xs: tuple) -> jax.Array:
     """sum_c per_class(*[x[c] for x in xs]): the class axis run as 'vmap', 'map' or 'loop'.
 
-    xs: a tuple of arrays sharing a leading class axis [K, ...]. 'vmap' vectorises the classes (GPU/TPU); 'map' is a
-    sequential lax.map (one traced class body; XLA:CPU runs per-class conv gradients faster one at a time,
+    xs: a tuple of arrays sharing a leading class axis [K, ...]; an entry may be a pytree of them (a (syn, real)
+    pair), which per_class then gets as the same pytree of class c's slices. 'vmap' vectorises the classes (GPU/TPU);
+    'map' is a sequential lax.map (one traced class body; XLA:CPU runs per-class conv gradients faster one at a time,
     docs/protocol.md section 8); 'loop' unrolls the classes in one trace. All three compute the same sum (tests check
     it).
     """
@@ -67,5 +69,6 @@ def sum_over_classes(per_class: Callable[..., jax.Array], strategy: str, xs: tup
     if strategy == "map":
         return jnp.sum(jax.lax.map(lambda args: per_class(*args), xs))
     if strategy == "loop":
-        return jnp.asarray(sum(per_class(*(x[c] for x in xs)) for c in range(xs[0].shape[0])))
+        num_classes = jax.tree.leaves(xs)[0].shape[0]
+        return jnp.asarray(sum(per_class(*jax.tree.map(operator.itemgetter(c), xs)) for c in range(num_classes)))
     raise ValueError(f"unknown class strategy {strategy!r}; expected vmap, map or loop")

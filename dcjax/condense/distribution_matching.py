@@ -49,12 +49,15 @@ def mean_embedding(fns: ModelFns, variables, images: jax.Array, chunk: int = 0) 
     return jnp.sum(sums, axis=0) / n
 
 
-def _class_loss(fns: ModelFns, config: CondenseConfig, variables, syn_c, real_c, key, chunk: int) -> jax.Array:
-    """|| mean embed(DSA(real_c)) - mean embed(DSA(syn_c)) ||^2 for one class; syn_c [ipc, ...], real_c [n, ...].
+def _class_loss(fns: ModelFns, config: CondenseConfig, variables, pair, key, chunk: int) -> jax.Array:
+    """|| mean embed(DSA(real_c)) - mean embed(DSA(syn_c)) ||^2 for one class.
 
-    The real embeddings are constants, so they run in the network's forward-only lowering (``models.forward_only``:
-    on CPU ~1.8x faster at width 32); the synthetic ones, differentiated, in the network's own.
+    pair: (syn_c [ipc, H, W, C], real_c [n, H, W, C]), this class's images; both go through the DSA transform drawn
+    from ``key``. The real embeddings are constants, so they run in the network's forward-only lowering
+    (``models.forward_only``: on CPU ~1.8x faster at width 32); the synthetic ones, differentiated, in the network's
+    own.
     """
+    syn_c, real_c = pair
     real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, dsa.SIAMESE)
     syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, dsa.SIAMESE)
     real_mean = jax.lax.stop_gradient(mean_embedding(models.forward_only(fns), variables, real_c, chunk))
@@ -62,23 +65,25 @@ def _class_loss(fns: ModelFns, config: CondenseConfig, variables, syn_c, real_c,
 
 
 def dm_loss(
-    fns: ModelFns, config: CondenseConfig, strategy: str, variables, syn: jax.Array, real: jax.Array, key: jax.Array
+    fns: ModelFns, config: CondenseConfig, strategy: str, syn: jax.Array, target: tuple, key: jax.Array
 ) -> jax.Array:
     """Sum over classes of the embedding-mean distance.
 
     Args:
       config: ipc, dsa_strategy and microbatch are read.
       strategy: resolved class strategy: 'vmap', 'map' or 'loop'.
-      syn: [K*ipc, H, W, C] synthetic images, class-major.
-      real: [K, batch_real, H, W, C] real images per class.
+      syn: [K*ipc, H, W, C] synthetic images, class-major: the argument differentiated.
+      target: (variables, real): the network's variables and the real images per class [K, batch_real, H, W, C],
+      whose mean embeddings the synthetic ones are matched to (constants).
       key: this iteration's DSA key; class c uses fold_in(key, c).
     """
+    variables, real = target
     num_classes = real.shape[0]
     syn = syn.reshape((num_classes, config.ipc) + syn.shape[1:])
     keys = jax.vmap(functools.partial(jax.random.fold_in, key))(jnp.arange(num_classes))
     chunk = _embed_chunk(config, fns)
-    per_class = lambda s, r, k: _class_loss(fns, config, variables, s, r, k, chunk)  # noqa: E731
-    return distances.sum_over_classes(per_class, strategy, (syn, real, keys))
+    per_class = lambda pair, k: _class_loss(fns, config, variables, pair, k, chunk)  # noqa: E731
+    return distances.sum_over_classes(per_class, strategy, ((syn, real), keys))
 
 
 def _embed_chunk(config: CondenseConfig, fns: ModelFns) -> int:
@@ -99,8 +104,8 @@ def dm_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: Sy
     net_key, real_key, dsa_key = jax.random.split(key, 3)
     variables = jax.lax.stop_gradient(fns.init(net_key))  # Frozen: only the images learn.
     real = pool[data_lib.sample_per_class(real_key, index, config.batch_real)]
-    loss_fn = functools.partial(dm_loss, fns, config, strategy, variables)
-    loss, grads = jax.value_and_grad(loss_fn)(state.images, real, dsa_key)
+    loss_fn = functools.partial(dm_loss, fns, config, strategy)
+    loss, grads = jax.value_and_grad(loss_fn)(state.images, (variables, real), dsa_key)
     # The image optimizer of every method (SGD with momentum on the images), its state kept across iterations.
     updates, opt_state = image_optimizer(config).update(grads, state.opt_state, state.images)
     images = optax.apply_updates(state.images, updates)

@@ -54,11 +54,13 @@ def _class_gradient(fns: ModelFns, variables, images, label, microbatch: int = 0
     return jax.grad(loss_sum)(variables["params"], images, labels, weights)
 
 
-def _class_distance(fns, config, variables, syn_c, real_c, label, key):
+def _class_distance(fns, config, variables, pair, label, key):
     """distance(g_syn, g_real) for one class; the real gradient is a constant.
 
-    With DSA both batches first go through the transform drawn from ``key`` (this class's key for this step).
+    pair: (syn_c [ipc, H, W, C], real_c [n, H, W, C]), this class's images. With DSA both batches first go through
+    the transform drawn from ``key`` (this class's key for this step).
     """
+    syn_c, real_c = pair
     if METHODS[config.method].dsa:
         real_c = dsa.dsa_augment(key, real_c, config.dsa_strategy, dsa.SIAMESE)
         syn_c = dsa.dsa_augment(key, syn_c, config.dsa_strategy, dsa.SIAMESE)
@@ -69,23 +71,25 @@ def _class_distance(fns, config, variables, syn_c, real_c, label, key):
 
 
 def matching_loss(
-    fns: ModelFns, config: CondenseConfig, strategy: str, variables, syn: jax.Array, real: jax.Array, key: jax.Array
+    fns: ModelFns, config: CondenseConfig, strategy: str, syn: jax.Array, target: tuple, key: jax.Array
 ) -> jax.Array:
     """Sum over classes of the gradient distance.
 
     Args:
-      syn: [K*ipc, H, W, C] synthetic images, class-major.
-      real: [K, batch_real, H, W, C] real images per class.
+      syn: [K*ipc, H, W, C] synthetic images, class-major: the argument differentiated.
+      target: (variables, real): the network's variables and the real images per class [K, batch_real, H, W, C],
+      whose gradients the synthetic ones are matched to (constants).
       strategy: 'vmap' (classes vectorised), 'map' (a sequential lax.map over classes:
       one traced body) or 'loop' (classes unrolled in one trace).
       key: this matching step's DSA key (class c uses fold_in(key, c)); unused by plain DC.
     """
+    variables, real = target
     num_classes = real.shape[0]
     syn = syn.reshape((num_classes, config.ipc) + syn.shape[1:])
     labels = jnp.arange(num_classes, dtype=jnp.int32)
     keys = jax.vmap(functools.partial(jax.random.fold_in, key))(labels)
     per_class = functools.partial(_class_distance, fns, config, variables)
-    return distances.sum_over_classes(per_class, strategy, (syn, real, labels, keys))
+    return distances.sum_over_classes(per_class, strategy, ((syn, real), labels, keys))
 
 
 def _train_network(fns, config, variables, syn, labels, key):
@@ -130,7 +134,7 @@ def dc_iteration(fns: ModelFns, config: CondenseConfig, strategy: str, state: Sy
         real_key, train_key = jax.random.split(step_key)
         dsa_key = jax.random.fold_in(step_key, 2)
         real = pool[data_lib.sample_per_class(real_key, index, config.batch_real)]
-        loss, grads = jax.value_and_grad(loss_fn, argnums=1)(variables, syn, real, dsa_key)
+        loss, grads = jax.value_and_grad(loss_fn)(syn, (variables, real), dsa_key)
         updates, opt_state = optimizer.update(grads, opt_state, syn)
         syn = optax.apply_updates(syn, updates)
         # No network update after the last matching step (for ipc=1 the net is never trained).
