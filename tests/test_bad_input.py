@@ -462,7 +462,9 @@ FLAG_CHECKS = {
         ],
         "absl enum",
     ),
-    **dict.fromkeys(["distributed", "download", "eval_baseline", "overwrite", "report_only", "reencode"], "absl bool"),
+    **dict.fromkeys(
+        ["distributed", "download", "eval_baseline", "inside_pool", "overwrite", "report_only", "reencode"], "absl bool"
+    ),
     **dict.fromkeys(["width", "depth", "seed", "subset_ipc"], "absl bounds"),
     **dict.fromkeys(["epochs", "batch_size", "lr"], "TrainConfig (+ absl bounds)"),
     **dict.fromkeys(
