@@ -320,6 +320,21 @@ def test_a_rows_ladder_points_form_one_series_in_the_frontier_figure():
     assert groups == [("dm_real_it10", "dm_real"), ("dm_real_it20", "dm_real"), ("original", "original")]
 
 
+def test_the_dp_sgd_rows_form_one_series_in_epsilon_order_and_a_wide_spread_gets_a_zoomed_panel(tmp_path):
+    privacy = {"noise_multiplier": 1.0, "epsilon_pld": 1.0, "epsilon_rdp": 1.0}
+    dp = [{**RESULTS["rows"][1], "name": f"dpsgd_eps{e}", "dp": {**privacy, "epsilon": float(e)}} for e in (8, 1)]
+    low = {**RESULTS["rows"][0], "name": "far", "utility": {**RESULTS["rows"][0]["utility"], "test_accuracy_mean": 0.5}}
+    rows = [RESULTS["rows"][0]] + dp + [low]
+    groups = [(p[0], p[1]) for p in study_report._figure_points({"rows": rows})]
+    series = study_report.DP_SERIES
+    assert groups == [("original", "original"), ("dpsgd_eps1", series), ("dpsgd_eps8", series), ("far", "far")]
+    wide, narrow = tmp_path / "wide.png", tmp_path / "narrow.png"
+    study_report.privacy_accuracy_figure(str(wide), {**RESULTS, "rows": rows})
+    study_report.privacy_accuracy_figure(str(narrow), {**RESULTS, "rows": rows[:3]})
+    width = lambda path: int.from_bytes(path.read_bytes()[16:20], "big")  # noqa: E731  # The PNG header's width.
+    assert width(wide) > 1.5 * width(narrow)  # Two panels side by side.
+
+
 def test_condensed_rows_show_their_ladder_movement_and_whether_the_last_doubling_gained():
     def point(t: int, accuracy: float, per_target=None) -> dict:
         movement = {

@@ -34,6 +34,8 @@ reads rows only): a missing field raises, naming it; an en dash renders only an 
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # Headless: no display on servers or CI.
@@ -368,11 +370,25 @@ def write_results_document(path: str, results: dict, figures: dict[str, str], co
     checkpoint.atomic_write_bytes(path, document(results, figures, conclusion).encode())
 
 
+DP_SERIES = "DP-SGD (by ε)"  # The target-ε DP-SGD rows: one series in the frontier figure, joined in ε order.
+
+
+def _series_of(row: dict) -> tuple[str, float]:
+    """(series, order within it): a ladder point's or checkpoint's row (``"row"``) and its iteration or epochs; a
+    target-ε DP-SGD row (``dp`` without ``"row"``) the DP series at its ε; any other row its own name."""
+    if row.get("row"):
+        return row["row"], float(row.get("iteration", row.get("epochs", 0)) or 0)
+    if row.get("dp"):
+        return DP_SERIES, float(row["dp"]["epsilon"])
+    return row["name"], 0.0
+
+
 def _figure_points(results: dict) -> list[tuple[str, str, float, float, float, float, float]]:
-    """(label, series, accuracy %, accuracy std %, tpr %, ci_low %, ci_high %) of rows that have both; a ladder
-    point's or checkpoint's series is its row (``"row"``), joined by a line in the figure; else its own name."""
+    """(label, series, accuracy %, accuracy std %, tpr %, ci_low %, ci_high %) of rows that have both, each
+    series' points in its order (``_series_of``: ladder iterations, checkpoint epochs, DP-SGD's ε), series in
+    the order of their first row."""
     results_schema.check_rows(results)
-    points = []
+    points, order = [], {}
     for row in results["rows"]:
         acc = number(row["utility"]["test_accuracy_mean"])
         pick = row["headline"]["model"] or {}
@@ -380,31 +396,53 @@ def _figure_points(results: dict) -> list[tuple[str, str, float, float, float, f
         if acc is None or tpr is None or low is None or high is None:
             continue
         std = number(row["utility"]["test_accuracy_std"]) or 0.0
-        name = row["name"]
-        points.append((name, row.get("row") or name, 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high))
-    return points
+        group, rank = _series_of(row)
+        order.setdefault(group, len(order))
+        point = (row["name"], group, 100 * acc, 100 * std, 100 * tpr, 100 * low, 100 * high)
+        points.append(((order[group], rank), point))
+    return [point for _, point in sorted(points, key=lambda p: p[0])]
+
+
+def _draw_frontier(ax, points: list, colours: dict, label_below: float = math.inf) -> None:
+    """Every point of ``_figure_points`` on ``ax`` in its series' colour, a series' points joined by a line and
+    its first and last point labelled if their accuracy is below ``label_below`` (the rest: RESULTS.md's tables;
+    the zoomed panel labels the crowded ones)."""
+    for group, colour in colours.items():
+        members = [p for p in points if p[1] == group]
+        # A log axis cannot show 0: clamp the points and their intervals at 0.01 %.
+        xs, ys = [p[2] for p in members], [max(p[4], 0.01) for p in members]
+        lows, highs = [max(p[5], 0.01) for p in members], [max(p[6], 0.01) for p in members]
+        xerr = [[p[3] for p in members]] * 2
+        yerr = [[y - lo for y, lo in zip(ys, lows)], [hi - y for y, hi in zip(ys, highs)]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o-", color=colour, lw=0.8, ms=4, capsize=2, label=group)
+        for k in sorted({0, len(members) - 1}):
+            if xs[k] < label_below:
+                ax.annotate(members[k][0], (xs[k], ys[k]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0.1, color="k", ls="--", lw=0.8, label="chance (0.1%)")
+    ax.set_yscale("log")
+    ax.set_xlabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
 
 
 def privacy_accuracy_figure(path: str, results: dict) -> None:
     """Utility vs privacy risk (PNG, atomic): x = test accuracy (%), y = the headline model attack's TPR
-    at 0.1 % FPR on natural examples (%, log scale), with the accuracy std and the TPR's 95 % CI; a row's
-    ladder points or checkpoints are joined by a line (the frontier). The dashed line is chance (0.1 %)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    series: dict[str, list[tuple[float, float]]] = {}
-    for name, group, acc, acc_std, tpr, low, high in _figure_points(results):
-        # A log axis cannot show 0: clamp the point and its interval at 0.01 %.
-        y, lo, hi = (max(v, 0.01) for v in (tpr, low, high))
-        ax.errorbar([acc], [y], xerr=[[acc_std], [acc_std]], yerr=[[y - lo], [hi - y]], fmt="o", capsize=3)
-        ax.annotate(name, (acc, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        series.setdefault(group, []).append((acc, y))
-    for group, xy in series.items():  # A row's ladder points (or checkpoints), in the order they ran.
-        if len(xy) > 1:
-            ax.plot(*zip(*xy), "-", lw=0.8, alpha=0.6, label=group)
-    ax.axhline(0.1, color="k", ls="--", lw=0.8, label="chance (0.1%)")
-    ax.set_yscale("log")
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_ylabel("headline attack (cross-fitted): TPR at 0.1% FPR (%)")
-    ax.set_title("Privacy risk vs utility (natural examples, 95% CIs)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="best")
+    at 0.1 % FPR on natural examples (%, log scale), with the accuracy std and the TPR's 95 % CI; one colour per
+    row, a row's ladder points or checkpoints (and the DP-SGD rows, by ε) joined by a line (the frontier). The
+    dashed line is chance (0.1 %). Where the points span more than 10 accuracy points, a second panel zooms on the
+    most accurate ones (within 8 points of the best), where the rows crowd."""
+    points = _figure_points(results)
+    groups = list(dict.fromkeys(p[1] for p in points))
+    colours = {g: plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")(i % 20) for i, g in enumerate(groups)}
+    accuracies = [p[2] for p in points] or [0.0]
+    zoom = max(accuracies) - min(accuracies) > 10
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12.5 if zoom else 6.5, 5.2), squeeze=False)
+    window = max(accuracies) - 8  # The zoomed panel's left edge.
+    for ax, label_below in zip(axes[0], (window if zoom else math.inf, math.inf)):
+        _draw_frontier(ax, points, colours, label_below)
+    axes[0][0].set_ylabel("headline attack (cross-fitted): TPR at 0.1% FPR (%)")
+    axes[0][0].set_title("Privacy risk vs utility (natural examples, 95% CIs)")
+    if zoom:
+        axes[0][1].set_xlim(window, max(accuracies) + 1)
+        axes[0][1].set_title("the same, zoomed on the most accurate rows")
+    axes[0][-1].legend(loc="upper left", fontsize=7)
     _save(fig, path)
