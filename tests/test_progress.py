@@ -215,7 +215,7 @@ def test_the_main_job_states_its_plan_with_each_phases_share():
         "baseline evaluation",
     ]
     shares = dict(part.rsplit(" ", 1) for part in plan.describe().split(": ", 1)[1].split(", "))
-    # Measured (docs/RESULTS.md): 50 iterations x 21.1 s against three evaluations of ~3.5 min: 63 % and 37 %.
+    # Measured (docs/RESULTS.md): 50 iterations x 22.3 s against three evaluations of ~3-3.7 min: ~64 % and ~36 %.
     assert 55 <= int(shares["iterations 1-50"].rstrip("%")) <= 80, shares
     resumed = condense_run.job_plan(_cpu_tier(), 10, start=20, done_evals={0})
     assert [p.label for p in resumed.phases][:1] == ["iterations 21-50"] and resumed.phases[0].units == 30
