@@ -60,7 +60,9 @@ flags.DEFINE_bool(
     "it; the choice's privacy cost is then not counted in the DP rows' epsilon).",
 )
 flags.DEFINE_integer("private_size", 500, "Private training images per tuning model (the study's half).")
-flags.DEFINE_integer("val_size", 2000, "Validation images (disjoint from the private set and the pools).")
+flags.DEFINE_integer(
+    "val_size", 2000, "Validation images (disjoint from the private set; and from the pools, unless --inside_pool)."
+)
 flags.DEFINE_list("batch_sizes", ["64", "256"], "Expected batch sizes of the grid.")
 flags.DEFINE_list("dp_epochs", ["40"], "Expected epochs of the grid.")
 flags.DEFINE_list("lrs", ["0.05", "0.2"], "Learning rates of the grid.")

@@ -388,7 +388,8 @@ def _figure_points(results: dict) -> list[tuple[str, str, float, float, float, f
     series' points in its order (``_series_of``: ladder iterations, checkpoint epochs, DP-SGD's ε), series in
     the order of their first row."""
     results_schema.check_rows(results)
-    points, order = [], {}
+    points: list[tuple[tuple[int, float], tuple]] = []
+    order: dict[str, int] = {}  # Series -> the position of its first row.
     for row in results["rows"]:
         acc = number(row["utility"]["test_accuracy_mean"])
         pick = row["headline"]["model"] or {}
