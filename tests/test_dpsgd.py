@@ -560,6 +560,7 @@ def test_dp_tune_sweeps_on_mock_data_and_records_every_setting(tmp_path, more):
     assert not any(name.startswith(".tmp") for name in os.listdir(tmp_path / "w"))  # Atomic writes only.
 
 
+@pytest.mark.slow
 def test_dp_tune_refuses_pools_that_leave_no_tuning_data(tmp_path):
     proc = _launch(_TUNE + [f"--workdir={tmp_path}/w", "--target_pool=100"], 120)
     assert proc.returncode != 0 and "--target_pool" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
