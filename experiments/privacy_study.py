@@ -117,6 +117,13 @@ flags.DEFINE_bool(
     "from its exports (attack_data.npz) and regenerate results.json, RESULTS.md and "
     "the figures (e.g. with --conclusion); loads no data, trains nothing.",
 )
+flags.DEFINE_integer(
+    "report_workers",
+    None,
+    "With --report_only: rows re-attacked at once, each in its own process (default: one per CPU core); "
+    "the results do not depend on it.",
+    lower_bound=1,
+)
 FLAGS = flags.FLAGS
 
 
@@ -195,7 +202,8 @@ def run():
     # Before the ~12 s data load: usable and locked (a finished study may gain rows: its parts check themselves).
     common.hold_workdir(workdir, FLAGS.overwrite, finished_ok=True)
     if FLAGS.report_only:  # From the rows' exports alone: no data, no training.
-        results = study.rewrite_report(workdir, about.get("conclusion", ""), about["command"])
+        workers = FLAGS.report_workers or os.cpu_count() or 1
+        results = study.rewrite_report(workdir, about.get("conclusion", ""), about["command"], workers)
     else:
         train, test = data.load_train_test(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
         check_fits(config, train, test)

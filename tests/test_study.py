@@ -467,9 +467,10 @@ def test_a_rows_summary_carries_its_image_movement_when_it_has_one():
     assert study._row_summary("dc_real", "", None, {**results, "movement": movement})["movement"] == movement
 
 
-@pytest.mark.slow  # Scores two synthetic exports, twice (~40 s).
+@pytest.mark.slow  # Scores two synthetic exports, twice (~40 s), the second time in two spawned processes.
 def test_a_study_learning_shokri_from_the_bank_reports_the_posters_protocol(tmp_path, monkeypatch):
-    """Every row but original gets the original row's classifiers' accuracy (run and report_only alike)."""
+    """Every row but original gets the original row's classifiers' accuracy (run and report_only alike); rows
+    re-attacked side by side in worker processes come out bitwise as the run made them one after the other."""
     from test_shokri_bank import _export
 
     from dcjax.privacy import attack_data, attack_run
@@ -497,6 +498,15 @@ def test_a_study_learning_shokri_from_the_bank_reports_the_posters_protocol(tmp_
     protocol = results["poster_protocol"]
     assert list(protocol) == ["subset"] and protocol["subset"]["trained_on"] == "original"
     assert protocol["subset"]["mean"] < 0.5 < results["rows"][0]["shokri_accuracy"]["mean"]
-    again = study.rewrite_report(str(tmp_path), "", "report")
+    again = study.rewrite_report(str(tmp_path), "", "report", workers=2)
+    assert again["rows"] == results["rows"]  # Every float of every row (the rows' wall_seconds are carried over).
     assert again["poster_protocol"] == protocol
     assert checkpoint.read_json(str(tmp_path / workdir.RESULTS))["poster_protocol"] == protocol
+
+
+def test_rows_are_reattacked_in_order_and_a_worker_count_below_one_is_refused(monkeypatch):
+    monkeypatch.setattr(study.attack_run, "report_only", lambda row_dir: {"dir": row_dir})
+    assert study.reattack_rows(["a", "b", "c"]) == [{"dir": "a"}, {"dir": "b"}, {"dir": "c"}]
+    assert study.reattack_rows(["a"], workers=4) == [{"dir": "a"}]  # One row: no worker process.
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        study.reattack_rows(["a", "b"], workers=0)
