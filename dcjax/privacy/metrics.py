@@ -364,6 +364,24 @@ def _rates(counts: np.ndarray) -> np.ndarray:
     return rates
 
 
+def _points(counts: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """int [r, T] cumulative counts -> int [r, P]: their columns at the ROC points (``last``), row-major."""
+    return counts if last.all() else np.take(counts, np.flatnonzero(last), axis=1)
+
+
+def _row_sums(trapezoids: np.ndarray) -> np.ndarray:
+    """float64 [r, P] -> [r]: each row's sum, added in the order the AUC always added it (bitwise).
+
+    One row: numpy's pairwise sum of a contiguous row. Several rows: the ROC points used to be gathered column-major
+    (``counts[:, last]``), whose row sums numpy adds strictly left to right; a running sum adds in that order
+    while the points stay row-major (a column-major layout made every pass over them several times slower).
+    Overwrites ``trapezoids``.
+    """
+    if trapezoids.shape[0] == 1:
+        return np.sum(trapezoids, axis=1)
+    return np.add.accumulate(trapezoids, axis=1, out=trapezoids)[:, -1].copy()
+
+
 def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequence[float]) -> dict:
     """Metrics of r weighted copies of score-sorted trials, as ``_roc`` + ``_auc`` / ... would compute them.
 
@@ -379,17 +397,21 @@ def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequ
     # Integer weights: exact, and the cumulative sums (the bootstrap's cost) move half the bytes of float64.
     # int32 holds them: a resample's total weight is at most T x (draws of a column) x (draws of a model).
     # The non-member counts are the total counts minus the member counts (exact integers): one product fewer.
-    tp = np.cumsum(w * y, axis=1, dtype=np.int32)[:, last]
-    fp = np.cumsum(w, axis=1, dtype=np.int32)[:, last]
+    tp = np.multiply(w, y, dtype=np.int32)
+    fp = np.cumsum(w, axis=1, dtype=np.int32)
+    tp = _points(np.cumsum(tp, axis=1, out=tp), last)
+    fp = _points(fp, last)
     fp -= tp
     bad = (tp[:, -1] == 0) | (fp[:, -1] == 0)
     tpr, fpr = _rates(tp), _rates(fp)
+    del tp, fp
     trapezoids = np.diff(fpr, axis=1)
     trapezoids *= np.add(tpr[:, 1:], tpr[:, :-1])
     accuracy = np.add(1, tpr)
     accuracy -= fpr
     # max(x / 2) == max(x) / 2 exactly: halving a float64 in [2**-53, 2] (or 0) is exact and monotone.
-    out = {"auc": np.sum(trapezoids, axis=1) / 2, "balanced_accuracy": np.max(accuracy, axis=1) / 2}
+    out = {"auc": _row_sums(trapezoids) / 2, "balanced_accuracy": np.max(accuracy, axis=1) / 2}
+    del trapezoids, accuracy
     # Both rates only grow along a row, so the best TPR with FPR <= f is at the last such point; a sorted row
     # counts its FPRs <= f by bisection.
     bounds = [f + _FPR_TOL for f in fprs]
@@ -436,9 +458,9 @@ def bootstrap_samples(
     trials = SortedTrials(y=y, cols=cols, rows=rows, last=np.r_[s[1:] != s[:-1], True])
 
     def weights(start: int, stop: int) -> np.ndarray:  # Counted per chunk: memory stays bounded.
-        w = _column_counts(res[start:stop], num_examples)[:, cols]
+        w = np.take(_column_counts(res[start:stop], num_examples), cols, axis=1)  # Row-major (not [:, cols]).
         if model_res is not None:
-            w *= _column_counts(model_res[start:stop], num_models)[:, rows]
+            w *= np.take(_column_counts(model_res[start:stop], num_models), rows, axis=1)
         return w
 
     return _chunked_metrics(trials, res.shape[0], weights, fprs)
@@ -462,9 +484,9 @@ def sorted_samples(trials: SortedTrials, weights: ResampleWeights, fprs: Sequenc
     _check_fprs(fprs)
 
     def rows_of(start: int, stop: int) -> np.ndarray:
-        w = weights.examples[start:stop][:, trials.cols]
+        w = np.take(weights.examples[start:stop], trials.cols, axis=1)  # Row-major (not [:, cols]).
         if weights.models is not None:
-            w *= weights.models[start:stop][:, trials.rows]
+            w *= np.take(weights.models[start:stop], trials.rows, axis=1)
         return w
 
     return _chunked_metrics(trials, weights.examples.shape[0], rows_of, fprs)
@@ -577,31 +599,46 @@ def sorted_tprs(trials: SortedTrials, weights: ResampleWeights, fprs: Sequence[f
     """
     if not fprs:
         raise ValueError("bootstrap_tprs needs at least one FPR")
-    y, cols, rows, last = trials.y, trials.cols, trials.rows, trials.last
+    y, last = trials.y, trials.last
     members, nonmembers = totals
     bound = max(fprs) + _FPR_TOL
     bad = (members == 0) | (nonmembers == 0)
     start = int(np.searchsorted(np.cumsum(~y), 4 * bound * np.sum(~y) + 64)) + 1
     end = _prefix_end(last, start)
     while True:
-        w = weights.examples[:, cols[:end]]
-        if weights.models is not None:
-            w = w * weights.models[:, rows[:end]]
-        points = last[:end]
-        tp = np.cumsum(w * y[:end], axis=1, dtype=np.int32)[:, points]
-        fpr = np.cumsum(w * ~y[:end], axis=1, dtype=np.int32)[:, points] / np.maximum(nonmembers[:, None], 1)
+        tp, fp = _prefix_counts(trials, weights, end)
+        fpr = fp / np.maximum(nonmembers[:, None], 1)
         if end == y.size or np.all(bad | (fpr[:, -1] > bound)):
             break
         end = _prefix_end(last, 2 * end)
-    tpr = tp / np.maximum(members[:, None], 1)
+    draws = np.arange(tp.shape[0])
     out = {}
     for f in fprs:
         # As in _weighted_metrics: the last ROC point with FPR <= f; before the first point, the (0, 0) start.
         count = np.sum(fpr <= f + _FPR_TOL, axis=1)
-        values = np.where(count > 0, tpr[np.arange(tpr.shape[0]), np.maximum(count - 1, 0)], 0.0)
+        tpr = tp[draws, np.maximum(count - 1, 0)] / np.maximum(members, 1)  # The TPRs of those points alone.
+        values = np.where(count > 0, tpr, 0.0)
         values[bad] = np.nan
         out[_fpr_name(f)] = values
     return out
+
+
+def _prefix_counts(trials: SortedTrials, weights: ResampleWeights, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(member, non-member) weight int32 [R, P] of every draw up to each ROC point among the first ``end`` trials.
+
+    Row-major gathers (``np.take``; ``[:, cols]`` lays the result out column-major, which made each pass slower),
+    and the non-member counts as the total counts minus the member counts (exact integers).
+    """
+    w = np.take(weights.examples, trials.cols[:end], axis=1)
+    if weights.models is not None:
+        w *= np.take(weights.models, trials.rows[:end], axis=1)
+    tp = np.multiply(w, trials.y[:end], dtype=np.int32)
+    np.cumsum(tp, axis=1, out=tp)
+    np.cumsum(w, axis=1, out=w)
+    points = trials.last[:end]
+    tp, fp = _points(tp, points), _points(w, points)
+    fp -= tp
+    return tp, fp
 
 
 def percentile_interval(values: np.ndarray, level: float) -> tuple[float | None, float | None]:
