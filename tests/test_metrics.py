@@ -433,6 +433,22 @@ def test_bootstrap_tprs_equal_bootstrap_samples_bitwise(two_way):
     )
 
 
+@pytest.mark.parametrize("two_way", [False, True])
+def test_weight_totals_of_several_masks_equal_one_mask_at_a_time(two_way):
+    # The headline's cells counted in one product: the same exact integers as the brute-force sums of weights.
+    m, n, r, keep, _, include, res, model_res = _tied_bank(7, two_way)
+    weights = metrics.resample_weights(res, n, model_res, m)
+    masks = [None, include, ~include]
+    for mask, (members, nonmembers) in zip(masks, metrics.weight_totals_of(weights, keep, masks)):
+        inc = np.ones((m, n), bool) if mask is None else mask
+        w = weights.examples[:, None, :] * (1 if model_res is None else weights.models[:, :, None])  # [R, M, N]
+        for got, label in ((members, keep & inc), (nonmembers, ~keep & inc)):
+            assert got.dtype == np.int64 and np.array_equal(got, np.sum(w * label, axis=(1, 2)))
+        assert all(
+            np.array_equal(a, b) for a, b in zip((members, nonmembers), metrics.weight_totals(weights, keep, mask))
+        )
+
+
 def _reference_weighted_metrics(w, y, last, fprs) -> dict:
     """``metrics._weighted_metrics`` as first written (concatenated rates, one cumulative sum per label, a mask
     sum per FPR): the restructured one must give the same bits."""

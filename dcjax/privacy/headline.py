@@ -138,7 +138,7 @@ class _Cells:
         num_models, num_examples = keep.shape
         self.weights = res.weights(two_way, num_examples, num_models)
         self.masks = split.cell_masks()
-        self.totals = [metrics.weight_totals(self.weights, keep, mask) for mask in self.masks]
+        self.totals = metrics.weight_totals_of(self.weights, keep, self.masks)
 
     def tprs(self, trials: Sequence[metrics.SortedTrials]) -> dict:
         """{tpr metric: float64 [4, 1 + R]} of one attack from its sorted trials of each cell (``_Ranked``)."""

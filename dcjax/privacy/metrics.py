@@ -518,16 +518,29 @@ def weight_totals(weights: ResampleWeights, keep, include) -> tuple[np.ndarray, 
 
     Exact: float64 products and sums of integers far below 2**53 (counts x trials), rounded back.
     """
-    _, k, inc = _trial_inputs(np.zeros(np.shape(keep)), keep, include)
+    return weight_totals_of(weights, keep, [include])[0]
+
+
+def weight_totals_of(weights: ResampleWeights, keep, includes: Sequence) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``weight_totals`` of each include mask of ``includes`` (None or bool [M, N] each), the same int64 [R] pairs.
+
+    One float64 copy of the counts and one matrix product for every mask and label (the headline's four cells
+    each converted ~100 MB of counts): the sums are of exact integers, so any grouping gives the same totals.
+    """
+    labels = []
+    for include in includes:
+        _, k, inc = _trial_inputs(np.zeros(np.shape(keep)), keep, include)
+        labels += [k & inc, ~k & inc]  # [M, N] trial indicators.
     a = weights.examples.astype(np.float64)
-    totals = []
-    for label in (k & inc, ~k & inc):  # [M, N] trial indicators.
-        if weights.models is None:
-            total = a @ label.sum(axis=0).astype(np.float64)
-        else:
-            total = np.sum((a @ label.T.astype(np.float64)) * weights.models, axis=1)
-        totals.append(np.rint(total).astype(np.int64))
-    return totals[0], totals[1]
+    if weights.models is None:
+        total = a @ np.stack([label.sum(axis=0) for label in labels], axis=1).astype(np.float64)  # [R, 2C]
+    else:
+        num_models = weights.models.shape[1]
+        per_model = a @ np.concatenate([label.T for label in labels], axis=1).astype(np.float64)  # [R, 2C x M]
+        per_model = per_model.reshape(a.shape[0], len(labels), num_models) * weights.models[:, None, :]
+        total = np.sum(per_model, axis=2)
+    totals = np.rint(total).astype(np.int64)
+    return [(totals[:, 2 * c], totals[:, 2 * c + 1]) for c in range(len(includes))]
 
 
 def _prefix_end(last: np.ndarray, start: int) -> int:
