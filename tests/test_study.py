@@ -353,6 +353,7 @@ def test_a_study_runs_ladder_and_checkpoint_points_in_order_each_on_its_rows_sna
     monkeypatch.setattr(
         study.attack_run, "report_only", lambda row_dir: checkpoint.read_json(f"{row_dir}/results.json")
     )
+    monkeypatch.setattr(study, "check_exports", lambda row_dirs: None)  # The fake rows export nothing.
     rewritten = study.rewrite_report(str(tmp_path), "", "report")
     assert [{k: r.get(k) for k in ("name", "row", "iteration", "epochs")} for r in rewritten["rows"]] == [
         {k: r.get(k) for k in ("name", "row", "iteration", "epochs")} for r in rows
@@ -510,3 +511,20 @@ def test_rows_are_reattacked_in_order_and_a_worker_count_below_one_is_refused(mo
     assert study.reattack_rows(["a"], workers=4) == [{"dir": "a"}]  # One row: no worker process.
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         study.reattack_rows(["a", "b"], workers=0)
+
+
+def test_a_report_of_rows_one_of_whose_exports_is_missing_fails_before_any_row_is_reattacked(tmp_path, monkeypatch):
+    from test_shokri_bank import _export
+
+    from dcjax.privacy import attack_data
+
+    for name in ("original", "subset"):
+        os.makedirs(tmp_path / name)
+    attack_data.save(str(tmp_path / "original" / attack_data.EXPORT), _export("members_confident", num_resamples=5))
+    rows = [{"name": "original", "description": "", "wall_seconds": 1.0}, {"name": "subset", "description": ""}]
+    checkpoint.write_json(str(tmp_path / workdir.RESULTS), {"rows": rows})
+    calls = []
+    monkeypatch.setattr(study.attack_run, "report_only", lambda row_dir: calls.append(row_dir))
+    with pytest.raises(study.attack_run.ExportError, match=r"subset/attack_data.npz: no such file"):
+        study.rewrite_report(str(tmp_path), "", "report", workers=2)
+    assert calls == []

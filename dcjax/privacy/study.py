@@ -707,6 +707,7 @@ def rewrite_report(workdir: str, conclusion: str, report_command: str, workers: 
         raise workdir_lib.WorkdirError(f"{workdir} holds no finished study (no {workdir_lib.RESULTS})")
     results = checkpoint.read_json(done)
     row_dirs = [workdir_lib.path(workdir, old["name"]) for old in results["rows"]]
+    check_exports(row_dirs)
     rows = []
     for old, row_results in zip(results["rows"], reattack_rows(row_dirs, workers)):
         row_results["wall_seconds"] = old["wall_seconds"]  # The bank's cost, not the re-attack's.
@@ -716,6 +717,13 @@ def rewrite_report(workdir: str, conclusion: str, report_command: str, workers: 
     write_report(workdir, results, conclusion)
     checkpoint.write_json(done, results)
     return results
+
+
+def check_exports(row_dirs: list[str]) -> None:
+    """Reads every row's export before any row is re-attacked, so a missing or damaged one fails in seconds
+    (``attack_run.ExportError`` naming its file), not after the rows before it took minutes each."""
+    for row_dir in row_dirs:
+        attack_run.read_export(workdir_lib.path(row_dir, attack_data.EXPORT))
 
 
 def _reattack(row_dir: str) -> dict:
