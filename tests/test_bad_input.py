@@ -465,7 +465,7 @@ FLAG_CHECKS = {
     **dict.fromkeys(
         ["distributed", "download", "eval_baseline", "inside_pool", "overwrite", "report_only", "reencode"], "absl bool"
     ),
-    **dict.fromkeys(["width", "depth", "seed", "subset_ipc"], "absl bounds"),
+    **dict.fromkeys(["width", "depth", "seed", "subset_ipc", "report_workers"], "absl bounds"),
     **dict.fromkeys(["epochs", "batch_size", "lr"], "TrainConfig (+ absl bounds)"),
     **dict.fromkeys(
         [

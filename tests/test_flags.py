@@ -94,6 +94,7 @@ LAUNCHER_OWN = {
         "tier": "recorded in the results",
         "conclusion": "appended to RESULTS.md",
         "report_only": "re-attack a finished study's exports",
+        "report_workers": "how many rows are re-attacked at once (study.reattack_rows)",
     },
     "dp_tune": {
         "inside_pool": "where the tuning sets are drawn from (dp_tune.tuning_split)",
