@@ -382,6 +382,19 @@ def _row_sums(trapezoids: np.ndarray) -> np.ndarray:
     return np.add.accumulate(trapezoids, axis=1, out=trapezoids)[:, -1].copy()
 
 
+def _trial_weights(examples: np.ndarray, models: np.ndarray | None, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """int32 [r, T] weights of trials (column ``cols`` [T], row ``rows`` [T]) from their columns' draw counts
+    ``examples`` int32 [r, N] times, in the two-way bootstrap, their rows' ``models`` int32 [r, M] (None: 1).
+
+    Row-major gathers (``np.take``): ``counts[:, cols]`` lays the result out column-major, which made every later
+    pass over it several times slower.
+    """
+    w = np.take(examples, cols, axis=1)
+    if models is not None:
+        w *= np.take(models, rows, axis=1)
+    return w
+
+
 def _weighted_metrics(w: np.ndarray, y: np.ndarray, last: np.ndarray, fprs: Sequence[float]) -> dict:
     """Metrics of r weighted copies of score-sorted trials, as ``_roc`` + ``_auc`` / ... would compute them.
 
@@ -458,10 +471,8 @@ def bootstrap_samples(
     trials = SortedTrials(y=y, cols=cols, rows=rows, last=np.r_[s[1:] != s[:-1], True])
 
     def weights(start: int, stop: int) -> np.ndarray:  # Counted per chunk: memory stays bounded.
-        w = np.take(_column_counts(res[start:stop], num_examples), cols, axis=1)  # Row-major (not [:, cols]).
-        if model_res is not None:
-            w *= np.take(_column_counts(model_res[start:stop], num_models), rows, axis=1)
-        return w
+        models = None if model_res is None else _column_counts(model_res[start:stop], num_models)
+        return _trial_weights(_column_counts(res[start:stop], num_examples), models, cols, rows)
 
     return _chunked_metrics(trials, res.shape[0], weights, fprs)
 
@@ -484,10 +495,8 @@ def sorted_samples(trials: SortedTrials, weights: ResampleWeights, fprs: Sequenc
     _check_fprs(fprs)
 
     def rows_of(start: int, stop: int) -> np.ndarray:
-        w = np.take(weights.examples[start:stop], trials.cols, axis=1)  # Row-major (not [:, cols]).
-        if weights.models is not None:
-            w *= np.take(weights.models[start:stop], trials.rows, axis=1)
-        return w
+        models = None if weights.models is None else weights.models[start:stop]
+        return _trial_weights(weights.examples[start:stop], models, trials.cols, trials.rows)
 
     return _chunked_metrics(trials, weights.examples.shape[0], rows_of, fprs)
 
@@ -639,12 +648,10 @@ def sorted_tprs(trials: SortedTrials, weights: ResampleWeights, fprs: Sequence[f
 def _prefix_counts(trials: SortedTrials, weights: ResampleWeights, end: int) -> tuple[np.ndarray, np.ndarray]:
     """(member, non-member) weight int32 [R, P] of every draw up to each ROC point among the first ``end`` trials.
 
-    Row-major gathers (``np.take``; ``[:, cols]`` lays the result out column-major, which made each pass slower),
-    and the non-member counts as the total counts minus the member counts (exact integers).
+    Row-major gathers (``_trial_weights``), and the non-member counts as the total counts minus the member counts
+    (exact integers).
     """
-    w = np.take(weights.examples, trials.cols[:end], axis=1)
-    if weights.models is not None:
-        w *= np.take(weights.models, trials.rows[:end], axis=1)
+    w = _trial_weights(weights.examples, weights.models, trials.cols[:end], trials.rows[:end])
     tp = np.multiply(w, trials.y[:end], dtype=np.int32)
     np.cumsum(tp, axis=1, out=tp)
     np.cumsum(w, axis=1, out=w)
