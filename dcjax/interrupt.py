@@ -9,6 +9,10 @@ end. Here the C-level handler also writes to a wakeup descriptor that a watcher 
 * if the main thread has not handled the signal after ``GRACE_S`` (it is inside XLA), the watcher waits for any
   critical section to end and calls the launcher's ``on_exit`` (one line, exit 130) from its own thread.
 
+* if the main thread is running Python inside a host callback that XLA called (a progress tick), raising there
+  would reach XLA as an INTERNAL error (exit 1, a traceback): the handler only records the request and the watcher
+  exits as if the main thread were inside XLA, which it is.
+
 Either way what is on disk is what a kill at that moment leaves, which every run resumes from bitwise (each
 output is renamed into place whole; the tests in tests/test_crash_resume.py kill runs anywhere). A second
 Ctrl-C exits at once. The library only records what it saved (``note_saved``); the launcher says it.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -61,6 +66,8 @@ def critical():
         with _state:
             _critical -= 1
             due = _requested and _critical == 0 and _in_main_thread()
+            if due:
+                _handled.set()  # The main thread raises now: the watcher must not exit for it as well.
             _state.notify_all()
     if due:
         raise Interrupted()
@@ -70,9 +77,25 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _inside_host_callback(frame) -> bool:
+    """Whether ``frame`` runs under a host callback of a jitted call (jax's callback wrapper is on its stack)."""
+    module = sys.modules.get("jax._src.callback")  # Not imported: no callback can be running.
+    wrapper = getattr(module, "__file__", None)
+    while frame is not None and wrapper is not None:
+        if frame.f_code.co_filename == wrapper:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handler(signum, frame):
-    """The main thread's SIGINT handler: raise now, or at the end of the open critical section."""
+    """The main thread's SIGINT handler: raise now, or at the end of the open critical section; inside a host
+    callback, leave it to the watcher (an exception must not cross XLA)."""
     global _requested
+    if _inside_host_callback(frame):
+        with _state:
+            _requested = True
+        return
     with _state:
         _requested = True
         _handled.set()

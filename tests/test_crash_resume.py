@@ -499,3 +499,43 @@ def test_condense_launcher_killed_or_interrupted_by_ctrl_c_mid_run_resumes_bitwi
             reference.kill()
             reference.wait()
     _assert_same_condense_run(straight, workdir, tmp_path / "resumed.log")
+
+
+_CTRL_C_IN_A_TICK = """
+import os, signal, sys, time
+import jax, jax.numpy as jnp
+from dcjax import interrupt, progress
+
+def on_exit():
+    sys.stderr.write("interrupted, exit 130\\n"); sys.stderr.flush(); os._exit(130)
+
+interrupt.install(on_exit)
+
+def body(carry, index):
+    progress.tick(index, 3, 1)
+    return carry + 1.0, None
+
+def ctrl_c_then_python(units):  # The handler runs at the next bytecode: inside the callback, under XLA.
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(10000))
+
+with progress.task("ticks", 3) as tracker:
+    tracker.advance = ctrl_c_then_python
+    jax.block_until_ready(jax.jit(lambda x: jax.lax.scan(body, x, jnp.arange(3))[0])(0.0))
+time.sleep(30)
+sys.exit(3)
+"""
+
+
+def test_ctrl_c_during_a_progress_tick_exits_130_not_as_an_xla_error(tmp_path):
+    """A Ctrl-C whose handler runs inside a host callback (a progress tick, which XLA calls on the main thread) must not
+    raise there: XLA turned that into an INTERNAL error, exit 1 and a traceback (seen once in
+    test_condense_launcher_killed_or_interrupted_by_ctrl_c_mid_run_resumes_bitwise). The watcher exits for it, as when
+    the main thread is inside XLA: status 130 and the one line, within seconds."""
+    script = tmp_path / "tick.py"
+    script.write_text(_CTRL_C_IN_A_TICK)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "interrupted, exit 130" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert time.monotonic() - start < 60
