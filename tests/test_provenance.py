@@ -29,7 +29,7 @@ UNRECORDED = {
     "docs/results/dm_cpu_bf16.json": _BEFORE,
     "docs/results/dm_cpu_forward.json": _BEFORE,
     "docs/results/dm_cpu_older.json": _BEFORE + " (kept as the baseline of paired comparisons)",
-    "docs/results/dsa_cpu.json": _BEFORE,
+    "docs/results/dsa_cpu_older.json": _BEFORE + " (kept as the baseline of paired comparisons)",
     "docs/privacy_study_poster_cpu/original/results.json": _BEFORE,
     "docs/privacy_study_poster_cpu/subset/results.json": _BEFORE,
     **{
