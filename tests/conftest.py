@@ -32,10 +32,24 @@ if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dcjax-test-xla-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # Every program: most compile in < 1 s.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# JAX never writes a program holding a host callback to that cache, and every training loop and condensation iteration
+# of a launcher holds one (dcjax.progress's ticks): so launcher runs on mock data (tests/mock_launch.py) trace without
+# ticks, and a command run again (the crash-and-resume tests redo the end-to-end runs) reads its programs back. Ticks
+# change no number (progress.py); the tests of Ctrl-C and of the progress lines, and golden.py's tiers, keep them.
+# The tests' own programs leave them out as well (pytest_configure).
+os.environ.setdefault("DCJAX_MOCK_TICKS", "0")
 
 import pytest  # noqa: E402  (after the environment above: nothing here may import jax first)
 
 import launch_flags  # noqa: E402  (imports no jax)
+
+
+def pytest_configure(config):
+    """The tests' own jitted programs trace without progress ticks too (see DCJAX_MOCK_TICKS above), so a program that
+    another test (or the other worker) compiled is read back from the cache; tests/test_progress.py turns them on."""
+    from dcjax import progress
+
+    progress.set_enabled(False)
 
 
 def pytest_unconfigure(config):

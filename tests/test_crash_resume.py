@@ -241,10 +241,13 @@ MOCK = os.path.join(ROOT, "tests", "mock_launch.py")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def _start(args, mock_examples, log_path):
+def _start(args, mock_examples, log_path, ticks=False):
+    """The launcher on mock data, its output to ``log_path``. ticks: trace the progress ticks in, as a user's run does
+    (conftest.py leaves them out of the suite's launcher runs): the Ctrl-C tests want a user's host callbacks."""
+    env = {**ENV, "DCJAX_MOCK_TICKS": "1" if ticks else "0"}
     with open(log_path, "w") as log:  # The child keeps its own copy of the descriptor.
         return subprocess.Popen(
-            [sys.executable, MOCK, str(mock_examples)] + args, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, MOCK, str(mock_examples)] + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
 
@@ -429,11 +432,11 @@ def _assert_interrupted(proc, log_path, saved):
 @pytest.mark.slow
 def test_ctrl_c_inside_a_long_jitted_evaluation_exits_within_seconds_and_one_writer_holds_the_workdir(tmp_path):
     workdir = tmp_path / "run"
-    first = _start(_long_eval_args(workdir), 60, tmp_path / "first.log")
+    first = _start(_long_eval_args(workdir), 60, tmp_path / "first.log", ticks=True)
     try:
         # Inside the evaluation's training: the compile line, then seconds of the jitted call itself.
         _wait_for(first, tmp_path / "first.log", lambda: "x 200000 epochs" in _tail(tmp_path / "first.log", 10**7))
-        second = _start(_long_eval_args(workdir), 60, tmp_path / "second.log")
+        second = _start(_long_eval_args(workdir), 60, tmp_path / "second.log", ticks=True)
         assert second.wait(timeout=120) == 2, _tail(tmp_path / "second.log")
         last = _tail(tmp_path / "second.log").strip().splitlines()[-1]
         assert last == (
@@ -482,9 +485,9 @@ def test_condense_launcher_killed_or_interrupted_by_ctrl_c_mid_run_resumes_bitwi
     def checkpoints_past(step):  # The interruption lands in the iterations after them.
         return lambda: (workdir / "checkpoints").is_dir() and len([s for s in _steps(workdir) if s > step]) >= 2
 
-    reference = _start(_condense_args(straight), 60, tmp_path / "straight.log")
+    reference = _start(_condense_args(straight), 60, tmp_path / "straight.log", ticks=True)
     try:
-        proc = _start(_condense_args(workdir), 60, tmp_path / "interrupted.log")
+        proc = _start(_condense_args(workdir), 60, tmp_path / "interrupted.log", ticks=True)
         _wait_for(proc, tmp_path / "interrupted.log", checkpoints_past(0))
         _interrupt(proc, tmp_path / "interrupted.log")
         _assert_interrupted(proc, tmp_path / "interrupted.log", "the checkpoint after iteration")
@@ -492,7 +495,7 @@ def test_condense_launcher_killed_or_interrupted_by_ctrl_c_mid_run_resumes_bitwi
         _kill_when(_condense_args(workdir), 60, checkpoints_past(saved), tmp_path / "killed.log")
         assert f"resuming from the checkpoint after iteration {saved}" in _tail(tmp_path / "killed.log", 10**7)
         assert not (workdir / "results.json").exists(), "the kill came too late"
-        _finish(_start(_condense_args(workdir), 60, tmp_path / "resumed.log"), tmp_path / "resumed.log")
+        _finish(_start(_condense_args(workdir), 60, tmp_path / "resumed.log", ticks=True), tmp_path / "resumed.log")
         _finish(reference, tmp_path / "straight.log")
     finally:
         if reference.poll() is None:

@@ -32,7 +32,9 @@ class FakeClock:
 
 @pytest.fixture
 def every_tick_logs(monkeypatch, caplog):
-    """Interval 0 (every tick logs) and absl INFO records captured."""
+    """Ticks on (conftest.py turns them off for the rest of the suite), interval 0 (every tick logs) and absl INFO
+    records captured."""
+    monkeypatch.setattr(progress, "_enabled", True)
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
     caplog.set_level(logging.INFO, logger="absl")
     return caplog
@@ -89,6 +91,7 @@ def test_rate_limit_logs_at_most_one_line_per_interval():
 
 
 def test_ticks_outside_a_task_and_when_disabled_are_ignored(monkeypatch):
+    monkeypatch.setattr(progress, "_enabled", True)
     progress._on_tick(5)  # No open task: nothing happens (and nothing raises).
     with progress.task("t", 10) as tracker:
         progress._on_tick(3)
@@ -117,13 +120,14 @@ def _train(fns, strategy, on: bool, config=None):
     images, labels = helpers.pool(24, num_classes=K, offset=False)
     masks = jnp.ones((3, images.shape[0]), bool).at[1, :5].set(False)
     config = config or train.TrainConfig(epochs=3, batch_size=8)
+    was = progress.enabled()
     progress.set_enabled(on)
     try:
         return engine.train_models(
             fns, config, jax.random.split(jax.random.key(1), 3), (images, labels, masks), strategy
         )
     finally:
-        progress.set_enabled(True)
+        progress.set_enabled(was)
 
 
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
@@ -164,6 +168,7 @@ def test_dp_training_reports_its_poisson_steps(tiny, every_tick_logs):
 def _condense(fns, config, on: bool):
     images, labels = helpers.pool(24, num_classes=K, offset=False)
     index = data.build_class_index(np.asarray(labels), K)
+    was = progress.enabled()
     progress.set_enabled(on)
     try:
         step = condense.make_iteration_fn(fns, config, "map")
@@ -172,7 +177,7 @@ def _condense(fns, config, on: bool):
             state, metrics = step(state, (images, index), jax.random.key(t))
         return state, metrics
     finally:
-        progress.set_enabled(True)
+        progress.set_enabled(was)
 
 
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
