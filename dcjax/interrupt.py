@@ -92,12 +92,11 @@ def _handler(signum, frame):
     """The main thread's SIGINT handler: raise now, or at the end of the open critical section; inside a host
     callback, leave it to the watcher (an exception must not cross XLA)."""
     global _requested
-    if _inside_host_callback(frame):
-        with _state:
-            _requested = True
-        return
+    in_callback = _inside_host_callback(frame)
     with _state:
         _requested = True
+        if in_callback:
+            return
         _handled.set()
         deferred = _critical > 0
     if not deferred:

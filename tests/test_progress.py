@@ -1,5 +1,6 @@
 """Progress reporting (dcjax.progress): ETA math, rate limiting, and no effect on any output bit."""
 
+import contextlib
 import logging
 
 import chex
@@ -116,18 +117,25 @@ def test_tick_reports_every_stride_and_the_remainder(every_tick_logs):
     ]
 
 
+@contextlib.contextmanager
+def _ticks(on: bool):
+    """Functions traced inside trace ticks in (or not); the setting before is restored after (conftest.py's: off)."""
+    was = progress.enabled()
+    progress.set_enabled(on)
+    try:
+        yield
+    finally:
+        progress.set_enabled(was)
+
+
 def _train(fns, strategy, on: bool, config=None):
     images, labels = helpers.pool(24, num_classes=K, offset=False)
     masks = jnp.ones((3, images.shape[0]), bool).at[1, :5].set(False)
     config = config or train.TrainConfig(epochs=3, batch_size=8)
-    was = progress.enabled()
-    progress.set_enabled(on)
-    try:
+    with _ticks(on):
         return engine.train_models(
             fns, config, jax.random.split(jax.random.key(1), 3), (images, labels, masks), strategy
         )
-    finally:
-        progress.set_enabled(was)
 
 
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
@@ -168,16 +176,12 @@ def test_dp_training_reports_its_poisson_steps(tiny, every_tick_logs):
 def _condense(fns, config, on: bool):
     images, labels = helpers.pool(24, num_classes=K, offset=False)
     index = data.build_class_index(np.asarray(labels), K)
-    was = progress.enabled()
-    progress.set_enabled(on)
-    try:
+    with _ticks(on):
         step = condense.make_iteration_fn(fns, config, "map")
         state, _ = condense.init_synthetic(config, jax.random.key(0), images, index)
         for t in range(2):
             state, metrics = step(state, (images, index), jax.random.key(t))
         return state, metrics
-    finally:
-        progress.set_enabled(was)
 
 
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
