@@ -4,7 +4,7 @@ Both runs must use the same seed, so evaluation model i trains from the same key
 initialisation and data order, and only the synthetic set differs. Prints each pair's difference (after - before, in
 points), their mean and its 95 % t-interval (as docs/RESULTS.md's bf16 and forward-lowering checks).
 
-  python benchmarks/paired_accuracy.py --before=docs/results/dm_cpu_older.json --after=docs/results/dm_cpu_forward.json
+  python benchmarks/paired_accuracy.py --before=docs/results/dm_cpu_older.json --after=docs/results/dm_cpu.json
 """
 
 import json
