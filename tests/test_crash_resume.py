@@ -220,7 +220,9 @@ def test_checkpointer_with_no_readable_step_names_it_in_one_line(tmp_path):
     assert "\n" not in message and str(tmp_path / "3") in message and "--overwrite" in message
     assert ckpt.latest_step() == 3 and (tmp_path / "3").is_dir()  # Nothing moved.
     ckpt.close()
-    assert checkpoint.Checkpointer(str(tmp_path / "empty")).restore_latest(_tree(0.0)) == (None, None)
+    empty = checkpoint.Checkpointer(str(tmp_path / "empty"))
+    assert empty.restore_latest(_tree(0.0)) == (None, None)
+    empty.close()  # As every Checkpointer here: an unclosed Orbax manager holds its resources until collected.
 
 
 def test_a_kill_mid_save_leaves_nothing_that_blocks_the_next_save(tmp_path):
