@@ -98,8 +98,9 @@ def user_env(root: str) -> dict[str, str]:
     """The environment of a user's run of the checkout at ``root``: one CPU device, no inherited XLA flags, progress
     ticks traced in (the test session fakes 4 devices and compiles without LLVM's optimisations or ticks,
     tests/conftest.py), so its results are bitwise those the records and the committed runs were made with."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS="", PYTHONPATH=root)
-    return {**env, "DCJAX_MOCK_TICKS": "1"}  # With the progress ticks a user's run traces (conftest.py drops them).
+    return dict(
+        os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS="", PYTHONPATH=root, DCJAX_MOCK_TICKS="1"
+    )
 
 
 def run_tier(name: str, root: str, scratch: str) -> str:

@@ -422,8 +422,7 @@ def _null_scorer(
 
     def rescore(keep: np.ndarray, used: np.ndarray) -> dict:
         relabelled = dataclasses.replace(d, keep=keep, used=used)
-        rescored, _ = attacks.compute_scores(relabelled, *configs, keys, shokri_result, release=False)
-        return {n: rescored[n] for n in attacks.model_attacks(rescored)}
+        return attacks.compute_scores(relabelled, *configs, keys, shokri_result, release=False)[0]  # Model attacks.
 
     return rescore
 
