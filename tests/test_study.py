@@ -40,7 +40,7 @@ def test_a_row_finished_with_other_settings_is_not_reused(tmp_path):
     checkpoint.write_json(str(row_dir / workdir.CONFIG), dataclasses.asdict(other))
     finished = {"finished": True, "schema": study.attack_run.RESULTS_SCHEMA}
     (row_dir / workdir.RESULTS).write_text(json.dumps(finished))
-    with pytest.raises(workdir.WorkdirError, match="row subset"):
+    with pytest.raises(workdir.WorkdirError, match=r"row subset .* \(they differ at seed\)"):
         study._run_row(study.plan_row(config, "subset"), None, (None, None), str(tmp_path))
     checkpoint.write_json(str(row_dir / workdir.CONFIG), dataclasses.asdict(study.row_config(config, "subset")))
     assert study._run_row(study.plan_row(config, "subset"), None, (None, None), str(tmp_path)) == finished
@@ -528,3 +528,33 @@ def test_a_report_of_rows_one_of_whose_exports_is_missing_fails_before_any_row_i
     with pytest.raises(study.attack_run.ExportError, match=r"subset/attack_data.npz: no such file"):
         study.rewrite_report(str(tmp_path), "", "report", workers=2)
     assert calls == []
+
+
+def _record(row_dir, plan, noise):
+    """Writes ``plan``'s run config into ``row_dir`` as a run that trained at ``noise``."""
+    row_dir.mkdir(exist_ok=True)
+    dp = dataclasses.replace(plan.run.train.dp, noise_multiplier=noise)
+    run = dataclasses.replace(plan.run, train=dataclasses.replace(plan.run.train, dp=dp))
+    checkpoint.write_json(str(row_dir / workdir.CONFIG), dataclasses.asdict(run))
+
+
+def test_a_dp_row_keeps_its_recorded_noise_when_this_machines_accountant_differs_in_the_last_digits(tmp_path):
+    """The accountant's noise differs between CPUs at ~1e-9 relative: a row recorded on another machine is the same
+    setting (its config matches, the guarantee is recomputed at the recorded noise); at 1e-4 it is another."""
+    plan = study.plan_row(_cpu_like(), "dpsgd_eps4")
+    row_dir = tmp_path / plan.name
+    assert study.with_recorded_noise(plan, str(row_dir)) is plan  # Nothing recorded yet.
+    ours = plan.dp["noise_multiplier"]
+    _record(row_dir, plan, ours * (1 + 1e-9))
+    kept = study.with_recorded_noise(plan, str(row_dir))
+    assert kept.run.train.dp.noise_multiplier == kept.dp["noise_multiplier"] == ours * (1 + 1e-9)
+    assert workdir.config_matches(str(row_dir), dataclasses.asdict(kept.run))
+    assert not workdir.config_matches(str(row_dir), dataclasses.asdict(plan.run))
+    assert kept.dp["epsilon_pld"] == accounting.epsilon_pld(
+        ours * (1 + 1e-9), plan.dp["sample_rate"], plan.dp["steps"], 1e-5
+    )
+    assert abs(kept.dp["epsilon_pld"] - plan.dp["epsilon_pld"]) < 1e-6
+    _record(row_dir, plan, ours * (1 + 1e-4))
+    assert study.with_recorded_noise(plan, str(row_dir)) is plan
+    other = study.plan_row(_cpu_like(), "original")
+    assert study.with_recorded_noise(other, str(row_dir)) is other  # Not a DP row.

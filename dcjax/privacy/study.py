@@ -535,6 +535,39 @@ def _row_summary(name: str, description: str, dp: dict | None, results: dict) ->
     }
 
 
+# The accountant's calibration (``accounting.noise_for_epsilon``, tolerance 1e-4) ends on a float whose last digits
+# differ between CPUs: the poster tier's epsilon-1 noise is 1.3335207170 on the Intel Xeon that trained it and
+# 1.3335207177 on an AMD EPYC. A DP row that already holds a run keeps the noise it recorded when this machine's is
+# that close, so a study resumes on another machine; a larger difference is another setting, and is refused.
+_NOISE_RTOL = 1e-6
+
+
+def with_recorded_noise(plan: RowPlan, row_dir: str) -> RowPlan:
+    """``plan`` with the noise multiplier ``row_dir``'s config.json records, where it differs from the plan's by a
+    relative 0 < d <= ``_NOISE_RTOL`` (the guarantee's epsilons and delta_total recomputed at it); else ``plan``."""
+    dp = plan.run.train.dp
+    if plan.dp is None or dp is None or not os.path.exists(workdir_lib.path(row_dir, workdir_lib.CONFIG)):
+        return plan
+    recorded = ((workdir_lib.read_config(row_dir).get("train") or {}).get("dp") or {}).get("noise_multiplier")
+    ours = dp.noise_multiplier
+    if not isinstance(recorded, float) or recorded == ours or abs(recorded - ours) > _NOISE_RTOL * ours:
+        return plan
+    logging.info(
+        "row %s: keeps its recorded noise multiplier %r (this machine's accountant: %r)", plan.name, recorded, ours
+    )
+    q, steps, delta = plan.dp["sample_rate"], plan.dp["steps"], plan.dp["delta"]
+    eps_pld = accounting.epsilon_pld(recorded, q, steps, delta)
+    guarantee = {
+        **plan.dp,
+        "noise_multiplier": recorded,
+        "epsilon_pld": eps_pld,
+        "epsilon_rdp": accounting.epsilon_rdp(recorded, q, steps, delta),
+        "delta_total": accounting.overflow_delta(delta, eps_pld, plan.dp["overflow_probability"]),
+    }
+    train = dataclasses.replace(plan.run.train, dp=dataclasses.replace(dp, noise_multiplier=recorded))
+    return plan._replace(run=dataclasses.replace(plan.run, train=train), dp=guarantee)
+
+
 def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
     """A finished row is read back; an unfinished one runs (or resumes).
 
@@ -546,8 +579,10 @@ def _run_row(plan: RowPlan, fns: ModelFns, data, workdir: str) -> dict:
     done = workdir_lib.path(row_dir, workdir_lib.RESULTS)
     if os.path.exists(done):
         if not workdir_lib.config_matches(row_dir, dataclasses.asdict(row)):
+            where = workdir_lib.first_difference(dataclasses.asdict(row), workdir_lib.read_config(row_dir))
             raise workdir_lib.WorkdirError(
-                f"row {name} in {workdir} finished with other settings; pass --overwrite or choose another --workdir"
+                f"row {name} in {workdir} finished with other settings (they differ at {where}); pass --overwrite "
+                "or choose another --workdir"
             )
         results = checkpoint.read_json(done)
         if results.get("schema") == attack_run.RESULTS_SCHEMA:
@@ -658,6 +693,7 @@ def run_study(config: StudyConfig, fns: ModelFns, data, workdir: str, about: dic
     tic = time.perf_counter()
     rows = []
     for plan in plans:
+        plan = with_recorded_noise(plan, workdir_lib.path(workdir, plan.name))
         summary = _row_summary(plan.name, plan.description, plan.dp, _run_row(plan, fns, data, workdir))
         rows.append({**summary, **_point_fields(plan.row, plan.iteration, plan.epochs)})
     about = dict(about)
