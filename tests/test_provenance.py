@@ -26,13 +26,6 @@ UNRECORDED = {
     "docs/results/dm_cpu_bf16.json": _BEFORE,
     "docs/results/dm_cpu_older.json": _BEFORE + " (kept as the baseline of paired comparisons)",
     "docs/results/dsa_cpu_older.json": _BEFORE + " (kept as the baseline of paired comparisons)",
-    "docs/privacy_study_poster_cpu/original/results.json": _BEFORE,
-    "docs/privacy_study_poster_cpu/subset/results.json": _BEFORE,
-    **{
-        f"docs/privacy_study_cpu/{row}/results.json": _BEFORE + " (rerun in parts in docs/privacy_study_cpu_rerun/)"
-        for row in ("dc_noise", "dc_real", "dm_real", "dpsgd_eps1", "dpsgd_eps4", "dpsgd_eps8", "dsa_real")
-        + ("original", "subset")
-    },
 }
 
 
