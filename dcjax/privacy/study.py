@@ -257,6 +257,18 @@ def _largest_private_set(config: StudyConfig) -> int:
     return max(min(n, n // 2 + 2 * math.ceil(math.sqrt(n))), config.attack.attacker_pool // 2)
 
 
+def _accounted(noise: float, q: float, steps: int, delta: float, overflow: float) -> dict:
+    """What ``steps`` Poisson DP-SGD steps at sampling rate q and ``noise`` guarantee: epsilon at ``delta`` by the PLD
+    accountant and by RDP, and delta_total for the batch ``overflow`` probability (``accounting.overflow_delta``)."""
+    eps_pld = accounting.epsilon_pld(noise, q, steps, delta)
+    return {
+        "noise_multiplier": noise,
+        "epsilon_pld": eps_pld,
+        "epsilon_rdp": accounting.epsilon_rdp(noise, q, steps, delta),
+        "delta_total": accounting.overflow_delta(delta, eps_pld, overflow),
+    }
+
+
 def dp_guarantee(
     target_epsilon: float, delta: float, num_examples: int, largest: int, train: train_lib.TrainConfig, l2_clip: float
 ) -> dict:
@@ -270,19 +282,15 @@ def dp_guarantee(
     """
     q, steps, expected = dpsgd.poisson_schedule(num_examples, train.batch_size, train.epochs)
     noise = accounting.noise_for_epsilon(target_epsilon, q, steps, delta)
-    eps_pld = accounting.epsilon_pld(noise, q, steps, delta)
     budget = DP_OVERFLOW_FRACTION * delta / (1 + math.exp(target_epsilon))
     capacity = dpsgd.poisson_capacity(largest + 1, q, steps, budget)
     overflow = dpsgd.overflow_probability(largest + 1, q, steps, capacity)
     return {
         "epsilon": target_epsilon,
-        "epsilon_pld": eps_pld,
-        "epsilon_rdp": accounting.epsilon_rdp(noise, q, steps, delta),
+        **_accounted(noise, q, steps, delta, overflow),
         "delta": delta,
         "overflow_probability": overflow,
         "overflow_budget": budget,
-        "delta_total": accounting.overflow_delta(delta, eps_pld, overflow),
-        "noise_multiplier": noise,
         "l2_clip": l2_clip,
         "lr": train.lr,
         "epochs": train.epochs,
@@ -313,16 +321,13 @@ def noise_guarantee(
     budget = DP_OVERFLOW_FRACTION * delta / (1 + math.exp(min(run_epsilon, 700.0)))  # exp(>709) overflows.
     capacity = dpsgd.poisson_capacity(largest + 1, q, run_steps, budget)
     overflow = dpsgd.overflow_probability(largest + 1, q, steps, capacity)
-    eps_pld = accounting.epsilon_pld(noise, q, steps, delta)
+    accounted = _accounted(noise, q, steps, delta, overflow)
     return {
-        "epsilon": eps_pld,  # No target here: the guarantee itself (the report's epsilon column).
-        "epsilon_pld": eps_pld,
-        "epsilon_rdp": accounting.epsilon_rdp(noise, q, steps, delta),
+        "epsilon": accounted["epsilon_pld"],  # No target here: the guarantee itself (the report's epsilon column).
+        **accounted,
         "delta": delta,
         "overflow_probability": overflow,
         "overflow_budget": budget,
-        "delta_total": accounting.overflow_delta(delta, eps_pld, overflow),
-        "noise_multiplier": noise,
         "l2_clip": l2_clip,
         "lr": train.lr,
         "epochs": epochs,
@@ -555,14 +560,10 @@ def with_recorded_noise(plan: RowPlan, row_dir: str) -> RowPlan:
     logging.info(
         "row %s: keeps its recorded noise multiplier %r (this machine's accountant: %r)", plan.name, recorded, ours
     )
-    q, steps, delta = plan.dp["sample_rate"], plan.dp["steps"], plan.dp["delta"]
-    eps_pld = accounting.epsilon_pld(recorded, q, steps, delta)
+    old = plan.dp
     guarantee = {
-        **plan.dp,
-        "noise_multiplier": recorded,
-        "epsilon_pld": eps_pld,
-        "epsilon_rdp": accounting.epsilon_rdp(recorded, q, steps, delta),
-        "delta_total": accounting.overflow_delta(delta, eps_pld, plan.dp["overflow_probability"]),
+        **old,
+        **_accounted(recorded, old["sample_rate"], old["steps"], old["delta"], old["overflow_probability"]),
     }
     train = dataclasses.replace(plan.run.train, dp=dataclasses.replace(dp, noise_multiplier=recorded))
     return plan._replace(run=dataclasses.replace(plan.run, train=train), dp=guarantee)
