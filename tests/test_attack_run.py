@@ -244,6 +244,7 @@ def test_a_recipe_the_private_halves_cannot_feed_fails_before_writing(fns, tmp_p
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.users_emitters  # A run resumed mid-way against the straight run, bit for bit (tests/conftest.py).
 @pytest.mark.slow
 def test_checkpoint_points_train_one_dp_run_whose_last_point_is_the_straight_run(fns, tmp_path, monkeypatch):
     """Points at epochs 1 and 3 of a 3-epoch DP-SGD run: the second continues the first's snapshots, and its models

@@ -51,6 +51,7 @@ def _condense_inputs():
     return fns, (images, labels), keep, jax.random.split(jax.random.key(1), 2)
 
 
+@pytest.mark.users_emitters  # A run resumed mid-way against the straight run, bit for bit (tests/conftest.py).
 @pytest.mark.slow  # Three DC condensations of two models (~12 s): the fast tier stays under 2 minutes.
 def test_ladder_snapshots_resume_to_the_straight_run_bitwise(tmp_path, monkeypatch):
     """Points at 2 then 4 iterations sharing snapshots: the second resumes at 2 and equals a straight 4-iteration run.

@@ -146,6 +146,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.users_emitters  # A run resumed mid-way against the straight run, bit for bit (tests/conftest.py).
 @pytest.mark.slow
 def test_killed_run_resumes_to_a_bitwise_identical_result(fns, tmp_path, monkeypatch):
     train_set, test_set = helpers.dataset(30, 0), helpers.dataset(12, 1)

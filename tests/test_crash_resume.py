@@ -476,6 +476,7 @@ def _assert_same_condense_run(straight, crashed, log_path):
     assert checkpoint.read_jsonl(str(crashed / "evals.jsonl")) == checkpoint.read_jsonl(str(straight / "evals.jsonl"))
 
 
+@pytest.mark.users_emitters  # A run resumed mid-way against the straight run, bit for bit (tests/conftest.py).
 @pytest.mark.slow
 def test_condense_launcher_killed_or_interrupted_by_ctrl_c_mid_run_resumes_bitwise(tmp_path):
     """Ctrl-C'd (exit 130, one line) once two checkpoints are on disk, then its resumed run SIGKILLed once it has saved

@@ -444,6 +444,7 @@ def test_dp_training_runs_round_epochs_over_q_steps_in_two_phases(tiny, monkeypa
     assert bool(jnp.all(jnp.isfinite(losses)))
 
 
+@pytest.mark.users_emitters  # A run resumed mid-way against the straight run, bit for bit (tests/conftest.py).
 @pytest.mark.slow
 def test_a_dp_run_continued_from_its_checkpoints_is_the_straight_run_bitwise(tiny):
     """Checkpoints inside the first phase and inside the second: continuing each from the state the previous one

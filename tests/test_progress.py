@@ -138,6 +138,7 @@ def _train(fns, strategy, on: bool, config=None):
         )
 
 
+@pytest.mark.users_emitters  # Ticks on against ticks off, bit for bit (tests/conftest.py).
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
 @pytest.mark.parametrize("strategy", ["map", "vmap"])
 def test_training_logs_progress_and_is_bitwise_unchanged(tiny, strategy, every_tick_logs):
@@ -152,6 +153,7 @@ def test_training_logs_progress_and_is_bitwise_unchanged(tiny, strategy, every_t
     chex.assert_trees_all_equal(reported, silent)
 
 
+@pytest.mark.users_emitters  # Ticks on against ticks off, bit for bit (tests/conftest.py).
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
 def test_long_epochs_report_from_inside_the_step_scan(tiny, every_tick_logs, monkeypatch):
     monkeypatch.setattr(progress, "MAX_TICK_STEPS", 2)  # 3 steps per epoch: ticks within epochs.
@@ -184,6 +186,7 @@ def _condense(fns, config, on: bool):
         return state, metrics
 
 
+@pytest.mark.users_emitters  # Ticks on against ticks off, bit for bit (tests/conftest.py).
 @pytest.mark.slow  # Two compilations of a training (~40-100 s on 2 loaded cores).
 @pytest.mark.parametrize("method", ["dc", "dm"])
 def test_condensation_iteration_logs_progress_and_is_bitwise_unchanged(tiny, method, every_tick_logs):
