@@ -75,9 +75,14 @@ class _UsersEmitters(pytest.Item):
         flags = os.environ["XLA_FLAGS"].replace(_LOOP_EMITTERS, "").strip()
         env = dict(os.environ, XLA_FLAGS=flags, DCJAX_TEST_USERS_EMITTERS="1")
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-o", "addopts=", self.target]
-        proc = subprocess.run(cmd, cwd=self.config.rootpath, env=env, capture_output=True, text=True)
+        # Its own temporary root, removed after: children never touch the numbered directories of other sessions.
+        with tempfile.TemporaryDirectory(prefix="dcjax-users-emitters-") as base:
+            proc = subprocess.run(
+                cmd + [f"--basetemp={base}/tmp"], cwd=self.config.rootpath, env=env, capture_output=True, text=True
+            )
         if proc.returncode != 0:
-            raise _ChildFailed(f"under XLA's default emitters ({' '.join(cmd[1:])}):\n{proc.stdout[-8000:]}")
+            output = proc.stdout[-8000:] + proc.stderr[-2000:]
+            raise _ChildFailed(f"under XLA's default emitters ({' '.join(cmd[1:])}):\n{output}")
 
     def repr_failure(self, excinfo, style=None):
         return str(excinfo.value) if isinstance(excinfo.value, _ChildFailed) else super().repr_failure(excinfo, style)
