@@ -21,10 +21,11 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 # XLA:CPU's loop emitters compile the suite's programs ~a third faster again than its default fusion emitters (the
-# whole suite: 20.6 to 13.8 min on an AMD EPYC, 2026-12-07). Both compute the same functions; they round differently
-# in places, and a program and its variant (a run resumed from a checkpoint, a loop with progress ticks) agree bit
-# for bit under the default emitters but not always under the loop ones. So the tests of those bitwise properties,
-# marked `users_emitters`, each run in a child pytest under the default emitters, as users compile (_UsersEmitters).
+# whole suite under them: 13.8 min against 20.6 on an AMD EPYC, 2026-12-07; 17.6 with the tests below in children).
+# Both compute the same functions; they round differently in places, and a program and its variant (a run resumed
+# from a checkpoint, a loop with progress ticks) agree bit for bit under the default emitters but not always under the
+# loop ones. So the tests of those bitwise properties, marked `users_emitters`, each run in a child pytest under the
+# default emitters, as users compile (_UsersEmitters).
 _LOOP_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 _USERS_EMITTERS_CHILD = os.environ.get("DCJAX_TEST_USERS_EMITTERS") == "1"
 if not _USERS_EMITTERS_CHILD and "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
