@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+import launch_flags
+
 MOCK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mock_launch.py")
 
 
@@ -54,8 +56,7 @@ def test_a_failing_users_emitters_test_fails_with_its_childs_output():
         pytest.skip("this session compiles with XLA's default emitters: no child to check")
     probe = "tests/test_suite.py::test_a_users_emitters_test_runs_under_xlas_default_emitters"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-o", "addopts=", probe]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "DCJAX_TEST_PROBE_FAILS": "1"}
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=launch_flags.ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "under XLA's default emitters" in proc.stdout and "asked to fail" in proc.stdout, proc.stdout[-3000:]
