@@ -239,18 +239,13 @@ def test_a_kill_mid_save_leaves_nothing_that_blocks_the_next_save(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Slow: the launchers SIGKILLed mid-run and resumed by the same command.
 
-MOCK = os.path.join(ROOT, "tests", "mock_launch.py")
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-
 
 def _start(args, mock_examples, log_path, ticks=False):
-    """The launcher on mock data, its output to ``log_path``. ticks: trace the progress ticks in, as a user's run does
-    (conftest.py leaves them out of the suite's launcher runs): the Ctrl-C tests want a user's host callbacks."""
-    env = {**ENV, "DCJAX_MOCK_TICKS": "1" if ticks else "0"}
-    with open(log_path, "w") as log:  # The child keeps its own copy of the descriptor.
-        return subprocess.Popen(
-            [sys.executable, MOCK, str(mock_examples)] + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+    """The launcher on mock data (launch_flags.start), its output to ``log_path``. ticks: trace the progress ticks in,
+    as a user's run does (conftest.py leaves them out of the suite's launcher runs): the Ctrl-C tests want a user's
+    host callbacks."""
+    env = launch_flags.launcher_env(DCJAX_MOCK_TICKS="1" if ticks else "0")
+    return launch_flags.start(args, mock_examples, log_path, env=env)
 
 
 def _tail(log_path, chars=3000):

@@ -5,8 +5,6 @@ import glob
 import json
 import math
 import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -502,15 +500,7 @@ _TUNE = [
 
 
 def _launch(args, mock_examples):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "mock_launch.py"), str(mock_examples)] + args,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    return launch_flags.launch(args, mock_examples)
 
 
 TUNE_REJECTS = [("lrs", "0.1,-1"), ("batch_sizes", "0"), ("epsilons", "inf"), ("dp_delta", "1")]

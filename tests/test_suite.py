@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import launch_flags
@@ -60,3 +61,61 @@ def test_a_failing_users_emitters_test_fails_with_its_childs_output():
     proc = subprocess.run(cmd, cwd=launch_flags.ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "under XLA's default emitters" in proc.stdout and "asked to fail" in proc.stdout, proc.stdout[-3000:]
+
+
+_PROBE = """
+import os, sys
+print(__name__, sys.argv[1:], sys.path[0], os.getcwd(), os.environ.get("DCJAX_MOCK_TICKS"), repr(sys.stdin.read()))
+print(os.getppid())
+sys.stderr.write("to stderr\\n")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["served", "fresh"])
+def test_a_served_launch_runs_as_a_fresh_interpreter_does(tmp_path, monkeypatch, fresh):
+    """launch_flags forks launchers from this process's launcher server (tests/launch_cases.py) unless
+    DCJAX_TEST_FRESH_LAUNCHES=1: either way the script runs as ``__main__`` with its arguments, its directory first
+    on sys.path, the repository as working directory, an empty stdin, the run-time environment asked for, its exit
+    status and its two streams apart."""
+    if fresh:
+        monkeypatch.setenv("DCJAX_TEST_FRESH_LAUNCHES", "1")
+    else:  # Started by an earlier test, under that test's PYTEST_CURRENT_TEST, or now.
+        assert launch_flags._server_for(launch_flags.launcher_env()) is not None
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    proc = launch_flags.launch([str(script), "3"])
+    assert proc.returncode == 3 and proc.stderr == "to stderr\n", proc.stderr[-3000:]
+    first, parent = proc.stdout.splitlines()
+    assert first == f"__main__ ['3'] {tmp_path} {launch_flags.ROOT} 0 ''"
+    assert (int(parent) == os.getpid()) == fresh  # Served: the server's child.
+    log = tmp_path / "log"
+    started = launch_flags.start([str(script), "0"], None, log, env=launch_flags.launcher_env(DCJAX_MOCK_TICKS="1"))
+    assert started.wait(60) == 0 and started.poll() == 0
+    assert log.read_text().splitlines()[::2] == [f"__main__ ['0'] {tmp_path} {launch_flags.ROOT} 1 ''", "to stderr"]
+
+
+def test_a_launch_in_another_environment_is_never_served(tmp_path, monkeypatch):
+    """A variable read when modules are imported (here any but DCJAX_MOCK_TICKS) could differ from the server's
+    environment, which imported them: such a launch runs in a fresh interpreter."""
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=false")
+    proc = launch_flags.launch([str(script), "0"])
+    assert proc.returncode == 0 and int(proc.stdout.splitlines()[1]) == os.getpid(), proc.stderr[-3000:]
+
+
+@pytest.mark.slow  # The same small condensation twice (~25 s).
+def test_a_served_launcher_run_is_bitwise_a_fresh_ones(tmp_path, monkeypatch):
+    """Nothing a launcher computes depends on the server's imports: the same condensation, served and fresh."""
+    flags = ["--ipc=1", "--iterations=2", "--width=4", "--depth=1", "--batch_real=2", "--outer_loop=1"]
+    flags += ["--inner_loop=1", "--num_eval=1", "--eval_epochs=1"]
+    assert launch_flags._server_for(launch_flags.launcher_env()) is not None  # Served, whichever test came before.
+    served = launch_flags.launch(["experiments/condense.py", f"--workdir={tmp_path / 'served'}", *flags], 60)
+    monkeypatch.setenv("DCJAX_TEST_FRESH_LAUNCHES", "1")
+    fresh = launch_flags.launch(["experiments/condense.py", f"--workdir={tmp_path / 'fresh'}", *flags], 60)
+    assert served.returncode == fresh.returncode == 0, served.stderr[-3000:] + fresh.stderr[-3000:]
+    with np.load(tmp_path / "served" / "synthetic.npz") as a, np.load(tmp_path / "fresh" / "synthetic.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
