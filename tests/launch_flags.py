@@ -7,7 +7,7 @@ that conftest.py's ``mock_attack`` and ``mock_study`` make once per session, for
 the crash-and-resume tests to reproduce after a kill.
 
 ``launch``, ``launch_each`` and ``start`` run each launch in its own process, forked by this process's launcher server
-(tests/launch_cases.py, started on the first launch), which imported jax, dcjax and TensorFlow once.
+(tests/launch_server.py, started on the first launch), which imported jax, dcjax and TensorFlow once.
 """
 
 import atexit
@@ -79,7 +79,7 @@ def study(workdir) -> list[str]:
 # Read at run time only (tests/mock_launch.py; pytest's name of the running test, which changes with every test), so
 # a served launch may set them apart from its server's environment.
 _RUN_TIME_ENV = ("DCJAX_MOCK_TICKS", "PYTEST_CURRENT_TEST")
-_SERVER = os.path.join(ROOT, "tests", "launch_cases.py")
+_SERVER = os.path.join(ROOT, "tests", "launch_server.py")
 
 
 def launcher_env(**extra: str) -> dict[str, str]:
@@ -136,7 +136,7 @@ def launch_each(cases: list[list[str]], mock_examples: int | None = None) -> lis
 
 
 class _Server:
-    """This process's tests/launch_cases.py: it imported what launchers import once and forks a child per launch."""
+    """This process's tests/launch_server.py: it imported what launchers import once and forks a child per launch."""
 
     def __init__(self, env: dict[str, str]):
         self.env, self.ids, self.replies, self.buffer = env, itertools.count(), {}, b""

@@ -74,7 +74,7 @@ sys.exit(int(sys.argv[1]))
 
 @pytest.mark.parametrize("fresh", [False, True], ids=["served", "fresh"])
 def test_a_served_launch_runs_as_a_fresh_interpreter_does(tmp_path, monkeypatch, fresh):
-    """launch_flags forks launchers from this process's launcher server (tests/launch_cases.py) unless
+    """launch_flags forks launchers from this process's launcher server (tests/launch_server.py) unless
     DCJAX_TEST_FRESH_LAUNCHES=1: either way the script runs as ``__main__`` with its arguments, its directory first
     on sys.path, the repository as working directory, an empty stdin, the run-time environment asked for, its exit
     status and its two streams apart."""

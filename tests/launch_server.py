@@ -1,6 +1,6 @@
 """The suite's launcher server: runs launcher commands, each in its own process, for the price of one import.
 
-Usage: python tests/launch_cases.py (by tests/launch_flags.py, one server per test process, on its first launch)
+Usage: python tests/launch_server.py (by tests/launch_flags.py, one server per test process, on its first launch)
 
 A launcher run on mock data spends ~15 CPU-seconds of an AMD EPYC's 2 cores importing jax, dcjax and TensorFlow
 before it does anything (TensorFlow alone ~10), as much as a tiny end-to-end run computes. This process imports all
