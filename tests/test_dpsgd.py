@@ -499,10 +499,6 @@ _TUNE = [
 ]
 
 
-def _launch(args, mock_examples):
-    return launch_flags.launch(args, mock_examples)
-
-
 TUNE_REJECTS = [("lrs", "0.1,-1"), ("batch_sizes", "0"), ("epsilons", "inf"), ("dp_delta", "1")]
 TUNE_REJECTS += [("val_size", "0"), ("private_size", "200")]
 
@@ -530,7 +526,7 @@ def test_dp_tune_rejects_bad_flags_before_writing(tune_rejected, flag, value):
 @pytest.mark.parametrize("more", [[], ["--inside_pool", "--target_pool=100"]], ids=["outside_pools", "inside_pool"])
 @pytest.mark.slow
 def test_dp_tune_sweeps_on_mock_data_and_records_every_setting(tmp_path, more):
-    proc = _launch(_TUNE + [f"--workdir={tmp_path}/w"] + more, 120)
+    proc = launch_flags.launch(_TUNE + [f"--workdir={tmp_path}/w"] + more, 120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "w" / "results.json").read_text())
     assert ("pools included" in results["tuning_data"]) == results["flags"]["inside_pool"] == bool(more)
@@ -553,7 +549,7 @@ def test_dp_tune_sweeps_on_mock_data_and_records_every_setting(tmp_path, more):
 
 @pytest.mark.slow
 def test_dp_tune_refuses_pools_that_leave_no_tuning_data(tmp_path):
-    proc = _launch(_TUNE + [f"--workdir={tmp_path}/w", "--target_pool=100"], 120)
+    proc = launch_flags.launch(_TUNE + [f"--workdir={tmp_path}/w", "--target_pool=100"], 120)
     assert proc.returncode != 0 and "--target_pool" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
 
 
