@@ -6,9 +6,10 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import tempfile
 from typing import NamedTuple
+
+import users_emitters  # Imports no jax: the environment below is still set before jax is imported.
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flag = "--xla_force_host_platform_device_count=4"
@@ -25,8 +26,8 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 # Both compute the same functions; they round differently in places, and a program and its variant (a run resumed
 # from a checkpoint, a loop with progress ticks) agree bit for bit under the default emitters but not always under the
 # loop ones. So the tests of those bitwise properties, marked `users_emitters`, each run in a child pytest under the
-# default emitters, as users compile (_UsersEmitters).
-_LOOP_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+# default emitters, as users compile (tests/users_emitters.py).
+_LOOP_EMITTERS = users_emitters.LOOP_EMITTERS
 _USERS_EMITTERS_CHILD = os.environ.get("DCJAX_TEST_USERS_EMITTERS") == "1"
 if not _USERS_EMITTERS_CHILD and "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " " + _LOOP_EMITTERS
@@ -64,50 +65,18 @@ def pytest_configure(config):
     progress.set_enabled(False)
 
 
-class _UsersEmitters(pytest.Item):
-    """A test marked `users_emitters`, run as a child pytest under XLA's default emitters (its fixtures are set up
-    there, not here); its failure is the child's output."""
-
-    def __init__(self, *, target: str, **kwargs):
-        super().__init__(**kwargs)
-        self.target = target
-
-    def runtest(self):
-        flags = os.environ["XLA_FLAGS"].replace(_LOOP_EMITTERS, "").strip()
-        env = dict(os.environ, XLA_FLAGS=flags, DCJAX_TEST_USERS_EMITTERS="1")
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-o", "addopts=", self.target]
-        # Its own temporary root, removed after: children never touch the numbered directories of other sessions.
-        with tempfile.TemporaryDirectory(prefix="dcjax-users-emitters-") as base:
-            proc = subprocess.run(
-                cmd + [f"--basetemp={base}/tmp"], cwd=self.config.rootpath, env=env, capture_output=True, text=True
-            )
-        if proc.returncode != 0:
-            output = proc.stdout[-8000:] + proc.stderr[-2000:]
-            raise _ChildFailed(f"under XLA's default emitters ({' '.join(cmd[1:])}):\n{output}")
-
-    def repr_failure(self, excinfo, style=None):
-        return str(excinfo.value) if isinstance(excinfo.value, _ChildFailed) else super().repr_failure(excinfo, style)
-
-    def reportinfo(self):
-        return self.path, None, self.name
-
-
-class _ChildFailed(Exception):
-    """A `users_emitters` test failed in its child pytest."""
-
-
 @pytest.hookimpl(tryfirst=True)  # Before xdist's loadgroup appends "@group" to the ids: the child needs the plain one.
 def pytest_collection_modifyitems(config, items):
-    """Under the loop emitters, each test marked `users_emitters` becomes a _UsersEmitters item of the same id,
-    markers and keywords (so -m, -k and xdist groups select it as before)."""
-    if _LOOP_EMITTERS not in os.environ["XLA_FLAGS"]:
-        return
-    for i, item in enumerate(items):
-        if item.get_closest_marker("users_emitters") is not None:
-            proxy = _UsersEmitters.from_parent(item.parent, name=item.name, target=item.nodeid)
-            proxy.own_markers = list(item.own_markers)
-            proxy.keywords.update(item.keywords)
-            items[i] = proxy
+    """Under the loop emitters, each test marked `users_emitters` becomes a users_emitters.Item of the same id,
+    markers and keywords (so -m, -k and xdist groups select it as before), run in a child pytest."""
+    if _LOOP_EMITTERS in os.environ["XLA_FLAGS"]:
+        users_emitters.replace(config, items)
+
+
+def pytest_runtest_logreport(report):
+    """In a users_emitters child, each phase's outcome goes to the parent's items (users_emitters.record)."""
+    if _USERS_EMITTERS_CHILD:
+        users_emitters.record(report)
 
 
 def pytest_unconfigure(config):

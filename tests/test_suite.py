@@ -35,32 +35,50 @@ def test_mock_launches_trace_progress_ticks_only_when_asked(tmp_path, ticks):
 
 
 @pytest.mark.users_emitters
-def test_a_users_emitters_test_runs_under_xlas_default_emitters():
-    """conftest.py runs a test marked `users_emitters` in a child pytest whose XLA_FLAGS lack the loop emitters."""
+@pytest.mark.parametrize("probe", ["a", "b", "c"])
+def test_a_users_emitters_test_runs_under_xlas_default_emitters(probe):
+    """conftest.py runs a test marked `users_emitters` in a child pytest whose XLA_FLAGS lack the loop emitters.
+    DCJAX_TEST_PROBE_PIDS names a file each probe adds its name and process to; DCJAX_TEST_PROBE_OUTCOMES ("a=fail,
+    b=skip") tells probes to fail or skip (test_the_users_emitters_children_report_each_tests_own_outcome)."""
     assert "xla_cpu_use_fusion_emitters=false" not in os.environ["XLA_FLAGS"]
-    assert os.environ.get("DCJAX_TEST_PROBE_FAILS") != "1", "asked to fail"
+    if "DCJAX_TEST_PROBE_PIDS" in os.environ:
+        with open(os.environ["DCJAX_TEST_PROBE_PIDS"], "a") as f:
+            f.write(f"{probe} {os.getpid()}\n")
+    outcome = dict(o.split("=") for o in os.environ.get("DCJAX_TEST_PROBE_OUTCOMES", "").split(",") if o).get(probe)
+    assert outcome != "fail", "asked to fail"
+    if outcome == "skip":
+        pytest.skip("asked to skip")
 
 
 def test_the_other_tests_compile_with_xlas_loop_emitters():
     """The rest of the session compiles with the loop emitters (a third off the suite's compile time), unless the
     session was given its own choice of emitters in XLA_FLAGS."""
     if os.environ.get("DCJAX_TEST_USERS_EMITTERS") == "1":
-        pytest.skip("a users_emitters child runs only its one test")
+        pytest.skip("a users_emitters child runs only the users_emitters tests")
     flags = os.environ["XLA_FLAGS"].split()
     assert "--xla_cpu_use_fusion_emitters=false" in flags or "--xla_cpu_use_fusion_emitters=true" in flags, flags
 
 
-@pytest.mark.slow  # Two nested pytest processes (~10 s).
-def test_a_failing_users_emitters_test_fails_with_its_childs_output():
-    """The child's failure is the test's: non-zero exit, its assertion in the report."""
+@pytest.mark.slow  # Nested pytest processes (~10 s batched, ~25 s each in its own child).
+@pytest.mark.parametrize("dist", [[], ["-n", "1", "--dist", "load"]], ids=["one child", "a child each"])
+def test_the_users_emitters_children_report_each_tests_own_outcome(tmp_path, dist):
+    """Run in one process (here without xdist; CI's loadgroup, where they share a group), the users_emitters tests
+    share one child; under another distribution each has its own. Either way each test reports its own outcome: one
+    fails with its assertion in the report, one skips with its reason, one passes."""
     if "--xla_cpu_use_fusion_emitters=false" not in os.environ["XLA_FLAGS"].split():
         pytest.skip("this session compiles with XLA's default emitters: no child to check")
-    probe = "tests/test_suite.py::test_a_users_emitters_test_runs_under_xlas_default_emitters"
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-o", "addopts=", probe]
-    env = {**os.environ, "DCJAX_TEST_PROBE_FAILS": "1"}
+    probes = "tests/test_suite.py::test_a_users_emitters_test_runs_under_xlas_default_emitters"
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfs", "-o", "addopts=", *dist, probes]
+    pids = tmp_path / "pids"
+    env = {**os.environ, "DCJAX_TEST_PROBE_OUTCOMES": "a=fail,b=skip", "DCJAX_TEST_PROBE_PIDS": str(pids)}
     proc = subprocess.run(cmd, cwd=launch_flags.ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stdout[-3000:]
-    assert "under XLA's default emitters" in proc.stdout and "asked to fail" in proc.stdout, proc.stdout[-3000:]
+    assert "1 failed, 1 passed, 1 skipped" in proc.stdout, proc.stdout[-3000:]
+    assert f"FAILED {probes}[a]" in proc.stdout and "asked to fail" in proc.stdout, proc.stdout[-3000:]
+    assert "in its users_emitters child: asked to skip" in proc.stdout, proc.stdout[-3000:]
+    children = dict(line.split() for line in pids.read_text().splitlines())
+    assert sorted(children) == ["a", "b", "c"]
+    assert len(set(children.values())) == (3 if dist else 1), children
 
 
 _PROBE = """
