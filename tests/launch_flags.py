@@ -85,9 +85,18 @@ _RUN_TIME_ENV = ("DCJAX_MOCK_TICKS", "PYTEST_CURRENT_TEST")
 _SERVER = os.path.join(ROOT, "tests", "launch_server.py")
 
 
+# The session's environment, as conftest.py set it up before importing this module: the launcher server imports
+# under it, whichever test launches first (one that changed its own environment, with monkeypatch, included).
+_SESSION_ENV = dict(os.environ)
+
+
 def launcher_env(**extra: str) -> dict[str, str]:
     """The environment a launcher runs in: this process's, on the CPU, TensorFlow quiet, and ``extra``."""
-    return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    return _on_cpu(os.environ, **extra)
+
+
+def _on_cpu(base, **extra: str) -> dict[str, str]:
+    return dict(base, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
 
 
 def command(args: list[str], mock_examples: int | None = None) -> list[str]:
@@ -227,6 +236,6 @@ def _server_for(env: dict[str, str]) -> _Server | None:
     if os.environ.get("DCJAX_TEST_FRESH_LAUNCHES") == "1":
         return None
     if _server is None:
-        _server = _Server(launcher_env())
+        _server = _Server(_on_cpu(_SESSION_ENV))
         atexit.register(_server.close)
     return _server if _server.serves(env) else None

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -35,7 +36,10 @@ def test_mock_launches_trace_progress_ticks_only_when_asked(tmp_path, ticks):
 
 
 @pytest.mark.users_emitters
-@pytest.mark.parametrize("probe", ["a", "b", "c"])
+# b and c only for test_the_users_emitters_children_report_each_tests_own_outcome: the fast tier starts one child.
+@pytest.mark.parametrize(
+    "probe", ["a", pytest.param("b", marks=pytest.mark.slow), pytest.param("c", marks=pytest.mark.slow)]
+)
 def test_a_users_emitters_test_runs_under_xlas_default_emitters(probe):
     """conftest.py runs a test marked `users_emitters` in a child pytest whose XLA_FLAGS lack the loop emitters.
     DCJAX_TEST_PROBE_PIDS names a file each probe adds its name and process to; DCJAX_TEST_PROBE_OUTCOMES ("a=fail,
@@ -121,6 +125,22 @@ def test_a_launch_in_another_environment_is_never_served(tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=false")
     proc = launch_flags.launch([str(script), "0"])
     assert proc.returncode == 0 and int(proc.stdout.splitlines()[1]) == os.getpid(), proc.stderr[-3000:]
+
+
+def test_the_launcher_server_imports_in_the_sessions_environment_whichever_test_starts_it(monkeypatch):
+    """The first launch of a test process starts its server: if that test changed its environment, the server still
+    imports in the session's, so that later launches in the session's environment are served (and the changed one is
+    not, test_a_launch_in_another_environment_is_never_served)."""
+    started = []
+    monkeypatch.setattr(launch_flags, "_server", None)
+    monkeypatch.setattr(
+        launch_flags, "_Server", lambda env: started.append(env) or types.SimpleNamespace(serves=bool, close=None)
+    )
+    monkeypatch.setattr(launch_flags.atexit, "register", lambda fn: None)
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=false")
+    launch_flags._server_for(launch_flags.launcher_env())
+    assert [env["XLA_FLAGS"] for env in started] == [launch_flags._SESSION_ENV["XLA_FLAGS"]]
+    assert "--xla_cpu_enable_fast_math=false" not in started[0]["XLA_FLAGS"]
 
 
 @pytest.mark.slow  # The same small condensation twice (~25 s).
