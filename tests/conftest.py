@@ -25,8 +25,8 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 # whole suite under them: 13.8 min against 20.6 on an AMD EPYC, 2026-12-07; 17.6 with the tests below in children).
 # Both compute the same functions; they round differently in places, and a program and its variant (a run resumed
 # from a checkpoint, a loop with progress ticks) agree bit for bit under the default emitters but not always under the
-# loop ones. So the tests of those bitwise properties, marked `users_emitters`, each run in a child pytest under the
-# default emitters, as users compile (tests/users_emitters.py).
+# loop ones. So the tests of those bitwise properties, marked `users_emitters`, run in a child pytest under the
+# default emitters, as users compile: one child for all of them under CI's loadgroup (tests/users_emitters.py).
 _LOOP_EMITTERS = users_emitters.LOOP_EMITTERS
 _USERS_EMITTERS_CHILD = os.environ.get("DCJAX_TEST_USERS_EMITTERS") == "1"
 if not _USERS_EMITTERS_CHILD and "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
