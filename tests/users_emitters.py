@@ -31,11 +31,10 @@ class Item(pytest.Item):
         self.target = target
 
     def runtest(self):
-        batched = self.config.stash.get(_BATCHED, False)
-        targets = [i.target for i in self.session.items if isinstance(i, Item)] if batched else [self.target]
         results = self.config.stash.setdefault(_RESULTS, {})
         if self.target not in results:
-            results.update(_run_child(self.config, targets))
+            batch = [i.target for i in self.session.items if isinstance(i, Item)] if _batched(self.config) else []
+            results.update(_run_child(self.config, batch or [self.target]))
         _report(self.target, results[self.target])
 
     def repr_failure(self, excinfo, style=None):
@@ -49,16 +48,19 @@ class ChildFailed(Exception):
     """A `users_emitters` test failed in its child pytest."""
 
 
-_BATCHED = pytest.StashKey[bool]()
 _RESULTS = pytest.StashKey[dict]()
+
+
+def _batched(config) -> bool:
+    """Whether this process runs every users_emitters test: without xdist, or under its loadgroup distribution (where
+    they share the xdist group `users_emitters`)."""
+    return not hasattr(config, "workerinput") or bool(config.getvalue("loadgroup"))
 
 
 def replace(config, items) -> None:
     """Each test in ``items`` marked `users_emitters` becomes an `Item`; they share one child (and the xdist group
-    `users_emitters`) when this process runs them all: without xdist, or under its loadgroup distribution."""
-    in_worker = hasattr(config, "workerinput")
-    batched = not in_worker or bool(config.getvalue("loadgroup"))
-    config.stash[_BATCHED] = batched
+    `users_emitters`) when this process runs them all (``_batched``)."""
+    batched = _batched(config)
     for i, item in enumerate(items):
         if item.get_closest_marker("users_emitters") is None:
             continue
