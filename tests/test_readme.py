@@ -112,7 +112,7 @@ def test_the_two_commands_are_what_ci_runs():
     ci = [line for line in ci_lines if line.startswith("python3")]
     assert ci == [tests], ".ci/run must run README's test command, byte for byte"
     # The first command installs the same way and runs a launcher on a flagfile that exists.
-    assert setup.split("pip install -e ")[0] == tests.split("pip install -e ")[0]
+    assert setup.split(" -e ")[0] == tests.split(" -e ")[0]
     flagfile = next(arg.split("=", 1)[1] for arg in shlex.split(setup) if arg.startswith("--flagfile="))
     assert os.path.isfile(ROOT / flagfile), flagfile
 
