@@ -23,6 +23,16 @@ remembered or published time is never used. Each file's mode and ipc pick the ro
       --reference=$DC_OUT/results/dc_ipc10_run1.json,$DC_OUT/results/dm_ipc10.json     # vs the official code
 Config syntax: width:ipc[:outer_loop]; a reduced outer loop is scaled up to the full one
 (reported as extrapolated, scaled by the FLOP ratio at the measured rate).
+
+Spread over processes (issue 26): with --processes=N each row is measured in N fresh processes, taken in turns
+(every row once, then every row again, ...), and reports the median of the processes' medians with their
+[min, max]. --malloc adds rows that run the same measurement under other glibc allocator settings
+(GLIBC_TUNABLES, read when a process starts): "hugetlb" (glibc.malloc.hugetlb=1: malloc asks for transparent huge
+pages, which these machines give only on request) and "keep" (mmap and trim thresholds at their maximum, so freed
+buffers stay in the process). By default glibc hands every buffer above its mmap threshold back to the kernel when
+XLA frees it, so the next iteration faults fresh zeroed pages in again: the "minor faults / iteration" column.
+  python benchmarks/condense_step.py --methods=dm --configs=128:10,32:10 --repeats=5 --processes=3 \
+      --malloc=default,hugetlb,keep                                                     # issue 26's spread
 """
 
 import itertools
@@ -55,9 +65,17 @@ flags.DEFINE_list(
     "Result JSON files of the official code (reference_dc/run_timed.sh, "
     "modes dc and dm) measured in this session; none: no reference column.",
 )
+flags.DEFINE_integer("processes", 1, "Fresh processes per row (taken in turns); the row gives their spread.", 1)
+flags.DEFINE_list("malloc", ["default"], "glibc allocator settings to run each row under: default, hugetlb, keep.")
 flags.DEFINE_string("single", None, "Internal: run one config in this process.")
 FLAGS = flags.FLAGS
 K, SHAPE, POOL_PER_CLASS = 10, (28, 28, 1), 300
+# GLIBC_TUNABLES of each --malloc setting (glibc >= 2.35 for hugetlb; an unknown tunable is ignored by glibc).
+MALLOC = {
+    "default": None,
+    "hugetlb": "glibc.malloc.hugetlb=1",
+    "keep": "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295",
+}
 
 
 def iteration_flops(method: str, f: float, cfg, outer: int) -> float:
@@ -82,21 +100,24 @@ def _condense_config(spec: str, method: str, precision: str):
     return width, cfg, full_outer
 
 
-def _time_iterations(fns, cfg) -> list[float]:
-    """Seconds of 1 + --repeats condensation iterations on a random pool, the first of them with its compilation."""
+def _time_iterations(fns, cfg) -> tuple[list[float], float]:
+    """Seconds of 1 + --repeats condensation iterations on a random pool, the first of them with its compilation,
+    and the minor page faults per timed iteration (pages the kernel zeroed and mapped in for this process)."""
     import jax
     from dcjax import condense
 
     pool, index = timing.random_pool(K, SHAPE, POOL_PER_CLASS)
     state, _ = condense.init_synthetic(cfg, jax.random.key(1), pool, index)
     step = condense.make_iteration_fn(fns, cfg)
-    seconds = []
+    seconds, faults = [], 0
     for t in range(FLAGS.repeats + 1):  # The first call compiles.
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         tic = time.perf_counter()
         state, out = step(state, (pool, index), jax.random.key(t))
         jax.block_until_ready(out)
         seconds.append(time.perf_counter() - tic)
-    return seconds
+        faults += (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) if t else 0
+    return seconds, faults / FLAGS.repeats
 
 
 def measure(spec: str, method: str, precision: str = "fp32") -> dict:
@@ -107,7 +128,7 @@ def measure(spec: str, method: str, precision: str = "fp32") -> dict:
     width, cfg, full_outer = _condense_config(spec, method, precision)
     ipc, outer = cfg.ipc, cfg.outer_loop
     fns = models.make_model(models.ModelConfig(width=width), SHAPE, K)
-    seconds = _time_iterations(fns, cfg)
+    seconds, faults = _time_iterations(fns, cfg)
     per_iter = float(np.median(seconds[1:]))
     f = timing.forward_flops(fns, SHAPE)
     # A reduced outer loop is scaled to the full one by work done, at the measured rate.
@@ -122,6 +143,8 @@ def measure(spec: str, method: str, precision: str = "fp32") -> dict:
         "extrapolated": scale != 1,
         "GFLOP/s": flops / per_iter / 1e9,
         "peak RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "minor faults / iteration": faults,
+        "iteration s": seconds[1:],  # Each timed iteration (unscaled): how the time moves within the process.
     }
 
 
@@ -143,8 +166,13 @@ def read_references(paths: list[str]) -> dict:
     return references
 
 
-def _measure_apart(spec: str, method: str, precision: str) -> dict:
-    """``measure`` in a fresh process (its peak RSS is its own; no compile cache carries over)."""
+def _measure_apart(spec: str, method: str, precision: str, malloc: str = "default") -> dict:
+    """``measure`` in a fresh process (its peak RSS is its own; no compile cache carries over), under the glibc
+    allocator setting ``malloc`` (a key of MALLOC)."""
+    env = dict(os.environ)
+    env.pop("GLIBC_TUNABLES", None)
+    if MALLOC[malloc]:
+        env["GLIBC_TUNABLES"] = MALLOC[malloc]
     command = [
         sys.executable,
         __file__,
@@ -154,31 +182,57 @@ def _measure_apart(spec: str, method: str, precision: str) -> dict:
         f"--repeats={FLAGS.repeats}",
         f"--class_strategy={FLAGS.class_strategy}",
     ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]), malloc=malloc)
+
+
+def _over_processes(runs: list[dict]) -> dict:
+    """One row from the same measurement in several processes: the median of their medians (s/iteration, GFLOP/s,
+    compile) with the processes' [min, max] and each process's median."""
+    import numpy as np
+
+    row = dict(runs[0])
+    per_process = [r["s/iteration"] for r in runs]
+    row["s/iteration"] = float(np.median(per_process))
+    row["GFLOP/s"] = row["GFLOP/s"] * runs[0]["s/iteration"] / row["s/iteration"]
+    for key in ("compile+first s", "peak RSS GiB", "minor faults / iteration"):
+        row[key] = float(np.median([r[key] for r in runs]))
+    row["processes"] = len(runs)
+    row["process spread"] = f"[{min(per_process):.3g}, {max(per_process):.3g}]"
+    row["process s"] = per_process
+    row["iteration s"] = [r["iteration s"] for r in runs]  # [process][iteration]
+    return row
 
 
 def main(_):
     if FLAGS.single:
         print(json.dumps(measure(FLAGS.single, FLAGS.methods[0], FLAGS.precisions[0])))
         return
+    unknown = sorted(set(FLAGS.malloc) - set(MALLOC))
+    if unknown:
+        raise app.UsageError(f"--malloc: unknown setting(s) {unknown}; choose from {sorted(MALLOC)}")
     import jax
 
     reference = read_references(FLAGS.reference)  # First: a bad file fails before minutes of measuring.
     matmul = timing.matmul_gflops()
     print(f"{timing.library()}; {timing.cpu()}; backend {jax.default_backend()}")
     print(f"jitted fp32 matmul {matmul:.1f} GFLOP/s")
+    cases = list(itertools.product(FLAGS.configs, FLAGS.methods, FLAGS.precisions, FLAGS.malloc))
+    runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+    for _ in range(FLAGS.processes):  # In turns, so a drift of the machine spreads over every row alike.
+        for case in cases:
+            runs[case].append(_measure_apart(*case))
+            print(json.dumps(runs[case][-1]), flush=True)
     rows = []
-    for spec in FLAGS.configs:
-        for method, precision in itertools.product(FLAGS.methods, FLAGS.precisions):
-            row = _measure_apart(spec, method, precision)
-            row["vs matmul"] = row["GFLOP/s"] / matmul
-            ipc = int(spec.split(":")[1])
-            if spec.split(":")[0] == "128" and (method, ipc) in reference:  # The official code's ConvNet is 128 wide.
-                row["reference s"], row["reference file"] = reference[(method, ipc)]
-                row["vs reference"] = row["reference s"] / row["s/iteration"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for (spec, method, _, _), measured in runs.items():
+        row = _over_processes(measured)
+        row["vs matmul"] = row["GFLOP/s"] / matmul
+        ipc = int(spec.split(":")[1])
+        if spec.split(":")[0] == "128" and (method, ipc) in reference:  # The official code's ConvNet is 128 wide.
+            row["reference s"], row["reference file"] = reference[(method, ipc)]
+            row["vs reference"] = row["reference s"] / row["s/iteration"]
+        rows.append(row)
+    print(json.dumps(rows), flush=True)
     print(
         timing.table(
             rows,
@@ -186,11 +240,14 @@ def main(_):
                 "method",
                 "precision",
                 "config",
+                "malloc",
                 "s/iteration",
+                "process spread",
                 "extrapolated",
                 "GFLOP/s",
                 "vs matmul",
                 "peak RSS GiB",
+                "minor faults / iteration",
                 "reference s",
                 "vs reference",
                 "reference file",

@@ -3,15 +3,14 @@
 import json
 import math
 import os
-import subprocess
 import sys
 
 import jax
+import launch_flags
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, os.path.join(launch_flags.ROOT, "benchmarks"))
 
 import accelerator_check as ac  # noqa: E402  (defines no flags at import)
 
@@ -130,23 +129,10 @@ def _positive(value):
 
 @pytest.mark.slow
 def test_tiny_run_on_cpu_records_every_row(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    # No budget: a loaded CPU may take minutes even at --tiny, and a skipped row would fail the check.
-    out = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "benchmarks", "accelerator_check.py"),
-            "--tiny",
-            "--precision=tensorfloat32",
-            "--budget_s=1e9",
-            f"--out={tmp_path}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
-    )
+    # On the CPU (launch_flags' environment), forked by the launcher server. No budget: a loaded CPU may take minutes
+    # even at --tiny, and a skipped row would fail the check.
+    flags = ["--tiny", "--precision=tensorfloat32", "--budget_s=1e9", f"--out={tmp_path}"]
+    out = launch_flags.launch(["benchmarks/accelerator_check.py", *flags], timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "accelerator_check.json").read_text())
     rows = {r["measurement"]: r for r in report["rows"]}

@@ -3,19 +3,22 @@ part is measured, and a DC prediction is checked against a whole iteration)."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 
+import launch_flags
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = launch_flags.ROOT
+
+
+def _run(script: str, *flags: str, timeout: float = 900):
+    """benchmarks/``script`` run as ``python benchmarks/script flags``, on the CPU, forked by the launcher server
+    (its imports are the launchers'), its output captured."""
+    return launch_flags.launch([f"benchmarks/{script}", *flags], timeout=timeout)
 
 
 def _rows(script: str, *flags: str) -> list[dict]:
     """The JSON list of rows that ``script`` prints (its table's numbers)."""
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", script), *flags]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    out = _run(script, *flags)
     assert out.returncode == 0, out.stderr[-3000:]
     lists = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("[{")]
     assert len(lists) == 1, out.stdout
@@ -51,6 +54,22 @@ def test_dm_profile_measures_every_part_beside_the_whole_iteration():
     assert rows["whole iteration"]["share of iteration"] == 1.0
 
 
+@pytest.mark.slow
+def test_condense_step_gives_each_rows_spread_over_fresh_processes_under_an_allocator_setting():
+    rows = _rows("condense_step.py", "--configs=4:1", "--methods=dm", "--repeats=1", "--processes=2", "--malloc=keep")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["malloc"] == "keep" and row["processes"] == 2 and len(row["process s"]) == 2
+    low, high = min(row["process s"]), max(row["process s"])
+    assert low <= row["s/iteration"] <= high and row["process spread"] == f"[{low:.3g}, {high:.3g}]"
+    assert _positive(row["GFLOP/s"]) and row["minor faults / iteration"] >= 0
+
+
+def test_condense_step_refuses_an_unknown_allocator_setting():
+    out = _run("condense_step.py", "--malloc=default,tcmalloc", timeout=120)
+    assert out.returncode != 0 and "--malloc" in out.stderr and "tcmalloc" in out.stderr, out.stderr[-2000:]
+
+
 POSTER_PARTS = ["dc", "dsa", "dm", "train_epoch", "dpsgd_step", "score"]
 
 
@@ -61,8 +80,7 @@ POSTER_PARTS = ["dc", "dsa", "dm", "train_epoch", "dpsgd_step", "score"]
 def test_poster_parts_measures_every_part_on_each_side_and_predicts_the_tier(tmp_path, before):
     out = tmp_path / "parts.json"
     flags = ["--tiny", "--processes=1", "--repeats=1", f"--out={out}"] + ([f"--before={ROOT}"] if before else [])
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "poster_parts.py"), *flags]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    run = _run("poster_parts.py", *flags)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     sides = ["before", "after"] if before else ["after"]
