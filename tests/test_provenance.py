@@ -23,6 +23,9 @@ UNRECORDED = {
     "docs/benchmarks/2026-12-03/reference/dm_ipc10.json": _REFERENCE,
     "docs/benchmarks/2026-12-04/reference/dc_ipc10_run1.json": _REFERENCE,
     "docs/benchmarks/2026-12-04/reference/dm_ipc10.json": _REFERENCE,
+    "docs/benchmarks/2026-12-08-issue26/reference/dm_ipc10_p1.json": _REFERENCE,
+    "docs/benchmarks/2026-12-08-issue26/reference/dm_ipc10_p2.json": _REFERENCE,
+    "docs/benchmarks/2026-12-08-issue26/reference/dm_ipc10_p3.json": _REFERENCE,
     "docs/results/dm_cpu_older.json": _BEFORE + " (kept as the baseline of paired comparisons)",
     "docs/results/dsa_cpu_older.json": _BEFORE + " (kept as the baseline of paired comparisons)",
 }
