@@ -28,9 +28,10 @@ Spread over processes (issue 26): with --processes=N each row is measured in N f
 (every row once, then every row again, ...), and reports the median of the processes' medians with their
 [min, max]. --malloc adds rows that run the same measurement under other glibc allocator settings
 (GLIBC_TUNABLES, read when a process starts): "hugetlb" (glibc.malloc.hugetlb=1: malloc asks for transparent huge
-pages, which these machines give only on request) and "keep" (mmap and trim thresholds at their maximum, so freed
-buffers stay in the process). By default glibc hands every buffer above its mmap threshold back to the kernel when
-XLA frees it, so the next iteration faults fresh zeroed pages in again: the "minor faults / iteration" column.
+pages, which these machines give only on request) and "keep" (mmap and trim thresholds at 4 GiB - 1, so freed
+buffers stay in the process). "default" is glibc's own: a GLIBC_TUNABLES of the caller's is not passed on. By
+default glibc hands every buffer above its mmap threshold back to the kernel when XLA frees it, so the next
+iteration faults fresh zeroed pages in again: the "minor faults / iteration" column.
   python benchmarks/condense_step.py --methods=dm --configs=128:10,32:10 --repeats=5 --processes=3 \
       --malloc=default,hugetlb,keep                                                     # issue 26's spread
 """
